@@ -1,0 +1,149 @@
+//! Wiring: builds the pingora server from a validated [`Config`] and runs it.
+//!
+//! Services, each on its own runtime: the proxy, the admin listener, the Redis
+//! maintainer (when Redis is configured) and, for `freshgate demo`, the demo
+//! app. Shutdown comes from SIGTERM or SIGINT (both graceful: keep serving for
+//! `shutdown.grace_period`, then give in-flight requests `shutdown.timeout`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::apps::http_app::HttpServer;
+use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+use tracing::info;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::demo::DemoApp;
+use crate::proxy::Proxy;
+use crate::store::redis::RedisTier;
+use crate::store::Store;
+
+/// The demo app to run beside the proxy (or alone).
+pub struct Demo {
+    pub listen: SocketAddr,
+    pub delay: Duration,
+    pub origin_only: bool,
+}
+
+pub fn run(config: Config, demo: Option<Demo>) -> anyhow::Result<()> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(config.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(config.shutdown_timeout.as_secs()),
+        // Enough idle connections to the app for a busy sidecar.
+        upstream_keepalive_pool_size: 256,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    if let Some(d) = &demo {
+        let mut svc = Service::new(
+            "demo app".to_string(),
+            HttpServer::new_app(DemoApp::new(d.delay)),
+        );
+        svc.add_tcp(&d.listen.to_string());
+        server.add_service(svc);
+        info!(listen = %d.listen, delay_ms = d.delay.as_millis() as u64, "demo app");
+        if d.origin_only {
+            server.run(RunArgs {
+                shutdown_signal: Box::new(TermOrInt),
+            });
+            return Ok(());
+        }
+    }
+
+    let redis = config.redis.as_ref().map(|r| {
+        Arc::new(RedisTier::new(
+            r.url.clone(),
+            r.timeout,
+            config.max_lifetime + crate::store::clock::LIFETIME_MARGIN,
+        ))
+    });
+    let store: &'static Store = Box::leak(Box::new(Store::new(
+        config.memory_max_bytes,
+        redis.clone(),
+        config.max_lifetime,
+    )));
+    let lock: &'static CacheKeyLockImpl = Box::leak(Box::new(CacheLock::new(config.lock_timeout)));
+    if let Some(tier) = redis {
+        server.add_service(background_service("redis", RedisMaintainer(tier)));
+    }
+
+    let listen = config.listen;
+    let admin_listen = config.admin_listen;
+    info!(%listen, upstream = %config.upstream.addr, admin = %admin_listen,
+        store = if config.redis.is_some() { "redis" } else { "embedded" }, "freshgate starting");
+    let shared = Arc::new(ArcSwap::from_pointee(config));
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Proxy {
+            config: shared.clone(),
+            store,
+            lock,
+        },
+        "proxy",
+    );
+    proxy.add_tcp(&listen.to_string());
+    server.add_service(proxy);
+
+    let mut admin = Service::new(
+        "admin".to_string(),
+        HttpServer::new_app(Admin {
+            store,
+            started: Arc::new(std::time::Instant::now()),
+        }),
+    );
+    admin.add_tcp(&admin_listen.to_string());
+    server.add_service(admin);
+
+    server.run(RunArgs {
+        shutdown_signal: Box::new(TermOrInt),
+    });
+    info!("freshgate stopped");
+    Ok(())
+}
+
+struct RedisMaintainer(Arc<RedisTier>);
+
+#[async_trait]
+impl BackgroundService for RedisMaintainer {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.0.clone().maintain(shutdown).await;
+    }
+}
+
+/// Pingora treats SIGINT as "stop now"; for a sidecar both SIGTERM (Kubernetes)
+/// and SIGINT (Ctrl-C, `docker stop` variants) should drain gracefully.
+struct TermOrInt;
+
+#[async_trait]
+impl ShutdownSignalWatch for TermOrInt {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            // Without signal handlers we can only wait forever; the process
+            // still stops on SIGKILL.
+            std::future::pending::<()>().await;
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: draining"),
+            _ = int.recv() => info!("SIGINT: draining"),
+        }
+        ShutdownSignal::GracefulTerminate
+    }
+}

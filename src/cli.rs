@@ -1,0 +1,64 @@
+//! The command line (clap derive). Flags override the config file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "freshgate",
+    version,
+    about = "A caching reverse proxy that never serves a stale read after a write"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy in front of an app.
+    Run(RunOpts),
+    /// Validate a config file: exit 0 if it is good, 1 with file:line:column and reason if not.
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Run the bundled demo app with freshgate in front of it.
+    Demo(DemoOpts),
+}
+
+#[derive(Debug, Args, Default)]
+pub struct RunOpts {
+    /// Config file (YAML). Without one, built-in defaults apply.
+    #[arg(short, long, value_name = "FILE", env = "FRESHGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to serve clients on [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR", env = "FRESHGATE_LISTEN")]
+    pub listen: Option<String>,
+    /// The app, as http://HOST:PORT [default: http://127.0.0.1:3000].
+    #[arg(long, value_name = "URL", env = "FRESHGATE_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// Redis URL for the shared tier (otherwise: embedded in-process store).
+    #[arg(long, value_name = "URL", env = "FRESHGATE_REDIS")]
+    pub redis: Option<String>,
+    /// Admin listener address [default: 127.0.0.1:9090].
+    #[arg(long, value_name = "ADDR", env = "FRESHGATE_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoOpts {
+    #[command(flatten)]
+    pub run: RunOpts,
+    /// Run only the demo app (no proxy), on --origin-listen.
+    #[arg(long)]
+    pub origin_only: bool,
+    /// Where the demo app listens.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3000")]
+    pub origin_listen: SocketAddr,
+    /// Artificial latency of every demo app response, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 20)]
+    pub delay_ms: u64,
+}

@@ -1,0 +1,664 @@
+//! Configuration: the YAML schema, loading with located errors, and the
+//! validated, immutable [`Config`] snapshot the rest of freshgate reads.
+//!
+//! The pipeline is parse → validate-all → snapshot. Parsing (serde with
+//! `deny_unknown_fields`) catches syntax, unknown keys and wrong types with the
+//! parser's own line and column; validation then checks meaning (addresses,
+//! URLs, route patterns) and collects *every* problem, each located by finding
+//! the offending value in the file text, so one run of `freshgate check` shows
+//! all of them.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::invalidation::{Invalidation, RawRule};
+use crate::rules::{RouteTable, Rule};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:3000";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// 256 MiB: enough for a sidecar's hot set, small beside a Node.js app.
+pub const DEFAULT_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
+/// Bodies above this stream through uncached (also bounds one entry in Redis).
+pub const DEFAULT_MAX_OBJECT_BYTES: u64 = 8 * 1024 * 1024;
+/// Redis is on the request path: a slow answer must become a miss quickly.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(100);
+/// Time to keep serving after SIGTERM/SIGINT so a load balancer can take the
+/// pod out of rotation, then time for in-flight requests to finish. Together
+/// they stay well below Kubernetes' default `terminationGracePeriodSeconds` (30).
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
+/// The longest any entry is kept, whatever the app's headers say.
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+// === raw schema: mirrors the YAML ===
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub cache: RawCache,
+    #[serde(default)]
+    pub shutdown: RawShutdown,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub invalidate: Vec<RawInvalidate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInvalidate {
+    pub name: Option<String>,
+    /// `[PATCH, DELETE] /studio/api/scenes/:id`, `POST /a`, or just `/a` (any write).
+    pub on: String,
+    pub purge: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    #[serde(default)]
+    pub memory: RawMemory,
+    pub redis: Option<RawRedis>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMemory {
+    /// Bytes, or a size such as `256MiB`.
+    pub max_size: Option<Size>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub url: String,
+    pub timeout: Option<Dur>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub max_object_size: Option<Size>,
+    /// How long concurrent misses on one key wait for the first fetch.
+    pub lock_timeout: Option<Dur>,
+    /// No entry is kept longer than this, whatever the app says.
+    pub max_ttl: Option<Dur>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShutdown {
+    pub grace_period: Option<Dur>,
+    pub timeout: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub pattern: String,
+    pub ttl: Option<Dur>,
+    #[serde(default)]
+    pub override_no_store: bool,
+    #[serde(default)]
+    pub key: RawKey,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    #[serde(default)]
+    pub headers: Vec<String>,
+    #[serde(default)]
+    pub cookies: Vec<String>,
+}
+
+/// A duration written as `90s`, `250ms`, `5m`, `1h`.
+#[derive(Debug, Clone, Copy)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s)
+            .map(Dur)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A byte size written as a number or `64KiB`, `8MiB`, `1GiB` (also kB/MB/GB).
+#[derive(Debug, Clone, Copy)]
+pub struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            N(u64),
+            S(String),
+        }
+        match Either::deserialize(d)? {
+            Either::N(n) => Ok(Size(n)),
+            Either::S(s) => parse_size(&s).map(Size).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 250ms, 30s, 5m"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => {
+            return Err(format!(
+                "invalid duration {s:?}: unit must be ms, s, m, h or d"
+            ))
+        }
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected e.g. 65536, 64KiB, 8MiB"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => {
+            return Err(format!(
+                "invalid size {s:?}: unit must be B, KiB, MiB, GiB, kB, MB or GB"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+// === validated snapshot ===
+
+/// The validated configuration. Immutable: a reload builds a new one.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it came from, for error messages and the admin API.
+    pub source: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub upstream: Upstream,
+    pub admin_listen: SocketAddr,
+    pub memory_max_bytes: u64,
+    pub redis: Option<RedisConfig>,
+    pub max_object_bytes: u64,
+    pub lock_timeout: Duration,
+    pub grace_period: Duration,
+    pub shutdown_timeout: Duration,
+    pub routes: RouteTable,
+    pub invalidation: Invalidation,
+    pub max_lifetime: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `host:port` to connect to.
+    pub addr: String,
+    /// The `Host` the app expects when the client sent none.
+    pub host: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    pub timeout: Duration,
+}
+
+/// Command-line values that take precedence over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub redis: Option<String>,
+    pub admin_listen: Option<String>,
+}
+
+/// One problem in a config file, located where possible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+/// A config that could not be loaded: the file and every problem found in it.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            match (p.line, p.column) {
+                (Some(l), Some(c)) => write!(f, "{}:{}:{}: {}", self.file, l, c, p.message)?,
+                (Some(l), None) => write!(f, "{}:{}: {}", self.file, l, p.message)?,
+                _ => write!(f, "{}: {}", self.file, p.message)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Read and validate a config file, then apply command-line overrides.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Config::from_str("", None, overrides);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            problems: vec![Problem {
+                line: None,
+                column: None,
+                message: format!("cannot read file: {e}"),
+            }],
+        })?;
+        Config::from_str(&text, Some(path), overrides)
+    }
+
+    /// Parse and validate YAML text. An empty text gives the built-in defaults.
+    pub fn from_str(
+        text: &str,
+        path: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let file = path
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "<defaults>".to_string());
+        let raw: RawConfig = if text.trim().is_empty() {
+            RawConfig::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| {
+                let message = strip_location(&e.to_string());
+                let (line, column) =
+                    refine_location(text, e.location().map(|l| (l.line(), l.column())), &message);
+                ConfigError {
+                    file: file.clone(),
+                    problems: vec![Problem {
+                        line,
+                        column,
+                        message,
+                    }],
+                }
+            })?
+        };
+        validate(raw, text, path, overrides).map_err(|problems| ConfigError { file, problems })
+    }
+}
+
+/// yaml_serde appends " at line L column C"; we print the location up front.
+fn strip_location(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// The parser locates a bad value inside a list item at the item's start;
+/// when the message quotes the value, point at the value itself.
+fn refine_location(
+    text: &str,
+    parser: Option<(usize, usize)>,
+    message: &str,
+) -> (Option<usize>, Option<usize>) {
+    let quoted = message
+        .split_once('"')
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(q, _)| q);
+    if let (Some((line, _)), Some(q)) = (parser, quoted) {
+        for (i, l) in text.lines().enumerate().skip(line.saturating_sub(1)) {
+            if let Some(col) = l.find(q) {
+                return (Some(i + 1), Some(col + 1));
+            }
+        }
+    }
+    match parser {
+        Some((l, c)) => (Some(l), Some(c)),
+        None => (None, None),
+    }
+}
+
+/// Find where `needle` is written in the file, to locate a semantic error.
+fn locate(text: &str, needle: &str) -> (Option<usize>, Option<usize>) {
+    if needle.is_empty() {
+        return (None, None);
+    }
+    for (i, line) in text.lines().enumerate() {
+        if let Some(col) = line.find(needle) {
+            return (Some(i + 1), Some(col + 1));
+        }
+    }
+    (None, None)
+}
+
+fn validate(
+    raw: RawConfig,
+    text: &str,
+    path: Option<&Path>,
+    ov: &Overrides,
+) -> Result<Config, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut problem = |needle: &str, message: String| {
+        let (line, column) = locate(text, needle);
+        problems.push(Problem {
+            line,
+            column,
+            message,
+        });
+    };
+
+    let listen_s = ov
+        .listen
+        .clone()
+        .or(raw.listen)
+        .unwrap_or_else(|| DEFAULT_LISTEN.into());
+    let listen = parse_addr(&listen_s, "listen").unwrap_or_else(|m| {
+        problem(&listen_s, m);
+        fallback_addr()
+    });
+    let admin_s = ov
+        .admin_listen
+        .clone()
+        .or(raw.admin.listen)
+        .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.into());
+    let admin_listen = parse_addr(&admin_s, "admin.listen").unwrap_or_else(|m| {
+        problem(&admin_s, m);
+        fallback_addr()
+    });
+    let upstream_s = ov
+        .upstream
+        .clone()
+        .or(raw.upstream)
+        .unwrap_or_else(|| DEFAULT_UPSTREAM.into());
+    let upstream = parse_upstream(&upstream_s).unwrap_or_else(|m| {
+        problem(&upstream_s, m);
+        Upstream {
+            addr: String::new(),
+            host: String::new(),
+        }
+    });
+
+    let redis_url = ov
+        .redis
+        .clone()
+        .or(raw.store.redis.as_ref().map(|r| r.url.clone()));
+    let redis = redis_url.map(|url| {
+        if !(url.starts_with("redis://") || url.starts_with("unix://")) {
+            problem(
+                &url,
+                format!("store.redis.url {url:?} must start with redis:// or unix://"),
+            );
+        }
+        RedisConfig {
+            url,
+            timeout: raw
+                .store
+                .redis
+                .as_ref()
+                .and_then(|r| r.timeout)
+                .map(|d| d.0)
+                .unwrap_or(DEFAULT_REDIS_TIMEOUT),
+        }
+    });
+
+    let mut rules = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for r in raw.routes {
+        if r.name.is_empty()
+            || !r
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            problem(
+                &r.name,
+                format!("route name {:?} must be non-empty and use only letters, digits, '-' and '_' (it becomes a metric label)", r.name),
+            );
+        }
+        if !names.insert(r.name.clone()) {
+            problem(&r.name, format!("route name {:?} is used twice", r.name));
+        }
+        for h in &r.key.headers {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                problem(h, format!("key.headers: {h:?} is not a valid header name"));
+            }
+        }
+        rules.push(Rule {
+            name: r.name,
+            pattern: r.pattern,
+            ttl: r.ttl.map(|d| d.0),
+            override_no_store: r.override_no_store,
+            key_headers: r
+                .key
+                .headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            key_cookies: r.key.cookies,
+            enabled: r.enabled,
+        });
+    }
+    let routes = match RouteTable::new(rules) {
+        Ok(t) => t,
+        Err(errs) => {
+            for e in errs {
+                problem(&e.pattern, e.to_string());
+            }
+            RouteTable::default()
+        }
+    };
+
+    let invalidation = match Invalidation::new(
+        raw.invalidate
+            .into_iter()
+            .map(|r| RawRule {
+                name: r.name,
+                on: r.on,
+                purge: r.purge,
+            })
+            .collect(),
+    ) {
+        Ok(i) => i,
+        Err(errs) => {
+            for e in errs {
+                problem(&e.at, e.message);
+            }
+            Invalidation::default()
+        }
+    };
+
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Config {
+        source: path.map(Path::to_path_buf),
+        listen,
+        upstream,
+        admin_listen,
+        memory_max_bytes: raw
+            .store
+            .memory
+            .max_size
+            .map(|s| s.0)
+            .unwrap_or(DEFAULT_MEMORY_BYTES),
+        redis,
+        max_object_bytes: raw
+            .cache
+            .max_object_size
+            .map(|s| s.0)
+            .unwrap_or(DEFAULT_MAX_OBJECT_BYTES),
+        lock_timeout: raw
+            .cache
+            .lock_timeout
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(3)),
+        grace_period: raw
+            .shutdown
+            .grace_period
+            .map(|d| d.0)
+            .unwrap_or(DEFAULT_GRACE_PERIOD),
+        shutdown_timeout: raw
+            .shutdown
+            .timeout
+            .map(|d| d.0)
+            .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
+        routes,
+        invalidation,
+        max_lifetime: raw.cache.max_ttl.map(|d| d.0).unwrap_or(DEFAULT_MAX_TTL),
+    })
+}
+
+fn fallback_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn parse_addr(s: &str, what: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("{what} {s:?} is not an address such as 127.0.0.1:8080"))
+}
+
+fn parse_upstream(s: &str) -> Result<Upstream, String> {
+    let rest = s.strip_prefix("http://").ok_or_else(|| {
+        format!(
+            "upstream {s:?} must be an http:// URL (freshgate speaks plain HTTP/1.1 to the app)"
+        )
+    })?;
+    let hostport = rest.trim_end_matches('/');
+    if hostport.is_empty() || hostport.contains('/') {
+        return Err(format!(
+            "upstream {s:?} must be http://HOST:PORT with no path"
+        ));
+    }
+    let addr = if hostport
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    };
+    Ok(Upstream {
+        addr,
+        host: hostport.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_without_a_file() {
+        let c = Config::from_str("", None, &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.upstream.addr, "127.0.0.1:3000");
+        assert!(c.redis.is_none());
+    }
+
+    #[test]
+    fn syntax_error_is_located() {
+        let text = "listen: 127.0.0.1:8080\nroutes:\n  - name: a\n    match: [\n";
+        let e =
+            Config::from_str(text, Some(Path::new("f.yaml")), &Overrides::default()).unwrap_err();
+        assert_eq!(e.file, "f.yaml");
+        assert!(e.problems[0].line.is_some(), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_names_the_field_and_line() {
+        let text = "listen: 127.0.0.1:8080\nlistne: x\n";
+        let e = Config::from_str(text, None, &Overrides::default()).unwrap_err();
+        assert_eq!(e.problems[0].line, Some(2));
+        assert!(e.problems[0].message.contains("listne"), "{e}");
+    }
+
+    #[test]
+    fn all_semantic_errors_are_collected() {
+        let text =
+            "listen: nonsense\nupstream: ftp://x\nroutes:\n  - name: a\n    match: /a/**/b\n";
+        let e = Config::from_str(text, None, &Overrides::default()).unwrap_err();
+        assert_eq!(e.problems.len(), 3, "{e}");
+        assert_eq!(e.problems[0].line, Some(1));
+        assert_eq!(e.problems[1].line, Some(2));
+        assert_eq!(e.problems[2].line, Some(5));
+    }
+
+    #[test]
+    fn overrides_win() {
+        let ov = Overrides {
+            listen: Some("127.0.0.1:9999".into()),
+            redis: Some("redis://127.0.0.1:1/0".into()),
+            ..Default::default()
+        };
+        let c = Config::from_str("listen: 127.0.0.1:1234\n", None, &ov).unwrap();
+        assert_eq!(c.listen.port(), 9999);
+        assert!(c.redis.is_some());
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("8MiB").unwrap(), 8 << 20);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert!(parse_size("8 parsecs").is_err());
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("soon").is_err());
+    }
+}

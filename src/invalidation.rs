@@ -1,0 +1,547 @@
+//! Invalidation rules: which cached responses a write makes stale.
+//!
+//! The YAML names route patterns; this module turns them into *tags*, so that
+//! a write costs O(number of tags it names), never a walk over the cache:
+//!
+//! - Every `purge:` target pattern is a tag template. A cached GET gets, for
+//!   each target pattern its path matches, a *family* tag (`r:/scenes/{id}`)
+//!   and, when the pattern binds parameters, a *bound* tag
+//!   (`r:/scenes/{id}|id=42`).
+//! - A write that matches an `on:` pattern binds that pattern's parameters and
+//!   invalidates, per target, the bound tag when the write binds every
+//!   parameter the target names, and the family tag otherwise (a wider purge
+//!   is always safe; a narrower one would serve stale data).
+//! - Always (RFC 9111 §4.4): a successful write invalidates its own path
+//!   (`u:` tag, every query and variant of it) and same-origin `Location` /
+//!   `Content-Location`.
+//! - Tags the app names: `Surrogate-Key` / `Cache-Tag` on responses (`k:`),
+//!   RFC 9875 `Cache-Groups` on responses and `Cache-Group-Invalidation` on
+//!   write responses (`g:`).
+//!
+//! The store (see `store::clock`) keeps, per tag, the clock value of its last
+//! invalidation, and serves an entry only if none of its tags was invalidated
+//! after the entry's fetch began.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use http::Method;
+
+use crate::rules::{to_matchit, PatternError};
+
+/// One `invalidate:` rule, compiled.
+#[derive(Debug, Clone)]
+pub struct InvalidationRule {
+    /// Position in the file, for messages and metrics (`rule-3`), or its name.
+    pub name: String,
+    /// Methods it applies to; empty means every unsafe method.
+    pub methods: Vec<Method>,
+    pub on: String,
+    on_router: matchit::Router<()>,
+    /// Indices into [`Invalidation::targets`].
+    pub purge: Vec<usize>,
+}
+
+/// A purge target pattern: a tag template.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub pattern: String,
+    /// The pattern in matchit syntax: the tag's stable name.
+    pub canonical: String,
+    /// Named parameters (not `*` wildcards, which widen to the family).
+    pub params: Vec<String>,
+    router: matchit::Router<()>,
+}
+
+/// All invalidation rules of a config.
+#[derive(Debug, Clone, Default)]
+pub struct Invalidation {
+    pub rules: Vec<InvalidationRule>,
+    pub targets: Vec<Target>,
+}
+
+/// A rule as written, before compilation.
+#[derive(Debug, Clone)]
+pub struct RawRule {
+    pub name: Option<String>,
+    pub on: String,
+    pub purge: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RuleError {
+    /// The text to point at in the file.
+    pub at: String,
+    pub message: String,
+}
+
+impl fmt::Display for RuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+fn single(pattern: &str) -> Result<(String, matchit::Router<()>), PatternError> {
+    let canonical = to_matchit(pattern).map_err(|reason| PatternError {
+        pattern: pattern.to_string(),
+        reason,
+    })?;
+    let mut router = matchit::Router::new();
+    router
+        .insert(canonical.clone(), ())
+        .map_err(|e| PatternError {
+            pattern: pattern.to_string(),
+            reason: e.to_string(),
+        })?;
+    Ok((canonical, router))
+}
+
+/// Split `"[PATCH, DELETE] /a/:id"`, `"POST /a"` or `"/a"` into methods and pattern.
+fn parse_on(on: &str) -> Result<(Vec<Method>, String), String> {
+    let on = on.trim();
+    let (methods, rest): (Vec<&str>, &str) = if let Some(r) = on.strip_prefix('[') {
+        let (list, rest) = r
+            .split_once(']')
+            .ok_or_else(|| format!("on: {on:?} opens '[' without closing it"))?;
+        (
+            list.split(',')
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .collect(),
+            rest,
+        )
+    } else if let Some((m, rest)) = on.split_once(char::is_whitespace) {
+        (
+            m.split(',')
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .collect(),
+            rest,
+        )
+    } else {
+        (Vec::new(), on)
+    };
+    let mut out = Vec::new();
+    for m in methods {
+        let upper = m.to_ascii_uppercase();
+        match upper.as_str() {
+            "POST" | "PUT" | "PATCH" | "DELETE" => {
+                out.push(Method::from_bytes(upper.as_bytes()).map_err(|e| e.to_string())?)
+            }
+            "*" => {}
+            _ => {
+                return Err(format!(
+                    "on: {m:?} is not a write method (POST, PUT, PATCH, DELETE or *)"
+                ))
+            }
+        }
+    }
+    Ok((out, rest.trim().to_string()))
+}
+
+impl Invalidation {
+    pub fn new(raw: Vec<RawRule>) -> Result<Invalidation, Vec<RuleError>> {
+        let mut inv = Invalidation::default();
+        let mut errors = Vec::new();
+        for (i, r) in raw.into_iter().enumerate() {
+            let name = r.name.clone().unwrap_or_else(|| format!("rule-{}", i + 1));
+            let (methods, pattern) = match parse_on(&r.on) {
+                Ok(x) => x,
+                Err(message) => {
+                    errors.push(RuleError {
+                        at: r.on.clone(),
+                        message,
+                    });
+                    continue;
+                }
+            };
+            let on_router = match single(&pattern) {
+                Ok((_, router)) => router,
+                Err(e) => {
+                    errors.push(RuleError {
+                        at: r.on.clone(),
+                        message: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            if r.purge.is_empty() {
+                errors.push(RuleError {
+                    at: r.on.clone(),
+                    message: format!("rule {name:?} has no purge targets"),
+                });
+            }
+            let mut purge = Vec::new();
+            for p in &r.purge {
+                match inv.target_index(p) {
+                    Ok(idx) => purge.push(idx),
+                    Err(e) => errors.push(RuleError {
+                        at: p.clone(),
+                        message: e.to_string(),
+                    }),
+                }
+            }
+            inv.rules.push(InvalidationRule {
+                name,
+                methods,
+                on: pattern,
+                on_router,
+                purge,
+            });
+        }
+        if errors.is_empty() {
+            Ok(inv)
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn target_index(&mut self, pattern: &str) -> Result<usize, PatternError> {
+        let (canonical, router) = single(pattern)?;
+        if let Some(i) = self.targets.iter().position(|t| t.canonical == canonical) {
+            return Ok(i);
+        }
+        let params = named_params(&canonical);
+        self.targets.push(Target {
+            pattern: pattern.to_string(),
+            canonical,
+            params,
+            router,
+        });
+        Ok(self.targets.len() - 1)
+    }
+
+    /// The tags a cached response for `path` belongs to.
+    pub fn tags_for_read(&self, path: &str) -> Vec<String> {
+        let mut tags = vec![own_tag(path)];
+        for t in &self.targets {
+            if let Ok(m) = t.router.at(path) {
+                tags.push(family_tag(t));
+                if !t.params.is_empty() {
+                    let bound: Vec<(String, String)> = t
+                        .params
+                        .iter()
+                        .map(|p| (p.clone(), m.params.get(p).unwrap_or("").to_string()))
+                        .collect();
+                    tags.push(bound_tag(t, &bound));
+                }
+            }
+        }
+        tags
+    }
+
+    /// The rules a write matches, with what each invalidates.
+    pub fn plan_write(&self, method: &Method, path: &str) -> WritePlan {
+        let mut plan = WritePlan {
+            tags: BTreeSet::from([own_tag(path)]),
+            matched: Vec::new(),
+        };
+        for rule in &self.rules {
+            if !rule.methods.is_empty() && !rule.methods.contains(method) {
+                continue;
+            }
+            let Ok(m) = rule.on_router.at(path) else {
+                continue;
+            };
+            let bound: Vec<(String, String)> = m
+                .params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let mut hits = Vec::new();
+            for &ti in &rule.purge {
+                let t = &self.targets[ti];
+                let values: Option<Vec<(String, String)>> = t
+                    .params
+                    .iter()
+                    .map(|p| {
+                        bound
+                            .iter()
+                            .find(|(k, _)| k == p)
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                    })
+                    .collect();
+                let (tag, why) = match values {
+                    Some(v) if !t.params.is_empty() => {
+                        let desc = v
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        (bound_tag(t, &v), format!("{} with {desc}", t.pattern))
+                    }
+                    Some(_) => (
+                        family_tag(t),
+                        format!("{} (every path it matches)", t.pattern),
+                    ),
+                    None => (
+                        family_tag(t),
+                        format!(
+                            "{} (the whole family: the write does not bind {})",
+                            t.pattern,
+                            t.params.join(", ")
+                        ),
+                    ),
+                };
+                plan.tags.insert(tag.clone());
+                hits.push((tag, why));
+            }
+            plan.matched.push(MatchedRule {
+                name: rule.name.clone(),
+                on: rule.on.clone(),
+                bound,
+                purges: hits,
+            });
+        }
+        plan
+    }
+
+    /// A route's label for metrics: the first matching rule's name, else `-`.
+    pub fn label_for(&self, method: &Method, path: &str) -> Option<&str> {
+        self.rules
+            .iter()
+            .find(|r| {
+                (r.methods.is_empty() || r.methods.contains(method)) && r.on_router.at(path).is_ok()
+            })
+            .map(|r| r.name.as_str())
+    }
+
+    /// Tags for a purge request by pattern with optional parameter values.
+    pub fn tags_for_pattern(
+        &self,
+        pattern: &str,
+        params: &[(String, String)],
+    ) -> Result<Vec<String>, PatternError> {
+        let (canonical, _) = single(pattern)?;
+        let names = named_params(&canonical);
+        let target = self.targets.iter().find(|t| t.canonical == canonical);
+        let Some(t) = target else {
+            // Not a purge target: only literal paths can be purged (own tag).
+            if names.is_empty() && !canonical.contains("{") {
+                return Ok(vec![own_tag(pattern)]);
+            }
+            return Err(PatternError {
+                pattern: pattern.to_string(),
+                reason: "is not a purge target of any rule, so no cached entry carries its tag"
+                    .into(),
+            });
+        };
+        let values: Option<Vec<(String, String)>> = t
+            .params
+            .iter()
+            .map(|p| params.iter().find(|(k, _)| k == p).cloned())
+            .collect();
+        Ok(match values {
+            Some(v) if !t.params.is_empty() => vec![bound_tag(t, &v)],
+            _ => vec![family_tag(t)],
+        })
+    }
+
+    /// Does `path` fall under any purge target (or is it covered only by its own URI)?
+    pub fn is_target_of_any_rule(&self, path_pattern_canonical: &str) -> bool {
+        self.targets
+            .iter()
+            .any(|t| t.canonical == path_pattern_canonical)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WritePlan {
+    pub tags: BTreeSet<String>,
+    pub matched: Vec<MatchedRule>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MatchedRule {
+    pub name: String,
+    pub on: String,
+    pub bound: Vec<(String, String)>,
+    /// (tag, human explanation)
+    pub purges: Vec<(String, String)>,
+}
+
+fn named_params(canonical: &str) -> Vec<String> {
+    canonical
+        .split('/')
+        .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .filter(|s| !s.starts_with('_') && !s.starts_with('*'))
+        .map(str::to_string)
+        .collect()
+}
+
+pub fn own_tag(path: &str) -> String {
+    format!("u:{}", crate::cachekey::normalize_path(path))
+}
+
+fn family_tag(t: &Target) -> String {
+    format!("r:{}", t.canonical)
+}
+
+fn bound_tag(t: &Target, values: &[(String, String)]) -> String {
+    let mut s = format!("r:{}|", t.canonical);
+    for (i, (k, v)) in values.iter().enumerate() {
+        if i > 0 {
+            s.push('&');
+        }
+        s.push_str(k);
+        s.push('=');
+        s.push_str(v);
+    }
+    s
+}
+
+/// App-named tags on a cacheable response: `Surrogate-Key` and `Cache-Tag`
+/// (space- or comma-separated), and RFC 9875 `Cache-Groups`.
+pub fn tags_from_response(headers: &http::HeaderMap) -> Vec<String> {
+    let mut tags = Vec::new();
+    for name in ["surrogate-key", "cache-tag"] {
+        for v in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
+            tags.extend(
+                v.split([' ', ','])
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(|t| format!("k:{t}")),
+            );
+        }
+    }
+    for v in headers
+        .get_all("cache-groups")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        tags.extend(sf_strings(v).into_iter().map(|g| format!("g:{g}")));
+    }
+    tags
+}
+
+/// Groups named by RFC 9875 `Cache-Group-Invalidation` on a write response.
+pub fn groups_invalidated(headers: &http::HeaderMap) -> Vec<String> {
+    headers
+        .get_all("cache-group-invalidation")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(sf_strings)
+        .map(|g| format!("g:{g}"))
+        .collect()
+}
+
+/// The strings of a structured-field list of strings (`"a", "b"`), ignoring
+/// parameters. Tokens are accepted too, leniently.
+fn sf_strings(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(|item| item.split(';').next().unwrap_or("").trim())
+        .map(|s| s.trim_matches('"').to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> Invalidation {
+        Invalidation::new(vec![
+            RawRule {
+                name: None,
+                on: "[PATCH, DELETE] /studio/api/scenes/:id".into(),
+                purge: vec![
+                    "/studio/api/scenes/:id".into(),
+                    "/studio/api/chapters/*".into(),
+                    "/studio/api/stories/[id]".into(),
+                ],
+            },
+            RawRule {
+                name: Some("like".into()),
+                on: "POST /community/api/posts/:postId/like".into(),
+                purge: vec![
+                    "/community/api/posts/:postId".into(),
+                    "/community/api/posts".into(),
+                ],
+            },
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn a_read_carries_family_and_bound_tags() {
+        let inv = rules();
+        let tags = inv.tags_for_read("/studio/api/scenes/42");
+        assert_eq!(
+            tags,
+            vec![
+                "u:/studio/api/scenes/42",
+                "r:/studio/api/scenes/{id}",
+                "r:/studio/api/scenes/{id}|id=42"
+            ]
+        );
+        let chapter = inv.tags_for_read("/studio/api/chapters/7");
+        assert!(chapter.contains(&"r:/studio/api/chapters/{_1}".to_string()));
+    }
+
+    #[test]
+    fn a_write_binds_its_parameters_and_widens_what_it_cannot_bind() {
+        let inv = rules();
+        let plan = inv.plan_write(&Method::PATCH, "/studio/api/scenes/42");
+        let tags: Vec<&str> = plan.tags.iter().map(String::as_str).collect();
+        assert!(tags.contains(&"r:/studio/api/scenes/{id}|id=42"));
+        assert!(tags.contains(&"r:/studio/api/chapters/{_1}"));
+        // stories/[id] names `id` and the write binds `id` (the scene's id):
+        // same name, so it binds; authors use distinct names to widen.
+        assert!(tags.contains(&"r:/studio/api/stories/{id}|id=42"));
+        assert!(tags.contains(&"u:/studio/api/scenes/42"));
+        // Every tag the write names is carried by the reads it must invalidate.
+        let read = inv.tags_for_read("/studio/api/scenes/42");
+        assert!(read.iter().any(|t| plan.tags.contains(t)));
+        let other = inv.tags_for_read("/studio/api/scenes/43");
+        assert!(!other
+            .iter()
+            .any(|t| plan.tags.contains(t) && t.contains("scenes")));
+    }
+
+    #[test]
+    fn methods_filter_rules() {
+        let inv = rules();
+        assert!(inv
+            .plan_write(&Method::POST, "/studio/api/scenes/42")
+            .matched
+            .is_empty());
+        assert_eq!(
+            inv.plan_write(&Method::POST, "/community/api/posts/9/like")
+                .matched
+                .len(),
+            1
+        );
+        let p = inv.plan_write(&Method::POST, "/community/api/posts/9/like");
+        assert!(p.tags.contains("r:/community/api/posts/{postId}|postId=9"));
+        assert!(p.tags.contains("r:/community/api/posts"));
+        assert!(inv
+            .tags_for_read("/community/api/posts")
+            .contains(&"r:/community/api/posts".to_string()));
+    }
+
+    #[test]
+    fn bad_rules_are_reported_with_the_text_to_locate() {
+        let e = Invalidation::new(vec![RawRule {
+            name: None,
+            on: "GET /a/:id".into(),
+            purge: vec!["/a/**/b".into()],
+        }])
+        .unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].at, "GET /a/:id");
+    }
+
+    #[test]
+    fn app_named_tags() {
+        let mut h = http::HeaderMap::new();
+        h.insert("surrogate-key", "scene-42 story-7".parse().unwrap());
+        h.insert("cache-groups", "\"scenes\", \"s42\"".parse().unwrap());
+        assert_eq!(
+            tags_from_response(&h),
+            vec!["k:scene-42", "k:story-7", "g:scenes", "g:s42"]
+        );
+        let mut w = http::HeaderMap::new();
+        w.insert("cache-group-invalidation", "\"s42\"".parse().unwrap());
+        assert_eq!(groups_invalidated(&w), vec!["g:s42"]);
+    }
+}

@@ -1,0 +1,33 @@
+//! freshgate: a caching reverse proxy (sidecar) built on pingora.
+//!
+//! It sits in front of one web app, caches GET/HEAD responses in an in-process
+//! tier and optionally in Redis (shared by replicas), and passes everything
+//! else through. The architecture and the reasons for it are in
+//! `docs/architecture.md`.
+//!
+//! # Layout
+//! - [`config`]: YAML schema → validated, immutable [`config::Config`].
+//! - [`rules`]: route patterns (`/studio/api/scenes/:id`) compiled to one matcher.
+//! - [`proxy`]: the request path, pingora's `ProxyHttp` — start reading here.
+//! - [`cachekey`]: what makes two requests the same for the cache.
+//! - [`invalidation`]: invalidation rules → tags; what a write makes stale.
+//! - [`store`]: pingora-cache `Storage` over the memory tier and Redis.
+//! - [`metrics`]: every Prometheus metric, one registry.
+//! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`).
+//! - [`demo`]: the bundled demo app, for newcomers, tests and benchmarks.
+//! - [`app`]: wiring of the pingora server and its services.
+//! - [`cli`]: the command line.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod cachekey;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod invalidation;
+pub mod metrics;
+pub mod proxy;
+pub mod rules;
+pub mod store;

@@ -1,0 +1,98 @@
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use freshgate::app::{self, Demo};
+use freshgate::cli::{Cli, Command, RunOpts};
+use freshgate::config::{Config, Overrides};
+
+/// Exit code for a config that cannot be used (BSD `EX_USAGE` is for flags;
+/// `check` uses 1 as documented).
+const EXIT_BAD_CONFIG: u8 = 1;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,pingora_core=warn,pingora_proxy=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    match cli.command {
+        Command::Check { config } => match Config::load(Some(&config), &Overrides::default()) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} route rules)",
+                    config.display(),
+                    c.routes.rules().len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_BAD_CONFIG)
+            }
+        },
+        Command::Run(opts) => run(&opts, None),
+        Command::Demo(d) => {
+            let mut opts = d.run;
+            let demo_config = Path::new("config/freshgate.yaml");
+            if opts.config.is_none() && !d.origin_only && demo_config.exists() {
+                opts.config = Some(demo_config.to_path_buf());
+            }
+            if opts.upstream.is_none() {
+                opts.upstream = Some(format!("http://{}", d.origin_listen));
+            }
+            if !d.origin_only {
+                print_demo_help(&opts);
+            }
+            run(
+                &opts,
+                Some(Demo {
+                    listen: d.origin_listen,
+                    delay: Duration::from_millis(d.delay_ms),
+                    origin_only: d.origin_only,
+                }),
+            )
+        }
+    }
+}
+
+fn run(opts: &RunOpts, demo: Option<Demo>) -> ExitCode {
+    let overrides = Overrides {
+        listen: opts.listen.clone(),
+        upstream: opts.upstream.clone(),
+        redis: opts.redis.clone(),
+        admin_listen: opts.admin_listen.clone(),
+    };
+    let config = match Config::load(opts.config.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    match app::run(config, demo) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("freshgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_demo_help(opts: &RunOpts) {
+    let proxy = opts.listen.as_deref().unwrap_or("127.0.0.1:8080");
+    let admin = opts.admin_listen.as_deref().unwrap_or("127.0.0.1:9090");
+    eprintln!(
+        "\nfreshgate demo: the demo app is behind freshgate on http://{proxy}\n\
+         Try, in another terminal:\n\
+         \x20 curl -i http://{proxy}/studio/api/scenes/111        # X-Cache: MISS, then HIT on the second call\n\
+         \x20 curl -i -X PATCH -d '{{\"text\":\"edited\"}}' http://{proxy}/studio/api/scenes/111\n\
+         \x20 curl -i http://{proxy}/studio/api/scenes/111        # the edit, with a new version\n\
+         \x20 curl -s http://{admin}/metrics | grep freshgate_requests_total\n"
+    );
+}

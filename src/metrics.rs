@@ -1,0 +1,193 @@
+//! Every Prometheus metric freshgate exports, in one registry.
+//!
+//! Metrics live in a process-wide static because the pieces that update them
+//! (pingora's `&'static` storage, the proxy's phases, background tasks) have no
+//! common owner to pass a handle through. Labels are route-rule names and other
+//! bounded sets, never raw paths or ids.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Requests by route rule (`-` without one) and result (hit, miss, ...).
+    pub requests: IntCounterVec,
+    pub request_seconds: HistogramVec,
+    pub upstream_seconds: HistogramVec,
+    pub store_hits: IntCounterVec,
+    pub store_errors: IntCounterVec,
+    pub store_op_seconds: HistogramVec,
+    /// 1 while the Redis tier is usable (breaker closed), 0 otherwise.
+    pub redis_up: IntGauge,
+    pub memory_entries: IntGauge,
+    pub memory_bytes: IntGauge,
+    pub build_info: IntGaugeVec,
+    /// Writes that invalidated, by invalidation rule (`-`: only their own URI).
+    pub invalidations: IntCounterVec,
+    pub invalidated_tags: IntCounter,
+    pub invalidation_failures: IntCounter,
+    /// Writes that matched no invalidation rule, by cache route rule (`-`: none).
+    pub unmatched_writes: IntCounterVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "freshgate_requests_total",
+                "Proxied requests by route rule and cache result.",
+            ),
+            &["route", "result"],
+        )
+        .expect("static metric definition");
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "freshgate_request_duration_seconds",
+                "Time from request to last response byte, by cache result.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["result"],
+        )
+        .expect("static metric definition");
+        let upstream_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "freshgate_upstream_duration_seconds",
+                "Time spent waiting for the app, by request method.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["method"],
+        )
+        .expect("static metric definition");
+        let store_hits = IntCounterVec::new(
+            Opts::new(
+                "freshgate_store_hits_total",
+                "Lookups answered by each store tier.",
+            ),
+            &["tier"],
+        )
+        .expect("static metric definition");
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                "freshgate_store_errors_total",
+                "Store operations that failed, by tier and operation.",
+            ),
+            &["tier", "op"],
+        )
+        .expect("static metric definition");
+        let store_op_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "freshgate_store_operation_duration_seconds",
+                "Store operation latency by tier.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["tier", "op"],
+        )
+        .expect("static metric definition");
+        let redis_up = IntGauge::new(
+            "freshgate_redis_up",
+            "1 while the Redis tier is usable (circuit closed).",
+        )
+        .expect("static metric definition");
+        let memory_entries = IntGauge::new(
+            "freshgate_memory_entries",
+            "Entries in the in-process tier.",
+        )
+        .expect("static metric definition");
+        let memory_bytes = IntGauge::new(
+            "freshgate_memory_bytes",
+            "Bytes held by the in-process tier.",
+        )
+        .expect("static metric definition");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "freshgate_build_info",
+                "Always 1; the version is in the label.",
+            ),
+            &["version"],
+        )
+        .expect("static metric definition");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let invalidations = IntCounterVec::new(
+            Opts::new(
+                "freshgate_invalidations_total",
+                "Writes that invalidated cached responses, by invalidation rule.",
+            ),
+            &["rule"],
+        )
+        .expect("static metric definition");
+        let invalidated_tags = IntCounter::new(
+            "freshgate_invalidated_tags_total",
+            "Tags invalidated (the fan-out of writes and purges).",
+        )
+        .expect("static metric definition");
+        let invalidation_failures = IntCounter::new(
+            "freshgate_invalidation_failures_total",
+            "Invalidations that could not be recorded at once (the cache is bypassed until they are).",
+        )
+        .expect("static metric definition");
+        let unmatched_writes = IntCounterVec::new(
+            Opts::new(
+                "freshgate_unmatched_writes_total",
+                "Successful writes that matched no invalidation rule, by cache route rule.",
+            ),
+            &["route"],
+        )
+        .expect("static metric definition");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_seconds.clone()),
+            Box::new(upstream_seconds.clone()),
+            Box::new(store_hits.clone()),
+            Box::new(store_errors.clone()),
+            Box::new(store_op_seconds.clone()),
+            Box::new(redis_up.clone()),
+            Box::new(memory_entries.clone()),
+            Box::new(memory_bytes.clone()),
+            Box::new(build_info.clone()),
+            Box::new(invalidations.clone()),
+            Box::new(invalidated_tags.clone()),
+            Box::new(invalidation_failures.clone()),
+            Box::new(unmatched_writes.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            requests,
+            request_seconds,
+            upstream_seconds,
+            store_hits,
+            store_errors,
+            store_op_seconds,
+            redis_up,
+            memory_entries,
+            memory_bytes,
+            build_info,
+            invalidations,
+            invalidated_tags,
+            invalidation_failures,
+            unmatched_writes,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

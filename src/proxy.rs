@@ -1,0 +1,523 @@
+//! The request path: freshgate's `ProxyHttp` implementation.
+//!
+//! Read this file top to bottom to follow one request. The callbacks appear in
+//! the order pingora calls them:
+//!
+//! 1. `request_filter` takes the config snapshot this request will use.
+//! 2. `request_cache_filter` decides whether the cache may be used at all
+//!    (GET/HEAD, route enabled, no credentials the rule does not key, store
+//!    usable). Anything else goes straight to the app.
+//! 3. `cache_key_callback` / `cache_vary_filter` build the key: scheme, host,
+//!    normalized path, sorted query, the rule's keyed headers and cookies, and
+//!    the request headers the response `Vary`s on.
+//! 4. On a miss, `upstream_peer` + `upstream_request_filter` forward the request
+//!    (with `X-Forwarded-*`, without headers that would change the response
+//!    without being part of the key).
+//! 5. `response_cache_filter` decides whether the app's answer may be stored
+//!    (RFC 9111 plus the safety rules), and with which freshness.
+//! 6. `response_filter` labels every response with `X-Cache` and `Cache-Status`.
+//! 7. `logging` counts it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use http::{header, Method, StatusCode};
+use pingora::cache::cache_control::CacheControl;
+use pingora::cache::filters::resp_cacheable;
+use pingora::cache::lock::CacheKeyLockImpl;
+use pingora::cache::{
+    CacheKey, CacheMeta, CacheMetaDefaults, CachePhase, NoCacheReason, RespCacheable,
+    VarianceBuilder,
+};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{ProxyHttp, Session};
+
+use crate::cachekey;
+use crate::config::Config;
+use crate::invalidation;
+use crate::metrics::METRICS;
+use crate::rules::Rule;
+use crate::store::{FillInfo, Store};
+use tracing::warn;
+
+/// No heuristic freshness: without explicit freshness from the app (or a rule's
+/// TTL) nothing is stored. Heuristics are how caches end up serving stale data.
+static NO_HEURISTICS: CacheMetaDefaults = CacheMetaDefaults::new(|_| None, 0, 0);
+
+/// Headers that can change what the app answers without being in the cache
+/// key (cache-poisoning vectors); removed from requests that use the cache.
+const UNKEYED_REQUEST_HEADERS: &[&str] = &[
+    "x-forwarded-host",
+    "x-forwarded-server",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+pub struct Proxy {
+    pub config: Arc<ArcSwap<Config>>,
+    pub store: &'static Store,
+    pub lock: &'static CacheKeyLockImpl,
+}
+
+/// What happened to one request, as reported in `X-Cache`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Served from the cache (also after a 304 revalidation).
+    Hit,
+    /// Looked up, not found (or expired), fetched from the app.
+    Miss,
+    /// Served from the cache after its freshness ran out (app unreachable).
+    Stale,
+    /// A GET/HEAD that did not use the cache (credentials, route disabled,
+    /// store unavailable, or a response that may not be stored).
+    Bypass,
+    /// Not a cacheable request at all (method); passed through untouched.
+    Pass,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "HIT",
+            Outcome::Miss => "MISS",
+            Outcome::Stale => "STALE",
+            Outcome::Bypass => "BYPASS",
+            Outcome::Pass => "PASS",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Stale => "stale",
+            Outcome::Bypass => "bypass",
+            Outcome::Pass => "pass",
+        }
+    }
+}
+
+pub struct Ctx {
+    config: Arc<Config>,
+    rule: Option<Arc<Rule>>,
+    /// Why a GET/HEAD skipped the cache before lookup.
+    bypass: Option<&'static str>,
+    /// Why the app's response was not stored.
+    not_stored: Option<&'static str>,
+    outcome: Outcome,
+    started: Instant,
+    upstream_started: Option<Instant>,
+    /// The invalidation clock, read before a miss went to the app.
+    fetch_seq: Option<u64>,
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            config: self.config.load_full(),
+            rule: None,
+            bypass: None,
+            not_stored: None,
+            outcome: Outcome::Pass,
+            started: Instant::now(),
+            upstream_started: None,
+            fetch_seq: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // new_ctx may run before a keep-alive connection's next request arrives;
+        // take the config that is current now.
+        ctx.config = self.config.load_full();
+        ctx.started = Instant::now();
+        ctx.rule = ctx
+            .config
+            .routes
+            .lookup(session.req_header().uri.path())
+            .cloned();
+        Ok(false)
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let req = session.req_header();
+        if !matches!(req.method, Method::GET | Method::HEAD) {
+            return Ok(());
+        }
+        ctx.bypass = bypass_reason(req, ctx.rule.as_deref(), self.store);
+        if ctx.bypass.is_some() {
+            return Ok(());
+        }
+        let mut overrides = pingora::cache::CacheOptionOverrides::default();
+        overrides.wait_timeout = Some(ctx.config.lock_timeout);
+        session
+            .cache
+            .enable(self.store, None, None, Some(self.lock), Some(overrides));
+        session
+            .cache
+            .set_max_file_size_bytes(ctx.config.max_object_bytes as usize);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        let primary = cachekey::primary(
+            session.req_header(),
+            &ctx.config.upstream.host,
+            ctx.rule.as_deref(),
+        );
+        Ok(CacheKey::new(primary, ""))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut Ctx,
+        req: &RequestHeader,
+    ) -> Option<pingora::cache::key::HashBinary> {
+        let mut names: Vec<String> = meta
+            .headers()
+            .get_all(header::VARY)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|n| n.trim().to_ascii_lowercase())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if names.is_empty() {
+            return None;
+        }
+        names.sort();
+        names.dedup();
+        let mut vb = VarianceBuilder::new();
+        for name in names {
+            let value = req
+                .headers
+                .get_all(name.as_str())
+                .iter()
+                .flat_map(|v| v.as_bytes().iter().copied().chain([b',']))
+                .collect::<Vec<u8>>();
+            vb.add_owned_name_value(name, value);
+        }
+        vb.finalize()
+    }
+
+    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // The clock is read *before* the fetch begins: any invalidation after
+        // this point makes what we are about to store unservable.
+        if session.cache.enabled() {
+            ctx.fetch_seq = self.store.clock_now().await;
+        }
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        ctx.upstream_started = Some(Instant::now());
+        let _ = session;
+        let mut peer = HttpPeer::new(ctx.config.upstream.addr.as_str(), false, String::new());
+        peer.options.connection_timeout = Some(Duration::from_secs(2));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+            let ip = addr.ip().to_string();
+            let xff = match upstream
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip,
+            };
+            upstream.insert_header("x-forwarded-for", xff)?;
+        }
+        upstream.insert_header("x-forwarded-proto", "http")?;
+        if upstream.headers.get(header::HOST).is_none() {
+            upstream.insert_header(header::HOST, ctx.config.upstream.host.as_str())?;
+        }
+        if session.cache.enabled() {
+            for h in UNKEYED_REQUEST_HEADERS {
+                upstream.remove_header(*h);
+            }
+        }
+        Ok(())
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<RespCacheable> {
+        let decided = storable(resp, ctx.rule.as_deref()).and_then(|c| match (c, ctx.fetch_seq) {
+            (RespCacheable::Cacheable(mut meta), Some(fetch_seq)) => {
+                let mut tags = ctx
+                    .config
+                    .invalidation
+                    .tags_for_read(session.req_header().uri.path());
+                tags.extend(invalidation::tags_from_response(&resp.headers));
+                meta.extensions_mut().insert(FillInfo { fetch_seq, tags });
+                Ok(RespCacheable::Cacheable(meta))
+            }
+            (RespCacheable::Cacheable(_), None) => Err("clock-unavailable"),
+            (other, _) => Ok(other),
+        });
+        match decided {
+            Ok(c) => Ok(c),
+            Err(reason) => {
+                ctx.not_stored = Some(reason);
+                Ok(RespCacheable::Uncacheable(NoCacheReason::Custom(reason)))
+            }
+        }
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        _resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(t) = ctx.upstream_started {
+            METRICS
+                .upstream_seconds
+                .with_label_values(&[session.req_header().method.as_str()])
+                .observe(t.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if is_write(&session.req_header().method) && resp.status.as_u16() < 400 {
+            self.invalidate_after_write(session, resp, ctx).await;
+        }
+        let (outcome, status) = describe(session, ctx);
+        ctx.outcome = outcome;
+        resp.insert_header("x-cache", outcome.as_str())?;
+        resp.insert_header("cache-status", status)?;
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let route = ctx.rule.as_ref().map(|r| r.name.as_str()).unwrap_or("-");
+        let label = ctx.outcome.label();
+        METRICS.requests.with_label_values(&[route, label]).inc();
+        METRICS
+            .request_seconds
+            .with_label_values(&[label])
+            .observe(ctx.started.elapsed().as_secs_f64());
+        let _ = session;
+    }
+}
+
+impl Proxy {
+    /// The app committed a write: make everything it changed unservable before
+    /// the client hears back, so no read that follows can see the old data.
+    async fn invalidate_after_write(&self, session: &Session, resp: &ResponseHeader, ctx: &Ctx) {
+        let req = session.req_header();
+        let path = req.uri.path();
+        let plan = ctx.config.invalidation.plan_write(&req.method, path);
+        let mut tags = plan.tags;
+        for h in [header::LOCATION, header::CONTENT_LOCATION] {
+            if let Some(p) = resp
+                .headers
+                .get(&h)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| same_origin_path(req, v))
+            {
+                tags.insert(invalidation::own_tag(&p));
+            }
+        }
+        tags.extend(invalidation::groups_invalidated(&resp.headers));
+        if plan.matched.is_empty() {
+            let route = ctx.rule.as_ref().map(|r| r.name.as_str()).unwrap_or("-");
+            METRICS.unmatched_writes.with_label_values(&[route]).inc();
+            METRICS.invalidations.with_label_values(&["-"]).inc();
+        }
+        for m in &plan.matched {
+            METRICS
+                .invalidations
+                .with_label_values(&[m.name.as_str()])
+                .inc();
+        }
+        if !self.store.invalidate(&tags).await {
+            warn!(
+                path,
+                "invalidation not recorded yet: the cache is bypassed until it is"
+            );
+        }
+    }
+}
+
+fn is_write(m: &Method) -> bool {
+    !matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::CONNECT
+    )
+}
+
+/// The path of `location` if it points at the same origin as the request.
+fn same_origin_path(req: &RequestHeader, location: &str) -> Option<String> {
+    if location.starts_with('/') && !location.starts_with("//") {
+        return Some(
+            location
+                .split(['?', '#'])
+                .next()
+                .unwrap_or(location)
+                .to_string(),
+        );
+    }
+    let uri: http::Uri = location.parse().ok()?;
+    let host = req
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())?;
+    if uri
+        .authority()
+        .map(|a| a.as_str().eq_ignore_ascii_case(host))
+        == Some(true)
+    {
+        Some(uri.path().to_string())
+    } else {
+        None
+    }
+}
+
+/// Why a GET/HEAD must not use the cache, if it must not.
+fn bypass_reason(req: &RequestHeader, rule: Option<&Rule>, store: &Store) -> Option<&'static str> {
+    if rule.is_some_and(|r| !r.enabled) {
+        return Some("route-disabled");
+    }
+    if req.headers.contains_key(header::AUTHORIZATION)
+        && !rule.is_some_and(Rule::keys_authorization)
+    {
+        return Some("authorization");
+    }
+    if req.headers.contains_key(header::COOKIE) && !rule.is_some_and(Rule::keys_cookies) {
+        return Some("cookie");
+    }
+    if !store.usable() {
+        return Some("store-unavailable");
+    }
+    None
+}
+
+/// Whether the app's response may be stored, and with what freshness.
+/// The safety rules hold even when a rule overrides the app's freshness.
+fn storable(resp: &ResponseHeader, rule: Option<&Rule>) -> Result<RespCacheable, &'static str> {
+    if resp.headers.contains_key(header::SET_COOKIE) {
+        return Err("set-cookie");
+    }
+    let vary_star = resp
+        .headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|n| n.trim() == "*"));
+    if vary_star {
+        return Err("vary-star");
+    }
+    if resp.status == StatusCode::PARTIAL_CONTENT {
+        return Err("partial-content");
+    }
+    let cc = CacheControl::from_resp_headers(resp);
+    if cc.as_ref().is_some_and(|c| c.has_key("private")) {
+        return Err("private");
+    }
+    let no_store = cc.as_ref().is_some_and(|c| c.no_store());
+    match rule.and_then(|r| r.ttl.map(|ttl| (r, ttl))) {
+        Some((rule, ttl)) => {
+            if no_store && !rule.override_no_store {
+                return Err("no-store");
+            }
+            if !matches!(
+                resp.status.as_u16(),
+                200 | 203 | 204 | 300 | 301 | 308 | 404 | 410
+            ) {
+                return Err("status");
+            }
+            let now = SystemTime::now();
+            Ok(RespCacheable::Cacheable(CacheMeta::new(
+                now + ttl,
+                now,
+                0,
+                0,
+                resp.clone(),
+            )))
+        }
+        None => {
+            if no_store {
+                return Err("no-store");
+            }
+            match resp_cacheable(cc.as_ref(), resp.clone(), false, &NO_HEURISTICS) {
+                RespCacheable::Uncacheable(_) => Err("no-freshness"),
+                c => Ok(c),
+            }
+        }
+    }
+}
+
+/// The `X-Cache` outcome and the RFC 9211 `Cache-Status` value.
+fn describe(session: &Session, ctx: &Ctx) -> (Outcome, String) {
+    const NAME: &str = "freshgate";
+    let ttl = |s: &Session| -> i64 {
+        let meta = s.cache.cache_meta();
+        let now = SystemTime::now();
+        match meta.fresh_until().duration_since(now) {
+            Ok(d) => d.as_secs() as i64,
+            Err(e) => -(e.duration().as_secs() as i64),
+        }
+    };
+    if let Some(reason) = ctx.bypass {
+        return (
+            Outcome::Bypass,
+            format!("{NAME}; fwd=bypass; detail={reason}"),
+        );
+    }
+    match session.cache.phase() {
+        CachePhase::Hit => (Outcome::Hit, format!("{NAME}; hit; ttl={}", ttl(session))),
+        CachePhase::Stale | CachePhase::StaleUpdating => {
+            (Outcome::Stale, format!("{NAME}; hit; ttl={}", ttl(session)))
+        }
+        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => (
+            Outcome::Hit,
+            format!("{NAME}; fwd=stale; fwd-status=304; ttl={}", ttl(session)),
+        ),
+        CachePhase::Miss => (Outcome::Miss, format!("{NAME}; fwd=uri-miss; stored")),
+        CachePhase::Expired => (Outcome::Miss, format!("{NAME}; fwd=stale; stored")),
+        CachePhase::Disabled(reason) => {
+            if !matches!(session.req_header().method, Method::GET | Method::HEAD) {
+                return (Outcome::Pass, format!("{NAME}; fwd=method"));
+            }
+            let detail = ctx.not_stored.unwrap_or(match reason {
+                NoCacheReason::ResponseTooLarge | NoCacheReason::PredictedResponseTooLarge => {
+                    "too-large"
+                }
+                NoCacheReason::NeverEnabled => "disabled",
+                _ => "uncacheable",
+            });
+            (
+                Outcome::Bypass,
+                format!("{NAME}; fwd=uri-miss; detail={detail}"),
+            )
+        }
+        _ => (Outcome::Bypass, format!("{NAME}; fwd=bypass")),
+    }
+}

@@ -1,0 +1,222 @@
+//! Route rules: which paths a rule covers, and what it says about caching them.
+//!
+//! Patterns are written as web developers write routes: `/studio/api/scenes/:id`,
+//! Next.js folders `/studio/api/scenes/[id]`, `*` for one segment, `**` (or
+//! `[...rest]`) for the rest of the path. They compile into one `matchit` radix
+//! tree (axum's router), so a lookup costs the same with 5 rules or 500, and
+//! when several patterns could match, the most specific wins (static segments
+//! beat parameters, parameters beat catch-alls) — the same priority the app's
+//! own router uses. Two patterns that are the same route are a config error.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One route rule, as validated from the config.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub pattern: String,
+    /// Overrides the app's freshness for this route.
+    pub ttl: Option<Duration>,
+    /// Store even when the app says `no-store` (as Next.js API routes do).
+    /// `private`, `Set-Cookie` and `Vary: *` are never overridden.
+    pub override_no_store: bool,
+    /// Lower-case request header names that become part of the cache key.
+    pub key_headers: Vec<String>,
+    /// Cookie names whose values become part of the cache key.
+    pub key_cookies: Vec<String>,
+    pub enabled: bool,
+}
+
+impl Rule {
+    /// Whether a request carrying credentials may use this route's cache:
+    /// only when the rule names how to key them.
+    pub fn keys_authorization(&self) -> bool {
+        self.key_headers.iter().any(|h| h == "authorization")
+    }
+
+    pub fn keys_cookies(&self) -> bool {
+        !self.key_cookies.is_empty() || self.key_headers.iter().any(|h| h == "cookie")
+    }
+}
+
+/// A pattern that cannot be compiled, with the pattern and the reason.
+#[derive(Debug, Clone)]
+pub struct PatternError {
+    pub pattern: String,
+    pub reason: String,
+}
+
+impl fmt::Display for PatternError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid route pattern {:?}: {}",
+            self.pattern, self.reason
+        )
+    }
+}
+
+/// All route rules compiled into one matcher.
+#[derive(Clone, Default)]
+pub struct RouteTable {
+    rules: Vec<Arc<Rule>>,
+    router: matchit::Router<usize>,
+}
+
+impl fmt::Debug for RouteTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.rules.iter().map(|r| &r.pattern))
+            .finish()
+    }
+}
+
+impl RouteTable {
+    pub fn new(rules: Vec<Rule>) -> Result<RouteTable, Vec<PatternError>> {
+        let mut router = matchit::Router::new();
+        let mut errors = Vec::new();
+        for (i, rule) in rules.iter().enumerate() {
+            let compiled = match to_matchit(&rule.pattern) {
+                Ok(c) => c,
+                Err(reason) => {
+                    errors.push(PatternError {
+                        pattern: rule.pattern.clone(),
+                        reason,
+                    });
+                    continue;
+                }
+            };
+            if let Err(e) = router.insert(compiled, i) {
+                errors.push(PatternError {
+                    pattern: rule.pattern.clone(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(RouteTable {
+            rules: rules.into_iter().map(Arc::new).collect(),
+            router,
+        })
+    }
+
+    /// The rule that covers `path` (no query string), if any.
+    pub fn lookup(&self, path: &str) -> Option<&Arc<Rule>> {
+        let m = self.router.at(path).ok()?;
+        self.rules.get(*m.value)
+    }
+
+    pub fn rules(&self) -> &[Arc<Rule>] {
+        &self.rules
+    }
+}
+
+/// Translate a freshgate pattern into matchit's syntax (`{name}`, `{*rest}`).
+pub fn to_matchit(pattern: &str) -> Result<String, String> {
+    if !pattern.starts_with('/') {
+        return Err("must start with '/'".into());
+    }
+    let segments: Vec<&str> = pattern[1..].split('/').collect();
+    let mut out = String::with_capacity(pattern.len() + 8);
+    let mut wild = 0;
+    for (i, seg) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        out.push('/');
+        let param = seg
+            .strip_prefix(':')
+            .or_else(|| seg.strip_prefix('[').and_then(|s| s.strip_suffix(']')));
+        if *seg == "**" || param.is_some_and(|p| p.starts_with("...")) {
+            if !last {
+                return Err(format!(
+                    "'{seg}' matches the rest of the path, so it must be the last segment"
+                ));
+            }
+            let name = param.map(|p| p.trim_start_matches("...")).unwrap_or("rest");
+            check_name(name)?;
+            out.push_str(&format!("{{*{name}}}"));
+        } else if *seg == "*" {
+            wild += 1;
+            out.push_str(&format!("{{_{wild}}}"));
+        } else if let Some(name) = param {
+            check_name(name)?;
+            out.push_str(&format!("{{{name}}}"));
+        } else {
+            if seg.contains(['*', ':', '[', ']']) {
+                return Err(format!(
+                    "segment {seg:?} mixes text with a wildcard or parameter"
+                ));
+            }
+            out.push_str(&seg.replace('{', "{{").replace('}', "}}"));
+        }
+    }
+    Ok(out)
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!(
+            "parameter name {name:?} must be letters, digits or '_'"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(name: &str, pattern: &str) -> Rule {
+        Rule {
+            name: name.into(),
+            pattern: pattern.into(),
+            ttl: None,
+            override_no_store: false,
+            key_headers: vec![],
+            key_cookies: vec![],
+            enabled: true,
+        }
+    }
+
+    #[test]
+    fn pattern_forms() {
+        assert_eq!(to_matchit("/a/:id").unwrap(), "/a/{id}");
+        assert_eq!(to_matchit("/a/[id]/b").unwrap(), "/a/{id}/b");
+        assert_eq!(to_matchit("/a/*/b").unwrap(), "/a/{_1}/b");
+        assert_eq!(to_matchit("/a/**").unwrap(), "/a/{*rest}");
+        assert_eq!(to_matchit("/a/[...slug]").unwrap(), "/a/{*slug}");
+        assert!(to_matchit("/a/**/b").is_err());
+        assert!(to_matchit("a/b").is_err());
+        assert!(to_matchit("/a/x*").is_err());
+    }
+
+    #[test]
+    fn most_specific_rule_wins() {
+        let t = RouteTable::new(vec![
+            rule("posts", "/community/api/posts"),
+            rule("post", "/community/api/posts/:postId"),
+            rule("replies", "/community/api/posts/:postId/replies"),
+            rule("all", "/community/**"),
+        ])
+        .unwrap();
+        let name = |p: &str| t.lookup(p).map(|r| r.name.clone());
+        assert_eq!(name("/community/api/posts").as_deref(), Some("posts"));
+        assert_eq!(name("/community/api/posts/7").as_deref(), Some("post"));
+        assert_eq!(
+            name("/community/api/posts/7/replies").as_deref(),
+            Some("replies")
+        );
+        assert_eq!(name("/community/other/x").as_deref(), Some("all"));
+        assert_eq!(name("/studio/api/scenes/1"), None);
+    }
+
+    #[test]
+    fn duplicate_routes_are_rejected_with_the_pattern() {
+        let e = RouteTable::new(vec![rule("a", "/x/:id"), rule("b", "/x/[other]")]).unwrap_err();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].pattern, "/x/[other]");
+    }
+}

@@ -1,0 +1,164 @@
+//! The stored form of one cached response, shared by both tiers.
+//!
+//! Layout (version 1), all integers big-endian:
+//! `b"FG"`, version `u8`, `fetch_seq u64`, tag count `u16`, each tag as `u16`
+//! length + UTF-8, pingora's meta as two `u32`-length-prefixed blobs
+//! (`CacheMeta::serialize`: internal + header), then the body to the end.
+//!
+//! The version byte is why a rolling upgrade never misreads an entry: a reader
+//! that does not know the version treats the entry as a miss. The Redis key also
+//! carries the version, so old and new replicas simply do not see each other's
+//! entries while both run.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+pub const MAGIC: &[u8; 2] = b"FG";
+pub const VERSION: u8 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The invalidation clock read before the fetch began (see invalidation).
+    pub fetch_seq: u64,
+    /// Invalidation tags this response belongs to.
+    pub tags: Vec<String>,
+    pub meta_internal: Bytes,
+    pub meta_header: Bytes,
+    pub body: Bytes,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a freshgate entry")]
+    BadMagic,
+    #[error("entry format version {0} is not known to this build")]
+    UnknownVersion(u8),
+    #[error("entry is truncated")]
+    Truncated,
+    #[error("entry tag is not UTF-8")]
+    BadTag,
+}
+
+impl Entry {
+    /// Bytes this entry occupies, for the memory tier's byte bound.
+    pub fn weight(&self) -> usize {
+        64 + self.meta_internal.len()
+            + self.meta_header.len()
+            + self.body.len()
+            + self.tags.iter().map(|t| t.len() + 24).sum::<usize>()
+    }
+
+    pub fn encode(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(self.weight());
+        b.put_slice(MAGIC);
+        b.put_u8(VERSION);
+        b.put_u64(self.fetch_seq);
+        b.put_u16(self.tags.len().min(u16::MAX as usize) as u16);
+        for t in self.tags.iter().take(u16::MAX as usize) {
+            let t = &t.as_bytes()[..t.len().min(u16::MAX as usize)];
+            b.put_u16(t.len() as u16);
+            b.put_slice(t);
+        }
+        b.put_u32(self.meta_internal.len() as u32);
+        b.put_slice(&self.meta_internal);
+        b.put_u32(self.meta_header.len() as u32);
+        b.put_slice(&self.meta_header);
+        b.put_slice(&self.body);
+        b.freeze()
+    }
+
+    pub fn decode(mut buf: Bytes) -> Result<Entry, DecodeError> {
+        if buf.len() < 3 || &buf[..2] != MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        buf.advance(2);
+        let version = buf.get_u8();
+        if version != VERSION {
+            return Err(DecodeError::UnknownVersion(version));
+        }
+        need(&buf, 10)?;
+        let fetch_seq = buf.get_u64();
+        let ntags = buf.get_u16() as usize;
+        let mut tags = Vec::with_capacity(ntags);
+        for _ in 0..ntags {
+            need(&buf, 2)?;
+            let len = buf.get_u16() as usize;
+            need(&buf, len)?;
+            let t = buf.split_to(len);
+            tags.push(String::from_utf8(t.to_vec()).map_err(|_| DecodeError::BadTag)?);
+        }
+        let meta_internal = take_u32_prefixed(&mut buf)?;
+        let meta_header = take_u32_prefixed(&mut buf)?;
+        Ok(Entry {
+            fetch_seq,
+            tags,
+            meta_internal,
+            meta_header,
+            body: buf,
+        })
+    }
+}
+
+fn need(buf: &Bytes, n: usize) -> Result<(), DecodeError> {
+    if buf.remaining() < n {
+        Err(DecodeError::Truncated)
+    } else {
+        Ok(())
+    }
+}
+
+fn take_u32_prefixed(buf: &mut Bytes) -> Result<Bytes, DecodeError> {
+    need(buf, 4)?;
+    let len = buf.get_u32() as usize;
+    need(buf, len)?;
+    Ok(buf.split_to(len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Entry {
+        Entry {
+            fetch_seq: 42,
+            tags: vec!["scene:id=7".into(), "stories".into()],
+            meta_internal: Bytes::from_static(b"internal"),
+            meta_header: Bytes::from_static(b"HTTP/1.1 200 OK\r\n"),
+            body: Bytes::from_static(b"{\"text\":\"hello\"}"),
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let e = sample();
+        assert_eq!(Entry::decode(e.encode()).unwrap(), e);
+    }
+
+    #[test]
+    fn other_versions_are_refused_not_misread() {
+        let mut raw = e_bytes();
+        raw[2] = 2;
+        assert_eq!(
+            Entry::decode(Bytes::from(raw)),
+            Err(DecodeError::UnknownVersion(2))
+        );
+    }
+
+    #[test]
+    fn truncation_and_garbage_are_errors() {
+        let raw = e_bytes();
+        for cut in [0, 1, 5, 12, 20, 30] {
+            assert!(
+                Entry::decode(Bytes::copy_from_slice(&raw[..cut])).is_err(),
+                "cut {cut}"
+            );
+        }
+        assert_eq!(
+            Entry::decode(Bytes::from_static(b"hello world")),
+            Err(DecodeError::BadMagic)
+        );
+    }
+
+    fn e_bytes() -> Vec<u8> {
+        sample().encode().to_vec()
+    }
+}

@@ -1,0 +1,396 @@
+//! The cache store: pingora-cache's [`Storage`] over two tiers.
+//!
+//! - **memory** (always): a moka cache bounded by *bytes* (a weigher), with a
+//!   per-entry expiry at the end of the entry's usefulness (freshness, stale
+//!   windows, and a little time to revalidate with the app's validators).
+//! - **redis** (optional, see [`redis`]): the shared tier. Lookups try memory
+//!   first, then Redis, and copy Redis hits into memory; fills write both.
+//!
+//! Errors never fail a request: a failed lookup is a miss, a failed write just
+//! means the response was not stored.
+
+pub mod clock;
+mod entry;
+pub mod redis;
+
+use std::any::Any;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::cache::key::CacheHashKey;
+use pingora::cache::storage::{
+    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
+    PurgeType,
+};
+use pingora::cache::trace::SpanHandle;
+use pingora::cache::{CacheKey, CacheMeta, Storage};
+use pingora::{Error, ErrorType, Result};
+
+pub use entry::{DecodeError, Entry};
+
+use self::clock::LocalClock;
+use self::redis::RedisTier;
+use crate::metrics::METRICS;
+
+/// How long an entry is kept after it goes stale, so a conditional request to
+/// the app (304) can refresh it instead of fetching the whole body again.
+const KEEP_FOR_REVALIDATION: Duration = Duration::from_secs(60);
+
+/// Per-request data from the proxy to the miss handler, carried in
+/// `CacheKey.extensions` (in memory only, never stored by pingora).
+#[derive(Debug, Clone, Default)]
+pub struct FillInfo {
+    pub fetch_seq: u64,
+    pub tags: Vec<String>,
+}
+
+struct Cached {
+    entry: Entry,
+    /// The Redis epoch the entry was read or written under (0 without Redis).
+    epoch: u64,
+    keep_until: Instant,
+}
+
+struct KeepUntil;
+
+impl moka::Expiry<String, Arc<Cached>> for KeepUntil {
+    fn expire_after_create(&self, _: &String, v: &Arc<Cached>, now: Instant) -> Option<Duration> {
+        Some(v.keep_until.saturating_duration_since(now))
+    }
+    fn expire_after_update(
+        &self,
+        _: &String,
+        v: &Arc<Cached>,
+        now: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(v.keep_until.saturating_duration_since(now))
+    }
+}
+
+pub struct Store {
+    memory: moka::sync::Cache<String, Arc<Cached>>,
+    redis: Option<Arc<RedisTier>>,
+    /// The invalidation clock when there is no Redis (with Redis, it lives there
+    /// so that every replica shares it).
+    local: LocalClock,
+    /// No entry is kept longer than this (bounds how long invalidations must be remembered).
+    max_lifetime: Duration,
+}
+
+impl Store {
+    pub fn new(
+        memory_max_bytes: u64,
+        redis: Option<Arc<RedisTier>>,
+        max_lifetime: Duration,
+    ) -> Store {
+        let memory = moka::sync::Cache::builder()
+            .max_capacity(memory_max_bytes)
+            .weigher(|_k: &String, v: &Arc<Cached>| v.entry.weight().min(u32::MAX as usize) as u32)
+            .expire_after(KeepUntil)
+            .build();
+        Store {
+            memory,
+            redis,
+            local: LocalClock::new(max_lifetime),
+            max_lifetime,
+        }
+    }
+
+    /// Read the invalidation clock before a fetch begins. `None` when it
+    /// cannot be read (Redis down): the response must then not be stored.
+    pub async fn clock_now(&self) -> Option<u64> {
+        match &self.redis {
+            Some(r) => r.clock_now().await,
+            None => Some(self.local.now()),
+        }
+    }
+
+    /// Invalidate `tags` (after the app committed a write). False when it
+    /// could not be recorded; the store then refuses service until it is.
+    pub async fn invalidate(&self, tags: &BTreeSet<String>) -> bool {
+        METRICS.invalidated_tags.inc_by(tags.len() as u64);
+        match &self.redis {
+            Some(r) => r.invalidate(tags).await,
+            None => {
+                self.local.invalidate(tags);
+                true
+            }
+        }
+    }
+
+    async fn still_valid(&self, e: &Entry) -> bool {
+        match &self.redis {
+            Some(r) => r.valid(e.fetch_seq, &e.tags).await.unwrap_or(false),
+            None => self.local.valid(e.fetch_seq, &e.tags),
+        }
+    }
+
+    pub fn redis(&self) -> Option<&Arc<RedisTier>> {
+        self.redis.as_ref()
+    }
+
+    /// False when a shared tier is configured but cannot be used right now:
+    /// the proxy then passes requests through.
+    pub fn usable(&self) -> bool {
+        self.redis.as_ref().is_none_or(|r| r.available())
+    }
+
+    /// Entries and bytes in the memory tier (approximate, moka is lazy).
+    pub fn memory_usage(&self) -> (u64, u64) {
+        self.memory.run_pending_tasks();
+        (self.memory.entry_count(), self.memory.weighted_size())
+    }
+
+    fn current_epoch(&self) -> u64 {
+        self.redis.as_ref().map(|r| r.epoch()).unwrap_or(0)
+    }
+
+    async fn find(&self, key: &str) -> Option<Arc<Cached>> {
+        let epoch = self.current_epoch();
+        if let Some(c) = self.memory.get(key) {
+            if c.epoch == epoch && self.still_valid(&c.entry).await {
+                METRICS.store_hits.with_label_values(&["memory"]).inc();
+                return Some(c);
+            }
+            self.memory.invalidate(key);
+            if c.epoch == epoch {
+                // Invalidated: Redis holds the same stale copy.
+                return None;
+            }
+        }
+        let redis = self.redis.as_ref()?;
+        let (bytes, epoch) = redis.get(key).await?;
+        let entry = match Entry::decode(bytes) {
+            Ok(e) => e,
+            Err(e) => {
+                // Another version's entry, or corruption: a miss, not a guess.
+                tracing::debug!(error = %e, "ignoring undecodable redis entry");
+                return None;
+            }
+        };
+        if !self.still_valid(&entry).await {
+            return None;
+        }
+        METRICS.store_hits.with_label_values(&["redis"]).inc();
+        let meta = decode_meta(&entry).ok()?;
+        let c = Arc::new(Cached {
+            keep_until: keep_until(&meta, self.max_lifetime),
+            entry,
+            epoch,
+        });
+        self.memory.insert(key.to_string(), c.clone());
+        Some(c)
+    }
+
+    async fn put(&self, key: String, entry: Entry, meta: &CacheMeta) {
+        let keep = keep_until(meta, self.max_lifetime);
+        let ttl = keep.saturating_duration_since(Instant::now());
+        if let Some(redis) = &self.redis {
+            redis.set(&key, &entry.encode(), ttl).await;
+        }
+        let c = Arc::new(Cached {
+            entry,
+            epoch: self.current_epoch(),
+            keep_until: keep,
+        });
+        self.memory.insert(key, c);
+    }
+
+    async fn remove(&self, key: &str) -> bool {
+        let in_memory = self.memory.remove(key).is_some();
+        let in_redis = match &self.redis {
+            Some(r) => r.delete(key).await,
+            None => false,
+        };
+        in_memory || in_redis
+    }
+}
+
+fn decode_meta(e: &Entry) -> Result<CacheMeta> {
+    CacheMeta::deserialize(&e.meta_internal, &e.meta_header)
+}
+
+fn keep_until(meta: &CacheMeta, max_lifetime: Duration) -> Instant {
+    let stale = meta
+        .stale_while_revalidate_sec()
+        .max(meta.stale_if_error_sec()) as u64;
+    let until = meta.fresh_until() + Duration::from_secs(stale) + KEEP_FOR_REVALIDATION;
+    let left = until
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    Instant::now() + left.min(max_lifetime)
+}
+
+#[async_trait]
+impl Storage for Store {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let Some(c) = self.find(&key.combined()).await else {
+            return Ok(None);
+        };
+        let meta = decode_meta(&c.entry)?;
+        let body = c.entry.body.clone();
+        let end = body.len();
+        Ok(Some((
+            meta,
+            Box::new(Hit {
+                body,
+                done: false,
+                start: 0,
+                end,
+            }),
+        )))
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        let (internal, header) = meta.serialize()?;
+        // Without the clock value read before the fetch, an entry could not be
+        // checked against invalidations: refuse to store it.
+        let Some(fill) = meta.extensions().get::<FillInfo>().cloned() else {
+            return Error::e_explain(ErrorType::InternalError, "response has no fill info");
+        };
+        Ok(Box::new(Miss {
+            store: self,
+            key: key.combined(),
+            meta_internal: internal.into(),
+            meta_header: header.into(),
+            fill,
+            body: BytesMut::new(),
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _purge_type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        if self.remove(&target.key().combined()).await {
+            Ok(PurgeOutcome::Purged(None))
+        } else {
+            Ok(PurgeOutcome::NotFound)
+        }
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
+        let k = key.combined();
+        let Some(old) = self.find(&k).await else {
+            return Ok(false);
+        };
+        let (internal, header) = meta.serialize()?;
+        let entry = Entry {
+            meta_internal: internal.into(),
+            meta_header: header.into(),
+            ..old.entry.clone()
+        };
+        self.put(k, entry, meta).await;
+        Ok(true)
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+struct Hit {
+    body: Bytes,
+    done: bool,
+    start: usize,
+    end: usize,
+}
+
+#[async_trait]
+impl HandleHit for Hit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.done {
+            return Ok(None);
+        }
+        self.done = true;
+        Ok(Some(self.body.slice(self.start..self.end)))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        if start >= self.body.len() {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                format!("seek start {start} beyond body of {}", self.body.len()),
+            );
+        }
+        self.start = start;
+        self.end = end.map_or(self.body.len(), |e| e.min(self.body.len()));
+        Ok(())
+    }
+
+    fn get_eviction_weight(&self) -> usize {
+        self.body.len()
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+struct Miss {
+    store: &'static Store,
+    key: String,
+    meta_internal: Bytes,
+    meta_header: Bytes,
+    fill: FillInfo,
+    body: BytesMut,
+}
+
+#[async_trait]
+impl HandleMiss for Miss {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        self.body.extend_from_slice(&data);
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        let size = self.body.len();
+        let entry = Entry {
+            fetch_seq: self.fill.fetch_seq,
+            tags: self.fill.tags,
+            meta_internal: self.meta_internal,
+            meta_header: self.meta_header,
+            body: self.body.freeze(),
+        };
+        let meta = decode_meta(&entry)?;
+        self.store.put(self.key, entry, &meta).await;
+        Ok(MissFinishType::Created(size))
+    }
+}

@@ -1,0 +1,353 @@
+//! The shared tier: entries in Redis, seen by every replica.
+//!
+//! Redis sits on the request path, so this module decides up front how a Redis
+//! problem degrades: every call has a tight timeout and no retries, and a
+//! circuit breaker stops calling Redis at all after a few consecutive failures.
+//! While it is open, [`RedisTier::available`] is false and the proxy passes
+//! requests straight through to the app (no 5xx is ever caused by Redis, and no
+//! entry is served that an invalidation on another replica might have missed).
+//! A background task ([`RedisTier::maintain`]) connects, pings, and closes the
+//! breaker again when Redis answers, so recovery needs no operator.
+//!
+//! Redis's `run_id` changes on every restart. It is part of every key, and the
+//! local epoch bumps when it changes, so entries from before a restart (restored
+//! from a snapshot or still in the memory tier) are never served after it: their
+//! invalidations may have been lost with the old process.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tracing::{info, warn};
+
+use crate::metrics::METRICS;
+
+/// Consecutive failures that open the breaker.
+const TRIP_AFTER: u32 = 3;
+/// How long the breaker stays open before requests may try Redis again.
+const OPEN_FOR: Duration = Duration::from_secs(1);
+/// How often the background task checks on Redis.
+const PING_EVERY: Duration = Duration::from_millis(250);
+
+pub struct RedisTier {
+    url: String,
+    timeout: Duration,
+    conn: ArcSwapOption<ConnectionManager>,
+    /// `run_id` of the Redis process we talk to; part of every key.
+    run_id: ArcSwapOption<String>,
+    /// Bumps whenever `run_id` changes; memory-tier entries remember it.
+    epoch: AtomicU64,
+    failures: AtomicU32,
+    open_until_ms: AtomicU64,
+    /// Invalidations that could not be recorded. While any are pending the
+    /// tier is unavailable (requests pass through), so nothing they should
+    /// have invalidated can be served; the maintainer records them first.
+    pending: parking_lot::Mutex<BTreeSet<String>>,
+    /// How long a `last_inv` key must outlive the entries it can invalidate.
+    inv_ttl: Duration,
+    script: redis::Script,
+}
+
+/// `KEYS[1]` is the clock, the rest are tags' `last_inv` keys. One atomic step:
+/// the new clock value is larger than any `last_inv`, so a plain SET is a max.
+const INVALIDATE_LUA: &str = r#"
+local s = redis.call('INCR', KEYS[1])
+for i = 2, #KEYS do
+  redis.call('SET', KEYS[i], s, 'PX', ARGV[1])
+end
+return s
+"#;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl RedisTier {
+    pub fn new(url: String, timeout: Duration, inv_ttl: Duration) -> RedisTier {
+        RedisTier {
+            pending: parking_lot::Mutex::new(BTreeSet::new()),
+            inv_ttl,
+            script: redis::Script::new(INVALIDATE_LUA),
+            url,
+            timeout,
+            conn: ArcSwapOption::empty(),
+            run_id: ArcSwapOption::empty(),
+            epoch: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
+            open_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// True when Redis is connected, identified, and the breaker is closed.
+    pub fn available(&self) -> bool {
+        self.conn.load().is_some()
+            && self.run_id.load().is_some()
+            && self.pending.lock().is_empty()
+            && now_ms() >= self.open_until_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    fn record_failure(&self, op: &'static str, err: &dyn std::fmt::Display) {
+        METRICS.store_errors.with_label_values(&["redis", op]).inc();
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= TRIP_AFTER {
+            let was_closed = now_ms() >= self.open_until_ms.load(Ordering::Relaxed);
+            self.open_until_ms
+                .store(now_ms() + OPEN_FOR.as_millis() as u64, Ordering::Relaxed);
+            if was_closed {
+                warn!(error = %err, "redis unavailable: circuit open, passing requests through");
+            }
+            METRICS.redis_up.set(0);
+        }
+    }
+
+    fn record_success(&self) {
+        if self.failures.swap(0, Ordering::Relaxed) >= TRIP_AFTER {
+            info!("redis reachable again: circuit closed");
+        }
+        self.open_until_ms.store(0, Ordering::Relaxed);
+        METRICS.redis_up.set(1);
+    }
+
+    fn key(&self, run_id: &str, cache_key: &str) -> String {
+        format!("fg:{}:{}:e:{}", super::entry::VERSION, run_id, cache_key)
+    }
+
+    fn clock_key(run_id: &str) -> String {
+        format!("fg:{}:{}:clock", super::entry::VERSION, run_id)
+    }
+
+    fn inv_key(run_id: &str, tag: &str) -> String {
+        format!("fg:{}:{}:i:{}", super::entry::VERSION, run_id, tag)
+    }
+
+    /// Read the clock before a fetch begins; `None` if Redis cannot be used.
+    pub async fn clock_now(&self) -> Option<u64> {
+        let run_id = self.run_id.load_full()?;
+        let v: Option<u64> = self
+            .run(
+                "clock",
+                redis::cmd("GET").arg(Self::clock_key(&run_id)).clone(),
+            )
+            .await?;
+        Some(v.unwrap_or(0))
+    }
+
+    /// Whether an entry fetched at `fetch_seq` with `tags` may be served.
+    /// `None` (treat as a miss) when Redis cannot answer.
+    pub async fn valid(&self, fetch_seq: u64, tags: &[String]) -> Option<bool> {
+        if tags.is_empty() {
+            return Some(true);
+        }
+        let run_id = self.run_id.load_full()?;
+        let mut cmd = redis::cmd("MGET");
+        for t in tags {
+            cmd.arg(Self::inv_key(&run_id, t));
+        }
+        let inv: Vec<Option<u64>> = self.run("last_inv", cmd).await?;
+        Some(inv.into_iter().all(|i| i.unwrap_or(0) <= fetch_seq))
+    }
+
+    /// Record an invalidation of `tags` for every replica. On failure the tags
+    /// are kept as pending and the tier stays unavailable until they are recorded.
+    pub async fn invalidate(&self, tags: &BTreeSet<String>) -> bool {
+        if tags.is_empty() {
+            return true;
+        }
+        let recorded = match self.run_id.load_full() {
+            Some(run_id) if self.available() => self.record(&run_id, tags).await.is_some(),
+            _ => false,
+        };
+        if !recorded {
+            METRICS.invalidation_failures.inc();
+            self.pending.lock().extend(tags.iter().cloned());
+        }
+        recorded
+    }
+
+    async fn record(&self, run_id: &str, tags: &BTreeSet<String>) -> Option<u64> {
+        let mut inv = self.script.prepare_invoke();
+        inv.key(Self::clock_key(run_id));
+        for t in tags {
+            inv.key(Self::inv_key(run_id, t));
+        }
+        inv.arg(self.inv_ttl.as_millis() as u64);
+        let mut conn = (*self.conn.load_full()?).clone();
+        let res = tokio::time::timeout(self.timeout, inv.invoke_async::<u64>(&mut conn)).await;
+        match res {
+            Ok(Ok(s)) => {
+                self.record_success();
+                Some(s)
+            }
+            Ok(Err(e)) => {
+                self.record_failure("invalidate", &e);
+                None
+            }
+            Err(_) => {
+                self.record_failure("invalidate", &"timed out");
+                None
+            }
+        }
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, op: &'static str, cmd: redis::Cmd) -> Option<T> {
+        if !self.available() {
+            return None;
+        }
+        let mut conn = (*self.conn.load_full()?).clone();
+        let started = std::time::Instant::now();
+        let res = tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await;
+        METRICS
+            .store_op_seconds
+            .with_label_values(&["redis", op])
+            .observe(started.elapsed().as_secs_f64());
+        match res {
+            Ok(Ok(v)) => {
+                self.record_success();
+                Some(v)
+            }
+            Ok(Err(e)) => {
+                self.record_failure(op, &e);
+                None
+            }
+            Err(_) => {
+                self.record_failure(op, &"timed out");
+                None
+            }
+        }
+    }
+
+    /// Fetch an entry's bytes and the epoch they belong to. `None` on a miss
+    /// and on any error (an error is a miss, never a failed request).
+    pub async fn get(&self, cache_key: &str) -> Option<(Bytes, u64)> {
+        let run_id = self.run_id.load_full()?;
+        let epoch = self.epoch();
+        let v: Option<Vec<u8>> = self
+            .run(
+                "get",
+                redis::cmd("GET").arg(self.key(&run_id, cache_key)).clone(),
+            )
+            .await?;
+        v.map(|v| (Bytes::from(v), epoch))
+    }
+
+    pub async fn set(&self, cache_key: &str, value: &[u8], ttl: Duration) -> bool {
+        let Some(run_id) = self.run_id.load_full() else {
+            return false;
+        };
+        let ms = ttl.as_millis().max(1000) as u64;
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(&run_id, cache_key))
+            .arg(value)
+            .arg("PX")
+            .arg(ms);
+        self.run::<()>("set", cmd).await.is_some()
+    }
+
+    pub async fn delete(&self, cache_key: &str) -> bool {
+        let Some(run_id) = self.run_id.load_full() else {
+            return false;
+        };
+        let n: Option<i64> = self
+            .run(
+                "del",
+                redis::cmd("DEL").arg(self.key(&run_id, cache_key)).clone(),
+            )
+            .await;
+        n.unwrap_or(0) > 0
+    }
+
+    /// Keep a connection, watch `run_id`, and close the breaker when Redis
+    /// answers. Runs until `shutdown` turns true.
+    pub async fn maintain(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            self.check_once().await;
+            tokio::select! {
+                _ = tokio::time::sleep(PING_EVERY) => {}
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() { return; }
+                }
+            }
+        }
+    }
+
+    async fn check_once(&self) {
+        let conn = match self.conn.load_full() {
+            Some(c) => c,
+            None => match self.connect().await {
+                Ok(c) => {
+                    let c = Arc::new(c);
+                    self.conn.store(Some(c.clone()));
+                    c
+                }
+                Err(e) => {
+                    self.record_failure("connect", &e);
+                    return;
+                }
+            },
+        };
+        let mut c = (*conn).clone();
+        let info = tokio::time::timeout(
+            self.timeout.max(Duration::from_millis(250)),
+            redis::cmd("INFO")
+                .arg("server")
+                .query_async::<String>(&mut c),
+        )
+        .await;
+        let info = match info {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return self.record_failure("ping", &e),
+            Err(_) => return self.record_failure("ping", &"timed out"),
+        };
+        let Some(run_id) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|s| s.trim().to_string())
+        else {
+            return self.record_failure("ping", &"INFO has no run_id");
+        };
+        let known = self.run_id.load_full();
+        if known.as_deref() != Some(&run_id) {
+            if known.is_some() {
+                warn!(%run_id, "redis restarted: treating everything cached before as invalid");
+            }
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+            self.run_id.store(Some(Arc::new(run_id)));
+            // A new Redis holds nothing from before, and the epoch makes the
+            // memory tier forget too: pending invalidations are moot.
+            self.pending.lock().clear();
+        } else {
+            let pending: BTreeSet<String> = self.pending.lock().clone();
+            if !pending.is_empty() {
+                if self.record(&run_id, &pending).await.is_none() {
+                    return;
+                }
+                let mut p = self.pending.lock();
+                for t in &pending {
+                    p.remove(t);
+                }
+                info!(tags = pending.len(), "recorded pending invalidations");
+            }
+        }
+        self.record_success();
+    }
+
+    async fn connect(&self) -> redis::RedisResult<ConnectionManager> {
+        let client = redis::Client::open(self.url.as_str())?;
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(200))))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(0);
+        ConnectionManager::new_with_config(client, cfg).await
+    }
+}

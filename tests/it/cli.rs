@@ -1,0 +1,58 @@
+//! The command line: `check`, and the shipped example config.
+
+use std::process::Command;
+
+use crate::util::BIN;
+
+fn check(text: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let msg = String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "FILE");
+    (out.status.code().unwrap_or(-1), msg)
+}
+
+#[test]
+fn shipped_config_is_valid() {
+    let out = Command::new(BIN)
+        .args(["check", "-c", "config/freshgate.yaml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_reports_file_line_column_and_reason() {
+    let (code, msg) = check(
+        "listen: 127.0.0.1:8080\nroutes:\n  - name: scene\n    match: /a/:id\n    ttl: [60s\n",
+    );
+    assert_eq!(code, 1);
+    assert!(
+        msg.starts_with("FILE:5:") || msg.starts_with("FILE:6:"),
+        "{msg}"
+    );
+
+    let (code, msg) = check("routes:\n  - name: scene\n    match: /a/:id\n    tll: 60s\n");
+    assert_eq!(code, 1);
+    assert!(msg.starts_with("FILE:4:"), "{msg}");
+    assert!(msg.contains("unknown field `tll`"), "{msg}");
+
+    let (code, msg) = check("routes:\n  - name: scene\n    match: /a/**/b\n");
+    assert_eq!(code, 1);
+    assert!(msg.starts_with("FILE:3:12:"), "{msg}");
+    assert!(msg.contains("must be the last segment"), "{msg}");
+
+    let (code, msg) = check("routes:\n  - name: a\n    match: /a\n    ttl: soon\n");
+    assert_eq!(code, 1);
+    assert!(msg.starts_with("FILE:4:"), "{msg}");
+    assert!(msg.contains("invalid duration"), "{msg}");
+}

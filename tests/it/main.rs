@@ -1,0 +1,8 @@
+//! Integration tests: one binary (ripgrep style), real processes over real
+//! sockets. See `util` for the harness.
+
+mod util;
+
+mod cli;
+mod proxy_cache;
+mod redis_tier;

@@ -1,0 +1,359 @@
+//! HTTP caching semantics and safety defaults, embedded store.
+
+use std::time::Duration;
+
+use crate::util::{client, get, send, Freshgate, Origin, TEST_CONFIG};
+
+fn setup() -> (Origin, Freshgate) {
+    let origin = Origin::start(0);
+    let fg = Freshgate::start(&origin.url(), None, TEST_CONFIG);
+    (origin, fg)
+}
+
+#[tokio::test]
+async fn miss_then_hit_with_identical_body_and_age() {
+    let (origin, fg) = setup();
+    let url = fg.url("/knobs/a?cc=max-age%3D60");
+    let first = get(&url).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.x_cache, "MISS");
+    assert!(
+        first.cache_status.starts_with("freshgate; fwd=uri-miss"),
+        "{}",
+        first.cache_status
+    );
+    let second = get(&url).await;
+    assert_eq!(second.x_cache, "HIT");
+    assert!(
+        second.cache_status.starts_with("freshgate; hit"),
+        "{}",
+        second.cache_status
+    );
+    assert_eq!(second.body, first.body, "a hit serves the stored bytes");
+    assert_eq!(origin.requests().await, 1, "the hit did not reach the app");
+    let age0 = second.age.expect("hits carry Age");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let third = get(&url).await;
+    assert_eq!(third.x_cache, "HIT");
+    assert!(
+        third.age.unwrap() >= age0 + 2,
+        "Age grows: {age0} then {:?}",
+        third.age
+    );
+}
+
+#[tokio::test]
+async fn query_order_does_not_split_entries() {
+    let (_origin, fg) = setup();
+    let a = get(&fg.url("/knobs/q?x=1&y=2")).await;
+    let b = get(&fg.url("/knobs/q?y=2&x=1")).await;
+    assert_eq!(b.x_cache, "HIT");
+    assert_eq!(a.serial(), b.serial());
+}
+
+#[tokio::test]
+async fn vary_keeps_variants_apart() {
+    let (_origin, fg) = setup();
+    let url = fg.url("/knobs/v?vary=Accept-Language");
+    let c = client();
+    let en = send(c.get(&url).header("accept-language", "en")).await;
+    let fr = send(c.get(&url).header("accept-language", "fr")).await;
+    assert_eq!(en.x_cache, "MISS");
+    assert_eq!(fr.x_cache, "MISS", "another variant is not a hit");
+    assert_eq!(fr.json()["varied"]["accept-language"], "fr");
+    let en2 = send(c.get(&url).header("accept-language", "en")).await;
+    let fr2 = send(c.get(&url).header("accept-language", "fr")).await;
+    assert_eq!(en2.x_cache, "HIT");
+    assert_eq!(en2.json()["varied"]["accept-language"], "en");
+    assert_eq!(en2.serial(), en.serial());
+    assert_eq!(fr2.x_cache, "HIT");
+    assert_eq!(fr2.serial(), fr.serial());
+}
+
+#[tokio::test]
+async fn vary_star_is_never_stored() {
+    let (_origin, fg) = setup();
+    let url = fg.url("/knobs/vs?vary=*");
+    let a = get(&url).await;
+    let b = get(&url).await;
+    assert_ne!(b.x_cache, "HIT");
+    assert_ne!(a.serial(), b.serial());
+}
+
+#[tokio::test]
+async fn conditional_request_gets_304_from_cache() {
+    let (origin, fg) = setup();
+    let url = fg.url("/knobs/etag?etag=v1");
+    let full = get(&url).await;
+    assert_eq!(full.status, 200);
+    assert_eq!(full.headers["etag"], "\"v1\"");
+    let c = client();
+    let cond = send(c.get(&url).header("if-none-match", "\"v1\"")).await;
+    assert_eq!(cond.status, 304);
+    assert_eq!(cond.x_cache, "HIT");
+    assert!(cond.body.is_empty());
+    let other = send(c.get(&url).header("if-none-match", "\"v0\"")).await;
+    assert_eq!(
+        other.status, 200,
+        "a non-matching validator gets the full body"
+    );
+    assert_eq!(origin.requests().await, 1);
+}
+
+#[tokio::test]
+async fn stale_entry_is_revalidated_with_the_app() {
+    let (origin, fg) = setup();
+    let url = fg.url("/knobs/reval?etag=r1&cc=max-age%3D1");
+    let first = get(&url).await;
+    assert_eq!(first.x_cache, "MISS");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let second = get(&url).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.x_cache, "HIT", "{}", second.cache_status);
+    assert!(
+        second.cache_status.contains("fwd-status=304"),
+        "{}",
+        second.cache_status
+    );
+    assert_eq!(
+        second.serial(),
+        first.serial(),
+        "the stored body was reused"
+    );
+    assert_eq!(origin.requests().await, 2);
+}
+
+#[tokio::test]
+async fn head_is_served_from_the_get_entry() {
+    let (origin, fg) = setup();
+    let url = fg.url("/knobs/head");
+    let g = get(&url).await;
+    assert_eq!(g.x_cache, "MISS");
+    let h = send(client().head(&url)).await;
+    assert_eq!(h.status, 200);
+    assert_eq!(h.x_cache, "HIT");
+    assert!(h.body.is_empty());
+    assert_eq!(origin.requests().await, 1);
+    // A HEAD miss fetches with GET, so the GET after it is a hit.
+    let url2 = fg.url("/knobs/head2");
+    let h2 = send(client().head(&url2)).await;
+    assert_eq!(h2.x_cache, "MISS");
+    let g2 = get(&url2).await;
+    assert_eq!(g2.x_cache, "HIT");
+    assert!(!g2.body.is_empty());
+}
+
+#[tokio::test]
+async fn oversized_bodies_stream_through_uncached() {
+    let (_origin, fg) = setup();
+    let url = fg.url("/knobs/big?size=200000");
+    let a = get(&url).await;
+    let b = get(&url).await;
+    assert_eq!(a.body.len(), 200_000);
+    assert_eq!(b.body.len(), 200_000);
+    assert_ne!(b.x_cache, "HIT");
+    assert_ne!(a.serial(), b.serial(), "the second request reached the app");
+    let small = fg.url("/knobs/big?size=1000");
+    get(&small).await;
+    assert_eq!(
+        get(&small).await.x_cache,
+        "HIT",
+        "the limit is about size only"
+    );
+}
+
+#[tokio::test]
+async fn set_cookie_responses_are_never_shared() {
+    let (_origin, fg) = setup();
+    let url = fg.url("/knobs/login?set_cookie=sid%3Dsecret");
+    let alice = get(&url).await;
+    assert_eq!(alice.headers["set-cookie"], "sid=secret");
+    let bob = get(&url).await;
+    assert_ne!(bob.x_cache, "HIT");
+    assert_ne!(alice.serial(), bob.serial());
+    assert!(
+        bob.cache_status.contains("detail=set-cookie"),
+        "{}",
+        bob.cache_status
+    );
+}
+
+#[tokio::test]
+async fn private_and_no_store_are_not_stored() {
+    let (_origin, fg) = setup();
+    for cc in [
+        "private%2C%20max-age%3D60",
+        "no-store",
+        "no-cache",
+        "max-age%3D0",
+    ] {
+        let url = fg.url(&format!("/knobs/p?cc={cc}"));
+        let a = get(&url).await;
+        let b = get(&url).await;
+        assert_ne!(b.x_cache, "HIT", "cc={cc}");
+        assert_ne!(a.serial(), b.serial(), "cc={cc}");
+    }
+}
+
+#[tokio::test]
+async fn no_heuristic_freshness_without_cache_control() {
+    let (_origin, fg) = setup();
+    // cc= (empty) sends "Cache-Control: " with nothing usable: not stored.
+    let url = fg.url("/knobs/nocc.css?cc=");
+    let a = get(&url).await;
+    let b = get(&url).await;
+    assert_ne!(a.serial(), b.serial());
+}
+
+#[tokio::test]
+async fn credentials_never_get_a_shared_entry() {
+    let (_origin, fg) = setup();
+    let url = fg.url("/knobs/shared");
+    let public = get(&url).await;
+    assert_eq!(get(&url).await.x_cache, "HIT");
+    let c = client();
+    let auth = send(c.get(&url).header("authorization", "Bearer bob")).await;
+    assert_eq!(auth.x_cache, "BYPASS");
+    assert_ne!(auth.serial(), public.serial(), "never the shared entry");
+    let cookie = send(c.get(&url).header("cookie", "session=bob")).await;
+    assert_eq!(cookie.x_cache, "BYPASS");
+    assert_ne!(cookie.serial(), public.serial());
+}
+
+#[tokio::test]
+async fn a_rule_may_key_by_credentials() {
+    let (_origin, fg) = setup();
+    let url = fg.url("/knobs/per-user/me");
+    let c = client();
+    let alice = send(c.get(&url).header("authorization", "Bearer alice")).await;
+    let bob = send(c.get(&url).header("authorization", "Bearer bob")).await;
+    assert_eq!(bob.x_cache, "MISS", "bob does not get alice's entry");
+    assert_ne!(alice.serial(), bob.serial());
+    let alice2 = send(c.get(&url).header("authorization", "Bearer alice")).await;
+    assert_eq!(alice2.x_cache, "HIT");
+    assert_eq!(alice2.serial(), alice.serial());
+}
+
+#[tokio::test]
+async fn rule_ttl_overrides_no_store_from_the_app() {
+    let (origin, fg) = setup();
+    let url = fg.url("/studio/api/scenes/111");
+    let a = get(&url).await;
+    assert_eq!(a.headers["cache-control"], "no-store");
+    assert_eq!(a.x_cache, "MISS");
+    let b = get(&url).await;
+    assert_eq!(b.x_cache, "HIT");
+    assert_eq!(a.body, b.body);
+    assert_eq!(origin.requests().await, 1);
+    // Without a rule the app's no-store is obeyed.
+    let s1 = get(&fg.url("/studio/api/stories/1")).await;
+    assert_eq!(s1.x_cache, "BYPASS");
+    assert_eq!(
+        get(&fg.url("/studio/api/stories/1")).await.x_cache,
+        "BYPASS"
+    );
+}
+
+#[tokio::test]
+async fn disabled_route_bypasses() {
+    let (_origin, fg) = setup();
+    let url = fg.url("/knobs/off/x");
+    get(&url).await;
+    let b = get(&url).await;
+    assert_eq!(b.x_cache, "BYPASS");
+    assert!(b.cache_status.contains("route-disabled"));
+}
+
+#[tokio::test]
+async fn writes_pass_through_with_body_status_and_headers() {
+    let (_origin, fg) = setup();
+    let c = client();
+    let created = send(
+        c.post(fg.url("/community/api/posts"))
+            .header("content-type", "application/json")
+            .body(r#"{"title":"new","body":"text"}"#),
+    )
+    .await;
+    assert_eq!(created.status, 201);
+    assert_eq!(created.x_cache, "PASS");
+    assert_eq!(created.json()["title"], "new");
+    assert!(created.headers.contains_key("location"));
+    let patched = send(
+        c.patch(fg.url("/studio/api/scenes/112"))
+            .body(r#"{"text":"edited"}"#),
+    )
+    .await;
+    assert_eq!(patched.status, 200);
+    assert_eq!(patched.json()["text"], "edited");
+    assert_eq!(patched.json()["version"], 2);
+    let bad = send(c.patch(fg.url("/studio/api/scenes/112")).body("not json")).await;
+    assert_eq!(bad.status, 400, "the app's own status passes through");
+    let missing = send(c.delete(fg.url("/studio/api/scenes/999999"))).await;
+    assert_eq!(missing.status, 404);
+}
+
+#[tokio::test]
+async fn forwarded_headers_are_added_and_unkeyed_ones_stripped() {
+    let (_origin, fg) = setup();
+    let r = send(
+        client()
+            .get(fg.url("/knobs/fwd"))
+            .header("x-forwarded-host", "evil.example"),
+    )
+    .await;
+    let j = r.json();
+    assert_eq!(j["forwardedFor"], "127.0.0.1");
+    assert_eq!(j["forwardedProto"], "http");
+    assert_eq!(
+        j["forwardedHost"], "",
+        "an unkeyed header must not reach the app on a cacheable request"
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_result() {
+    let (_origin, fg) = setup();
+    for _ in 0..3 {
+        get(&fg.url("/studio/api/scenes/113")).await;
+    }
+    let text = get(&fg.admin_url("/metrics")).await.body;
+    assert!(
+        text.contains(r#"freshgate_requests_total{result="miss",route="scene"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"freshgate_requests_total{result="hit",route="scene"} 2"#),
+        "{text}"
+    );
+    assert_eq!(get(&fg.admin_url("/healthz")).await.status, 200);
+    let ready = get(&fg.admin_url("/readyz")).await.json();
+    assert_eq!(ready["store"]["mode"], "embedded");
+}
+
+#[tokio::test]
+async fn malformed_requests_get_a_4xx() {
+    use std::io::{Read, Write};
+    let (_origin, fg) = setup();
+    let mut s = std::net::TcpStream::connect(fg.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /knobs/x HTTP/1.1\r\nHost: a\r\nContent-Length: nope\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 4"), "got {head:?}");
+    // And the proxy is still serving.
+    assert_eq!(get(&fg.url("/knobs/x")).await.status, 200);
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits() {
+    let (_origin, mut fg) = setup();
+    assert_eq!(get(&fg.url("/knobs/bye")).await.status, 200);
+    fg.proc.signal("TERM");
+    let status = fg
+        .proc
+        .wait_exit(Duration::from_secs(15))
+        .expect("exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+}

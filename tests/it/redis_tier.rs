@@ -1,0 +1,105 @@
+//! The shared Redis tier: several replicas, outages, restarts.
+
+use std::time::{Duration, Instant};
+
+use crate::util::{client, get, send, Freshgate, Origin, Redis, TEST_CONFIG};
+
+#[tokio::test]
+async fn two_replicas_share_entries() {
+    let origin = Origin::start(0);
+    let redis = Redis::start();
+    let a = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
+    let b = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
+    a.wait_redis(true).await;
+    b.wait_redis(true).await;
+    // Replicas behind one load balancer see the same Host; the key includes it.
+    let c = client();
+    let on_a = send(
+        c.get(a.url("/knobs/shared?cc=max-age%3D60"))
+            .header("host", "app.test"),
+    )
+    .await;
+    assert_eq!(on_a.x_cache, "MISS");
+    let on_b = send(
+        c.get(b.url("/knobs/shared?cc=max-age%3D60"))
+            .header("host", "app.test"),
+    )
+    .await;
+    assert_eq!(on_b.x_cache, "HIT", "b found a's entry in redis");
+    assert_eq!(on_b.body, on_a.body);
+    assert_eq!(origin.requests().await, 1);
+    let ready = get(&a.admin_url("/readyz")).await.json();
+    assert_eq!(ready["store"]["mode"], "redis");
+}
+
+#[tokio::test]
+async fn redis_outage_passes_through_then_recovers() {
+    let origin = Origin::start(0);
+    let mut redis = Redis::start();
+    let fg = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
+    fg.wait_redis(true).await;
+    let url = fg.url("/studio/api/scenes/121");
+    assert_eq!(get(&url).await.x_cache, "MISS");
+    assert_eq!(get(&url).await.x_cache, "HIT");
+
+    redis.stop();
+    // Every request succeeds through the app while Redis is gone, including
+    // the ones that discover the outage.
+    for i in 0..20 {
+        let r = get(&url).await;
+        assert_eq!(r.status, 200, "request {i} during the outage");
+        assert_eq!(r.json()["id"], 121);
+    }
+    fg.wait_redis(false).await;
+    let r = get(&url).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.x_cache, "BYPASS",
+        "nothing is served from a tier that may have missed invalidations"
+    );
+    assert!(
+        r.cache_status.contains("store-unavailable"),
+        "{}",
+        r.cache_status
+    );
+    let metrics = get(&fg.admin_url("/metrics")).await.body;
+    assert!(metrics.contains("freshgate_redis_up 0"), "{metrics}");
+
+    redis.restart();
+    fg.wait_redis(true).await;
+    // A restarted Redis is a new run_id: nothing from before is served.
+    let end = Instant::now() + Duration::from_secs(10);
+    let first = get(&url).await;
+    assert_eq!(
+        first.x_cache, "MISS",
+        "entries from before the restart are not trusted"
+    );
+    loop {
+        let r = get(&url).await;
+        if r.x_cache == "HIT" {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "caching never resumed: {}",
+            r.cache_status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_absent_at_start_still_serves() {
+    let origin = Origin::start(0);
+    let port = crate::util::free_port();
+    let fg = Freshgate::start(
+        &origin.url(),
+        Some(&format!("redis://127.0.0.1:{port}/0")),
+        TEST_CONFIG,
+    );
+    for _ in 0..5 {
+        let r = get(&fg.url("/studio/api/scenes/122")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.x_cache, "BYPASS");
+    }
+}

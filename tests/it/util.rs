@@ -1,0 +1,385 @@
+//! Test harness: real processes on ephemeral loopback ports.
+//!
+//! Every test starts what it needs — the demo app, one or more freshgate
+//! processes (the real binary, `CARGO_BIN_EXE_freshgate`), a real
+//! `redis-server` — and everything is stopped when its handle drops.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_freshgate");
+
+/// A port that was free a moment ago. Races are possible in principle; the
+/// start functions retry on a fresh port when a process fails to come up.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("FRESHGATE_TEST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            child,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Wait for the process to exit, up to `limit`. Returns its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal("TERM");
+            if self.wait_exit(Duration::from_secs(3)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+fn port_open(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+fn wait_port(addr: SocketAddr, proc: &mut Proc) -> bool {
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        if port_open(addr) {
+            return true;
+        }
+        if let Ok(Some(_)) = proc.child.try_wait() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
+}
+
+/// The bundled demo app, alone.
+pub struct Origin {
+    pub addr: SocketAddr,
+    pub proc: Proc,
+}
+
+impl Origin {
+    pub fn start(delay_ms: u64) -> Origin {
+        for _ in 0..5 {
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let mut proc = Proc::spawn(
+                "demo app",
+                Command::new(BIN).args([
+                    "demo",
+                    "--origin-only",
+                    "--origin-listen",
+                    &addr.to_string(),
+                    "--delay-ms",
+                    &delay_ms.to_string(),
+                ]),
+            );
+            if wait_port(addr, &mut proc) {
+                return Origin { addr, proc };
+            }
+        }
+        panic!("demo app did not start");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests that reached the app so far.
+    pub async fn requests(&self) -> u64 {
+        let v: serde_json::Value = reqwest::get(format!("{}/__stats", self.url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["requests"].as_u64().unwrap()
+    }
+}
+
+/// A real redis-server on an ephemeral port, without persistence.
+pub struct Redis {
+    pub port: u16,
+    proc: Option<Proc>,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let port = free_port();
+        let mut r = Redis { port, proc: None };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.signal("KILL");
+            p.wait_exit(Duration::from_secs(5));
+        }
+    }
+
+    /// Start (again) on the same port: a new process, a new `run_id`, no data.
+    pub fn restart(&mut self) {
+        self.stop();
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        let mut proc = Proc::spawn(
+            "redis-server",
+            Command::new(redis_server()).args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]),
+        );
+        assert!(
+            wait_port(addr, &mut proc),
+            "redis-server did not start on {addr}"
+        );
+        self.proc = Some(proc);
+    }
+}
+
+fn redis_server() -> String {
+    for p in ["/usr/bin/redis-server", "/usr/local/bin/redis-server"] {
+        if std::path::Path::new(p).exists() {
+            return p.to_string();
+        }
+    }
+    panic!("redis-server is not installed: run ./scripts/test, which installs it");
+}
+
+/// A freshgate process.
+pub struct Freshgate {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub proc: Proc,
+    pub config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Route rules most tests use, in the shipped config's style.
+pub const TEST_CONFIG: &str = r#"
+shutdown:
+  grace_period: 0s
+  timeout: 1s
+cache:
+  max_object_size: 64KiB
+routes:
+  - name: scene
+    match: /studio/api/scenes/:id
+    ttl: 60s
+    override_no_store: true
+  - name: posts
+    match: /community/api/posts
+    ttl: 60s
+    override_no_store: true
+  - name: post
+    match: /community/api/posts/:postId
+    ttl: 60s
+    override_no_store: true
+  - name: per-user
+    match: /knobs/per-user/**
+    key:
+      headers: [authorization]
+  - name: off
+    match: /knobs/off/**
+    enabled: false
+invalidate:
+  - name: scene-write
+    on: "[PATCH, DELETE] /studio/api/scenes/:id"
+    purge: [/studio/api/scenes/:id]
+  - name: post-like
+    on: POST /community/api/posts/:postId/like
+    purge: [/community/api/posts/:postId, /community/api/posts]
+  - name: post-create
+    on: POST /community/api/posts
+    purge: [/community/api/posts]
+"#;
+
+impl Freshgate {
+    pub fn start(upstream: &str, redis: Option<&str>, config: &str) -> Freshgate {
+        Freshgate::start_with_args(upstream, redis, config, &[])
+    }
+
+    pub fn start_with_args(
+        upstream: &str,
+        redis: Option<&str>,
+        config: &str,
+        extra: &[&str],
+    ) -> Freshgate {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("freshgate.yaml");
+        std::fs::File::create(&path)
+            .and_then(|mut f| f.write_all(config.as_bytes()))
+            .unwrap();
+        for _ in 0..5 {
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let mut cmd = Command::new(BIN);
+            cmd.args(["run", "-c"])
+                .arg(&path)
+                .args([
+                    "--listen",
+                    &addr.to_string(),
+                    "--admin-listen",
+                    &admin.to_string(),
+                ])
+                .args(["--upstream", upstream])
+                .args(extra);
+            if let Some(r) = redis {
+                cmd.args(["--redis", r]);
+            }
+            let mut proc = Proc::spawn("freshgate", &mut cmd);
+            if wait_port(addr, &mut proc) && wait_port(admin, &mut proc) {
+                return Freshgate {
+                    addr,
+                    admin,
+                    proc,
+                    config: path,
+                    _dir: dir,
+                };
+            }
+        }
+        panic!("freshgate did not start");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// Wait until `/readyz` reports Redis up (or down): the tier connects in
+    /// the background.
+    pub async fn wait_redis(&self, up: bool) {
+        let want = if up { "up" } else { "down" };
+        let end = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < end {
+            if let Ok(r) = reqwest::get(self.admin_url("/readyz")).await {
+                if let Ok(v) = r.json::<serde_json::Value>().await {
+                    if v["store"]["redis"] == want {
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis never reported {want}");
+    }
+}
+
+/// One response, reduced to what the tests look at.
+#[derive(Debug)]
+pub struct Got {
+    pub status: u16,
+    pub x_cache: String,
+    pub cache_status: String,
+    pub age: Option<u64>,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Got {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    pub fn serial(&self) -> u64 {
+        self.json()["serial"]
+            .as_u64()
+            .expect("a knobs response has a serial")
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+pub async fn send(req: reqwest::RequestBuilder) -> Got {
+    let r = req.send().await.expect("request failed");
+    let h = |n: &str| {
+        r.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let status = r.status().as_u16();
+    let x_cache = h("x-cache");
+    let cache_status = h("cache-status");
+    let age = r
+        .headers()
+        .get("age")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let headers = r.headers().clone();
+    let body = r.text().await.unwrap_or_default();
+    Got {
+        status,
+        x_cache,
+        cache_status,
+        age,
+        headers,
+        body,
+    }
+}
+
+pub async fn get(url: &str) -> Got {
+    send(client().get(url)).await
+}
