@@ -112,7 +112,7 @@ impl DemoApp {
                 }
             }
         }
-        for p in 1..=100u64 {
+        for p in 1..=20u64 {
             d.insert((Kind::Post, p), rec(json!({"id": p, "title": format!("Post {p}"), "body": "hello", "likes": 0, "version": 1})));
         }
     }
@@ -196,6 +196,7 @@ impl ServeHttp for DemoApp {
         let id = id.unwrap_or(0);
         match (route, method.as_str()) {
             (Route::Knobs, "GET" | "HEAD") => self.knobs(session, &path, &query),
+            (Route::Knobs, _) => knob_write(&query),
             (Route::Story, _) => self.record(Kind::Story, id, method.as_str(), body),
             (Route::Chapter, _) => self.record(Kind::Chapter, id, method.as_str(), body),
             (Route::Scene, _) => self.record(Kind::Scene, id, method.as_str(), body),
@@ -385,8 +386,31 @@ impl DemoApp {
         if let Some(e) = &etag {
             set(&mut r, "etag", e);
         }
+        if let Some(k) = get("surrogate_key") {
+            set(&mut r, "surrogate-key", k);
+        }
+        if let Some(g) = get("cache_groups") {
+            set(&mut r, "cache-groups", g);
+        }
         r
     }
+}
+
+/// A write to `/knobs/**`: `200 {"ok":true}`, optionally naming RFC 9875
+/// groups to invalidate (`cache_group_invalidation=`) or a `location=`.
+fn knob_write(query: &str) -> Response<Vec<u8>> {
+    let mut r = json_response(StatusCode::OK, &json!({"ok": true}));
+    for kv in query.split('&') {
+        match kv.split_once('=') {
+            Some(("cache_group_invalidation", v)) => {
+                set(&mut r, "cache-group-invalidation", &pct_decode(v))
+            }
+            Some(("location", v)) => set(&mut r, "location", &pct_decode(v)),
+            Some(("content_location", v)) => set(&mut r, "content-location", &pct_decode(v)),
+            _ => {}
+        }
+    }
+    r
 }
 
 fn set(r: &mut Response<Vec<u8>>, name: &'static str, value: &str) {

@@ -30,6 +30,8 @@ use crate::metrics::METRICS;
 const TRIP_AFTER: u32 = 3;
 /// How long the breaker stays open before requests may try Redis again.
 const OPEN_FOR: Duration = Duration::from_secs(1);
+/// Tries to record one invalidation (timeouts 1x, 2x, 4x the Redis timeout).
+const INVALIDATE_ATTEMPTS: u32 = 3;
 /// How often the background task checks on Redis.
 const PING_EVERY: Duration = Duration::from_millis(250);
 
@@ -158,24 +160,40 @@ impl RedisTier {
         Some(inv.into_iter().all(|i| i.unwrap_or(0) <= fetch_seq))
     }
 
-    /// Record an invalidation of `tags` for every replica. On failure the tags
-    /// are kept as pending and the tier stays unavailable until they are recorded.
+    /// Record an invalidation of `tags` for every replica.
+    ///
+    /// Correctness depends on this more than on any read, so it does not give
+    /// up at the first timeout: it tries [`INVALIDATE_ATTEMPTS`] times with a
+    /// doubling timeout, even while the read breaker is open. If it still
+    /// fails, the tags are kept as pending and this replica bypasses the cache
+    /// until they are recorded. (Another replica that can still reach Redis
+    /// would not know: see docs/architecture.md, "partitions".)
     pub async fn invalidate(&self, tags: &BTreeSet<String>) -> bool {
         if tags.is_empty() {
             return true;
         }
-        let recorded = match self.run_id.load_full() {
-            Some(run_id) if self.available() => self.record(&run_id, tags).await.is_some(),
-            _ => false,
-        };
-        if !recorded {
-            METRICS.invalidation_failures.inc();
-            self.pending.lock().extend(tags.iter().cloned());
+        if let Some(run_id) = self.run_id.load_full() {
+            if self.pending.lock().is_empty() {
+                let mut timeout = self.timeout;
+                for _ in 0..INVALIDATE_ATTEMPTS {
+                    if self.record(&run_id, tags, timeout).await.is_some() {
+                        return true;
+                    }
+                    timeout *= 2;
+                }
+            }
         }
-        recorded
+        METRICS.invalidation_failures.inc();
+        self.pending.lock().extend(tags.iter().cloned());
+        false
     }
 
-    async fn record(&self, run_id: &str, tags: &BTreeSet<String>) -> Option<u64> {
+    async fn record(
+        &self,
+        run_id: &str,
+        tags: &BTreeSet<String>,
+        timeout: Duration,
+    ) -> Option<u64> {
         let mut inv = self.script.prepare_invoke();
         inv.key(Self::clock_key(run_id));
         for t in tags {
@@ -183,7 +201,7 @@ impl RedisTier {
         }
         inv.arg(self.inv_ttl.as_millis() as u64);
         let mut conn = (*self.conn.load_full()?).clone();
-        let res = tokio::time::timeout(self.timeout, inv.invoke_async::<u64>(&mut conn)).await;
+        let res = tokio::time::timeout(timeout, inv.invoke_async::<u64>(&mut conn)).await;
         match res {
             Ok(Ok(s)) => {
                 self.record_success();
@@ -329,7 +347,11 @@ impl RedisTier {
         } else {
             let pending: BTreeSet<String> = self.pending.lock().clone();
             if !pending.is_empty() {
-                if self.record(&run_id, &pending).await.is_none() {
+                if self
+                    .record(&run_id, &pending, self.timeout * 4)
+                    .await
+                    .is_none()
+                {
                     return;
                 }
                 let mut p = self.pending.lock();

@@ -4,5 +4,6 @@
 mod util;
 
 mod cli;
+mod invalidation;
 mod proxy_cache;
 mod redis_tier;

@@ -235,6 +235,10 @@ routes:
   - name: off
     match: /knobs/off/**
     enabled: false
+  - name: chapter
+    match: /studio/api/chapters/:id
+    ttl: 60s
+    override_no_store: true
 invalidate:
   - name: scene-write
     on: "[PATCH, DELETE] /studio/api/scenes/:id"
