@@ -101,6 +101,7 @@ pub fn run(config: Config, demo: Option<Demo>) -> anyhow::Result<()> {
         "admin".to_string(),
         HttpServer::new_app(Admin {
             store,
+            config: shared.clone(),
             started: Arc::new(std::time::Instant::now()),
         }),
     );

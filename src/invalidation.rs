@@ -213,7 +213,7 @@ impl Invalidation {
 
     /// The tags a cached response for `path` belongs to.
     pub fn tags_for_read(&self, path: &str) -> Vec<String> {
-        let mut tags = vec![own_tag(path)];
+        let mut tags = vec![ALL_TAG.to_string(), own_tag(path)];
         for t in &self.targets {
             if let Ok(m) = t.router.at(path) {
                 tags.push(family_tag(t));
@@ -316,10 +316,24 @@ impl Invalidation {
         let names = named_params(&canonical);
         let target = self.targets.iter().find(|t| t.canonical == canonical);
         let Some(t) = target else {
-            // Not a purge target: only literal paths can be purged (own tag).
-            if names.is_empty() && !canonical.contains("{") {
-                return Ok(vec![own_tag(pattern)]);
+            // Not a purge target: a concrete path can still be purged through
+            // its own-URI tag, once every parameter is given.
+            let concrete: Option<Vec<String>> = canonical
+                .split('/')
+                .map(
+                    |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                        Some(name) => params
+                            .iter()
+                            .find(|(k, _)| k == name)
+                            .map(|(_, v)| v.clone()),
+                        None => Some(seg.replace("{{", "{").replace("}}", "}")),
+                    },
+                )
+                .collect();
+            if let Some(segs) = concrete {
+                return Ok(vec![own_tag(&segs.join("/"))]);
             }
+            let _ = names;
             return Err(PatternError {
                 pattern: pattern.to_string(),
                 reason: "is not a purge target of any rule, so no cached entry carries its tag"
@@ -368,6 +382,9 @@ fn named_params(canonical: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Carried by every entry, so "purge everything" is one tag, not a scan.
+pub const ALL_TAG: &str = "a:all";
 
 pub fn own_tag(path: &str) -> String {
     format!("u:{}", crate::cachekey::normalize_path(path))
@@ -469,6 +486,7 @@ mod tests {
         assert_eq!(
             tags,
             vec![
+                "a:all",
                 "u:/studio/api/scenes/42",
                 "r:/studio/api/scenes/{id}",
                 "r:/studio/api/scenes/{id}|id=42"

@@ -15,8 +15,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,pingora_core=warn,pingora_proxy=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                "info,pingora_core=warn,pingora_proxy=warn,pingora_cache=error".into()
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
