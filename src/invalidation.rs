@@ -296,16 +296,6 @@ impl Invalidation {
         plan
     }
 
-    /// A route's label for metrics: the first matching rule's name, else `-`.
-    pub fn label_for(&self, method: &Method, path: &str) -> Option<&str> {
-        self.rules
-            .iter()
-            .find(|r| {
-                (r.methods.is_empty() || r.methods.contains(method)) && r.on_router.at(path).is_ok()
-            })
-            .map(|r| r.name.as_str())
-    }
-
     /// Tags for a purge request by pattern with optional parameter values.
     pub fn tags_for_pattern(
         &self,
@@ -313,7 +303,6 @@ impl Invalidation {
         params: &[(String, String)],
     ) -> Result<Vec<String>, PatternError> {
         let (canonical, _) = single(pattern)?;
-        let names = named_params(&canonical);
         let target = self.targets.iter().find(|t| t.canonical == canonical);
         let Some(t) = target else {
             // Not a purge target: a concrete path can still be purged through
@@ -333,7 +322,6 @@ impl Invalidation {
             if let Some(segs) = concrete {
                 return Ok(vec![own_tag(&segs.join("/"))]);
             }
-            let _ = names;
             return Err(PatternError {
                 pattern: pattern.to_string(),
                 reason: "is not a purge target of any rule, so no cached entry carries its tag"
@@ -349,13 +337,6 @@ impl Invalidation {
             Some(v) if !t.params.is_empty() => vec![bound_tag(t, &v)],
             _ => vec![family_tag(t)],
         })
-    }
-
-    /// Does `path` fall under any purge target (or is it covered only by its own URI)?
-    pub fn is_target_of_any_rule(&self, path_pattern_canonical: &str) -> bool {
-        self.targets
-            .iter()
-            .any(|t| t.canonical == path_pattern_canonical)
     }
 }
 

@@ -218,9 +218,8 @@ impl ProxyHttp for Proxy {
         Ok(true)
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         ctx.upstream_started = Some(Instant::now());
-        let _ = session;
         let mut peer = HttpPeer::new(ctx.config.upstream.addr.as_str(), false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(2));
         Ok(Box::new(peer))
@@ -315,7 +314,7 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         let route = ctx.rule.as_ref().map(|r| r.name.as_str()).unwrap_or("-");
         let label = ctx.outcome.label();
         METRICS.requests.with_label_values(&[route, label]).inc();
@@ -323,7 +322,6 @@ impl ProxyHttp for Proxy {
             .request_seconds
             .with_label_values(&[label])
             .observe(ctx.started.elapsed().as_secs_f64());
-        let _ = session;
     }
 }
 
