@@ -43,6 +43,9 @@ pub struct RunOpts {
     /// Redis URL for the shared tier (otherwise: embedded in-process store).
     #[arg(long, value_name = "URL", env = "FRESHGATE_REDIS")]
     pub redis: Option<String>,
+    /// Timeout of every Redis operation, e.g. 100ms [default: 100ms].
+    #[arg(long, value_name = "DURATION", env = "FRESHGATE_REDIS_TIMEOUT", value_parser = crate::config::parse_duration)]
+    pub redis_timeout: Option<std::time::Duration>,
     /// Admin listener address [default: 127.0.0.1:9090].
     #[arg(long, value_name = "ADDR", env = "FRESHGATE_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,

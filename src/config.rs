@@ -260,6 +260,7 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub upstream: Option<String>,
     pub redis: Option<String>,
+    pub redis_timeout: Option<Duration>,
     pub admin_listen: Option<String>,
 }
 
@@ -446,16 +447,19 @@ fn validate(
                 format!("store.redis.url {url:?} must start with redis:// or unix://"),
             );
         }
-        RedisConfig {
-            url,
-            timeout: raw
+        let timeout = ov
+            .redis_timeout
+            .or(raw
                 .store
                 .redis
                 .as_ref()
                 .and_then(|r| r.timeout)
-                .map(|d| d.0)
-                .unwrap_or(DEFAULT_REDIS_TIMEOUT),
+                .map(|d| d.0))
+            .unwrap_or(DEFAULT_REDIS_TIMEOUT);
+        if timeout.is_zero() {
+            problem("timeout", "store.redis.timeout must be more than 0".into());
         }
+        RedisConfig { url, timeout }
     });
 
     let mut rules = Vec::new();

@@ -67,6 +67,7 @@ fn run(opts: &RunOpts, demo: Option<Demo>) -> ExitCode {
         listen: opts.listen.clone(),
         upstream: opts.upstream.clone(),
         redis: opts.redis.clone(),
+        redis_timeout: opts.redis_timeout,
         admin_listen: opts.admin_listen.clone(),
     };
     let config = match Config::load(opts.config.as_deref(), &overrides) {

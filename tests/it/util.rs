@@ -282,7 +282,11 @@ impl Freshgate {
                 .args(["--upstream", upstream])
                 .args(extra);
             if let Some(r) = redis {
-                cmd.args(["--redis", r]);
+                // 100 ms (the default) is tight for a 2-core CI runner that
+                // runs many processes at once: one slow answer would turn a
+                // hit into a miss and fail a test for the machine's sake.
+                // Outage tests stop Redis, which fails fast either way.
+                cmd.args(["--redis", r, "--redis-timeout", "1s"]);
             }
             let mut proc = Proc::spawn("freshgate", &mut cmd);
             if wait_port(addr, &mut proc) && wait_port(admin, &mut proc) {
