@@ -10,6 +10,14 @@
 //!   `{"pattern": "/studio/api/scenes/:id", "params": {"id": "42"}}`,
 //!   `{"tag": "scene-42"}` (a `Surrogate-Key`/`Cache-Tag` value or an RFC 9875
 //!   group), `{"all": true}`. Answers with the tags it invalidated.
+//! - `GET /api/config` — the running config: version, hash, last reload and
+//!   its error (file, line, column, reason), settings that need a restart.
+//! - `GET /api/unmatched-writes` — successful writes no invalidation rule
+//!   matched, by method and path shape, most frequent first: where stale
+//!   data comes from.
+//! - `POST /api/reload` — re-read the config file now (as `SIGHUP` does).
+//! - `GET /api/flags`, `PUT /api/flags` — flags with their source; runtime
+//!   flips (`{"cache": false}`, `null` clears), shared through Redis.
 
 use std::sync::Arc;
 
@@ -20,16 +28,15 @@ use pingora::protocols::http::ServerSession;
 
 use std::collections::BTreeSet;
 
-use arc_swap::ArcSwap;
-
-use crate::config::Config;
+use crate::flags::{parse_bool, Flag, ALL};
 use crate::invalidation::ALL_TAG;
 use crate::metrics::METRICS;
+use crate::reload::{Live, Reloaded};
 use crate::store::Store;
 
 pub struct Admin {
     pub store: &'static Store,
-    pub config: Arc<ArcSwap<Config>>,
+    pub live: Arc<Live>,
     pub started: Arc<std::time::Instant>,
 }
 
@@ -80,6 +87,7 @@ impl ServeHttp for Admin {
                 let (entries, bytes) = self.store.memory_usage();
                 METRICS.memory_entries.set(entries as i64);
                 METRICS.memory_bytes.set(bytes as i64);
+                self.live.export_flags();
                 respond(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",
@@ -87,6 +95,13 @@ impl ServeHttp for Admin {
                 )
             }
             ("POST", "/api/purge") => self.purge(session).await,
+            ("GET", "/api/config") => json_ok(self.live.status_json()),
+            ("POST", "/api/reload") => self.reload().await,
+            ("GET", "/api/flags") => json_ok(self.flags_json()),
+            ("GET", "/api/unmatched-writes") => json_ok(serde_json::json!({
+                "writes": self.live.unmatched.list(),
+            })),
+            ("PUT", "/api/flags") => self.put_flags(session).await,
             _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
         }
     }
@@ -100,20 +115,107 @@ fn json_error(status: StatusCode, msg: impl Into<String>) -> Response<Vec<u8>> {
     )
 }
 
+fn json_ok(v: serde_json::Value) -> Response<Vec<u8>> {
+    respond(StatusCode::OK, "application/json", v.to_string())
+}
+
+/// Read a JSON request body (bounded).
+async fn read_json(session: &mut ServerSession) -> Result<serde_json::Value, Response<Vec<u8>>> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = session.read_request_body().await {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_BODY {
+            return Err(json_error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"));
+        }
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| json_error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))
+}
+
 impl Admin {
-    async fn purge(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let mut body = Vec::new();
-        while let Ok(Some(chunk)) = session.read_request_body().await {
-            body.extend_from_slice(&chunk);
-            if body.len() > MAX_BODY {
-                return json_error(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+    async fn reload(&self) -> Response<Vec<u8>> {
+        let live = self.live.clone();
+        let outcome = tokio::task::spawn_blocking(move || live.reload("admin API")).await;
+        let (status, result) = match outcome {
+            Ok(Reloaded::Applied) => (StatusCode::OK, "applied"),
+            Ok(Reloaded::Unchanged) => (StatusCode::OK, "unchanged"),
+            Ok(Reloaded::Rejected(_)) => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
+            Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "failed"),
+        };
+        let mut body = self.live.status_json();
+        body["result"] = result.into();
+        respond(status, "application/json", body.to_string())
+    }
+
+    fn flags_json(&self) -> serde_json::Value {
+        let config = self.live.config();
+        serde_json::json!({
+            "flags": self.live.flags.describe(&config),
+            "shared": self.store.redis().is_some(),
+        })
+    }
+
+    /// `PUT /api/flags` with `{"cache": false, "prefetch": null}`: set or
+    /// (with null) clear runtime values. With Redis, the values are written
+    /// there first so every replica follows; if Redis cannot take them,
+    /// nothing changes (a local-only flip would be undone by the next sync).
+    async fn put_flags(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = match read_json(session).await {
+            Ok(v) => v,
+            Err(resp) => return resp,
+        };
+        let Some(obj) = req.as_object().filter(|o| !o.is_empty()) else {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                r#"send an object of flags, e.g. {"cache": false}; null clears a runtime value"#,
+            );
+        };
+        let mut changes = Vec::new();
+        for (name, v) in obj {
+            let Some(flag) = Flag::from_name(name) else {
+                let known: Vec<&str> = ALL.iter().map(|f| f.name()).collect();
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown flag {name:?}; flags are {}", known.join(", ")),
+                );
+            };
+            let value = match v {
+                serde_json::Value::Null => None,
+                serde_json::Value::Bool(b) => Some(*b),
+                serde_json::Value::String(s) if parse_bool(s).is_some() => parse_bool(s),
+                other => {
+                    return json_error(
+                        StatusCode::BAD_REQUEST,
+                        format!("flag {name:?}: expected true, false or null, got {other}"),
+                    )
+                }
+            };
+            changes.push((flag, value));
+        }
+        if let Some(redis) = self.store.redis() {
+            let named: Vec<(&str, Option<bool>)> =
+                changes.iter().map(|(f, v)| (f.name(), *v)).collect();
+            if !redis.set_flags(&named).await {
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Redis is unavailable: runtime flags are shared through it, nothing changed",
+                );
             }
         }
-        let req: serde_json::Value = match serde_json::from_slice(&body) {
+        for (flag, value) in changes {
+            if self.live.flags.set_runtime(flag, value) {
+                tracing::info!(flag = flag.name(), value = ?value, "flag set at run time");
+            }
+        }
+        json_ok(self.flags_json())
+    }
+
+    async fn purge(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = match read_json(session).await {
             Ok(v) => v,
-            Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")),
+            Err(resp) => return resp,
         };
-        let config = self.config.load();
+        let config = self.live.config();
         let mut tags = BTreeSet::new();
         if req["all"] == true {
             tags.insert(ALL_TAG.to_string());

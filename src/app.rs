@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
@@ -20,9 +19,11 @@ use pingora::services::listening::Service;
 use tracing::info;
 
 use crate::admin::Admin;
-use crate::config::Config;
+use crate::config::{Config, Overrides};
 use crate::demo::DemoApp;
+use crate::flags::Flags;
 use crate::proxy::Proxy;
+use crate::reload::Live;
 use crate::store::redis::RedisTier;
 use crate::store::Store;
 
@@ -33,7 +34,25 @@ pub struct Demo {
     pub origin_only: bool,
 }
 
-pub fn run(config: Config, demo: Option<Demo>) -> anyhow::Result<()> {
+/// Everything `run` needs, validated by `main`.
+pub struct Start {
+    pub config: Config,
+    pub flags: Flags,
+    /// Command-line values, re-applied on every reload.
+    pub overrides: Overrides,
+    /// Reload when the config file changes.
+    pub watch: bool,
+    pub demo: Option<Demo>,
+}
+
+pub fn run(start: Start) -> anyhow::Result<()> {
+    let Start {
+        config,
+        flags,
+        overrides,
+        watch,
+        demo,
+    } = start;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let conf = ServerConf {
         threads,
@@ -78,17 +97,34 @@ pub fn run(config: Config, demo: Option<Demo>) -> anyhow::Result<()> {
     if let Some(tier) = redis {
         server.add_service(background_service("redis", RedisMaintainer(tier)));
     }
+    let has_redis = config.redis.is_some();
 
     let listen = config.listen;
     let admin_listen = config.admin_listen;
     info!(%listen, upstream = %config.upstream.addr, admin = %admin_listen,
         store = if config.redis.is_some() { "redis" } else { "embedded" }, "freshgate starting");
-    let shared = Arc::new(ArcSwap::from_pointee(config));
+    let live = Arc::new(Live::new(config, flags, overrides, store));
+    server.add_service(background_service(
+        "config watcher",
+        ConfigWatcher {
+            live: live.clone(),
+            watch,
+        },
+    ));
+    if has_redis {
+        server.add_service(background_service(
+            "flag sync",
+            FlagSync {
+                live: live.clone(),
+                store,
+            },
+        ));
+    }
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         Proxy {
-            config: shared.clone(),
+            live: live.clone(),
             store,
             lock,
         },
@@ -101,7 +137,7 @@ pub fn run(config: Config, demo: Option<Demo>) -> anyhow::Result<()> {
         "admin".to_string(),
         HttpServer::new_app(Admin {
             store,
-            config: shared.clone(),
+            live,
             started: Arc::new(std::time::Instant::now()),
         }),
     );
@@ -113,6 +149,49 @@ pub fn run(config: Config, demo: Option<Demo>) -> anyhow::Result<()> {
     });
     info!("freshgate stopped");
     Ok(())
+}
+
+struct ConfigWatcher {
+    live: Arc<Live>,
+    watch: bool,
+}
+
+#[async_trait]
+impl BackgroundService for ConfigWatcher {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        crate::reload::watch(self.live.clone(), self.watch, shutdown).await;
+    }
+}
+
+/// How often a replica reads the runtime flags from Redis: a flip on any
+/// replica reaches all of them well within a second.
+const FLAG_SYNC_EVERY: Duration = Duration::from_millis(250);
+
+/// Follows runtime flag flips made on any replica (stored in Redis).
+struct FlagSync {
+    live: Arc<Live>,
+    store: &'static Store,
+}
+
+#[async_trait]
+impl BackgroundService for FlagSync {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(redis) = self.store.redis() else {
+            return;
+        };
+        loop {
+            // While Redis is unreachable the last known values stay.
+            if let Some(values) = redis.flags().await {
+                for f in self.live.flags.replace_runtime(&values) {
+                    info!(flag = f.name(), "runtime flag changed on another replica");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(FLAG_SYNC_EVERY) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
 }
 
 struct RedisMaintainer(Arc<RedisTier>);

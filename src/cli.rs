@@ -25,11 +25,20 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Show what a request does to the cache: the rules it matches, the tags
+    /// and route families it invalidates, and why.
+    /// Example: freshgate explain -c freshgate.yaml 'PATCH /studio/api/scenes/42'
+    Explain {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// `METHOD /path` (a bare path means GET).
+        request: String,
+    },
     /// Run the bundled demo app with freshgate in front of it.
     Demo(DemoOpts),
 }
 
-#[derive(Debug, Args, Default)]
+#[derive(Debug, Args)]
 pub struct RunOpts {
     /// Config file (YAML). Without one, built-in defaults apply.
     #[arg(short, long, value_name = "FILE", env = "FRESHGATE_CONFIG")]
@@ -49,6 +58,10 @@ pub struct RunOpts {
     /// Admin listener address [default: 127.0.0.1:9090].
     #[arg(long, value_name = "ADDR", env = "FRESHGATE_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
+    /// Reload the config when its file changes (SIGHUP always reloads).
+    #[arg(long, value_name = "BOOL", env = "FRESHGATE_WATCH", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub watch: bool,
 }
 
 #[derive(Debug, Args)]

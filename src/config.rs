@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::flags::FileFlags;
 use crate::invalidation::{Invalidation, RawRule};
 use crate::rules::{RouteTable, Rule};
 
@@ -54,6 +55,8 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     #[serde(default)]
     pub invalidate: Vec<RawInvalidate>,
+    #[serde(default)]
+    pub flags: FileFlags,
 }
 
 #[derive(Debug, Deserialize)]
@@ -238,6 +241,14 @@ pub struct Config {
     pub routes: RouteTable,
     pub invalidation: Invalidation,
     pub max_lifetime: Duration,
+    /// The `flags:` section (one layer of [`crate::flags::Flags`]).
+    pub flags: FileFlags,
+    /// Hash of the invalidation rules: entries are only served
+    /// under the rules that tagged them, so a rules edit can never leave an
+    /// entry without a tag that the new rules would invalidate.
+    pub rules_fingerprint: u64,
+    /// Hash of the whole file text, to tell versions apart in the admin API.
+    pub text_hash: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -273,7 +284,7 @@ pub struct Problem {
 }
 
 /// A config that could not be loaded: the file and every problem found in it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ConfigError {
     pub file: String,
     pub problems: Vec<Problem>,
@@ -462,6 +473,9 @@ fn validate(
         RedisConfig { url, timeout }
     });
 
+    // Tags come from the invalidation rules only; route TTLs, keys and
+    // `enabled` do not change what a write invalidates.
+    let rules_fingerprint = hash_of(&format!("{:?}", raw.invalidate));
     let mut rules = Vec::new();
     let mut names = std::collections::HashSet::new();
     for r in raw.routes {
@@ -566,7 +580,19 @@ fn validate(
         routes,
         invalidation,
         max_lifetime: raw.cache.max_ttl.map(|d| d.0).unwrap_or(DEFAULT_MAX_TTL),
+        flags: raw.flags,
+        rules_fingerprint,
+        text_hash: hash_of(text),
     })
+}
+
+/// A stable-enough hash (SipHash with fixed keys): the same text gives the
+/// same value in every replica running the same build.
+pub fn hash_of(s: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
 }
 
 fn fallback_addr() -> SocketAddr {

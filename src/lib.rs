@@ -7,6 +7,8 @@
 //!
 //! # Layout
 //! - [`config`]: YAML schema → validated, immutable [`config::Config`].
+//! - [`reload`]: the live config + flags, hot reload (file watch, SIGHUP).
+//! - [`flags`]: feature flags (kill switch, invalidation, ...) and their layers.
 //! - [`rules`]: route patterns (`/studio/api/scenes/:id`) compiled to one matcher.
 //! - [`proxy`]: the request path, pingora's `ProxyHttp` — start reading here.
 //! - [`cachekey`]: what makes two requests the same for the cache.
@@ -14,6 +16,7 @@
 //! - [`store`]: pingora-cache `Storage` over the memory tier and Redis.
 //! - [`metrics`]: every Prometheus metric, one registry.
 //! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`).
+//! - [`tooling`]: `freshgate check` warnings and `freshgate explain`.
 //! - [`demo`]: the bundled demo app, for newcomers, tests and benchmarks.
 //! - [`app`]: wiring of the pingora server and its services.
 //! - [`cli`]: the command line.
@@ -26,8 +29,11 @@ pub mod cachekey;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod flags;
 pub mod invalidation;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod rules;
 pub mod store;
+pub mod tooling;

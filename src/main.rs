@@ -6,6 +6,8 @@ use clap::Parser;
 use freshgate::app::{self, Demo};
 use freshgate::cli::{Cli, Command, RunOpts};
 use freshgate::config::{Config, Overrides};
+use freshgate::flags::Flags;
+use freshgate::tooling;
 
 /// Exit code for a config that cannot be used (BSD `EX_USAGE` is for flags;
 /// `check` uses 1 as documented).
@@ -25,10 +27,14 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match Config::load(Some(&config), &Overrides::default()) {
             Ok(c) => {
+                for w in tooling::warnings(&c) {
+                    eprintln!("{}: warning: {w}", config.display());
+                }
                 println!(
-                    "{}: ok ({} route rules)",
+                    "{}: ok ({} route rules, {} invalidate rules)",
                     config.display(),
-                    c.routes.rules().len()
+                    c.routes.rules().len(),
+                    c.invalidation.rules.len()
                 );
                 ExitCode::SUCCESS
             }
@@ -37,6 +43,25 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_BAD_CONFIG)
             }
         },
+        Command::Explain { config, request } => {
+            let c = match Config::load(Some(&config), &Overrides::default()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(EXIT_BAD_CONFIG);
+                }
+            };
+            match tooling::explain(&c, &request) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("freshgate explain: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Run(opts) => run(&opts, None),
         Command::Demo(d) => {
             let mut opts = d.run;
@@ -77,7 +102,23 @@ fn run(opts: &RunOpts, demo: Option<Demo>) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    match app::run(config, demo) {
+    let flags = match Flags::from_env(|name| std::env::var(name).ok()) {
+        Ok(f) => f,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("environment: {e}");
+            }
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let start = app::Start {
+        config,
+        flags,
+        overrides,
+        watch: opts.watch,
+        demo,
+    };
+    match app::run(start) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("freshgate: {e:#}");

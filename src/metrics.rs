@@ -32,6 +32,12 @@ pub struct Metrics {
     pub invalidation_failures: IntCounter,
     /// Writes that matched no invalidation rule, by cache route rule (`-`: none).
     pub unmatched_writes: IntCounterVec,
+    /// Config reloads by result (`success`, `error`).
+    pub config_reloads: IntCounterVec,
+    pub config_last_reload_successful: IntGauge,
+    pub config_last_success_seconds: prometheus::Gauge,
+    /// 1 when a flag is on, by flag name.
+    pub flag_enabled: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -146,6 +152,29 @@ impl Metrics {
             &["route"],
         )
         .expect("static metric definition");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "freshgate_config_reloads_total",
+                "Config reload attempts by result (a failed one changes nothing).",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
+        let config_last_reload_successful = IntGauge::new(
+            "freshgate_config_last_reload_successful",
+            "1 if the last config reload attempt succeeded.",
+        )
+        .expect("static metric definition");
+        let config_last_success_seconds = prometheus::Gauge::new(
+            "freshgate_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config load.",
+        )
+        .expect("static metric definition");
+        let flag_enabled = IntGaugeVec::new(
+            Opts::new("freshgate_flag_enabled", "1 when the feature flag is on."),
+            &["flag"],
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_seconds.clone()),
@@ -161,6 +190,10 @@ impl Metrics {
             Box::new(invalidated_tags.clone()),
             Box::new(invalidation_failures.clone()),
             Box::new(unmatched_writes.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(config_last_reload_successful.clone()),
+            Box::new(config_last_success_seconds.clone()),
+            Box::new(flag_enabled.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -180,6 +213,10 @@ impl Metrics {
             invalidated_tags,
             invalidation_failures,
             unmatched_writes,
+            config_reloads,
+            config_last_reload_successful,
+            config_last_success_seconds,
+            flag_enabled,
         }
     }
 

@@ -5,8 +5,8 @@
 //!
 //! 1. `request_filter` takes the config snapshot this request will use.
 //! 2. `request_cache_filter` decides whether the cache may be used at all
-//!    (GET/HEAD, route enabled, no credentials the rule does not key, store
-//!    usable). Anything else goes straight to the app.
+//!    (GET/HEAD, `cache` flag on, route enabled, no credentials the rule does
+//!    not key, store usable). Anything else goes straight to the app.
 //! 3. `cache_key_callback` / `cache_vary_filter` build the key: scheme, host,
 //!    normalized path, sorted query, the rule's keyed headers and cookies, and
 //!    the request headers the response `Vary`s on.
@@ -15,13 +15,15 @@
 //!    without being part of the key).
 //! 5. `response_cache_filter` decides whether the app's answer may be stored
 //!    (RFC 9111 plus the safety rules), and with which freshness.
-//! 6. `response_filter` labels every response with `X-Cache` and `Cache-Status`.
+//! 6. `response_filter` invalidates what a successful write changed (before
+//!    the client hears back), then labels every response with `X-Cache` and
+//!    `Cache-Status`.
 //! 7. `logging` counts it.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::{header, Method, StatusCode};
 use pingora::cache::cache_control::CacheControl;
@@ -37,8 +39,10 @@ use pingora::proxy::{ProxyHttp, Session};
 
 use crate::cachekey;
 use crate::config::Config;
-use crate::invalidation;
+use crate::flags::Flag;
+use crate::invalidation::{self, ALL_TAG};
 use crate::metrics::METRICS;
+use crate::reload::Live;
 use crate::rules::Rule;
 use crate::store::{FillInfo, Store};
 use tracing::warn;
@@ -59,8 +63,11 @@ const UNKEYED_REQUEST_HEADERS: &[&str] = &[
     "x-method-override",
 ];
 
+/// `Cache-Status` detail when the `cache` flag (kill switch) is off.
+const CACHE_OFF: &str = "cache-off";
+
 pub struct Proxy {
-    pub config: Arc<ArcSwap<Config>>,
+    pub live: Arc<Live>,
     pub store: &'static Store,
     pub lock: &'static CacheKeyLockImpl,
 }
@@ -123,7 +130,7 @@ impl ProxyHttp for Proxy {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
-            config: self.config.load_full(),
+            config: self.live.config(),
             rule: None,
             bypass: None,
             not_stored: None,
@@ -137,7 +144,7 @@ impl ProxyHttp for Proxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         // new_ctx may run before a keep-alive connection's next request arrives;
         // take the config that is current now.
-        ctx.config = self.config.load_full();
+        ctx.config = self.live.config();
         ctx.started = Instant::now();
         ctx.rule = ctx
             .config
@@ -150,6 +157,10 @@ impl ProxyHttp for Proxy {
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         let req = session.req_header();
         if !matches!(req.method, Method::GET | Method::HEAD) {
+            return Ok(());
+        }
+        if !self.live.flags.get(Flag::Cache, &ctx.config) {
+            ctx.bypass = Some(CACHE_OFF);
             return Ok(());
         }
         ctx.bypass = bypass_reason(req, ctx.rule.as_deref(), self.store);
@@ -268,7 +279,11 @@ impl ProxyHttp for Proxy {
                     .invalidation
                     .tags_for_read(session.req_header().uri.path());
                 tags.extend(invalidation::tags_from_response(&resp.headers));
-                meta.extensions_mut().insert(FillInfo { fetch_seq, tags });
+                meta.extensions_mut().insert(FillInfo {
+                    fetch_seq,
+                    rules: ctx.config.rules_fingerprint,
+                    tags,
+                });
                 Ok(RespCacheable::Cacheable(meta))
             }
             (RespCacheable::Cacheable(_), None) => Err("clock-unavailable"),
@@ -314,6 +329,19 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+        error: Option<&Error>,
+    ) -> bool {
+        // Only entries past their freshness get here: invalidated entries are
+        // never found by a lookup. `None` is stale-while-revalidate, which
+        // freshgate does not do (yet): the client waits for the app.
+        self.live.flags.get(Flag::ServeStale, &ctx.config)
+            && error.is_some_and(|e| e.esource() == &pingora::ErrorSource::Upstream)
+    }
+
     async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         let route = ctx.rule.as_ref().map(|r| r.name.as_str()).unwrap_or("-");
         let label = ctx.outcome.label();
@@ -331,7 +359,23 @@ impl Proxy {
     async fn invalidate_after_write(&self, session: &Session, resp: &ResponseHeader, ctx: &Ctx) {
         let req = session.req_header();
         let path = req.uri.path();
-        let plan = ctx.config.invalidation.plan_write(&req.method, path);
+        // The newest rules, not the request's snapshot: a fill that starts
+        // after a rules swap is tagged by the new rules, so a write that
+        // finishes after it must invalidate by them too.
+        let config = self.live.config();
+        if !self.live.flags.get(Flag::Invalidation, &config) {
+            // Rules off: be coarse rather than stale.
+            METRICS.invalidations.with_label_values(&["(all)"]).inc();
+            let all = BTreeSet::from([ALL_TAG.to_string()]);
+            if !self.store.invalidate(&all).await {
+                warn!(
+                    path,
+                    "invalidation not recorded yet: the cache is bypassed until it is"
+                );
+            }
+            return;
+        }
+        let plan = config.invalidation.plan_write(&req.method, path);
         let mut tags = plan.tags;
         for h in [header::LOCATION, header::CONTENT_LOCATION] {
             if let Some(p) = resp
@@ -345,8 +389,12 @@ impl Proxy {
         }
         tags.extend(invalidation::groups_invalidated(&resp.headers));
         if plan.matched.is_empty() {
-            let route = ctx.rule.as_ref().map(|r| r.name.as_str()).unwrap_or("-");
-            METRICS.unmatched_writes.with_label_values(&[route]).inc();
+            let route = ctx.rule.as_ref().map(|r| r.name.as_str());
+            self.live.unmatched.record(&req.method, path, route);
+            METRICS
+                .unmatched_writes
+                .with_label_values(&[route.unwrap_or("-")])
+                .inc();
             METRICS.invalidations.with_label_values(&["-"]).inc();
         }
         for m in &plan.matched {
@@ -483,6 +531,12 @@ fn describe(session: &Session, ctx: &Ctx) -> (Outcome, String) {
             Err(e) => -(e.duration().as_secs() as i64),
         }
     };
+    if ctx.bypass == Some(CACHE_OFF) {
+        return (
+            Outcome::Pass,
+            format!("{NAME}; fwd=bypass; detail={CACHE_OFF}"),
+        );
+    }
     if let Some(reason) = ctx.bypass {
         return (
             Outcome::Bypass,

@@ -1,7 +1,7 @@
 //! The stored form of one cached response, shared by both tiers.
 //!
-//! Layout (version 1), all integers big-endian:
-//! `b"FG"`, version `u8`, `fetch_seq u64`, tag count `u16`, each tag as `u16`
+//! Layout (version 2), all integers big-endian:
+//! `b"FG"`, version `u8`, `fetch_seq u64`, `rules u64`, tag count `u16`, each tag as `u16`
 //! length + UTF-8, pingora's meta as two `u32`-length-prefixed blobs
 //! (`CacheMeta::serialize`: internal + header), then the body to the end.
 //!
@@ -13,12 +13,15 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 pub const MAGIC: &[u8; 2] = b"FG";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// The invalidation clock read before the fetch began (see invalidation).
     pub fetch_seq: u64,
+    /// Fingerprint of the rules that computed `tags`: an entry is only served
+    /// under the same rules (see `config::Config::rules_fingerprint`).
+    pub rules: u64,
     /// Invalidation tags this response belongs to.
     pub tags: Vec<String>,
     pub meta_internal: Bytes,
@@ -52,6 +55,7 @@ impl Entry {
         b.put_slice(MAGIC);
         b.put_u8(VERSION);
         b.put_u64(self.fetch_seq);
+        b.put_u64(self.rules);
         b.put_u16(self.tags.len().min(u16::MAX as usize) as u16);
         for t in self.tags.iter().take(u16::MAX as usize) {
             let t = &t.as_bytes()[..t.len().min(u16::MAX as usize)];
@@ -75,8 +79,9 @@ impl Entry {
         if version != VERSION {
             return Err(DecodeError::UnknownVersion(version));
         }
-        need(&buf, 10)?;
+        need(&buf, 18)?;
         let fetch_seq = buf.get_u64();
+        let rules = buf.get_u64();
         let ntags = buf.get_u16() as usize;
         let mut tags = Vec::with_capacity(ntags);
         for _ in 0..ntags {
@@ -90,6 +95,7 @@ impl Entry {
         let meta_header = take_u32_prefixed(&mut buf)?;
         Ok(Entry {
             fetch_seq,
+            rules,
             tags,
             meta_internal,
             meta_header,
@@ -120,6 +126,7 @@ mod tests {
     fn sample() -> Entry {
         Entry {
             fetch_seq: 42,
+            rules: 7,
             tags: vec!["scene:id=7".into(), "stories".into()],
             meta_internal: Bytes::from_static(b"internal"),
             meta_header: Bytes::from_static(b"HTTP/1.1 200 OK\r\n"),
@@ -136,17 +143,17 @@ mod tests {
     #[test]
     fn other_versions_are_refused_not_misread() {
         let mut raw = e_bytes();
-        raw[2] = 2;
+        raw[2] = 1;
         assert_eq!(
             Entry::decode(Bytes::from(raw)),
-            Err(DecodeError::UnknownVersion(2))
+            Err(DecodeError::UnknownVersion(1))
         );
     }
 
     #[test]
     fn truncation_and_garbage_are_errors() {
         let raw = e_bytes();
-        for cut in [0, 1, 5, 12, 20, 30] {
+        for cut in [0, 1, 5, 12, 20, 28, 38] {
             assert!(
                 Entry::decode(Bytes::copy_from_slice(&raw[..cut])).is_err(),
                 "cut {cut}"

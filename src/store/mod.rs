@@ -15,6 +15,7 @@ pub mod redis;
 
 use std::any::Any;
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -44,6 +45,8 @@ const KEEP_FOR_REVALIDATION: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Default)]
 pub struct FillInfo {
     pub fetch_seq: u64,
+    /// Fingerprint of the rules that computed `tags`.
+    pub rules: u64,
     pub tags: Vec<String>,
 }
 
@@ -79,6 +82,9 @@ pub struct Store {
     local: LocalClock,
     /// No entry is kept longer than this (bounds how long invalidations must be remembered).
     max_lifetime: Duration,
+    /// Fingerprint of the rules in force; entries tagged under other rules
+    /// are misses (set at start and by every config reload).
+    rules: AtomicU64,
 }
 
 impl Store {
@@ -97,7 +103,18 @@ impl Store {
             redis,
             local: LocalClock::new(max_lifetime),
             max_lifetime,
+            rules: AtomicU64::new(0),
         }
+    }
+
+    /// The rules changed: nothing tagged under other rules is served from now
+    /// on (their tags may not be the ones the new rules invalidate).
+    pub fn set_rules(&self, fingerprint: u64) {
+        self.rules.store(fingerprint, Ordering::Release);
+    }
+
+    fn same_rules(&self, e: &Entry) -> bool {
+        e.rules == self.rules.load(Ordering::Acquire)
     }
 
     /// Read the invalidation clock before a fetch begins. `None` when it
@@ -152,12 +169,15 @@ impl Store {
     async fn find(&self, key: &str) -> Option<Arc<Cached>> {
         let epoch = self.current_epoch();
         if let Some(c) = self.memory.get(key) {
-            if c.epoch == epoch && self.still_valid(&c.entry).await {
+            // Entries from before a Redis restart or a rules change may have
+            // been replaced in Redis by another replica: look there.
+            let current = c.epoch == epoch && self.same_rules(&c.entry);
+            if current && self.still_valid(&c.entry).await {
                 METRICS.store_hits.with_label_values(&["memory"]).inc();
                 return Some(c);
             }
             self.memory.invalidate(key);
-            if c.epoch == epoch {
+            if current {
                 // Invalidated: Redis holds the same stale copy.
                 return None;
             }
@@ -172,7 +192,7 @@ impl Store {
                 return None;
             }
         };
-        if !self.still_valid(&entry).await {
+        if !self.same_rules(&entry) || !self.still_valid(&entry).await {
             return None;
         }
         METRICS.store_hits.with_label_values(&["redis"]).inc();
@@ -384,6 +404,7 @@ impl HandleMiss for Miss {
         let size = self.body.len();
         let entry = Entry {
             fetch_seq: self.fill.fetch_seq,
+            rules: self.fill.rules,
             tags: self.fill.tags,
             meta_internal: self.meta_internal,
             meta_header: self.meta_header,

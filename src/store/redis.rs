@@ -34,6 +34,8 @@ const OPEN_FOR: Duration = Duration::from_secs(1);
 const INVALIDATE_ATTEMPTS: u32 = 3;
 /// How often the background task checks on Redis.
 const PING_EVERY: Duration = Duration::from_millis(250);
+/// Hash of runtime flag values (`PUT /api/flags`), shared by all replicas.
+const FLAGS_KEY: &str = "fg:flags";
 
 pub struct RedisTier {
     url: String,
@@ -43,6 +45,9 @@ pub struct RedisTier {
     run_id: ArcSwapOption<String>,
     /// Bumps whenever `run_id` changes; memory-tier entries remember it.
     epoch: AtomicU64,
+    /// Entries fetched before this clock value are not served: set when Redis
+    /// comes back from an outage (see `check_once`).
+    floor: AtomicU64,
     failures: AtomicU32,
     open_until_ms: AtomicU64,
     /// Invalidations that could not be recorded. While any are pending the
@@ -82,6 +87,7 @@ impl RedisTier {
             conn: ArcSwapOption::empty(),
             run_id: ArcSwapOption::empty(),
             epoch: AtomicU64::new(0),
+            floor: AtomicU64::new(0),
             failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
         }
@@ -150,6 +156,9 @@ impl RedisTier {
     pub async fn valid(&self, fetch_seq: u64, tags: &[String]) -> Option<bool> {
         if tags.is_empty() {
             return Some(true);
+        }
+        if fetch_seq < self.floor.load(Ordering::Acquire) {
+            return Some(false);
         }
         let run_id = self.run_id.load_full()?;
         let mut cmd = redis::cmd("MGET");
@@ -285,6 +294,31 @@ impl RedisTier {
         n.unwrap_or(0) > 0
     }
 
+    /// Write runtime flag values (None clears one) for every replica to read.
+    /// Flags are not tied to `run_id`: they are operator intent, not cache data.
+    pub async fn set_flags(&self, values: &[(&str, Option<bool>)]) -> bool {
+        for (name, v) in values {
+            let cmd = match v {
+                Some(b) => redis::cmd("HSET")
+                    .arg(FLAGS_KEY)
+                    .arg(*name)
+                    .arg(if *b { "true" } else { "false" })
+                    .clone(),
+                None => redis::cmd("HDEL").arg(FLAGS_KEY).arg(*name).clone(),
+            };
+            if self.run::<i64>("flags", cmd).await.is_none() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The runtime flag values shared by all replicas; `None` if unreachable.
+    pub async fn flags(&self) -> Option<std::collections::HashMap<String, String>> {
+        self.run("flags", redis::cmd("HGETALL").arg(FLAGS_KEY).clone())
+            .await
+    }
+
     /// Keep a connection, watch `run_id`, and close the breaker when Redis
     /// answers. Runs until `shutdown` turns true.
     pub async fn maintain(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
@@ -340,7 +374,9 @@ impl RedisTier {
                 warn!(%run_id, "redis restarted: treating everything cached before as invalid");
             }
             self.epoch.fetch_add(1, Ordering::AcqRel);
-            self.run_id.store(Some(Arc::new(run_id)));
+            // The new Redis's clock starts again from zero.
+            self.floor.store(0, Ordering::Release);
+            self.run_id.store(Some(Arc::new(run_id.clone())));
             // A new Redis holds nothing from before, and the epoch makes the
             // memory tier forget too: pending invalidations are moot.
             self.pending.lock().clear();
@@ -360,6 +396,29 @@ impl RedisTier {
                 }
                 info!(tags = pending.len(), "recorded pending invalidations");
             }
+        }
+        if self.failures.load(Ordering::Relaxed) >= TRIP_AFTER {
+            // Back from an outage. A replica may have acknowledged a write
+            // whose invalidation it could not record yet; until it does,
+            // entries in Redis look valid. Trust nothing fetched before now:
+            // move the clock and serve only entries fetched after it.
+            let floor: Option<u64> = tokio::time::timeout(
+                self.timeout.max(Duration::from_millis(250)),
+                redis::cmd("INCR")
+                    .arg(Self::clock_key(&run_id))
+                    .query_async(&mut c),
+            )
+            .await
+            .ok()
+            .and_then(|r| r.ok());
+            let Some(floor) = floor else {
+                return self.record_failure("ping", &"cannot move the clock after an outage");
+            };
+            self.floor.fetch_max(floor, Ordering::AcqRel);
+            info!(
+                floor,
+                "entries fetched before the redis outage will not be served"
+            );
         }
         self.record_success();
     }

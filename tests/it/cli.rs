@@ -56,3 +56,52 @@ fn check_reports_file_line_column_and_reason() {
     assert!(msg.starts_with("FILE:4:"), "{msg}");
     assert!(msg.contains("invalid duration"), "{msg}");
 }
+
+#[test]
+fn check_warns_about_rules_that_do_nothing_but_passes() {
+    let (code, msg) = check(
+        "routes:\n  - name: story\n    match: /studio/api/stories/:id\n    ttl: 60s\n\
+         invalidate:\n  - on: PATCH /studio/api/scenes/:id\n    purge: [/studio/api/scenes/:id]\n",
+    );
+    assert_eq!(code, 0, "warnings do not fail the check: {msg}");
+    assert!(
+        msg.contains("warning: purge target /studio/api/scenes/:id matches no route rule"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("warning: route \"story\" (/studio/api/stories/:id) is cached for 60s but no invalidate rule purges it"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn explain_prints_rules_tags_and_why() {
+    let out = Command::new(BIN)
+        .args([
+            "explain",
+            "-c",
+            "config/freshgate.yaml",
+            "PATCH /studio/api/scenes/42",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("PATCH /studio/api/scenes/42\n"), "{text}");
+    assert!(text.contains("route rule: \"scene\""), "{text}");
+    assert!(text.contains("u:/studio/api/scenes/42"), "{text}");
+    assert!(text.contains("binds id=42"), "{text}");
+    assert!(text.contains("|id=42"), "{text}");
+    assert!(text.contains("tags invalidated:"), "{text}");
+
+    let out = Command::new(BIN)
+        .args(["explain", "-c", "config/freshgate.yaml", "PATCH nowhere"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a path"));
+}

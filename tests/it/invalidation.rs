@@ -84,6 +84,21 @@ async fn a_write_invalidates_its_own_uri_without_any_rule_and_is_counted() {
         metrics.contains(r#"freshgate_unmatched_writes_total{route="chapter"} 1"#),
         "{metrics}"
     );
+    // And listed, by path shape, on the admin API.
+    send(
+        client()
+            .patch(fg.url("/studio/api/chapters/12"))
+            .body(r#"{"title":"t3"}"#),
+    )
+    .await;
+    let listed = get(&fg.admin_url("/api/unmatched-writes")).await.json();
+    let w = &listed["writes"][0];
+    assert_eq!(w["method"], "PATCH");
+    assert_eq!(w["shape"], "/studio/api/chapters/:id");
+    assert_eq!(w["route"], "chapter");
+    assert_eq!(w["count"], 2);
+    assert_eq!(w["example"], "/studio/api/chapters/12");
+    assert_eq!(listed["writes"].as_array().unwrap().len(), 1);
 }
 
 #[tokio::test]

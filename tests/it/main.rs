@@ -4,6 +4,7 @@
 mod util;
 
 mod cli;
+mod hot_reload;
 mod invalidation;
 mod proxy_cache;
 mod redis_tier;

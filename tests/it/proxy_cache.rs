@@ -316,15 +316,11 @@ async fn metrics_count_requests_by_route_and_result() {
     for _ in 0..3 {
         get(&fg.url("/studio/api/scenes/113")).await;
     }
-    let text = get(&fg.admin_url("/metrics")).await.body;
-    assert!(
-        text.contains(r#"freshgate_requests_total{result="miss",route="scene"} 1"#),
-        "{text}"
-    );
-    assert!(
-        text.contains(r#"freshgate_requests_total{result="hit",route="scene"} 2"#),
-        "{text}"
-    );
+    fg.metrics_with(&[
+        r#"freshgate_requests_total{result="miss",route="scene"} 1"#,
+        r#"freshgate_requests_total{result="hit",route="scene"} 2"#,
+    ])
+    .await;
     assert_eq!(get(&fg.admin_url("/healthz")).await.status, 200);
     let ready = get(&fg.admin_url("/readyz")).await.json();
     assert_eq!(ready["store"]["mode"], "embedded");

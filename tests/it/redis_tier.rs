@@ -113,3 +113,61 @@ async fn redis_absent_at_start_still_serves() {
         assert_eq!(r.x_cache, "BYPASS");
     }
 }
+
+/// A write whose invalidation cannot reach Redis (hung, not restarted, so
+/// the entries in it stay) must not be followed by a stale read on any
+/// replica: the replica that took the write bypasses until the invalidation is
+/// recorded, and once it is, no replica serves the old entry.
+#[tokio::test]
+async fn a_write_during_a_redis_hang_is_recorded_before_the_cache_is_used_again() {
+    let origin = Origin::start(0);
+    let redis = Redis::start();
+    let a = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
+    let b = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
+    a.wait_redis(true).await;
+    b.wait_redis(true).await;
+    let path = "/studio/api/scenes/122";
+    via(&a, path).await;
+    assert_eq!(via(&a, path).await.x_cache, "HIT");
+    assert_eq!(via(&b, path).await.x_cache, "HIT");
+
+    redis.pause();
+    let w = send(
+        client()
+            .patch(a.url(path))
+            .header("host", "app.test")
+            .body(r#"{"text":"written while redis hung"}"#),
+    )
+    .await;
+    assert_eq!(w.status, 200, "the app's answer reaches the client");
+    let r = via(&a, path).await;
+    assert_eq!(r.x_cache, "BYPASS", "{}", r.cache_status);
+    assert_eq!(r.json()["text"], "written while redis hung");
+    let metrics = get(&a.admin_url("/metrics")).await.body;
+    assert!(
+        !metrics.contains("freshgate_invalidation_failures_total 0"),
+        "{metrics}"
+    );
+
+    redis.resume();
+    a.wait_redis(true).await;
+    b.wait_redis(true).await;
+    let end = Instant::now() + Duration::from_secs(15);
+    for fg in [&a, &b] {
+        loop {
+            let r = via(fg, path).await;
+            if r.x_cache != "BYPASS" {
+                assert_ne!(r.x_cache, "HIT", "the old entry must not come back");
+                assert_eq!(r.json()["text"], "written while redis hung");
+                break;
+            }
+            assert!(Instant::now() < end, "the cache was never used again");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Replicas behind one load balancer see the same `Host` (part of the key).
+async fn via(fg: &Freshgate, path: &str) -> crate::util::Got {
+    send(client().get(fg.url(path)).header("host", "app.test")).await
+}

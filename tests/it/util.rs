@@ -165,6 +165,20 @@ impl Redis {
         }
     }
 
+    /// Freeze the process (SIGSTOP): connections stay open, nothing answers,
+    /// as with a hung Redis or a network partition.
+    pub fn pause(&self) {
+        if let Some(p) = &self.proc {
+            p.signal("STOP");
+        }
+    }
+
+    pub fn resume(&self) {
+        if let Some(p) = &self.proc {
+            p.signal("CONT");
+        }
+    }
+
     /// Start (again) on the same port: a new process, a new `run_id`, no data.
     pub fn restart(&mut self) {
         self.stop();
@@ -262,6 +276,17 @@ impl Freshgate {
         config: &str,
         extra: &[&str],
     ) -> Freshgate {
+        Freshgate::start_full(upstream, redis, config, extra, &[])
+    }
+
+    /// Start with extra arguments and environment variables.
+    pub fn start_full(
+        upstream: &str,
+        redis: Option<&str>,
+        config: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Freshgate {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("freshgate.yaml");
         std::fs::File::create(&path)
@@ -280,7 +305,8 @@ impl Freshgate {
                     &admin.to_string(),
                 ])
                 .args(["--upstream", upstream])
-                .args(extra);
+                .args(extra)
+                .envs(env.iter().copied());
             if let Some(r) = redis {
                 // 100 ms (the default) is tight for a 2-core CI runner that
                 // runs many processes at once: one slow answer would turn a
@@ -304,6 +330,61 @@ impl Freshgate {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// Replace the config file in place (truncate and write, as `>` does).
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Replace the config file the way editors and Kubernetes do: write a
+    /// temp file in the same directory, then rename it over the original.
+    pub fn rename_config(&self, text: &str) {
+        let tmp = self.config.with_extension("yaml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
+    }
+
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        get(&self.admin_url(path)).await.json()
+    }
+
+    /// `/metrics` once it contains every one of `needles` (10 s at most).
+    /// Request counters are updated in pingora's logging phase, which runs
+    /// just *after* the client has the response: poll rather than race it.
+    pub async fn metrics_with(&self, needles: &[&str]) -> String {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = get(&self.admin_url("/metrics")).await.body;
+            if needles.iter().all(|n| text.contains(n)) {
+                return text;
+            }
+            assert!(
+                Instant::now() < end,
+                "metrics never showed {needles:?}:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Poll `/api/config` until `pred` holds (10 s at most).
+    pub async fn wait_config(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.admin_json("/api/config").await;
+            if pred(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < end,
+                "config never reached: {what}; last: {v:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     pub fn admin_url(&self, path: &str) -> String {

@@ -1,0 +1,181 @@
+//! Hit and invalidation latency of the embedded store with few and with many
+//! cached entries: invalidation must not grow with the cache (no walk, no
+//! scan), so the two columns should stay close.
+//!
+//! Run: `cargo bench --bench store` (release profile). Prints one table;
+//! figures are recorded in docs/benchmarks.md. It drives the same pingora
+//! `Storage` calls the proxy makes (miss handler to fill, lookup + body read
+//! to hit), with the tags the shipped config's rules give each path.
+//! `BENCH_SIZES=1000,1000000` and `BENCH_OPS=200000` change the sizes and the
+//! number of timed operations.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use freshgate::config::{Config, Overrides};
+use freshgate::store::{FillInfo, Store};
+use pingora::cache::trace::Span;
+use pingora::cache::{CacheKey, CacheMeta, Storage};
+use pingora::http::ResponseHeader;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p) as usize]
+}
+
+/// A cheap deterministic PRNG (xorshift): the bench needs spread, not quality.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn path(i: u64) -> String {
+    format!("/studio/api/scenes/{i}")
+}
+
+struct Row {
+    entries: u64,
+    fill_secs: f64,
+    memory_bytes: u64,
+    hit: [Duration; 3],
+    inv: [Duration; 3],
+}
+
+async fn measure(config: &Config, entries: u64, ops: usize) -> Row {
+    // Room for every entry: this measures lookups, not eviction.
+    let store: &'static Store = Box::leak(Box::new(Store::new(
+        8 << 30,
+        None,
+        Duration::from_secs(3600),
+    )));
+    store.set_rules(config.rules_fingerprint);
+    let span = Span::inactive().handle();
+    let body = Bytes::from(vec![b'x'; 512]);
+    let keys: Vec<CacheKey> = (0..entries)
+        .map(|i| CacheKey::new(format!("bench{}", path(i)), ""))
+        .collect();
+    let started = Instant::now();
+    for (i, key) in keys.iter().enumerate() {
+        let now = SystemTime::now();
+        let mut meta = CacheMeta::new(
+            now + Duration::from_secs(600),
+            now,
+            0,
+            0,
+            ResponseHeader::build(200, None).expect("static header"),
+        );
+        let fetch_seq = store.clock_now().await.expect("embedded clock");
+        meta.extensions_mut().insert(FillInfo {
+            fetch_seq,
+            rules: config.rules_fingerprint,
+            tags: config.invalidation.tags_for_read(&path(i as u64)),
+        });
+        let mut miss = store
+            .get_miss_handler(key, &meta, &span)
+            .await
+            .expect("miss handler");
+        miss.write_body(body.clone(), true).await.expect("write");
+        miss.finish().await.expect("finish");
+    }
+    let fill_secs = started.elapsed().as_secs_f64();
+    let (_, memory_bytes) = store.memory_usage();
+
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    let mut hits = Vec::with_capacity(ops);
+    for _ in 0..ops {
+        let key = &keys[rng.next(entries) as usize];
+        let t = Instant::now();
+        let (_, mut h) = store
+            .lookup(key, &span)
+            .await
+            .expect("lookup")
+            .expect("a fresh entry that was never invalidated is a hit");
+        let b = h.read_body().await.expect("body");
+        hits.push(t.elapsed());
+        std::hint::black_box(b);
+    }
+    // Invalidate what a scene write invalidates under the shipped rules: the
+    // scene's own URI and bound tags, plus its chapter and story families.
+    let mut invs = Vec::with_capacity(ops);
+    for _ in 0..ops {
+        let p = path(rng.next(entries));
+        let plan = config.invalidation.plan_write(&http::Method::PATCH, &p);
+        let tags: BTreeSet<String> = plan.tags;
+        let t = Instant::now();
+        assert!(store.invalidate(&tags).await);
+        invs.push(t.elapsed());
+    }
+    hits.sort();
+    invs.sort();
+    Row {
+        entries,
+        fill_secs,
+        memory_bytes,
+        hit: [
+            percentile(&hits, 0.5),
+            percentile(&hits, 0.99),
+            hits.iter().sum::<Duration>() / ops as u32,
+        ],
+        inv: [
+            percentile(&invs, 0.5),
+            percentile(&invs, 0.99),
+            invs.iter().sum::<Duration>() / ops as u32,
+        ],
+    }
+}
+
+fn env_list(name: &str, default: &[u64]) -> Vec<u64> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| default.to_vec())
+}
+
+fn main() {
+    let config = Config::load(
+        Some(std::path::Path::new("config/freshgate.yaml")),
+        &Overrides::default(),
+    )
+    .expect("config/freshgate.yaml is valid");
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this
+    // binary without it: then a small smoke run keeps the code exercised.
+    let bench = std::env::args().any(|a| a == "--bench");
+    let (sizes, ops) = if bench {
+        (
+            env_list("BENCH_SIZES", &[1_000, 1_000_000]),
+            env_list("BENCH_OPS", &[200_000])[0] as usize,
+        )
+    } else {
+        (vec![1_000], 1_000)
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!(
+        "| entries | fill (s) | memory tier (MiB) | hit p50 (µs) | hit p99 (µs) | hit mean (µs) | invalidate p50 (µs) | invalidate p99 (µs) | invalidate mean (µs) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for n in sizes {
+        let r = rt.block_on(measure(&config, n, ops));
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        println!(
+            "| {} | {:.1} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            r.entries,
+            r.fill_secs,
+            r.memory_bytes as f64 / (1 << 20) as f64,
+            us(r.hit[0]),
+            us(r.hit[1]),
+            us(r.hit[2]),
+            us(r.inv[0]),
+            us(r.inv[1]),
+            us(r.inv[2]),
+        );
+    }
+    println!("({ops} timed operations of each kind per size, one thread, embedded store)");
+}

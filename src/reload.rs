@@ -1,0 +1,342 @@
+//! Hot configuration: the live config snapshot and flags, and how a new file
+//! replaces them.
+//!
+//! [`Live`] is what the proxy and the admin listener share. A reload (file
+//! change, `SIGHUP`, or `POST /api/reload`) reads the whole file, parses and
+//! validates all of it, and only then swaps the snapshot in with `arc-swap`:
+//! a request keeps the snapshot it started with, and no request ever sees half
+//! a config. A file that does not validate changes nothing; its problems are
+//! logged with file:line:column, counted in `/metrics` and shown by
+//! `GET /api/config`.
+//!
+//! What a reload does to the cache: entries carry the fingerprint of the
+//! invalidation rules that tagged them, and the store serves only entries with
+//! the current fingerprint. Editing `invalidate:` therefore makes everything
+//! cached before a miss (an edit may add the very rule whose absence made
+//! something stale); editing only `routes:` or `flags:` keeps the cache.
+//! Listen addresses, the store and shutdown timing are read at start only:
+//! a reload that changes them is applied for everything else and reports them
+//! under `restartRequired`.
+//!
+//! The watcher watches the file's *directory*, so editors that write a temp
+//! file and rename it over the original, and Kubernetes ConfigMap volumes
+//! (which swap a `..data` symlink), are seen as well as writes in place.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use serde_json::json;
+use tracing::{error, info, warn};
+
+use crate::config::{hash_of, Config, ConfigError, Overrides};
+use crate::flags::{Flags, ALL};
+use crate::invalidation::UnmatchedWrites;
+use crate::metrics::METRICS;
+use crate::store::Store;
+
+/// Events closer together than this are one edit (editors write in steps)...
+const SETTLE: Duration = Duration::from_millis(50);
+/// ...but a steady stream of edits still reloads at least this often.
+const SETTLE_AT_MOST: Duration = Duration::from_millis(250);
+
+pub struct Live {
+    config: ArcSwap<Config>,
+    pub flags: Flags,
+    /// Writes no rule covered (runtime observations, kept across reloads).
+    pub unmatched: UnmatchedWrites,
+    overrides: Overrides,
+    store: &'static Store,
+    status: Mutex<Status>,
+}
+
+struct Status {
+    /// Successful loads so far (1 = the config the process started with).
+    version: u64,
+    loaded_at: SystemTime,
+    last_attempt: Option<(SystemTime, bool)>,
+    last_error: Option<(SystemTime, ConfigError)>,
+    /// Text hash of the last rejected file, so one bad edit is reported once.
+    rejected_hash: Option<u64>,
+    restart_required: Vec<&'static str>,
+}
+
+/// What a reload did.
+#[derive(Debug)]
+pub enum Reloaded {
+    /// The file is the one already running (or already rejected).
+    Unchanged,
+    Applied,
+    Rejected(ConfigError),
+}
+
+impl Live {
+    pub fn new(config: Config, flags: Flags, overrides: Overrides, store: &'static Store) -> Live {
+        store.set_rules(config.rules_fingerprint);
+        METRICS.config_last_reload_successful.set(1);
+        METRICS
+            .config_last_success_seconds
+            .set(unix_seconds(SystemTime::now()));
+        Live {
+            config: ArcSwap::from_pointee(config),
+            flags,
+            unmatched: UnmatchedWrites::default(),
+            overrides,
+            store,
+            status: Mutex::new(Status {
+                version: 1,
+                loaded_at: SystemTime::now(),
+                last_attempt: None,
+                last_error: None,
+                rejected_hash: None,
+                restart_required: Vec::new(),
+            }),
+        }
+    }
+
+    /// The current snapshot; hold it for the whole request.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    pub fn source(&self) -> Option<PathBuf> {
+        self.config.load().source.clone()
+    }
+
+    /// Re-read the file and swap it in if it is valid and different.
+    pub fn reload(&self, trigger: &str) -> Reloaded {
+        let Some(path) = self.source() else {
+            return Reloaded::Unchanged;
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                // Mid-swap (ConfigMap, rename) the file can be briefly absent;
+                // a later event reloads it. Say so without counting an error.
+                warn!(file = %path.display(), error = %e, "config file not readable; keeping the running config");
+                return Reloaded::Unchanged;
+            }
+        };
+        if text.trim().is_empty() {
+            // A truncated read, or a file emptied by mistake: an empty config
+            // would silently drop every rule. Never swap that in.
+            warn!(file = %path.display(), "config file is empty; keeping the running config");
+            return Reloaded::Unchanged;
+        }
+        let hash = hash_of(&text);
+        let old = self.config.load_full();
+        {
+            let st = self.status.lock();
+            if hash == old.text_hash || st.rejected_hash == Some(hash) {
+                return Reloaded::Unchanged;
+            }
+        }
+        let now = SystemTime::now();
+        match Config::from_str(&text, Some(&path), &self.overrides) {
+            Ok(new) => {
+                let restart_required = needs_restart(&old, &new);
+                let rules_changed = new.rules_fingerprint != old.rules_fingerprint;
+                let fingerprint = new.rules_fingerprint;
+                self.config.store(Arc::new(new));
+                if rules_changed {
+                    self.store.set_rules(fingerprint);
+                }
+                let mut st = self.status.lock();
+                st.version += 1;
+                st.loaded_at = now;
+                st.last_attempt = Some((now, true));
+                st.rejected_hash = None;
+                st.restart_required = restart_required.clone();
+                METRICS.config_reloads.with_label_values(&["success"]).inc();
+                METRICS.config_last_reload_successful.set(1);
+                METRICS.config_last_success_seconds.set(unix_seconds(now));
+                info!(
+                    file = %path.display(),
+                    trigger,
+                    version = st.version,
+                    rules_changed,
+                    "config reloaded"
+                );
+                if !restart_required.is_empty() {
+                    warn!(fields = ?restart_required, "config reloaded, but these settings take effect only after a restart");
+                }
+                Reloaded::Applied
+            }
+            Err(e) => {
+                for line in e.to_string().lines() {
+                    error!(trigger, "config rejected, the running config stays: {line}");
+                }
+                let mut st = self.status.lock();
+                st.last_attempt = Some((now, false));
+                st.rejected_hash = Some(hash);
+                st.last_error = Some((now, e.clone()));
+                METRICS.config_reloads.with_label_values(&["error"]).inc();
+                METRICS.config_last_reload_successful.set(0);
+                Reloaded::Rejected(e)
+            }
+        }
+    }
+
+    /// `GET /api/config`.
+    pub fn status_json(&self) -> serde_json::Value {
+        let c = self.config.load();
+        let st = self.status.lock();
+        let last_error = st.last_error.as_ref().map(|(at, e)| {
+            json!({
+                "at": rfc3339(*at),
+                "file": e.file,
+                "problems": e.problems.iter().map(|p| json!({
+                    "line": p.line, "column": p.column, "message": p.message,
+                })).collect::<Vec<_>>(),
+                "message": e.to_string(),
+            })
+        });
+        json!({
+            "version": st.version,
+            "hash": format!("{:016x}", c.text_hash),
+            "rulesFingerprint": format!("{:016x}", c.rules_fingerprint),
+            "file": c.source.as_ref().map(|p| p.display().to_string()),
+            "loadedAt": rfc3339(st.loaded_at),
+            "lastReload": st.last_attempt.map(|(at, ok)| json!({
+                "at": rfc3339(at),
+                "result": if ok { "success" } else { "error" },
+            })),
+            "lastError": last_error,
+            "restartRequired": st.restart_required,
+            "routes": c.routes.rules().iter().map(|r| json!({
+                "name": r.name, "match": r.pattern, "enabled": r.enabled,
+                "ttlSeconds": r.ttl.map(|t| t.as_secs()),
+            })).collect::<Vec<_>>(),
+            "invalidationRules": c.invalidation.rules.len(),
+        })
+    }
+
+    /// Publish flag states as gauges (called when `/metrics` is scraped).
+    pub fn export_flags(&self) {
+        let c = self.config.load();
+        for f in ALL {
+            METRICS
+                .flag_enabled
+                .with_label_values(&[f.name()])
+                .set(i64::from(self.flags.get(f, &c)));
+        }
+    }
+}
+
+/// Settings that are read once at start.
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if old.listen != new.listen {
+        v.push("listen");
+    }
+    if old.admin_listen != new.admin_listen {
+        v.push("admin.listen");
+    }
+    let redis = |c: &Config| c.redis.as_ref().map(|r| (r.url.clone(), r.timeout));
+    if redis(old) != redis(new) || old.memory_max_bytes != new.memory_max_bytes {
+        v.push("store");
+    }
+    if old.max_lifetime != new.max_lifetime {
+        v.push("cache.max_ttl");
+    }
+    if old.grace_period != new.grace_period || old.shutdown_timeout != new.shutdown_timeout {
+        v.push("shutdown");
+    }
+    v
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Reload on changes in the config file's directory and on `SIGHUP`, until
+/// `shutdown` turns true.
+pub async fn watch(
+    live: Arc<Live>,
+    watch_files: bool,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Some(path) = live.source() else {
+        return;
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    // Kept alive for as long as we watch; dropping it stops the OS watch.
+    let _watcher = if watch_files {
+        match start_watcher(&path, tx) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(file = %path.display(), error = %e, "cannot watch the config file; reload with SIGHUP");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut hup = signal(SignalKind::hangup()).ok();
+    loop {
+        let trigger = tokio::select! {
+            Some(()) = rx.recv() => {
+                // Let the edit finish: swallow events until the directory is quiet.
+                let until = tokio::time::Instant::now() + SETTLE_AT_MOST;
+                while tokio::time::Instant::now() < until {
+                    match tokio::time::timeout(SETTLE, rx.recv()).await {
+                        Ok(Some(())) => continue,
+                        _ => break,
+                    }
+                }
+                "file change"
+            }
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => "SIGHUP",
+            _ = shutdown.changed() => return,
+        };
+        let live = live.clone();
+        // File IO and YAML parsing are blocking work.
+        let _ = tokio::task::spawn_blocking(move || live.reload(trigger)).await;
+    }
+}
+
+fn start_watcher(
+    path: &Path,
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(|n| n.to_os_string());
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let Ok(ev) = res else { return };
+        let ours = ev.paths.iter().any(|p| {
+            let n = p.file_name();
+            n == name.as_deref() || n == Some(std::ffi::OsStr::new("..data"))
+        });
+        // A finished write (close after writing), a rename or creation (temp
+        // file + rename, ConfigMap symlink swap), a removal. Not every data
+        // write: a half-written file must not be read.
+        use notify::event::{AccessKind, AccessMode, ModifyKind};
+        use notify::EventKind;
+        let complete = matches!(
+            ev.kind,
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+                | EventKind::Create(_)
+                | EventKind::Modify(ModifyKind::Name(_))
+                | EventKind::Modify(ModifyKind::Metadata(_))
+                | EventKind::Remove(_)
+        );
+        if ours && complete {
+            let _ = tx.send(());
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}

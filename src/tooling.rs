@@ -1,0 +1,227 @@
+//! Tools for people editing rules: `freshgate check` warnings and
+//! `freshgate explain`.
+//!
+//! Both work on a validated [`Config`] and answer "what will this config do",
+//! without running anything.
+
+use std::fmt::Write as _;
+
+use http::Method;
+
+use crate::config::Config;
+use crate::invalidation::own_tag;
+use crate::rules::to_matchit;
+
+/// A concrete path that `pattern` matches: parameters and wildcards become
+/// `1`. Good enough to ask another pattern set "would you match this too?".
+fn sample_path(pattern: &str) -> Option<String> {
+    let canonical = to_matchit(pattern).ok()?;
+    Some(
+        canonical
+            .split('/')
+            .map(|seg| {
+                if seg.starts_with('{') && seg.ends_with('}') && !seg.starts_with("{{") {
+                    "1".to_string()
+                } else {
+                    seg.replace("{{", "{").replace("}}", "}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/"),
+    )
+}
+
+/// Things that are valid but probably not what the author meant.
+pub fn warnings(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let inv = &config.invalidation;
+    for t in &inv.targets {
+        let Some(sample) = sample_path(&t.pattern) else {
+            continue;
+        };
+        if config.routes.lookup(&sample).is_none() {
+            out.push(format!(
+                "purge target {} matches no route rule: only responses the app itself marks \
+                 cacheable are stored there (is a route missing, or the pattern wrong?)",
+                t.pattern
+            ));
+        }
+    }
+    for r in config.routes.rules() {
+        if r.ttl.is_none() || !r.enabled {
+            continue;
+        }
+        let Some(sample) = sample_path(&r.pattern) else {
+            continue;
+        };
+        let purged = !inv.tags_for_read(&sample).iter().all(|t| {
+            // Every cached response carries `a:all` and its own URI; anything
+            // else comes from a purge target.
+            t == crate::invalidation::ALL_TAG || *t == own_tag(&sample)
+        });
+        if !purged {
+            out.push(format!(
+                "route {:?} ({}) is cached for {}s but no invalidate rule purges it: only a \
+                 write to the very same URI (or its TTL) refreshes it",
+                r.name,
+                r.pattern,
+                r.ttl.map_or(0, |d| d.as_secs())
+            ));
+        }
+    }
+    out
+}
+
+/// `freshgate explain`: what a request does to the cache under `config`.
+/// `request` is `"PATCH /studio/api/scenes/42"` (or a path: `GET`).
+pub fn explain(config: &Config, request: &str) -> Result<String, String> {
+    let request = request.trim();
+    let (method, target) = match request.split_once(char::is_whitespace) {
+        Some((m, p)) => (m.trim().to_ascii_uppercase(), p.trim()),
+        None => ("GET".to_string(), request),
+    };
+    let method = Method::from_bytes(method.as_bytes())
+        .map_err(|_| format!("{method:?} is not an HTTP method"))?;
+    if !target.starts_with('/') {
+        return Err(format!(
+            "{target:?} is not a path; write e.g. 'PATCH /studio/api/scenes/42'"
+        ));
+    }
+    let path = target.split(['?', '#']).next().unwrap_or(target);
+    let mut s = String::new();
+    let _ = writeln!(s, "{method} {target}");
+    match config.routes.lookup(path) {
+        Some(r) => {
+            let _ = writeln!(
+                s,
+                "  route rule: {:?} ({}){}{}",
+                r.name,
+                r.pattern,
+                r.ttl
+                    .map(|t| format!(", cached for {}s", t.as_secs()))
+                    .unwrap_or_else(|| ", freshness from the app's headers".into()),
+                if r.enabled { "" } else { ", DISABLED" }
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "  route rule: none (cached only if the app's headers allow it)"
+            );
+        }
+    }
+    let is_write = !matches!(
+        method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::CONNECT
+    );
+    if !is_write {
+        let tags = config.invalidation.tags_for_read(path);
+        let _ = writeln!(
+            s,
+            "  not a write. A response cached for it carries these tags; a write that \
+             invalidates any of them makes it a miss:"
+        );
+        for t in tags {
+            let _ = writeln!(s, "    {t}");
+        }
+        return Ok(s);
+    }
+    let plan = config.invalidation.plan_write(&method, path);
+    let _ = writeln!(
+        s,
+        "  always (RFC 9111 section 4.4): its own URI, every query and variant\n    {}",
+        own_tag(path)
+    );
+    let _ = writeln!(
+        s,
+        "  also: same-origin Location/Content-Location of the response, and the \
+         groups in its Cache-Group-Invalidation header"
+    );
+    if plan.matched.is_empty() {
+        let _ = writeln!(
+            s,
+            "  no invalidate rule matches: nothing else is invalidated. If other cached \
+             pages show what this write changes, they stay stale until their TTL: add a rule."
+        );
+    }
+    for m in &plan.matched {
+        let bound = if m.bound.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", binds {}",
+                m.bound
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let _ = writeln!(s, "  rule {:?} (on {}{bound}):", m.name, m.on);
+        for (tag, why) in &m.purges {
+            let _ = writeln!(s, "    purges {why}\n      {tag}");
+        }
+    }
+    let _ = writeln!(
+        s,
+        "  tags invalidated: {}",
+        plan.tags.iter().cloned().collect::<Vec<_>>().join(" ")
+    );
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overrides;
+
+    const CFG: &str = r#"
+routes:
+  - name: scene
+    match: /studio/api/scenes/:id
+    ttl: 60s
+  - name: story
+    match: /studio/api/stories/:id
+    ttl: 60s
+invalidate:
+  - name: scene-write
+    on: "[PATCH, DELETE] /studio/api/scenes/:id"
+    purge: [/studio/api/scenes/:id, /studio/api/chapters/*]
+"#;
+
+    fn cfg() -> Config {
+        Config::from_str(CFG, None, &Overrides::default()).unwrap()
+    }
+
+    #[test]
+    fn warns_about_targets_without_routes_and_routes_without_rules() {
+        let w = warnings(&cfg());
+        assert_eq!(w.len(), 2, "{w:#?}");
+        assert!(w[0].contains("/studio/api/chapters/*"), "{}", w[0]);
+        assert!(w[1].contains("\"story\""), "{}", w[1]);
+    }
+
+    #[test]
+    fn explains_a_write() {
+        let out = explain(&cfg(), "PATCH /studio/api/scenes/42").unwrap();
+        assert!(out.contains("route rule: \"scene\""), "{out}");
+        assert!(out.contains("rule \"scene-write\""), "{out}");
+        assert!(out.contains("binds id=42"), "{out}");
+        assert!(out.contains("r:/studio/api/scenes/{id}|id=42"), "{out}");
+        assert!(
+            out.contains("(every path it matches)") || out.contains("whole family"),
+            "{out}"
+        );
+        assert!(out.contains("u:/studio/api/scenes/42"), "{out}");
+    }
+
+    #[test]
+    fn explains_an_unmatched_write_and_a_read() {
+        let out = explain(&cfg(), "POST /studio/api/stories/1").unwrap();
+        assert!(out.contains("no invalidate rule matches"), "{out}");
+        let out = explain(&cfg(), "/studio/api/chapters/3").unwrap();
+        assert!(out.contains("not a write"), "{out}");
+        assert!(out.contains("r:/studio/api/chapters/{_1}"), "{out}");
+        assert!(explain(&cfg(), "PATCH scenes").is_err());
+    }
+}
