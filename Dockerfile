@@ -6,6 +6,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# Declared in Cargo.toml ([[bench]]), so cargo needs it even for a plain build.
+COPY benches ./benches
 COPY config ./config
 RUN cargo build --release --locked && strip target/release/freshgate
 

@@ -1,5 +1,12 @@
 //! The admin listener: a separate port, loopback by default.
 //!
+//! Access: on loopback without tokens, anyone who can connect (the pod or
+//! host). Bound anywhere else, `admin.token` (or `FRESHGATE_ADMIN_TOKEN`) is
+//! required by config validation, and every endpoint except `admin.open`
+//! (default `[/healthz]`) needs `Authorization: Bearer <token>`;
+//! `admin.read_token` allows GET endpoints only (401 without a valid token,
+//! 403 for the read token on a mutating endpoint). Comparison is constant-time.
+//!
 //! Routes:
 //! - `GET /healthz` — 200 while the process serves HTTP (liveness).
 //! - `GET /readyz`  — 200 with the store state as JSON. freshgate stays ready
@@ -24,10 +31,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
+use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
+use subtle::ConstantTimeEq;
 
 use std::collections::BTreeSet;
 
+use crate::config::AdminAuth;
 use crate::flags::{parse_bool, Flag, ALL};
 use crate::invalidation::ALL_TAG;
 use crate::metrics::METRICS;
@@ -64,6 +74,10 @@ impl ServeHttp for Admin {
         let req = session.req_header();
         let method = req.method.clone();
         let path = req.uri.path().to_string();
+        let config = self.live.config();
+        if let Some(refusal) = refuse(&config.admin_auth, req) {
+            return refusal;
+        }
         match (method.as_str(), path.as_str()) {
             ("GET", "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n"),
             ("GET", "/readyz") => {
@@ -113,6 +127,49 @@ fn json_error(status: StatusCode, msg: impl Into<String>) -> Response<Vec<u8>> {
         "application/json",
         serde_json::json!({ "error": msg.into() }).to_string(),
     )
+}
+
+/// Bearer-token check (constant time): the response to send instead, if
+/// the request may not proceed.
+fn refuse(auth: &AdminAuth, req: &RequestHeader) -> Option<Response<Vec<u8>>> {
+    if auth.token.is_none() && auth.read_token.is_none() {
+        // Loopback only (config validation refuses anything else without a token).
+        return None;
+    }
+    if auth.open.iter().any(|p| p == req.uri.path()) {
+        return None;
+    }
+    let presented = req
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let matches = |want: &Option<String>| match (want, presented) {
+        (Some(w), Some(p)) => bool::from(w.as_bytes().ct_eq(p.as_bytes())),
+        _ => false,
+    };
+    if matches(&auth.token) {
+        return None;
+    }
+    if matches(&auth.read_token) {
+        if matches!(req.method, http::Method::GET | http::Method::HEAD) {
+            return None;
+        }
+        return Some(json_error(
+            StatusCode::FORBIDDEN,
+            "the read-only token cannot change anything",
+        ));
+    }
+    let mut resp = json_error(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong bearer token (Authorization: Bearer ...)",
+    );
+    resp.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer realm=\"freshgate admin\""),
+    );
+    Some(resp)
 }
 
 fn json_ok(v: serde_json::Value) -> Response<Vec<u8>> {

@@ -72,6 +72,12 @@ pub struct RawInvalidate {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Option<String>,
+    /// Bearer token for every admin endpoint (prefer `FRESHGATE_ADMIN_TOKEN`).
+    pub token: Option<String>,
+    /// Bearer token for read-only (GET) endpoints only.
+    pub read_token: Option<String>,
+    /// Paths that need no token, e.g. `[/healthz, /metrics]`.
+    pub open: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -232,6 +238,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub upstream: Upstream,
     pub admin_listen: SocketAddr,
+    pub admin_auth: AdminAuth,
     pub memory_max_bytes: u64,
     pub redis: Option<RedisConfig>,
     pub max_object_bytes: u64,
@@ -259,6 +266,27 @@ pub struct Upstream {
     pub host: String,
 }
 
+/// Who may use the admin listener. Without tokens (loopback only), anyone
+/// who can connect; with them, `Authorization: Bearer <token>` except on the
+/// `open` paths. The read token allows GET only.
+#[derive(Clone, Default)]
+pub struct AdminAuth {
+    pub token: Option<String>,
+    pub read_token: Option<String>,
+    pub open: Vec<String>,
+}
+
+impl fmt::Debug for AdminAuth {
+    // Never print the secrets.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminAuth")
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("read_token", &self.read_token.as_ref().map(|_| "<set>"))
+            .field("open", &self.open)
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     pub url: String,
@@ -273,6 +301,8 @@ pub struct Overrides {
     pub redis: Option<String>,
     pub redis_timeout: Option<Duration>,
     pub admin_listen: Option<String>,
+    pub admin_token: Option<String>,
+    pub admin_read_token: Option<String>,
 }
 
 /// One problem in a config file, located where possible.
@@ -434,6 +464,35 @@ fn validate(
         problem(&admin_s, m);
         fallback_addr()
     });
+    let admin_auth = AdminAuth {
+        token: ov.admin_token.clone().or(raw.admin.token.clone()),
+        read_token: ov.admin_read_token.clone().or(raw.admin.read_token.clone()),
+        open: raw
+            .admin
+            .open
+            .clone()
+            .unwrap_or_else(|| vec!["/healthz".to_string()]),
+    };
+    for (name, t) in [
+        ("admin.token", &admin_auth.token),
+        ("admin.read_token", &admin_auth.read_token),
+    ] {
+        if t.as_ref().is_some_and(|t| t.len() < 16) {
+            problem(
+                name.trim_start_matches("admin."),
+                format!("{name} is shorter than 16 characters: use a long random value"),
+            );
+        }
+    }
+    if !admin_listen.ip().is_loopback() && admin_auth.token.is_none() {
+        problem(
+            &admin_s,
+            format!(
+                "admin.listen {admin_listen} is reachable from other hosts: set admin.token \
+                 (or FRESHGATE_ADMIN_TOKEN), or listen on 127.0.0.1"
+            ),
+        );
+    }
     let upstream_s = ov
         .upstream
         .clone()
@@ -550,6 +609,7 @@ fn validate(
         listen,
         upstream,
         admin_listen,
+        admin_auth,
         memory_max_bytes: raw
             .store
             .memory
