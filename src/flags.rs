@@ -91,8 +91,9 @@ impl Flag {
         format!("FRESHGATE_{}", self.name().to_ascii_uppercase())
     }
 
+    /// Variants are declared in the order of [`ALL`].
     fn index(self) -> usize {
-        ALL.iter().position(|f| *f == self).unwrap_or(0)
+        self as usize
     }
 }
 

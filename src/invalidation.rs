@@ -27,7 +27,7 @@ use std::fmt;
 
 use http::Method;
 
-use crate::rules::{to_matchit, PatternError};
+use crate::rules::{fill_canonical, to_matchit, PatternError};
 
 /// One `invalidate:` rule, compiled.
 #[derive(Debug, Clone)]
@@ -307,20 +307,14 @@ impl Invalidation {
         let Some(t) = target else {
             // Not a purge target: a concrete path can still be purged through
             // its own-URI tag, once every parameter is given.
-            let concrete: Option<Vec<String>> = canonical
-                .split('/')
-                .map(
-                    |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                        Some(name) => params
-                            .iter()
-                            .find(|(k, _)| k == name)
-                            .map(|(_, v)| v.clone()),
-                        None => Some(seg.replace("{{", "{").replace("}}", "}")),
-                    },
-                )
-                .collect();
-            if let Some(segs) = concrete {
-                return Ok(vec![own_tag(&segs.join("/"))]);
+            let concrete = fill_canonical(&canonical, |name| {
+                params
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            });
+            if let Some(path) = concrete {
+                return Ok(vec![own_tag(&path)]);
             }
             return Err(PatternError {
                 pattern: pattern.to_string(),
@@ -563,9 +557,12 @@ pub struct Unmatched {
     pub route: Option<String>,
     pub count: u64,
     pub example: String,
-    pub last_seen: String,
-    #[serde(skip)]
-    last_seen_at: std::time::SystemTime,
+    #[serde(serialize_with = "rfc3339")]
+    pub last_seen: std::time::SystemTime,
+}
+
+fn rfc3339<S: serde::Serializer>(t: &std::time::SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::reload::rfc3339(*t))
 }
 
 /// Shapes kept at most.
@@ -580,7 +577,7 @@ impl UnmatchedWrites {
         if !seen.contains_key(&key) && seen.len() >= UNMATCHED_KEPT {
             if let Some(oldest) = seen
                 .iter()
-                .min_by_key(|(_, u)| u.last_seen_at)
+                .min_by_key(|(_, u)| u.last_seen)
                 .map(|(k, _)| k.clone())
             {
                 seen.remove(&oldest);
@@ -592,14 +589,12 @@ impl UnmatchedWrites {
             route: None,
             count: 0,
             example: String::new(),
-            last_seen: String::new(),
-            last_seen_at: now,
+            last_seen: now,
         });
         e.count += 1;
         e.route = route.map(str::to_string);
         e.example = path.to_string();
-        e.last_seen_at = now;
-        e.last_seen = humantime::format_rfc3339_seconds(now).to_string();
+        e.last_seen = now;
     }
 
     /// Most frequent first.

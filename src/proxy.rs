@@ -358,23 +358,35 @@ impl Proxy {
     /// the client hears back, so no read that follows can see the old data.
     async fn invalidate_after_write(&self, session: &Session, resp: &ResponseHeader, ctx: &Ctx) {
         let req = session.req_header();
-        let path = req.uri.path();
         // The newest rules, not the request's snapshot: a fill that starts
         // after a rules swap is tagged by the new rules, so a write that
         // finishes after it must invalidate by them too.
         let config = self.live.config();
-        if !self.live.flags.get(Flag::Invalidation, &config) {
+        let tags = if self.live.flags.get(Flag::Invalidation, &config) {
+            self.write_tags(&config, req, resp, ctx)
+        } else {
             // Rules off: be coarse rather than stale.
             METRICS.invalidations.with_label_values(&["(all)"]).inc();
-            let all = BTreeSet::from([ALL_TAG.to_string()]);
-            if !self.store.invalidate(&all).await {
-                warn!(
-                    path,
-                    "invalidation not recorded yet: the cache is bypassed until it is"
-                );
-            }
-            return;
+            BTreeSet::from([ALL_TAG.to_string()])
+        };
+        if !self.store.invalidate(&tags).await {
+            warn!(
+                path = req.uri.path(),
+                "invalidation not recorded yet: the cache is bypassed until it is"
+            );
         }
+    }
+
+    /// What the rules, RFC 9111 section 4.4 and the app's headers say a write
+    /// invalidates; counts matched and unmatched writes on the way.
+    fn write_tags(
+        &self,
+        config: &Config,
+        req: &RequestHeader,
+        resp: &ResponseHeader,
+        ctx: &Ctx,
+    ) -> BTreeSet<String> {
+        let path = req.uri.path();
         let plan = config.invalidation.plan_write(&req.method, path);
         let mut tags = plan.tags;
         for h in [header::LOCATION, header::CONTENT_LOCATION] {
@@ -403,16 +415,12 @@ impl Proxy {
                 .with_label_values(&[m.name.as_str()])
                 .inc();
         }
-        if !self.store.invalidate(&tags).await {
-            warn!(
-                path,
-                "invalidation not recorded yet: the cache is bypassed until it is"
-            );
-        }
+        tags
     }
 }
 
-fn is_write(m: &Method) -> bool {
+/// Methods that may change data (RFC 9110 "unsafe"), which invalidate.
+pub fn is_write(m: &Method) -> bool {
     !matches!(
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::CONNECT

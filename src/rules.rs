@@ -115,6 +115,25 @@ impl RouteTable {
     }
 }
 
+/// A concrete path from a pattern in matchit syntax: each parameter segment
+/// (`{id}`, `{_1}`, `{*rest}`) becomes `value(name)`, escaped braces become
+/// braces. `None` when `value` has nothing for a parameter.
+pub fn fill_canonical(
+    canonical: &str,
+    mut value: impl FnMut(&str) -> Option<String>,
+) -> Option<String> {
+    canonical
+        .split('/')
+        .map(
+            |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(name) if !seg.starts_with("{{") => value(name),
+                _ => Some(seg.replace("{{", "{").replace("}}", "}")),
+            },
+        )
+        .collect::<Option<Vec<_>>>()
+        .map(|segs| segs.join("/"))
+}
+
 /// Translate a freshgate pattern into matchit's syntax (`{name}`, `{*rest}`).
 pub fn to_matchit(pattern: &str) -> Result<String, String> {
     if !pattern.starts_with('/') {

@@ -10,25 +10,12 @@ use http::Method;
 
 use crate::config::Config;
 use crate::invalidation::own_tag;
-use crate::rules::to_matchit;
+use crate::rules::{fill_canonical, to_matchit};
 
 /// A concrete path that `pattern` matches: parameters and wildcards become
 /// `1`. Good enough to ask another pattern set "would you match this too?".
 fn sample_path(pattern: &str) -> Option<String> {
-    let canonical = to_matchit(pattern).ok()?;
-    Some(
-        canonical
-            .split('/')
-            .map(|seg| {
-                if seg.starts_with('{') && seg.ends_with('}') && !seg.starts_with("{{") {
-                    "1".to_string()
-                } else {
-                    seg.replace("{{", "{").replace("}}", "}")
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("/"),
-    )
+    fill_canonical(&to_matchit(pattern).ok()?, |_| Some("1".to_string()))
 }
 
 /// Things that are valid but probably not what the author meant.
@@ -110,11 +97,7 @@ pub fn explain(config: &Config, request: &str) -> Result<String, String> {
             );
         }
     }
-    let is_write = !matches!(
-        method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::CONNECT
-    );
-    if !is_write {
+    if !crate::proxy::is_write(&method) {
         let tags = config.invalidation.tags_for_read(path);
         let _ = writeln!(
             s,

@@ -17,12 +17,14 @@ fn check(text: &str) -> (i32, String) {
     (out.status.code().unwrap_or(-1), msg)
 }
 
+/// Run the freshgate binary with `args` and collect what it printed.
+fn freshgate(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
 #[test]
 fn shipped_config_is_valid() {
-    let out = Command::new(BIN)
-        .args(["check", "-c", "config/freshgate.yaml"])
-        .output()
-        .unwrap();
+    let out = freshgate(&["check", "-c", "config/freshgate.yaml"]);
     assert!(
         out.status.success(),
         "{}",
@@ -76,15 +78,12 @@ fn check_warns_about_rules_that_do_nothing_but_passes() {
 
 #[test]
 fn explain_prints_rules_tags_and_why() {
-    let out = Command::new(BIN)
-        .args([
-            "explain",
-            "-c",
-            "config/freshgate.yaml",
-            "PATCH /studio/api/scenes/42",
-        ])
-        .output()
-        .unwrap();
+    let out = freshgate(&[
+        "explain",
+        "-c",
+        "config/freshgate.yaml",
+        "PATCH /studio/api/scenes/42",
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -98,10 +97,7 @@ fn explain_prints_rules_tags_and_why() {
     assert!(text.contains("|id=42"), "{text}");
     assert!(text.contains("tags invalidated:"), "{text}");
 
-    let out = Command::new(BIN)
-        .args(["explain", "-c", "config/freshgate.yaml", "PATCH nowhere"])
-        .output()
-        .unwrap();
+    let out = freshgate(&["explain", "-c", "config/freshgate.yaml", "PATCH nowhere"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a path"));
 }

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::util::{client, get, send, Freshgate, Origin, Redis, BIN, TEST_CONFIG};
+use crate::util::{client, get, send, two_replicas, Freshgate, Origin, BIN, TEST_CONFIG};
 
 /// Requests in a loop until `stop`; returns (sent, failed).
 fn background_traffic(
@@ -316,11 +316,7 @@ async fn kill_switch_passes_everything_through_and_writes_still_count() {
 #[tokio::test]
 async fn a_flag_flipped_on_one_replica_reaches_the_other() {
     let origin = Origin::start(0);
-    let redis = Redis::start();
-    let a = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
-    let b = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
-    a.wait_redis(true).await;
-    b.wait_redis(true).await;
+    let (_redis, a, b) = two_replicas(&origin, TEST_CONFIG).await;
     let r = send(
         client()
             .put(a.admin_url("/api/flags"))

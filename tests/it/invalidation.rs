@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::util::{client, get, send, Freshgate, Origin, Redis, TEST_CONFIG};
+use crate::util::{client, get, send, two_replicas, Freshgate, Origin, TEST_CONFIG};
 
 #[tokio::test]
 async fn an_edit_is_seen_on_the_next_read() {
@@ -285,11 +285,7 @@ async fn no_stale_read_after_an_acknowledged_write_embedded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_stale_read_after_an_acknowledged_write_across_replicas() {
     let origin = Origin::start(2);
-    let redis = Redis::start();
-    let a = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
-    let b = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
-    a.wait_redis(true).await;
-    b.wait_redis(true).await;
+    let (_redis, a, b) = two_replicas(&origin, TEST_CONFIG).await;
     let (reads, violations) =
         race(vec![a.url(""), b.url("")], 10_000, Duration::from_secs(300)).await;
     assert!(reads >= 10_000, "only {reads} reads");

@@ -2,29 +2,15 @@
 
 use std::time::{Duration, Instant};
 
-use crate::util::{client, get, send, Freshgate, Origin, Redis, TEST_CONFIG};
+use crate::util::{client, get, send, two_replicas, Freshgate, Origin, Redis, TEST_CONFIG};
 
 #[tokio::test]
 async fn two_replicas_share_entries() {
     let origin = Origin::start(0);
-    let redis = Redis::start();
-    let a = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
-    let b = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
-    a.wait_redis(true).await;
-    b.wait_redis(true).await;
-    // Replicas behind one load balancer see the same Host; the key includes it.
-    let c = client();
-    let on_a = send(
-        c.get(a.url("/knobs/shared?cc=max-age%3D60"))
-            .header("host", "app.test"),
-    )
-    .await;
+    let (_redis, a, b) = two_replicas(&origin, TEST_CONFIG).await;
+    let on_a = a.get_shared("/knobs/shared?cc=max-age%3D60").await;
     assert_eq!(on_a.x_cache, "MISS");
-    let on_b = send(
-        c.get(b.url("/knobs/shared?cc=max-age%3D60"))
-            .header("host", "app.test"),
-    )
-    .await;
+    let on_b = b.get_shared("/knobs/shared?cc=max-age%3D60").await;
     assert_eq!(on_b.x_cache, "HIT", "b found a's entry in redis");
     assert_eq!(on_b.body, on_a.body);
     assert_eq!(origin.requests().await, 1);
@@ -121,15 +107,11 @@ async fn redis_absent_at_start_still_serves() {
 #[tokio::test]
 async fn a_write_during_a_redis_hang_is_recorded_before_the_cache_is_used_again() {
     let origin = Origin::start(0);
-    let redis = Redis::start();
-    let a = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
-    let b = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
-    a.wait_redis(true).await;
-    b.wait_redis(true).await;
+    let (redis, a, b) = two_replicas(&origin, TEST_CONFIG).await;
     let path = "/studio/api/scenes/122";
-    via(&a, path).await;
-    assert_eq!(via(&a, path).await.x_cache, "HIT");
-    assert_eq!(via(&b, path).await.x_cache, "HIT");
+    a.get_shared(path).await;
+    assert_eq!(a.get_shared(path).await.x_cache, "HIT");
+    assert_eq!(b.get_shared(path).await.x_cache, "HIT");
 
     redis.pause();
     let w = send(
@@ -140,7 +122,7 @@ async fn a_write_during_a_redis_hang_is_recorded_before_the_cache_is_used_again(
     )
     .await;
     assert_eq!(w.status, 200, "the app's answer reaches the client");
-    let r = via(&a, path).await;
+    let r = a.get_shared(path).await;
     assert_eq!(r.x_cache, "BYPASS", "{}", r.cache_status);
     assert_eq!(r.json()["text"], "written while redis hung");
     let metrics = get(&a.admin_url("/metrics")).await.body;
@@ -155,7 +137,7 @@ async fn a_write_during_a_redis_hang_is_recorded_before_the_cache_is_used_again(
     let end = Instant::now() + Duration::from_secs(15);
     for fg in [&a, &b] {
         loop {
-            let r = via(fg, path).await;
+            let r = fg.get_shared(path).await;
             if r.x_cache != "BYPASS" {
                 assert_ne!(r.x_cache, "HIT", "the old entry must not come back");
                 assert_eq!(r.json()["text"], "written while redis hung");
@@ -165,9 +147,4 @@ async fn a_write_during_a_redis_hang_is_recorded_before_the_cache_is_used_again(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-}
-
-/// Replicas behind one load balancer see the same `Host` (part of the key).
-async fn via(fg: &Freshgate, path: &str) -> crate::util::Got {
-    send(client().get(fg.url(path)).header("host", "app.test")).await
 }

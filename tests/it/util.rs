@@ -332,6 +332,12 @@ impl Freshgate {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// GET `path` as a load balancer in front of several replicas would send
+    /// it: the same `Host` for all of them (the host is part of the key).
+    pub async fn get_shared(&self, path: &str) -> Got {
+        send(client().get(self.url(path)).header("host", "app.test")).await
+    }
+
     /// Replace the config file in place (truncate and write, as `>` does).
     pub fn write_config(&self, text: &str) {
         std::fs::write(&self.config, text).unwrap();
@@ -408,6 +414,16 @@ impl Freshgate {
         }
         panic!("redis never reported {want}");
     }
+}
+
+/// Two freshgate replicas sharing a fresh `redis-server`, both connected.
+pub async fn two_replicas(origin: &Origin, config: &str) -> (Redis, Freshgate, Freshgate) {
+    let redis = Redis::start();
+    let a = Freshgate::start(&origin.url(), Some(&redis.url()), config);
+    let b = Freshgate::start(&origin.url(), Some(&redis.url()), config);
+    a.wait_redis(true).await;
+    b.wait_redis(true).await;
+    (redis, a, b)
 }
 
 /// One response, reduced to what the tests look at.
