@@ -21,7 +21,8 @@ use tracing::info;
 use crate::admin::Admin;
 use crate::config::{Config, Overrides};
 use crate::demo::DemoApp;
-use crate::flags::Flags;
+use crate::flags::{Flag, Flags};
+use crate::monitor::Monitor;
 use crate::proxy::Proxy;
 use crate::reload::Live;
 use crate::store::redis::RedisTier;
@@ -81,6 +82,7 @@ pub fn run(start: Start) -> anyhow::Result<()> {
         }
     }
 
+    let monitor_redis;
     let redis = config.redis.as_ref().map(|r| {
         Arc::new(RedisTier::new(
             r.url.clone(),
@@ -94,6 +96,7 @@ pub fn run(start: Start) -> anyhow::Result<()> {
         config.max_lifetime,
     )));
     let lock: &'static CacheKeyLockImpl = Box::leak(Box::new(CacheLock::new(config.lock_timeout)));
+    monitor_redis = redis.clone();
     if let Some(tier) = redis {
         server.add_service(background_service("redis", RedisMaintainer(tier)));
     }
@@ -103,7 +106,20 @@ pub fn run(start: Start) -> anyhow::Result<()> {
     let admin_listen = config.admin_listen;
     info!(%listen, upstream = %config.upstream.addr, admin = %admin_listen,
         store = if config.redis.is_some() { "redis" } else { "embedded" }, "freshgate starting");
+    let monitor = Arc::new(Monitor::new(
+        crate::monitor::replica_name(listen.port()),
+        config.monitoring.clone(),
+        monitor_redis,
+    ));
     let live = Arc::new(Live::new(config, flags, overrides, store));
+    server.add_service(background_service(
+        "monitor",
+        MonitorLoop {
+            monitor: monitor.clone(),
+            live: live.clone(),
+            store,
+        },
+    ));
     server.add_service(background_service(
         "config watcher",
         ConfigWatcher {
@@ -125,6 +141,7 @@ pub fn run(start: Start) -> anyhow::Result<()> {
         &server.configuration,
         Proxy {
             live: live.clone(),
+            monitor: monitor.clone(),
             store,
             lock,
         },
@@ -135,11 +152,12 @@ pub fn run(start: Start) -> anyhow::Result<()> {
 
     let mut admin = Service::new(
         "admin".to_string(),
-        HttpServer::new_app(Admin {
+        Admin {
             store,
             live,
-            started: Arc::new(std::time::Instant::now()),
-        }),
+            monitor,
+            started: std::time::Instant::now(),
+        },
     );
     admin.add_tcp(&admin_listen.to_string());
     server.add_service(admin);
@@ -189,6 +207,49 @@ impl BackgroundService for FlagSync {
             tokio::select! {
                 _ = tokio::time::sleep(FLAG_SYNC_EVERY) => {}
                 _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// How often a replica adds its counters to the fleet-wide ones in Redis.
+const MONITOR_FLUSH_EVERY: Duration = Duration::from_secs(5);
+
+/// Evaluates alerts every `monitoring.evaluate_every` and flushes counters
+/// to Redis, following config reloads.
+struct MonitorLoop {
+    monitor: Arc<Monitor>,
+    live: Arc<Live>,
+    store: &'static Store,
+}
+
+#[async_trait]
+impl BackgroundService for MonitorLoop {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut last_flush = std::time::Instant::now();
+        loop {
+            let config = self.live.config();
+            self.monitor.set_config(&config.monitoring);
+            if self.live.flags.get(Flag::Monitoring, &config) {
+                let (raised, cleared) = self
+                    .monitor
+                    .evaluate(&crate::admin::alert_state(self.store, &self.live));
+                if raised + cleared > 0 {
+                    info!(raised, cleared, "alerts changed");
+                }
+            }
+            if last_flush.elapsed() >= MONITOR_FLUSH_EVERY {
+                self.monitor.flush().await;
+                last_flush = std::time::Instant::now();
+            }
+            let tick = config.monitoring.evaluate_every.min(MONITOR_FLUSH_EVERY);
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = shutdown.changed() => {
+                    // What was counted since the last flush still reaches Redis.
+                    self.monitor.flush().await;
+                    return;
+                }
             }
         }
     }

@@ -36,6 +36,26 @@ pub enum Command {
     },
     /// Run the bundled demo app with freshgate in front of it.
     Demo(DemoOpts),
+    /// Report on a running freshgate from its admin API: hit rate by route,
+    /// top misses, top invalidating writes, unmatched writes, alerts and
+    /// recommendations.
+    Analyze {
+        /// The admin listener's URL.
+        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9090")]
+        admin: String,
+        /// 1h, 6h, 24h, 7d or 30d.
+        #[arg(long, value_name = "RANGE", default_value = "24h",
+              value_parser = ["1h", "6h", "24h", "7d", "30d"])]
+        time_range: String,
+        /// Bearer token, when the admin listener requires one (the read token is enough).
+        #[arg(
+            long,
+            value_name = "TOKEN",
+            env = "FRESHGATE_ADMIN_TOKEN",
+            hide_env_values = true
+        )]
+        token: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]

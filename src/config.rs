@@ -8,6 +8,7 @@
 //! the offending value in the file text, so one run of `freshgate check` shows
 //! all of them.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,8 @@ use serde::Deserialize;
 
 use crate::flags::FileFlags;
 use crate::invalidation::{Invalidation, RawRule};
-use crate::rules::{RouteTable, Rule};
+use crate::monitor::alerts::{default_thresholds, Metric, MonitoringConfig, Severity, Threshold};
+use crate::rules::{sample_path, RouteTable, Rule};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:3000";
@@ -57,6 +59,41 @@ pub struct RawConfig {
     pub invalidate: Vec<RawInvalidate>,
     #[serde(default)]
     pub flags: FileFlags,
+    #[serde(default)]
+    pub monitoring: RawMonitoring,
+}
+
+/// `monitoring:` — alert thresholds and what the admin API keeps.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMonitoring {
+    pub window: Option<Dur>,
+    pub evaluate_every: Option<Dur>,
+    pub min_requests: Option<u64>,
+    pub operations: Option<usize>,
+    #[serde(default)]
+    pub alerts: RawAlerts,
+}
+
+/// Each metric given replaces that metric's default levels.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerts {
+    /// Fractions, alert when below.
+    pub hit_rate: Option<RawLevels<f64>>,
+    /// Alert when above.
+    pub p95: Option<RawLevels<Dur>>,
+    pub average: Option<RawLevels<Dur>>,
+    /// Fractions, alert when above.
+    pub error_rate: Option<RawLevels<f64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLevels<T> {
+    pub critical: Option<T>,
+    pub error: Option<T>,
+    pub warning: Option<T>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -256,6 +293,10 @@ pub struct Config {
     pub rules_fingerprint: u64,
     /// Hash of the whole file text, to tell versions apart in the admin API.
     pub text_hash: u64,
+    pub monitoring: MonitoringConfig,
+    /// Invalidation rule name -> the route rules its purge targets fall
+    /// under (for "how often is this route invalidated" in the monitoring).
+    pub purged_routes: HashMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -430,6 +471,83 @@ fn locate(text: &str, needle: &str) -> (Option<usize>, Option<usize>) {
     (None, None)
 }
 
+fn validate_monitoring(
+    raw: RawMonitoring,
+    problem: &mut impl FnMut(&str, String),
+) -> MonitoringConfig {
+    let d = MonitoringConfig::default();
+    let mut m = MonitoringConfig {
+        window: raw.window.map_or(d.window, |x| x.0),
+        evaluate_every: raw.evaluate_every.map_or(d.evaluate_every, |x| x.0),
+        min_requests: raw.min_requests.unwrap_or(d.min_requests),
+        operations: raw.operations.unwrap_or(d.operations),
+        thresholds: Vec::new(),
+    };
+    if m.window < Duration::from_secs(1) {
+        problem("window", "monitoring.window must be at least 1s".into());
+    }
+    if m.evaluate_every < Duration::from_millis(100) {
+        problem(
+            "evaluate_every",
+            "monitoring.evaluate_every must be at least 100ms".into(),
+        );
+    }
+    if m.operations > 100_000 {
+        problem(
+            "operations",
+            "monitoring.operations must be at most 100000 (it is kept in memory)".into(),
+        );
+    }
+    let a = raw.alerts;
+    let fraction = |l: RawLevels<f64>| (l.critical, l.error, l.warning);
+    let seconds = |l: RawLevels<Dur>| {
+        (
+            l.critical.map(|d| d.0.as_secs_f64()),
+            l.error.map(|d| d.0.as_secs_f64()),
+            l.warning.map(|d| d.0.as_secs_f64()),
+        )
+    };
+    let given = [
+        (Metric::HitRate, a.hit_rate.map(fraction)),
+        (Metric::P95, a.p95.map(seconds)),
+        (Metric::Average, a.average.map(seconds)),
+        (Metric::ErrorRate, a.error_rate.map(fraction)),
+    ];
+    for (metric, levels) in given {
+        let Some((critical, error, warning)) = levels else {
+            m.thresholds.extend(
+                default_thresholds()
+                    .into_iter()
+                    .filter(|t| t.metric == metric),
+            );
+            continue;
+        };
+        for (severity, value) in [
+            (Severity::Critical, critical),
+            (Severity::Error, error),
+            (Severity::Warning, warning),
+        ] {
+            let Some(value) = value else { continue };
+            let is_rate = matches!(metric, Metric::HitRate | Metric::ErrorRate);
+            if is_rate && !(0.0..=1.0).contains(&value) {
+                problem(
+                    metric.name(),
+                    format!(
+                        "monitoring.alerts.{}: {value} is not a fraction between 0 and 1 (0.7 means 70%)",
+                        metric.name()
+                    ),
+                );
+            }
+            m.thresholds.push(Threshold {
+                metric,
+                severity,
+                value,
+            });
+        }
+    }
+    m
+}
+
 fn validate(
     raw: RawConfig,
     text: &str,
@@ -601,6 +719,23 @@ fn validate(
         }
     };
 
+    let monitoring = validate_monitoring(raw.monitoring, &mut problem);
+    let purged_routes = invalidation
+        .rules
+        .iter()
+        .map(|r| {
+            let mut names: Vec<String> = r
+                .purge
+                .iter()
+                .filter_map(|&ti| sample_path(&invalidation.targets[ti].pattern))
+                .filter_map(|p| routes.lookup(&p).map(|r| r.name.clone()))
+                .collect();
+            names.sort();
+            names.dedup();
+            (r.name.clone(), names)
+        })
+        .collect();
+
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -642,6 +777,8 @@ fn validate(
         max_lifetime: raw.cache.max_ttl.map(|d| d.0).unwrap_or(DEFAULT_MAX_TTL),
         flags: raw.flags,
         rules_fingerprint,
+        monitoring,
+        purged_routes,
         text_hash: hash_of(text),
     })
 }

@@ -557,12 +557,8 @@ pub struct Unmatched {
     pub route: Option<String>,
     pub count: u64,
     pub example: String,
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(serialize_with = "crate::reload::serialize_rfc3339")]
     pub last_seen: std::time::SystemTime,
-}
-
-fn rfc3339<S: serde::Serializer>(t: &std::time::SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&crate::reload::rfc3339(*t))
 }
 
 /// Shapes kept at most.

@@ -15,8 +15,10 @@
 //! - [`invalidation`]: invalidation rules → tags; what a write makes stale.
 //! - [`store`]: pingora-cache `Storage` over the memory tier and Redis.
 //! - [`metrics`]: every Prometheus metric, one registry.
-//! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`).
+//! - [`monitor`]: counters over time, alerts, recent operations (admin API/page).
+//! - [`admin`]: the admin listener: health, `/metrics`, the admin API and page.
 //! - [`tooling`]: `freshgate check` warnings and `freshgate explain`.
+//! - [`analyze`]: `freshgate analyze`, a terminal report from the admin API.
 //! - [`demo`]: the bundled demo app, for newcomers, tests and benchmarks.
 //! - [`app`]: wiring of the pingora server and its services.
 //! - [`cli`]: the command line.
@@ -24,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod analyze;
 pub mod app;
 pub mod cachekey;
 pub mod cli;
@@ -32,6 +35,7 @@ pub mod demo;
 pub mod flags;
 pub mod invalidation;
 pub mod metrics;
+pub mod monitor;
 pub mod proxy;
 pub mod reload;
 pub mod rules;

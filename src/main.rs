@@ -62,6 +62,20 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Analyze {
+            admin,
+            time_range,
+            token,
+        } => match freshgate::analyze::fetch(&admin, &time_range, token.as_deref()) {
+            Ok(inputs) => {
+                print!("{}", freshgate::analyze::report(&inputs));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run(opts) => run(&opts, None),
         Command::Demo(d) => {
             let mut opts = d.run;

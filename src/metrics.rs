@@ -16,6 +16,10 @@ pub struct Metrics {
     pub registry: Registry,
     /// Requests by route rule (`-` without one) and result (hit, miss, ...).
     pub requests: IntCounterVec,
+    /// Responses by status class (`2xx`...; `none` when nothing was sent).
+    pub responses: IntCounterVec,
+    /// Operations dropped from the live stream because a reader was slow.
+    pub sse_lagged: IntCounter,
     pub request_seconds: HistogramVec,
     pub upstream_seconds: HistogramVec,
     pub store_hits: IntCounterVec,
@@ -23,6 +27,8 @@ pub struct Metrics {
     pub store_op_seconds: HistogramVec,
     /// 1 while the Redis tier is usable (breaker closed), 0 otherwise.
     pub redis_up: IntGauge,
+    /// 1 when a Redis tier is configured (so `redis_up == 0` means an outage).
+    pub redis_configured: IntGauge,
     pub memory_entries: IntGauge,
     pub memory_bytes: IntGauge,
     pub build_info: IntGaugeVec,
@@ -40,8 +46,10 @@ pub struct Metrics {
     pub flag_enabled: IntGaugeVec,
 }
 
+/// Includes 0.2 and 2.0: the rollout guide's average and P95 thresholds, so
+/// Prometheus' `histogram_quantile` is exact where alerts compare.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0,
 ];
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -55,6 +63,19 @@ impl Metrics {
                 "Proxied requests by route rule and cache result.",
             ),
             &["route", "result"],
+        )
+        .expect("static metric definition");
+        let responses = IntCounterVec::new(
+            Opts::new(
+                "freshgate_responses_total",
+                "Responses to clients by status class (5xx counts towards the error rate).",
+            ),
+            &["code"],
+        )
+        .expect("static metric definition");
+        let sse_lagged = IntCounter::new(
+            "freshgate_admin_stream_dropped_total",
+            "Operations a slow live-stream reader (admin page) did not get.",
         )
         .expect("static metric definition");
         let request_seconds = HistogramVec::new(
@@ -103,6 +124,11 @@ impl Metrics {
         let redis_up = IntGauge::new(
             "freshgate_redis_up",
             "1 while the Redis tier is usable (circuit closed).",
+        )
+        .expect("static metric definition");
+        let redis_configured = IntGauge::new(
+            "freshgate_redis_configured",
+            "1 when the shared Redis tier is configured, 0 for the embedded store.",
         )
         .expect("static metric definition");
         let memory_entries = IntGauge::new(
@@ -177,12 +203,15 @@ impl Metrics {
         .expect("static metric definition");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(responses.clone()),
+            Box::new(sse_lagged.clone()),
             Box::new(request_seconds.clone()),
             Box::new(upstream_seconds.clone()),
             Box::new(store_hits.clone()),
             Box::new(store_errors.clone()),
             Box::new(store_op_seconds.clone()),
             Box::new(redis_up.clone()),
+            Box::new(redis_configured.clone()),
             Box::new(memory_entries.clone()),
             Box::new(memory_bytes.clone()),
             Box::new(build_info.clone()),
@@ -200,12 +229,15 @@ impl Metrics {
         Metrics {
             registry,
             requests,
+            responses,
+            sse_lagged,
             request_seconds,
             upstream_seconds,
             store_hits,
             store_errors,
             store_op_seconds,
             redis_up,
+            redis_configured,
             memory_entries,
             memory_bytes,
             build_info,
@@ -226,5 +258,17 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// `2xx`, `5xx`, ... for a status code; `none` for 0 (nothing was sent).
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
     }
 }

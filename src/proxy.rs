@@ -41,7 +41,9 @@ use crate::cachekey;
 use crate::config::Config;
 use crate::flags::Flag;
 use crate::invalidation::{self, ALL_TAG};
-use crate::metrics::METRICS;
+use crate::metrics::{status_class, METRICS};
+use crate::monitor::series::Kind;
+use crate::monitor::{Event, Monitor};
 use crate::reload::Live;
 use crate::rules::Rule;
 use crate::store::{FillInfo, Store};
@@ -63,11 +65,15 @@ const UNKEYED_REQUEST_HEADERS: &[&str] = &[
     "x-method-override",
 ];
 
+/// The rule name monitoring uses for writes no invalidation rule matched.
+pub const UNMATCHED: &str = "(unmatched)";
+
 /// `Cache-Status` detail when the `cache` flag (kill switch) is off.
 const CACHE_OFF: &str = "cache-off";
 
 pub struct Proxy {
     pub live: Arc<Live>,
+    pub monitor: Arc<Monitor>,
     pub store: &'static Store,
     pub lock: &'static CacheKeyLockImpl,
 }
@@ -96,6 +102,16 @@ impl Outcome {
             Outcome::Stale => "STALE",
             Outcome::Bypass => "BYPASS",
             Outcome::Pass => "PASS",
+        }
+    }
+
+    pub fn kind(self) -> Kind {
+        match self {
+            Outcome::Hit => Kind::Hit,
+            Outcome::Miss => Kind::Miss,
+            Outcome::Stale => Kind::Stale,
+            Outcome::Bypass => Kind::Bypass,
+            Outcome::Pass => Kind::Pass,
         }
     }
 
@@ -342,14 +358,39 @@ impl ProxyHttp for Proxy {
             && error.is_some_and(|e| e.esource() == &pingora::ErrorSource::Upstream)
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let route = ctx.rule.as_ref().map(|r| r.name.as_str()).unwrap_or("-");
         let label = ctx.outcome.label();
+        let elapsed = ctx.started.elapsed();
+        // With an error and nothing written, pingora answered 502 (or dropped
+        // the connection): either way an error to the client.
+        let status = match (session.response_written(), e) {
+            (Some(r), _) => r.status.as_u16(),
+            (None, Some(_)) => 502,
+            (None, None) => 0,
+        };
         METRICS.requests.with_label_values(&[route, label]).inc();
+        METRICS
+            .responses
+            .with_label_values(&[status_class(status)])
+            .inc();
         METRICS
             .request_seconds
             .with_label_values(&[label])
-            .observe(ctx.started.elapsed().as_secs_f64());
+            .observe(elapsed.as_secs_f64());
+        if self.live.flags.get(Flag::Monitoring, &ctx.config) {
+            let req = session.req_header();
+            self.monitor.record(Event {
+                op: ctx.outcome.as_str(),
+                kind: ctx.outcome.kind(),
+                name: route,
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                status,
+                duration: elapsed,
+                tags: None,
+            });
+        }
     }
 }
 
@@ -362,30 +403,58 @@ impl Proxy {
         // after a rules swap is tagged by the new rules, so a write that
         // finishes after it must invalidate by them too.
         let config = self.live.config();
-        let tags = if self.live.flags.get(Flag::Invalidation, &config) {
+        let (tags, rules) = if self.live.flags.get(Flag::Invalidation, &config) {
             self.write_tags(&config, req, resp, ctx)
         } else {
             // Rules off: be coarse rather than stale.
             METRICS.invalidations.with_label_values(&["(all)"]).inc();
-            BTreeSet::from([ALL_TAG.to_string()])
+            (
+                BTreeSet::from([ALL_TAG.to_string()]),
+                vec!["(all)".to_string()],
+            )
         };
+        let started = Instant::now();
         if !self.store.invalidate(&tags).await {
             warn!(
                 path = req.uri.path(),
                 "invalidation not recorded yet: the cache is bypassed until it is"
             );
         }
+        if self.live.flags.get(Flag::Monitoring, &config) {
+            self.monitor.count(Kind::Write, &rules);
+            // The write's own route, and every route its rules purge.
+            let mut routes: Vec<&str> = ctx.rule.iter().map(|r| r.name.as_str()).collect();
+            for r in &rules {
+                if let Some(names) = config.purged_routes.get(r) {
+                    routes.extend(names.iter().map(String::as_str));
+                }
+            }
+            routes.sort_unstable();
+            routes.dedup();
+            self.monitor.count(Kind::Invalidated, &routes);
+            self.monitor.operation(Event {
+                op: "INVALIDATE",
+                kind: Kind::Write,
+                name: &rules.join(","),
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                status: resp.status.as_u16(),
+                duration: started.elapsed(),
+                tags: Some(tags.len()),
+            });
+        }
     }
 
     /// What the rules, RFC 9111 section 4.4 and the app's headers say a write
-    /// invalidates; counts matched and unmatched writes on the way.
+    /// invalidates, and the names of the rules that matched; counts matched
+    /// and unmatched writes on the way.
     fn write_tags(
         &self,
         config: &Config,
         req: &RequestHeader,
         resp: &ResponseHeader,
         ctx: &Ctx,
-    ) -> BTreeSet<String> {
+    ) -> (BTreeSet<String>, Vec<String>) {
         let path = req.uri.path();
         let plan = config.invalidation.plan_write(&req.method, path);
         let mut tags = plan.tags;
@@ -415,7 +484,11 @@ impl Proxy {
                 .with_label_values(&[m.name.as_str()])
                 .inc();
         }
-        tags
+        let mut names: Vec<String> = plan.matched.into_iter().map(|m| m.name).collect();
+        if names.is_empty() {
+            names.push(UNMATCHED.to_string());
+        }
+        (tags, names)
     }
 }
 

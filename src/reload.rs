@@ -213,6 +213,15 @@ impl Live {
         })
     }
 
+    /// Why the last reload was rejected, while the old config is serving.
+    pub fn last_reload_error(&self) -> Option<String> {
+        let st = self.status.lock();
+        match (st.last_attempt, &st.last_error) {
+            (Some((_, false)), Some((_, e))) => Some(e.to_string()),
+            _ => None,
+        }
+    }
+
     /// Publish flag states as gauges (called when `/metrics` is scraped).
     pub fn export_flags(&self) {
         let c = self.config.load();
@@ -249,6 +258,11 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// `#[serde(serialize_with = ...)]` for a `SystemTime` as RFC 3339.
+pub fn serialize_rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*t))
 }
 
 fn unix_seconds(t: SystemTime) -> f64 {

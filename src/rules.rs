@@ -115,6 +115,12 @@ impl RouteTable {
     }
 }
 
+/// A concrete path that `pattern` matches: parameters and wildcards become
+/// `1`. Good enough to ask another pattern set "would you match this too?".
+pub fn sample_path(pattern: &str) -> Option<String> {
+    fill_canonical(&to_matchit(pattern).ok()?, |_| Some("1".to_string()))
+}
+
 /// A concrete path from a pattern in matchit syntax: each parameter segment
 /// (`{id}`, `{_1}`, `{*rest}`) becomes `value(name)`, escaped braces become
 /// braces. `None` when `value` has nothing for a parameter.

@@ -10,13 +10,7 @@ use http::Method;
 
 use crate::config::Config;
 use crate::invalidation::own_tag;
-use crate::rules::{fill_canonical, to_matchit};
-
-/// A concrete path that `pattern` matches: parameters and wildcards become
-/// `1`. Good enough to ask another pattern set "would you match this too?".
-fn sample_path(pattern: &str) -> Option<String> {
-    fill_canonical(&to_matchit(pattern).ok()?, |_| Some("1".to_string()))
-}
+use crate::rules::sample_path;
 
 /// Things that are valid but probably not what the author meant.
 pub fn warnings(config: &Config) -> Vec<String> {

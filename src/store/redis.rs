@@ -36,6 +36,8 @@ const INVALIDATE_ATTEMPTS: u32 = 3;
 const PING_EVERY: Duration = Duration::from_millis(250);
 /// Hash of runtime flag values (`PUT /api/flags`), shared by all replicas.
 const FLAGS_KEY: &str = "fg:flags";
+/// Timeout for monitoring reads and writes, which are off the request path.
+const SIDE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct RedisTier {
     url: String,
@@ -78,6 +80,7 @@ fn now_ms() -> u64 {
 
 impl RedisTier {
     pub fn new(url: String, timeout: Duration, inv_ttl: Duration) -> RedisTier {
+        METRICS.redis_configured.set(1);
         RedisTier {
             pending: parking_lot::Mutex::new(BTreeSet::new()),
             inv_ttl,
@@ -317,6 +320,65 @@ impl RedisTier {
     pub async fn flags(&self) -> Option<std::collections::HashMap<String, String>> {
         self.run("flags", redis::cmd("HGETALL").arg(FLAGS_KEY).clone())
             .await
+    }
+
+    /// Run a monitoring pipeline: a longer timeout than the request path's,
+    /// and failures never open the breaker (monitoring data is not worth
+    /// turning cache hits into misses for).
+    async fn side_query<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        pipe: redis::Pipeline,
+    ) -> Option<T> {
+        let mut conn = (*self.conn.load_full()?).clone();
+        let started = std::time::Instant::now();
+        let res = tokio::time::timeout(SIDE_TIMEOUT, pipe.query_async::<T>(&mut conn)).await;
+        METRICS
+            .store_op_seconds
+            .with_label_values(&["redis", op])
+            .observe(started.elapsed().as_secs_f64());
+        match res {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                METRICS.store_errors.with_label_values(&["redis", op]).inc();
+                warn!(error = %e, op, "redis monitoring call failed");
+                None
+            }
+            Err(_) => {
+                METRICS.store_errors.with_label_values(&["redis", op]).inc();
+                None
+            }
+        }
+    }
+
+    /// Add counters to monitoring hashes (`HINCRBY`), each key with its TTL.
+    pub async fn monitor_add(
+        &self,
+        writes: std::collections::HashMap<String, (Vec<(String, u64)>, Duration)>,
+    ) -> bool {
+        let mut pipe = redis::pipe();
+        for (key, (fields, ttl)) in &writes {
+            for (field, n) in fields {
+                pipe.cmd("HINCRBY").arg(key).arg(field).arg(*n).ignore();
+            }
+            pipe.cmd("PEXPIRE")
+                .arg(key)
+                .arg(ttl.as_millis() as u64)
+                .ignore();
+        }
+        self.side_query::<()>("monitor_add", pipe).await.is_some()
+    }
+
+    /// Read monitoring hashes, one map per key (empty when missing).
+    pub async fn monitor_read(
+        &self,
+        keys: &[String],
+    ) -> Option<Vec<std::collections::HashMap<String, u64>>> {
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("HGETALL").arg(key);
+        }
+        self.side_query("monitor_read", pipe).await
     }
 
     /// Keep a connection, watch `run_id`, and close the breaker when Redis

@@ -33,6 +33,31 @@ async fn tokens_guard_the_admin_api_and_the_read_token_cannot_mutate() {
     assert_eq!(ok.status, 200);
     let read = send(c.get(fg.admin_url("/api/flags")).bearer_auth(READ_TOKEN)).await;
     assert_eq!(read.status, 200);
+    // Monitoring endpoints: 401 without a token, 200 with the read token.
+    for path in [
+        "/api/monitoring",
+        "/api/alerts",
+        "/api/metrics?timeRange=1h",
+        "/api/operations",
+        "/api/operations/stream",
+    ] {
+        assert_eq!(get(&fg.admin_url(path)).await.status, 401, "{path}");
+        if path.ends_with("/stream") {
+            // Endless by design: the status line is enough.
+            let r = c
+                .get(fg.admin_url(path))
+                .bearer_auth(READ_TOKEN)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{path}");
+            continue;
+        }
+        let r = send(c.get(fg.admin_url(path)).bearer_auth(READ_TOKEN)).await;
+        assert_eq!(r.status, 200, "{path}");
+    }
+    // The page's HTML is not secret, but it is off unless debug_panel is on.
+    assert_eq!(get(&fg.admin_url("/")).await.status, 404);
 
     // Nothing mutating is reachable without the full token.
     let mutations = [

@@ -4,8 +4,10 @@
 mod util;
 
 mod admin;
+mod browser;
 mod cli;
 mod hot_reload;
 mod invalidation;
+mod monitoring;
 mod proxy_cache;
 mod redis_tier;

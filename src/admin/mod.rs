@@ -3,16 +3,25 @@
 //! Access: on loopback without tokens, anyone who can connect (the pod or
 //! host). Bound anywhere else, `admin.token` (or `FRESHGATE_ADMIN_TOKEN`) is
 //! required by config validation, and every endpoint except `admin.open`
-//! (default `[/healthz]`) needs `Authorization: Bearer <token>`;
-//! `admin.read_token` allows GET endpoints only (401 without a valid token,
-//! 403 for the read token on a mutating endpoint). Comparison is constant-time.
+//! (default `[/healthz]`) and the page's static HTML needs
+//! `Authorization: Bearer <token>`; `admin.read_token` allows GET endpoints
+//! only (401 without a valid token, 403 for the read token on a mutating
+//! endpoint). Comparison is constant-time.
 //!
 //! Routes:
+//! - `GET /` — the admin page (only while the `debug_panel` flag is on). Its
+//!   HTML holds no data; it calls the API below with the token the user types.
 //! - `GET /healthz` — 200 while the process serves HTTP (liveness).
 //! - `GET /readyz`  — 200 with the store state as JSON. freshgate stays ready
 //!   while Redis is down, because it then passes requests through to the app:
 //!   taking the pod out of rotation would turn a cache outage into an outage.
 //! - `GET /metrics` — Prometheus text format.
+//! - `GET /api/monitoring` — health, hit rate and latency over the alert
+//!   window, active alerts and their history (the app team's shape).
+//! - `GET /api/metrics?timeRange=1h|6h|24h|7d|30d&groupBy=route|result|operation|rule&format=json|csv`
+//!   — counters over time, from all replicas when Redis is configured.
+//! - `GET /api/operations?limit=N` — the most recent cache operations;
+//!   `GET /api/operations/stream` — the same, live, as Server-Sent Events.
 //! - `POST /api/purge` — invalidate by route pattern, by tag, or everything:
 //!   `{"pattern": "/studio/api/scenes/:id", "params": {"id": "42"}}`,
 //!   `{"tag": "scene-42"}` (a `Surrogate-Key`/`Cache-Tag` value or an RFC 9875
@@ -26,29 +35,41 @@
 //! - `GET /api/flags`, `PUT /api/flags` — flags with their source; runtime
 //!   flips (`{"cache": false}`, `null` clears), shared through Redis.
 
+mod stream;
+
 use std::sync::Arc;
+
+use std::collections::BTreeSet;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use http::{Response, StatusCode};
-use pingora::apps::http_app::ServeHttp;
-use pingora::http::RequestHeader;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
 use subtle::ConstantTimeEq;
-
-use std::collections::BTreeSet;
 
 use crate::config::AdminAuth;
 use crate::flags::{parse_bool, Flag, ALL};
 use crate::invalidation::ALL_TAG;
 use crate::metrics::METRICS;
-use crate::reload::{Live, Reloaded};
+use crate::monitor::alerts::{Severity, State};
+use crate::monitor::report::{GroupBy, Report, TIME_RANGES};
+use crate::monitor::series::Kind;
+use crate::monitor::{Event, Monitor};
+use crate::reload::{rfc3339, Live, Reloaded};
 use crate::store::Store;
 
 pub struct Admin {
     pub store: &'static Store,
     pub live: Arc<Live>,
-    pub started: Arc<std::time::Instant>,
+    pub monitor: Arc<Monitor>,
+    pub started: Instant,
 }
+
+/// The admin page: one file, no build step, embedded in the binary.
+const PAGE: &str = include_str!("page.html");
 
 /// Largest purge request body accepted.
 const MAX_BODY: usize = 64 * 1024;
@@ -69,16 +90,75 @@ pub fn respond(
 }
 
 #[async_trait]
-impl ServeHttp for Admin {
+impl HttpServerApp for Admin {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut http: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match http.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::debug!(error = %e, "admin: bad request");
+                return None;
+            }
+        }
+        http.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        let streaming = http.req_header().method == http::Method::GET
+            && http.req_header().uri.path() == "/api/operations/stream";
+        let config = self.live.config();
+        let response = match refuse(&config.admin_auth, http.req_header()) {
+            Some(refusal) => refusal,
+            None if streaming => {
+                stream::operations(&self.monitor, http, shutdown.clone()).await;
+                return None;
+            }
+            None => self.response(&mut http).await,
+        };
+        let (parts, body) = response.into_parts();
+        let header: ResponseHeader = parts.into();
+        if http.write_response_header(Box::new(header)).await.is_err() {
+            return None;
+        }
+        if !body.is_empty() && http.write_response_body(body.into(), true).await.is_err() {
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&http);
+        match http.finish().await {
+            Ok(reusable) => reusable.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
+            Err(_) => None,
+        }
+    }
+}
+
+impl Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         let method = req.method.clone();
         let path = req.uri.path().to_string();
+        let query = req.uri.query().unwrap_or("").to_string();
         let config = self.live.config();
-        if let Some(refusal) = refuse(&config.admin_auth, req) {
-            return refusal;
-        }
         match (method.as_str(), path.as_str()) {
+            ("GET", "/") => {
+                if self.live.flags.get(Flag::DebugPanel, &config) {
+                    let mut r = respond(StatusCode::OK, "text/html; charset=utf-8", PAGE);
+                    r.headers_mut().insert(
+                        http::header::CONTENT_SECURITY_POLICY,
+                        http::HeaderValue::from_static(
+                            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:",
+                        ),
+                    );
+                    r
+                } else {
+                    respond(
+                        StatusCode::NOT_FOUND,
+                        "text/plain; charset=utf-8",
+                        "The admin page is off. Turn on the debug_panel flag: `flags: {debug_panel: true}` \
+                         in the config, ENABLE_CACHE_DEBUG_PANEL=true, or PUT /api/flags {\"debug_panel\": true}.\n",
+                    )
+                }
+            }
             ("GET", "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n"),
             ("GET", "/readyz") => {
                 let (entries, bytes) = self.store.memory_usage();
@@ -116,6 +196,23 @@ impl ServeHttp for Admin {
                 "writes": self.live.unmatched.list(),
             })),
             ("PUT", "/api/flags") => self.put_flags(session).await,
+            ("GET", "/api/monitoring") => json_ok(self.monitoring_json()),
+            ("GET", "/api/alerts") => json_ok(serde_json::json!({
+                "active": self.monitor.active_alerts(),
+                "history": self.monitor.alert_history(),
+            })),
+            ("GET", "/api/operations") => {
+                let limit = query_param(&query, "limit")
+                    .and_then(|l| l.parse::<usize>().ok())
+                    .unwrap_or(100);
+                let recent = self.monitor.operations(limit);
+                let ops: Vec<&crate::monitor::Operation> = recent.iter().map(|o| &**o).collect();
+                json_ok(serde_json::json!({
+                    "replica": self.monitor.replica(),
+                    "operations": ops,
+                }))
+            }
+            ("GET", "/api/metrics") => self.metrics_over_time(&query).await,
             _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
         }
     }
@@ -136,7 +233,8 @@ fn refuse(auth: &AdminAuth, req: &RequestHeader) -> Option<Response<Vec<u8>>> {
         // Loopback only (config validation refuses anything else without a token).
         return None;
     }
-    if auth.open.iter().any(|p| p == req.uri.path()) {
+    // The page's HTML is public (it holds no data); its API calls are not.
+    if req.uri.path() == "/" || auth.open.iter().any(|p| p == req.uri.path()) {
         return None;
     }
     let presented = req
@@ -172,6 +270,21 @@ fn refuse(auth: &AdminAuth, req: &RequestHeader) -> Option<Response<Vec<u8>>> {
     Some(resp)
 }
 
+/// Conditions that raise alerts besides traffic thresholds.
+pub fn alert_state(store: &Store, live: &Live) -> State {
+    State {
+        redis_down: store.redis().is_some_and(|r| !r.available()),
+        reload_failed: live.last_reload_error(),
+    }
+}
+
+/// The first value of `name` in a query string (decoded).
+fn query_param(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
 fn json_ok(v: serde_json::Value) -> Response<Vec<u8>> {
     respond(StatusCode::OK, "application/json", v.to_string())
 }
@@ -190,6 +303,96 @@ async fn read_json(session: &mut ServerSession) -> Result<serde_json::Value, Res
 }
 
 impl Admin {
+    /// `GET /api/monitoring`: evaluated now, so what it says is current.
+    fn monitoring_json(&self) -> serde_json::Value {
+        let config = self.live.config();
+        let enabled = self.live.flags.get(Flag::Monitoring, &config);
+        self.monitor.set_config(&config.monitoring);
+        if enabled {
+            self.monitor.evaluate(&self.alert_state());
+        }
+        let window = self.monitor.window(config.monitoring.window);
+        let active = self.monitor.active_alerts();
+        let count = |sev: Severity| active.iter().filter(|a| a.severity == sev).count();
+        serde_json::json!({
+            "healthy": count(Severity::Critical) == 0 && count(Severity::Error) == 0,
+            "timestamp": rfc3339(SystemTime::now()),
+            "replica": self.monitor.replica(),
+            "monitoring": enabled,
+            "window": humantime::format_duration(config.monitoring.window).to_string(),
+            "summary": {
+                "hitRate": window.hit_rate().unwrap_or(0.0),
+                "averageDuration": window.all.mean_ms(),
+                "p95Duration": window.all.quantile_ms(0.95),
+                "p99Duration": window.all.quantile_ms(0.99),
+                "totalHits": window.hits,
+                "totalMisses": window.misses,
+                "totalRequests": window.all.count,
+                "errorRate": window.error_rate().unwrap_or(0.0),
+            },
+            "alerts": {
+                "total": active.len(),
+                "critical": count(Severity::Critical),
+                "error": count(Severity::Error),
+                "warning": count(Severity::Warning),
+                "list": active,
+            },
+            "history": self.monitor.alert_history(),
+        })
+    }
+
+    fn alert_state(&self) -> State {
+        alert_state(self.store, &self.live)
+    }
+
+    /// `GET /api/metrics`: counters over a time range, grouped, JSON or CSV.
+    async fn metrics_over_time(&self, query: &str) -> Response<Vec<u8>> {
+        let range = query_param(query, "timeRange").unwrap_or_else(|| "1h".into());
+        let Some(&(range, length, step)) = TIME_RANGES.iter().find(|r| r.0 == range) else {
+            let known: Vec<&str> = TIME_RANGES.iter().map(|r| r.0).collect();
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("timeRange {range:?}: use one of {}", known.join(", ")),
+            );
+        };
+        let group = query_param(query, "groupBy").unwrap_or_else(|| "route".into());
+        let Some(by) = GroupBy::parse(&group) else {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("groupBy {group:?}: use route, result, operation or rule"),
+            );
+        };
+        let format = query_param(query, "format").unwrap_or_else(|| "json".into());
+        if format != "json" && format != "csv" {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("format {format:?}: use json or csv"),
+            );
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let to = now - now % step + step;
+        let from = to - length;
+        let (buckets, scope) = self.monitor.buckets(from, to, step).await;
+        let report = Report::build(range, by, scope, (from, to, step), &buckets);
+        if format == "json" {
+            return json_ok(report.json());
+        }
+        match report.csv() {
+            Ok(csv) => {
+                let mut r = respond(StatusCode::OK, "text/csv; charset=utf-8", csv);
+                if let Ok(v) = http::HeaderValue::from_str(&format!(
+                    "attachment; filename=\"freshgate-{range}-{group}.csv\""
+                )) {
+                    r.headers_mut().insert(http::header::CONTENT_DISPOSITION, v);
+                }
+                r
+            }
+            Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+
     async fn reload(&self) -> Response<Vec<u8>> {
         let live = self.live.clone();
         let outcome = tokio::task::spawn_blocking(move || live.reload("admin API")).await;
@@ -306,7 +509,25 @@ impl Admin {
                 r#"say what to purge: {"pattern": ..., "params": {...}}, {"tag": ...} or {"all": true}"#,
             );
         }
+        let started = Instant::now();
         let recorded = self.store.invalidate(&tags).await;
+        if self.live.flags.get(Flag::Monitoring, &config) {
+            self.monitor.count(Kind::Purge, &["-"]);
+            let what = req["pattern"]
+                .as_str()
+                .or(req["tag"].as_str())
+                .unwrap_or("(everything)");
+            self.monitor.operation(Event {
+                op: "PURGE",
+                kind: Kind::Purge,
+                name: "-",
+                method: "POST",
+                path: what,
+                status: if recorded { 200 } else { 503 },
+                duration: started.elapsed(),
+                tags: Some(tags.len()),
+            });
+        }
         let status = if recorded {
             StatusCode::OK
         } else {

@@ -1,0 +1,349 @@
+//! Monitoring: what the cache did recently, in the shapes people read.
+//!
+//! Prometheus ([`crate::metrics`]) is for machines and fleets; this module
+//! keeps what the admin API and page show without a Prometheus server:
+//! - counters over time ([`series`]): per-minute buckets by route and kind,
+//!   kept a day (then hourly for 30 days); with Redis, every replica adds its
+//!   buckets to shared hashes, so `/api/metrics` covers the whole fleet;
+//! - alerts ([`alerts`]) evaluated every `monitoring.evaluate_every` over this
+//!   replica's last `monitoring.window`, with their history;
+//! - a ring of the most recent operations, and a broadcast of each new one
+//!   for the admin page's live view (Server-Sent Events).
+//!
+//! All of it is skipped while the `monitoring` flag is off, which is how its
+//! cost on the hit path is measured (docs/benchmarks.md).
+
+pub mod alerts;
+pub mod report;
+pub mod series;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::reload::rfc3339;
+use crate::store::redis::RedisTier;
+use alerts::{Alert, Alerts, MonitoringConfig, State, Window};
+use series::{Bucket, Kind, Series};
+
+/// Longest path shown in an operation (paths are user data: keep them short).
+const MAX_SHOWN_PATH: usize = 160;
+/// How long fleet-wide minute and hour buckets live in Redis.
+const MINUTE_KEY_TTL: Duration = Duration::from_secs(series::MINUTES_KEPT + 3600);
+const HOUR_KEY_TTL: Duration = Duration::from_secs(series::HOURS_KEPT + 86_400);
+
+/// One recent cache operation, as `/api/operations` lists it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Operation {
+    pub seq: u64,
+    pub timestamp: String,
+    /// `HIT`, `MISS`, `STALE`, `BYPASS`, `PASS`, `INVALIDATE`, `PURGE`.
+    pub op: &'static str,
+    pub method: String,
+    /// Route rule (or invalidation rule for writes); `-` for none.
+    pub route: String,
+    /// The path (without query), shortened.
+    pub key: String,
+    pub status: u16,
+    pub duration_ms: f64,
+    #[serde(serialize_with = "serialize_str")]
+    pub replica: Arc<str>,
+    /// For INVALIDATE and PURGE: how many tags were invalidated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<usize>,
+}
+
+fn serialize_str<S: serde::Serializer>(v: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v)
+}
+
+/// What one request or write contributes.
+pub struct Event<'a> {
+    pub op: &'static str,
+    pub kind: Kind,
+    pub name: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub duration: Duration,
+    pub tags: Option<usize>,
+}
+
+struct Counters {
+    /// This replica's traffic (alerts, the summary, and `/api/metrics`
+    /// without Redis).
+    local: Series,
+    /// Not yet added to Redis (only with Redis).
+    pending: Option<Series>,
+}
+
+pub struct Monitor {
+    replica: Arc<str>,
+    counters: Mutex<Counters>,
+    ops: Mutex<VecDeque<Arc<Operation>>>,
+    seq: AtomicU64,
+    live_ops: broadcast::Sender<Arc<Operation>>,
+    alerts: Mutex<Alerts>,
+    config: arc_swap::ArcSwap<MonitoringConfig>,
+    shared: Option<Arc<RedisTier>>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// This replica's name in operations: `host:port` of the proxy listener.
+pub fn replica_name(listen_port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "freshgate".into());
+    format!("{host}:{listen_port}")
+}
+
+fn shorten(path: &str) -> String {
+    if path.len() <= MAX_SHOWN_PATH {
+        return path.to_string();
+    }
+    let mut end = MAX_SHOWN_PATH;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &path[..end])
+}
+
+impl Monitor {
+    pub fn new(
+        replica: String,
+        config: MonitoringConfig,
+        shared: Option<Arc<RedisTier>>,
+    ) -> Monitor {
+        Monitor {
+            replica: replica.into(),
+            counters: Mutex::new(Counters {
+                local: Series::default(),
+                pending: shared.as_ref().map(|_| Series::default()),
+            }),
+            ops: Mutex::new(VecDeque::new()),
+            seq: AtomicU64::new(0),
+            live_ops: broadcast::channel(256).0,
+            alerts: Mutex::new(Alerts::default()),
+            config: arc_swap::ArcSwap::from_pointee(config),
+            shared,
+        }
+    }
+
+    pub fn set_config(&self, config: &MonitoringConfig) {
+        if **self.config.load() != *config {
+            self.config.store(Arc::new(config.clone()));
+        }
+    }
+
+    pub fn config(&self) -> Arc<MonitoringConfig> {
+        self.config.load_full()
+    }
+
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// Count one event and add it to the recent operations.
+    pub fn record(&self, e: Event<'_>) {
+        let now = unix_now();
+        let micros = e.duration.as_micros() as u64;
+        let error = e.status >= 500;
+        {
+            let mut c = self.counters.lock();
+            let observe = |s: &mut series::Stat| {
+                if e.kind.is_request() {
+                    s.observe(micros, error)
+                } else {
+                    s.count += 1
+                }
+            };
+            series::update(c.local.at(now), e.name, e.kind, observe);
+            if let Some(p) = c.pending.as_mut() {
+                series::update(p.at(now), e.name, e.kind, observe);
+            }
+        }
+        self.operation(e);
+    }
+
+    /// Count a kind for several names (the routes a write invalidated).
+    pub fn count(&self, kind: Kind, names: &[impl AsRef<str>]) {
+        if names.is_empty() {
+            return;
+        }
+        let now = unix_now();
+        let mut c = self.counters.lock();
+        for name in names {
+            let name = name.as_ref();
+            series::update(c.local.at(now), name, kind, |s| s.count += 1);
+            if let Some(p) = c.pending.as_mut() {
+                series::update(p.at(now), name, kind, |s| s.count += 1);
+            }
+        }
+    }
+
+    /// Add to the recent operations (and the live stream) without counting.
+    pub fn operation(&self, e: Event<'_>) {
+        let cap = self.config.load().operations;
+        if cap == 0 {
+            return;
+        }
+        let op = Arc::new(Operation {
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            timestamp: rfc3339(SystemTime::now()),
+            op: e.op,
+            method: e.method.to_string(),
+            route: e.name.to_string(),
+            key: shorten(e.path),
+            status: e.status,
+            duration_ms: e.duration.as_secs_f64() * 1000.0,
+            replica: self.replica.clone(),
+            tags: e.tags,
+        });
+        {
+            let mut ops = self.ops.lock();
+            ops.push_front(op.clone());
+            ops.truncate(cap);
+        }
+        // No subscribers is the normal case: nobody has the page open.
+        let _ = self.live_ops.send(op);
+    }
+
+    /// The most recent operations, newest first.
+    pub fn operations(&self, limit: usize) -> Vec<Arc<Operation>> {
+        self.ops.lock().iter().take(limit).cloned().collect()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Operation>> {
+        self.live_ops.subscribe()
+    }
+
+    /// This replica's traffic over the last `window`.
+    pub fn window(&self, window: Duration) -> Window {
+        let now = unix_now();
+        let from = now.saturating_sub(window.as_secs().max(1));
+        let buckets = self.counters.lock().local.query(from, now + 1, u64::MAX);
+        let mut w = Window::default();
+        for b in buckets.values() {
+            for (_, kind, s) in series::entries(b) {
+                if !kind.is_request() {
+                    continue;
+                }
+                w.all.merge(s);
+                match kind {
+                    Kind::Hit | Kind::Stale => w.hits += s.count,
+                    Kind::Miss => w.misses += s.count,
+                    _ => {}
+                }
+            }
+        }
+        w
+    }
+
+    /// Evaluate alert thresholds now.
+    pub fn evaluate(&self, state: &State) -> (usize, usize) {
+        let cfg = self.config();
+        let w = self.window(cfg.window);
+        let conditions = alerts::evaluate(&cfg, &w, state);
+        self.alerts.lock().apply(SystemTime::now(), conditions)
+    }
+
+    pub fn active_alerts(&self) -> Vec<Alert> {
+        self.alerts.lock().active()
+    }
+
+    pub fn alert_history(&self) -> Vec<Alert> {
+        self.alerts.lock().history()
+    }
+
+    /// Buckets of `step` seconds over `[from, to)`: from Redis (all
+    /// replicas) when configured and reachable, else this replica's.
+    /// The second value says which.
+    pub async fn buckets(&self, from: u64, to: u64, step: u64) -> (BTreeMap<u64, Bucket>, Scope) {
+        if let Some(redis) = &self.shared {
+            // Our own latest counts first, so what we just served is included.
+            self.flush().await;
+            let hourly = to - from > series::MINUTES_KEPT;
+            let (unit, prefix) = if hourly {
+                (series::HOUR, "fg:mon:h:")
+            } else {
+                (series::MINUTE, "fg:mon:m:")
+            };
+            let starts: Vec<u64> = (from - from % unit..to).step_by(unit as usize).collect();
+            let keys: Vec<String> = starts.iter().map(|t| format!("{prefix}{t}")).collect();
+            if let Some(maps) = redis.monitor_read(&keys).await {
+                let mut out: BTreeMap<u64, Bucket> = BTreeMap::new();
+                for (t, map) in starts.iter().zip(maps) {
+                    if map.is_empty() {
+                        continue;
+                    }
+                    let b = series::from_fields(&map);
+                    series::merge_bucket(out.entry(t - t % step).or_default(), &b);
+                }
+                return (out, Scope::AllReplicas);
+            }
+        }
+        let out = self.counters.lock().local.query(from, to, step);
+        (out, Scope::ThisReplica)
+    }
+
+    /// Add the pending counts to Redis (minute and hour hashes). On failure
+    /// they stay pending for the next try.
+    pub async fn flush(&self) {
+        let Some(redis) = &self.shared else {
+            return;
+        };
+        let pending = match self.counters.lock().pending.as_mut() {
+            Some(p) => p.take(),
+            None => return,
+        };
+        if pending.is_empty() {
+            return;
+        }
+        let mut writes: HashMap<String, (Vec<(String, u64)>, Duration)> = HashMap::new();
+        for (t, bucket) in &pending {
+            let fields = series::fields(bucket);
+            let hour = t - t % series::HOUR;
+            writes
+                .entry(format!("fg:mon:h:{hour}"))
+                .or_insert_with(|| (Vec::new(), HOUR_KEY_TTL))
+                .0
+                .extend(fields.iter().cloned());
+            writes.insert(format!("fg:mon:m:{t}"), (fields, MINUTE_KEY_TTL));
+        }
+        if !redis.monitor_add(writes).await {
+            if let Some(p) = self.counters.lock().pending.as_mut() {
+                p.restore(pending);
+            }
+        }
+    }
+}
+
+/// Where `/api/metrics` numbers come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    AllReplicas,
+    ThisReplica,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::AllReplicas => "all replicas",
+            Scope::ThisReplica => "this replica",
+        }
+    }
+}
