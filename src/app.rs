@@ -25,7 +25,7 @@ use crate::flags::{Flag, Flags};
 use crate::monitor::Monitor;
 use crate::proxy::Proxy;
 use crate::reload::Live;
-use crate::store::redis::RedisTier;
+use crate::store::redis::{Consistency, RedisTier};
 use crate::store::Store;
 
 /// The demo app to run beside the proxy (or alone).
@@ -88,6 +88,7 @@ pub fn run(start: Start) -> anyhow::Result<()> {
             r.url.clone(),
             r.timeout,
             config.max_lifetime + crate::store::clock::LIFETIME_MARGIN,
+            r.consistency,
         ))
     });
     let store: &'static Store = Box::leak(Box::new(Store::new(
@@ -98,6 +99,12 @@ pub fn run(start: Start) -> anyhow::Result<()> {
     let lock: &'static CacheKeyLockImpl = Box::leak(Box::new(CacheLock::new(config.lock_timeout)));
     monitor_redis = redis.clone();
     if let Some(tier) = redis {
+        if tier.consistency() == Consistency::Bounded {
+            server.add_service(background_service(
+                "invalidation follower",
+                InvalidationFollower(tier.clone()),
+            ));
+        }
         server.add_service(background_service("redis", RedisMaintainer(tier)));
     }
     let has_redis = config.redis.is_some();
@@ -252,6 +259,15 @@ impl BackgroundService for MonitorLoop {
                 }
             }
         }
+    }
+}
+
+struct InvalidationFollower(Arc<RedisTier>);
+
+#[async_trait]
+impl BackgroundService for InvalidationFollower {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.0.clone().follow_invalidations(shutdown).await;
     }
 }
 

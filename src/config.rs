@@ -20,6 +20,7 @@ use crate::flags::FileFlags;
 use crate::invalidation::{Invalidation, RawRule};
 use crate::monitor::alerts::{default_thresholds, Metric, MonitoringConfig, Severity, Threshold};
 use crate::rules::{sample_path, RouteTable, Rule};
+use crate::store::redis::Consistency;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:3000";
@@ -135,8 +136,11 @@ pub struct RawMemory {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
-    pub url: String,
+    /// Required here unless given with `--redis` / `FRESHGATE_REDIS`.
+    pub url: Option<String>,
     pub timeout: Option<Dur>,
+    /// `strict` (default) or `bounded`.
+    pub consistency: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -332,6 +336,7 @@ impl fmt::Debug for AdminAuth {
 pub struct RedisConfig {
     pub url: String,
     pub timeout: Duration,
+    pub consistency: Consistency,
 }
 
 /// Command-line values that take precedence over the file.
@@ -627,7 +632,13 @@ fn validate(
     let redis_url = ov
         .redis
         .clone()
-        .or(raw.store.redis.as_ref().map(|r| r.url.clone()));
+        .or(raw.store.redis.as_ref().and_then(|r| r.url.clone()));
+    if redis_url.is_none() && raw.store.redis.is_some() {
+        problem(
+            "redis",
+            "store.redis needs a url (or --redis / FRESHGATE_REDIS)".into(),
+        );
+    }
     let redis = redis_url.map(|url| {
         if !(url.starts_with("redis://") || url.starts_with("unix://")) {
             problem(
@@ -647,7 +658,26 @@ fn validate(
         if timeout.is_zero() {
             problem("timeout", "store.redis.timeout must be more than 0".into());
         }
-        RedisConfig { url, timeout }
+        let consistency = match raw
+            .store
+            .redis
+            .as_ref()
+            .and_then(|r| r.consistency.as_deref())
+        {
+            None => Consistency::Strict,
+            Some(c) => Consistency::parse(c).unwrap_or_else(|| {
+                problem(
+                    c,
+                    format!("store.redis.consistency {c:?}: use strict or bounded"),
+                );
+                Consistency::Strict
+            }),
+        };
+        RedisConfig {
+            url,
+            timeout,
+            consistency,
+        }
     });
 
     // Tags come from the invalidation rules only; route TTLs, keys and

@@ -18,6 +18,10 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// Responses by status class (`2xx`...; `none` when nothing was sent).
     pub responses: IntCounterVec,
+    /// Bounded mode: time from a write's invalidation to this replica learning of it.
+    pub invalidation_lag_seconds: prometheus::Histogram,
+    /// Bounded mode: 1 while following the invalidation channel.
+    pub invalidation_subscribed: IntGauge,
     /// Operations dropped from the live stream because a reader was slow.
     pub sse_lagged: IntCounter,
     pub request_seconds: HistogramVec,
@@ -71,6 +75,22 @@ impl Metrics {
                 "Responses to clients by status class (5xx counts towards the error rate).",
             ),
             &["code"],
+        )
+        .expect("static metric definition");
+        let invalidation_lag_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "freshgate_invalidation_lag_seconds",
+                "Bounded mode: from a write's invalidation (writer's clock) to this replica applying it.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0,
+            ]),
+        )
+        .expect("static metric definition");
+        let invalidation_subscribed = IntGauge::new(
+            "freshgate_invalidation_subscribed",
+            "Bounded mode: 1 while this replica follows the invalidation channel.",
         )
         .expect("static metric definition");
         let sse_lagged = IntCounter::new(
@@ -205,6 +225,8 @@ impl Metrics {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(responses.clone()),
             Box::new(sse_lagged.clone()),
+            Box::new(invalidation_lag_seconds.clone()),
+            Box::new(invalidation_subscribed.clone()),
             Box::new(request_seconds.clone()),
             Box::new(upstream_seconds.clone()),
             Box::new(store_hits.clone()),
@@ -231,6 +253,8 @@ impl Metrics {
             requests,
             responses,
             sse_lagged,
+            invalidation_lag_seconds,
+            invalidation_subscribed,
             request_seconds,
             upstream_seconds,
             store_hits,

@@ -243,7 +243,11 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.admin_listen != new.admin_listen {
         v.push("admin.listen");
     }
-    let redis = |c: &Config| c.redis.as_ref().map(|r| (r.url.clone(), r.timeout));
+    let redis = |c: &Config| {
+        c.redis
+            .as_ref()
+            .map(|r| (r.url.clone(), r.timeout, r.consistency))
+    };
     if redis(old) != redis(new) || old.memory_max_bytes != new.memory_max_bytes {
         v.push("store");
     }

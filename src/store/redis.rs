@@ -9,18 +9,32 @@
 //! A background task ([`RedisTier::maintain`]) connects, pings, and closes the
 //! breaker again when Redis answers, so recovery needs no operator.
 //!
+//! Consistency across replicas ([`Consistency`]): in `strict` mode (the
+//! default) every hit asks Redis for the `last_inv` of the entry's tags, so a
+//! write acknowledged by any replica is never followed by a stale read on any
+//! other. In `bounded` mode the invalidation script also PUBLISHes the tags,
+//! every replica follows that channel ([`RedisTier::follow_invalidations`])
+//! into a local map, and hits are checked against the map with no round trip:
+//! another replica may serve the old entry for as long as the message takes to
+//! arrive (measured: `freshgate_invalidation_lag_seconds`). The writing
+//! replica applies its own invalidation at once. While not subscribed, a
+//! bounded replica serves nothing from the cache; after (re)subscribing it
+//! trusts only entries fetched after that moment, so a lost message can never
+//! make an entry servable.
+//!
 //! Redis's `run_id` changes on every restart. It is part of every key, and the
 //! local epoch bumps when it changes, so entries from before a restart (restored
 //! from a snapshot or still in the memory tier) are never served after it: their
 //! invalidations may have been lost with the old process.
 
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tracing::{info, warn};
 
@@ -39,8 +53,51 @@ const FLAGS_KEY: &str = "fg:flags";
 /// Timeout for monitoring reads and writes, which are off the request path.
 const SIDE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How replicas learn of each other's invalidations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Ask Redis on every hit: never a stale read after an acknowledged write.
+    #[default]
+    Strict,
+    /// Follow invalidations by pub/sub: no round trip per hit; other replicas
+    /// may serve the old entry for the message's delivery time.
+    Bounded,
+}
+
+impl Consistency {
+    pub fn parse(s: &str) -> Option<Consistency> {
+        match s {
+            "strict" => Some(Consistency::Strict),
+            "bounded" => Some(Consistency::Bounded),
+            _ => None,
+        }
+    }
+}
+
+/// Bounded mode's view of `last_inv`: tag -> (clock value, when learned).
+#[derive(Default)]
+struct Followed {
+    subscribed: AtomicBool,
+    last_inv: parking_lot::Mutex<HashMap<String, (u64, std::time::Instant)>>,
+}
+
+impl Followed {
+    fn learn(&self, seq: u64, tags: impl IntoIterator<Item = impl Into<String>>) {
+        let now = std::time::Instant::now();
+        let mut map = self.last_inv.lock();
+        for t in tags {
+            let e = map.entry(t.into()).or_insert((0, now));
+            if seq >= e.0 {
+                *e = (seq, now);
+            }
+        }
+    }
+}
+
 pub struct RedisTier {
     url: String,
+    consistency: Consistency,
+    followed: Followed,
     timeout: Duration,
     conn: ArcSwapOption<ConnectionManager>,
     /// `run_id` of the Redis process we talk to; part of every key.
@@ -63,11 +120,16 @@ pub struct RedisTier {
 
 /// `KEYS[1]` is the clock, the rest are tags' `last_inv` keys. One atomic step:
 /// the new clock value is larger than any `last_inv`, so a plain SET is a max.
+/// Then the tags are published (`ARGV[2]` channel, `ARGV[3]` the writer's
+/// wall clock in ms, `ARGV[4]` the tags, one per line) for bounded replicas;
+/// inside the script, so no replica can see the clock move without the
+/// message being on its way.
 const INVALIDATE_LUA: &str = r#"
 local s = redis.call('INCR', KEYS[1])
 for i = 2, #KEYS do
   redis.call('SET', KEYS[i], s, 'PX', ARGV[1])
 end
+redis.call('PUBLISH', ARGV[2], s .. ' ' .. ARGV[3] .. '\n' .. ARGV[4])
 return s
 "#;
 
@@ -79,9 +141,16 @@ fn now_ms() -> u64 {
 }
 
 impl RedisTier {
-    pub fn new(url: String, timeout: Duration, inv_ttl: Duration) -> RedisTier {
+    pub fn new(
+        url: String,
+        timeout: Duration,
+        inv_ttl: Duration,
+        consistency: Consistency,
+    ) -> RedisTier {
         METRICS.redis_configured.set(1);
         RedisTier {
+            consistency,
+            followed: Followed::default(),
             pending: parking_lot::Mutex::new(BTreeSet::new()),
             inv_ttl,
             script: redis::Script::new(INVALIDATE_LUA),
@@ -142,6 +211,14 @@ impl RedisTier {
         format!("fg:{}:{}:i:{}", super::entry::VERSION, run_id, tag)
     }
 
+    fn channel(run_id: &str) -> String {
+        format!("fg:{}:{}:inv", super::entry::VERSION, run_id)
+    }
+
+    pub fn consistency(&self) -> Consistency {
+        self.consistency
+    }
+
     /// Read the clock before a fetch begins; `None` if Redis cannot be used.
     pub async fn clock_now(&self) -> Option<u64> {
         let run_id = self.run_id.load_full()?;
@@ -162,6 +239,16 @@ impl RedisTier {
         }
         if fetch_seq < self.floor.load(Ordering::Acquire) {
             return Some(false);
+        }
+        if self.consistency == Consistency::Bounded {
+            if !self.available() || !self.followed.subscribed.load(Ordering::Acquire) {
+                return None;
+            }
+            let map = self.followed.last_inv.lock();
+            return Some(
+                tags.iter()
+                    .all(|t| map.get(t).is_none_or(|(seq, _)| *seq <= fetch_seq)),
+            );
         }
         let run_id = self.run_id.load_full()?;
         let mut cmd = redis::cmd("MGET");
@@ -188,7 +275,10 @@ impl RedisTier {
             if self.pending.lock().is_empty() {
                 let mut timeout = self.timeout;
                 for _ in 0..INVALIDATE_ATTEMPTS {
-                    if self.record(&run_id, tags, timeout).await.is_some() {
+                    if let Some(seq) = self.record(&run_id, tags, timeout).await {
+                        // Read-your-writes on this replica, before the
+                        // message comes back.
+                        self.followed.learn(seq, tags.iter().cloned());
                         return true;
                     }
                     timeout *= 2;
@@ -211,7 +301,15 @@ impl RedisTier {
         for t in tags {
             inv.key(Self::inv_key(run_id, t));
         }
-        inv.arg(self.inv_ttl.as_millis() as u64);
+        inv.arg(self.inv_ttl.as_millis() as u64)
+            .arg(Self::channel(run_id))
+            .arg(now_ms())
+            .arg(
+                tags.iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            );
         let mut conn = (*self.conn.load_full()?).clone();
         let res = tokio::time::timeout(timeout, inv.invoke_async::<u64>(&mut conn)).await;
         match res {
@@ -381,6 +479,99 @@ impl RedisTier {
         self.side_query("monitor_read", pipe).await
     }
 
+    /// Bounded mode: follow the invalidation channel of the current Redis
+    /// into the local `last_inv` map, resubscribing after a lost connection or
+    /// a Redis restart. Runs until `shutdown` turns true.
+    pub async fn follow_invalidations(
+        self: Arc<Self>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            if let Err(e) = self.follow_once(&mut shutdown).await {
+                warn!(error = %e, "invalidation channel lost: bounded mode bypasses the cache until it is back");
+            }
+            self.followed.subscribed.store(false, Ordering::Release);
+            METRICS.invalidation_subscribed.set(0);
+            if *shutdown.borrow() {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(PING_EVERY) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn follow_once(
+        &self,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> redis::RedisResult<()> {
+        let Some(run_id) = self.run_id.load_full() else {
+            return Ok(());
+        };
+        let client = redis::Client::open(self.url.as_str())?;
+        let mut pubsub = tokio::time::timeout(
+            self.timeout.max(Duration::from_millis(500)),
+            client.get_async_pubsub(),
+        )
+        .await
+        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timed out")))??;
+        pubsub.subscribe(Self::channel(&run_id)).await?;
+        // Invalidations before the subscription were not seen: trust only
+        // entries fetched from now on. SUBSCRIBE was answered before this
+        // GET was sent, so every later invalidation reaches us.
+        let Some(clock) = self.clock_now().await else {
+            return Ok(());
+        };
+        self.floor.fetch_max(clock, Ordering::AcqRel);
+        self.followed.subscribed.store(true, Ordering::Release);
+        METRICS.invalidation_subscribed.set(1);
+        info!(floor = clock, "following invalidations (bounded mode)");
+        let mut messages = pubsub.on_message();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                msg = messages.next() => {
+                    let Some(msg) = msg else { return Ok(()) };
+                    let payload: String = msg.get_payload().unwrap_or_default();
+                    self.apply_message(&payload);
+                }
+                _ = tick.tick() => {
+                    if self.run_id.load().as_deref() != Some(&*run_id) {
+                        return Ok(()); // Redis restarted: a new channel.
+                    }
+                    self.prune_followed();
+                }
+                _ = shutdown.changed() => return Ok(()),
+            }
+        }
+    }
+
+    /// `"<seq> <published ms>\n<tag>\n<tag>..."` from the invalidation script.
+    fn apply_message(&self, payload: &str) {
+        let mut lines = payload.split('\n');
+        let head = lines.next().unwrap_or("");
+        let mut nums = head.split(' ').map(|n| n.parse::<u64>().ok());
+        let (Some(Some(seq)), Some(Some(sent_ms))) = (nums.next(), nums.next()) else {
+            warn!(%head, "malformed invalidation message ignored");
+            return;
+        };
+        self.followed.learn(seq, lines.filter(|t| !t.is_empty()));
+        let lag_ms = now_ms().saturating_sub(sent_ms);
+        METRICS
+            .invalidation_lag_seconds
+            .observe(lag_ms as f64 / 1000.0);
+    }
+
+    /// Forget `last_inv` values older than any entry can be.
+    fn prune_followed(&self) {
+        let ttl = self.inv_ttl;
+        self.followed
+            .last_inv
+            .lock()
+            .retain(|_, (_, learned)| learned.elapsed() < ttl);
+    }
+
     /// Keep a connection, watch `run_id`, and close the breaker when Redis
     /// answers. Runs until `shutdown` turns true.
     pub async fn maintain(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
@@ -438,6 +629,7 @@ impl RedisTier {
             self.epoch.fetch_add(1, Ordering::AcqRel);
             // The new Redis's clock starts again from zero.
             self.floor.store(0, Ordering::Release);
+            self.followed.last_inv.lock().clear();
             self.run_id.store(Some(Arc::new(run_id.clone())));
             // A new Redis holds nothing from before, and the epoch makes the
             // memory tier forget too: pending invalidations are moot.

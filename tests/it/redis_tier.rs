@@ -148,3 +148,125 @@ async fn a_write_during_a_redis_hang_is_recorded_before_the_cache_is_used_again(
         }
     }
 }
+
+/// A metric's value from a `/metrics` text (first sample with that prefix).
+fn sample(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in /metrics"))
+}
+
+#[tokio::test]
+async fn bounded_mode_follows_invalidations_without_a_round_trip_per_hit() {
+    let origin = Origin::start(0);
+    let redis = Redis::start();
+    let bounded = format!("{TEST_CONFIG}store:\n  redis:\n    consistency: bounded\n");
+    let a = Freshgate::start(&origin.url(), Some(&redis.url()), &bounded);
+    let b = Freshgate::start(&origin.url(), Some(&redis.url()), &bounded);
+    for fg in [&a, &b] {
+        fg.wait_redis(true).await;
+        fg.metrics_with(&["freshgate_invalidation_subscribed 1"])
+            .await;
+    }
+    let scene = "/studio/api/scenes/111";
+    assert_eq!(a.get_shared(scene).await.x_cache, "MISS");
+    assert_eq!(b.get_shared(scene).await.x_cache, "HIT");
+
+    // Hits are checked against the followed invalidations: no MGET.
+    let before = redis.calls("mget").await;
+    for _ in 0..20 {
+        assert_eq!(b.get_shared(scene).await.x_cache, "HIT");
+    }
+    assert_eq!(
+        redis.calls("mget").await,
+        before,
+        "bounded hits ask Redis nothing"
+    );
+
+    let w = send(
+        client()
+            .patch(a.url(scene))
+            .header("host", "app.test")
+            .body(r#"{"text":"bounded"}"#),
+    )
+    .await;
+    assert_eq!(w.status, 200);
+    // The writer applies its own invalidation at once...
+    assert_eq!(a.get_shared(scene).await.json()["text"], "bounded");
+    // ...the other replica as soon as the message arrives.
+    let started = Instant::now();
+    loop {
+        if b.get_shared(scene).await.json()["text"] == "bounded" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "b never learned of the write"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let text = b
+        .metrics_with(&["freshgate_invalidation_lag_seconds_count"])
+        .await;
+    let count = sample(&text, "freshgate_invalidation_lag_seconds_count");
+    let sum = sample(&text, "freshgate_invalidation_lag_seconds_sum");
+    assert!(count >= 1.0, "b measured the lag of the write it followed");
+    eprintln!(
+        "bounded mode: {count} invalidation(s) followed by b, mean lag {:.3} ms; \
+         b served the new text {:?} after the write was acknowledged",
+        sum / count * 1000.0,
+        started.elapsed()
+    );
+
+    // The measurement can tell the modes apart: a strict replica on the
+    // same Redis asks it on every hit.
+    let c = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
+    c.wait_redis(true).await;
+    c.get_shared(scene).await;
+    assert_eq!(c.get_shared(scene).await.x_cache, "HIT");
+    let before = redis.calls("mget").await;
+    for _ in 0..5 {
+        assert_eq!(c.get_shared(scene).await.x_cache, "HIT");
+    }
+    assert!(
+        redis.calls("mget").await >= before + 5,
+        "strict hits check Redis"
+    );
+}
+
+#[tokio::test]
+async fn bounded_mode_survives_a_redis_restart_and_resumes_caching() {
+    let origin = Origin::start(0);
+    let mut redis = Redis::start();
+    let bounded = format!("{TEST_CONFIG}store:\n  redis:\n    consistency: bounded\n");
+    let fg = Freshgate::start(&origin.url(), Some(&redis.url()), &bounded);
+    fg.wait_redis(true).await;
+    fg.metrics_with(&["freshgate_invalidation_subscribed 1"])
+        .await;
+    let scene = "/studio/api/scenes/112";
+    assert_eq!(fg.get_shared(scene).await.x_cache, "MISS");
+    assert_eq!(fg.get_shared(scene).await.x_cache, "HIT");
+    // Redis restarts: the channel is gone, and so is every invalidation
+    // it might have carried. Requests still succeed, through the app.
+    redis.restart();
+    for _ in 0..5 {
+        assert_eq!(fg.get_shared(scene).await.status, 200);
+    }
+    fg.wait_redis(true).await;
+    fg.metrics_with(&["freshgate_invalidation_subscribed 1"])
+        .await;
+    // The entry from before is not served; a fresh fetch is, again.
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut last = String::new();
+    while Instant::now() < end {
+        last = fg.get_shared(scene).await.x_cache;
+        if last == "HIT" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last, "HIT", "caching resumes after resubscribing");
+    // The entry from before the restart was fetched again, not reused.
+    assert!(origin.requests().await >= 2);
+}

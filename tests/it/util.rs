@@ -165,6 +165,30 @@ impl Redis {
         }
     }
 
+    /// How many times Redis has run `command` (from `INFO commandstats`).
+    pub async fn calls(&self, command: &str) -> u64 {
+        let client = redis::Client::open(self.url()).unwrap();
+        // The client's default 500 ms response timeout is too short for a
+        // loaded 2-core CI runner.
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(10)))
+            .set_response_timeout(Some(Duration::from_secs(10)));
+        let mut con = client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+            .unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Freeze the process (SIGSTOP): connections stay open, nothing answers,
     /// as with a hung Redis or a network partition.
     pub fn pause(&self) {
