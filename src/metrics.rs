@@ -18,6 +18,11 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// Responses by status class (`2xx`...; `none` when nothing was sent).
     pub responses: IntCounterVec,
+    /// Body bytes sent to clients from the cache (hits and stale), by route rule.
+    pub cache_served_bytes: IntCounterVec,
+    /// Requests that waited for another request's fetch of the same key
+    /// (pingora's cache lock) instead of going to the app, by route rule.
+    pub coalesced: IntCounterVec,
     /// Bounded mode: time from a write's invalidation to this replica learning of it.
     pub invalidation_lag_seconds: prometheus::Histogram,
     /// Bounded mode: 1 while following the invalidation channel.
@@ -75,6 +80,22 @@ impl Metrics {
                 "Responses to clients by status class (5xx counts towards the error rate).",
             ),
             &["code"],
+        )
+        .expect("static metric definition");
+        let cache_served_bytes = IntCounterVec::new(
+            Opts::new(
+                "freshgate_cache_served_bytes_total",
+                "Response body bytes sent to clients from the cache (hits and stale), by route rule.",
+            ),
+            &["route"],
+        )
+        .expect("static metric definition");
+        let coalesced = IntCounterVec::new(
+            Opts::new(
+                "freshgate_coalesced_requests_total",
+                "Requests that waited for a concurrent fetch of the same key instead of asking the app.",
+            ),
+            &["route"],
         )
         .expect("static metric definition");
         let invalidation_lag_seconds = prometheus::Histogram::with_opts(
@@ -224,6 +245,8 @@ impl Metrics {
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(responses.clone()),
+            Box::new(cache_served_bytes.clone()),
+            Box::new(coalesced.clone()),
             Box::new(sse_lagged.clone()),
             Box::new(invalidation_lag_seconds.clone()),
             Box::new(invalidation_subscribed.clone()),
@@ -252,6 +275,8 @@ impl Metrics {
             registry,
             requests,
             responses,
+            cache_served_bytes,
+            coalesced,
             sse_lagged,
             invalidation_lag_seconds,
             invalidation_subscribed,

@@ -370,6 +370,17 @@ impl ProxyHttp for Proxy {
             (None, None) => 0,
         };
         METRICS.requests.with_label_values(&[route, label]).inc();
+        if matches!(ctx.outcome, Outcome::Hit | Outcome::Stale) {
+            METRICS
+                .cache_served_bytes
+                .with_label_values(&[route])
+                .inc_by(session.body_bytes_sent() as u64);
+        }
+        // Waited behind the cache lock and did not fetch itself: served by
+        // another request's trip to the app.
+        if session.cache.lock_duration().is_some() && !session.cache.upstream_used() {
+            METRICS.coalesced.with_label_values(&[route]).inc();
+        }
         METRICS
             .responses
             .with_label_values(&[status_class(status)])

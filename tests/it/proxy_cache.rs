@@ -353,3 +353,38 @@ async fn sigterm_drains_and_exits() {
         .expect("exits after SIGTERM");
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn concurrent_misses_are_coalesced_into_one_fetch() {
+    // A slow app makes the 8 requests overlap the first one's fetch.
+    let origin = Origin::start(400);
+    let fg = Freshgate::start(&origin.url(), None, TEST_CONFIG);
+    let url = fg.url("/community/api/posts/7");
+    let tasks: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(send(client().get(url.clone()))))
+        .collect();
+    let mut replies = Vec::new();
+    for t in tasks {
+        replies.push(t.await.unwrap());
+    }
+    let body = &replies[0].body;
+    for r in &replies {
+        assert_eq!(r.status, 200);
+        assert_eq!(&r.body, body, "every waiter gets the one fetched body");
+    }
+    assert_eq!(
+        origin.requests().await,
+        1,
+        "one trip to the app for 8 requests"
+    );
+    let text = fg
+        .metrics_with(&[r#"freshgate_coalesced_requests_total{route="post"} 7"#])
+        .await;
+    // Bytes from the cache: the 7 waiters' bodies (the fetcher's came from the app).
+    let served = text
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"freshgate_cache_served_bytes_total{route="post"} "#))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .expect("cache bytes counted for the route");
+    assert_eq!(served, 7 * body.len());
+}
