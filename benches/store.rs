@@ -7,13 +7,19 @@
 //! `Storage` calls the proxy makes (miss handler to fill, lookup + body read
 //! to hit), with the tags the shipped config's rules give each path.
 //! `BENCH_SIZES=1000,1000000` and `BENCH_OPS=200000` change the sizes and the
-//! number of timed operations.
+//! number of timed operations. `BENCH_REDIS=redis://127.0.0.1:6379` measures
+//! the Redis tier instead (entries written through to Redis, the memory tier
+//! in front; `BENCH_CONSISTENCY=strict|bounded`): a strict hit includes the
+//! MGET of its tags' `last_inv`, an invalidation is one script call. Use a
+//! scratch Redis: the bench writes into it and leaves entries to expire.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use freshgate::config::{Config, Overrides};
+use freshgate::store::redis::{Consistency, RedisTier};
 use freshgate::store::{FillInfo, Store};
 use pingora::cache::trace::Span;
 use pingora::cache::{CacheKey, CacheMeta, Storage};
@@ -46,11 +52,37 @@ struct Row {
     inv: [Duration; 3],
 }
 
-async fn measure(config: &Config, entries: u64, ops: usize) -> Row {
+/// A connected Redis tier (its background tasks run on the bench runtime).
+async fn redis_tier(url: &str, consistency: Consistency) -> Arc<RedisTier> {
+    let tier = Arc::new(RedisTier::new(
+        url.to_string(),
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+        consistency,
+    ));
+    // Never signalled: the tasks end with the process.
+    let (stop, watch) = tokio::sync::watch::channel(false);
+    std::mem::forget(stop);
+    tokio::spawn(tier.clone().maintain(watch.clone()));
+    if consistency == Consistency::Bounded {
+        tokio::spawn(tier.clone().follow_invalidations(watch));
+    }
+    for _ in 0..100 {
+        if tier.available() && tier.clock_now().await.is_some() {
+            // Let a bounded follower subscribe.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return tier;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("Redis at {url} is not reachable");
+}
+
+async fn measure(config: &Config, redis: Option<Arc<RedisTier>>, entries: u64, ops: usize) -> Row {
     // Room for every entry: this measures lookups, not eviction.
     let store: &'static Store = Box::leak(Box::new(Store::new(
         8 << 30,
-        None,
+        redis,
         Duration::from_secs(3600),
     )));
     store.set_rules(config.rules_fingerprint);
@@ -161,8 +193,19 @@ fn main() {
         "| entries | fill (s) | memory tier (MiB) | hit p50 (µs) | hit p99 (µs) | hit mean (µs) | invalidate p50 (µs) | invalidate p99 (µs) | invalidate mean (µs) |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let redis_url = std::env::var("BENCH_REDIS").ok();
+    let consistency = std::env::var("BENCH_CONSISTENCY")
+        .ok()
+        .map(|c| Consistency::parse(&c).expect("BENCH_CONSISTENCY is strict or bounded"))
+        .unwrap_or_default();
     for n in sizes {
-        let r = rt.block_on(measure(&config, n, ops));
+        let r = rt.block_on(async {
+            let redis = match &redis_url {
+                Some(url) => Some(redis_tier(url, consistency).await),
+                None => None,
+            };
+            measure(&config, redis, n, ops).await
+        });
         let us = |d: Duration| d.as_secs_f64() * 1e6;
         println!(
             "| {} | {:.1} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
@@ -177,5 +220,9 @@ fn main() {
             us(r.inv[2]),
         );
     }
-    println!("({ops} timed operations of each kind per size, one thread, embedded store)");
+    let store = match &redis_url {
+        Some(_) => format!("Redis tier, {consistency:?} consistency"),
+        None => "embedded store".to_string(),
+    };
+    println!("({ops} timed operations of each kind per size, one thread, {store})");
 }

@@ -14,13 +14,49 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_freshgate");
 
-/// A port that was free a moment ago. Races are possible in principle; the
-/// start functions retry on a fresh port when a process fails to come up.
+/// A loopback port for a test process to listen on.
+///
+/// Ports come from below the kernel's ephemeral range, so no outgoing
+/// connection and no `bind(:0)` elsewhere can take one, and each is handed out
+/// once per test run. Asking the kernel for a free ephemeral port instead
+/// (bind `:0`, close, pass the number on) races on a loaded machine: two
+/// processes could be given the same number, the second fail to bind, and the
+/// readiness probe connect to the first one — a test then talks to another
+/// test's process (seen on CI as a 404 from someone else's admin listener).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (start, span) = test_port_range();
+    // Start at a pid-dependent offset, so two test binaries run by hand at
+    // the same time do not walk the same sequence.
+    let offset = (std::process::id() * 97) % span;
+    for _ in 0..span {
+        let i = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (start + (offset + i) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {start}..{}", start + span);
+}
+
+/// Up to 10 000 ports just below the ephemeral range (Linux default
+/// 32768..60999), or above it when it starts too low.
+fn test_port_range() -> (u32, u32) {
+    let range: Vec<u32> = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let (low, high) = match range[..] {
+        [l, h] => (l, h),
+        _ => (32_768, 60_999),
+    };
+    if low >= 11_024 {
+        (low - 10_000, 10_000)
+    } else {
+        (high + 1, (65_535 - high).clamp(1, 10_000))
+    }
 }
 
 /// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
