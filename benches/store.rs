@@ -26,6 +26,9 @@ use pingora::cache::{CacheKey, CacheMeta, Storage};
 use pingora::http::ResponseHeader;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
     sorted[((sorted.len() - 1) as f64 * p) as usize]
 }
 
@@ -50,6 +53,8 @@ struct Row {
     memory_bytes: u64,
     hit: [Duration; 3],
     inv: [Duration; 3],
+    /// Redis only: lookups or invalidations that failed (timeouts).
+    failed: u64,
 }
 
 /// A connected Redis tier (its background tasks run on the bench runtime).
@@ -78,6 +83,17 @@ async fn redis_tier(url: &str, consistency: Consistency) -> Arc<RedisTier> {
     panic!("Redis at {url} is not reachable");
 }
 
+/// The invalidation clock, waiting out a Redis hiccup (a fill needs one).
+async fn clock(store: &Store) -> u64 {
+    for _ in 0..500 {
+        if let Some(c) = store.clock_now().await {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the invalidation clock stayed unreadable for 5 s");
+}
+
 async fn measure(config: &Config, redis: Option<Arc<RedisTier>>, entries: u64, ops: usize) -> Row {
     // Room for every entry: this measures lookups, not eviction.
     let store: &'static Store = Box::leak(Box::new(Store::new(
@@ -101,7 +117,7 @@ async fn measure(config: &Config, redis: Option<Arc<RedisTier>>, entries: u64, o
             0,
             ResponseHeader::build(200, None).expect("static header"),
         );
-        let fetch_seq = store.clock_now().await.expect("embedded clock");
+        let fetch_seq = clock(store).await;
         meta.extensions_mut().insert(FillInfo {
             fetch_seq,
             rules: config.rules_fingerprint,
@@ -119,14 +135,22 @@ async fn measure(config: &Config, redis: Option<Arc<RedisTier>>, entries: u64, o
 
     let mut rng = Rng(0x9e3779b97f4a7c15);
     let mut hits = Vec::with_capacity(ops);
+    let mut failed = 0;
     for _ in 0..ops {
         let key = &keys[rng.next(entries) as usize];
         let t = Instant::now();
-        let (_, mut h) = store
-            .lookup(key, &span)
-            .await
-            .expect("lookup")
-            .expect("a fresh entry that was never invalidated is a hit");
+        let found = store.lookup(key, &span).await.expect("lookup");
+        let Some((_, mut h)) = found else {
+            // The embedded store never misses here; Redis may time out on a
+            // loaded machine, which the proxy treats as a miss, and so does
+            // this count (reported, not timed).
+            assert!(
+                store.redis().is_some(),
+                "a fresh, never invalidated entry is a hit"
+            );
+            failed += 1;
+            continue;
+        };
         let b = h.read_body().await.expect("body");
         hits.push(t.elapsed());
         std::hint::black_box(b);
@@ -139,24 +163,29 @@ async fn measure(config: &Config, redis: Option<Arc<RedisTier>>, entries: u64, o
         let plan = config.invalidation.plan_write(&http::Method::PATCH, &p);
         let tags: BTreeSet<String> = plan.tags;
         let t = Instant::now();
-        assert!(store.invalidate(&tags).await);
-        invs.push(t.elapsed());
+        if store.invalidate(&tags).await {
+            invs.push(t.elapsed());
+        } else {
+            assert!(store.redis().is_some(), "the embedded store always records");
+            failed += 1;
+        }
     }
     hits.sort();
     invs.sort();
     Row {
+        failed,
         entries,
         fill_secs,
         memory_bytes,
         hit: [
             percentile(&hits, 0.5),
             percentile(&hits, 0.99),
-            hits.iter().sum::<Duration>() / ops as u32,
+            hits.iter().sum::<Duration>() / hits.len().max(1) as u32,
         ],
         inv: [
             percentile(&invs, 0.5),
             percentile(&invs, 0.99),
-            invs.iter().sum::<Duration>() / ops as u32,
+            invs.iter().sum::<Duration>() / invs.len().max(1) as u32,
         ],
     }
 }
@@ -219,6 +248,12 @@ fn main() {
             us(r.inv[1]),
             us(r.inv[2]),
         );
+        if r.failed > 0 {
+            println!(
+                "({} entries: {} operations failed on Redis and are not timed)",
+                r.entries, r.failed
+            );
+        }
     }
     let store = match &redis_url {
         Some(_) => format!("Redis tier, {consistency:?} consistency"),
