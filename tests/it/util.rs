@@ -25,11 +25,16 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_freshgate");
 /// test's process (seen on CI as a 404 from someone else's admin listener).
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let (start, span) = test_port_range();
-    // Start at a pid-dependent offset, so two test binaries run by hand at
-    // the same time do not walk the same sequence.
-    let offset = (std::process::id() * 97) % span;
+    // (first port, how many, where this process starts): fixed for the run.
+    static RANGE: OnceLock<(u32, u32, u32)> = OnceLock::new();
+    let &(start, span, offset) = RANGE.get_or_init(|| {
+        let (start, span) = test_port_range();
+        // A pid-dependent start, so two test binaries run by hand at the same
+        // time do not walk the same sequence.
+        (start, span, (std::process::id() * 97) % span)
+    });
     for _ in 0..span {
         let i = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = (start + (offset + i) % span) as u16;
