@@ -14,37 +14,66 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use quick_cache::sync::{Cache, EntryAction, EntryResult};
+use quick_cache::{DefaultHashBuilder, UnitWeighter};
 
 /// Tags remembered at most (each costs ~100 bytes).
-const MAX_TAGS: u64 = 2_000_000;
+const MAX_TAGS: usize = 2_000_000;
 /// Added to `max_lifetime` for the time a fetch may take before it is stored.
 pub const LIFETIME_MARGIN: Duration = Duration::from_secs(3600);
+
+/// The last invalidation of one tag.
+#[derive(Clone, Copy)]
+struct Inv {
+    seq: u64,
+    at: Instant,
+}
+
+/// Raises `floor` to the value of every tag evicted for space, *before* the
+/// tag leaves the map: a reader that no longer finds the tag then reads the
+/// raised floor (it reads `floor` after its lookup, see [`LocalClock::valid`]).
+#[derive(Clone)]
+struct RaiseFloor(Arc<AtomicU64>);
+
+impl quick_cache::Lifecycle<String, Inv> for RaiseFloor {
+    type RequestState = ();
+    fn begin_request(&self) {}
+    fn before_evict(&self, _: &mut (), _tag: &String, inv: &mut Inv) {
+        self.0.fetch_max(inv.seq, Ordering::AcqRel);
+    }
+}
 
 pub struct LocalClock {
     clock: AtomicU64,
     floor: Arc<AtomicU64>,
-    last_inv: moka::sync::Cache<String, u64>,
+    /// Expiry is checked on read (an expired value counts as absent); the
+    /// size bound evicts expired tags first in practice, as nobody reads them.
+    last_inv: Cache<String, Inv, UnitWeighter, DefaultHashBuilder, RaiseFloor>,
+    remember_for: Duration,
 }
 
 impl LocalClock {
     pub fn new(max_lifetime: Duration) -> LocalClock {
+        LocalClock::with_limits(max_lifetime + LIFETIME_MARGIN, MAX_TAGS)
+    }
+
+    fn with_limits(remember_for: Duration, max_tags: usize) -> LocalClock {
         let floor = Arc::new(AtomicU64::new(0));
-        let f = floor.clone();
-        let last_inv = moka::sync::Cache::builder()
-            .max_capacity(MAX_TAGS)
-            .time_to_live(max_lifetime + LIFETIME_MARGIN)
-            .eviction_listener(move |_k, v: u64, cause| {
-                if cause == moka::notification::RemovalCause::Size {
-                    f.fetch_max(v, Ordering::AcqRel);
-                }
-            })
-            .build();
+        let last_inv = Cache::with(
+            max_tags,
+            max_tags as u64,
+            UnitWeighter,
+            DefaultHashBuilder::default(),
+            RaiseFloor(floor.clone()),
+        );
         LocalClock {
             // Starts at 1 so that 0 can mean "no clock read" in entries.
             clock: AtomicU64::new(1),
             floor,
             last_inv,
+            remember_for,
         }
     }
 
@@ -60,25 +89,50 @@ impl LocalClock {
         // such a reader's fetch starts after the app committed the write (the
         // write's response is what triggered this), so what it stores is fresh.
         let s = self.clock.fetch_add(1, Ordering::AcqRel) + 1;
+        let now = Instant::now();
         for t in tags {
-            self.last_inv
-                .entry_by_ref(t)
-                .and_upsert_with(|old| old.map_or(s, |e| (*e.value()).max(s)));
+            if !self.record(t, s, now) {
+                // Never observed (the map would have to drop the tag's
+                // placeholder under us), but if it were: invalidating
+                // everything older is always safe.
+                self.floor.fetch_max(s, Ordering::AcqRel);
+            }
         }
         s
     }
 
-    /// Whether an entry fetched at `fetch_seq` with `tags` may be served.
-    pub fn valid(&self, fetch_seq: u64, tags: &[String]) -> bool {
-        let floor = self.floor.load(Ordering::Acquire);
-        tags.iter().all(|t| match self.last_inv.get(t) {
-            Some(inv) => inv <= fetch_seq,
-            None => floor <= fetch_seq,
-        })
+    /// `last_inv[tag] = max(last_inv[tag], s)`, atomically per tag.
+    fn record(&self, tag: &str, s: u64, now: Instant) -> bool {
+        for _ in 0..3 {
+            let raise = |_: &String, inv: &mut Inv| {
+                inv.seq = inv.seq.max(s);
+                inv.at = now;
+                EntryAction::Retain(())
+            };
+            let recorded = match self.last_inv.entry(tag, None, raise) {
+                EntryResult::Retained(()) => true,
+                // Fails only if the placeholder was dropped from the map
+                // meanwhile: then look again.
+                EntryResult::Vacant(slot) => slot.insert(Inv { seq: s, at: now }).is_ok(),
+                _ => false,
+            };
+            if recorded {
+                return true;
+            }
+        }
+        false
     }
 
-    pub fn tags_remembered(&self) -> u64 {
-        self.last_inv.entry_count()
+    /// Whether an entry fetched at `fetch_seq` with `tags` may be served.
+    pub fn valid(&self, fetch_seq: u64, tags: &[String]) -> bool {
+        let now = Instant::now();
+        tags.iter().all(|t| match self.last_inv.get(t.as_str()) {
+            Some(inv) if now.duration_since(inv.at) < self.remember_for => inv.seq <= fetch_seq,
+            // Evicted (or never invalidated): `floor`, read only now, after
+            // the lookup — read before it, it could predate the eviction of
+            // this very tag. Expired: older than every entry still alive.
+            _ => self.floor.load(Ordering::Acquire) <= fetch_seq,
+        })
     }
 }
 
@@ -117,5 +171,34 @@ mod tests {
         assert!(s2 > s1);
         assert!(!c.valid(s2 - 1, std::slice::from_ref(&t)));
         assert!(c.valid(s2, std::slice::from_ref(&t)));
+    }
+
+    #[test]
+    fn a_tag_evicted_for_space_still_invalidates_older_entries() {
+        let c = LocalClock::with_limits(Duration::from_secs(60), 100);
+        let fetch = c.now();
+        let tags: Vec<String> = (0..1000).map(|i| format!("t{i}")).collect();
+        for t in &tags {
+            c.invalidate([t]);
+        }
+        assert!(c.last_inv.len() <= 100, "the map is bounded");
+        // Whichever tags were evicted, none may make the old fetch valid.
+        for t in &tags {
+            assert!(!c.valid(fetch, std::slice::from_ref(t)), "{t}");
+        }
+        assert!(c.valid(c.now(), &tags), "a fetch after all of them is fine");
+    }
+
+    #[test]
+    fn an_expired_invalidation_counts_as_the_floor() {
+        let c = LocalClock::with_limits(Duration::from_millis(20), 100);
+        let t = "x".to_string();
+        let fetch = c.now();
+        c.invalidate([&t]);
+        assert!(!c.valid(fetch, std::slice::from_ref(&t)));
+        std::thread::sleep(Duration::from_millis(30));
+        // Only entries younger than `remember_for` exist by then, and this
+        // fetch is not one of them; what matters is that the map forgets.
+        assert!(c.valid(fetch, std::slice::from_ref(&t)));
     }
 }

@@ -1,8 +1,10 @@
 //! The cache store: pingora-cache's [`Storage`] over two tiers.
 //!
-//! - **memory** (always): a moka cache bounded by *bytes* (a weigher), with a
-//!   per-entry expiry at the end of the entry's usefulness (freshness, stale
-//!   windows, and a little time to revalidate with the app's validators).
+//! - **memory** (always): a quick_cache map keyed by the 128-bit cache-key
+//!   hash, bounded by *bytes* (a weigher, S3-FIFO eviction). Each entry ends
+//!   at the end of its usefulness (freshness, stale windows, and a little time
+//!   to revalidate with the app's validators), checked on lookup; an expired
+//!   entry is a miss and is removed, and unread ones go first on eviction.
 //! - **redis** (optional, see [`redis`]): the shared tier. Lookups try memory
 //!   first, then Redis, and copy Redis hits into memory; fills write both.
 //!
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use pingora::cache::key::CacheHashKey;
+use pingora::cache::key::{CacheHashKey, HashBinary};
 use pingora::cache::storage::{
     HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
     PurgeType,
@@ -55,27 +57,37 @@ struct Cached {
     /// The Redis epoch the entry was read or written under (0 without Redis).
     epoch: u64,
     keep_until: Instant,
+    /// `entry.weight()`, computed once: eviction reads it often.
+    weight: u64,
 }
 
-struct KeepUntil;
-
-impl moka::Expiry<String, Arc<Cached>> for KeepUntil {
-    fn expire_after_create(&self, _: &String, v: &Arc<Cached>, now: Instant) -> Option<Duration> {
-        Some(v.keep_until.saturating_duration_since(now))
-    }
-    fn expire_after_update(
-        &self,
-        _: &String,
-        v: &Arc<Cached>,
-        now: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(v.keep_until.saturating_duration_since(now))
+impl Cached {
+    fn new(entry: Entry, epoch: u64, keep_until: Instant) -> Arc<Cached> {
+        Arc::new(Cached {
+            weight: entry.weight() as u64,
+            entry,
+            epoch,
+            keep_until,
+        })
     }
 }
+
+#[derive(Clone)]
+struct ByWeight;
+
+impl quick_cache::Weighter<HashBinary, Arc<Cached>> for ByWeight {
+    fn weight(&self, _: &HashBinary, c: &Arc<Cached>) -> u64 {
+        c.weight
+    }
+}
+
+/// A guess at the mean entry size, only to presize the memory tier's tables.
+const TYPICAL_ENTRY_BYTES: u64 = 4096;
 
 pub struct Store {
-    memory: moka::sync::Cache<String, Arc<Cached>>,
+    /// Keyed by pingora's 128-bit key hash (`CacheKey::combined_bin`): a
+    /// fixed-size key stored inline, no string to allocate or chase.
+    memory: quick_cache::sync::Cache<HashBinary, Arc<Cached>, ByWeight>,
     redis: Option<Arc<RedisTier>>,
     /// The invalidation clock when there is no Redis (with Redis, it lives there
     /// so that every replica shares it).
@@ -93,11 +105,9 @@ impl Store {
         redis: Option<Arc<RedisTier>>,
         max_lifetime: Duration,
     ) -> Store {
-        let memory = moka::sync::Cache::builder()
-            .max_capacity(memory_max_bytes)
-            .weigher(|_k: &String, v: &Arc<Cached>| v.entry.weight().min(u32::MAX as usize) as u32)
-            .expire_after(KeepUntil)
-            .build();
+        let estimated_entries = (memory_max_bytes / TYPICAL_ENTRY_BYTES).max(1024) as usize;
+        let memory =
+            quick_cache::sync::Cache::with_weighter(estimated_entries, memory_max_bytes, ByWeight);
         Store {
             memory,
             redis,
@@ -156,34 +166,37 @@ impl Store {
         self.redis.as_ref().is_none_or(|r| r.available())
     }
 
-    /// Entries and bytes in the memory tier (approximate, moka is lazy).
+    /// Entries and bytes in the memory tier (expired entries count until a
+    /// lookup or eviction removes them).
     pub fn memory_usage(&self) -> (u64, u64) {
-        self.memory.run_pending_tasks();
-        (self.memory.entry_count(), self.memory.weighted_size())
+        (self.memory.len() as u64, self.memory.weight())
     }
 
     fn current_epoch(&self) -> u64 {
         self.redis.as_ref().map(|r| r.epoch()).unwrap_or(0)
     }
 
-    async fn find(&self, key: &str) -> Option<Arc<Cached>> {
+    async fn find(&self, key: &HashBinary) -> Option<Arc<Cached>> {
         let epoch = self.current_epoch();
         if let Some(c) = self.memory.get(key) {
             // Entries from before a Redis restart or a rules change may have
-            // been replaced in Redis by another replica: look there.
-            let current = c.epoch == epoch && self.same_rules(&c.entry);
+            // been replaced in Redis by another replica: look there. So may an
+            // expired one have been (Redis expires its copy at the same time).
+            let current =
+                c.epoch == epoch && self.same_rules(&c.entry) && c.keep_until > Instant::now();
             if current && self.still_valid(&c.entry).await {
                 METRICS.store_hits.with_label_values(&["memory"]).inc();
                 return Some(c);
             }
-            self.memory.invalidate(key);
+            // Only this copy: a fill may have replaced it meanwhile.
+            self.memory.remove_if(key, |v| Arc::ptr_eq(v, &c));
             if current {
                 // Invalidated: Redis holds the same stale copy.
                 return None;
             }
         }
         let redis = self.redis.as_ref()?;
-        let (bytes, epoch) = redis.get(key).await?;
+        let (bytes, epoch) = redis.get(&redis_key(key)).await?;
         let entry = match Entry::decode(bytes) {
             Ok(e) => e,
             Err(e) => {
@@ -197,37 +210,46 @@ impl Store {
         }
         METRICS.store_hits.with_label_values(&["redis"]).inc();
         let meta = decode_meta(&entry).ok()?;
-        let c = Arc::new(Cached {
-            keep_until: keep_until(&meta, self.max_lifetime),
-            entry,
-            epoch,
-        });
-        self.memory.insert(key.to_string(), c.clone());
+        let c = Cached::new(entry, epoch, keep_until(&meta, self.max_lifetime));
+        self.memory.insert(*key, c.clone());
         Some(c)
     }
 
-    async fn put(&self, key: String, entry: Entry, meta: &CacheMeta) {
+    async fn put(&self, key: HashBinary, entry: Entry, meta: &CacheMeta) {
         let keep = keep_until(meta, self.max_lifetime);
         let ttl = keep.saturating_duration_since(Instant::now());
+        let encoded = entry.encode();
         if let Some(redis) = &self.redis {
-            redis.set(&key, &entry.encode(), ttl).await;
+            redis.set(&redis_key(&key), &encoded, ttl).await;
         }
-        let c = Arc::new(Cached {
-            entry,
-            epoch: self.current_epoch(),
-            keep_until: keep,
-        });
-        self.memory.insert(key, c);
+        // Kept as slices of its encoding: meta and body in one allocation
+        // (the fill's body buffer has spare capacity, and three buffers are
+        // three cache misses on a hit in a large cache).
+        let entry = Entry::decode(encoded).unwrap_or(entry);
+        self.memory
+            .insert(key, Cached::new(entry, self.current_epoch(), keep));
     }
 
-    async fn remove(&self, key: &str) -> bool {
+    async fn remove(&self, key: &HashBinary) -> bool {
         let in_memory = self.memory.remove(key).is_some();
         let in_redis = match &self.redis {
-            Some(r) => r.delete(key).await,
+            Some(r) => r.delete(&redis_key(key)).await,
             None => false,
         };
         in_memory || in_redis
     }
+}
+
+/// The Redis key of a cache key: its hash in hex, as pingora's
+/// `CacheKey::combined()` spells it (without hashing the key a second time).
+fn redis_key(key: &HashBinary) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(key.len() * 2);
+    for b in key {
+        s.push(HEX[(b >> 4) as usize] as char);
+        s.push(HEX[(b & 0xf) as usize] as char);
+    }
+    s
 }
 
 fn decode_meta(e: &Entry) -> Result<CacheMeta> {
@@ -252,7 +274,7 @@ impl Storage for Store {
         key: &CacheKey,
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let Some(c) = self.find(&key.combined()).await else {
+        let Some(c) = self.find(&key.combined_bin()).await else {
             return Ok(None);
         };
         let meta = decode_meta(&c.entry)?;
@@ -283,7 +305,7 @@ impl Storage for Store {
         };
         Ok(Box::new(Miss {
             store: self,
-            key: key.combined(),
+            key: key.combined_bin(),
             meta_internal: internal.into(),
             meta_header: header.into(),
             fill,
@@ -297,7 +319,7 @@ impl Storage for Store {
         _purge_type: PurgeType,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
-        if self.remove(&target.key().combined()).await {
+        if self.remove(&target.key().combined_bin()).await {
             Ok(PurgeOutcome::Purged(None))
         } else {
             Ok(PurgeOutcome::NotFound)
@@ -310,7 +332,7 @@ impl Storage for Store {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<bool> {
-        let k = key.combined();
+        let k = key.combined_bin();
         let Some(old) = self.find(&k).await else {
             return Ok(false);
         };
@@ -386,7 +408,7 @@ impl HandleHit for Hit {
 
 struct Miss {
     store: &'static Store,
-    key: String,
+    key: HashBinary,
     meta_internal: Bytes,
     meta_header: Bytes,
     fill: FillInfo,
@@ -413,5 +435,17 @@ impl HandleMiss for Miss {
         let meta = decode_meta(&entry)?;
         self.store.put(self.key, entry, &meta).await;
         Ok(MissFinishType::Created(size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::cache::CacheKey;
+
+    #[test]
+    fn redis_keys_are_the_hex_pingora_names_keys_by() {
+        let key = CacheKey::new("/studio/api/scenes/42", "");
+        assert_eq!(redis_key(&key.combined_bin()), key.combined());
     }
 }
