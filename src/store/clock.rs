@@ -190,6 +190,46 @@ mod tests {
     }
 
     #[test]
+    fn evictions_racing_with_reads_never_validate_an_older_fetch() {
+        // A small map, so that every tag is evicted soon after it is
+        // recorded, while readers check fetches that began just before each
+        // recent invalidation: whether a reader finds the tag or the raised
+        // floor, such a fetch must never be valid.
+        const TAGS: usize = 100_000;
+        let c = LocalClock::with_limits(Duration::from_secs(60), 32);
+        let tags: Vec<String> = (0..TAGS).map(|i| format!("t{i}")).collect();
+        let seqs: Vec<AtomicU64> = (0..TAGS).map(|_| AtomicU64::new(0)).collect();
+        let recorded = AtomicU64::new(0);
+        let stale = AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for (i, t) in tags.iter().enumerate() {
+                    seqs[i].store(c.invalidate([t]), Ordering::Release);
+                    recorded.store(i as u64 + 1, Ordering::Release);
+                }
+            });
+            scope.spawn(|| {
+                let mut k = 0u64;
+                loop {
+                    let n = recorded.load(Ordering::Acquire);
+                    if n as usize == TAGS {
+                        break;
+                    }
+                    k = k.wrapping_add(1);
+                    let Some(i) = n.checked_sub(1 + k % 8) else {
+                        continue;
+                    };
+                    let fetch = seqs[i as usize].load(Ordering::Acquire) - 1;
+                    if c.valid(fetch, std::slice::from_ref(&tags[i as usize])) {
+                        stale.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        });
+        assert_eq!(stale.load(Ordering::Relaxed), 0, "stale validations");
+    }
+
+    #[test]
     fn an_expired_invalidation_counts_as_the_floor() {
         let c = LocalClock::with_limits(Duration::from_millis(20), 100);
         let t = "x".to_string();
