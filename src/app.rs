@@ -151,6 +151,7 @@ pub fn run(start: Start) -> anyhow::Result<()> {
             monitor: monitor.clone(),
             store,
             lock,
+            prefetch: crate::prefetch::Prefetcher::new(listen),
         },
         "proxy",
     );

@@ -72,8 +72,10 @@ impl Flag {
 
     pub fn default_value(self) -> bool {
         // The admin page is for operators who ask for it (rollout guide:
-        // "only for admins").
-        !matches!(self, Flag::DebugPanel)
+        // "only for admins"). Prefetching sends the app extra requests after
+        // every write: opted into once the hit rate is watched, as the
+        // rollout guide's "Day 3: enable prefetching" did.
+        !matches!(self, Flag::DebugPanel | Flag::Prefetch)
     }
 
     /// The names the app team's rollout guide already uses.

@@ -235,6 +235,7 @@ impl Invalidation {
         let mut plan = WritePlan {
             tags: BTreeSet::from([own_tag(path)]),
             matched: Vec::new(),
+            refetch: Vec::new(),
         };
         for rule in &self.rules {
             if !rule.methods.is_empty() && !rule.methods.contains(method) {
@@ -261,6 +262,11 @@ impl Invalidation {
                             .map(|(k, v)| (k.clone(), v.clone()))
                     })
                     .collect();
+                if let Some(path) = values.as_deref().and_then(|v| concrete_path(t, v)) {
+                    if !plan.refetch.contains(&path) {
+                        plan.refetch.push(path);
+                    }
+                }
                 let (tag, why) = match values {
                     Some(v) if !t.params.is_empty() => {
                         let desc = v
@@ -338,6 +344,10 @@ impl Invalidation {
 pub struct WritePlan {
     pub tags: BTreeSet<String>,
     pub matched: Vec<MatchedRule>,
+    /// The exact paths the matched purge targets name (every segment known:
+    /// no wildcard, every parameter bound by the write), which prefetching
+    /// can fetch again. Families (`*`, unbound parameters) are not listed.
+    pub refetch: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -363,6 +373,25 @@ pub const ALL_TAG: &str = "a:all";
 
 pub fn own_tag(path: &str) -> String {
     format!("u:{}", crate::cachekey::normalize_path(path))
+}
+
+/// `t` with its parameters replaced by `values`; `None` if a segment stays
+/// open (a wildcard, or a parameter without a value).
+fn concrete_path(t: &Target, values: &[(String, String)]) -> Option<String> {
+    let segments: Option<Vec<&str>> = t
+        .canonical
+        .split('/')
+        .map(
+            |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(name) => values
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.as_str()),
+                None => Some(seg),
+            },
+        )
+        .collect();
+    Some(segments?.join("/"))
 }
 
 fn family_tag(t: &Target) -> String {
@@ -489,6 +518,22 @@ mod tests {
         assert!(!other
             .iter()
             .any(|t| plan.tags.contains(t) && t.contains("scenes")));
+    }
+
+    #[test]
+    fn a_write_lists_the_exact_paths_it_purges_for_refetching() {
+        let inv = rules();
+        let plan = inv.plan_write(&Method::POST, "/community/api/posts/9/like");
+        assert_eq!(
+            plan.refetch,
+            vec!["/community/api/posts/9", "/community/api/posts"]
+        );
+        // Families (`*`) cannot be listed; bound parameters can.
+        let plan = inv.plan_write(&Method::PATCH, "/studio/api/scenes/42");
+        assert_eq!(
+            plan.refetch,
+            vec!["/studio/api/scenes/42", "/studio/api/stories/42"]
+        );
     }
 
     #[test]

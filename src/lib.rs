@@ -13,6 +13,7 @@
 //! - [`proxy`]: the request path, pingora's `ProxyHttp` — start reading here.
 //! - [`cachekey`]: what makes two requests the same for the cache.
 //! - [`invalidation`]: invalidation rules → tags; what a write makes stale.
+//! - [`prefetch`]: refetching what a write purged, so the next read hits.
 //! - [`store`]: pingora-cache `Storage` over the memory tier and Redis.
 //! - [`metrics`]: every Prometheus metric, one registry.
 //! - [`monitor`]: counters over time, alerts, recent operations (admin API/page).
@@ -36,6 +37,7 @@ pub mod flags;
 pub mod invalidation;
 pub mod metrics;
 pub mod monitor;
+pub mod prefetch;
 pub mod proxy;
 pub mod reload;
 pub mod rules;

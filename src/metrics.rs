@@ -47,6 +47,8 @@ pub struct Metrics {
     pub invalidation_failures: IntCounter,
     /// Writes that matched no invalidation rule, by cache route rule (`-`: none).
     pub unmatched_writes: IntCounterVec,
+    /// Background refetches after writes, by result (`ok`, `error`, `skipped`).
+    pub prefetches: IntCounterVec,
     /// Config reloads by result (`success`, `error`).
     pub config_reloads: IntCounterVec,
     pub config_last_reload_successful: IntGauge,
@@ -219,6 +221,14 @@ impl Metrics {
             &["route"],
         )
         .expect("static metric definition");
+        let prefetches = IntCounterVec::new(
+            Opts::new(
+                "freshgate_prefetches_total",
+                "Refetches of purged paths after a write (prefetch flag), by result.",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
         let config_reloads = IntCounterVec::new(
             Opts::new(
                 "freshgate_config_reloads_total",
@@ -264,6 +274,7 @@ impl Metrics {
             Box::new(invalidated_tags.clone()),
             Box::new(invalidation_failures.clone()),
             Box::new(unmatched_writes.clone()),
+            Box::new(prefetches.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_last_reload_successful.clone()),
             Box::new(config_last_success_seconds.clone()),
@@ -294,6 +305,7 @@ impl Metrics {
             invalidated_tags,
             invalidation_failures,
             unmatched_writes,
+            prefetches,
             config_reloads,
             config_last_reload_successful,
             config_last_success_seconds,

@@ -16,9 +16,10 @@
 //! 5. `response_cache_filter` decides whether the app's answer may be stored
 //!    (RFC 9111 plus the safety rules), and with which freshness.
 //! 6. `response_filter` invalidates what a successful write changed (before
-//!    the client hears back), then labels every response with `X-Cache` and
-//!    `Cache-Status`.
-//! 7. `logging` counts it.
+//!    the client hears back) and, with the `prefetch` flag, starts refetching
+//!    the exact paths it purged (see `prefetch`); then labels every response
+//!    with `X-Cache` and `Cache-Status`.
+//! 7. `logging` counts it (refetches are not client traffic: not counted).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -44,6 +45,7 @@ use crate::invalidation::{self, ALL_TAG};
 use crate::metrics::{status_class, METRICS};
 use crate::monitor::series::Kind;
 use crate::monitor::{Event, Monitor};
+use crate::prefetch::{self, Prefetcher};
 use crate::reload::Live;
 use crate::rules::Rule;
 use crate::store::{FillInfo, Store};
@@ -76,6 +78,7 @@ pub struct Proxy {
     pub monitor: Arc<Monitor>,
     pub store: &'static Store,
     pub lock: &'static CacheKeyLockImpl,
+    pub prefetch: Prefetcher,
 }
 
 /// What happened to one request, as reported in `X-Cache`.
@@ -138,6 +141,8 @@ pub struct Ctx {
     upstream_started: Option<Instant>,
     /// The invalidation clock, read before a miss went to the app.
     fetch_seq: Option<u64>,
+    /// This request is one of our own refetches (see `prefetch`).
+    refetch: bool,
 }
 
 #[async_trait]
@@ -154,6 +159,7 @@ impl ProxyHttp for Proxy {
             started: Instant::now(),
             upstream_started: None,
             fetch_seq: None,
+            refetch: false,
         }
     }
 
@@ -167,6 +173,9 @@ impl ProxyHttp for Proxy {
             .routes
             .lookup(session.req_header().uri.path())
             .cloned();
+        ctx.refetch = self
+            .prefetch
+            .is_refetch(session.req_header().headers.get(prefetch::HEADER));
         Ok(false)
     }
 
@@ -271,6 +280,8 @@ impl ProxyHttp for Proxy {
             upstream.insert_header("x-forwarded-for", xff)?;
         }
         upstream.insert_header("x-forwarded-proto", "http")?;
+        // The refetch marker carries a secret: the app has no use for it.
+        upstream.remove_header(prefetch::HEADER);
         if upstream.headers.get(header::HOST).is_none() {
             upstream.insert_header(header::HOST, ctx.config.upstream.host.as_str())?;
         }
@@ -359,6 +370,11 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.refetch {
+            // Counted as prefetches (`freshgate_prefetches_total`), not as
+            // client requests: they would lower the reported hit rate.
+            return;
+        }
         let route = ctx.rule.as_ref().map(|r| r.name.as_str()).unwrap_or("-");
         let label = ctx.outcome.label();
         let elapsed = ctx.started.elapsed();
@@ -414,7 +430,7 @@ impl Proxy {
         // after a rules swap is tagged by the new rules, so a write that
         // finishes after it must invalidate by them too.
         let config = self.live.config();
-        let (tags, rules) = if self.live.flags.get(Flag::Invalidation, &config) {
+        let (tags, rules, refetch) = if self.live.flags.get(Flag::Invalidation, &config) {
             self.write_tags(&config, req, resp, ctx)
         } else {
             // Rules off: be coarse rather than stale.
@@ -422,6 +438,7 @@ impl Proxy {
             (
                 BTreeSet::from([ALL_TAG.to_string()]),
                 vec!["(all)".to_string()],
+                Vec::new(),
             )
         };
         let started = Instant::now();
@@ -430,6 +447,12 @@ impl Proxy {
                 path = req.uri.path(),
                 "invalidation not recorded yet: the cache is bypassed until it is"
             );
+        } else if self.live.flags.get(Flag::Prefetch, &config)
+            && self.live.flags.get(Flag::Cache, &config)
+        {
+            // Only now: a refetch must begin after the invalidation is
+            // recorded, so that the clock it reads makes its fill current.
+            self.refetch(&config, req, refetch);
         }
         if self.live.flags.get(Flag::Monitoring, &config) {
             self.monitor.count(Kind::Write, &rules);
@@ -456,16 +479,36 @@ impl Proxy {
         }
     }
 
+    /// Refetch what a write purged: its own path and the exact paths its
+    /// rules name, where a route rule caches them for everyone (no keyed
+    /// headers or cookies: a refetch carries no client's).
+    fn refetch(&self, config: &Config, req: &RequestHeader, mut paths: Vec<String>) {
+        let Some(host) = req.headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+            return;
+        };
+        let own = req.uri.path().to_string();
+        if !paths.contains(&own) {
+            paths.insert(0, own);
+        }
+        paths.retain(|p| {
+            config
+                .routes
+                .lookup(p)
+                .is_some_and(|r| r.enabled && r.key_headers.is_empty() && r.key_cookies.is_empty())
+        });
+        self.prefetch.refetch(host, paths);
+    }
+
     /// What the rules, RFC 9111 section 4.4 and the app's headers say a write
-    /// invalidates, and the names of the rules that matched; counts matched
-    /// and unmatched writes on the way.
+    /// invalidates, the names of the rules that matched, and the exact paths
+    /// they purge; counts matched and unmatched writes on the way.
     fn write_tags(
         &self,
         config: &Config,
         req: &RequestHeader,
         resp: &ResponseHeader,
         ctx: &Ctx,
-    ) -> (BTreeSet<String>, Vec<String>) {
+    ) -> (BTreeSet<String>, Vec<String>, Vec<String>) {
         let path = req.uri.path();
         let plan = config.invalidation.plan_write(&req.method, path);
         let mut tags = plan.tags;
@@ -499,7 +542,7 @@ impl Proxy {
         if names.is_empty() {
             names.push(UNMATCHED.to_string());
         }
-        (tags, names)
+        (tags, names, plan.refetch)
     }
 }
 

@@ -190,16 +190,16 @@ async fn admin_page_follows_traffic_toggles_a_flag_and_purges() {
 
     // Toggle a flag with its checkbox: the server has it, from "runtime".
     b.wait_for(
-        "the prefetch flag checkbox",
-        "!!document.getElementById('flag-prefetch') && document.getElementById('flag-prefetch').checked",
+        "the serve_stale flag checkbox",
+        "!!document.getElementById('flag-serve_stale') && document.getElementById('flag-serve_stale').checked",
     )
     .await;
-    b.eval("document.getElementById('flag-prefetch').click()");
+    b.eval("document.getElementById('flag-serve_stale').click()");
     let end = Instant::now() + Duration::from_secs(10);
     loop {
         let flags = fg.admin_json("/api/flags").await;
-        if flags["flags"]["prefetch"]["enabled"] == false {
-            assert_eq!(flags["flags"]["prefetch"]["source"], "runtime");
+        if flags["flags"]["serve_stale"]["enabled"] == false {
+            assert_eq!(flags["flags"]["serve_stale"]["source"], "runtime");
             break;
         }
         assert!(Instant::now() < end, "the flag never flipped: {flags}");

@@ -333,3 +333,63 @@ async fn purge_api_by_pattern_tag_and_everything() {
     assert_eq!(purge(r#"{"pattern": "/a/**/b"}"#).await.status, 400);
     assert_eq!(purge("{}").await.status, 400);
 }
+
+#[tokio::test]
+async fn with_prefetch_a_write_refetches_what_it_purged_so_the_next_read_hits() {
+    let origin = Origin::start(0);
+    let config = format!("{TEST_CONFIG}flags:\n  prefetch: true\n");
+    let fg = Freshgate::start(&origin.url(), None, &config);
+    let post = fg.url("/community/api/posts/7");
+    let list = fg.url("/community/api/posts");
+    for u in [&post, &list] {
+        get(u).await;
+        assert_eq!(get(u).await.x_cache, "HIT");
+    }
+    let app_before = origin.requests().await;
+    let liked = send(client().post(fg.url("/community/api/posts/7/like"))).await;
+    assert_eq!(liked.json()["likes"], 1);
+    // Both exact paths the rule purges are fetched again, in the background.
+    fg.metrics_with(&["freshgate_prefetches_total{result=\"ok\"} 2"])
+        .await;
+    let p = get(&post).await;
+    assert_eq!(p.x_cache, "HIT", "refetched after the write");
+    assert_eq!(p.json()["likes"], 1, "with the write's effect");
+    let l = get(&list).await;
+    assert_eq!(l.x_cache, "HIT");
+    let seven = l.json()["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|i| i["id"] == 7).cloned())
+        .expect("post 7 is listed");
+    assert_eq!(seven["likes"], 1);
+    assert_eq!(
+        origin.requests().await - app_before,
+        3,
+        "the write and one refetch per purged path reached the app"
+    );
+    // Refetches are not client traffic: the only misses are the first reads.
+    let metrics = fg
+        .metrics_with(&["freshgate_requests_total{result=\"hit\",route=\"post\"} 2"])
+        .await;
+    assert!(
+        metrics.contains("freshgate_requests_total{result=\"miss\",route=\"post\"} 1"),
+        "{metrics}"
+    );
+
+    // Switched off at run time: the next write refetches nothing.
+    let put = send(
+        client()
+            .put(fg.admin_url("/api/flags"))
+            .header("content-type", "application/json")
+            .body(r#"{"prefetch": false}"#),
+    )
+    .await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    send(client().post(fg.url("/community/api/posts/7/like"))).await;
+    let p = get(&post).await;
+    assert_eq!(p.x_cache, "MISS");
+    assert_eq!(p.json()["likes"], 2);
+    assert!(fg
+        .metrics_with(&["freshgate_prefetches_total{result=\"ok\"} 2"])
+        .await
+        .contains("freshgate_prefetches_total{result=\"ok\"} 2\n"));
+}
