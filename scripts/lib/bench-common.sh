@@ -1,0 +1,18 @@
+# Shared by the scripts/bench-* load scripts (sourced, not run): the release
+# binary, a scratch directory, and the processes they start, all stopped and
+# removed on exit (also on Ctrl-C / SIGTERM).
+cargo build --release --locked --bin freshgate
+bin=$PWD/target/release/freshgate
+dir=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$dir"; }
+trap cleanup EXIT
+trap "exit 130" INT TERM
+# A free loopback port (benchmarks only: the tests use their own allocator).
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# wait_healthy ADMIN_PORT: until freshgate's admin listener answers (10 s at most).
+wait_healthy() {
+  for _ in $(seq 100); do curl -sf "127.0.0.1:$1/healthz" >/dev/null && return 0; sleep 0.1; done
+  echo "freshgate on admin port $1 did not come up" >&2
+  return 1
+}
