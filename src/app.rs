@@ -23,6 +23,7 @@ use crate::config::{Config, Overrides};
 use crate::demo::DemoApp;
 use crate::flags::{Flag, Flags};
 use crate::monitor::Monitor;
+use crate::prefetch::Prefetcher;
 use crate::proxy::Proxy;
 use crate::reload::Live;
 use crate::store::redis::{Consistency, RedisTier};
@@ -144,6 +145,14 @@ pub fn run(start: Start) -> anyhow::Result<()> {
         ));
     }
 
+    let prefetch = Arc::new(Prefetcher::new(listen));
+    server.add_service(background_service(
+        "warmer",
+        Warmer {
+            prefetch: prefetch.clone(),
+            live: live.clone(),
+        },
+    ));
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         Proxy {
@@ -151,7 +160,7 @@ pub fn run(start: Start) -> anyhow::Result<()> {
             monitor: monitor.clone(),
             store,
             lock,
-            prefetch: crate::prefetch::Prefetcher::new(listen),
+            prefetch,
         },
         "proxy",
     );
@@ -222,6 +231,30 @@ impl BackgroundService for FlagSync {
 
 /// How often a replica adds its counters to the fleet-wide ones in Redis.
 const MONITOR_FLUSH_EVERY: Duration = Duration::from_secs(5);
+
+/// Fetches the config's `warm:` paths once, when the proxy listener is up.
+struct Warmer {
+    prefetch: Arc<Prefetcher>,
+    live: Arc<Live>,
+}
+
+#[async_trait]
+impl BackgroundService for Warmer {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let config = self.live.config();
+        if config.warm.paths.is_empty() || !self.live.flags.get(Flag::Cache, &config) {
+            return;
+        }
+        if !self.prefetch.wait_listening(Duration::from_secs(10)).await {
+            tracing::warn!("not warming: the proxy listener did not come up within 10 s");
+            return;
+        }
+        info!(paths = config.warm.paths.len(), host = %config.warm.host, "warming");
+        self.prefetch
+            .warm(&config.warm.host, &config.warm.paths)
+            .await;
+    }
+}
 
 /// Evaluates alerts every `monitoring.evaluate_every` and flushes counters
 /// to Redis, following config reloads.

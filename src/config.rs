@@ -62,6 +62,17 @@ pub struct RawConfig {
     pub flags: FileFlags,
     #[serde(default)]
     pub monitoring: RawMonitoring,
+    #[serde(default)]
+    pub warm: RawWarm,
+}
+
+/// `warm:` — paths fetched through the cache once at start.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWarm {
+    pub host: Option<String>,
+    #[serde(default)]
+    pub paths: Vec<String>,
 }
 
 /// `monitoring:` — alert thresholds and what the admin API keeps.
@@ -301,7 +312,21 @@ pub struct Config {
     /// Invalidation rule name -> the route rules its purge targets fall
     /// under (for "how often is this route invalidated" in the monitoring).
     pub purged_routes: HashMap<String, Vec<String>>,
+    pub warm: Warm,
 }
+
+/// Paths to fetch through the cache once freshgate has started, so that the
+/// first readers after a deploy hit (see `crate::prefetch`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Warm {
+    /// The `Host` the warming requests carry: it is part of the cache key, so
+    /// it must be the one clients send.
+    pub host: String,
+    pub paths: Vec<String>,
+}
+
+/// Warming is a start-up burst: bounded so a config cannot make it a flood.
+const MAX_WARM_PATHS: usize = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct Upstream {
@@ -750,6 +775,33 @@ fn validate(
     };
 
     let monitoring = validate_monitoring(raw.monitoring, &mut problem);
+    let warm = Warm {
+        host: raw.warm.host.unwrap_or_else(|| listen.to_string()),
+        paths: raw.warm.paths,
+    };
+    if warm.host.is_empty() || warm.host.contains(|c: char| c.is_whitespace() || c == '/') {
+        problem(
+            "host",
+            format!(
+                "warm.host {:?} is not a host name (e.g. app.example.com)",
+                warm.host
+            ),
+        );
+    }
+    if warm.paths.len() > MAX_WARM_PATHS {
+        problem(
+            "warm",
+            format!("warm.paths may list at most {MAX_WARM_PATHS} paths"),
+        );
+    }
+    for p in &warm.paths {
+        if !p.starts_with('/') || p.contains(char::is_whitespace) {
+            problem(
+                p,
+                format!("warm path {p:?} must start with / and contain no spaces"),
+            );
+        }
+    }
     let purged_routes = invalidation
         .rules
         .iter()
@@ -809,6 +861,7 @@ fn validate(
         rules_fingerprint,
         monitoring,
         purged_routes,
+        warm,
         text_hash: hash_of(text),
     })
 }
@@ -884,6 +937,19 @@ mod tests {
         let e = Config::from_str(text, None, &Overrides::default()).unwrap_err();
         assert_eq!(e.problems[0].line, Some(2));
         assert!(e.problems[0].message.contains("listne"), "{e}");
+    }
+
+    #[test]
+    fn warm_paths_are_checked_and_the_host_defaults_to_the_listen_address() {
+        let ok = "listen: 127.0.0.1:8080\nwarm:\n  paths: [/a, /b?page=2]\n";
+        let c = Config::from_str(ok, None, &Overrides::default()).unwrap();
+        assert_eq!(c.warm.host, "127.0.0.1:8080");
+        assert_eq!(c.warm.paths, vec!["/a", "/b?page=2"]);
+        let bad = "warm:\n  host: app.example.com\n  paths:\n    - /ok\n    - nope\n";
+        let e = Config::from_str(bad, None, &Overrides::default()).unwrap_err();
+        assert_eq!(e.problems.len(), 1, "{e}");
+        assert_eq!(e.problems[0].line, Some(5), "{e}");
+        assert!(e.problems[0].message.contains("\"nope\""), "{e}");
     }
 
     #[test]

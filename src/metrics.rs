@@ -49,6 +49,8 @@ pub struct Metrics {
     pub unmatched_writes: IntCounterVec,
     /// Background refetches after writes, by result (`ok`, `error`, `skipped`).
     pub prefetches: IntCounterVec,
+    /// Start-up warming requests (`warm:` paths), by result (`ok`, `error`).
+    pub warmed: IntCounterVec,
     /// Config reloads by result (`success`, `error`).
     pub config_reloads: IntCounterVec,
     pub config_last_reload_successful: IntGauge,
@@ -229,6 +231,14 @@ impl Metrics {
             &["result"],
         )
         .expect("static metric definition");
+        let warmed = IntCounterVec::new(
+            Opts::new(
+                "freshgate_warmed_total",
+                "Start-up warming fetches of the warm: paths, by result.",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
         let config_reloads = IntCounterVec::new(
             Opts::new(
                 "freshgate_config_reloads_total",
@@ -275,6 +285,7 @@ impl Metrics {
             Box::new(invalidation_failures.clone()),
             Box::new(unmatched_writes.clone()),
             Box::new(prefetches.clone()),
+            Box::new(warmed.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_last_reload_successful.clone()),
             Box::new(config_last_success_seconds.clone()),
@@ -306,6 +317,7 @@ impl Metrics {
             invalidation_failures,
             unmatched_writes,
             prefetches,
+            warmed,
             config_reloads,
             config_last_reload_successful,
             config_last_success_seconds,

@@ -10,8 +10,11 @@
 //! shared entries. Only paths a route rule caches are refetched; families
 //! (`/chapters/*`) are not, since their members are unknown.
 //!
+//! Warming (`warm:` in the config) uses the same path once at start: it
+//! fetches a configured list of paths so the first readers after a deploy hit.
+//!
 //! Bounded: at most [`CONCURRENT`] refetches run at once; more are skipped
-//! (counted), never queued. Refetch requests are marked with a per-process
+//! (counted), never queued; warming waits its turn instead. Refetch requests are marked with a per-process
 //! secret header so that they are not counted as client traffic (they would
 //! otherwise lower the hit rate the monitoring reports).
 
@@ -19,8 +22,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus::IntCounterVec;
 use rand::Rng;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::METRICS;
 
@@ -69,35 +73,71 @@ impl Prefetcher {
     }
 
     /// Refetch `paths` in the background, with the write's `host` (part of
-    /// the cache key).
+    /// the cache key). A path that finds every permit taken is skipped.
     pub fn refetch(&self, host: &str, paths: Vec<String>) {
         for path in paths {
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
                 METRICS.prefetches.with_label_values(&["skipped"]).inc();
                 continue;
             };
-            let url = format!("http://{}{}", self.target, path);
-            let req = self
-                .agent
-                .get(&url)
-                .header(HEADER, &self.secret)
-                .header("host", host);
-            tokio::task::spawn_blocking(move || {
-                let result = req.call().and_then(|mut resp| {
-                    // Read it all: the fill completes with the body.
-                    std::io::copy(&mut resp.body_mut().as_reader(), &mut std::io::sink())?;
-                    Ok(resp.status())
-                });
-                let label = match result {
-                    Ok(s) if s.is_success() => "ok",
-                    Ok(_) | Err(_) => "error",
-                };
-                if let Err(e) = &result {
-                    tracing::debug!(%url, error = %e, "refetch failed");
-                }
-                METRICS.prefetches.with_label_values(&[label]).inc();
-                drop(permit);
-            });
+            self.fetch(host, &path, permit, &METRICS.prefetches);
         }
+    }
+
+    /// Fetch `paths` once, at most [`CONCURRENT`] at a time (waiting for a
+    /// permit rather than skipping: warming is a one-off list).
+    pub async fn warm(&self, host: &str, paths: &[String]) {
+        for path in paths {
+            let Ok(permit) = self.permits.clone().acquire_owned().await else {
+                return;
+            };
+            self.fetch(host, path, permit, &METRICS.warmed);
+        }
+    }
+
+    /// Wait until the proxy listener accepts connections (it starts beside
+    /// the service that warms); false after `limit`.
+    pub async fn wait_listening(&self, limit: Duration) -> bool {
+        let end = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < end {
+            if tokio::net::TcpStream::connect(self.target).await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// One GET through our own listener on a blocking thread, counted in
+    /// `counter` by result; `permit` is released when it ends.
+    fn fetch(
+        &self,
+        host: &str,
+        path: &str,
+        permit: OwnedSemaphorePermit,
+        counter: &'static IntCounterVec,
+    ) {
+        let url = format!("http://{}{}", self.target, path);
+        let req = self
+            .agent
+            .get(&url)
+            .header(HEADER, &self.secret)
+            .header("host", host);
+        tokio::task::spawn_blocking(move || {
+            let result = req.call().and_then(|mut resp| {
+                // Read it all: the fill completes with the body.
+                std::io::copy(&mut resp.body_mut().as_reader(), &mut std::io::sink())?;
+                Ok(resp.status())
+            });
+            let label = match &result {
+                Ok(s) if s.is_success() => "ok",
+                Ok(_) | Err(_) => "error",
+            };
+            if let Err(e) = &result {
+                tracing::debug!(%url, error = %e, "refetch failed");
+            }
+            counter.with_label_values(&[label]).inc();
+            drop(permit);
+        });
     }
 }

@@ -78,7 +78,7 @@ pub struct Proxy {
     pub monitor: Arc<Monitor>,
     pub store: &'static Store,
     pub lock: &'static CacheKeyLockImpl,
-    pub prefetch: Prefetcher,
+    pub prefetch: Arc<Prefetcher>,
 }
 
 /// What happened to one request, as reported in `X-Cache`.

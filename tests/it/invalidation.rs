@@ -393,3 +393,21 @@ async fn with_prefetch_a_write_refetches_what_it_purged_so_the_next_read_hits() 
         .await
         .contains("freshgate_prefetches_total{result=\"ok\"} 2\n"));
 }
+
+#[tokio::test]
+async fn warm_paths_are_cached_once_freshgate_has_started() {
+    let origin = Origin::start(0);
+    let config =
+        format!("{TEST_CONFIG}warm:\n  paths: [/community/api/posts/3, /studio/api/scenes/111]\n");
+    let fg = Freshgate::start(&origin.url(), None, &config);
+    fg.metrics_with(&["freshgate_warmed_total{result=\"ok\"} 2"])
+        .await;
+    for p in ["/community/api/posts/3", "/studio/api/scenes/111"] {
+        assert_eq!(get(&fg.url(p)).await.x_cache, "HIT", "{p}");
+    }
+    assert_eq!(
+        origin.requests().await,
+        2,
+        "only the warming fetches reached the app"
+    );
+}
