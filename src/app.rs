@@ -151,6 +151,7 @@ pub fn run(start: Start) -> anyhow::Result<()> {
         Warmer {
             prefetch: prefetch.clone(),
             live: live.clone(),
+            store,
         },
     ));
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
@@ -236,6 +237,7 @@ const MONITOR_FLUSH_EVERY: Duration = Duration::from_secs(5);
 struct Warmer {
     prefetch: Arc<Prefetcher>,
     live: Arc<Live>,
+    store: &'static Store,
 }
 
 #[async_trait]
@@ -248,6 +250,14 @@ impl BackgroundService for Warmer {
         if !self.prefetch.wait_listening(Duration::from_secs(10)).await {
             tracing::warn!("not warming: the proxy listener did not come up within 10 s");
             return;
+        }
+        // With Redis, fetches made before the tier connects pass through
+        // uncached: give it the same time to come up.
+        for _ in 0..200 {
+            if self.store.usable() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         info!(paths = config.warm.paths.len(), host = %config.warm.host, "warming");
         self.prefetch

@@ -282,3 +282,18 @@ async fn bounded_mode_survives_a_redis_restart_and_resumes_caching() {
     // The entry from before the restart was fetched again, not reused.
     assert!(origin.requests().await >= 2);
 }
+
+#[tokio::test]
+async fn warming_fills_the_shared_tier_for_every_replica() {
+    let origin = Origin::start(0);
+    let redis = Redis::start();
+    let warm = format!("{TEST_CONFIG}warm:\n  host: app.test\n  paths: [/studio/api/scenes/111]\n");
+    let a = Freshgate::start(&origin.url(), Some(&redis.url()), &warm);
+    a.metrics_with(&["freshgate_warmed_total{result=\"ok\"} 1"])
+        .await;
+    // b never warmed: it finds a's warming fill in Redis.
+    let b = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
+    b.wait_redis(true).await;
+    assert_eq!(b.get_shared("/studio/api/scenes/111").await.x_cache, "HIT");
+    assert_eq!(origin.requests().await, 1, "one fetch, by a's warming");
+}
