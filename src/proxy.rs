@@ -141,7 +141,8 @@ pub struct Ctx {
     upstream_started: Option<Instant>,
     /// The invalidation clock, read before a miss went to the app.
     fetch_seq: Option<u64>,
-    /// This request is one of our own refetches (see `prefetch`).
+    /// This request is one of our own refetches (see `prefetch`) or a
+    /// background refresh: not counted as client traffic.
     refetch: bool,
 }
 
@@ -173,9 +174,12 @@ impl ProxyHttp for Proxy {
             .routes
             .lookup(session.req_header().uri.path())
             .cloned();
-        ctx.refetch = self
-            .prefetch
-            .is_refetch(session.req_header().headers.get(prefetch::HEADER));
+        // Our own refetches, and pingora's background refreshes for
+        // stale-while-revalidate: not client requests.
+        ctx.refetch = session.subrequest_ctx.is_some()
+            || self
+                .prefetch
+                .is_refetch(session.req_header().headers.get(prefetch::HEADER));
         Ok(false)
     }
 
@@ -363,10 +367,14 @@ impl ProxyHttp for Proxy {
         error: Option<&Error>,
     ) -> bool {
         // Only entries past their freshness get here: invalidated entries are
-        // never found by a lookup. `None` is stale-while-revalidate, which
-        // freshgate does not do (yet): the client waits for the app.
+        // never found by a lookup, so this is staleness in time only, within
+        // the window the app's `stale-while-revalidate` / `stale-if-error`
+        // allows (pingora checks the window). `None` is
+        // stale-while-revalidate: the client gets the stale entry at once and
+        // a background request (through these same callbacks, so its fill
+        // reads the invalidation clock first) refreshes it.
         self.live.flags.get(Flag::ServeStale, &ctx.config)
-            && error.is_some_and(|e| e.esource() == &pingora::ErrorSource::Upstream)
+            && error.is_none_or(|e| e.esource() == &pingora::ErrorSource::Upstream)
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {

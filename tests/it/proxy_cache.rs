@@ -388,3 +388,55 @@ async fn concurrent_misses_are_coalesced_into_one_fetch() {
         .expect("cache bytes counted for the route");
     assert_eq!(served, 7 * body.len());
 }
+
+#[tokio::test]
+async fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background() {
+    // A slow app, so that the refresh is still running while the stale
+    // entry is served.
+    let origin = Origin::start(300);
+    let fg = Freshgate::start(&origin.url(), None, TEST_CONFIG);
+    let url = fg.url("/knobs/swr?cc=max-age%3D1%2C%20stale-while-revalidate%3D60");
+    let first = get(&url).await;
+    assert_eq!(first.x_cache, "MISS");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let stale = get(&url).await;
+    assert_eq!(stale.x_cache, "STALE", "{}", stale.cache_status);
+    // Had it waited for the app, it would carry the new serial.
+    assert_eq!(
+        stale.serial(),
+        first.serial(),
+        "the old entry, not the app's"
+    );
+    // The background request replaces it.
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = get(&url).await;
+        if r.x_cache == "HIT" {
+            assert!(r.serial() > first.serial(), "refreshed: {}", r.body);
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "never refreshed: {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(origin.requests().await, 2, "one fetch, one refresh");
+    // The background refresh is not client traffic.
+    let m = fg
+        .metrics_with(&["freshgate_requests_total{result=\"hit\",route=\"-\"} 1"])
+        .await;
+    assert!(
+        m.contains("freshgate_requests_total{result=\"miss\",route=\"-\"} 1\n"),
+        "{m}"
+    );
+
+    // Without serve_stale, an expired entry waits for the app like a miss.
+    let f = send(
+        client()
+            .put(fg.admin_url("/api/flags"))
+            .body(r#"{"serve_stale": false}"#),
+    )
+    .await;
+    assert_eq!(f.status, 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_ne!(get(&url).await.x_cache, "STALE");
+}
