@@ -14,9 +14,10 @@
 //! fetches a configured list of paths so the first readers after a deploy hit.
 //!
 //! Bounded: at most [`CONCURRENT`] refetches run at once; more are skipped
-//! (counted), never queued; warming waits its turn instead. Refetch requests are marked with a per-process
-//! secret header so that they are not counted as client traffic (they would
-//! otherwise lower the hit rate the monitoring reports).
+//! (counted), never queued; warming waits its turn instead. These requests
+//! are marked with a per-process secret header so that they are not counted
+//! as client traffic (they would otherwise lower the hit rate the monitoring
+//! reports); the proxy strips it before the app.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -29,11 +30,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::metrics::METRICS;
 
 /// Refetches in flight at most (each holds one blocking thread).
-const CONCURRENT: usize = 4;
+pub const CONCURRENT: usize = 4;
 /// A refetch that takes longer is abandoned (the app is slow; a reader will
 /// fetch it anyway).
 const TIMEOUT: Duration = Duration::from_secs(10);
-/// The header that marks a refetch; its value is [`Prefetcher::secret`].
+/// The header that marks a refetch; its value is the process's random secret.
 pub const HEADER: &str = "x-freshgate-prefetch";
 
 pub struct Prefetcher {

@@ -45,7 +45,7 @@ const TRIP_AFTER: u32 = 3;
 /// How long the breaker stays open before requests may try Redis again.
 const OPEN_FOR: Duration = Duration::from_secs(1);
 /// Tries to record one invalidation (timeouts 1x, 2x, 4x the Redis timeout).
-const INVALIDATE_ATTEMPTS: u32 = 3;
+pub const INVALIDATE_ATTEMPTS: u32 = 3;
 /// How often the background task checks on Redis.
 const PING_EVERY: Duration = Duration::from_millis(250);
 /// Hash of runtime flag values (`PUT /api/flags`), shared by all replicas.
