@@ -233,6 +233,26 @@ impl BackgroundService for FlagSync {
 /// How often a replica adds its counters to the fleet-wide ones in Redis.
 const MONITOR_FLUSH_EVERY: Duration = Duration::from_secs(5);
 
+/// How long warming waits for the proxy listener, then for the Redis tier.
+const WARM_WAIT: Duration = Duration::from_secs(10);
+
+/// Checks `ready` every 50 ms until it holds (true) or `limit` has passed.
+async fn poll_until<F: std::future::Future<Output = bool>>(
+    limit: Duration,
+    mut ready: impl FnMut() -> F,
+) -> bool {
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        if ready().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Fetches the config's `warm:` paths once, when the proxy listener is up.
 struct Warmer {
     prefetch: Arc<Prefetcher>,
@@ -247,18 +267,13 @@ impl BackgroundService for Warmer {
         if config.warm.paths.is_empty() || !self.live.flags.get(Flag::Cache, &config) {
             return;
         }
-        if !self.prefetch.wait_listening(Duration::from_secs(10)).await {
+        if !poll_until(WARM_WAIT, || self.prefetch.listening()).await {
             tracing::warn!("not warming: the proxy listener did not come up within 10 s");
             return;
         }
         // With Redis, fetches made before the tier connects pass through
-        // uncached: give it the same time to come up.
-        for _ in 0..200 {
-            if self.store.usable() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        // uncached: give it the same time to come up (then warm regardless).
+        poll_until(WARM_WAIT, || async { self.store.usable() }).await;
         info!(paths = config.warm.paths.len(), host = %config.warm.host, "warming");
         self.prefetch
             .warm(&config.warm.host, &config.warm.paths)

@@ -96,17 +96,10 @@ impl Prefetcher {
         }
     }
 
-    /// Wait until the proxy listener accepts connections (it starts beside
-    /// the service that warms); false after `limit`.
-    pub async fn wait_listening(&self, limit: Duration) -> bool {
-        let end = tokio::time::Instant::now() + limit;
-        while tokio::time::Instant::now() < end {
-            if tokio::net::TcpStream::connect(self.target).await.is_ok() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
+    /// Whether the proxy listener accepts connections (it starts beside the
+    /// service that warms).
+    pub async fn listening(&self) -> bool {
+        tokio::net::TcpStream::connect(self.target).await.is_ok()
     }
 
     /// One GET through our own listener on a blocking thread, counted in
@@ -130,13 +123,14 @@ impl Prefetcher {
                 std::io::copy(&mut resp.body_mut().as_reader(), &mut std::io::sink())?;
                 Ok(resp.status())
             });
-            let label = match &result {
+            let label = match result {
                 Ok(s) if s.is_success() => "ok",
-                Ok(_) | Err(_) => "error",
+                Ok(_) => "error",
+                Err(e) => {
+                    tracing::debug!(%url, error = %e, "refetch failed");
+                    "error"
+                }
             };
-            if let Err(e) = &result {
-                tracing::debug!(%url, error = %e, "refetch failed");
-            }
             counter.with_label_values(&[label]).inc();
             drop(permit);
         });

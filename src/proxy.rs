@@ -19,7 +19,8 @@
 //!    the client hears back) and, with the `prefetch` flag, starts refetching
 //!    the exact paths it purged (see `prefetch`); then labels every response
 //!    with `X-Cache` and `Cache-Status`.
-//! 7. `logging` counts it (refetches are not client traffic: not counted).
+//! 7. `logging` counts it (freshgate's own background fetches are not
+//!    client traffic: not counted).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -141,9 +142,10 @@ pub struct Ctx {
     upstream_started: Option<Instant>,
     /// The invalidation clock, read before a miss went to the app.
     fetch_seq: Option<u64>,
-    /// This request is one of our own refetches (see `prefetch`) or a
-    /// background refresh: not counted as client traffic.
-    refetch: bool,
+    /// Made by freshgate itself — a refetch or warming fetch (see
+    /// `prefetch`) or pingora's stale-while-revalidate refresh — not by a
+    /// client: not counted as client traffic.
+    background: bool,
 }
 
 #[async_trait]
@@ -160,7 +162,7 @@ impl ProxyHttp for Proxy {
             started: Instant::now(),
             upstream_started: None,
             fetch_seq: None,
-            refetch: false,
+            background: false,
         }
     }
 
@@ -174,9 +176,7 @@ impl ProxyHttp for Proxy {
             .routes
             .lookup(session.req_header().uri.path())
             .cloned();
-        // Our own refetches, and pingora's background refreshes for
-        // stale-while-revalidate: not client requests.
-        ctx.refetch = session.subrequest_ctx.is_some()
+        ctx.background = session.subrequest_ctx.is_some()
             || self
                 .prefetch
                 .is_refetch(session.req_header().headers.get(prefetch::HEADER));
@@ -378,9 +378,10 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        if ctx.refetch {
-            // Counted as prefetches (`freshgate_prefetches_total`), not as
-            // client requests: they would lower the reported hit rate.
+        if ctx.background {
+            // Counted by their own metrics (`freshgate_prefetches_total`,
+            // `freshgate_warmed_total`): as client requests they would lower
+            // the reported hit rate.
             return;
         }
         let route = ctx.rule.as_ref().map(|r| r.name.as_str()).unwrap_or("-");

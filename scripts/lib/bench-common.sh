@@ -16,3 +16,8 @@ wait_healthy() {
   echo "freshgate on admin port $1 did not come up" >&2
   return 1
 }
+# metric ADMIN_PORT NAME [LABEL]: the sum of NAME's samples (those with LABEL).
+metric() {
+  curl -sf "127.0.0.1:$1/metrics" |
+    awk -v m="$2" -v l="${3:-}" '($1 == m || index($1, m "{") == 1) && index($1, l) {s+=$2} END {printf "%d", s}'
+}

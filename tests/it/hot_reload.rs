@@ -317,12 +317,7 @@ async fn kill_switch_passes_everything_through_and_writes_still_count() {
 async fn a_flag_flipped_on_one_replica_reaches_the_other() {
     let origin = Origin::start(0);
     let (_redis, a, b) = two_replicas(&origin, TEST_CONFIG).await;
-    let r = send(
-        client()
-            .put(a.admin_url("/api/flags"))
-            .body(r#"{"cache": false}"#),
-    )
-    .await;
+    let r = a.put_flags(r#"{"cache": false}"#).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["shared"], true);
     let flipped = Instant::now();
@@ -403,12 +398,7 @@ async fn serve_stale_flag_decides_whether_an_expired_entry_covers_an_outage() {
         r.cache_status
     );
 
-    let f = send(
-        client()
-            .put(fg.admin_url("/api/flags"))
-            .body(r#"{"serve_stale": false}"#),
-    )
-    .await;
+    let f = fg.put_flags(r#"{"serve_stale": false}"#).await;
     assert_eq!(f.status, 200);
     let r = get(&url).await;
     assert_eq!(

@@ -376,13 +376,7 @@ async fn with_prefetch_a_write_refetches_what_it_purged_so_the_next_read_hits() 
     );
 
     // Switched off at run time: the next write refetches nothing.
-    let put = send(
-        client()
-            .put(fg.admin_url("/api/flags"))
-            .header("content-type", "application/json")
-            .body(r#"{"prefetch": false}"#),
-    )
-    .await;
+    let put = fg.put_flags(r#"{"prefetch": false}"#).await;
     assert_eq!(put.status, 200, "{}", put.body);
     send(client().post(fg.url("/community/api/posts/7/like"))).await;
     let p = get(&post).await;

@@ -300,12 +300,7 @@ async fn the_monitoring_flag_turns_counting_off_and_on() {
         fg.admin_json("/api/operations").await["operations"],
         serde_json::json!([])
     );
-    let on = send(
-        client()
-            .put(fg.admin_url("/api/flags"))
-            .body(r#"{"monitoring": true}"#),
-    )
-    .await;
+    let on = fg.put_flags(r#"{"monitoring": true}"#).await;
     assert_eq!(on.status, 200);
     gets(&fg, &["/studio/api/scenes/111"]).await;
     wait_json(&fg, "/api/monitoring", "one counted hit", |v| {

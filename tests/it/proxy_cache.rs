@@ -430,12 +430,7 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background(
     );
 
     // Without serve_stale, an expired entry waits for the app like a miss.
-    let f = send(
-        client()
-            .put(fg.admin_url("/api/flags"))
-            .body(r#"{"serve_stale": false}"#),
-    )
-    .await;
+    let f = fg.put_flags(r#"{"serve_stale": false}"#).await;
     assert_eq!(f.status, 200);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_ne!(get(&url).await.x_cache, "STALE");

@@ -416,6 +416,16 @@ impl Freshgate {
         std::fs::rename(&tmp, &self.config).unwrap();
     }
 
+    /// `PUT /api/flags` with `body` (JSON, e.g. `{"cache": false}`).
+    pub async fn put_flags(&self, body: &str) -> Got {
+        send(
+            client()
+                .put(self.admin_url("/api/flags"))
+                .body(body.to_string()),
+        )
+        .await
+    }
+
     pub async fn admin_json(&self, path: &str) -> serde_json::Value {
         get(&self.admin_url(path)).await.json()
     }
