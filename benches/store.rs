@@ -152,7 +152,9 @@ async fn measure(config: &Config, redis: Option<Arc<RedisTier>>, entries: u64, o
         meta.extensions_mut().insert(FillInfo {
             fetch_seq,
             rules: config.rules_fingerprint,
-            tags: config.invalidation.tags_for_read(&path(i)),
+            tags: config
+                .invalidation
+                .tags_for_read(&config.paths.route_path(&path(i))),
         });
         let mut miss = store
             .get_miss_handler(&key(i), &meta, &span)
@@ -186,7 +188,10 @@ async fn measure(config: &Config, redis: Option<Arc<RedisTier>>, entries: u64, o
     let mut invs = Vec::with_capacity(ops);
     for _ in 0..ops {
         let p = path(rng.next(entries));
-        let plan = config.invalidation.plan_write(&http::Method::PATCH, &p);
+        let plan = config.invalidation.plan_write(
+            &freshgate::canonical::Methods::only(http::Method::PATCH),
+            &config.paths.route_path(&p),
+        );
         let tags: BTreeSet<String> = plan.tags;
         let t = Instant::now();
         if store.invalidate(&tags).await {

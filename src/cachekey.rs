@@ -1,18 +1,25 @@
 //! Cache keys: what makes two requests "the same" for the cache.
 //!
-//! `scheme://host/normalized-path?sorted-query` plus, when the route rule says
-//! so, the values of named request headers and cookies. Normalizing means that
-//! `/a/%7euser` and `/a/~user`, or `?b=2&a=1` and `?a=1&b=2`, share an entry
-//! (RFC 3986 §6.2.2 equivalences), while anything the app could tell apart
-//! stays apart. The request headers a response `Vary`s on are added by pingora
-//! as a separate variance hash (see `proxy::cache_vary_filter`).
+//! `scheme://host/canonical-path?query-by-name` plus, when the route rule says
+//! so, the values of named request headers and cookies. The path and query
+//! come from the request's [`Canonical`] form, the same value its tags and
+//! rules are computed from: `/a/%7euser` and `/a/~user`, or `?b=2&a=1` and
+//! `?a=1&b=2`, share an entry (and the app is sent the canonical path). The
+//! request headers a response `Vary`s on are added by pingora as a separate
+//! variance hash (see `proxy::cache_vary_filter`).
 
 use pingora::http::RequestHeader;
 
+use crate::canonical::Canonical;
 use crate::rules::Rule;
 
 /// The primary key of a request.
-pub fn primary(req: &RequestHeader, default_host: &str, rule: Option<&Rule>) -> String {
+pub fn primary(
+    req: &RequestHeader,
+    canonical: &Canonical,
+    default_host: &str,
+    rule: Option<&Rule>,
+) -> String {
     let host = req
         .headers
         .get(http::header::HOST)
@@ -23,13 +30,10 @@ pub fn primary(req: &RequestHeader, default_host: &str, rule: Option<&Rule>) -> 
     let mut key = String::with_capacity(64);
     key.push_str("http://");
     key.push_str(&host);
-    key.push_str(&normalize_path(req.uri.path()));
-    if let Some(q) = req.uri.query() {
-        let q = sorted_query(q);
-        if !q.is_empty() {
-            key.push('?');
-            key.push_str(&q);
-        }
+    key.push_str(&canonical.path);
+    if let Some(q) = &canonical.query {
+        key.push('?');
+        key.push_str(q);
     }
     if let Some(rule) = rule {
         for h in &rule.key_headers {
@@ -65,50 +69,10 @@ pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// Decode percent-encoded unreserved characters and upper-case the hex of the
-/// rest, so equivalent spellings of one path give one key.
-pub fn normalize_path(path: &str) -> String {
-    let b = path.as_bytes();
-    let mut out = String::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                let c = h * 16 + l;
-                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
-                    out.push(c as char);
-                } else {
-                    out.push('%');
-                    out.push(b[i + 1].to_ascii_uppercase() as char);
-                    out.push(b[i + 2].to_ascii_uppercase() as char);
-                }
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i] as char);
-        i += 1;
-    }
-    if out.is_empty() {
-        out.push('/');
-    }
-    out
-}
-
-fn hex(c: u8) -> Option<u8> {
-    (c as char).to_digit(16).map(|d| d as u8)
-}
-
-/// Query parameters in a stable order; empty pairs dropped.
-pub fn sorted_query(q: &str) -> String {
-    let mut pairs: Vec<&str> = q.split('&').filter(|p| !p.is_empty()).collect();
-    pairs.sort_unstable();
-    pairs.join("&")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::canonical::{MethodOverride, PathPolicy};
 
     fn req(uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
@@ -116,6 +80,11 @@ mod tests {
             r.append_header(k.to_string(), *v).unwrap();
         }
         r
+    }
+
+    fn primary(req: &RequestHeader, default_host: &str, rule: Option<&Rule>) -> String {
+        let c = Canonical::new(req, &PathPolicy::default(), &MethodOverride::default());
+        super::primary(req, &c, default_host, rule)
     }
 
     #[test]
@@ -127,11 +96,12 @@ mod tests {
     }
 
     #[test]
-    fn reserved_escapes_stay_distinct() {
-        assert_eq!(normalize_path("/a%2fb"), "/a%2Fb");
-        assert_ne!(normalize_path("/a%2fb"), normalize_path("/a/b"));
-        assert_eq!(normalize_path("/a%"), "/a%");
-        assert_eq!(normalize_path("/a%zz"), "/a%zz");
+    fn reserved_escapes_case_and_repeated_names_stay_distinct() {
+        let key = |uri: &str| primary(&req(uri, &[]), "h", None);
+        assert_eq!(key("/a%2fb"), "http://h/a%2Fb");
+        assert_ne!(key("/a%2fb"), key("/a/b"));
+        assert_ne!(key("/Posts/Abc"), key("/posts/abc"));
+        assert_ne!(key("/x?a=1&a=2"), key("/x?a=2&a=1"));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::canonical::{MethodOverride, PathPolicy};
 use crate::flags::FileFlags;
 use crate::invalidation::{Invalidation, RawRule};
 use crate::monitor::alerts::{default_thresholds, Metric, MonitoringConfig, Severity, Threshold};
@@ -64,6 +65,29 @@ pub struct RawConfig {
     pub monitoring: RawMonitoring,
     #[serde(default)]
     pub warm: RawWarm,
+    #[serde(default)]
+    pub paths: RawPaths,
+    #[serde(default)]
+    pub method_override: RawMethodOverride,
+}
+
+/// `paths:` — how the app's router compares paths (see `canonical`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPaths {
+    pub merge_slashes: Option<bool>,
+    pub ignore_case: Option<bool>,
+    pub ignore_trailing_slash: Option<bool>,
+}
+
+/// `method_override:` — where the app reads a method override.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMethodOverride {
+    /// Header names; `[]` for none.
+    pub headers: Option<Vec<String>>,
+    /// Query (and form body) parameter; `""` for none.
+    pub param: Option<String>,
 }
 
 /// `warm:` — paths fetched through the cache once at start.
@@ -313,6 +337,9 @@ pub struct Config {
     /// under (for "how often is this route invalidated" in the monitoring).
     pub purged_routes: HashMap<String, Vec<String>>,
     pub warm: Warm,
+    /// How paths are folded for keys, rules and tags (see `canonical`).
+    pub paths: PathPolicy,
+    pub method_override: MethodOverride,
 }
 
 /// Paths to fetch through the cache once freshgate has started, so that the
@@ -705,9 +732,20 @@ fn validate(
         }
     });
 
-    // Tags come from the invalidation rules only; route TTLs, keys and
-    // `enabled` do not change what a write invalidates.
-    let rules_fingerprint = hash_of(&format!("{:?}", raw.invalidate));
+    let defaults = PathPolicy::default();
+    let paths = PathPolicy {
+        merge_slashes: raw.paths.merge_slashes.unwrap_or(defaults.merge_slashes),
+        ignore_case: raw.paths.ignore_case.unwrap_or(defaults.ignore_case),
+        ignore_trailing_slash: raw
+            .paths
+            .ignore_trailing_slash
+            .unwrap_or(defaults.ignore_trailing_slash),
+    };
+    let method_override = validate_method_override(raw.method_override, &mut problem);
+
+    // Tags come from the invalidation rules and how paths are folded; route
+    // TTLs, keys and `enabled` do not change what a write invalidates.
+    let rules_fingerprint = hash_of(&format!("{:?} {:?}", raw.invalidate, paths));
     let mut rules = Vec::new();
     let mut names = std::collections::HashSet::new();
     for r in raw.routes {
@@ -745,7 +783,7 @@ fn validate(
             enabled: r.enabled,
         });
     }
-    let routes = match RouteTable::new(rules) {
+    let routes = match RouteTable::new(rules, &paths) {
         Ok(t) => t,
         Err(errs) => {
             for e in errs {
@@ -764,6 +802,7 @@ fn validate(
                 purge: r.purge,
             })
             .collect(),
+        &paths,
     ) {
         Ok(i) => i,
         Err(errs) => {
@@ -810,7 +849,7 @@ fn validate(
                 .purge
                 .iter()
                 .filter_map(|&ti| sample_path(&invalidation.targets[ti].pattern))
-                .filter_map(|p| routes.lookup(&p).map(|r| r.name.clone()))
+                .filter_map(|p| routes.lookup(&paths.route_path(&p)).map(|r| r.name.clone()))
                 .collect();
             names.sort();
             names.dedup();
@@ -863,7 +902,38 @@ fn validate(
         purged_routes,
         warm,
         text_hash: hash_of(text),
+        paths,
+        method_override,
     })
+}
+
+fn validate_method_override(
+    raw: RawMethodOverride,
+    problem: &mut impl FnMut(&str, String),
+) -> MethodOverride {
+    let defaults = MethodOverride::default();
+    let headers = match raw.headers {
+        None => defaults.headers,
+        Some(hs) => hs
+            .into_iter()
+            .filter_map(|h| match http::HeaderName::from_bytes(h.as_bytes()) {
+                Ok(name) => Some(name.as_str().to_string()),
+                Err(_) => {
+                    problem(
+                        &h,
+                        format!("method_override.headers: {h:?} is not a valid header name"),
+                    );
+                    None
+                }
+            })
+            .collect(),
+    };
+    let param = match raw.param {
+        None => defaults.param,
+        Some(p) if p.is_empty() => None,
+        Some(p) => Some(p),
+    };
+    MethodOverride { headers, param }
 }
 
 /// A stable-enough hash (SipHash with fixed keys): the same text gives the

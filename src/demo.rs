@@ -6,6 +6,17 @@
 //! can tell whether it sees its own edit. Like a Next.js API route it answers
 //! `Cache-Control: no-store`; freshgate's route rules decide caching.
 //!
+//! It routes as leniently as Express does by default, so that tests can show
+//! what freshgate must do for such apps: case-insensitive, with or without a
+//! trailing slash, parameters percent-decoded (`/posts/%39` is post 9), and
+//! method overrides on POST (`X-HTTP-Method-Override`, `X-HTTP-Method`,
+//! `X-Method-Override`, `?_method=`), as method-override middleware does.
+//!
+//! Fault knobs, per request (headers): `x-demo-delay-ms` waits before doing
+//! anything (a write commits after it), `x-demo-status` answers a committed
+//! write with that status (a 5xx after the commit), `x-demo-hang-ms` waits
+//! after committing before answering (a client or proxy may give up first).
+//!
 //! Routes (`:id` numeric):
 //! - `GET|PATCH|DELETE /studio/api/stories/:id`, `POST /studio/api/stories/:id/write`
 //! - `GET|PATCH|DELETE /studio/api/chapters/:id`, `GET|PATCH|DELETE /studio/api/scenes/:id`
@@ -160,14 +171,21 @@ async fn read_json(session: &mut ServerSession) -> Result<Map<String, Value>, &'
 #[async_trait]
 impl ServeHttp for DemoApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let method = session.req_header().method.clone();
-        let path = session.req_header().uri.path().to_string();
-        let query = session.req_header().uri.query().unwrap_or("").to_string();
-        let Ok(m) = self.router.at(&path) else {
+        let req = session.req_header();
+        let method = effective_method(req);
+        let path = req.uri.path().to_string();
+        let query = req.uri.query().unwrap_or("").to_string();
+        let knob = |name: &str| -> Option<u64> {
+            req.headers.get(name)?.to_str().ok()?.trim().parse().ok()
+        };
+        let (delay, hang) = (knob("x-demo-delay-ms"), knob("x-demo-hang-ms"));
+        let status = knob("x-demo-status").and_then(|s| StatusCode::from_u16(s as u16).ok());
+        let routed = route_path(&path);
+        let Ok(m) = self.router.at(&routed) else {
             return not_found();
         };
         let route = *m.value;
-        let id: Option<u64> = m.params.get("id").and_then(|s| s.parse().ok());
+        let id: Option<u64> = m.params.get("id").and_then(|s| pct_decode(s).parse().ok());
         if m.params.get("id").is_some() && id.is_none() {
             return bad_request("id must be a number");
         }
@@ -180,6 +198,9 @@ impl ServeHttp for DemoApp {
         self.requests.fetch_add(1, Ordering::Relaxed);
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
+        }
+        if let Some(ms) = delay {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         let is_write = !matches!(method.as_str(), "GET" | "HEAD");
         let body = if is_write {
@@ -194,13 +215,39 @@ impl ServeHttp for DemoApp {
             self.writes.fetch_add(1, Ordering::Relaxed);
         }
         let id = id.unwrap_or(0);
-        match (route, method.as_str()) {
-            (Route::Knobs, "GET" | "HEAD") => self.knobs(session, &path, &query),
-            (Route::Knobs, _) => knob_write(&query),
-            (Route::Story, _) => self.record(Kind::Story, id, method.as_str(), body),
-            (Route::Chapter, _) => self.record(Kind::Chapter, id, method.as_str(), body),
-            (Route::Scene, _) => self.record(Kind::Scene, id, method.as_str(), body),
-            (Route::Post, _) => self.record(Kind::Post, id, method.as_str(), body),
+        let mut resp = self.handle(session, route, &method, id, &path, &query, body);
+        if is_write {
+            // Committed. What the client hears about it is another matter.
+            if let Some(ms) = hang {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            if let Some(status) = status {
+                *resp.status_mut() = status;
+            }
+        }
+        resp
+    }
+}
+
+impl DemoApp {
+    #[allow(clippy::too_many_arguments)]
+    fn handle(
+        &self,
+        session: &ServerSession,
+        route: Route,
+        method: &str,
+        id: u64,
+        path: &str,
+        query: &str,
+        body: Map<String, Value>,
+    ) -> Response<Vec<u8>> {
+        match (route, method) {
+            (Route::Knobs, "GET" | "HEAD") => self.knobs(session, path, query),
+            (Route::Knobs, _) => knob_write(query),
+            (Route::Story, _) => self.record(Kind::Story, id, method, body),
+            (Route::Chapter, _) => self.record(Kind::Chapter, id, method, body),
+            (Route::Scene, _) => self.record(Kind::Scene, id, method, body),
+            (Route::Post, _) => self.record(Kind::Post, id, method, body),
             (Route::StoryWrite, "POST") => self.record(Kind::Story, id, "PATCH", body),
             (Route::Posts, "GET" | "HEAD") => self.list(Kind::Post, None),
             (Route::Posts, "POST") => self.create(Kind::Post, None, body),
@@ -411,6 +458,41 @@ fn knob_write(query: &str) -> Response<Vec<u8>> {
         }
     }
     r
+}
+
+/// The method the app acts on: a POST may name another one, as
+/// method-override middleware allows.
+fn effective_method(req: &pingora::http::RequestHeader) -> String {
+    let sent = req.method.as_str().to_string();
+    if sent != "POST" {
+        return sent;
+    }
+    let header = [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ]
+    .iter()
+    .find_map(|h| req.headers.get(*h)?.to_str().ok().map(str::to_string));
+    let param = req.uri.query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("_method="))
+            .map(pct_decode)
+    });
+    header
+        .or(param)
+        .map(|m| m.trim().to_ascii_uppercase())
+        .unwrap_or(sent)
+}
+
+/// The path as an Express router compares it: case-insensitive, a trailing
+/// slash ignored.
+fn route_path(path: &str) -> String {
+    let p = path.to_ascii_lowercase();
+    match p.strip_suffix('/') {
+        Some(stripped) if !stripped.is_empty() => stripped.to_string(),
+        _ => p,
+    }
 }
 
 fn set(r: &mut Response<Vec<u8>>, name: &'static str, value: &str) {

@@ -21,12 +21,17 @@
 //! The store (see `store::clock`) keeps, per tag, the clock value of its last
 //! invalidation, and serves an entry only if none of its tags was invalidated
 //! after the entry's fetch began.
+//!
+//! Reads and writes are matched as [`RoutePath`]s, the one spelling of a path
+//! that `canonical` gives every alias of it, and writes by every method the
+//! app may execute for them ([`Methods`]: overrides included).
 
 use std::collections::BTreeSet;
 use std::fmt;
 
 use http::Method;
 
+use crate::canonical::{Methods, PathPolicy, RoutePath};
 use crate::rules::{fill_canonical, to_matchit, PatternError};
 
 /// One `invalidate:` rule, compiled.
@@ -58,6 +63,8 @@ pub struct Target {
 pub struct Invalidation {
     pub rules: Vec<InvalidationRule>,
     pub targets: Vec<Target>,
+    /// How paths are folded; patterns are folded the same way.
+    paths: PathPolicy,
 }
 
 /// A rule as written, before compilation.
@@ -81,14 +88,17 @@ impl fmt::Display for RuleError {
     }
 }
 
-fn single(pattern: &str) -> Result<(String, matchit::Router<()>), PatternError> {
+fn single(
+    pattern: &str,
+    paths: &PathPolicy,
+) -> Result<(String, matchit::Router<()>), PatternError> {
     let canonical = to_matchit(pattern).map_err(|reason| PatternError {
         pattern: pattern.to_string(),
         reason,
     })?;
     let mut router = matchit::Router::new();
     router
-        .insert(canonical.clone(), ())
+        .insert(paths.fold_pattern(&canonical), ())
         .map_err(|e| PatternError {
             pattern: pattern.to_string(),
             reason: e.to_string(),
@@ -140,8 +150,11 @@ fn parse_on(on: &str) -> Result<(Vec<Method>, String), String> {
 }
 
 impl Invalidation {
-    pub fn new(raw: Vec<RawRule>) -> Result<Invalidation, Vec<RuleError>> {
-        let mut inv = Invalidation::default();
+    pub fn new(raw: Vec<RawRule>, paths: &PathPolicy) -> Result<Invalidation, Vec<RuleError>> {
+        let mut inv = Invalidation {
+            paths: *paths,
+            ..Invalidation::default()
+        };
         let mut errors = Vec::new();
         for (i, r) in raw.into_iter().enumerate() {
             let name = r.name.clone().unwrap_or_else(|| format!("rule-{}", i + 1));
@@ -155,7 +168,7 @@ impl Invalidation {
                     continue;
                 }
             };
-            let on_router = match single(&pattern) {
+            let on_router = match single(&pattern, paths) {
                 Ok((_, router)) => router,
                 Err(e) => {
                     errors.push(RuleError {
@@ -197,7 +210,7 @@ impl Invalidation {
     }
 
     fn target_index(&mut self, pattern: &str) -> Result<usize, PatternError> {
-        let (canonical, router) = single(pattern)?;
+        let (canonical, router) = single(pattern, &self.paths)?;
         if let Some(i) = self.targets.iter().position(|t| t.canonical == canonical) {
             return Ok(i);
         }
@@ -212,10 +225,10 @@ impl Invalidation {
     }
 
     /// The tags a cached response for `path` belongs to.
-    pub fn tags_for_read(&self, path: &str) -> Vec<String> {
+    pub fn tags_for_read(&self, path: &RoutePath) -> Vec<String> {
         let mut tags = vec![ALL_TAG.to_string(), own_tag(path)];
         for t in &self.targets {
-            if let Ok(m) = t.router.at(path) {
+            if let Ok(m) = t.router.at(path.as_str()) {
                 tags.push(family_tag(t));
                 if !t.params.is_empty() {
                     let bound: Vec<(String, String)> = t
@@ -230,18 +243,20 @@ impl Invalidation {
         tags
     }
 
-    /// The rules a write matches, with what each invalidates.
-    pub fn plan_write(&self, method: &Method, path: &str) -> WritePlan {
+    /// The rules a write matches, with what each invalidates. A rule applies
+    /// when the write may be any of its methods (an override may make a POST
+    /// a PATCH to the app).
+    pub fn plan_write(&self, methods: &Methods, path: &RoutePath) -> WritePlan {
         let mut plan = WritePlan {
             tags: BTreeSet::from([own_tag(path)]),
             matched: Vec::new(),
             refetch: Vec::new(),
         };
         for rule in &self.rules {
-            if !rule.methods.is_empty() && !rule.methods.contains(method) {
+            if !methods.may_be_any_of(&rule.methods) {
                 continue;
             }
-            let Ok(m) = rule.on_router.at(path) else {
+            let Ok(m) = rule.on_router.at(path.as_str()) else {
                 continue;
             };
             let bound: Vec<(String, String)> = m
@@ -308,7 +323,7 @@ impl Invalidation {
         pattern: &str,
         params: &[(String, String)],
     ) -> Result<Vec<String>, PatternError> {
-        let (canonical, _) = single(pattern)?;
+        let (canonical, _) = single(pattern, &self.paths)?;
         let target = self.targets.iter().find(|t| t.canonical == canonical);
         let Some(t) = target else {
             // Not a purge target: a concrete path can still be purged through
@@ -320,7 +335,7 @@ impl Invalidation {
                     .map(|(_, v)| v.clone())
             });
             if let Some(path) = concrete {
-                return Ok(vec![own_tag(&path)]);
+                return Ok(vec![own_tag(&self.paths.route_path(&path))]);
             }
             return Err(PatternError {
                 pattern: pattern.to_string(),
@@ -371,8 +386,9 @@ fn named_params(canonical: &str) -> Vec<String> {
 /// Carried by every entry, so "purge everything" is one tag, not a scan.
 pub const ALL_TAG: &str = "a:all";
 
-pub fn own_tag(path: &str) -> String {
-    format!("u:{}", crate::cachekey::normalize_path(path))
+/// The tag of one path, every query and variant of it (RFC 9111 §4.4).
+pub fn own_tag(path: &RoutePath) -> String {
+    format!("u:{path}")
 }
 
 /// `t` with its parameters replaced by `values`; `None` if a segment stays
@@ -460,33 +476,48 @@ fn sf_strings(v: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
+    fn route(p: &str) -> RoutePath {
+        PathPolicy::default().route_path(p)
+    }
+
+    fn read(inv: &Invalidation, path: &str) -> Vec<String> {
+        inv.tags_for_read(&route(path))
+    }
+
+    fn write(inv: &Invalidation, method: Method, path: &str) -> WritePlan {
+        inv.plan_write(&Methods::only(method), &route(path))
+    }
+
     fn rules() -> Invalidation {
-        Invalidation::new(vec![
-            RawRule {
-                name: None,
-                on: "[PATCH, DELETE] /studio/api/scenes/:id".into(),
-                purge: vec![
-                    "/studio/api/scenes/:id".into(),
-                    "/studio/api/chapters/*".into(),
-                    "/studio/api/stories/[id]".into(),
-                ],
-            },
-            RawRule {
-                name: Some("like".into()),
-                on: "POST /community/api/posts/:postId/like".into(),
-                purge: vec![
-                    "/community/api/posts/:postId".into(),
-                    "/community/api/posts".into(),
-                ],
-            },
-        ])
+        Invalidation::new(
+            vec![
+                RawRule {
+                    name: None,
+                    on: "[PATCH, DELETE] /studio/api/scenes/:id".into(),
+                    purge: vec![
+                        "/studio/api/scenes/:id".into(),
+                        "/studio/api/chapters/*".into(),
+                        "/studio/api/stories/[id]".into(),
+                    ],
+                },
+                RawRule {
+                    name: Some("like".into()),
+                    on: "POST /community/api/posts/:postId/like".into(),
+                    purge: vec![
+                        "/community/api/posts/:postId".into(),
+                        "/community/api/posts".into(),
+                    ],
+                },
+            ],
+            &PathPolicy::default(),
+        )
         .unwrap()
     }
 
     #[test]
     fn a_read_carries_family_and_bound_tags() {
         let inv = rules();
-        let tags = inv.tags_for_read("/studio/api/scenes/42");
+        let tags = read(&inv, "/studio/api/scenes/42");
         assert_eq!(
             tags,
             vec![
@@ -496,14 +527,14 @@ mod tests {
                 "r:/studio/api/scenes/{id}|id=42"
             ]
         );
-        let chapter = inv.tags_for_read("/studio/api/chapters/7");
+        let chapter = read(&inv, "/studio/api/chapters/7");
         assert!(chapter.contains(&"r:/studio/api/chapters/{_1}".to_string()));
     }
 
     #[test]
     fn a_write_binds_its_parameters_and_widens_what_it_cannot_bind() {
         let inv = rules();
-        let plan = inv.plan_write(&Method::PATCH, "/studio/api/scenes/42");
+        let plan = write(&inv, Method::PATCH, "/studio/api/scenes/42");
         let tags: Vec<&str> = plan.tags.iter().map(String::as_str).collect();
         assert!(tags.contains(&"r:/studio/api/scenes/{id}|id=42"));
         assert!(tags.contains(&"r:/studio/api/chapters/{_1}"));
@@ -511,10 +542,11 @@ mod tests {
         // same name, so it binds; authors use distinct names to widen.
         assert!(tags.contains(&"r:/studio/api/stories/{id}|id=42"));
         assert!(tags.contains(&"u:/studio/api/scenes/42"));
-        // Every tag the write names is carried by the reads it must invalidate.
-        let read = inv.tags_for_read("/studio/api/scenes/42");
-        assert!(read.iter().any(|t| plan.tags.contains(t)));
-        let other = inv.tags_for_read("/studio/api/scenes/43");
+        // The reads it must invalidate carry the bound tag it names, not
+        // only the write's own `u:` tag.
+        let scene = read(&inv, "/studio/api/scenes/42");
+        assert!(scene.contains(&"r:/studio/api/scenes/{id}|id=42".to_string()));
+        let other = read(&inv, "/studio/api/scenes/43");
         assert!(!other
             .iter()
             .any(|t| plan.tags.contains(t) && t.contains("scenes")));
@@ -523,13 +555,13 @@ mod tests {
     #[test]
     fn a_write_lists_the_exact_paths_it_purges_for_refetching() {
         let inv = rules();
-        let plan = inv.plan_write(&Method::POST, "/community/api/posts/9/like");
+        let plan = write(&inv, Method::POST, "/community/api/posts/9/like");
         assert_eq!(
             plan.refetch,
             vec!["/community/api/posts/9", "/community/api/posts"]
         );
         // Families (`*`) cannot be listed; bound parameters can.
-        let plan = inv.plan_write(&Method::PATCH, "/studio/api/scenes/42");
+        let plan = write(&inv, Method::PATCH, "/studio/api/scenes/42");
         assert_eq!(
             plan.refetch,
             vec!["/studio/api/scenes/42", "/studio/api/stories/42"]
@@ -539,34 +571,70 @@ mod tests {
     #[test]
     fn methods_filter_rules() {
         let inv = rules();
-        assert!(inv
-            .plan_write(&Method::POST, "/studio/api/scenes/42")
+        assert!(write(&inv, Method::POST, "/studio/api/scenes/42")
             .matched
             .is_empty());
         assert_eq!(
-            inv.plan_write(&Method::POST, "/community/api/posts/9/like")
+            write(&inv, Method::POST, "/community/api/posts/9/like")
                 .matched
                 .len(),
             1
         );
-        let p = inv.plan_write(&Method::POST, "/community/api/posts/9/like");
+        let p = write(&inv, Method::POST, "/community/api/posts/9/like");
         assert!(p.tags.contains("r:/community/api/posts/{postId}|postId=9"));
         assert!(p.tags.contains("r:/community/api/posts"));
-        assert!(inv
-            .tags_for_read("/community/api/posts")
-            .contains(&"r:/community/api/posts".to_string()));
+        assert!(read(&inv, "/community/api/posts").contains(&"r:/community/api/posts".to_string()));
     }
 
     #[test]
     fn bad_rules_are_reported_with_the_text_to_locate() {
-        let e = Invalidation::new(vec![RawRule {
-            name: None,
-            on: "GET /a/:id".into(),
-            purge: vec!["/a/**/b".into()],
-        }])
+        let e = Invalidation::new(
+            vec![RawRule {
+                name: None,
+                on: "GET /a/:id".into(),
+                purge: vec!["/a/**/b".into()],
+            }],
+            &PathPolicy::default(),
+        )
         .unwrap_err();
         assert_eq!(e.len(), 1, "{e:?}");
         assert_eq!(e[0].at, "GET /a/:id");
+    }
+
+    #[test]
+    fn aliases_of_a_path_carry_and_invalidate_the_same_tags() {
+        let inv = rules();
+        let want = "r:/community/api/posts/{postId}|postId=9".to_string();
+        for alias in [
+            "/community/api/posts/%39",
+            "/Community/API/posts/9/",
+            "/community//api/./posts/x/../9",
+        ] {
+            assert!(read(&inv, alias).contains(&want), "{alias}");
+        }
+        for alias in [
+            "/community/api/posts/%39/like",
+            "/COMMUNITY/api/posts/9/like/",
+        ] {
+            assert!(
+                write(&inv, Method::POST, alias).tags.contains(&want),
+                "{alias}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_overridden_method_matches_the_rules_of_the_method_it_names() {
+        let inv = rules();
+        let mut post = Methods::only(Method::POST);
+        assert!(inv
+            .plan_write(&post, &route("/studio/api/scenes/42"))
+            .matched
+            .is_empty());
+        post.overrides.push(Method::PATCH);
+        let plan = inv.plan_write(&post, &route("/studio/api/scenes/42"));
+        assert_eq!(plan.matched.len(), 1);
+        assert!(plan.tags.contains("r:/studio/api/chapters/{_1}"));
     }
 
     #[test]

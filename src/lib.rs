@@ -11,6 +11,8 @@
 //! - [`flags`]: feature flags (kill switch, invalidation, ...) and their layers.
 //! - [`rules`]: route patterns (`/studio/api/scenes/:id`) compiled to one matcher.
 //! - [`proxy`]: the request path, pingora's `ProxyHttp` — start reading here.
+//! - [`canonical`]: what a request means: the one path and method set that
+//!   the key, route rules, tags and write rules all use.
 //! - [`cachekey`]: what makes two requests the same for the cache.
 //! - [`invalidation`]: invalidation rules → tags; what a write makes stale.
 //! - [`prefetch`]: refetching what a write purged, so the next read hits.
@@ -30,6 +32,7 @@ pub mod admin;
 pub mod analyze;
 pub mod app;
 pub mod cachekey;
+pub mod canonical;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -3,7 +3,9 @@
 //! Read this file top to bottom to follow one request. The callbacks appear in
 //! the order pingora calls them:
 //!
-//! 1. `request_filter` takes the config snapshot this request will use.
+//! 1. `request_filter` takes the config snapshot this request will use and
+//!    the request's canonical form (see `canonical`): the one path and method
+//!    set that the key, route rules, tags and write rules all read.
 //! 2. `request_cache_filter` decides whether the cache may be used at all
 //!    (GET/HEAD, `cache` flag on, route enabled, no credentials the rule does
 //!    not key, store usable). Anything else goes straight to the app.
@@ -11,8 +13,8 @@
 //!    normalized path, sorted query, the rule's keyed headers and cookies, and
 //!    the request headers the response `Vary`s on.
 //! 4. On a miss, `upstream_peer` + `upstream_request_filter` forward the request
-//!    (with `X-Forwarded-*`, without headers that would change the response
-//!    without being part of the key).
+//!    with its canonical path (with `X-Forwarded-*`, without headers that would
+//!    change the response without being part of the key).
 //! 5. `response_cache_filter` decides whether the app's answer may be stored
 //!    (RFC 9111 plus the safety rules), and with which freshness.
 //! 6. `response_filter` invalidates what a successful write changed (before
@@ -40,6 +42,7 @@ use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 
 use crate::cachekey;
+use crate::canonical::Canonical;
 use crate::config::Config;
 use crate::flags::Flag;
 use crate::invalidation::{self, ALL_TAG};
@@ -57,16 +60,20 @@ use tracing::warn;
 static NO_HEURISTICS: CacheMetaDefaults = CacheMetaDefaults::new(|_| None, 0, 0);
 
 /// Headers that can change what the app answers without being in the cache
-/// key (cache-poisoning vectors); removed from requests that use the cache.
+/// key (cache-poisoning vectors); removed from requests that use the cache,
+/// as are the configured method-override headers.
 const UNKEYED_REQUEST_HEADERS: &[&str] = &[
     "x-forwarded-host",
     "x-forwarded-server",
-    "x-original-url",
-    "x-rewrite-url",
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
 ];
+
+/// Headers with which some frameworks (Symfony, IIS) let the request say
+/// which path to route it to: a write could then change another resource
+/// than the one its path names and invalidates. Removed from every request.
+const ROUTING_OVERRIDE_HEADERS: &[&str] = &["x-original-url", "x-rewrite-url"];
 
 /// The rule name monitoring uses for writes no invalidation rule matched.
 pub const UNMATCHED: &str = "(unmatched)";
@@ -132,6 +139,8 @@ impl Outcome {
 
 pub struct Ctx {
     config: Arc<Config>,
+    /// What the request means; set by `request_filter`, before anything else.
+    request: Option<Canonical>,
     rule: Option<Arc<Rule>>,
     /// Why a GET/HEAD skipped the cache before lookup.
     bypass: Option<&'static str>,
@@ -155,6 +164,7 @@ impl ProxyHttp for Proxy {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             config: self.live.config(),
+            request: None,
             rule: None,
             bypass: None,
             not_stored: None,
@@ -171,11 +181,18 @@ impl ProxyHttp for Proxy {
         // take the config that is current now.
         ctx.config = self.live.config();
         ctx.started = Instant::now();
-        ctx.rule = ctx
-            .config
-            .routes
-            .lookup(session.req_header().uri.path())
-            .cloned();
+        let req = session.req_header();
+        if !req.raw_path_is_utf8() {
+            // Not a URI (RFC 9112 §3.2 targets are ASCII): the app and the
+            // key could not agree on what it names.
+            let mut resp = ResponseHeader::build(StatusCode::BAD_REQUEST, Some(1))?;
+            resp.insert_header(header::CONTENT_LENGTH, "0")?;
+            session.write_response_header(Box::new(resp), true).await?;
+            return Ok(true);
+        }
+        let request = Canonical::new(req, &ctx.config.paths, &ctx.config.method_override);
+        ctx.rule = ctx.config.routes.lookup(&request.route).cloned();
+        ctx.request = Some(request);
         ctx.background = session.subrequest_ctx.is_some()
             || self
                 .prefetch
@@ -185,7 +202,12 @@ impl ProxyHttp for Proxy {
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         let req = session.req_header();
-        if !matches!(req.method, Method::GET | Method::HEAD) {
+        let Some(request) = &ctx.request else {
+            return Ok(());
+        };
+        // A GET that names an unsafe method in an override is a write to the
+        // app: never answered from the cache.
+        if !matches!(req.method, Method::GET | Method::HEAD) || request.methods.is_write() {
             return Ok(());
         }
         if !self.live.flags.get(Flag::Cache, &ctx.config) {
@@ -208,8 +230,12 @@ impl ProxyHttp for Proxy {
     }
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        let Some(request) = &ctx.request else {
+            return Error::e_explain(ErrorType::InternalError, "no canonical request");
+        };
         let primary = cachekey::primary(
             session.req_header(),
+            request,
             &ctx.config.upstream.host,
             ctx.rule.as_deref(),
         );
@@ -289,9 +315,29 @@ impl ProxyHttp for Proxy {
         if upstream.headers.get(header::HOST).is_none() {
             upstream.insert_header(header::HOST, ctx.config.upstream.host.as_str())?;
         }
+        for h in ROUTING_OVERRIDE_HEADERS {
+            upstream.remove_header(*h);
+        }
         if session.cache.enabled() {
             for h in UNKEYED_REQUEST_HEADERS {
                 upstream.remove_header(*h);
+            }
+            for h in &ctx.config.method_override.headers {
+                upstream.remove_header(h.as_str());
+            }
+        }
+        // The app is sent the path the key and the rules were computed from,
+        // so it cannot read an alias differently from them.
+        if let Some(request) = ctx.request.as_ref().filter(|r| r.rewrites(upstream)) {
+            let target = request.forward_target(upstream);
+            match target.parse::<http::Uri>() {
+                Ok(uri) => upstream.set_uri(uri),
+                Err(e) => {
+                    return Error::e_explain(
+                        ErrorType::InvalidHTTPHeader,
+                        format!("canonical target {target:?}: {e}"),
+                    )
+                }
             }
         }
         Ok(())
@@ -299,26 +345,25 @@ impl ProxyHttp for Proxy {
 
     fn response_cache_filter(
         &self,
-        session: &Session,
+        _session: &Session,
         resp: &ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<RespCacheable> {
-        let decided = storable(resp, ctx.rule.as_deref()).and_then(|c| match (c, ctx.fetch_seq) {
-            (RespCacheable::Cacheable(mut meta), Some(fetch_seq)) => {
-                let mut tags = ctx
-                    .config
-                    .invalidation
-                    .tags_for_read(session.req_header().uri.path());
-                tags.extend(invalidation::tags_from_response(&resp.headers));
-                meta.extensions_mut().insert(FillInfo {
-                    fetch_seq,
-                    rules: ctx.config.rules_fingerprint,
-                    tags,
-                });
-                Ok(RespCacheable::Cacheable(meta))
+        let decided = storable(resp, ctx.rule.as_deref()).and_then(|c| {
+            match (c, ctx.fetch_seq, &ctx.request) {
+                (RespCacheable::Cacheable(mut meta), Some(fetch_seq), Some(request)) => {
+                    let mut tags = ctx.config.invalidation.tags_for_read(&request.route);
+                    tags.extend(invalidation::tags_from_response(&resp.headers));
+                    meta.extensions_mut().insert(FillInfo {
+                        fetch_seq,
+                        rules: ctx.config.rules_fingerprint,
+                        tags,
+                    });
+                    Ok(RespCacheable::Cacheable(meta))
+                }
+                (RespCacheable::Cacheable(_), _, _) => Err("clock-unavailable"),
+                (other, _, _) => Ok(other),
             }
-            (RespCacheable::Cacheable(_), None) => Err("clock-unavailable"),
-            (other, _) => Ok(other),
         });
         match decided {
             Ok(c) => Ok(c),
@@ -350,7 +395,8 @@ impl ProxyHttp for Proxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if is_write(&session.req_header().method) && resp.status.as_u16() < 400 {
+        let is_write = ctx.request.as_ref().is_some_and(|r| r.methods.is_write());
+        if is_write && resp.status.as_u16() < 400 {
             self.invalidate_after_write(session, resp, ctx).await;
         }
         let (outcome, status) = describe(session, ctx);
@@ -492,17 +538,14 @@ impl Proxy {
     /// rules name, where a route rule caches them for everyone (no keyed
     /// headers or cookies: a refetch carries no client's).
     fn refetch(&self, config: &Config, req: &RequestHeader, mut paths: Vec<String>) {
+        // `paths` starts with the write's own (canonical) path.
         let Some(host) = req.headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
             return;
         };
-        let own = req.uri.path().to_string();
-        if !paths.contains(&own) {
-            paths.insert(0, own);
-        }
         paths.retain(|p| {
             config
                 .routes
-                .lookup(p)
+                .lookup(&config.paths.route_path(p))
                 .is_some_and(|r| r.enabled && r.key_headers.is_empty() && r.key_cookies.is_empty())
         });
         self.prefetch.refetch(host, paths);
@@ -518,8 +561,16 @@ impl Proxy {
         resp: &ResponseHeader,
         ctx: &Ctx,
     ) -> (BTreeSet<String>, Vec<String>, Vec<String>) {
-        let path = req.uri.path();
-        let plan = config.invalidation.plan_write(&req.method, path);
+        // Computed again under the newest config when it changed (its path
+        // policy may differ from the request's snapshot's).
+        let request = match &ctx.request {
+            Some(r) if Arc::ptr_eq(&ctx.config, &self.live.config()) => r.clone(),
+            _ => Canonical::new(req, &config.paths, &config.method_override),
+        };
+        let path = request.path.as_str();
+        let plan = config
+            .invalidation
+            .plan_write(&request.methods, &request.route);
         let mut tags = plan.tags;
         for h in [header::LOCATION, header::CONTENT_LOCATION] {
             if let Some(p) = resp
@@ -528,7 +579,7 @@ impl Proxy {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| same_origin_path(req, v))
             {
-                tags.insert(invalidation::own_tag(&p));
+                tags.insert(invalidation::own_tag(&config.paths.route_path(&p)));
             }
         }
         tags.extend(invalidation::groups_invalidated(&resp.headers));
@@ -551,16 +602,12 @@ impl Proxy {
         if names.is_empty() {
             names.push(UNMATCHED.to_string());
         }
-        (tags, names, plan.refetch)
+        let mut refetch = plan.refetch;
+        if !refetch.contains(&request.path) {
+            refetch.insert(0, request.path.clone());
+        }
+        (tags, names, refetch)
     }
-}
-
-/// Methods that may change data (RFC 9110 "unsafe"), which invalidate.
-pub fn is_write(m: &Method) -> bool {
-    !matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::CONNECT
-    )
 }
 
 /// The path of `location` if it points at the same origin as the request.
@@ -699,7 +746,8 @@ fn describe(session: &Session, ctx: &Ctx) -> (Outcome, String) {
         CachePhase::Miss => (Outcome::Miss, format!("{NAME}; fwd=uri-miss; stored")),
         CachePhase::Expired => (Outcome::Miss, format!("{NAME}; fwd=stale; stored")),
         CachePhase::Disabled(reason) => {
-            if !matches!(session.req_header().method, Method::GET | Method::HEAD) {
+            let is_write = ctx.request.as_ref().is_some_and(|r| r.methods.is_write());
+            if is_write || !matches!(session.req_header().method, Method::GET | Method::HEAD) {
                 return (Outcome::Pass, format!("{NAME}; fwd=method"));
             }
             let detail = ctx.not_stored.unwrap_or(match reason {

@@ -7,10 +7,15 @@
 //! when several patterns could match, the most specific wins (static segments
 //! beat parameters, parameters beat catch-alls) — the same priority the app's
 //! own router uses. Two patterns that are the same route are a config error.
+//!
+//! Paths are matched as [`RoutePath`]s (see `canonical`): patterns are folded
+//! the same way (case, trailing slash) before they enter the tree.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
+
+use crate::canonical::{PathPolicy, RoutePath};
 
 /// One route rule, as validated from the config.
 #[derive(Debug, Clone)]
@@ -74,12 +79,12 @@ impl fmt::Debug for RouteTable {
 }
 
 impl RouteTable {
-    pub fn new(rules: Vec<Rule>) -> Result<RouteTable, Vec<PatternError>> {
+    pub fn new(rules: Vec<Rule>, paths: &PathPolicy) -> Result<RouteTable, Vec<PatternError>> {
         let mut router = matchit::Router::new();
         let mut errors = Vec::new();
         for (i, rule) in rules.iter().enumerate() {
             let compiled = match to_matchit(&rule.pattern) {
-                Ok(c) => c,
+                Ok(c) => paths.fold_pattern(&c),
                 Err(reason) => {
                     errors.push(PatternError {
                         pattern: rule.pattern.clone(),
@@ -104,9 +109,9 @@ impl RouteTable {
         })
     }
 
-    /// The rule that covers `path` (no query string), if any.
-    pub fn lookup(&self, path: &str) -> Option<&Arc<Rule>> {
-        let m = self.router.at(path).ok()?;
+    /// The rule that covers `path`, if any.
+    pub fn lookup(&self, path: &RoutePath) -> Option<&Arc<Rule>> {
+        let m = self.router.at(path.as_str()).ok()?;
         self.rules.get(*m.value)
     }
 
@@ -220,14 +225,18 @@ mod tests {
 
     #[test]
     fn most_specific_rule_wins() {
-        let t = RouteTable::new(vec![
-            rule("posts", "/community/api/posts"),
-            rule("post", "/community/api/posts/:postId"),
-            rule("replies", "/community/api/posts/:postId/replies"),
-            rule("all", "/community/**"),
-        ])
+        let paths = PathPolicy::default();
+        let t = RouteTable::new(
+            vec![
+                rule("posts", "/community/api/posts"),
+                rule("post", "/community/api/posts/:postId"),
+                rule("replies", "/community/api/posts/:postId/replies"),
+                rule("all", "/community/**"),
+            ],
+            &paths,
+        )
         .unwrap();
-        let name = |p: &str| t.lookup(p).map(|r| r.name.clone());
+        let name = |p: &str| t.lookup(&paths.route_path(p)).map(|r| r.name.clone());
         assert_eq!(name("/community/api/posts").as_deref(), Some("posts"));
         assert_eq!(name("/community/api/posts/7").as_deref(), Some("post"));
         assert_eq!(
@@ -236,11 +245,26 @@ mod tests {
         );
         assert_eq!(name("/community/other/x").as_deref(), Some("all"));
         assert_eq!(name("/studio/api/scenes/1"), None);
+        // Aliases the app's router folds find the same rule.
+        assert_eq!(
+            name("/Community/API/posts/7/").as_deref(),
+            Some("post"),
+            "case and trailing slash"
+        );
+        assert_eq!(
+            name("/community//api/./posts/%37").as_deref(),
+            Some("post"),
+            "slashes, dot segments, escapes"
+        );
     }
 
     #[test]
     fn duplicate_routes_are_rejected_with_the_pattern() {
-        let e = RouteTable::new(vec![rule("a", "/x/:id"), rule("b", "/x/[other]")]).unwrap_err();
+        let e = RouteTable::new(
+            vec![rule("a", "/x/:id"), rule("b", "/x/[other]")],
+            &PathPolicy::default(),
+        )
+        .unwrap_err();
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].pattern, "/x/[other]");
     }

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 
 use http::Method;
 
+use crate::canonical::{self, Methods};
 use crate::config::Config;
 use crate::invalidation::own_tag;
 use crate::rules::sample_path;
@@ -20,7 +21,11 @@ pub fn warnings(config: &Config) -> Vec<String> {
         let Some(sample) = sample_path(&t.pattern) else {
             continue;
         };
-        if config.routes.lookup(&sample).is_none() {
+        if config
+            .routes
+            .lookup(&config.paths.route_path(&sample))
+            .is_none()
+        {
             out.push(format!(
                 "purge target {} matches no route rule: only responses the app itself marks \
                  cacheable are stored there (is a route missing, or the pattern wrong?)",
@@ -35,6 +40,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
         let Some(sample) = sample_path(&r.pattern) else {
             continue;
         };
+        let sample = config.paths.route_path(&sample);
         let purged = !inv.tags_for_read(&sample).iter().all(|t| {
             // Every cached response carries `a:all` and its own URI; anything
             // else comes from a purge target.
@@ -68,10 +74,14 @@ pub fn explain(config: &Config, request: &str) -> Result<String, String> {
             "{target:?} is not a path; write e.g. 'PATCH /studio/api/scenes/42'"
         ));
     }
-    let path = target.split(['?', '#']).next().unwrap_or(target);
+    let raw_path = target.split(['?', '#']).next().unwrap_or(target);
+    let path = config.paths.route_path(raw_path);
     let mut s = String::new();
     let _ = writeln!(s, "{method} {target}");
-    match config.routes.lookup(path) {
+    if path.as_str() != raw_path {
+        let _ = writeln!(s, "  matched as: {path}");
+    }
+    match config.routes.lookup(&path) {
         Some(r) => {
             let _ = writeln!(
                 s,
@@ -91,8 +101,8 @@ pub fn explain(config: &Config, request: &str) -> Result<String, String> {
             );
         }
     }
-    if !crate::proxy::is_write(&method) {
-        let tags = config.invalidation.tags_for_read(path);
+    if !canonical::is_unsafe(&method) {
+        let tags = config.invalidation.tags_for_read(&path);
         let _ = writeln!(
             s,
             "  not a write. A response cached for it carries these tags; a write that \
@@ -103,11 +113,13 @@ pub fn explain(config: &Config, request: &str) -> Result<String, String> {
         }
         return Ok(s);
     }
-    let plan = config.invalidation.plan_write(&method, path);
+    let plan = config
+        .invalidation
+        .plan_write(&Methods::only(method), &path);
     let _ = writeln!(
         s,
         "  always (RFC 9111 section 4.4): its own URI, every query and variant\n    {}",
-        own_tag(path)
+        own_tag(&path)
     );
     let _ = writeln!(
         s,

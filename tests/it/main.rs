@@ -11,3 +11,4 @@ mod invalidation;
 mod monitoring;
 mod proxy_cache;
 mod redis_tier;
+mod stale_holes;

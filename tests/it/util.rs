@@ -14,6 +14,13 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_freshgate");
 
+/// The binary the freshgate proxies run: this build's, unless
+/// `FRESHGATE_TEST_BIN` names another (to run today's attacks against an
+/// older build; the demo app always comes from this one).
+fn proxy_bin() -> String {
+    std::env::var("FRESHGATE_TEST_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 /// A loopback port for a test process to listen on.
 ///
 /// Ports come from below the kernel's ephemeral range, so no outgoing
@@ -328,6 +335,9 @@ invalidate:
   - name: post-create
     on: POST /community/api/posts
     purge: [/community/api/posts]
+  - name: post-write
+    on: "[PATCH, PUT, DELETE] /community/api/posts/:postId"
+    purge: [/community/api/posts/:postId, /community/api/posts]
 "#;
 
 impl Freshgate {
@@ -360,7 +370,7 @@ impl Freshgate {
         for _ in 0..5 {
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let mut cmd = Command::new(BIN);
+            let mut cmd = Command::new(proxy_bin());
             cmd.args(["run", "-c"])
                 .arg(&path)
                 .args([

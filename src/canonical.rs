@@ -1,0 +1,686 @@
+//! The canonical request: what freshgate takes one request to mean, computed
+//! once, and the only input the cache key, route lookup, tag binding and
+//! write-rule matching read.
+//!
+//! Why one value: if the key folded a difference that the tags did not (or
+//! the reverse), two spellings of one resource would share an entry but not
+//! its invalidations — `GET /posts/%39` stored as `/posts/9` but tagged
+//! `postId=%39`, so a like on post 9 left it a hit. Every spelling question is
+//! answered here, once, and everything downstream reads the answer.
+//!
+//! What is folded, in two steps:
+//!
+//! 1. **The path** ([`Canonical::path`]): the RFC 3986 §6.2.2 equivalences —
+//!    percent-encoded unreserved characters decoded (`%39` → `9`, `%7e` → `~`),
+//!    the hex of other escapes upper-cased (`%2f` → `%2F`), dot segments
+//!    removed after that decoding (`/a/./b`, `/a/x/../b`, `/a/%2e%2e/b` → `/a/b`)
+//!    — and, when `paths.merge_slashes` is on (the default), runs of `/`
+//!    merged. **This path is what freshgate forwards to the app**, so the app
+//!    can never read a spelling differently from the key: an alias cannot
+//!    poison the canonical entry with its own answer.
+//! 2. **The route path** ([`RoutePath`]), for route rules, tags and write
+//!    rules only: the path with a trailing `/` dropped and ASCII case folded,
+//!    each when the config says the app's router does so (`paths.ignore_trailing_slash`,
+//!    `paths.ignore_case`; both on by default, as Express routes). Folding more
+//!    than the app does only merges the invalidations of paths the app keeps
+//!    apart (a wider purge, always safe); folding less would leave an alias's
+//!    entry out of a purge. It is never forwarded and never in the key: `/Posts/Abc`
+//!    and `/posts/abc` are different keys (parameter values keep their case in
+//!    the app), sharing their tags.
+//!
+//! Kept apart: reserved escapes (`%2F` is not `/`), the query (a key part,
+//! its pairs sorted by name with equal names kept in order; never part of a
+//! tag, since a write purges every query of a path), and everything an app
+//! may do on its own (`parseInt("7abc")` is 7 in JavaScript: no proxy can know).
+//!
+//! The methods ([`Methods`]): the request's own and any method override the
+//! app may honour (`X-HTTP-Method-Override: PATCH` on a POST, `?_method=PATCH`,
+//! or a form body, which may carry `_method`), so a write is matched against
+//! every rule it might be.
+
+use std::fmt;
+
+use http::Method;
+use pingora::http::RequestHeader;
+
+/// How the app's router compares paths (the `paths:` section).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PathPolicy {
+    /// `/a//b` is `/a/b` (folded in the key and in what is forwarded).
+    pub merge_slashes: bool,
+    /// The app routes `/Studio/x` like `/studio/x` (tags and rules only).
+    pub ignore_case: bool,
+    /// The app routes `/a/` like `/a` (tags and rules only).
+    pub ignore_trailing_slash: bool,
+}
+
+impl Default for PathPolicy {
+    /// Fold everything: a wider purge is always safe.
+    fn default() -> PathPolicy {
+        PathPolicy {
+            merge_slashes: true,
+            ignore_case: true,
+            ignore_trailing_slash: true,
+        }
+    }
+}
+
+/// A path as route rules, tags and write rules see it. Only [`PathPolicy`]
+/// makes one, so nothing can match a rule against a path it did not fold.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoutePath(String);
+
+impl RoutePath {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RoutePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PathPolicy {
+    /// The route path of an already canonical path (step 2).
+    fn fold(&self, path: &str) -> RoutePath {
+        let mut p = path;
+        if self.ignore_trailing_slash {
+            while p.len() > 1 && p.ends_with('/') {
+                p = &p[..p.len() - 1];
+            }
+        }
+        RoutePath(if self.ignore_case {
+            p.to_ascii_lowercase()
+        } else {
+            p.to_string()
+        })
+    }
+
+    /// Both steps, for a path that did not come with a request: a
+    /// `Location` header, a purge request, a pattern's sample path.
+    pub fn route_path(&self, path: &str) -> RoutePath {
+        self.fold(&normalize_path(path, self.merge_slashes))
+    }
+
+    /// A route pattern in matchit syntax as the router must hold it: its
+    /// literal text folded like paths are (parameter names are kept).
+    pub fn fold_pattern(&self, canonical: &str) -> String {
+        let mut p = canonical;
+        if self.ignore_trailing_slash {
+            while p.len() > 1 && p.ends_with('/') {
+                p = &p[..p.len() - 1];
+            }
+        }
+        if !self.ignore_case {
+            return p.to_string();
+        }
+        // Lower-case outside `{name}` (`{{` and `}}` are escaped braces).
+        let mut out = String::with_capacity(p.len());
+        let mut in_param = false;
+        let mut chars = p.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if !in_param && chars.peek() == Some(&'{') => {
+                    chars.next();
+                    out.push_str("{{");
+                }
+                '}' if !in_param && chars.peek() == Some(&'}') => {
+                    chars.next();
+                    out.push_str("}}");
+                }
+                '{' => {
+                    in_param = true;
+                    out.push(c);
+                }
+                '}' => {
+                    in_param = false;
+                    out.push(c);
+                }
+                c if in_param => out.push(c),
+                c => out.push(c.to_ascii_lowercase()),
+            }
+        }
+        out
+    }
+}
+
+/// How a request can name another method than its own (the
+/// `method_override:` section).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MethodOverride {
+    /// Lower-case header names, e.g. `x-http-method-override`.
+    pub headers: Vec<String>,
+    /// The query (and form body) parameter, e.g. `_method`.
+    pub param: Option<String>,
+}
+
+impl Default for MethodOverride {
+    /// What method-override middleware (Express, Rails, Laravel, Symfony,
+    /// ASP.NET) reads by default.
+    fn default() -> MethodOverride {
+        MethodOverride {
+            headers: vec![
+                "x-http-method-override".into(),
+                "x-http-method".into(),
+                "x-method-override".into(),
+            ],
+            param: Some("_method".into()),
+        }
+    }
+}
+
+/// The methods the app may execute for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Methods {
+    /// The request line's method.
+    pub sent: Method,
+    /// Methods named by override headers or the query parameter.
+    pub overrides: Vec<Method>,
+    /// A POST with a form body: the body may name any method, and freshgate
+    /// does not read bodies.
+    pub any_from_body: bool,
+}
+
+impl Methods {
+    /// A request that names no other method.
+    pub fn only(sent: Method) -> Methods {
+        Methods {
+            sent,
+            overrides: Vec::new(),
+            any_from_body: false,
+        }
+    }
+
+    /// Whether the app may change data for this request: then it is never
+    /// served from (nor stored in) the cache, and it invalidates.
+    pub fn is_write(&self) -> bool {
+        self.any_from_body || is_unsafe(&self.sent) || self.overrides.iter().any(is_unsafe)
+    }
+
+    /// Whether a rule for `methods` (empty: every write) may apply.
+    pub fn may_be_any_of(&self, methods: &[Method]) -> bool {
+        methods.is_empty()
+            || self.any_from_body
+            || methods.contains(&self.sent)
+            || self.overrides.iter().any(|m| methods.contains(m))
+    }
+}
+
+/// Methods that may change data (RFC 9110 §9.2.1 "unsafe").
+pub fn is_unsafe(m: &Method) -> bool {
+    !matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::CONNECT
+    )
+}
+
+/// One request as freshgate understands it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Canonical {
+    /// The path in the key, and the one forwarded to the app.
+    pub path: String,
+    /// The query in key order, `None` when empty. Forwarded as the client
+    /// sent it: only the key sorts it.
+    pub query: Option<String>,
+    /// The path route rules, tags and write rules match.
+    pub route: RoutePath,
+    pub methods: Methods,
+}
+
+impl Canonical {
+    pub fn new(req: &RequestHeader, paths: &PathPolicy, overrides: &MethodOverride) -> Canonical {
+        let raw = req.uri.path();
+        let path = normalize_path(raw, paths.merge_slashes);
+        let route = paths.fold(&path);
+        let query = req.uri.query().map(sorted_query).filter(|q| !q.is_empty());
+        Canonical {
+            methods: methods(req, overrides),
+            path,
+            query,
+            route,
+        }
+    }
+
+    /// Whether the path to forward differs from the one the client sent.
+    pub fn rewrites(&self, req: &RequestHeader) -> bool {
+        self.path != req.uri.path()
+    }
+
+    /// The request target to forward: the canonical path and the query as sent.
+    pub fn forward_target(&self, req: &RequestHeader) -> String {
+        match req.uri.query() {
+            Some(q) => format!("{}?{q}", self.path),
+            None => self.path.clone(),
+        }
+    }
+}
+
+fn methods(req: &RequestHeader, policy: &MethodOverride) -> Methods {
+    let mut m = Methods::only(req.method.clone());
+    for name in &policy.headers {
+        for v in req.headers.get_all(name.as_str()) {
+            push_method(&mut m.overrides, v.as_bytes());
+        }
+    }
+    if let Some(param) = &policy.param {
+        if let Some(q) = req.uri.query() {
+            for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+                if k == param.as_str() {
+                    push_method(&mut m.overrides, v.as_bytes());
+                }
+            }
+        }
+        m.any_from_body = req.method == Method::POST && has_form_body(req);
+    }
+    m
+}
+
+fn push_method(out: &mut Vec<Method>, raw: &[u8]) {
+    let name = String::from_utf8_lossy(raw).trim().to_ascii_uppercase();
+    if let Ok(method) = Method::from_bytes(name.as_bytes()) {
+        if !out.contains(&method) {
+            out.push(method);
+        }
+    }
+}
+
+fn has_form_body(req: &RequestHeader) -> bool {
+    req.headers
+        .get_all(http::header::CONTENT_TYPE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            let v = v.trim_start().to_ascii_lowercase();
+            v.starts_with("application/x-www-form-urlencoded")
+                || v.starts_with("multipart/form-data")
+        })
+}
+
+/// Step 1: the RFC 3986 §6.2.2 normal form of a path (plus merged slashes).
+/// Idempotent. A path that does not start with `/` (`*`, an authority) is
+/// returned as is.
+pub fn normalize_path(path: &str, merge_slashes: bool) -> String {
+    if !path.starts_with('/') {
+        return if path.is_empty() {
+            "/".into()
+        } else {
+            path.into()
+        };
+    }
+    let decoded = decode_unreserved(path);
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded[1..].split('/').collect();
+    let mut ends_with_slash = false;
+    for (i, seg) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *seg {
+            "." => ends_with_slash = last,
+            ".." => {
+                out.pop();
+                ends_with_slash = last;
+            }
+            "" if last => ends_with_slash = true,
+            "" if merge_slashes => {}
+            s => {
+                out.push(s);
+                ends_with_slash = false;
+            }
+        }
+    }
+    let mut p = String::with_capacity(decoded.len());
+    p.push('/');
+    p.push_str(&out.join("/"));
+    if ends_with_slash && !out.is_empty() {
+        p.push('/');
+    }
+    p
+}
+
+/// Decode percent-encoded unreserved characters, upper-case the hex of the
+/// other escapes; malformed escapes and every other byte are left as they are.
+fn decode_unreserved(path: &str) -> String {
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                let c = h * 16 + l;
+                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                    out.push(c);
+                } else {
+                    out.extend([
+                        b'%',
+                        b[i + 1].to_ascii_uppercase(),
+                        b[i + 2].to_ascii_uppercase(),
+                    ]);
+                }
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    // Only ASCII escapes were replaced by ASCII bytes: still UTF-8.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+fn hex(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Query pairs ordered by name, pairs with the same name kept in the order
+/// sent (apps read `?a=1&a=2` as the list `[1, 2]`); empty pairs dropped.
+pub fn sorted_query(q: &str) -> String {
+    fn name(pair: &str) -> &str {
+        pair.split('=').next().unwrap_or_default()
+    }
+    let mut pairs: Vec<&str> = q.split('&').filter(|p| !p.is_empty()).collect();
+    // `sort_by` is stable: equal names keep their order.
+    pairs.sort_by(|a, b| name(a).cmp(name(b)));
+    pairs.join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build(method, uri.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn canon(uri: &str) -> Canonical {
+        Canonical::new(
+            &req("GET", uri, &[]),
+            &PathPolicy::default(),
+            &MethodOverride::default(),
+        )
+    }
+
+    #[test]
+    fn rfc_3986_equivalences_are_folded_in_the_path() {
+        for (raw, want) in [
+            ("/community/api/posts/%39", "/community/api/posts/9"),
+            ("/a/%7euser", "/a/~user"),
+            ("/a%2fb", "/a%2Fb"),
+            ("/a/./b", "/a/b"),
+            ("/a/x/../b", "/a/b"),
+            ("/a/%2E%2e/b", "/b"),
+            ("/..", "/"),
+            ("/a/b/..", "/a/"),
+            ("/a/.", "/a/"),
+            ("/a//b///c", "/a/b/c"),
+            ("//", "/"),
+            ("/a/", "/a/"),
+            ("/a%", "/a%"),
+            ("/a%zz", "/a%zz"),
+            ("/", "/"),
+            ("/caf%C3%A9/é", "/caf%C3%A9/é"),
+        ] {
+            assert_eq!(canon(raw).path, want, "{raw}");
+            assert_eq!(normalize_path(want, true), want, "idempotent on {want}");
+        }
+        assert_eq!(normalize_path("/a//b/", false), "/a//b/");
+    }
+
+    #[test]
+    fn case_and_trailing_slash_fold_only_the_route_path() {
+        let c = canon("/Studio/api/Scenes/42/");
+        assert_eq!(c.path, "/Studio/api/Scenes/42/");
+        assert_eq!(c.route.as_str(), "/studio/api/scenes/42");
+        let strict = PathPolicy {
+            merge_slashes: true,
+            ignore_case: false,
+            ignore_trailing_slash: false,
+        };
+        assert_eq!(strict.route_path("/Studio/x/").as_str(), "/Studio/x/");
+        assert_eq!(canon("/").route.as_str(), "/");
+    }
+
+    #[test]
+    fn patterns_fold_their_text_but_not_parameter_names() {
+        let p = PathPolicy::default();
+        assert_eq!(
+            p.fold_pattern("/Community/api/posts/{postId}/"),
+            "/community/api/posts/{postId}"
+        );
+        assert_eq!(p.fold_pattern("/A{{b}}/{*Rest}"), "/a{{b}}/{*Rest}");
+    }
+
+    #[test]
+    fn the_query_is_ordered_by_name_only() {
+        assert_eq!(sorted_query("b=2&a=1&&a=0"), "a=1&a=0&b=2");
+        assert_eq!(canon("/x?b=2&a=1").query.as_deref(), Some("a=1&b=2"));
+        assert_eq!(canon("/x?").query, None);
+        let c = canon("/x/./y?b=2&a=1");
+        assert_eq!(
+            c.forward_target(&req("GET", "/x/./y?b=2&a=1", &[])),
+            "/x/y?b=2&a=1"
+        );
+    }
+
+    #[test]
+    fn method_overrides_make_writes() {
+        let o = MethodOverride::default();
+        let p = PathPolicy::default();
+        let m = |method: &str, uri: &str, h: &[(&str, &str)]| {
+            Canonical::new(&req(method, uri, h), &p, &o).methods
+        };
+        let patch = m("POST", "/a", &[("x-http-method-override", "patch")]);
+        assert_eq!(patch.overrides, vec![Method::PATCH]);
+        assert!(patch.may_be_any_of(&[Method::PATCH]));
+        assert!(patch.may_be_any_of(&[Method::POST]));
+        assert!(!patch.may_be_any_of(&[Method::DELETE]));
+        assert!(m("POST", "/a?_method=DELETE", &[]).may_be_any_of(&[Method::DELETE]));
+        // A GET that names an unsafe method is not a read to cache.
+        assert!(m("GET", "/a", &[("x-method-override", "DELETE")]).is_write());
+        assert!(!m("GET", "/a", &[]).is_write());
+        let form = m(
+            "POST",
+            "/a",
+            &[("content-type", "application/x-www-form-urlencoded")],
+        );
+        assert!(form.any_from_body && form.may_be_any_of(&[Method::PUT]));
+        let json = m("POST", "/a", &[("content-type", "application/json")]);
+        assert!(!json.may_be_any_of(&[Method::PUT]));
+        // Switched off by config.
+        let none = MethodOverride {
+            headers: vec![],
+            param: None,
+        };
+        let off = Canonical::new(
+            &req(
+                "POST",
+                "/a?_method=PUT",
+                &[("x-http-method-override", "PUT")],
+            ),
+            &p,
+            &none,
+        );
+        assert!(!off.methods.may_be_any_of(&[Method::PUT]));
+    }
+
+    /// Properties over generated paths, against the shipped rules.
+    mod properties {
+        use super::*;
+        use crate::config::{Config, Overrides};
+        use proptest::prelude::*;
+
+        fn shipped() -> &'static Config {
+            static CONFIG: std::sync::OnceLock<Config> = std::sync::OnceLock::new();
+            CONFIG.get_or_init(|| {
+                Config::from_str(
+                    include_str!("../config/freshgate.yaml"),
+                    None,
+                    &Overrides::default(),
+                )
+                .expect("the shipped config is valid")
+            })
+        }
+
+        /// Everything the key, the rules and the tags make of `uri` sent as `method`.
+        fn meaning(uri: &str, method: &str) -> (String, Option<String>, Vec<String>, Vec<String>) {
+            let config = shipped();
+            let r = req(method, uri, &[("host", "app")]);
+            let c = Canonical::new(&r, &config.paths, &config.method_override);
+            let rule = config.routes.lookup(&c.route).map(|r| r.name.clone());
+            let key = crate::cachekey::primary(&r, &c, "app", None);
+            let read = config.invalidation.tags_for_read(&c.route);
+            let write: Vec<String> = config
+                .invalidation
+                .plan_write(&c.methods, &c.route)
+                .tags
+                .into_iter()
+                .collect();
+            (key, rule, read, write)
+        }
+
+        fn segment() -> impl Strategy<Value = String> {
+            prop::sample::select(vec![
+                "studio",
+                "Studio",
+                "api",
+                "API",
+                "scenes",
+                "stories",
+                "community",
+                "posts",
+                "like",
+                "write",
+                "9",
+                "%39",
+                "42",
+                "%34%32",
+                "%2F",
+                "%2f",
+                "a%20b",
+                ".",
+                "..",
+                "",
+                "x",
+                "%2E",
+                "%2e%2E",
+                "%7E",
+                "~",
+                "%41",
+                "a",
+            ])
+            .prop_map(str::to_string)
+        }
+
+        fn path() -> impl Strategy<Value = String> {
+            prop::collection::vec(segment(), 0..7).prop_map(|s| format!("/{}", s.join("/")))
+        }
+
+        /// Another spelling of `path` under RFC 3986 §6.2.2 and merged
+        /// slashes: the same resource to any server, so the same key.
+        fn respell(path: &str, choices: &[u8]) -> String {
+            let mut out = String::new();
+            let mut k = 0;
+            let mut pick = || {
+                k += 1;
+                choices.get(k % choices.len().max(1)).copied().unwrap_or(0)
+            };
+            for (i, seg) in path.split('/').enumerate() {
+                if i > 0 {
+                    out.push('/');
+                    match pick() % 4 {
+                        1 => out.push_str("./"),
+                        2 => out.push_str("zz/../"),
+                        3 => out.push('/'),
+                        _ => {}
+                    }
+                }
+                let mut rest = seg;
+                while let Some(c) = rest.chars().next() {
+                    if c == '%' && rest.len() >= 3 {
+                        // An escape: flip the case of its hex.
+                        let esc = &rest[..3];
+                        out.push_str(&if pick() % 2 == 0 {
+                            esc.to_ascii_lowercase()
+                        } else {
+                            esc.to_ascii_uppercase()
+                        });
+                        rest = &rest[3..];
+                        continue;
+                    }
+                    if c.is_ascii_alphanumeric() && pick() % 3 == 0 {
+                        out.push_str(&format!("%{:02X}", c as u8));
+                    } else {
+                        out.push(c);
+                    }
+                    rest = &rest[c.len_utf8()..];
+                }
+            }
+            out
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn equal_keys_mean_equal_rules_and_tags(a in path(), b in path(), m in prop::sample::select(vec!["GET", "POST", "PATCH", "DELETE"])) {
+                let (ka, ra, ta, wa) = meaning(&a, m);
+                let (kb, rb, tb, wb) = meaning(&b, m);
+                if ka == kb {
+                    prop_assert_eq!(ra, rb);
+                    prop_assert_eq!(ta, tb);
+                    prop_assert_eq!(wa, wb);
+                }
+            }
+
+            #[test]
+            fn a_respelling_has_the_same_key_rules_and_tags(p in path(), choices in prop::collection::vec(any::<u8>(), 1..32), m in prop::sample::select(vec!["GET", "POST", "PATCH"])) {
+                let alias = respell(&p, &choices);
+                prop_assert_eq!(meaning(&p, m), meaning(&alias, m), "{} vs {}", p, alias);
+            }
+
+            #[test]
+            fn canonicalising_twice_changes_nothing(p in path()) {
+                let once = normalize_path(&p, true);
+                prop_assert_eq!(normalize_path(&once, true), once.clone());
+                let route = PathPolicy::default().route_path(&p);
+                prop_assert_eq!(PathPolicy::default().route_path(route.as_str()), route);
+            }
+
+            /// The app's view: an Express-like router folds case and a
+            /// trailing slash too. Any alias of post `id` it routes to the
+            /// post carries the tag that a like through any other alias
+            /// invalidates.
+            #[test]
+            fn what_the_app_folds_shares_its_invalidation(
+                id in 1u32..100_000,
+                upper in prop::collection::vec(any::<bool>(), 6),
+                slash in any::<bool>(),
+                choices in prop::collection::vec(any::<u8>(), 1..32),
+            ) {
+                let word = |w: &str, up: bool| if up { w.to_ascii_uppercase() } else { w.to_string() };
+                let read = format!(
+                    "/{}/{}/posts/{id}{}",
+                    word("community", upper[0]),
+                    word("api", upper[1]),
+                    if slash { "/" } else { "" }
+                );
+                let like = format!(
+                    "/{}/{}/{}/{id}/like",
+                    word("community", upper[2]),
+                    word("api", upper[3]),
+                    word("posts", upper[4]),
+                );
+                let bound = format!("r:/community/api/posts/{{postId}}|postId={id}");
+                let (_, rule, tags, _) = meaning(&respell(&read, &choices), "GET");
+                prop_assert_eq!(rule.as_deref(), Some("post"));
+                prop_assert!(tags.contains(&bound), "{:?}", tags);
+                let (_, _, _, purged) = meaning(&respell(&like, &choices), "POST");
+                prop_assert!(purged.contains(&bound), "{:?}", purged);
+            }
+        }
+    }
+}
