@@ -10,7 +10,8 @@
 //! number of timed operations. `BENCH_REDIS=redis://127.0.0.1:6379` measures
 //! the Redis tier instead (entries written through to Redis, the memory tier
 //! in front; `BENCH_CONSISTENCY=strict|bounded`): a strict hit includes the
-//! MGET of its tags' `last_inv`, an invalidation is one script call. Use a
+//! MGET of its tags' `last_inv`, a write is two script calls (its fence
+//! before it is forwarded, its invalidation and lift after). Use a
 //! scratch Redis: the bench writes into it and leaves entries to expire.
 //!
 //! Beside each row, the same number of reads from a plain `HashMap`: the
@@ -24,8 +25,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use freshgate::config::{Config, Overrides};
-use freshgate::store::redis::{Consistency, RedisTier};
-use freshgate::store::{FillInfo, Store};
+use freshgate::store::redis::{Consistency, Limits, RedisTier};
+use freshgate::store::{FillInfo, FillStart, Store};
 use pingora::cache::trace::Span;
 use pingora::cache::{CacheKey, CacheMeta, Storage};
 use pingora::http::ResponseHeader;
@@ -89,12 +90,12 @@ struct Row {
 
 /// A connected Redis tier (its background tasks run on the bench runtime).
 async fn redis_tier(url: &str, consistency: Consistency) -> Arc<RedisTier> {
-    let tier = Arc::new(RedisTier::new(
-        url.to_string(),
-        Duration::from_secs(1),
-        Duration::from_secs(3600),
-        consistency,
-    ));
+    let limits = Limits {
+        timeout: Duration::from_secs(1),
+        inv_ttl: Duration::from_secs(3600),
+        fence_ttl: Duration::from_secs(125),
+    };
+    let tier = Arc::new(RedisTier::new(url.to_string(), limits, consistency));
     // Never signalled: the tasks end with the process.
     let (stop, watch) = tokio::sync::watch::channel(false);
     std::mem::forget(stop);
@@ -103,7 +104,7 @@ async fn redis_tier(url: &str, consistency: Consistency) -> Arc<RedisTier> {
         tokio::spawn(tier.clone().follow_invalidations(watch));
     }
     for _ in 0..100 {
-        if tier.available() && tier.clock_now().await.is_some() {
+        if tier.available() && tier.fill_start(&[]).await.is_some() {
             // Let a bounded follower subscribe.
             tokio::time::sleep(Duration::from_millis(500)).await;
             return tier;
@@ -113,10 +114,11 @@ async fn redis_tier(url: &str, consistency: Consistency) -> Arc<RedisTier> {
     panic!("Redis at {url} is not reachable");
 }
 
-/// The invalidation clock, waiting out a Redis hiccup (a fill needs one).
-async fn clock(store: &Store) -> u64 {
+/// The invalidation log read a fill starts with, waiting out a Redis
+/// hiccup (a fill needs one).
+async fn clock(store: &Store) -> FillStart {
     for _ in 0..500 {
-        if let Some(c) = store.clock_now().await {
+        if let Some(c) = store.fill_start(&[]).await {
             return c;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -130,6 +132,7 @@ async fn measure(config: &Config, redis: Option<Arc<RedisTier>>, entries: u64, o
         8 << 30,
         redis,
         Duration::from_secs(3600),
+        Duration::from_secs(60),
     )));
     store.set_rules(config.rules_fingerprint);
     let span = Span::inactive().handle();
@@ -148,9 +151,10 @@ async fn measure(config: &Config, redis: Option<Arc<RedisTier>>, entries: u64, o
             0,
             ResponseHeader::build(200, None).expect("static header"),
         );
-        let fetch_seq = clock(store).await;
+        let start = clock(store).await;
         meta.extensions_mut().insert(FillInfo {
-            fetch_seq,
+            fetch_seq: start.seq,
+            epoch: start.epoch,
             rules: config.rules_fingerprint,
             tags: config
                 .invalidation
@@ -183,8 +187,9 @@ async fn measure(config: &Config, redis: Option<Arc<RedisTier>>, entries: u64, o
         hits.push(t.elapsed());
         std::hint::black_box(b);
     }
-    // Invalidate what a scene write invalidates under the shipped rules: the
-    // scene's own URI and bound tags, plus its chapter and story families.
+    // A scene write under the shipped rules, both phases: fence what it
+    // may change (the scene's own URI and bound tags, its chapter and story
+    // families) before it is forwarded, invalidate and lift after.
     let mut invs = Vec::with_capacity(ops);
     for _ in 0..ops {
         let p = path(rng.next(entries));
@@ -192,9 +197,10 @@ async fn measure(config: &Config, redis: Option<Arc<RedisTier>>, entries: u64, o
             &freshgate::canonical::Methods::only(http::Method::PATCH),
             &config.paths.route_path(&p),
         );
-        let tags: BTreeSet<String> = plan.tags;
         let t = Instant::now();
-        if store.invalidate(&tags).await {
+        let fence = store.begin_write(plan.tags).await;
+        let fenced = fence.recorded();
+        if fenced && store.end_write(fence, BTreeSet::new(), true).await {
             invs.push(t.elapsed());
         } else {
             failed += 1;
@@ -245,7 +251,7 @@ fn main() {
         .build()
         .expect("runtime");
     println!(
-        "| entries | fill (s) | memory tier (MiB) | hit p50 (µs) | hit p99 (µs) | hit mean (µs) | invalidate p50 (µs) | invalidate p99 (µs) | invalidate mean (µs) | plain HashMap read p50 / p99 (µs) |"
+        "| entries | fill (s) | memory tier (MiB) | hit p50 (µs) | hit p99 (µs) | hit mean (µs) | write: fence + invalidate p50 (µs) | p99 (µs) | mean (µs) | plain HashMap read p50 / p99 (µs) |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let redis_url = std::env::var("BENCH_REDIS").ok();

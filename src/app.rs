@@ -26,7 +26,7 @@ use crate::monitor::Monitor;
 use crate::prefetch::Prefetcher;
 use crate::proxy::Proxy;
 use crate::reload::Live;
-use crate::store::redis::{Consistency, RedisTier};
+use crate::store::redis::{Consistency, Limits, RedisTier};
 use crate::store::Store;
 
 /// The demo app to run beside the proxy (or alone).
@@ -85,17 +85,20 @@ pub fn run(start: Start) -> anyhow::Result<()> {
 
     let monitor_redis;
     let redis = config.redis.as_ref().map(|r| {
-        Arc::new(RedisTier::new(
-            r.url.clone(),
-            r.timeout,
-            config.max_lifetime + crate::store::clock::LIFETIME_MARGIN,
-            r.consistency,
-        ))
+        let limits = Limits {
+            timeout: r.timeout,
+            inv_ttl: config.max_lifetime + crate::store::clock::LIFETIME_MARGIN,
+            // Its writer lifts a fence within twice the write timeout (an
+            // answer given up on waits one more); past that, any replica may.
+            fence_ttl: config.write_timeout * 2 + Duration::from_secs(5),
+        };
+        Arc::new(RedisTier::new(r.url.clone(), limits, r.consistency))
     });
     let store: &'static Store = Box::leak(Box::new(Store::new(
         config.memory_max_bytes,
         redis.clone(),
         config.max_lifetime,
+        config.write_timeout,
     )));
     let lock: &'static CacheKeyLockImpl = Box::leak(Box::new(CacheLock::new(config.lock_timeout)));
     monitor_redis = redis.clone();

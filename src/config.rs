@@ -38,6 +38,9 @@ pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(100);
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
 /// The longest any entry is kept, whatever the app's headers say.
 pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long the app may take to finish a write (nginx's default upstream
+/// read timeout).
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 // === raw schema: mirrors the YAML ===
@@ -69,6 +72,17 @@ pub struct RawConfig {
     pub paths: RawPaths,
     #[serde(default)]
     pub method_override: RawMethodOverride,
+    #[serde(default)]
+    pub writes: RawWrites,
+}
+
+/// `writes:` — how writes (anything but GET/HEAD/OPTIONS/TRACE) are handled.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWrites {
+    /// How long the app may take to answer a write; also how long a write
+    /// whose answer freshgate never saw keeps its targets uncacheable.
+    pub timeout: Option<Dur>,
 }
 
 /// `paths:` — how the app's router compares paths (see `canonical`).
@@ -176,6 +190,8 @@ pub struct RawRedis {
     pub timeout: Option<Dur>,
     /// `strict` (default) or `bounded`.
     pub consistency: Option<String>,
+    /// `pass` (default) or `reject`: a write whose fence cannot be recorded.
+    pub on_unrecorded_write: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -340,6 +356,8 @@ pub struct Config {
     /// How paths are folded for keys, rules and tags (see `canonical`).
     pub paths: PathPolicy,
     pub method_override: MethodOverride,
+    /// See [`DEFAULT_WRITE_TIMEOUT`] and `writes.timeout`.
+    pub write_timeout: Duration,
 }
 
 /// Paths to fetch through the cache once freshgate has started, so that the
@@ -389,6 +407,22 @@ pub struct RedisConfig {
     pub url: String,
     pub timeout: Duration,
     pub consistency: Consistency,
+    pub on_unrecorded_write: UnrecordedWrite,
+}
+
+/// What to do with a write whose fence cannot be recorded in Redis (this
+/// replica cannot reach it) before it is forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnrecordedWrite {
+    /// Forward it: the app stays writable through a Redis outage. This
+    /// replica bypasses the cache until the write is recorded; another
+    /// replica that still reaches Redis may serve what the write changed
+    /// until then (docs/architecture.md, "partitions").
+    #[default]
+    Pass,
+    /// Answer 503 without forwarding it: no replica can serve stale data,
+    /// and writes fail while this replica cannot reach Redis.
+    Reject,
 }
 
 /// Command-line values that take precedence over the file.
@@ -725,12 +759,33 @@ fn validate(
                 Consistency::Strict
             }),
         };
+        let on_unrecorded_write = match raw
+            .store
+            .redis
+            .as_ref()
+            .and_then(|r| r.on_unrecorded_write.as_deref())
+        {
+            None | Some("pass") => UnrecordedWrite::Pass,
+            Some("reject") => UnrecordedWrite::Reject,
+            Some(other) => {
+                problem(
+                    other,
+                    format!("store.redis.on_unrecorded_write {other:?}: use pass or reject"),
+                );
+                UnrecordedWrite::Pass
+            }
+        };
         RedisConfig {
             url,
             timeout,
             consistency,
+            on_unrecorded_write,
         }
     });
+    let write_timeout = raw.writes.timeout.map_or(DEFAULT_WRITE_TIMEOUT, |d| d.0);
+    if write_timeout.is_zero() {
+        problem("timeout", "writes.timeout must be more than 0".into());
+    }
 
     let defaults = PathPolicy::default();
     let paths = PathPolicy {
@@ -904,6 +959,7 @@ fn validate(
         text_hash: hash_of(text),
         paths,
         method_override,
+        write_timeout,
     })
 }
 
@@ -1043,6 +1099,24 @@ mod tests {
         let c = Config::from_str("listen: 127.0.0.1:1234\n", None, &ov).unwrap();
         assert_eq!(c.listen.port(), 9999);
         assert!(c.redis.is_some());
+    }
+
+    #[test]
+    fn paths_writes_and_method_override_sections() {
+        let text = "paths:\n  ignore_case: false\nmethod_override:\n  headers: [X-Tunnel-Method]\n  param: \"\"\nwrites:\n  timeout: 5s\n";
+        let c = Config::from_str(text, None, &Overrides::default()).unwrap();
+        assert!(!c.paths.ignore_case && c.paths.merge_slashes);
+        assert_eq!(c.method_override.headers, vec!["x-tunnel-method"]);
+        assert_eq!(c.method_override.param, None);
+        assert_eq!(c.write_timeout, Duration::from_secs(5));
+        let d = Config::from_str("", None, &Overrides::default()).unwrap();
+        assert_ne!(
+            c.rules_fingerprint, d.rules_fingerprint,
+            "folding decides tags: entries of the other policy are not served"
+        );
+        let bad = "store:\n  redis:\n    url: redis://x:1/0\n    on_unrecorded_write: maybe\n";
+        let e = Config::from_str(bad, None, &Overrides::default()).unwrap_err();
+        assert_eq!(e.problems[0].line, Some(4), "{e}");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //!   the key, route rules, tags and write rules all use.
 //! - [`cachekey`]: what makes two requests the same for the cache.
 //! - [`invalidation`]: invalidation rules → tags; what a write makes stale.
+//! - [`writes`]: a write's two phases: what it fences, which outcomes invalidate.
 //! - [`prefetch`]: refetching what a write purged, so the next read hits.
 //! - [`store`]: pingora-cache `Storage` over the memory tier and Redis.
 //! - [`metrics`]: every Prometheus metric, one registry.
@@ -46,3 +47,4 @@ pub mod reload;
 pub mod rules;
 pub mod store;
 pub mod tooling;
+pub mod writes;

@@ -45,6 +45,15 @@ pub struct Metrics {
     pub invalidations: IntCounterVec,
     pub invalidated_tags: IntCounter,
     pub invalidation_failures: IntCounter,
+    /// Writes whose answer never reached freshgate (client reset, app
+    /// timeout or reset): invalidated after `writes.timeout`.
+    pub writes_unanswered: IntCounter,
+    /// Writes answered 503 because their fence could not be recorded
+    /// (`store.redis.on_unrecorded_write: reject`).
+    pub writes_rejected: IntCounter,
+    /// 1 while this replica holds fences or invalidations the shared log
+    /// does not have (it bypasses the cache and reports not ready).
+    pub owed_invalidations: IntGauge,
     /// Writes that matched no invalidation rule, by cache route rule (`-`: none).
     pub unmatched_writes: IntCounterVec,
     /// Background refetches after writes, by result (`ok`, `error`, `skipped`).
@@ -215,6 +224,21 @@ impl Metrics {
             "Invalidations that could not be recorded at once (the cache is bypassed until they are).",
         )
         .expect("static metric definition");
+        let writes_unanswered = IntCounter::new(
+            "freshgate_writes_unanswered_total",
+            "Writes whose answer never reached freshgate (client reset, app timeout or reset): invalidated after writes.timeout.",
+        )
+        .expect("static metric definition");
+        let writes_rejected = IntCounter::new(
+            "freshgate_writes_rejected_total",
+            "Writes answered 503 because their fence could not be recorded in Redis (on_unrecorded_write: reject).",
+        )
+        .expect("static metric definition");
+        let owed_invalidations = IntGauge::new(
+            "freshgate_owed_invalidations",
+            "1 while this replica holds fences or invalidations Redis does not have yet (cache bypassed, not ready).",
+        )
+        .expect("static metric definition");
         let unmatched_writes = IntCounterVec::new(
             Opts::new(
                 "freshgate_unmatched_writes_total",
@@ -283,6 +307,9 @@ impl Metrics {
             Box::new(invalidations.clone()),
             Box::new(invalidated_tags.clone()),
             Box::new(invalidation_failures.clone()),
+            Box::new(writes_unanswered.clone()),
+            Box::new(writes_rejected.clone()),
+            Box::new(owed_invalidations.clone()),
             Box::new(unmatched_writes.clone()),
             Box::new(prefetches.clone()),
             Box::new(warmed.clone()),
@@ -315,6 +342,9 @@ impl Metrics {
             invalidations,
             invalidated_tags,
             invalidation_failures,
+            writes_unanswered,
+            writes_rejected,
+            owed_invalidations,
             unmatched_writes,
             prefetches,
             warmed,

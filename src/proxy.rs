@@ -15,14 +15,21 @@
 //! 4. On a miss, `upstream_peer` + `upstream_request_filter` forward the request
 //!    with its canonical path (with `X-Forwarded-*`, without headers that would
 //!    change the response without being part of the key).
+//!    Just before, `proxy_upstream_filter` consults the invalidation log: a
+//!    read notes the clock (what it stores is stale once any of its tags is
+//!    invalidated later), a write *fences* what it may change (see `writes`
+//!    and `Store::begin_write`).
 //! 5. `response_cache_filter` decides whether the app's answer may be stored
 //!    (RFC 9111 plus the safety rules), and with which freshness.
-//! 6. `response_filter` invalidates what a successful write changed (before
-//!    the client hears back) and, with the `prefetch` flag, starts refetching
-//!    the exact paths it purged (see `prefetch`); then labels every response
-//!    with `X-Cache` and `Cache-Status`.
+//! 6. `response_filter` ends a write with its final answer: invalidates what
+//!    it changed and lifts its fence (before the client hears back) and, with
+//!    the `prefetch` flag, starts refetching the exact paths it purged (see
+//!    `prefetch`); then labels every response with `X-Cache` and
+//!    `Cache-Status`.
 //! 7. `logging` counts it (freshgate's own background fetches are not
-//!    client traffic: not counted).
+//!    client traffic: not counted), and ends a write whose answer never came
+//!    (the client or the app went away): it stays fenced while the app may
+//!    still commit it, then is invalidated.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -43,16 +50,17 @@ use pingora::proxy::{ProxyHttp, Session};
 
 use crate::cachekey;
 use crate::canonical::Canonical;
-use crate::config::Config;
+use crate::config::{Config, UnrecordedWrite};
 use crate::flags::Flag;
-use crate::invalidation::{self, ALL_TAG};
+use crate::invalidation;
 use crate::metrics::{status_class, METRICS};
 use crate::monitor::series::Kind;
 use crate::monitor::{Event, Monitor};
 use crate::prefetch::{self, Prefetcher};
 use crate::reload::Live;
 use crate::rules::Rule;
-use crate::store::{FillInfo, Store};
+use crate::store::{FillInfo, FillStart, Store};
+use crate::writes::{self, InFlight};
 use tracing::warn;
 
 /// No heuristic freshness: without explicit freshness from the app (or a rule's
@@ -74,9 +82,6 @@ const UNKEYED_REQUEST_HEADERS: &[&str] = &[
 /// which path to route it to: a write could then change another resource
 /// than the one its path names and invalidates. Removed from every request.
 const ROUTING_OVERRIDE_HEADERS: &[&str] = &["x-original-url", "x-rewrite-url"];
-
-/// The rule name monitoring uses for writes no invalidation rule matched.
-pub const UNMATCHED: &str = "(unmatched)";
 
 /// `Cache-Status` detail when the `cache` flag (kill switch) is off.
 const CACHE_OFF: &str = "cache-off";
@@ -149,8 +154,12 @@ pub struct Ctx {
     outcome: Outcome,
     started: Instant,
     upstream_started: Option<Instant>,
-    /// The invalidation clock, read before a miss went to the app.
-    fetch_seq: Option<u64>,
+    /// A miss: the invalidation log, read before the fetch went to the app,
+    /// and the tags the request alone gives the response.
+    fill: Option<FillStart>,
+    read_tags: Vec<String>,
+    /// A write, from before it is forwarded until its outcome is known.
+    write: Option<InFlight>,
     /// Made by freshgate itself — a refetch or warming fetch (see
     /// `prefetch`) or pingora's stale-while-revalidate refresh — not by a
     /// client: not counted as client traffic.
@@ -171,7 +180,9 @@ impl ProxyHttp for Proxy {
             outcome: Outcome::Pass,
             started: Instant::now(),
             upstream_started: None,
-            fetch_seq: None,
+            fill: None,
+            read_tags: Vec::new(),
+            write: None,
             background: false,
         }
     }
@@ -276,10 +287,17 @@ impl ProxyHttp for Proxy {
     }
 
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        // The clock is read *before* the fetch begins: any invalidation after
+        let Some(request) = &ctx.request else {
+            return Ok(true);
+        };
+        if request.methods.is_write() {
+            return self.begin_write(session, ctx).await;
+        }
+        // The log is read *before* the fetch begins: any invalidation after
         // this point makes what we are about to store unservable.
         if session.cache.enabled() {
-            ctx.fetch_seq = self.store.clock_now().await;
+            ctx.read_tags = ctx.config.invalidation.tags_for_read(&request.route);
+            ctx.fill = self.store.fill_start(&ctx.read_tags).await;
         }
         Ok(true)
     }
@@ -288,6 +306,11 @@ impl ProxyHttp for Proxy {
         ctx.upstream_started = Some(Instant::now());
         let mut peer = HttpPeer::new(ctx.config.upstream.addr.as_str(), false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(2));
+        if ctx.write.is_some() {
+            // Past this the write's answer is given up on (and the write
+            // invalidated once the app can no longer commit it).
+            peer.options.read_timeout = Some(ctx.config.write_timeout);
+        }
         Ok(Box::new(peer))
     }
 
@@ -349,21 +372,22 @@ impl ProxyHttp for Proxy {
         resp: &ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<RespCacheable> {
-        let decided = storable(resp, ctx.rule.as_deref()).and_then(|c| {
-            match (c, ctx.fetch_seq, &ctx.request) {
-                (RespCacheable::Cacheable(mut meta), Some(fetch_seq), Some(request)) => {
-                    let mut tags = ctx.config.invalidation.tags_for_read(&request.route);
-                    tags.extend(invalidation::tags_from_response(&resp.headers));
-                    meta.extensions_mut().insert(FillInfo {
-                        fetch_seq,
-                        rules: ctx.config.rules_fingerprint,
-                        tags,
-                    });
-                    Ok(RespCacheable::Cacheable(meta))
-                }
-                (RespCacheable::Cacheable(_), _, _) => Err("clock-unavailable"),
-                (other, _, _) => Ok(other),
+        let decided = storable(resp, ctx.rule.as_deref()).and_then(|c| match (c, ctx.fill) {
+            // What it fetched may predate the commit of a write in flight.
+            (RespCacheable::Cacheable(_), Some(fill)) if fill.fenced => Err("write-in-progress"),
+            (RespCacheable::Cacheable(mut meta), Some(fill)) => {
+                let mut tags = ctx.read_tags.clone();
+                tags.extend(invalidation::tags_from_response(&resp.headers));
+                meta.extensions_mut().insert(FillInfo {
+                    fetch_seq: fill.seq,
+                    epoch: fill.epoch,
+                    rules: ctx.config.rules_fingerprint,
+                    tags,
+                });
+                Ok(RespCacheable::Cacheable(meta))
             }
+            (RespCacheable::Cacheable(_), None) => Err("clock-unavailable"),
+            (other, _) => Ok(other),
         });
         match decided {
             Ok(c) => Ok(c),
@@ -395,9 +419,10 @@ impl ProxyHttp for Proxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let is_write = ctx.request.as_ref().is_some_and(|r| r.methods.is_write());
-        if is_write && resp.status.as_u16() < 400 {
-            self.invalidate_after_write(session, resp, ctx).await;
+        if let Some(invalidate) = writes::invalidates(resp.status.as_u16()) {
+            if let Some(write) = ctx.write.take() {
+                self.end_write(session, resp, ctx, write, invalidate).await;
+            }
         }
         let (outcome, status) = describe(session, ctx);
         ctx.outcome = outcome;
@@ -424,6 +449,19 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if let Some(write) = ctx.write.take() {
+            // Its answer never reached `response_filter`: the client reset the
+            // connection, or the app timed out or reset it. The app may still
+            // commit it until `writes.timeout` has passed: fenced until then.
+            METRICS.writes_unanswered.inc();
+            warn!(
+                path = session.req_header().uri.path(),
+                error = ?e.map(|e| e.to_string()),
+                "a write's answer never came: its targets stay uncacheable until writes.timeout, then are invalidated"
+            );
+            self.store
+                .end_write_later(write.fence, ctx.config.write_timeout);
+        }
         if ctx.background {
             // Counted by their own metrics (`freshgate_prefetches_total`,
             // `freshgate_warmed_total`): as client requests they would lower
@@ -477,43 +515,111 @@ impl ProxyHttp for Proxy {
 }
 
 impl Proxy {
-    /// The app committed a write: make everything it changed unservable before
-    /// the client hears back, so no read that follows can see the old data.
-    async fn invalidate_after_write(&self, session: &Session, resp: &ResponseHeader, ctx: &Ctx) {
-        let req = session.req_header();
-        // The newest rules, not the request's snapshot: a fill that starts
-        // after a rules swap is tagged by the new rules, so a write that
-        // finishes after it must invalidate by them too.
-        let config = self.live.config();
-        let (tags, rules, refetch) = if self.live.flags.get(Flag::Invalidation, &config) {
-            self.write_tags(&config, req, resp, ctx)
-        } else {
-            // Rules off: be coarse rather than stale.
-            METRICS.invalidations.with_label_values(&["(all)"]).inc();
-            (
-                BTreeSet::from([ALL_TAG.to_string()]),
-                vec!["(all)".to_string()],
-                Vec::new(),
-            )
+    /// Phase 1 of a write, before it is forwarded: fence what it may change
+    /// (see `writes`). With `on_unrecorded_write: reject`, a write whose
+    /// fence Redis could not record is answered 503 instead of forwarded.
+    async fn begin_write(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let Some(request) = &ctx.request else {
+            return Ok(true);
         };
+        // The newest rules, not the request's snapshot: a fill that starts
+        // after a rules swap is tagged by the new rules.
+        let config = self.live.config();
+        let rules_on = self.live.flags.get(Flag::Invalidation, &config);
+        let planned = writes::plan(&config, rules_on, request);
+        let fence = self.store.begin_write(planned.tags.clone()).await;
+        if !fence.recorded() {
+            let reject = config
+                .redis
+                .as_ref()
+                .is_some_and(|r| r.on_unrecorded_write == UnrecordedWrite::Reject);
+            if reject {
+                self.store.abandon_write(fence);
+                METRICS.writes_rejected.inc();
+                let body = br#"{"error":"the cache cannot record this write right now; it was not sent to the app. Retry."}"#;
+                let mut resp = ResponseHeader::build(StatusCode::SERVICE_UNAVAILABLE, Some(4))?;
+                resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+                resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+                resp.insert_header(header::RETRY_AFTER, "1")?;
+                resp.insert_header("x-cache", "PASS")?;
+                session.set_keepalive(None);
+                session.write_response_header(Box::new(resp), false).await?;
+                session
+                    .write_response_body(Some(bytes::Bytes::from_static(body)), true)
+                    .await?;
+                return Ok(false);
+            }
+            warn!(
+                path = session.req_header().uri.path(),
+                "write forwarded before its fence was recorded: the cache is bypassed until it is"
+            );
+        }
+        // A client that closes its side after sending the write still gets
+        // the answer, and the write is ended by it (not abandoned midway).
+        session.as_downstream_mut().set_abort_on_close(false);
+        ctx.write = Some(InFlight {
+            fence,
+            planned,
+            config,
+        });
+        Ok(true)
+    }
+
+    /// Phase 2: the app answered the write with a final status. Invalidate
+    /// what it changed (unless the app refused it) and lift its fence before
+    /// the client hears back, so no read that follows can see the old data.
+    async fn end_write(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &Ctx,
+        write: InFlight,
+        invalidate: bool,
+    ) {
+        let req = session.req_header();
+        let config = self.live.config();
+        let mut extra = BTreeSet::new();
+        if invalidate {
+            extra = writes::answer_tags(req, resp, &config.paths);
+            if !Arc::ptr_eq(&config, &write.config) {
+                // The rules changed while it was in flight: what the new ones
+                // say it changed goes too.
+                if ctx.request.is_some() {
+                    let request = Canonical::new(req, &config.paths, &config.method_override);
+                    let rules_on = self.live.flags.get(Flag::Invalidation, &config);
+                    extra.extend(writes::plan(&config, rules_on, &request).tags);
+                }
+            }
+        }
         let started = Instant::now();
-        if !self.store.invalidate(&tags).await {
+        let tags = write.fence.tags().len() + extra.len();
+        let recorded = self.store.end_write(write.fence, extra, invalidate).await;
+        if !recorded {
             warn!(
                 path = req.uri.path(),
                 "invalidation not recorded yet: the cache is bypassed until it is"
             );
-        } else if self.live.flags.get(Flag::Prefetch, &config)
+        }
+        if !invalidate {
+            return;
+        }
+        let planned = write.planned;
+        let succeeded = resp.status.as_u16() < 400;
+        self.count_write(ctx, req, &planned, succeeded);
+        if recorded
+            && succeeded
+            && self.live.flags.get(Flag::Prefetch, &config)
             && self.live.flags.get(Flag::Cache, &config)
         {
             // Only now: a refetch must begin after the invalidation is
             // recorded, so that the clock it reads makes its fill current.
-            self.refetch(&config, req, refetch);
+            self.refetch(&config, req, planned.refetch);
         }
         if self.live.flags.get(Flag::Monitoring, &config) {
-            self.monitor.count(Kind::Write, &rules);
+            self.monitor.count(Kind::Write, &planned.rules);
             // The write's own route, and every route its rules purge.
             let mut routes: Vec<&str> = ctx.rule.iter().map(|r| r.name.as_str()).collect();
-            for r in &rules {
+            for r in &planned.rules {
                 if let Some(names) = config.purged_routes.get(r) {
                     routes.extend(names.iter().map(String::as_str));
                 }
@@ -524,21 +630,51 @@ impl Proxy {
             self.monitor.operation(Event {
                 op: "INVALIDATE",
                 kind: Kind::Write,
-                name: &rules.join(","),
+                name: &planned.rules.join(","),
                 method: req.method.as_str(),
                 path: req.uri.path(),
                 status: resp.status.as_u16(),
                 duration: started.elapsed(),
-                tags: Some(tags.len()),
+                tags: Some(tags),
             });
         }
     }
 
-    /// Refetch what a write purged: its own path and the exact paths its
-    /// rules name, where a route rule caches them for everyone (no keyed
-    /// headers or cookies: a refetch carries no client's).
+    /// Invalidation metrics of a write that invalidated; a successful one
+    /// that matched no rule is listed where stale data comes from.
+    fn count_write(
+        &self,
+        ctx: &Ctx,
+        req: &RequestHeader,
+        planned: &writes::Planned,
+        succeeded: bool,
+    ) {
+        if !planned.matched && succeeded {
+            let route = ctx.rule.as_ref().map(|r| r.name.as_str());
+            let path = ctx
+                .request
+                .as_ref()
+                .map_or(req.uri.path(), |r| r.path.as_str());
+            self.live.unmatched.record(&req.method, path, route);
+            METRICS
+                .unmatched_writes
+                .with_label_values(&[route.unwrap_or("-")])
+                .inc();
+        }
+        for name in &planned.rules {
+            let label = if name == writes::UNMATCHED {
+                "-"
+            } else {
+                name.as_str()
+            };
+            METRICS.invalidations.with_label_values(&[label]).inc();
+        }
+    }
+
+    /// Refetch what a write purged: the exact paths it names, its own
+    /// first, where a route rule caches them for everyone (no keyed headers
+    /// or cookies: a refetch carries no client's).
     fn refetch(&self, config: &Config, req: &RequestHeader, mut paths: Vec<String>) {
-        // `paths` starts with the write's own (canonical) path.
         let Some(host) = req.headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
             return;
         };
@@ -549,91 +685,6 @@ impl Proxy {
                 .is_some_and(|r| r.enabled && r.key_headers.is_empty() && r.key_cookies.is_empty())
         });
         self.prefetch.refetch(host, paths);
-    }
-
-    /// What the rules, RFC 9111 section 4.4 and the app's headers say a write
-    /// invalidates, the names of the rules that matched, and the exact paths
-    /// they purge; counts matched and unmatched writes on the way.
-    fn write_tags(
-        &self,
-        config: &Config,
-        req: &RequestHeader,
-        resp: &ResponseHeader,
-        ctx: &Ctx,
-    ) -> (BTreeSet<String>, Vec<String>, Vec<String>) {
-        // Computed again under the newest config when it changed (its path
-        // policy may differ from the request's snapshot's).
-        let request = match &ctx.request {
-            Some(r) if Arc::ptr_eq(&ctx.config, &self.live.config()) => r.clone(),
-            _ => Canonical::new(req, &config.paths, &config.method_override),
-        };
-        let path = request.path.as_str();
-        let plan = config
-            .invalidation
-            .plan_write(&request.methods, &request.route);
-        let mut tags = plan.tags;
-        for h in [header::LOCATION, header::CONTENT_LOCATION] {
-            if let Some(p) = resp
-                .headers
-                .get(&h)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| same_origin_path(req, v))
-            {
-                tags.insert(invalidation::own_tag(&config.paths.route_path(&p)));
-            }
-        }
-        tags.extend(invalidation::groups_invalidated(&resp.headers));
-        if plan.matched.is_empty() {
-            let route = ctx.rule.as_ref().map(|r| r.name.as_str());
-            self.live.unmatched.record(&req.method, path, route);
-            METRICS
-                .unmatched_writes
-                .with_label_values(&[route.unwrap_or("-")])
-                .inc();
-            METRICS.invalidations.with_label_values(&["-"]).inc();
-        }
-        for m in &plan.matched {
-            METRICS
-                .invalidations
-                .with_label_values(&[m.name.as_str()])
-                .inc();
-        }
-        let mut names: Vec<String> = plan.matched.into_iter().map(|m| m.name).collect();
-        if names.is_empty() {
-            names.push(UNMATCHED.to_string());
-        }
-        let mut refetch = plan.refetch;
-        if !refetch.contains(&request.path) {
-            refetch.insert(0, request.path.clone());
-        }
-        (tags, names, refetch)
-    }
-}
-
-/// The path of `location` if it points at the same origin as the request.
-fn same_origin_path(req: &RequestHeader, location: &str) -> Option<String> {
-    if location.starts_with('/') && !location.starts_with("//") {
-        return Some(
-            location
-                .split(['?', '#'])
-                .next()
-                .unwrap_or(location)
-                .to_string(),
-        );
-    }
-    let uri: http::Uri = location.parse().ok()?;
-    let host = req
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())?;
-    if uri
-        .authority()
-        .map(|a| a.as_str().eq_ignore_ascii_case(host))
-        == Some(true)
-    {
-        Some(uri.path().to_string())
-    } else {
-        None
     }
 }
 

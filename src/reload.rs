@@ -257,6 +257,10 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.grace_period != new.grace_period || old.shutdown_timeout != new.shutdown_timeout {
         v.push("shutdown");
     }
+    if old.write_timeout != new.write_timeout {
+        // Redis lifts a fence no replica lifted after twice this, set at start.
+        v.push("writes.timeout");
+    }
     if old.warm != new.warm {
         // Warming is a start-up step.
         v.push("warm");

@@ -15,6 +15,8 @@
 //! - `GET /readyz`  — 200 with the store state as JSON. freshgate stays ready
 //!   while Redis is down, because it then passes requests through to the app:
 //!   taking the pod out of rotation would turn a cache outage into an outage.
+//!   It is 503 while the replica holds fences or invalidations of its writes
+//!   that Redis has not recorded (other replicas could serve what they changed).
 //! - `GET /metrics` — Prometheus text format.
 //! - `GET /api/monitoring` — health, hit rate and latency over the alert
 //!   window, active alerts and their history (the app team's shape).
@@ -166,16 +168,28 @@ impl Admin {
                     .store
                     .redis()
                     .map(|r| if r.available() { "up" } else { "down" });
+                // A replica holding fences or invalidations the shared log
+                // does not have must not take traffic: other replicas may
+                // serve what its writes changed until it records them. (Redis
+                // merely being down keeps it ready: it passes reads through.)
+                let owes = self.store.owes();
+                METRICS.owed_invalidations.set(i64::from(owes));
                 let body = serde_json::json!({
-                    "ready": true,
+                    "ready": !owes,
                     "uptimeSeconds": self.started.elapsed().as_secs(),
                     "store": {
                         "memory": { "entries": entries, "bytes": bytes },
                         "redis": redis,
                         "mode": if redis.is_some() { "redis" } else { "embedded" },
+                        "owesInvalidations": owes,
                     }
                 });
-                respond(StatusCode::OK, "application/json", body.to_string())
+                let status = if owes {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::OK
+                };
+                respond(status, "application/json", body.to_string())
             }
             ("GET", "/metrics") => {
                 let (entries, bytes) = self.store.memory_usage();

@@ -11,8 +11,17 @@
 //!   older than that (plus a margin for the fetch itself) can no longer matter;
 //! - a size bound: when a tag is evicted for space, `floor` rises to its value,
 //!   and a tag that is not in the map counts as invalidated at `floor`.
+//!
+//! Writes in flight *fence* their tags ([`LocalClock::fence`]): while a tag is
+//! fenced no entry carrying it is valid, whenever it was fetched, because the
+//! app may commit the write at any moment. Lifting the fence
+//! ([`LocalClock::lift`]) records the invalidation first and then removes the
+//! fence, so every fill that began during the write is older than the new
+//! `last_inv`. Fences live in their own small map: the evicting `last_inv`
+//! map must never drop one.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,6 +61,10 @@ pub struct LocalClock {
     /// size bound evicts expired tags first in practice, as nobody reads them.
     last_inv: Cache<String, Inv, UnitWeighter, DefaultHashBuilder, RaiseFloor>,
     remember_for: Duration,
+    /// Tag -> writes in flight that fence it.
+    fences: parking_lot::Mutex<HashMap<String, u32>>,
+    /// `fences.len()`, readable without the lock: usually 0.
+    fenced: AtomicUsize,
 }
 
 impl LocalClock {
@@ -74,7 +87,52 @@ impl LocalClock {
             floor,
             last_inv,
             remember_for,
+            fences: parking_lot::Mutex::new(HashMap::new()),
+            fenced: AtomicUsize::new(0),
         }
+    }
+
+    /// A write that may change what `tags` name is about to be forwarded:
+    /// nothing carrying them is valid until [`LocalClock::lift`].
+    pub fn fence<'a>(&self, tags: impl IntoIterator<Item = &'a String>) {
+        let mut f = self.fences.lock();
+        for t in tags {
+            *f.entry(t.clone()).or_insert(0) += 1;
+        }
+        self.fenced.store(f.len(), Ordering::Release);
+    }
+
+    /// The write that fenced `tags` is over: invalidate them (unless the
+    /// app refused it) and only then drop its fence. Returns the clock value
+    /// of the invalidation, if any.
+    pub fn lift<'a>(
+        &self,
+        tags: impl IntoIterator<Item = &'a String> + Clone,
+        invalidate: bool,
+    ) -> Option<u64> {
+        // A reader checks the fence before `last_inv`: once it no longer
+        // sees the fence, it sees the new value.
+        let s = invalidate.then(|| self.invalidate(tags.clone()));
+        let mut f = self.fences.lock();
+        for t in tags {
+            if let Some(n) = f.get_mut(t.as_str()) {
+                *n -= 1;
+                if *n == 0 {
+                    f.remove(t.as_str());
+                }
+            }
+        }
+        self.fenced.store(f.len(), Ordering::Release);
+        s
+    }
+
+    /// Whether a write in flight fences any of `tags`.
+    pub fn fenced(&self, tags: &[String]) -> bool {
+        if self.fenced.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let f = self.fences.lock();
+        tags.iter().any(|t| f.contains_key(t.as_str()))
     }
 
     /// Read the clock before a fetch begins.
@@ -125,6 +183,9 @@ impl LocalClock {
 
     /// Whether an entry fetched at `fetch_seq` with `tags` may be served.
     pub fn valid(&self, fetch_seq: u64, tags: &[String]) -> bool {
+        if self.fenced(tags) {
+            return false;
+        }
         let now = Instant::now();
         tags.iter().all(|t| match self.last_inv.get(t.as_str()) {
             Some(inv) if now.duration_since(inv.at) < self.remember_for => inv.seq <= fetch_seq,
@@ -227,6 +288,39 @@ mod tests {
             });
         });
         assert_eq!(stale.load(Ordering::Relaxed), 0, "stale validations");
+    }
+
+    #[test]
+    fn a_fenced_tag_is_invalid_until_lifted_and_fills_during_the_fence_stay_invalid() {
+        let c = LocalClock::new(Duration::from_secs(60));
+        let tags = vec!["t".to_string(), "u".to_string()];
+        let before = c.now();
+        c.fence(&tags[..1]);
+        assert!(!c.valid(before, &tags), "an entry from before the write");
+        let during = c.now();
+        assert!(
+            !c.valid(during, &tags),
+            "a fill that began during the write"
+        );
+        // Two writes on one tag: the first lift leaves the second's fence.
+        c.fence(&tags[..1]);
+        c.lift(&tags[..1], true);
+        assert!(!c.valid(c.now(), &tags), "still fenced by the second write");
+        c.lift(&tags[..1], true);
+        assert!(!c.valid(during, &tags), "began before the lift: stale");
+        assert!(c.valid(c.now(), &tags), "begins after the lift: fresh");
+        assert!(c.valid(before, &tags[1..]), "other tags untouched");
+    }
+
+    #[test]
+    fn a_refused_write_lifts_its_fence_without_invalidating() {
+        let c = LocalClock::new(Duration::from_secs(60));
+        let tags = vec!["t".to_string()];
+        let before = c.now();
+        c.fence(&tags);
+        assert!(!c.valid(before, &tags));
+        assert_eq!(c.lift(&tags, false), None);
+        assert!(c.valid(before, &tags), "the app changed nothing");
     }
 
     #[test]

@@ -8,6 +8,14 @@
 //! - **redis** (optional, see [`redis`]): the shared tier. Lookups try memory
 //!   first, then Redis, and copy Redis hits into memory; fills write both.
 //!
+//! The invalidation log (a local [`clock::LocalClock`], or the one in Redis)
+//! decides what may be served: an entry only if none of its tags was
+//! invalidated after its fetch began and no write in flight fences one of
+//! them. Writes go through it in two phases ([`Store::begin_write`] before
+//! the write is forwarded, [`Store::end_write`] once its outcome is known),
+//! so a write is invalidated whatever happens to it, and no fill that began
+//! while it was in flight outlives it.
+//!
 //! Errors never fail a request: a failed lookup is a miss, a failed write just
 //! means the response was not stored.
 
@@ -35,26 +43,85 @@ use pingora::{Error, ErrorType, Result};
 pub use entry::{DecodeError, Entry};
 
 use self::clock::LocalClock;
-use self::redis::RedisTier;
+use self::redis::{Link, RedisTier};
 use crate::metrics::METRICS;
 
 /// How long an entry is kept after it goes stale, so a conditional request to
 /// the app (304) can refresh it instead of fetching the whole body again.
 const KEEP_FOR_REVALIDATION: Duration = Duration::from_secs(60);
 
-/// Per-request data from the proxy to the miss handler, carried in
-/// `CacheKey.extensions` (in memory only, never stored by pingora).
+/// What a fill learned from the invalidation log when its fetch began.
+#[derive(Debug, Clone, Copy)]
+pub struct FillStart {
+    /// The clock: the entry is stale once any of its tags is invalidated
+    /// later than this.
+    pub seq: u64,
+    /// The Redis run the clock belongs to (0 without Redis): the entry is
+    /// stored only if the run is still the same when the fetch ends.
+    pub epoch: u64,
+    /// A write in flight fences one of the fill's tags: what it fetches may
+    /// predate the write's commit, so it is not stored.
+    pub fenced: bool,
+}
+
+/// Per-request data from the proxy to the miss handler, carried in the
+/// response's `CacheMeta` extensions (in memory only, never stored by pingora).
 #[derive(Debug, Clone, Default)]
 pub struct FillInfo {
     pub fetch_seq: u64,
+    /// See [`FillStart::epoch`].
+    pub epoch: u64,
     /// Fingerprint of the rules that computed `tags`.
     pub rules: u64,
     pub tags: Vec<String>,
 }
 
+/// A write in flight, fenced in the invalidation log by
+/// [`Store::begin_write`]. Hand it back to [`Store::end_write`] (or
+/// [`Store::end_write_later`]); if it is dropped instead (the request's task
+/// ended some other way), it is lifted after the store's write timeout.
+#[must_use]
+pub struct WriteFence {
+    id: u64,
+    tags: BTreeSet<String>,
+    recorded: bool,
+    /// Set until the fence is handed back: who lifts it if it is dropped.
+    armed: Option<&'static Store>,
+}
+
+impl WriteFence {
+    /// Whether the shared log has it (always, without Redis).
+    pub fn recorded(&self) -> bool {
+        self.recorded
+    }
+
+    pub fn tags(&self) -> &BTreeSet<String> {
+        &self.tags
+    }
+
+    fn disarm(&mut self) -> WriteFence {
+        self.armed = None;
+        WriteFence {
+            id: self.id,
+            tags: std::mem::take(&mut self.tags),
+            recorded: self.recorded,
+            armed: None,
+        }
+    }
+}
+
+impl Drop for WriteFence {
+    fn drop(&mut self) {
+        if let Some(store) = self.armed {
+            let fence = self.disarm();
+            store.end_write_later(fence, store.write_timeout);
+        }
+    }
+}
+
 struct Cached {
     entry: Entry,
-    /// The Redis epoch the entry was read or written under (0 without Redis).
+    /// The Redis run (epoch) the entry was read or written under (0 without Redis).
     epoch: u64,
     keep_until: Instant,
     /// `entry.weight()`, computed once: eviction reads it often.
@@ -97,6 +164,9 @@ pub struct Store {
     /// Fingerprint of the rules in force; entries tagged under other rules
     /// are misses (set at start and by every config reload).
     rules: AtomicU64,
+    /// How long a write may take the app (see `writes.timeout`): a write
+    /// whose outcome is unknown is invalidated this long after.
+    write_timeout: Duration,
 }
 
 impl Store {
@@ -104,6 +174,7 @@ impl Store {
         memory_max_bytes: u64,
         redis: Option<Arc<RedisTier>>,
         max_lifetime: Duration,
+        write_timeout: Duration,
     ) -> Store {
         let estimated_entries = (memory_max_bytes / TYPICAL_ENTRY_BYTES).max(1024) as usize;
         let memory =
@@ -114,6 +185,7 @@ impl Store {
             local: LocalClock::new(max_lifetime),
             max_lifetime,
             rules: AtomicU64::new(0),
+            write_timeout,
         }
     }
 
@@ -127,16 +199,103 @@ impl Store {
         e.rules == self.rules.load(Ordering::Acquire)
     }
 
-    /// Read the invalidation clock before a fetch begins. `None` when it
+    /// Read the invalidation log before a fetch begins, for a response that
+    /// will carry `tags` (those known from the request). `None` when it
     /// cannot be read (Redis down): the response must then not be stored.
-    pub async fn clock_now(&self) -> Option<u64> {
+    pub async fn fill_start(&self, tags: &[String]) -> Option<FillStart> {
         match &self.redis {
-            Some(r) => r.clock_now().await,
-            None => Some(self.local.now()),
+            Some(r) => r.fill_start(tags).await,
+            None => Some(FillStart {
+                seq: self.local.now(),
+                epoch: 0,
+                fenced: self.local.fenced(tags),
+            }),
         }
     }
 
-    /// Invalidate `tags` (after the app committed a write). False when it
+    /// Phase 1 of a write, before it is forwarded: from now until it ends,
+    /// nothing carrying `tags` is served, and no fill that begins meanwhile
+    /// can be served after it ends. See [`WriteFence::recorded`].
+    pub async fn begin_write(&'static self, tags: BTreeSet<String>) -> WriteFence {
+        let id = rand::random::<u64>() | 1;
+        let recorded = match &self.redis {
+            Some(r) => r.begin_write(id, &tags).await,
+            None => {
+                self.local.fence(&tags);
+                true
+            }
+        };
+        WriteFence {
+            id,
+            tags,
+            recorded,
+            armed: Some(self),
+        }
+    }
+
+    /// Phase 2: the write's outcome is known. Invalidate its tags and
+    /// `extra` (tags its answer named) unless `invalidate` is false (the app
+    /// refused it), and lift its fence. False when that could not be recorded
+    /// yet: the store then refuses service until it is.
+    pub async fn end_write(
+        &self,
+        mut fence: WriteFence,
+        extra: BTreeSet<String>,
+        invalidate: bool,
+    ) -> bool {
+        let fence = fence.disarm();
+        if invalidate {
+            METRICS
+                .invalidated_tags
+                .inc_by((fence.tags.len() + extra.len()) as u64);
+        }
+        match &self.redis {
+            Some(r) => r.end_write(fence.id, extra, invalidate).await,
+            None => {
+                if invalidate {
+                    self.local.invalidate(extra.difference(&fence.tags));
+                }
+                self.local.lift(&fence.tags, invalidate);
+                true
+            }
+        }
+    }
+
+    /// The write's outcome is unknown (the client or the app went away):
+    /// the app may still commit it for up to `after`, so it stays fenced
+    /// that long and is then invalidated.
+    pub fn end_write_later(&'static self, mut fence: WriteFence, after: Duration) {
+        let fence = fence.disarm();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    tokio::time::sleep(after).await;
+                    self.end_write(fence, BTreeSet::new(), true).await;
+                });
+            }
+            // Only at process teardown: there is no later.
+            Err(_) => match &self.redis {
+                Some(r) => r.mark_ended(fence.id),
+                None => {
+                    self.local.lift(&fence.tags, true);
+                }
+            },
+        }
+    }
+
+    /// A write that was not forwarded after all (rejected): its fence goes,
+    /// invalidating nothing.
+    pub fn abandon_write(&self, mut fence: WriteFence) {
+        let fence = fence.disarm();
+        match &self.redis {
+            Some(r) => r.forget(fence.id),
+            None => {
+                self.local.lift(&fence.tags, false);
+            }
+        }
+    }
+
+    /// Invalidate `tags` now (a purge; no write in flight). False when it
     /// could not be recorded; the store then refuses service until it is.
     pub async fn invalidate(&self, tags: &BTreeSet<String>) -> bool {
         METRICS.invalidated_tags.inc_by(tags.len() as u64);
@@ -149,10 +308,17 @@ impl Store {
         }
     }
 
-    async fn still_valid(&self, e: &Entry) -> bool {
-        match &self.redis {
-            Some(r) => r.valid(e.fetch_seq, &e.tags).await.unwrap_or(false),
-            None => self.local.valid(e.fetch_seq, &e.tags),
+    /// Whether this replica holds fences or invalidations that the shared
+    /// log does not have yet: it must not be called ready meanwhile.
+    pub fn owes(&self) -> bool {
+        self.redis.as_ref().is_some_and(|r| r.owes())
+    }
+
+    async fn still_valid(&self, link: Option<&Arc<Link>>, e: &Entry) -> bool {
+        match (&self.redis, link) {
+            (Some(r), Some(link)) => r.valid(link, e.fetch_seq, &e.tags).await.unwrap_or(false),
+            (Some(_), None) => false,
+            (None, _) => self.local.valid(e.fetch_seq, &e.tags),
         }
     }
 
@@ -172,19 +338,18 @@ impl Store {
         (self.memory.len() as u64, self.memory.weight())
     }
 
-    fn current_epoch(&self) -> u64 {
-        self.redis.as_ref().map(|r| r.epoch()).unwrap_or(0)
-    }
-
     async fn find(&self, key: &HashBinary) -> Option<Arc<Cached>> {
-        let epoch = self.current_epoch();
+        // One link for the whole lookup: an entry is checked against the log
+        // of the run it belongs to, over a connection to that very Redis.
+        let link = self.redis.as_ref().and_then(|r| r.link());
+        let epoch = link.as_ref().map_or(0, |l| l.epoch);
         if let Some(c) = self.memory.get(key) {
             // Entries from before a Redis restart or a rules change may have
             // been replaced in Redis by another replica: look there. So may an
             // expired one have been (Redis expires its copy at the same time).
             let current =
                 c.epoch == epoch && self.same_rules(&c.entry) && c.keep_until > Instant::now();
-            if current && self.still_valid(&c.entry).await {
+            if current && self.still_valid(link.as_ref(), &c.entry).await {
                 METRICS.store_hits.with_label_values(&["memory"]).inc();
                 return Some(c);
             }
@@ -196,7 +361,8 @@ impl Store {
             }
         }
         let redis = self.redis.as_ref()?;
-        let (bytes, epoch) = redis.get(&redis_key(key)).await?;
+        let link = link?;
+        let bytes = redis.get(&link, &redis_key(key)).await?;
         let entry = match Entry::decode(bytes) {
             Ok(e) => e,
             Err(e) => {
@@ -205,29 +371,34 @@ impl Store {
                 return None;
             }
         };
-        if !self.same_rules(&entry) || !self.still_valid(&entry).await {
+        if !self.same_rules(&entry) || !self.still_valid(Some(&link), &entry).await {
             return None;
         }
         METRICS.store_hits.with_label_values(&["redis"]).inc();
         let meta = decode_meta(&entry).ok()?;
-        let c = Cached::new(entry, epoch, keep_until(&meta, self.max_lifetime));
+        let c = Cached::new(entry, link.epoch, keep_until(&meta, self.max_lifetime));
         self.memory.insert(*key, c.clone());
         Some(c)
     }
 
-    async fn put(&self, key: HashBinary, entry: Entry, meta: &CacheMeta) {
+    /// Store an entry whose fetch began in run `epoch` (0 without Redis).
+    async fn put(&self, key: HashBinary, entry: Entry, meta: &CacheMeta, epoch: u64) {
         let keep = keep_until(meta, self.max_lifetime);
         let ttl = keep.saturating_duration_since(Instant::now());
         let encoded = entry.encode();
         if let Some(redis) = &self.redis {
-            redis.set(&redis_key(&key), &encoded, ttl).await;
+            // Its `fetch_seq` is a clock value of that run: in any other run
+            // it would compare with unrelated invalidations.
+            let Some(link) = redis.link().filter(|l| l.epoch == epoch) else {
+                return;
+            };
+            redis.set(&link, &redis_key(&key), &encoded, ttl).await;
         }
         // Kept as slices of its encoding: meta and body in one allocation
         // (the fill's body buffer has spare capacity, and three buffers are
         // three cache misses on a hit in a large cache).
         let entry = Entry::decode(encoded).unwrap_or(entry);
-        self.memory
-            .insert(key, Cached::new(entry, self.current_epoch(), keep));
+        self.memory.insert(key, Cached::new(entry, epoch, keep));
     }
 
     async fn remove(&self, key: &HashBinary) -> bool {
@@ -342,7 +513,7 @@ impl Storage for Store {
             meta_header: header.into(),
             ..old.entry.clone()
         };
-        self.put(k, entry, meta).await;
+        self.put(k, entry, meta, old.epoch).await;
         Ok(true)
     }
 
@@ -433,7 +604,9 @@ impl HandleMiss for Miss {
             body: self.body.freeze(),
         };
         let meta = decode_meta(&entry)?;
-        self.store.put(self.key, entry, &meta).await;
+        self.store
+            .put(self.key, entry, &meta, self.fill.epoch)
+            .await;
         Ok(MissFinishType::Created(size))
     }
 }

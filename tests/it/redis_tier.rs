@@ -114,9 +114,15 @@ async fn a_write_during_a_redis_hang_is_recorded_before_the_cache_is_used_again(
     assert_eq!(b.get_shared(path).await.x_cache, "HIT");
 
     redis.pause();
+    // The write waits for its fence (one try) and its invalidation (three,
+    // 1x 2x 4x the 1 s timeout these tests give Redis) before giving up on
+    // Redis: up to 8 s here (0.8 s with the default 100 ms).
+    let slow = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
     let w = send(
-        client()
-            .patch(a.url(path))
+        slow.patch(a.url(path))
             .header("host", "app.test")
             .body(r#"{"text":"written while redis hung"}"#),
     )

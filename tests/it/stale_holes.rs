@@ -7,7 +7,12 @@
 //! without a trailing slash, percent-decoded parameters, method overrides on
 //! POST. That is what makes these spellings real aliases.
 
-use crate::util::{client, get, send, Freshgate, Got, Origin, TEST_CONFIG};
+use std::time::{Duration, Instant};
+
+use crate::util::{
+    client, get, send, send_and_leave, until_app, Freshgate, Gate, Got, Leave, Origin, Redis,
+    TEST_CONFIG,
+};
 
 /// Post `id` as the collection `/community/api/posts` lists it.
 fn listed(list: &Got, id: u64) -> serde_json::Value {
@@ -26,6 +31,17 @@ async fn cached(url: &str) -> Got {
         }
     }
     panic!("{url} was never a hit");
+}
+
+/// The same for `path` as `Freshgate::get_shared` asks for it (the `Host`
+/// of `send_and_leave` too: the host is part of the key).
+async fn cached_shared(fg: &Freshgate, path: &str) {
+    for _ in 0..5 {
+        if fg.get_shared(path).await.x_cache == "HIT" {
+            return;
+        }
+    }
+    panic!("{path} was never a hit");
 }
 
 /// Hole 1: the key decoded `%39` to `9` but the tags bound `postId=%39`, so a
@@ -159,4 +175,211 @@ async fn a_get_that_names_a_write_method_is_not_answered_from_the_cache() {
     .await;
     assert_eq!(r.x_cache, "PASS", "{r:?}");
     assert_eq!(get(&scene).await.x_cache, "MISS", "and it invalidated");
+}
+
+/// Hole 4: a write whose answer never reached freshgate's response phase was
+/// never invalidated. A client that sends a PATCH and closes its side (FIN)
+/// made pingora drop the request to the app, which committed it anyway; one
+/// that resets the connection (RST) the same. Each read that starts after
+/// the app shows the write must see it.
+#[tokio::test]
+async fn a_write_whose_client_leaves_before_the_answer_is_still_invalidated() {
+    let origin = Origin::start(0);
+    let fg = Freshgate::start(&origin.url(), None, TEST_CONFIG);
+    for (id, leave) in [(131, Leave::Fin), (132, Leave::Reset)] {
+        let path = format!("/studio/api/scenes/{id}");
+        cached_shared(&fg, &path).await;
+        let text = format!("written by a client that left with {leave:?}");
+        let body = serde_json::json!({ "text": text }).to_string();
+        // The app commits 300 ms after it has the request: the client is
+        // long gone by then.
+        send_and_leave(
+            fg.addr,
+            "PATCH",
+            &path,
+            &[("x-demo-delay-ms", "300")],
+            &body,
+            leave,
+        );
+        until_app(&format!("{}{path}", origin.url()), |v| {
+            v["text"] == text.as_str()
+        })
+        .await;
+        let r = fg.get_shared(&path).await;
+        assert_eq!(r.json()["text"], text.as_str(), "{leave:?}: {r:?}");
+    }
+}
+
+/// Hole 4, other endings: the app commits and answers 5xx (only < 400 used
+/// to invalidate), or commits and never answers in time (freshgate gives up
+/// after `writes.timeout`; the app's commit is already visible). Either way
+/// the next read sees the write; an unanswered write's targets stay
+/// uncacheable until `writes.timeout` has passed again, then are invalidated.
+#[tokio::test]
+async fn a_write_answered_with_an_error_or_not_at_all_is_invalidated() {
+    let origin = Origin::start(0);
+    let config = format!("{TEST_CONFIG}writes:\n  timeout: 1s\n");
+    let fg = Freshgate::start(&origin.url(), None, &config);
+    let scene = "/studio/api/scenes/133";
+    cached_shared(&fg, scene).await;
+    let w = send(
+        client()
+            .patch(fg.url(scene))
+            .header("host", "app.test")
+            .header("x-demo-status", "500")
+            .body(r#"{"text":"committed, then 500"}"#),
+    )
+    .await;
+    assert_eq!(w.status, 500);
+    assert_eq!(
+        fg.get_shared(scene).await.json()["text"],
+        "committed, then 500"
+    );
+
+    // The app commits at once and answers after 4 s; freshgate gives up at 1 s.
+    let post = "/community/api/posts/11";
+    cached_shared(&fg, post).await;
+    let started = Instant::now();
+    let w = send(
+        client()
+            .post(fg.url(&format!("{post}/like")))
+            .header("host", "app.test")
+            .header("x-demo-hang-ms", "4000"),
+    )
+    .await;
+    assert!(w.status >= 500, "freshgate gave up on the app: {w:?}");
+    let r = fg.get_shared(post).await;
+    assert_eq!(r.json()["likes"], 1, "{r:?}");
+    assert_ne!(r.x_cache, "HIT", "fenced while the app may still commit");
+    // Lifted (and invalidated) one write timeout after it was given up on;
+    // then it is cached again.
+    let end = started + Duration::from_secs(15);
+    loop {
+        let r = fg.get_shared(post).await;
+        assert_eq!(r.json()["likes"], 1);
+        if r.x_cache == "HIT" {
+            break;
+        }
+        assert!(Instant::now() < end, "the write's fence was never lifted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "not before the app could no longer commit"
+    );
+    fg.metrics_with(&["freshgate_writes_unanswered_total 1"])
+        .await;
+}
+
+/// Hole 2: a replica that had not reached Redis yet kept a write's
+/// invalidation as pending and dropped it on its first connect, so other
+/// replicas kept serving the old entry. It must record it first, and say
+/// it is not ready until it has.
+#[tokio::test]
+async fn a_replica_that_starts_without_redis_records_its_writes_before_anything_else() {
+    let origin = Origin::start(0);
+    let redis = Redis::start();
+    let gate = Gate::closed(redis.port);
+    let b = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
+    b.wait_redis(true).await;
+    // a's only way to Redis is the gate, still closed.
+    let a = Freshgate::start(&origin.url(), Some(&gate.redis_url()), TEST_CONFIG);
+    let path = "/studio/api/scenes/211";
+    b.get_shared(path).await;
+    assert_eq!(b.get_shared(path).await.x_cache, "HIT");
+
+    let w = send(
+        client()
+            .patch(a.url(path))
+            .header("host", "app.test")
+            .body(r#"{"text":"written before a reached redis"}"#),
+    )
+    .await;
+    assert_eq!(w.status, 200, "{w:?}");
+    let ready = get(&a.admin_url("/readyz")).await;
+    assert_eq!(ready.status, 503, "a owes an invalidation: {}", ready.body);
+    assert_eq!(ready.json()["store"]["owesInvalidations"], true);
+
+    gate.open();
+    a.wait_redis(true).await;
+    assert_eq!(get(&a.admin_url("/readyz")).await.status, 200);
+    let r = b.get_shared(path).await;
+    assert_eq!(
+        r.json()["text"],
+        "written before a reached redis",
+        "b after a connected: {r:?}"
+    );
+}
+
+/// Hole 3: a fill whose clock was read before a Redis restart and stored
+/// after it carried an old-run clock value larger than every invalidation
+/// of the new run, so a PATCH acknowledged after the restart left it a hit
+/// on the writing replica itself.
+#[tokio::test]
+async fn a_fill_that_spans_a_redis_restart_is_not_stored() {
+    let origin = Origin::start(0);
+    let mut redis = Redis::start();
+    let fg = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
+    fg.wait_redis(true).await;
+    // Move the clock well past where a new run's starts.
+    for id in [221, 222, 223, 231, 232, 233] {
+        let w = send(
+            client()
+                .patch(fg.url(&format!("/studio/api/scenes/{id}")))
+                .body("{}"),
+        )
+        .await;
+        assert_eq!(w.status, 200);
+    }
+    let path = "/studio/api/scenes/212";
+    let slow = tokio::spawn(send(
+        client()
+            .get(fg.url(path))
+            .header("host", "app.test")
+            .header("x-demo-delay-ms", "2500"),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.restart();
+    fg.wait_redis(true).await;
+    let first = slow.await.unwrap();
+    assert_eq!(first.status, 200);
+    let w = send(
+        client()
+            .patch(fg.url(path))
+            .header("host", "app.test")
+            .body(r#"{"text":"written after the restart"}"#),
+    )
+    .await;
+    assert_eq!(w.status, 200, "{w:?}");
+    let r = fg.get_shared(path).await;
+    assert_eq!(r.json()["text"], "written after the restart", "{r:?}");
+}
+
+/// `on_unrecorded_write: reject`: a replica that cannot record a write's
+/// fence answers 503 and does not forward it, so no replica can serve what
+/// it would have changed; it stays ready (it owes nothing).
+#[tokio::test]
+async fn with_reject_a_write_that_cannot_be_recorded_is_not_forwarded() {
+    let origin = Origin::start(0);
+    let port = crate::util::free_port();
+    let config = format!("{TEST_CONFIG}store:\n  redis:\n    on_unrecorded_write: reject\n");
+    let fg = Freshgate::start(
+        &origin.url(),
+        Some(&format!("redis://127.0.0.1:{port}/0")),
+        &config,
+    );
+    let before = origin.requests().await;
+    let w = send(
+        client()
+            .patch(fg.url("/studio/api/scenes/213"))
+            .body(r#"{"text":"never sent"}"#),
+    )
+    .await;
+    assert_eq!(w.status, 503, "{w:?}");
+    assert_eq!(origin.requests().await, before, "the app never saw it");
+    let scene = get(&format!("{}/studio/api/scenes/213", origin.url())).await;
+    assert_ne!(scene.json()["text"], "never sent");
+    assert_eq!(get(&fg.admin_url("/readyz")).await.status, 200);
+    fg.metrics_with(&["freshgate_writes_rejected_total 1"])
+        .await;
 }

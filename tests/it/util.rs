@@ -573,3 +573,138 @@ pub async fn send(req: reqwest::RequestBuilder) -> Got {
 pub async fn get(url: &str) -> Got {
     send(client().get(url)).await
 }
+
+/// A TCP gate in front of another port (Redis): it refuses connections
+/// until opened, and can be shut again, cutting every connection through it.
+/// What a replica sees when only its own path to Redis is down.
+pub struct Gate {
+    pub port: u16,
+    target: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Gate {
+    /// A closed gate to `target` (nothing listens on its port yet).
+    pub fn closed(target: u16) -> Gate {
+        Gate {
+            port: free_port(),
+            target,
+            open: Default::default(),
+            conns: Default::default(),
+        }
+    }
+
+    pub fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Start listening and forwarding.
+    pub fn open(&self) {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).expect("gate port");
+        listener.set_nonblocking(true).unwrap();
+        self.open.store(true, Ordering::SeqCst);
+        let (open, conns, target) = (self.open.clone(), self.conns.clone(), self.target);
+        std::thread::spawn(move || {
+            while open.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                let mut held = conns.lock().unwrap();
+                held.push(client.try_clone().unwrap());
+                held.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+    }
+
+    /// Stop listening and cut every connection through the gate.
+    pub fn close(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        // The listener goes with its thread's next loop.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// How a client leaves after sending a request.
+#[derive(Debug, Clone, Copy)]
+pub enum Leave {
+    /// Closes its side (FIN), as a browser tab that is closed may.
+    Fin,
+    /// Resets the connection (RST), as a killed process does.
+    Reset,
+}
+
+/// Send one HTTP/1.1 request over a raw socket and leave at once, without
+/// reading the answer.
+pub fn send_and_leave(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    leave: Leave,
+) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: app.test\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).expect("send");
+    // Let the proxy read the whole request before the client goes.
+    std::thread::sleep(Duration::from_millis(50));
+    match leave {
+        Leave::Fin => {
+            let _ = s.shutdown(std::net::Shutdown::Write);
+        }
+        Leave::Reset => {
+            // SO_LINGER 0: close sends RST.
+            socket2::SockRef::from(&s)
+                .set_linger(Some(Duration::ZERO))
+                .expect("SO_LINGER");
+        }
+    }
+    drop(s);
+}
+
+/// GET `url` from the app directly (no freshgate) until `done` holds, 10 s
+/// at most: the write reached the app and was committed.
+pub async fn until_app(url: &str, done: impl Fn(&serde_json::Value) -> bool) {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = get(url).await;
+        if serde_json::from_str(&r.body).is_ok_and(|v| done(&v)) {
+            return;
+        }
+        assert!(Instant::now() < end, "the app never showed it: {}", r.body);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,244 @@
+//! The invalidation log in Redis: the clock, each tag's `last_inv`, the
+//! fences of writes in flight, and what this replica still owes it.
+//!
+//! Every key belongs to one Redis run (`run_id`): a restarted Redis starts a
+//! new, empty log, and nothing stored under another run is ever read.
+//!
+//! A tag's value packs two numbers: `fences * FENCE_UNIT + last_inv`. A fenced
+//! tag (a write in flight may change what it names) therefore reads as a huge
+//! `last_inv`, which makes every entry carrying it invalid — also to a replica
+//! of the previous format, which only compares `last_inv <= fetch_seq`. The
+//! scripts below change it atomically:
+//!
+//! - [`FENCE`], before a write is forwarded: `fences += 1`, and a record of the
+//!   write (its tags, and a deadline on Redis's clock) in a sorted set, so that
+//!   any replica can lift it if its writer never does ([`SWEEP`]).
+//! - [`LIFT`], once the write's outcome is known: a new clock value `s`, every
+//!   tag's `last_inv = s` (unless the app refused the write), and this write's
+//!   fence removed — one step, so no fill that began during the write can be
+//!   valid afterwards.
+//!
+//! Both are idempotent per write id (the sorted set says whether the fence is
+//! still held), so a call whose answer was lost can be sent again.
+
+use std::collections::{BTreeSet, HashMap};
+
+/// Fences are counted in the high bits of a tag's value: clock values stay
+/// far below 2^40, and 2^13 fences on one tag still fit Lua's exact integers.
+pub(super) const FENCE_UNIT: u64 = 1 << 40;
+
+/// Whether a tag whose value is `v` lets an entry fetched at `fetch_seq` be
+/// served: not fenced, and not invalidated after the fetch began.
+pub(super) fn allows(v: Option<u64>, fetch_seq: u64) -> bool {
+    let v = v.unwrap_or(0);
+    v < FENCE_UNIT && v <= fetch_seq
+}
+
+pub(super) fn fenced(v: Option<u64>) -> bool {
+    v.unwrap_or(0) >= FENCE_UNIT
+}
+
+/// Key names. The format version is the entries' (see `entry`): replicas of
+/// the same version share a log.
+pub(super) struct Keys;
+
+impl Keys {
+    pub(super) fn prefix(run: &str) -> String {
+        format!("fg:{}:{}:", super::super::entry::VERSION, run)
+    }
+    pub(super) fn entry(run: &str, cache_key: &str) -> String {
+        format!("{}e:{cache_key}", Self::prefix(run))
+    }
+    pub(super) fn clock(run: &str) -> String {
+        format!("{}clock", Self::prefix(run))
+    }
+    pub(super) fn tag(run: &str, tag: &str) -> String {
+        format!("{}i:{tag}", Self::prefix(run))
+    }
+    pub(super) fn fences(run: &str) -> String {
+        format!("{}fences", Self::prefix(run))
+    }
+    pub(super) fn fence(run: &str, id: u64) -> String {
+        format!("{}fence:{id}", Self::prefix(run))
+    }
+    /// Invalidations: `"<seq> <writer's ms>\n<tag>\n..."`.
+    pub(super) fn inv_channel(run: &str) -> String {
+        format!("{}inv", Self::prefix(run))
+    }
+    /// Fences: `"+\n<tag>\n..."` when one is raised, `"-\n..."` when lifted.
+    pub(super) fn fence_channel(run: &str) -> String {
+        format!("{}fence", Self::prefix(run))
+    }
+}
+
+/// KEYS: fences set, this fence's record, then the tags.
+/// ARGV: id, deadline from now (ms), tag key TTL (ms), tags ("\n"-joined),
+/// fence channel, FENCE_UNIT. Returns 1, or 0 if the fence was already held.
+pub(super) const FENCE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('ZADD', KEYS[1], 'NX', now + tonumber(ARGV[2]), ARGV[1]) == 0 then
+  return 0
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SET', KEYS[2], ARGV[4], 'PX', tonumber(ARGV[2]) + 60000)
+for i = 3, #KEYS do
+  redis.call('INCRBY', KEYS[i], ARGV[6])
+  redis.call('PEXPIRE', KEYS[i], ARGV[3])
+end
+redis.call('PUBLISH', ARGV[5], '+\n' .. ARGV[4])
+return 1
+"#;
+
+/// KEYS: clock, fences set, this fence's record, then the tags: first the
+/// `ARGV[2]` the write fenced, then the ones only its answer named.
+/// ARGV: id ("0": none), fenced count, tag key TTL (ms), FENCE_UNIT,
+/// invalidate ("1"/"0"), invalidation channel, the writer's ms, all tags
+/// ("\n"-joined), fence channel, fenced tags ("\n"-joined).
+/// Returns the new clock value (0 when nothing was invalidated).
+///
+/// `last_inv = s` is a plain SET: `s` is newer than any value in the log.
+pub(super) const LIFT: &str = r#"
+local unit = tonumber(ARGV[4])
+local owned = ARGV[1] ~= '0' and redis.call('ZREM', KEYS[2], ARGV[1]) == 1
+if owned then redis.call('DEL', KEYS[3]) end
+local invalidate = ARGV[5] == '1'
+local s = 0
+if invalidate then s = redis.call('INCR', KEYS[1]) end
+local nf = tonumber(ARGV[2])
+for i = 4, #KEYS do
+  local mine = owned and (i - 3) <= nf
+  if invalidate then
+    local fences = math.floor(tonumber(redis.call('GET', KEYS[i]) or '0') / unit)
+    if mine and fences > 0 then fences = fences - 1 end
+    redis.call('SET', KEYS[i], string.format('%.0f', fences * unit + s), 'PX', ARGV[3])
+  elseif mine and tonumber(redis.call('GET', KEYS[i]) or '0') >= unit then
+    redis.call('DECRBY', KEYS[i], ARGV[4])
+  end
+end
+if invalidate then
+  redis.call('PUBLISH', ARGV[6], s .. ' ' .. ARGV[7] .. '\n' .. ARGV[8])
+end
+if owned and nf > 0 then
+  redis.call('PUBLISH', ARGV[9], '-\n' .. ARGV[10])
+end
+return s
+"#;
+
+/// Lifts, with invalidation, fences whose deadline passed (their writer died
+/// or lost Redis). KEYS: clock, fences set. ARGV: key prefix, tag key TTL
+/// (ms), FENCE_UNIT, invalidation channel, fence channel, this replica's ms,
+/// how many at most. Returns how many it lifted.
+pub(super) const SWEEP: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[7]))
+local unit = tonumber(ARGV[3])
+local n = 0
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[2], id)
+  local rec = ARGV[1] .. 'fence:' .. id
+  local tags = redis.call('GET', rec)
+  redis.call('DEL', rec)
+  if tags then
+    local s = redis.call('INCR', KEYS[1])
+    for tag in string.gmatch(tags, '[^\n]+') do
+      local k = ARGV[1] .. 'i:' .. tag
+      local fences = math.floor(tonumber(redis.call('GET', k) or '0') / unit)
+      if fences > 0 then fences = fences - 1 end
+      redis.call('SET', k, string.format('%.0f', fences * unit + s), 'PX', ARGV[2])
+    end
+    redis.call('PUBLISH', ARGV[4], s .. ' ' .. ARGV[6] .. '\n' .. tags)
+    redis.call('PUBLISH', ARGV[5], '-\n' .. tags)
+    n = n + 1
+  end
+end
+return n
+"#;
+
+/// What one write still needs recorded.
+#[derive(Debug, Clone)]
+pub(super) struct OwedWrite {
+    /// The tags it fences while in flight.
+    pub(super) tags: BTreeSet<String>,
+    /// The epoch (Redis run) its fence is recorded in, if any.
+    pub(super) fenced_in: Option<u64>,
+    /// Set once its outcome is known: the lift to record.
+    pub(super) end: Option<End>,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct End {
+    /// Tags only the write's answer named (`Location`, groups).
+    pub(super) extra: BTreeSet<String>,
+    pub(super) invalidate: bool,
+}
+
+/// Writes of this replica that are in flight or not fully recorded. Nothing
+/// leaves it unrecorded: a lift leaves it only once Redis has it.
+#[derive(Debug, Default)]
+pub(super) struct Owed {
+    pub(super) writes: HashMap<u64, OwedWrite>,
+}
+
+impl Owed {
+    /// Whether anything must be recorded in run `epoch` before this replica
+    /// may serve from the shared tier: a lift not yet recorded, or a write in
+    /// flight whose fence is not in that run.
+    pub(super) fn owes(&self, epoch: Option<u64>) -> bool {
+        self.writes
+            .values()
+            .any(|w| w.end.is_some() || w.fenced_in.is_none() || w.fenced_in != epoch)
+    }
+
+    /// Writes with something to record in run `epoch`.
+    pub(super) fn due(&self, epoch: u64) -> Vec<(u64, OwedWrite)> {
+        self.writes
+            .iter()
+            .filter(|(_, w)| w.end.is_some() || w.fenced_in != Some(epoch))
+            .map(|(id, w)| (*id, w.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fence_reads_as_invalid_whatever_the_fetch() {
+        assert!(allows(None, 0));
+        assert!(allows(Some(7), 7));
+        assert!(!allows(Some(8), 7));
+        assert!(!allows(Some(FENCE_UNIT + 3), u64::MAX >> 1));
+        assert!(fenced(Some(FENCE_UNIT)));
+        assert!(!fenced(Some(FENCE_UNIT - 1)));
+    }
+
+    #[test]
+    fn what_is_owed_depends_on_the_run() {
+        let mut o = Owed::default();
+        assert!(!o.owes(None));
+        let w = |fenced_in, end: Option<End>| OwedWrite {
+            tags: BTreeSet::from(["t".to_string()]),
+            fenced_in,
+            end,
+        };
+        o.writes.insert(1, w(Some(3), None));
+        assert!(!o.owes(Some(3)), "fenced in this run, still in flight");
+        assert!(o.owes(Some(4)), "a new run has no record of its fence");
+        assert_eq!(o.due(4).len(), 1);
+        o.writes.insert(
+            2,
+            w(
+                Some(3),
+                Some(End {
+                    extra: BTreeSet::new(),
+                    invalidate: true,
+                }),
+            ),
+        );
+        assert!(o.owes(Some(3)), "a lift not yet recorded");
+        assert_eq!(o.due(3).len(), 1);
+    }
+}

@@ -1,0 +1,900 @@
+//! The shared tier: entries in Redis, seen by every replica, and the shared
+//! invalidation log (see [`log`]).
+//!
+//! Redis sits on the request path, so this module decides up front how a Redis
+//! problem degrades: reads have a tight timeout and no retries, and a circuit
+//! breaker stops calling Redis at all after a few consecutive failures. While
+//! the tier is unavailable ([`RedisTier::available`]) the proxy passes
+//! requests straight through to the app (no 5xx is ever caused by Redis, and no
+//! entry is served that an invalidation on another replica might have missed).
+//! A background task ([`RedisTier::maintain`]) connects, pings, records what
+//! this replica owes the log, lifts fences whose writer vanished, and closes the
+//! breaker again, so recovery needs no operator.
+//!
+//! **One connection, one Redis run.** A [`Link`] is a connection together with
+//! the `run_id` of the Redis process at its other end, learned when it was
+//! opened. It never reconnects by itself: when Redis restarts, the link breaks
+//! and the maintainer opens a new one (and learns the new run). Every key names
+//! its run, every entry in memory remembers the run (epoch) it was fetched
+//! under, and every fill remembers the run its clock was read in, so nothing
+//! can mix two runs: an entry is only checked against the log of its own run,
+//! over a connection to that very process, and a fill whose fetch began under
+//! another run is not stored. (An auto-reconnecting client could silently send
+//! a check meant for the old run to a new, empty Redis, whose empty log says
+//! "nothing was invalidated".)
+//!
+//! **Nothing a replica owes is dropped** (`log::Owed`): a write's fence and
+//! its lift are kept until Redis has recorded them, recorded again in every new
+//! run a replica connects to, and while anything is owed the replica serves
+//! nothing from the cache and `/readyz` says not ready.
+//!
+//! Consistency across replicas ([`Consistency`]): in `strict` mode (the
+//! default) every hit asks Redis for the entry's tags, so a write acknowledged
+//! by any replica is never followed by a stale read on any other. In `bounded`
+//! mode replicas follow the log over pub/sub (see `follow`).
+
+mod follow;
+mod log;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use redis::aio::MultiplexedConnection;
+use tracing::{info, warn};
+
+use self::follow::Followed;
+use self::log::{End, Keys, Owed, OwedWrite, FENCE_UNIT};
+use super::FillStart;
+use crate::metrics::METRICS;
+
+/// Consecutive failures that open the breaker.
+const TRIP_AFTER: u32 = 3;
+/// How long the breaker stays open before requests may try Redis again.
+const OPEN_FOR: Duration = Duration::from_secs(1);
+/// Tries to record an invalidation that no fence protects (timeouts 1x, 2x,
+/// 4x the Redis timeout). A fence is tried once: the write waits for it.
+pub const INVALIDATE_ATTEMPTS: u32 = 3;
+/// How often the background task checks on Redis.
+const PING_EVERY: Duration = Duration::from_millis(250);
+/// A write may open a connection itself (rather than wait for the next
+/// check) at most this often.
+const CONNECT_AT_MOST_EVERY_MS: u64 = 50;
+/// Expired fences lifted per sweep at most.
+const SWEEP_BATCH: u32 = 64;
+/// Hash of runtime flag values (`PUT /api/flags`), shared by all replicas.
+const FLAGS_KEY: &str = "fg:flags";
+/// Timeout for monitoring reads and writes, which are off the request path.
+const SIDE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How replicas learn of each other's invalidations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Ask Redis on every hit: never a stale read after an acknowledged write.
+    #[default]
+    Strict,
+    /// Follow invalidations by pub/sub: no round trip per hit; other replicas
+    /// may serve the old entry for the message's delivery time.
+    Bounded,
+}
+
+impl Consistency {
+    pub fn parse(s: &str) -> Option<Consistency> {
+        match s {
+            "strict" => Some(Consistency::Strict),
+            "bounded" => Some(Consistency::Bounded),
+            _ => None,
+        }
+    }
+}
+
+/// A connection to one Redis process, and which run of Redis that is.
+pub struct Link {
+    conn: MultiplexedConnection,
+    run: Arc<str>,
+    /// Counts the runs this replica has seen; entries remember it.
+    pub epoch: u64,
+}
+
+/// Timing and bounds of the tier, from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Per call on the request path.
+    pub timeout: Duration,
+    /// How long a tag's `last_inv` must outlive the entries it can invalidate.
+    pub inv_ttl: Duration,
+    /// How long a fence may stand before any replica lifts it (its writer
+    /// lifts it long before, unless it died or lost Redis).
+    pub fence_ttl: Duration,
+}
+
+pub struct RedisTier {
+    url: String,
+    consistency: Consistency,
+    followed: Followed,
+    timeout: Duration,
+    inv_ttl: Duration,
+    fence_ttl: Duration,
+    link: ArcSwapOption<Link>,
+    /// Serializes opening links (the maintainer and writes may both try).
+    connecting: tokio::sync::Mutex<()>,
+    last_connect_ms: AtomicU64,
+    /// The run of the last link and its epoch.
+    run: parking_lot::Mutex<Option<Arc<str>>>,
+    epoch: AtomicU64,
+    /// Entries fetched before this clock value are not served: set when Redis
+    /// comes back from an outage (see `check_once`) and when bounded mode
+    /// (re)subscribes.
+    floor: AtomicU64,
+    failures: AtomicU32,
+    open_until_ms: AtomicU64,
+    owed: parking_lot::Mutex<Owed>,
+    fence_script: redis::Script,
+    lift_script: redis::Script,
+    sweep_script: redis::Script,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn joined(tags: &BTreeSet<String>) -> String {
+    tags.iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl RedisTier {
+    pub fn new(url: String, limits: Limits, consistency: Consistency) -> RedisTier {
+        METRICS.redis_configured.set(1);
+        RedisTier {
+            url,
+            consistency,
+            followed: Followed::default(),
+            timeout: limits.timeout,
+            inv_ttl: limits.inv_ttl,
+            fence_ttl: limits.fence_ttl,
+            link: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
+            last_connect_ms: AtomicU64::new(0),
+            run: parking_lot::Mutex::new(None),
+            epoch: AtomicU64::new(0),
+            floor: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
+            open_until_ms: AtomicU64::new(0),
+            owed: parking_lot::Mutex::new(Owed::default()),
+            fence_script: redis::Script::new(log::FENCE),
+            lift_script: redis::Script::new(log::LIFT),
+            sweep_script: redis::Script::new(log::SWEEP),
+        }
+    }
+
+    pub fn consistency(&self) -> Consistency {
+        self.consistency
+    }
+
+    /// The current link, if connected.
+    pub fn link(&self) -> Option<Arc<Link>> {
+        self.link.load_full()
+    }
+
+    /// True when connected, the breaker is closed, and this replica owes the
+    /// current run nothing.
+    pub fn available(&self) -> bool {
+        let Some(link) = self.link.load_full() else {
+            return false;
+        };
+        now_ms() >= self.open_until_ms.load(Ordering::Relaxed)
+            && !self.owed.lock().owes(Some(link.epoch))
+    }
+
+    /// Whether this replica holds fences or invalidations the shared log
+    /// does not have yet (then it must not be called ready).
+    pub fn owes(&self) -> bool {
+        let epoch = self.link.load().as_ref().map(|l| l.epoch);
+        self.owed.lock().owes(epoch)
+    }
+
+    fn breaker_open(&self) -> bool {
+        now_ms() < self.open_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn record_failure(&self, op: &'static str, err: &dyn std::fmt::Display) {
+        METRICS.store_errors.with_label_values(&["redis", op]).inc();
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= TRIP_AFTER {
+            let was_closed = !self.breaker_open();
+            self.open_until_ms
+                .store(now_ms() + OPEN_FOR.as_millis() as u64, Ordering::Relaxed);
+            if was_closed {
+                warn!(error = %err, "redis unavailable: circuit open, passing requests through");
+            }
+            METRICS.redis_up.set(0);
+        }
+    }
+
+    fn record_success(&self) {
+        if self.failures.swap(0, Ordering::Relaxed) >= TRIP_AFTER {
+            info!("redis reachable again: circuit closed");
+        }
+        self.open_until_ms.store(0, Ordering::Relaxed);
+        METRICS.redis_up.set(1);
+    }
+
+    /// A call on `link` failed: count it, and forget the link if its
+    /// connection is gone (it never comes back by itself).
+    fn failed(&self, link: &Arc<Link>, op: &'static str, err: Option<&redis::RedisError>) {
+        match err {
+            Some(e) => {
+                self.record_failure(op, e);
+                if e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error() {
+                    self.drop_link(link);
+                }
+            }
+            None => self.record_failure(op, &"timed out"),
+        }
+    }
+
+    fn drop_link(&self, link: &Arc<Link>) {
+        let current = self.link.load();
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, link)) {
+            self.link.store(None);
+            METRICS.redis_up.set(0);
+        }
+    }
+
+    /// One command on `link` with the request-path timeout, unless the
+    /// breaker is open.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        link: &Arc<Link>,
+        op: &'static str,
+        cmd: redis::Cmd,
+    ) -> Option<T> {
+        if self.breaker_open() {
+            return None;
+        }
+        let mut conn = link.conn.clone();
+        let started = std::time::Instant::now();
+        let res = tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await;
+        METRICS
+            .store_op_seconds
+            .with_label_values(&["redis", op])
+            .observe(started.elapsed().as_secs_f64());
+        match res {
+            Ok(Ok(v)) => {
+                self.record_success();
+                Some(v)
+            }
+            Ok(Err(e)) => {
+                self.failed(link, op, Some(&e));
+                None
+            }
+            Err(_) => {
+                self.failed(link, op, None);
+                None
+            }
+        }
+    }
+
+    /// A script invocation that correctness depends on (fences, lifts): it
+    /// may be tried several times (a doubling timeout), and it is tried even
+    /// while the read breaker is open.
+    async fn record<T: redis::FromRedisValue>(
+        &self,
+        link: &Arc<Link>,
+        op: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+        attempts: u32,
+    ) -> Option<T> {
+        let mut timeout = self.timeout;
+        for _ in 0..attempts {
+            let mut conn = link.conn.clone();
+            match tokio::time::timeout(timeout, invocation.invoke_async::<T>(&mut conn)).await {
+                Ok(Ok(v)) => {
+                    self.record_success();
+                    return Some(v);
+                }
+                Ok(Err(e)) => {
+                    let gone = e.is_connection_dropped() || e.is_io_error();
+                    self.failed(link, op, Some(&e));
+                    if gone {
+                        return None;
+                    }
+                }
+                Err(_) => self.failed(link, op, None),
+            }
+            timeout *= 2;
+        }
+        None
+    }
+
+    /// Read the clock, and whether any of `tags` is fenced, before a fetch
+    /// begins. `None` when Redis cannot be used: the response is not stored.
+    pub async fn fill_start(&self, tags: &[String]) -> Option<FillStart> {
+        let link = self.link.load_full()?;
+        if !self.available() {
+            return None;
+        }
+        let (seq, fenced) = match self.consistency {
+            Consistency::Bounded => (self.clock_now(&link).await?, self.followed.fenced(tags)),
+            Consistency::Strict => {
+                let mut cmd = redis::cmd("MGET");
+                cmd.arg(Keys::clock(&link.run));
+                for t in tags {
+                    cmd.arg(Keys::tag(&link.run, t));
+                }
+                let v: Vec<Option<u64>> = self.run(&link, "clock", cmd).await?;
+                let seq = v.first().copied().flatten().unwrap_or(0);
+                (seq, v.iter().skip(1).any(|v| log::fenced(*v)))
+            }
+        };
+        Some(FillStart {
+            seq,
+            epoch: link.epoch,
+            fenced,
+        })
+    }
+
+    async fn clock_now(&self, link: &Arc<Link>) -> Option<u64> {
+        let v: Option<u64> = self
+            .run(
+                link,
+                "clock",
+                redis::cmd("GET").arg(Keys::clock(&link.run)).clone(),
+            )
+            .await?;
+        Some(v.unwrap_or(0))
+    }
+
+    /// Whether an entry of run `link` fetched at `fetch_seq` with `tags` may
+    /// be served. `None` (treat as a miss) when Redis cannot answer.
+    pub async fn valid(&self, link: &Arc<Link>, fetch_seq: u64, tags: &[String]) -> Option<bool> {
+        if tags.is_empty() {
+            return Some(true);
+        }
+        if fetch_seq < self.floor.load(Ordering::Acquire) {
+            return Some(false);
+        }
+        if self.consistency == Consistency::Bounded {
+            if !self.available() || !self.followed.subscribed.load(Ordering::Acquire) {
+                return None;
+            }
+            return Some(self.followed.valid(fetch_seq, tags));
+        }
+        let mut cmd = redis::cmd("MGET");
+        for t in tags {
+            cmd.arg(Keys::tag(&link.run, t));
+        }
+        let inv: Vec<Option<u64>> = self.run(link, "last_inv", cmd).await?;
+        Some(inv.into_iter().all(|v| log::allows(v, fetch_seq)))
+    }
+
+    /// A link to record a write on: the current one, or one opened now
+    /// rather than at the maintainer's next check (a write must not go
+    /// unrecorded for want of a connection attempt).
+    async fn link_for_write(&self) -> Option<Arc<Link>> {
+        if let Some(link) = self.link.load_full() {
+            return Some(link);
+        }
+        let last = self.last_connect_ms.load(Ordering::Relaxed);
+        if now_ms().saturating_sub(last) < CONNECT_AT_MOST_EVERY_MS {
+            return None;
+        }
+        self.connect().await
+    }
+
+    /// Phase 1 of a write (before it is forwarded): fence `tags` in the
+    /// shared log. False when that could not be recorded; the write is then
+    /// owed, and this replica bypasses the cache until it is recorded.
+    pub async fn begin_write(&self, id: u64, tags: &BTreeSet<String>) -> bool {
+        let mut fenced_in = None;
+        if let Some(link) = self.link_for_write().await {
+            if self.fence(&link, id, tags).await {
+                fenced_in = Some(link.epoch);
+            }
+        }
+        // Owed from now until its lift is recorded. (Entered after the
+        // attempt, so that reads do not bypass the cache while a fence that
+        // is about to be recorded is on its way.)
+        self.owed.lock().writes.insert(
+            id,
+            OwedWrite {
+                tags: tags.clone(),
+                fenced_in,
+                end: None,
+            },
+        );
+        if fenced_in.is_none() {
+            METRICS.invalidation_failures.inc();
+        }
+        fenced_in.is_some()
+    }
+
+    /// A write that was never forwarded: nothing to record. (Had its fence
+    /// reached Redis after all, unanswered, the sweep lifts it.)
+    pub fn forget(&self, id: u64) {
+        self.owed.lock().writes.remove(&id);
+    }
+
+    /// A write given up on without a runtime to lift it from (process
+    /// teardown): leave its lift to the maintainer.
+    pub fn mark_ended(&self, id: u64) {
+        if let Some(w) = self.owed.lock().writes.get_mut(&id) {
+            w.end.get_or_insert(End {
+                extra: BTreeSet::new(),
+                invalidate: true,
+            });
+        }
+    }
+
+    /// Phase 2 of a write (its outcome known, or given up on): lift its
+    /// fence, invalidating its tags and `extra` unless `invalidate` is false.
+    /// False when that could not be recorded yet; it stays owed.
+    pub async fn end_write(&self, id: u64, extra: BTreeSet<String>, invalidate: bool) -> bool {
+        let tags = {
+            let mut owed = self.owed.lock();
+            let w = owed.writes.entry(id).or_insert_with(|| OwedWrite {
+                tags: BTreeSet::new(),
+                fenced_in: None,
+                end: None,
+            });
+            w.end = Some(End {
+                extra: extra.clone(),
+                invalidate,
+            });
+            w.tags.clone()
+        };
+        let recorded = match self.link_for_write().await {
+            Some(link) => self.lift(&link, id, &tags, &extra, invalidate).await,
+            None => false,
+        };
+        if recorded {
+            self.owed.lock().writes.remove(&id);
+        } else {
+            METRICS.invalidation_failures.inc();
+        }
+        recorded
+    }
+
+    /// Invalidate `tags` now (no write in flight: a purge).
+    pub async fn invalidate(&self, tags: &BTreeSet<String>) -> bool {
+        if tags.is_empty() {
+            return true;
+        }
+        self.end_write(rand::random::<u64>() | 1, tags.clone(), true)
+            .await
+    }
+
+    async fn fence(&self, link: &Arc<Link>, id: u64, tags: &BTreeSet<String>) -> bool {
+        if tags.is_empty() {
+            return true;
+        }
+        let mut inv = self.fence_script.prepare_invoke();
+        inv.key(Keys::fences(&link.run))
+            .key(Keys::fence(&link.run, id));
+        for t in tags {
+            inv.key(Keys::tag(&link.run, t));
+        }
+        inv.arg(id)
+            .arg(self.fence_ttl.as_millis() as u64)
+            .arg(self.inv_ttl.as_millis() as u64)
+            .arg(joined(tags))
+            .arg(Keys::fence_channel(&link.run))
+            .arg(FENCE_UNIT);
+        self.record::<i64>(link, "fence", &inv, 1).await.is_some()
+    }
+
+    async fn lift(
+        &self,
+        link: &Arc<Link>,
+        id: u64,
+        fenced: &BTreeSet<String>,
+        extra: &BTreeSet<String>,
+        invalidate: bool,
+    ) -> bool {
+        let extra: BTreeSet<String> = extra.difference(fenced).cloned().collect();
+        if fenced.is_empty() && (extra.is_empty() || !invalidate) {
+            return true;
+        }
+        let mut inv = self.lift_script.prepare_invoke();
+        inv.key(Keys::clock(&link.run))
+            .key(Keys::fences(&link.run))
+            .key(Keys::fence(&link.run, id));
+        for t in fenced.iter().chain(&extra) {
+            inv.key(Keys::tag(&link.run, t));
+        }
+        let all: BTreeSet<String> = fenced.union(&extra).cloned().collect();
+        inv.arg(id)
+            .arg(fenced.len())
+            .arg(self.inv_ttl.as_millis() as u64)
+            .arg(FENCE_UNIT)
+            .arg(if invalidate { "1" } else { "0" })
+            .arg(Keys::inv_channel(&link.run))
+            .arg(now_ms())
+            .arg(joined(&all))
+            .arg(Keys::fence_channel(&link.run))
+            .arg(joined(fenced));
+        // With its fence in this run, nothing can be served that the lift
+        // would invalidate until some replica lifts it: one try is enough.
+        let fenced_here = self
+            .owed
+            .lock()
+            .writes
+            .get(&id)
+            .is_some_and(|w| w.fenced_in == Some(link.epoch));
+        let attempts = if fenced_here { 1 } else { INVALIDATE_ATTEMPTS };
+        let Some(s) = self.record::<u64>(link, "invalidate", &inv, attempts).await else {
+            return false;
+        };
+        if invalidate {
+            // Read-your-writes on this replica in bounded mode, before the
+            // message comes back.
+            self.followed.learn(s, all);
+        }
+        true
+    }
+
+    /// Record what this replica owes the log in `link`'s run: lifts not yet
+    /// recorded, and fences of writes still in flight that this run has no
+    /// record of. True when nothing is owed any more.
+    async fn reconcile(&self, link: &Arc<Link>) -> bool {
+        let due = self.owed.lock().due(link.epoch);
+        if due.is_empty() {
+            return true;
+        }
+        for (id, w) in due {
+            if let Some(end) = w.end {
+                if !self
+                    .lift(link, id, &w.tags, &end.extra, end.invalidate)
+                    .await
+                {
+                    return false;
+                }
+                self.owed.lock().writes.remove(&id);
+                info!(
+                    tags = w.tags.len() + end.extra.len(),
+                    "recorded an owed invalidation"
+                );
+                continue;
+            }
+            if !self.fence(link, id, &w.tags).await {
+                return false;
+            }
+            let ended_meanwhile = {
+                let mut owed = self.owed.lock();
+                match owed.writes.get_mut(&id) {
+                    Some(w) if w.end.is_none() => {
+                        w.fenced_in = Some(link.epoch);
+                        false
+                    }
+                    _ => true,
+                }
+            };
+            // Its own lift may have run before this fence: lift it again
+            // rather than leave it to the sweep.
+            if ended_meanwhile {
+                self.lift(link, id, &w.tags, &BTreeSet::new(), true).await;
+            }
+        }
+        !self.owed.lock().owes(Some(link.epoch))
+    }
+
+    /// Lift fences whose deadline passed (their writer died or lost Redis).
+    async fn sweep(&self, link: &Arc<Link>) {
+        let mut inv = self.sweep_script.prepare_invoke();
+        inv.key(Keys::clock(&link.run))
+            .key(Keys::fences(&link.run))
+            .arg(Keys::prefix(&link.run))
+            .arg(self.inv_ttl.as_millis() as u64)
+            .arg(FENCE_UNIT)
+            .arg(Keys::inv_channel(&link.run))
+            .arg(Keys::fence_channel(&link.run))
+            .arg(now_ms())
+            .arg(SWEEP_BATCH);
+        let mut conn = link.conn.clone();
+        match tokio::time::timeout(self.timeout * 4, inv.invoke_async::<u64>(&mut conn)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => warn!(
+                fences = n,
+                "lifted fences whose writer never did (a replica died or lost redis mid-write)"
+            ),
+            Ok(Err(e)) => self.failed(link, "sweep", Some(&e)),
+            Err(_) => self.failed(link, "sweep", None),
+        }
+    }
+
+    /// Fetch an entry's bytes from `link`'s run. `None` on a miss and on any
+    /// error (an error is a miss, never a failed request).
+    pub async fn get(&self, link: &Arc<Link>, cache_key: &str) -> Option<Bytes> {
+        let v: Option<Vec<u8>> = self
+            .run(
+                link,
+                "get",
+                redis::cmd("GET")
+                    .arg(Keys::entry(&link.run, cache_key))
+                    .clone(),
+            )
+            .await?;
+        v.map(Bytes::from)
+    }
+
+    pub async fn set(
+        &self,
+        link: &Arc<Link>,
+        cache_key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> bool {
+        let ms = ttl.as_millis().max(1000) as u64;
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(Keys::entry(&link.run, cache_key))
+            .arg(value)
+            .arg("PX")
+            .arg(ms);
+        self.run::<()>(link, "set", cmd).await.is_some()
+    }
+
+    pub async fn delete(&self, cache_key: &str) -> bool {
+        let Some(link) = self.link.load_full() else {
+            return false;
+        };
+        let n: Option<i64> = self
+            .run(
+                &link,
+                "del",
+                redis::cmd("DEL")
+                    .arg(Keys::entry(&link.run, cache_key))
+                    .clone(),
+            )
+            .await;
+        n.unwrap_or(0) > 0
+    }
+
+    /// Write runtime flag values (None clears one) for every replica to read.
+    /// Flags are not tied to `run_id`: they are operator intent, not cache data.
+    pub async fn set_flags(&self, values: &[(&str, Option<bool>)]) -> bool {
+        let Some(link) = self.link.load_full() else {
+            return false;
+        };
+        for (name, v) in values {
+            let cmd = match v {
+                Some(b) => redis::cmd("HSET")
+                    .arg(FLAGS_KEY)
+                    .arg(*name)
+                    .arg(if *b { "true" } else { "false" })
+                    .clone(),
+                None => redis::cmd("HDEL").arg(FLAGS_KEY).arg(*name).clone(),
+            };
+            if self.run::<i64>(&link, "flags", cmd).await.is_none() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The runtime flag values shared by all replicas; `None` if unreachable.
+    pub async fn flags(&self) -> Option<std::collections::HashMap<String, String>> {
+        let link = self.link.load_full()?;
+        self.run(&link, "flags", redis::cmd("HGETALL").arg(FLAGS_KEY).clone())
+            .await
+    }
+
+    /// Run a monitoring pipeline: a longer timeout than the request path's,
+    /// and failures never open the breaker (monitoring data is not worth
+    /// turning cache hits into misses for).
+    async fn side_query<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        pipe: redis::Pipeline,
+    ) -> Option<T> {
+        let mut conn = self.link.load_full()?.conn.clone();
+        let started = std::time::Instant::now();
+        let res = tokio::time::timeout(SIDE_TIMEOUT, pipe.query_async::<T>(&mut conn)).await;
+        METRICS
+            .store_op_seconds
+            .with_label_values(&["redis", op])
+            .observe(started.elapsed().as_secs_f64());
+        match res {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                METRICS.store_errors.with_label_values(&["redis", op]).inc();
+                warn!(error = %e, op, "redis monitoring call failed");
+                None
+            }
+            Err(_) => {
+                METRICS.store_errors.with_label_values(&["redis", op]).inc();
+                None
+            }
+        }
+    }
+
+    /// Add counters to monitoring hashes (`HINCRBY`), each key with its TTL.
+    pub async fn monitor_add(
+        &self,
+        writes: std::collections::HashMap<String, (Vec<(String, u64)>, Duration)>,
+    ) -> bool {
+        let mut pipe = redis::pipe();
+        for (key, (fields, ttl)) in &writes {
+            for (field, n) in fields {
+                pipe.cmd("HINCRBY").arg(key).arg(field).arg(*n).ignore();
+            }
+            pipe.cmd("PEXPIRE")
+                .arg(key)
+                .arg(ttl.as_millis() as u64)
+                .ignore();
+        }
+        self.side_query::<()>("monitor_add", pipe).await.is_some()
+    }
+
+    /// Read monitoring hashes, one map per key (empty when missing).
+    pub async fn monitor_read(
+        &self,
+        keys: &[String],
+    ) -> Option<Vec<std::collections::HashMap<String, u64>>> {
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("HGETALL").arg(key);
+        }
+        self.side_query("monitor_read", pipe).await
+    }
+
+    /// Keep a link, record what is owed, lift abandoned fences, and close
+    /// the breaker when Redis answers. Runs until `shutdown` turns true.
+    pub async fn maintain(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            self.check_once().await;
+            tokio::select! {
+                _ = tokio::time::sleep(PING_EVERY) => {}
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() { return; }
+                }
+            }
+        }
+    }
+
+    async fn check_once(&self) {
+        let link = match self.link.load_full() {
+            Some(l) => l,
+            None => match self.connect().await {
+                Some(l) => l,
+                None => return,
+            },
+        };
+        let run = match self.run_id(&link).await {
+            Ok(run) => run,
+            Err(e) => return self.failed(&link, "ping", e.as_ref()),
+        };
+        if *run != *link.run {
+            // Something between us and Redis (a proxy) now reaches another
+            // process: this link's checks would be answered by the wrong log.
+            warn!(%run, "redis behind the connection changed: reconnecting");
+            self.drop_link(&link);
+            return;
+        }
+        self.sweep(&link).await;
+        if !self.reconcile(&link).await {
+            return;
+        }
+        if self.failures.load(Ordering::Relaxed) >= TRIP_AFTER {
+            // Back from an outage. Another replica may have acknowledged a
+            // write whose invalidation it could not record yet; until it
+            // does, entries in Redis look valid. Trust nothing fetched before
+            // now: move the clock and serve only entries fetched after it.
+            let mut conn = link.conn.clone();
+            let floor: Option<u64> = tokio::time::timeout(
+                self.timeout.max(Duration::from_millis(250)),
+                redis::cmd("INCR")
+                    .arg(Keys::clock(&link.run))
+                    .query_async(&mut conn),
+            )
+            .await
+            .ok()
+            .and_then(|r| r.ok());
+            let Some(floor) = floor else {
+                return self.record_failure("ping", &"cannot move the clock after an outage");
+            };
+            self.floor.fetch_max(floor, Ordering::AcqRel);
+            info!(
+                floor,
+                "entries fetched before the redis outage will not be served"
+            );
+        }
+        self.record_success();
+    }
+
+    /// `run_id` from `INFO server`: the identity of the Redis process.
+    async fn run_id(&self, link: &Link) -> Result<Arc<str>, Option<redis::RedisError>> {
+        let mut conn = link.conn.clone();
+        let info = tokio::time::timeout(
+            self.timeout.max(Duration::from_millis(250)),
+            redis::cmd("INFO")
+                .arg("server")
+                .query_async::<String>(&mut conn),
+        )
+        .await
+        .map_err(|_| None)?
+        .map_err(Some)?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|s| Arc::from(s.trim()))
+            .ok_or_else(|| {
+                Some(redis::RedisError::from((
+                    redis::ErrorKind::Parse,
+                    "INFO has no run_id",
+                )))
+            })
+    }
+
+    /// Open a link: connect, learn the run, note a restart. Returns the
+    /// current link if another task opened one meanwhile.
+    async fn connect(&self) -> Option<Arc<Link>> {
+        let _one_at_a_time = self.connecting.lock().await;
+        if let Some(link) = self.link.load_full() {
+            return Some(link);
+        }
+        self.last_connect_ms.store(now_ms(), Ordering::Relaxed);
+        let conn = match self.open_connection().await {
+            Ok(c) => c,
+            Err(e) => {
+                self.record_failure("connect", &e);
+                return None;
+            }
+        };
+        let provisional = Link {
+            conn,
+            run: Arc::from(""),
+            epoch: 0,
+        };
+        let run = match self.run_id(&provisional).await {
+            Ok(run) => run,
+            Err(e) => {
+                match e {
+                    Some(e) => self.record_failure("connect", &e),
+                    None => self.record_failure("connect", &"timed out"),
+                }
+                return None;
+            }
+        };
+        let epoch = {
+            let mut known = self.run.lock();
+            if known.as_deref() != Some(&*run) {
+                if known.is_some() {
+                    warn!(%run, "redis restarted: treating everything cached before as invalid");
+                }
+                *known = Some(run.clone());
+                // The new run's clock starts again from zero, and what
+                // bounded mode heard belongs to the old one.
+                self.floor.store(0, Ordering::Release);
+                self.followed.clear();
+                self.epoch.fetch_add(1, Ordering::AcqRel) + 1
+            } else {
+                self.epoch.load(Ordering::Acquire)
+            }
+        };
+        let link = Arc::new(Link {
+            conn: provisional.conn,
+            run,
+            epoch,
+        });
+        self.link.store(Some(link.clone()));
+        Some(link)
+    }
+
+    async fn open_connection(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let client = redis::Client::open(self.url.as_str())?;
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(200))))
+            .set_response_timeout(Some(self.timeout.max(Duration::from_millis(200)) * 8));
+        client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+    }
+}

@@ -1,0 +1,181 @@
+//! A write's passage through freshgate, as policy: what it may change (and
+//! so fences before it is forwarded), and what its outcome means for what it
+//! invalidates. The proxy (`proxy.rs`) calls these at the two points of a
+//! write's life; the store (`Store::begin_write` / `Store::end_write`) keeps
+//! the invariant between them.
+//!
+//! Which outcomes invalidate, and why:
+//!
+//! | outcome | invalidates | why |
+//! |---|---|---|
+//! | 1xx | not yet | informational: the final answer (and the commit) may still come |
+//! | 2xx, 3xx | yes | the app did what was asked (RFC 9111 §4.4) |
+//! | 4xx | no | the app refused the request: nothing changed (a write that changes data and then answers 4xx is an app bug) |
+//! | 5xx | yes | an error may follow a commit (a crash after the database write, a failing post-commit step) |
+//! | no answer | yes, after `writes.timeout` | the client went away (RST), or the app timed out or reset: the app may still commit, so the write stays fenced until it no longer can |
+
+use std::collections::BTreeSet;
+
+use http::header;
+use pingora::http::{RequestHeader, ResponseHeader};
+
+use crate::canonical::{Canonical, PathPolicy};
+use crate::config::Config;
+use crate::invalidation::{self, ALL_TAG};
+use crate::store::WriteFence;
+
+/// The rule name monitoring uses for writes no invalidation rule matched.
+pub const UNMATCHED: &str = "(unmatched)";
+
+/// What a write may change, from the request alone.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// Fenced while the write is in flight, invalidated after it.
+    pub tags: BTreeSet<String>,
+    /// The invalidation rules it matched ([`UNMATCHED`] when none, `(all)`
+    /// when rules are off).
+    pub rules: Vec<String>,
+    /// Whether an invalidation rule matched (with rules on).
+    pub matched: bool,
+    /// The exact paths it purges (its own first), for prefetching.
+    pub refetch: Vec<String>,
+}
+
+/// What `request` may change under `config`. With the `invalidation` flag
+/// off (`rules_on` false) the rules are not trusted: everything.
+pub fn plan(config: &Config, rules_on: bool, request: &Canonical) -> Planned {
+    if !rules_on {
+        return Planned {
+            tags: BTreeSet::from([ALL_TAG.to_string()]),
+            rules: vec!["(all)".to_string()],
+            matched: true,
+            refetch: Vec::new(),
+        };
+    }
+    let plan = config
+        .invalidation
+        .plan_write(&request.methods, &request.route);
+    let matched = !plan.matched.is_empty();
+    let mut rules: Vec<String> = plan.matched.into_iter().map(|m| m.name).collect();
+    if rules.is_empty() {
+        rules.push(UNMATCHED.to_string());
+    }
+    let mut refetch = plan.refetch;
+    if !refetch.contains(&request.path) {
+        refetch.insert(0, request.path.clone());
+    }
+    Planned {
+        tags: plan.tags,
+        rules,
+        matched,
+        refetch,
+    }
+}
+
+/// Whether a write answered with `status` invalidates what it planned
+/// (`None`: not a final answer yet). See the table above.
+pub fn invalidates(status: u16) -> Option<bool> {
+    match status {
+        100..=199 => None,
+        400..=499 => Some(false),
+        _ => Some(true),
+    }
+}
+
+/// Tags the app's answer names: its same-origin `Location` and
+/// `Content-Location` (RFC 9111 §4.4) and RFC 9875 `Cache-Group-Invalidation`.
+pub fn answer_tags(
+    req: &RequestHeader,
+    resp: &ResponseHeader,
+    paths: &PathPolicy,
+) -> BTreeSet<String> {
+    let mut tags = BTreeSet::new();
+    for h in [header::LOCATION, header::CONTENT_LOCATION] {
+        if let Some(p) = resp
+            .headers
+            .get(&h)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| same_origin_path(req, v))
+        {
+            tags.insert(invalidation::own_tag(&paths.route_path(&p)));
+        }
+    }
+    tags.extend(invalidation::groups_invalidated(&resp.headers));
+    tags
+}
+
+/// A write between its two phases.
+pub struct InFlight {
+    pub fence: WriteFence,
+    pub planned: Planned,
+    /// The config it was planned under (a rules swap before it ends adds the
+    /// new rules' tags).
+    pub config: std::sync::Arc<Config>,
+}
+
+/// The path of `location` if it points at the same origin as the request.
+fn same_origin_path(req: &RequestHeader, location: &str) -> Option<String> {
+    if location.starts_with('/') && !location.starts_with("//") {
+        return Some(
+            location
+                .split(['?', '#'])
+                .next()
+                .unwrap_or(location)
+                .to_string(),
+        );
+    }
+    let uri: http::Uri = location.parse().ok()?;
+    let host = req
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())?;
+    if uri
+        .authority()
+        .map(|a| a.as_str().eq_ignore_ascii_case(host))
+        == Some(true)
+    {
+        Some(uri.path().to_string())
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_answers_invalidate() {
+        assert_eq!(
+            invalidates(100),
+            None,
+            "100 Continue comes before the commit"
+        );
+        assert_eq!(invalidates(103), None);
+        assert_eq!(invalidates(200), Some(true));
+        assert_eq!(invalidates(204), Some(true));
+        assert_eq!(invalidates(303), Some(true));
+        assert_eq!(invalidates(400), Some(false));
+        assert_eq!(invalidates(404), Some(false));
+        assert_eq!(invalidates(409), Some(false));
+        assert_eq!(invalidates(500), Some(true), "an error may follow a commit");
+        assert_eq!(invalidates(503), Some(true));
+    }
+
+    #[test]
+    fn the_answer_names_locations_of_this_origin_only() {
+        let mut req = RequestHeader::build("POST", b"/a", None).unwrap();
+        req.insert_header("host", "app.test").unwrap();
+        let mut resp = ResponseHeader::build(201, None).unwrap();
+        resp.insert_header("location", "/Posts/%39/").unwrap();
+        resp.insert_header("content-location", "http://other.test/x")
+            .unwrap();
+        resp.insert_header("cache-group-invalidation", "\"g1\"")
+            .unwrap();
+        let tags = answer_tags(&req, &resp, &PathPolicy::default());
+        assert_eq!(
+            tags,
+            BTreeSet::from(["u:/posts/9".to_string(), "g:g1".to_string()])
+        );
+    }
+}
