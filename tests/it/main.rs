@@ -5,6 +5,7 @@ mod util;
 
 mod admin;
 mod browser;
+mod checker;
 mod cli;
 mod hot_reload;
 mod invalidation;

@@ -196,10 +196,18 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Redis {
-        let port = free_port();
-        let mut r = Redis { port, proc: None };
+        let mut r = Redis::stopped();
         r.restart();
         r
+    }
+
+    /// A port for a Redis that is not running yet (`restart` starts it):
+    /// replicas can be started before it, as when Redis is down at deploy.
+    pub fn stopped() -> Redis {
+        Redis {
+            port: free_port(),
+            proc: None,
+        }
     }
 
     pub fn url(&self) -> String {
