@@ -314,6 +314,21 @@ impl ProxyHttp for Proxy {
         Ok(Box::new(peer))
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(write) = &mut ctx.write {
+            write.reached_app = true;
+        }
+        Ok(())
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -450,17 +465,26 @@ impl ProxyHttp for Proxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         if let Some(write) = ctx.write.take() {
-            // Its answer never reached `response_filter`: the client reset the
-            // connection, or the app timed out or reset it. The app may still
-            // commit it until `writes.timeout` has passed: fenced until then.
-            METRICS.writes_unanswered.inc();
-            warn!(
-                path = session.req_header().uri.path(),
-                error = ?e.map(|e| e.to_string()),
-                "a write's answer never came: its targets stay uncacheable until writes.timeout, then are invalidated"
-            );
-            self.store
-                .end_write_later(write.fence, ctx.config.write_timeout);
+            if !write.reached_app {
+                // No connection to the app was ever made for it: nothing
+                // can have changed.
+                self.store
+                    .end_write(write.fence, BTreeSet::new(), false)
+                    .await;
+            } else {
+                // Its answer never reached `response_filter`: the client reset
+                // the connection, or the app timed out or reset it. The app may
+                // still commit it until `writes.timeout` has passed: fenced
+                // until then, then invalidated.
+                METRICS.writes_unanswered.inc();
+                warn!(
+                    path = session.req_header().uri.path(),
+                    error = ?e.map(|e| e.to_string()),
+                    "a write's answer never came: its targets stay uncacheable until writes.timeout, then are invalidated"
+                );
+                self.store
+                    .end_write_later(write.fence, ctx.config.write_timeout);
+            }
         }
         if ctx.background {
             // Counted by their own metrics (`freshgate_prefetches_total`,
@@ -561,6 +585,7 @@ impl Proxy {
             fence,
             planned,
             config,
+            reached_app: false,
         });
         Ok(true)
     }

@@ -13,6 +13,7 @@
 //! | 4xx | no | the app refused the request: nothing changed (a write that changes data and then answers 4xx is an app bug) |
 //! | 5xx | yes | an error may follow a commit (a crash after the database write, a failing post-commit step) |
 //! | no answer | yes, after `writes.timeout` | the client went away (RST), or the app timed out or reset: the app may still commit, so the write stays fenced until it no longer can |
+//! | never sent | no | no connection to the app was ever made for it (the app is down): nothing can have changed |
 
 use std::collections::BTreeSet;
 
@@ -111,6 +112,9 @@ pub struct InFlight {
     /// The config it was planned under (a rules swap before it ends adds the
     /// new rules' tags).
     pub config: std::sync::Arc<Config>,
+    /// A connection to the app was made for it: from then on the app may
+    /// have it (and commit it), whatever happens next.
+    pub reached_app: bool,
 }
 
 /// The path of `location` if it points at the same origin as the request.

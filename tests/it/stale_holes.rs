@@ -383,3 +383,30 @@ async fn with_reject_a_write_that_cannot_be_recorded_is_not_forwarded() {
     fg.metrics_with(&["freshgate_writes_rejected_total 1"])
         .await;
 }
+
+/// The other side of "every forwarded write is invalidated": a write that
+/// never reached the app (no connection could be made) changed nothing, so
+/// it neither fences nor purges what is cached.
+#[tokio::test]
+async fn a_write_that_never_reached_the_app_changes_nothing() {
+    let mut origin = Origin::start(0);
+    let fg = Freshgate::start(&origin.url(), None, TEST_CONFIG);
+    let scene = "/studio/api/scenes/311";
+    cached_shared(&fg, scene).await;
+    origin.proc.signal("KILL");
+    origin.proc.wait_exit(Duration::from_secs(5));
+    let w = send(
+        client()
+            .patch(fg.url(scene))
+            .header("host", "app.test")
+            .body(r#"{"text":"never delivered"}"#),
+    )
+    .await;
+    assert_eq!(w.status, 502, "{w:?}");
+    let r = fg.get_shared(scene).await;
+    assert_eq!(r.x_cache, "HIT", "{r:?}");
+    let m = fg
+        .metrics_with(&["freshgate_writes_unanswered_total"])
+        .await;
+    assert!(m.contains("freshgate_writes_unanswered_total 0"), "{m}");
+}
