@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use freshgate::config::{Config, Overrides};
 use freshgate::store::redis::{Consistency, Limits, RedisTier};
-use freshgate::store::{FillInfo, FillStart, Store};
+use freshgate::store::{Ended, FillInfo, FillStart, Store};
 use pingora::cache::trace::Span;
 use pingora::cache::{CacheKey, CacheMeta, Storage};
 use pingora::http::ResponseHeader;
@@ -200,7 +200,7 @@ async fn measure(config: &Config, redis: Option<Arc<RedisTier>>, entries: u64, o
         let t = Instant::now();
         let fence = store.begin_write(plan.tags).await;
         let fenced = fence.recorded();
-        if fenced && store.end_write(fence, BTreeSet::new(), true).await {
+        if fenced && store.end_write(fence, BTreeSet::new(), true).await == Ended::Recorded {
             invs.push(t.elapsed());
         } else {
             failed += 1;

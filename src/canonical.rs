@@ -243,9 +243,10 @@ impl Canonical {
         }
     }
 
-    /// Whether the path to forward differs from the one the client sent.
+    /// Whether the request target to forward differs from the one the
+    /// client sent (another path, or absolute-form).
     pub fn rewrites(&self, req: &RequestHeader) -> bool {
-        self.path != req.uri.path()
+        req.raw_path() != self.forward_target(req).as_bytes()
     }
 
     /// The request target to forward: the canonical path and the query as sent.
@@ -255,6 +256,22 @@ impl Canonical {
             None => self.path.clone(),
         }
     }
+}
+
+/// Whether freshgate can say what `req`'s target names: valid UTF-8, and
+/// origin-form (`/path`), absolute-form (`http://host/path`) or `*`.
+/// Anything else would be keyed as `/` while the app is sent other bytes.
+pub fn target_is_usable(req: &RequestHeader) -> bool {
+    let raw = req.raw_path();
+    req.raw_path_is_utf8()
+        && (raw.starts_with(b"/")
+            || raw == b"*"
+            || raw
+                .get(..7)
+                .is_some_and(|s| s.eq_ignore_ascii_case(b"http://"))
+            || raw
+                .get(..8)
+                .is_some_and(|s| s.eq_ignore_ascii_case(b"https://")))
 }
 
 fn methods(req: &RequestHeader, policy: &MethodOverride) -> Methods {
@@ -272,30 +289,25 @@ fn methods(req: &RequestHeader, policy: &MethodOverride) -> Methods {
                 }
             }
         }
-        m.any_from_body = req.method == Method::POST && has_form_body(req);
+        // The body may name one: a form (Rails, Symfony), JSON (Laravel
+        // reads `_method` from a JSON body), or a body without a content
+        // type (Rack reads it as a form). freshgate does not read bodies.
+        m.any_from_body = req.method == Method::POST;
     }
     m
 }
 
+/// Every method a header or parameter value may name: middleware differs
+/// on lists (Express takes the first of `DELETE, PUT`), so take them all.
 fn push_method(out: &mut Vec<Method>, raw: &[u8]) {
-    let name = String::from_utf8_lossy(raw).trim().to_ascii_uppercase();
-    if let Ok(method) = Method::from_bytes(name.as_bytes()) {
-        if !out.contains(&method) {
-            out.push(method);
+    for name in String::from_utf8_lossy(raw).split(',') {
+        let name = name.trim().to_ascii_uppercase();
+        if let Ok(method) = Method::from_bytes(name.as_bytes()) {
+            if !out.contains(&method) {
+                out.push(method);
+            }
         }
     }
-}
-
-fn has_form_body(req: &RequestHeader) -> bool {
-    req.headers
-        .get_all(http::header::CONTENT_TYPE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            let v = v.trim_start().to_ascii_lowercase();
-            v.starts_with("application/x-www-form-urlencoded")
-                || v.starts_with("multipart/form-data")
-        })
 }
 
 /// Step 1: the RFC 3986 §6.2.2 normal form of a path (plus merged slashes).
@@ -467,29 +479,48 @@ mod tests {
     }
 
     #[test]
+    fn only_targets_that_name_a_path_are_usable() {
+        let usable = |t: &[u8]| target_is_usable(&RequestHeader::build("GET", t, None).unwrap());
+        assert!(usable(b"/a?b"));
+        assert!(usable(b"*"));
+        assert!(usable(b"http://app.test/a"));
+        assert!(usable(b"HTTPS://app.test/a"));
+        assert!(!usable(b"posts/9"));
+        assert!(!usable(b"foo:/posts/9"));
+        assert!(!usable(b"/a\xff"), "not UTF-8");
+        // Absolute-form is forwarded in origin form.
+        let r = RequestHeader::build("GET", b"http://app.test/x/./y?q=1", None).unwrap();
+        let c = Canonical::new(&r, &PathPolicy::default(), &MethodOverride::default());
+        assert!(c.rewrites(&r));
+        assert_eq!(c.forward_target(&r), "/x/y?q=1");
+        let plain = RequestHeader::build("GET", b"/x/y?q=1", None).unwrap();
+        assert!(!c.rewrites(&plain));
+    }
+
+    #[test]
     fn method_overrides_make_writes() {
         let o = MethodOverride::default();
         let p = PathPolicy::default();
         let m = |method: &str, uri: &str, h: &[(&str, &str)]| {
             Canonical::new(&req(method, uri, h), &p, &o).methods
         };
-        let patch = m("POST", "/a", &[("x-http-method-override", "patch")]);
+        // (A PUT: a POST may be anything, its body may name a method.)
+        let patch = m("PUT", "/a", &[("x-http-method-override", "patch")]);
         assert_eq!(patch.overrides, vec![Method::PATCH]);
         assert!(patch.may_be_any_of(&[Method::PATCH]));
-        assert!(patch.may_be_any_of(&[Method::POST]));
+        assert!(patch.may_be_any_of(&[Method::PUT]));
         assert!(!patch.may_be_any_of(&[Method::DELETE]));
         assert!(m("POST", "/a?_method=DELETE", &[]).may_be_any_of(&[Method::DELETE]));
         // A GET that names an unsafe method is not a read to cache.
         assert!(m("GET", "/a", &[("x-method-override", "DELETE")]).is_write());
         assert!(!m("GET", "/a", &[]).is_write());
-        let form = m(
-            "POST",
-            "/a",
-            &[("content-type", "application/x-www-form-urlencoded")],
-        );
-        assert!(form.any_from_body && form.may_be_any_of(&[Method::PUT]));
-        let json = m("POST", "/a", &[("content-type", "application/json")]);
-        assert!(!json.may_be_any_of(&[Method::PUT]));
+        // A list: whichever the app takes, it is one of them.
+        let list = m("POST", "/a", &[("x-http-method-override", "DELETE, x")]);
+        assert!(list.overrides.contains(&Method::DELETE));
+        // Any POST body may name one (form, JSON, no content type).
+        let body = m("POST", "/a", &[("content-type", "application/json")]);
+        assert!(body.any_from_body && body.may_be_any_of(&[Method::PUT]));
+        assert!(!m("PUT", "/a", &[]).may_be_any_of(&[Method::PATCH]));
         // Switched off by config.
         let none = MethodOverride {
             headers: vec![],
@@ -505,6 +536,7 @@ mod tests {
             &none,
         );
         assert!(!off.methods.may_be_any_of(&[Method::PUT]));
+        assert!(!off.methods.any_from_body);
     }
 
     /// Properties over generated paths, against the shipped rules.

@@ -800,7 +800,12 @@ fn validate(
 
     // Tags come from the invalidation rules and how paths are folded; route
     // TTLs, keys and `enabled` do not change what a write invalidates.
-    let rules_fingerprint = hash_of(&format!("{:?} {:?}", raw.invalidate, paths));
+    // `max_ttl` too: it bounds how long `last_inv` is kept, so an entry
+    // stored under a longer one could outlive its invalidations.
+    let rules_fingerprint = hash_of(&format!(
+        "{:?} {:?} {:?}",
+        raw.invalidate, paths, raw.cache.max_ttl
+    ));
     let mut rules = Vec::new();
     let mut names = std::collections::HashSet::new();
     for r in raw.routes {

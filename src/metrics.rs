@@ -54,6 +54,9 @@ pub struct Metrics {
     /// 1 while this replica holds fences or invalidations the shared log
     /// does not have (it bypasses the cache and reports not ready).
     pub owed_invalidations: IntGauge,
+    /// 1 when the Redis tier has a maxmemory and an eviction policy: it may
+    /// evict the invalidation log (freshgate then distrusts older entries).
+    pub redis_may_evict: IntGauge,
     /// Writes that matched no invalidation rule, by cache route rule (`-`: none).
     pub unmatched_writes: IntCounterVec,
     /// Background refetches after writes, by result (`ok`, `error`, `skipped`).
@@ -239,6 +242,11 @@ impl Metrics {
             "1 while this replica holds fences or invalidations Redis does not have yet (cache bypassed, not ready).",
         )
         .expect("static metric definition");
+        let redis_may_evict = IntGauge::new(
+            "freshgate_redis_may_evict",
+            "1 when Redis has a maxmemory and an eviction policy other than noeviction: it may evict the invalidation log.",
+        )
+        .expect("static metric definition");
         let unmatched_writes = IntCounterVec::new(
             Opts::new(
                 "freshgate_unmatched_writes_total",
@@ -310,6 +318,7 @@ impl Metrics {
             Box::new(writes_unanswered.clone()),
             Box::new(writes_rejected.clone()),
             Box::new(owed_invalidations.clone()),
+            Box::new(redis_may_evict.clone()),
             Box::new(unmatched_writes.clone()),
             Box::new(prefetches.clone()),
             Box::new(warmed.clone()),
@@ -345,6 +354,7 @@ impl Metrics {
             writes_unanswered,
             writes_rejected,
             owed_invalidations,
+            redis_may_evict,
             unmatched_writes,
             prefetches,
             warmed,

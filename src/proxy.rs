@@ -49,7 +49,7 @@ use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 
 use crate::cachekey;
-use crate::canonical::Canonical;
+use crate::canonical::{self, Canonical};
 use crate::config::{Config, UnrecordedWrite};
 use crate::flags::Flag;
 use crate::invalidation;
@@ -59,7 +59,7 @@ use crate::monitor::{Event, Monitor};
 use crate::prefetch::{self, Prefetcher};
 use crate::reload::Live;
 use crate::rules::Rule;
-use crate::store::{FillInfo, FillStart, Store};
+use crate::store::{Ended, Entry, FillInfo, FillStart, Store};
 use crate::writes::{self, InFlight};
 use tracing::warn;
 
@@ -193,9 +193,10 @@ impl ProxyHttp for Proxy {
         ctx.config = self.live.config();
         ctx.started = Instant::now();
         let req = session.req_header();
-        if !req.raw_path_is_utf8() {
-            // Not a URI (RFC 9112 §3.2 targets are ASCII): the app and the
-            // key could not agree on what it names.
+        if !canonical::target_is_usable(req) {
+            // Not valid UTF-8 (RFC 9112 §3.2 targets are ASCII), or neither
+            // origin-form, absolute-form nor `*`: the app and the key could
+            // not agree on what it names.
             let mut resp = ResponseHeader::build(StatusCode::BAD_REQUEST, Some(1))?;
             resp.insert_header(header::CONTENT_LENGTH, "0")?;
             session.write_response_header(Box::new(resp), true).await?;
@@ -309,7 +310,7 @@ impl ProxyHttp for Proxy {
         if ctx.write.is_some() {
             // Past this the write's answer is given up on (and the write
             // invalidated once the app can no longer commit it).
-            peer.options.read_timeout = Some(ctx.config.write_timeout);
+            peer.options.read_timeout = Some(self.store.write_timeout());
         }
         Ok(Box::new(peer))
     }
@@ -365,7 +366,7 @@ impl ProxyHttp for Proxy {
             }
         }
         // The app is sent the path the key and the rules were computed from,
-        // so it cannot read an alias differently from them.
+        // in origin form, so it cannot read an alias differently from them.
         if let Some(request) = ctx.request.as_ref().filter(|r| r.rewrites(upstream)) {
             let target = request.forward_target(upstream);
             match target.parse::<http::Uri>() {
@@ -393,6 +394,10 @@ impl ProxyHttp for Proxy {
             (RespCacheable::Cacheable(mut meta), Some(fill)) => {
                 let mut tags = ctx.read_tags.clone();
                 tags.extend(invalidation::tags_from_response(&resp.headers));
+                if !Entry::can_hold(&tags) {
+                    // Stored without one of them, it would miss its purge.
+                    return Err("too-many-tags");
+                }
                 meta.extensions_mut().insert(FillInfo {
                     fetch_seq: fill.seq,
                     epoch: fill.epoch,
@@ -436,7 +441,8 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         if let Some(invalidate) = writes::invalidates(resp.status.as_u16()) {
             if let Some(write) = ctx.write.take() {
-                self.end_write(session, resp, ctx, write, invalidate).await;
+                self.end_write(session, resp, ctx, write, invalidate)
+                    .await?;
             }
         }
         let (outcome, status) = describe(session, ctx);
@@ -463,29 +469,40 @@ impl ProxyHttp for Proxy {
             && error.is_none_or(|e| e.esource() == &pingora::ErrorSource::Upstream)
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        if let Some(write) = ctx.write.take() {
-            if !write.reached_app {
-                // No connection to the app was ever made for it: nothing
-                // can have changed.
-                self.store
-                    .end_write(write.fence, BTreeSet::new(), false)
-                    .await;
-            } else {
-                // Its answer never reached `response_filter`: the client reset
-                // the connection, or the app timed out or reset it. The app may
-                // still commit it until `writes.timeout` has passed: fenced
-                // until then, then invalidated.
-                METRICS.writes_unanswered.inc();
-                warn!(
-                    path = session.req_header().uri.path(),
-                    error = ?e.map(|e| e.to_string()),
-                    "a write's answer never came: its targets stay uncacheable until writes.timeout, then are invalidated"
-                );
-                self.store
-                    .end_write_later(write.fence, ctx.config.write_timeout);
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Ctx,
+    ) -> pingora::proxy::FailToProxy {
+        // Before the client hears of the failure: a write that never reached
+        // the app must be lifted before the client's next request arrives.
+        self.end_unanswered_write(session, Some(e), ctx).await;
+        // pingora's own answer to a failure, unchanged.
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                pingora::ErrorSource::Upstream => 502,
+                pingora::ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                pingora::ErrorSource::Internal | pingora::ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 {
+            if let Err(e) = session.respond_error(code).await {
+                warn!(error = %e, "failed to send an error response downstream");
             }
         }
+        pingora::proxy::FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        self.end_unanswered_write(session, e, ctx).await;
         if ctx.background {
             // Counted by their own metrics (`freshgate_prefetches_total`,
             // `freshgate_warmed_total`): as client requests they would lower
@@ -539,6 +556,34 @@ impl ProxyHttp for Proxy {
 }
 
 impl Proxy {
+    /// A write whose answer never reached `response_filter` (pingora failed
+    /// the request, or it ended some other way): end it now if it never
+    /// reached the app, else keep it fenced while the app may still commit.
+    async fn end_unanswered_write(&self, session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let Some(write) = ctx.write.take() else {
+            return;
+        };
+        if !write.reached_app {
+            // No connection to the app was ever made for it: nothing can
+            // have changed.
+            self.store
+                .end_write(write.fence, BTreeSet::new(), false)
+                .await;
+            return;
+        }
+        // The client reset the connection, or the app timed out or reset
+        // it: the app may still commit the write until `writes.timeout` has
+        // passed. Fenced until then, then invalidated.
+        METRICS.writes_unanswered.inc();
+        warn!(
+            path = session.req_header().uri.path(),
+            error = ?e.map(|e| e.to_string()),
+            "a write's answer never came: its targets stay uncacheable until writes.timeout, then are invalidated"
+        );
+        self.store
+            .end_write_later(write.fence, self.store.write_timeout());
+    }
+
     /// Phase 1 of a write, before it is forwarded: fence what it may change
     /// (see `writes`). With `on_unrecorded_write: reject`, a write whose
     /// fence Redis could not record is answered 503 instead of forwarded.
@@ -547,10 +592,17 @@ impl Proxy {
             return Ok(true);
         };
         // The newest rules, not the request's snapshot: a fill that starts
-        // after a rules swap is tagged by the new rules.
+        // after a rules swap is tagged by the new rules (and the request is
+        // read again if its path policy changed with them).
         let config = self.live.config();
         let rules_on = self.live.flags.get(Flag::Invalidation, &config);
-        let planned = writes::plan(&config, rules_on, request);
+        let planned = if Arc::ptr_eq(&config, &ctx.config) {
+            writes::plan(&config, rules_on, request)
+        } else {
+            let req = session.req_header();
+            let again = Canonical::new(req, &config.paths, &config.method_override);
+            writes::plan(&config, rules_on, &again)
+        };
         let fence = self.store.begin_write(planned.tags.clone()).await;
         if !fence.recorded() {
             let reject = config
@@ -593,6 +645,10 @@ impl Proxy {
     /// Phase 2: the app answered the write with a final status. Invalidate
     /// what it changed (unless the app refused it) and lift its fence before
     /// the client hears back, so no read that follows can see the old data.
+    /// With `on_unrecorded_write: reject`, a write whose invalidation cannot
+    /// be recorded while no fence of it stands is not acknowledged: the
+    /// client gets an error (the outcome is unknown to it), not the app's
+    /// answer.
     async fn end_write(
         &self,
         session: &Session,
@@ -600,7 +656,7 @@ impl Proxy {
         ctx: &Ctx,
         write: InFlight,
         invalidate: bool,
-    ) {
+    ) -> Result<()> {
         let req = session.req_header();
         let config = self.live.config();
         let mut extra = BTreeSet::new();
@@ -618,15 +674,27 @@ impl Proxy {
         }
         let started = Instant::now();
         let tags = write.fence.tags().len() + extra.len();
-        let recorded = self.store.end_write(write.fence, extra, invalidate).await;
-        if !recorded {
+        let ended = self.store.end_write(write.fence, extra, invalidate).await;
+        let recorded = ended == Ended::Recorded;
+        if let Ended::Owed { fence_stands } = ended {
             warn!(
                 path = req.uri.path(),
                 "invalidation not recorded yet: the cache is bypassed until it is"
             );
+            let reject = config
+                .redis
+                .as_ref()
+                .is_some_and(|r| r.on_unrecorded_write == UnrecordedWrite::Reject);
+            if reject && !fence_stands {
+                METRICS.writes_rejected.inc();
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(502),
+                    "the write's invalidation cannot be recorded: not acknowledged",
+                );
+            }
         }
         if !invalidate {
-            return;
+            return Ok(());
         }
         let planned = write.planned;
         let succeeded = resp.status.as_u16() < 400;
@@ -663,6 +731,7 @@ impl Proxy {
                 tags: Some(tags),
             });
         }
+        Ok(())
     }
 
     /// Invalidation metrics of a write that invalidated; a successful one

@@ -77,6 +77,8 @@ pub fn plan(config: &Config, rules_on: bool, request: &Canonical) -> Planned {
 /// (`None`: not a final answer yet). See the table above.
 pub fn invalidates(status: u16) -> Option<bool> {
     match status {
+        // 101 Switching Protocols is a final answer; the others announce one.
+        101 => Some(true),
         100..=199 => None,
         400..=499 => Some(false),
         _ => Some(true),
@@ -117,16 +119,21 @@ pub struct InFlight {
     pub reached_app: bool,
 }
 
-/// The path of `location` if it points at the same origin as the request.
+/// The path of `location` if it points at the same origin as the request
+/// (a relative reference is resolved against the request's path, RFC 3986
+/// §5.2; the dot segments it leaves are removed when it is canonicalised).
 fn same_origin_path(req: &RequestHeader, location: &str) -> Option<String> {
+    let without_query = |l: &str| l.split(['?', '#']).next().unwrap_or(l).to_string();
     if location.starts_with('/') && !location.starts_with("//") {
-        return Some(
-            location
-                .split(['?', '#'])
-                .next()
-                .unwrap_or(location)
-                .to_string(),
-        );
+        return Some(without_query(location));
+    }
+    let has_scheme = location
+        .split_once(':')
+        .is_some_and(|(scheme, _)| !scheme.is_empty() && !scheme.contains(['/', '?', '#']));
+    if !has_scheme && !location.starts_with("//") {
+        let base = req.uri.path();
+        let dir = &base[..base.rfind('/').map_or(0, |i| i + 1)];
+        return Some(without_query(&format!("{dir}{location}")));
     }
     let uri: http::Uri = location.parse().ok()?;
     let host = req
@@ -156,6 +163,7 @@ mod tests {
             "100 Continue comes before the commit"
         );
         assert_eq!(invalidates(103), None);
+        assert_eq!(invalidates(101), Some(true), "a final answer");
         assert_eq!(invalidates(200), Some(true));
         assert_eq!(invalidates(204), Some(true));
         assert_eq!(invalidates(303), Some(true));
@@ -172,6 +180,16 @@ mod tests {
         req.insert_header("host", "app.test").unwrap();
         let mut resp = ResponseHeader::build(201, None).unwrap();
         resp.insert_header("location", "/Posts/%39/").unwrap();
+        let relative = answer_tags(
+            &RequestHeader::build("POST", b"/a/b/like", None).unwrap(),
+            &{
+                let mut r = ResponseHeader::build(303, None).unwrap();
+                r.insert_header("location", "../c?x=1").unwrap();
+                r
+            },
+            &PathPolicy::default(),
+        );
+        assert_eq!(relative, BTreeSet::from(["u:/a/c".to_string()]));
         resp.insert_header("content-location", "http://other.test/x")
             .unwrap();
         resp.insert_header("cache-group-invalidation", "\"g1\"")

@@ -42,6 +42,12 @@ pub enum DecodeError {
 }
 
 impl Entry {
+    /// Whether `tags` fit the format whole (at most 65,535 tags of at most
+    /// 65,535 bytes): an entry must never be stored without one of its tags.
+    pub fn can_hold(tags: &[String]) -> bool {
+        tags.len() <= u16::MAX as usize && tags.iter().all(|t| t.len() <= u16::MAX as usize)
+    }
+
     /// Bytes this entry occupies, for the memory tier's byte bound.
     pub fn weight(&self) -> usize {
         64 + self.meta_internal.len()

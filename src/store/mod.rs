@@ -43,6 +43,7 @@ use pingora::{Error, ErrorType, Result};
 pub use entry::{DecodeError, Entry};
 
 use self::clock::LocalClock;
+pub use self::redis::Ended;
 use self::redis::{Link, RedisTier};
 use crate::metrics::METRICS;
 
@@ -235,14 +236,14 @@ impl Store {
 
     /// Phase 2: the write's outcome is known. Invalidate its tags and
     /// `extra` (tags its answer named) unless `invalidate` is false (the app
-    /// refused it), and lift its fence. False when that could not be recorded
-    /// yet: the store then refuses service until it is.
+    /// refused it), and lift its fence. When that cannot be recorded yet the
+    /// write is owed: the store refuses service until it is.
     pub async fn end_write(
         &self,
         mut fence: WriteFence,
         extra: BTreeSet<String>,
         invalidate: bool,
-    ) -> bool {
+    ) -> Ended {
         let fence = fence.disarm();
         if invalidate {
             METRICS
@@ -256,9 +257,15 @@ impl Store {
                     self.local.invalidate(extra.difference(&fence.tags));
                 }
                 self.local.lift(&fence.tags, invalidate);
-                true
+                Ended::Recorded
             }
         }
+    }
+
+    /// How long the app may take to finish a write (`writes.timeout`, as
+    /// at start: Redis lifts orphaned fences by it).
+    pub fn write_timeout(&self) -> Duration {
+        self.write_timeout
     }
 
     /// The write's outcome is unknown (the client or the app went away):

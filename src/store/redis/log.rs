@@ -81,7 +81,7 @@ if redis.call('ZADD', KEYS[1], 'NX', now + tonumber(ARGV[2]), ARGV[1]) == 0 then
   return 0
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('SET', KEYS[2], ARGV[4], 'PX', tonumber(ARGV[2]) + 60000)
+redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
 for i = 3, #KEYS do
   redis.call('INCRBY', KEYS[i], ARGV[6])
   redis.call('PEXPIRE', KEYS[i], ARGV[3])

@@ -37,7 +37,7 @@ mod follow;
 mod log;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -99,6 +99,18 @@ pub struct Link {
     pub epoch: u64,
 }
 
+/// How phase 2 of a write ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Recorded,
+    /// Not recorded yet (owed). `fence_stands`: its fence is in the run
+    /// this replica last reached, so until some replica lifts it nothing
+    /// the write changed is served anywhere.
+    Owed {
+        fence_stands: bool,
+    },
+}
+
 /// Timing and bounds of the tier, from the config.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -131,7 +143,16 @@ pub struct RedisTier {
     floor: AtomicU64,
     failures: AtomicU32,
     open_until_ms: AtomicU64,
+    /// Set when the breaker opens; cleared once the maintainer has moved the
+    /// floor past it (see `check_once`). Nothing is served meanwhile.
+    outage: AtomicBool,
+    /// Redis's `evicted_keys` when last checked: a rise may have taken a
+    /// `last_inv` with it.
+    evicted: AtomicU64,
     owed: parking_lot::Mutex<Owed>,
+    /// `owed.owes(current epoch)`, kept up to date on every change of
+    /// either, so that the request path reads one atomic.
+    owing: AtomicBool,
     fence_script: redis::Script,
     lift_script: redis::Script,
     sweep_script: redis::Script,
@@ -142,6 +163,17 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Tries for a lift: with its write's fence in `link`'s run, nothing the
+/// lift would invalidate can be served until some replica lifts it, so one
+/// is enough; without, the lift is the only protection.
+fn attempts(fenced_in: Option<u64>, link: &Link) -> u32 {
+    if fenced_in == Some(link.epoch) {
+        1
+    } else {
+        INVALIDATE_ATTEMPTS
+    }
 }
 
 fn joined(tags: &BTreeSet<String>) -> String {
@@ -169,7 +201,10 @@ impl RedisTier {
             floor: AtomicU64::new(0),
             failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
+            outage: AtomicBool::new(false),
+            evicted: AtomicU64::new(u64::MAX),
             owed: parking_lot::Mutex::new(Owed::default()),
+            owing: AtomicBool::new(false),
             fence_script: redis::Script::new(log::FENCE),
             lift_script: redis::Script::new(log::LIFT),
             sweep_script: redis::Script::new(log::SWEEP),
@@ -188,18 +223,26 @@ impl RedisTier {
     /// True when connected, the breaker is closed, and this replica owes the
     /// current run nothing.
     pub fn available(&self) -> bool {
-        let Some(link) = self.link.load_full() else {
-            return false;
-        };
-        now_ms() >= self.open_until_ms.load(Ordering::Relaxed)
-            && !self.owed.lock().owes(Some(link.epoch))
+        self.link.load().is_some()
+            && !self.breaker_open()
+            && !self.outage.load(Ordering::Acquire)
+            && !self.owing.load(Ordering::Acquire)
     }
 
     /// Whether this replica holds fences or invalidations the shared log
     /// does not have yet (then it must not be called ready).
     pub fn owes(&self) -> bool {
+        self.owing.load(Ordering::Acquire)
+    }
+
+    /// Change what is owed, and keep `owing` true to it.
+    fn owed<R>(&self, change: impl FnOnce(&mut Owed) -> R) -> R {
+        let mut owed = self.owed.lock();
+        let r = change(&mut owed);
         let epoch = self.link.load().as_ref().map(|l| l.epoch);
-        self.owed.lock().owes(epoch)
+        self.owing.store(owed.owes(epoch), Ordering::Release);
+        METRICS.owed_invalidations.set(i64::from(owed.owes(epoch)));
+        r
     }
 
     fn breaker_open(&self) -> bool {
@@ -216,6 +259,7 @@ impl RedisTier {
             if was_closed {
                 warn!(error = %err, "redis unavailable: circuit open, passing requests through");
             }
+            self.outage.store(true, Ordering::Release);
             METRICS.redis_up.set(0);
         }
     }
@@ -243,11 +287,18 @@ impl RedisTier {
     }
 
     fn drop_link(&self, link: &Arc<Link>) {
-        let current = self.link.load();
-        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, link)) {
+        if self.is_current(link) {
             self.link.store(None);
             METRICS.redis_up.set(0);
+            self.owed(|_| ());
         }
+    }
+
+    fn is_current(&self, link: &Arc<Link>) -> bool {
+        self.link
+            .load()
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, link))
     }
 
     /// One command on `link` with the request-path timeout, unless the
@@ -381,14 +432,22 @@ impl RedisTier {
     /// rather than at the maintainer's next check (a write must not go
     /// unrecorded for want of a connection attempt).
     async fn link_for_write(&self) -> Option<Arc<Link>> {
-        if let Some(link) = self.link.load_full() {
-            return Some(link);
+        match self.link.load_full() {
+            Some(link) => Some(link),
+            None => self.connect(true).await,
         }
-        let last = self.last_connect_ms.load(Ordering::Relaxed);
-        if now_ms().saturating_sub(last) < CONNECT_AT_MOST_EVERY_MS {
+    }
+
+    /// After `link` failed a write's call: a link to try once more on, if
+    /// the failure was its connection dying (Redis restarted, the connection
+    /// broke) — opened at once, so the write is recorded in the new run
+    /// before it is acknowledged. `None` when Redis merely answered badly or
+    /// slowly (no second try: the write waits long enough already).
+    async fn second_chance(&self, link: &Arc<Link>) -> Option<Arc<Link>> {
+        if self.is_current(link) {
             return None;
         }
-        self.connect().await
+        self.connect(false).await
     }
 
     /// Phase 1 of a write (before it is forwarded): fence `tags` in the
@@ -396,22 +455,30 @@ impl RedisTier {
     /// owed, and this replica bypasses the cache until it is recorded.
     pub async fn begin_write(&self, id: u64, tags: &BTreeSet<String>) -> bool {
         let mut fenced_in = None;
-        if let Some(link) = self.link_for_write().await {
-            if self.fence(&link, id, tags).await {
-                fenced_in = Some(link.epoch);
+        let mut link = self.link_for_write().await;
+        for second in [false, true] {
+            let Some(l) = link.take() else { break };
+            if self.fence(&l, id, tags).await {
+                fenced_in = Some(l.epoch);
+                break;
+            }
+            if !second {
+                link = self.second_chance(&l).await;
             }
         }
         // Owed from now until its lift is recorded. (Entered after the
         // attempt, so that reads do not bypass the cache while a fence that
         // is about to be recorded is on its way.)
-        self.owed.lock().writes.insert(
-            id,
-            OwedWrite {
-                tags: tags.clone(),
-                fenced_in,
-                end: None,
-            },
-        );
+        self.owed(|o| {
+            o.writes.insert(
+                id,
+                OwedWrite {
+                    tags: tags.clone(),
+                    fenced_in,
+                    end: None,
+                },
+            )
+        });
         if fenced_in.is_none() {
             METRICS.invalidation_failures.inc();
         }
@@ -421,47 +488,70 @@ impl RedisTier {
     /// A write that was never forwarded: nothing to record. (Had its fence
     /// reached Redis after all, unanswered, the sweep lifts it.)
     pub fn forget(&self, id: u64) {
-        self.owed.lock().writes.remove(&id);
+        self.owed(|o| o.writes.remove(&id));
     }
 
     /// A write given up on without a runtime to lift it from (process
     /// teardown): leave its lift to the maintainer.
     pub fn mark_ended(&self, id: u64) {
-        if let Some(w) = self.owed.lock().writes.get_mut(&id) {
-            w.end.get_or_insert(End {
-                extra: BTreeSet::new(),
-                invalidate: true,
-            });
-        }
+        self.owed(|o| {
+            if let Some(w) = o.writes.get_mut(&id) {
+                w.end.get_or_insert(End {
+                    extra: BTreeSet::new(),
+                    invalidate: true,
+                });
+            }
+        });
     }
 
     /// Phase 2 of a write (its outcome known, or given up on): lift its
     /// fence, invalidating its tags and `extra` unless `invalidate` is false.
     /// False when that could not be recorded yet; it stays owed.
-    pub async fn end_write(&self, id: u64, extra: BTreeSet<String>, invalidate: bool) -> bool {
-        let tags = {
-            let mut owed = self.owed.lock();
-            let w = owed.writes.entry(id).or_insert_with(|| OwedWrite {
-                tags: BTreeSet::new(),
-                fenced_in: None,
-                end: None,
-            });
-            w.end = Some(End {
-                extra: extra.clone(),
-                invalidate,
-            });
-            w.tags.clone()
+    pub async fn end_write(&self, id: u64, extra: BTreeSet<String>, invalidate: bool) -> Ended {
+        let (tags, fenced_in) = match self.owed.lock().writes.get(&id) {
+            Some(w) => (w.tags.clone(), w.fenced_in),
+            None => (BTreeSet::new(), None),
         };
-        let recorded = match self.link_for_write().await {
-            Some(link) => self.lift(&link, id, &tags, &extra, invalidate).await,
-            None => false,
-        };
-        if recorded {
-            self.owed.lock().writes.remove(&id);
-        } else {
-            METRICS.invalidation_failures.inc();
+        let mut recorded = false;
+        let mut link = self.link_for_write().await;
+        for second in [false, true] {
+            let Some(l) = link.take() else { break };
+            let attempts = attempts(fenced_in, &l);
+            if self.lift(&l, id, &tags, &extra, invalidate, attempts).await {
+                recorded = true;
+                break;
+            }
+            if !second {
+                link = self.second_chance(&l).await;
+            }
         }
-        recorded
+        // Marked ended only when it could not be recorded: reads bypass the
+        // cache while anything is owed, and a lift on its way is not owed.
+        self.owed(|o| {
+            if recorded {
+                o.writes.remove(&id);
+            } else {
+                o.writes
+                    .entry(id)
+                    .or_insert_with(|| OwedWrite {
+                        tags,
+                        fenced_in: None,
+                        end: None,
+                    })
+                    .end = Some(End { extra, invalidate });
+            }
+        });
+        if recorded {
+            return Ended::Recorded;
+        }
+        METRICS.invalidation_failures.inc();
+        // Its fence still protects every replica if it stands in the run
+        // this replica last reached (the link only broke, Redis did not
+        // restart); otherwise nothing does until the lift is recorded.
+        let standing = fenced_in.is_some() && fenced_in == Some(self.epoch.load(Ordering::Acquire));
+        Ended::Owed {
+            fence_stands: standing,
+        }
     }
 
     /// Invalidate `tags` now (no write in flight: a purge).
@@ -471,6 +561,7 @@ impl RedisTier {
         }
         self.end_write(rand::random::<u64>() | 1, tags.clone(), true)
             .await
+            == Ended::Recorded
     }
 
     async fn fence(&self, link: &Arc<Link>, id: u64, tags: &BTreeSet<String>) -> bool {
@@ -499,6 +590,7 @@ impl RedisTier {
         fenced: &BTreeSet<String>,
         extra: &BTreeSet<String>,
         invalidate: bool,
+        attempts: u32,
     ) -> bool {
         let extra: BTreeSet<String> = extra.difference(fenced).cloned().collect();
         if fenced.is_empty() && (extra.is_empty() || !invalidate) {
@@ -522,15 +614,6 @@ impl RedisTier {
             .arg(joined(&all))
             .arg(Keys::fence_channel(&link.run))
             .arg(joined(fenced));
-        // With its fence in this run, nothing can be served that the lift
-        // would invalidate until some replica lifts it: one try is enough.
-        let fenced_here = self
-            .owed
-            .lock()
-            .writes
-            .get(&id)
-            .is_some_and(|w| w.fenced_in == Some(link.epoch));
-        let attempts = if fenced_here { 1 } else { INVALIDATE_ATTEMPTS };
         let Some(s) = self.record::<u64>(link, "invalidate", &inv, attempts).await else {
             return false;
         };
@@ -547,18 +630,20 @@ impl RedisTier {
     /// record of. True when nothing is owed any more.
     async fn reconcile(&self, link: &Arc<Link>) -> bool {
         let due = self.owed.lock().due(link.epoch);
+        self.owed(|_| ());
         if due.is_empty() {
             return true;
         }
         for (id, w) in due {
             if let Some(end) = w.end {
+                let attempts = attempts(w.fenced_in, link);
                 if !self
-                    .lift(link, id, &w.tags, &end.extra, end.invalidate)
+                    .lift(link, id, &w.tags, &end.extra, end.invalidate, attempts)
                     .await
                 {
                     return false;
                 }
-                self.owed.lock().writes.remove(&id);
+                self.owed(|o| o.writes.remove(&id));
                 info!(
                     tags = w.tags.len() + end.extra.len(),
                     "recorded an owed invalidation"
@@ -568,23 +653,21 @@ impl RedisTier {
             if !self.fence(link, id, &w.tags).await {
                 return false;
             }
-            let ended_meanwhile = {
-                let mut owed = self.owed.lock();
-                match owed.writes.get_mut(&id) {
-                    Some(w) if w.end.is_none() => {
-                        w.fenced_in = Some(link.epoch);
-                        false
-                    }
-                    _ => true,
+            let ended_meanwhile = self.owed(|o| match o.writes.get_mut(&id) {
+                Some(w) if w.end.is_none() => {
+                    w.fenced_in = Some(link.epoch);
+                    false
                 }
-            };
+                _ => true,
+            });
             // Its own lift may have run before this fence: lift it again
             // rather than leave it to the sweep.
             if ended_meanwhile {
-                self.lift(link, id, &w.tags, &BTreeSet::new(), true).await;
+                self.lift(link, id, &w.tags, &BTreeSet::new(), true, 1)
+                    .await;
             }
         }
-        !self.owed.lock().owes(Some(link.epoch))
+        !self.owes()
     }
 
     /// Lift fences whose deadline passed (their writer died or lost Redis).
@@ -763,7 +846,7 @@ impl RedisTier {
     async fn check_once(&self) {
         let link = match self.link.load_full() {
             Some(l) => l,
-            None => match self.connect().await {
+            None => match self.connect(false).await {
                 Some(l) => l,
                 None => return,
             },
@@ -783,7 +866,18 @@ impl RedisTier {
         if !self.reconcile(&link).await {
             return;
         }
-        if self.failures.load(Ordering::Relaxed) >= TRIP_AFTER {
+        let evicted = self.evicted_keys(&link).await;
+        let before = self
+            .evicted
+            .swap(evicted.unwrap_or(u64::MAX), Ordering::AcqRel);
+        if evicted.is_some_and(|n| before != u64::MAX && n > before) {
+            // Redis evicted keys to make room (maxmemory with an eviction
+            // policy): a `last_inv` may have gone with them. As after an
+            // outage, trust nothing fetched before now.
+            warn!("redis evicted keys: entries fetched before now will not be served (give freshgate a Redis with maxmemory-policy noeviction)");
+            self.outage.store(true, Ordering::Release);
+        }
+        if self.outage.load(Ordering::Acquire) {
             // Back from an outage. Another replica may have acknowledged a
             // write whose invalidation it could not record yet; until it
             // does, entries in Redis look valid. Trust nothing fetched before
@@ -802,12 +896,59 @@ impl RedisTier {
                 return self.record_failure("ping", &"cannot move the clock after an outage");
             };
             self.floor.fetch_max(floor, Ordering::AcqRel);
+            self.outage.store(false, Ordering::Release);
             info!(
                 floor,
                 "entries fetched before the redis outage will not be served"
             );
         }
         self.record_success();
+    }
+
+    /// Redis's `evicted_keys` (`INFO stats`); `None` if it cannot be read.
+    async fn evicted_keys(&self, link: &Link) -> Option<u64> {
+        let mut conn = link.conn.clone();
+        let info: String = tokio::time::timeout(
+            self.timeout.max(Duration::from_millis(250)),
+            redis::cmd("INFO").arg("stats").query_async(&mut conn),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("evicted_keys:"))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Warn when this Redis may evict the invalidation log to make room:
+    /// a lost `last_inv` would make an invalidated entry look valid. (Eviction
+    /// is also watched for, see `check_once`.)
+    async fn check_eviction_policy(&self, link: &Link) {
+        let mut conn = link.conn.clone();
+        let get = |name: &'static str| {
+            let mut conn = conn.clone();
+            async move {
+                let v: Vec<String> = redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg(name)
+                    .query_async(&mut conn)
+                    .await
+                    .ok()?;
+                v.get(1).cloned()
+            }
+        };
+        let (Some(maxmemory), Some(policy)) =
+            (get("maxmemory").await, get("maxmemory-policy").await)
+        else {
+            // CONFIG may be disabled (managed Redis): nothing to tell.
+            return;
+        };
+        let _ = &mut conn;
+        let evicts = maxmemory != "0" && policy != "noeviction";
+        METRICS.redis_may_evict.set(i64::from(evicts));
+        if evicts {
+            warn!(%maxmemory, %policy, "this redis may evict freshgate's invalidation log: use maxmemory-policy noeviction (or no maxmemory); until then every eviction makes freshgate distrust everything cached before it");
+        }
     }
 
     /// `run_id` from `INFO server`: the identity of the Redis process.
@@ -835,10 +976,16 @@ impl RedisTier {
 
     /// Open a link: connect, learn the run, note a restart. Returns the
     /// current link if another task opened one meanwhile.
-    async fn connect(&self) -> Option<Arc<Link>> {
+    async fn connect(&self, throttle: bool) -> Option<Arc<Link>> {
         let _one_at_a_time = self.connecting.lock().await;
         if let Some(link) = self.link.load_full() {
             return Some(link);
+        }
+        // Writes that queued behind a failed attempt do not each make
+        // another one.
+        let last = self.last_connect_ms.load(Ordering::Relaxed);
+        if throttle && now_ms().saturating_sub(last) < CONNECT_AT_MOST_EVERY_MS {
+            return None;
         }
         self.last_connect_ms.store(now_ms(), Ordering::Relaxed);
         let conn = match self.open_connection().await {
@@ -873,7 +1020,9 @@ impl RedisTier {
                 // The new run's clock starts again from zero, and what
                 // bounded mode heard belongs to the old one.
                 self.floor.store(0, Ordering::Release);
+                self.followed.subscribed.store(false, Ordering::Release);
                 self.followed.clear();
+                self.evicted.store(u64::MAX, Ordering::Release);
                 self.epoch.fetch_add(1, Ordering::AcqRel) + 1
             } else {
                 self.epoch.load(Ordering::Acquire)
@@ -885,6 +1034,8 @@ impl RedisTier {
             epoch,
         });
         self.link.store(Some(link.clone()));
+        self.owed(|_| ());
+        self.check_eviction_policy(&link).await;
         Some(link)
     }
 
