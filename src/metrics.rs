@@ -57,6 +57,9 @@ pub struct Metrics {
     /// 1 when the Redis tier has a maxmemory and an eviction policy: it may
     /// evict the invalidation log (freshgate then distrusts older entries).
     pub redis_may_evict: IntGauge,
+    /// 1 while replicas with other rules may be running (a rollout): the
+    /// cache is bypassed and writes invalidate everything.
+    pub rules_mixed: IntGauge,
     /// Writes that matched no invalidation rule, by cache route rule (`-`: none).
     pub unmatched_writes: IntCounterVec,
     /// Background refetches after writes, by result (`ok`, `error`, `skipped`).
@@ -247,6 +250,11 @@ impl Metrics {
             "1 when Redis has a maxmemory and an eviction policy other than noeviction: it may evict the invalidation log.",
         )
         .expect("static metric definition");
+        let rules_mixed = IntGauge::new(
+            "freshgate_rules_mixed",
+            "1 while replicas with other invalidation rules may be running (a rollout): cache bypassed, every write invalidates everything.",
+        )
+        .expect("static metric definition");
         let unmatched_writes = IntCounterVec::new(
             Opts::new(
                 "freshgate_unmatched_writes_total",
@@ -319,6 +327,7 @@ impl Metrics {
             Box::new(writes_rejected.clone()),
             Box::new(owed_invalidations.clone()),
             Box::new(redis_may_evict.clone()),
+            Box::new(rules_mixed.clone()),
             Box::new(unmatched_writes.clone()),
             Box::new(prefetches.clone()),
             Box::new(warmed.clone()),
@@ -355,6 +364,7 @@ impl Metrics {
             writes_rejected,
             owed_invalidations,
             redis_may_evict,
+            rules_mixed,
             unmatched_writes,
             prefetches,
             warmed,

@@ -595,7 +595,10 @@ impl Proxy {
         // after a rules swap is tagged by the new rules (and the request is
         // read again if its path policy changed with them).
         let config = self.live.config();
-        let rules_on = self.live.flags.get(Flag::Invalidation, &config);
+        // Replicas with other rules tag what they cache by them: while any
+        // may run, only "everything" is sure to cover it.
+        let rules_on =
+            self.live.flags.get(Flag::Invalidation, &config) && !self.store.rules_mixed();
         let planned = if Arc::ptr_eq(&config, &ctx.config) {
             writes::plan(&config, rules_on, request)
         } else {

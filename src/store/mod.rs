@@ -45,6 +45,7 @@ pub use entry::{DecodeError, Entry};
 use self::clock::LocalClock;
 pub use self::redis::Ended;
 use self::redis::{Link, RedisTier};
+use crate::invalidation;
 use crate::metrics::METRICS;
 
 /// How long an entry is kept after it goes stale, so a conditional request to
@@ -190,10 +191,29 @@ impl Store {
         }
     }
 
-    /// The rules changed: nothing tagged under other rules is served from now
-    /// on (their tags may not be the ones the new rules invalidate).
+    /// The rules are (now) those of `fingerprint`: nothing tagged under
+    /// other rules is served from now on (their tags may not be the ones the
+    /// new rules invalidate), and nothing cached before a change is, either:
+    /// writes in between were planned by other rules, and these may be the
+    /// rules of an earlier time (a revert). Embedded, everything is
+    /// invalidated at once; with Redis, the tier does it fleet-wide once every
+    /// replica runs these rules, and serves nothing until then.
     pub fn set_rules(&self, fingerprint: u64) {
+        let before = self.rules.load(Ordering::Acquire);
+        match &self.redis {
+            Some(r) => r.set_rules(fingerprint),
+            None if before != 0 && before != fingerprint => {
+                self.local.invalidate([&invalidation::ALL_TAG.to_string()]);
+            }
+            None => {}
+        }
         self.rules.store(fingerprint, Ordering::Release);
+    }
+
+    /// Whether replicas with other rules may be running: a write must then
+    /// invalidate everything.
+    pub fn rules_mixed(&self) -> bool {
+        self.redis.as_ref().is_some_and(|r| r.rules_mixed())
     }
 
     fn same_rules(&self, e: &Entry) -> bool {

@@ -410,3 +410,108 @@ async fn a_write_that_never_reached_the_app_changes_nothing() {
         .await;
     assert!(m.contains("freshgate_writes_unanswered_total 0"), "{m}");
 }
+
+/// `TEST_CONFIG` with the like rule's parameter renamed: the same purge, but
+/// other tags (`{id}` where the shipped rules say `{postId}`).
+fn renamed_rules() -> String {
+    let r = TEST_CONFIG.replace(
+        "on: POST /community/api/posts/:postId/like\n    purge: [/community/api/posts/:postId,",
+        "on: POST /community/api/posts/:id/like\n    purge: [/community/api/posts/:id,",
+    );
+    let r = r.replace(
+        "match: /community/api/posts/:postId\n",
+        "match: /community/api/posts/:id\n",
+    );
+    assert_ne!(r, TEST_CONFIG);
+    r
+}
+
+/// Found by review: entries are served only under the rules that tagged
+/// them, but a revert brings old rules back. Entries tagged by them before
+/// the change missed every invalidation planned by the rules in between.
+#[tokio::test]
+async fn reverting_the_rules_does_not_bring_back_entries_the_rules_in_between_did_not_purge() {
+    let origin = Origin::start(0);
+    let fg = Freshgate::start(&origin.url(), None, TEST_CONFIG);
+    let post = "/community/api/posts/12";
+    cached_shared(&fg, post).await;
+    fg.write_config(&renamed_rules());
+    fg.wait_config("renamed rules", |v| v["version"] == 2).await;
+    let liked = send(
+        client()
+            .post(fg.url(&format!("{post}/like")))
+            .header("host", "app.test"),
+    )
+    .await;
+    assert_eq!(liked.json()["likes"], 1);
+    fg.write_config(TEST_CONFIG);
+    fg.wait_config("the rules again", |v| v["version"] == 3)
+        .await;
+    let r = fg.get_shared(post).await;
+    assert_eq!(r.json()["likes"], 1, "after the revert: {r:?}");
+}
+
+/// Found by review: during a rollout of new rules, replicas run different
+/// rules, and a write planned by one set does not purge what the other
+/// tagged. Until every replica runs the same rules, nothing is served from
+/// the cache and every write invalidates everything; once they agree,
+/// caching resumes — and a later revert distrusts everything from before.
+#[tokio::test]
+async fn replicas_running_different_rules_never_serve_what_the_others_writes_changed() {
+    let origin = Origin::start(0);
+    let (_redis, a, b) = crate::util::two_replicas(&origin, TEST_CONFIG).await;
+    let (post, other) = ("/community/api/posts/13", "/community/api/posts/14");
+    cached_shared(&b, other).await;
+    // b moves to the new rules; a has not yet.
+    b.write_config(&renamed_rules());
+    b.wait_config("renamed rules", |v| v["version"] == 2).await;
+    for _ in 0..3 {
+        b.get_shared(post).await;
+    }
+    let liked = send(
+        client()
+            .post(a.url(&format!("{post}/like")))
+            .header("host", "app.test"),
+    )
+    .await;
+    assert_eq!(liked.json()["likes"], 1);
+    let r = b.get_shared(post).await;
+    assert_eq!(r.json()["likes"], 1, "b, after a like through a: {r:?}");
+    // And the other way round: a write through b purges what a cached.
+    cached_shared(&a, post).await;
+    send(
+        client()
+            .post(b.url(&format!("{post}/like")))
+            .header("host", "app.test"),
+    )
+    .await;
+    assert_eq!(a.get_shared(post).await.json()["likes"], 2);
+
+    // a follows: once both run the new rules, caching resumes.
+    a.write_config(&renamed_rules());
+    a.wait_config("renamed rules", |v| v["version"] == 2).await;
+    a.wait_redis(true).await;
+    b.wait_redis(true).await;
+    let end = Instant::now() + Duration::from_secs(15);
+    while b.get_shared(post).await.x_cache != "HIT" {
+        assert!(Instant::now() < end, "caching never resumed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Liked under the new rules; then both revert. What b cached under the
+    // old rules at the start missed that like's tags: not served again.
+    send(
+        client()
+            .post(a.url(&format!("{other}/like")))
+            .header("host", "app.test"),
+    )
+    .await;
+    for fg in [&a, &b] {
+        fg.write_config(TEST_CONFIG);
+        fg.wait_config("the old rules again", |v| v["version"] == 3)
+            .await;
+    }
+    a.wait_redis(true).await;
+    b.wait_redis(true).await;
+    let r = b.get_shared(other).await;
+    assert_eq!(r.json()["likes"], 1, "after the revert: {r:?}");
+}

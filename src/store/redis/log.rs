@@ -61,6 +61,15 @@ impl Keys {
     pub(super) fn fence(run: &str, id: u64) -> String {
         format!("{}fence:{id}", Self::prefix(run))
     }
+    /// Fingerprint (hex) -> when a replica running those rules last said so
+    /// (Redis's clock, ms).
+    pub(super) fn rules(run: &str) -> String {
+        format!("{}rules", Self::prefix(run))
+    }
+    /// The fingerprint of the rules the fleet last ran alone.
+    pub(super) fn active_rules(run: &str) -> String {
+        format!("{}rules:active", Self::prefix(run))
+    }
     /// Invalidations: `"<seq> <writer's ms>\n<tag>\n..."`.
     pub(super) fn inv_channel(run: &str) -> String {
         format!("{}inv", Self::prefix(run))
@@ -154,6 +163,46 @@ for _, id in ipairs(ids) do
   end
 end
 return n
+"#;
+
+/// Says this replica runs rules `ARGV[1]` and returns the fingerprints
+/// heard from in the last `ARGV[2]` ms (forgetting ones silent for ten
+/// times that). KEYS: the rules hash. ARGV: fingerprint, alive ms, hash TTL.
+pub(super) const RULES_HEARTBEAT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], now)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local alive = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local age = now - tonumber(all[i + 1])
+  if age <= tonumber(ARGV[2]) then
+    table.insert(alive, all[i])
+  elseif age > 10 * tonumber(ARGV[2]) then
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return alive
+"#;
+
+/// The fleet runs rules `ARGV[1]` alone: if they are not the ones it last
+/// ran alone, nothing cached before now can be trusted (its tags are another
+/// rule set's, and writes in between were planned by yet other rules), so
+/// everything is invalidated — the `a:all` tag every entry carries, its
+/// fence count kept. KEYS: active rules key, clock, `a:all`'s tag key. ARGV:
+/// fingerprint, tag key TTL (ms), FENCE_UNIT, invalidation channel, this
+/// replica's ms, the `a:all` tag. Returns the clock value of the
+/// invalidation, or 0 when the rules did not change.
+pub(super) const ACTIVATE_RULES: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+local s = redis.call('INCR', KEYS[2])
+local unit = tonumber(ARGV[3])
+local fences = math.floor(tonumber(redis.call('GET', KEYS[3]) or '0') / unit)
+redis.call('SET', KEYS[3], string.format('%.0f', fences * unit + s), 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[4], s .. ' ' .. ARGV[5] .. '\n' .. ARGV[6])
+return s
 "#;
 
 /// What one write still needs recorded.

@@ -65,6 +65,9 @@ const PING_EVERY: Duration = Duration::from_millis(250);
 const CONNECT_AT_MOST_EVERY_MS: u64 = 50;
 /// Expired fences lifted per sweep at most.
 const SWEEP_BATCH: u32 = 64;
+/// A replica's rules heartbeat counts for this long: another fingerprint
+/// heard within it means the fleet runs mixed rules.
+const RULES_ALIVE: Duration = Duration::from_secs(2);
 /// Hash of runtime flag values (`PUT /api/flags`), shared by all replicas.
 const FLAGS_KEY: &str = "fg:flags";
 /// Timeout for monitoring reads and writes, which are off the request path.
@@ -153,9 +156,21 @@ pub struct RedisTier {
     /// `owed.owes(current epoch)`, kept up to date on every change of
     /// either, so that the request path reads one atomic.
     owing: AtomicBool,
+    /// The fingerprint of this replica's rules.
+    rules: AtomicU64,
+    /// Replicas with other rules are alive (a rollout): serve nothing, and
+    /// let every write invalidate everything. True until proven otherwise.
+    rules_mixed: AtomicBool,
+    /// (epoch, fingerprint) whose activation the shared log has recorded.
+    rules_activated: parking_lot::Mutex<Option<(u64, u64)>>,
+    /// Not mixed, and the current rules' activation recorded in the current
+    /// run: until then this replica serves nothing from the cache.
+    rules_ok: AtomicBool,
     fence_script: redis::Script,
     lift_script: redis::Script,
     sweep_script: redis::Script,
+    heartbeat_script: redis::Script,
+    activate_script: redis::Script,
 }
 
 fn now_ms() -> u64 {
@@ -205,9 +220,15 @@ impl RedisTier {
             evicted: AtomicU64::new(u64::MAX),
             owed: parking_lot::Mutex::new(Owed::default()),
             owing: AtomicBool::new(false),
+            rules: AtomicU64::new(0),
+            rules_mixed: AtomicBool::new(true),
+            rules_activated: parking_lot::Mutex::new(None),
+            rules_ok: AtomicBool::new(false),
             fence_script: redis::Script::new(log::FENCE),
             lift_script: redis::Script::new(log::LIFT),
             sweep_script: redis::Script::new(log::SWEEP),
+            heartbeat_script: redis::Script::new(log::RULES_HEARTBEAT),
+            activate_script: redis::Script::new(log::ACTIVATE_RULES),
         }
     }
 
@@ -227,6 +248,29 @@ impl RedisTier {
             && !self.breaker_open()
             && !self.outage.load(Ordering::Acquire)
             && !self.owing.load(Ordering::Acquire)
+            && self.rules_ok.load(Ordering::Acquire)
+    }
+
+    /// This replica now runs rules `fingerprint`. Until the maintainer has
+    /// checked that no replica runs others and recorded their activation,
+    /// it serves nothing from the cache and its writes invalidate
+    /// everything.
+    pub fn set_rules(&self, fingerprint: u64) {
+        // Under the lock `check_rules` decides under: it cannot declare the
+        // old rules settled after this.
+        let _settle = self.rules_activated.lock();
+        if self.rules.swap(fingerprint, Ordering::AcqRel) != fingerprint {
+            self.rules_ok.store(false, Ordering::Release);
+            self.rules_mixed.store(true, Ordering::Release);
+            METRICS.rules_mixed.set(1);
+        }
+    }
+
+    /// Whether replicas with other rules may be running (a rollout): a
+    /// write must then invalidate everything, since what it changed is
+    /// tagged by rules this replica does not know.
+    pub fn rules_mixed(&self) -> bool {
+        self.rules_mixed.load(Ordering::Acquire)
     }
 
     /// Whether this replica holds fences or invalidations the shared log
@@ -866,6 +910,9 @@ impl RedisTier {
         if !self.reconcile(&link).await {
             return;
         }
+        if !self.check_rules(&link).await {
+            return;
+        }
         let evicted = self.evicted_keys(&link).await;
         let before = self
             .evicted
@@ -903,6 +950,67 @@ impl RedisTier {
             );
         }
         self.record_success();
+    }
+
+    /// Say which rules this replica runs, learn whether others run other
+    /// rules, and once the fleet runs these alone, record their activation
+    /// (which invalidates everything cached if the fleet last ran others).
+    /// True when done, false when Redis did not answer.
+    async fn check_rules(&self, link: &Arc<Link>) -> bool {
+        let rules = self.rules.load(Ordering::Acquire);
+        let mine = format!("{rules:016x}");
+        let mut beat = self.heartbeat_script.prepare_invoke();
+        beat.key(Keys::rules(&link.run))
+            .arg(&mine)
+            .arg(RULES_ALIVE.as_millis() as u64)
+            .arg(self.inv_ttl.as_millis() as u64);
+        let Some(alive) = self.record::<Vec<String>>(link, "rules", &beat, 1).await else {
+            return false;
+        };
+        let mixed = alive.iter().any(|f| *f != mine);
+        if mixed {
+            self.rules_ok.store(false, Ordering::Release);
+        }
+        if mixed && !self.rules_mixed.swap(true, Ordering::AcqRel) {
+            warn!(rules = %mine, others = ?alive, "replicas run other rules (a rollout): the cache is bypassed and writes invalidate everything until they agree");
+        }
+        if mixed {
+            METRICS.rules_mixed.set(1);
+            return true;
+        }
+        let activated = *self.rules_activated.lock();
+        if activated != Some((link.epoch, rules)) {
+            let mut activate = self.activate_script.prepare_invoke();
+            activate
+                .key(Keys::active_rules(&link.run))
+                .key(Keys::clock(&link.run))
+                .key(Keys::tag(&link.run, crate::invalidation::ALL_TAG))
+                .arg(&mine)
+                .arg(self.inv_ttl.as_millis() as u64)
+                .arg(FENCE_UNIT)
+                .arg(Keys::inv_channel(&link.run))
+                .arg(now_ms())
+                .arg(crate::invalidation::ALL_TAG);
+            let Some(s) = self.record::<u64>(link, "rules", &activate, 1).await else {
+                return false;
+            };
+            if s > 0 {
+                info!(rules = %mine, "the fleet runs new rules: everything cached before is invalid");
+                self.followed.learn(s, [crate::invalidation::ALL_TAG]);
+            }
+        }
+        let mut settled = self.rules_activated.lock();
+        *settled = Some((link.epoch, rules));
+        if self.rules.load(Ordering::Acquire) != rules {
+            // Changed meanwhile: the next check starts over.
+            return true;
+        }
+        if self.rules_mixed.swap(false, Ordering::AcqRel) {
+            info!(rules = %mine, "every replica runs these rules: caching again");
+        }
+        METRICS.rules_mixed.set(0);
+        self.rules_ok.store(true, Ordering::Release);
+        true
     }
 
     /// Redis's `evicted_keys` (`INFO stats`); `None` if it cannot be read.
@@ -1022,6 +1130,7 @@ impl RedisTier {
                 self.floor.store(0, Ordering::Release);
                 self.followed.subscribed.store(false, Ordering::Release);
                 self.followed.clear();
+                self.rules_ok.store(false, Ordering::Release);
                 self.evicted.store(u64::MAX, Ordering::Release);
                 self.epoch.fetch_add(1, Ordering::AcqRel) + 1
             } else {
