@@ -246,14 +246,7 @@ async fn attack(origin: &Origin, bases: [String; 2], redis: &mut Redis, run: Run
                     continue;
                 };
                 let seen: Vec<(u64, u64)> = if list {
-                    v["items"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|i| Some((i["id"].as_u64()?, i["version"].as_u64()?)))
-                                .collect()
-                        })
-                        .unwrap_or_default()
+                    crate::util::listed_versions(&v)
                 } else {
                     let Some(ver) = v["version"].as_u64() else {
                         continue;

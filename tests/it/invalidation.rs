@@ -223,14 +223,7 @@ async fn race(urls: Vec<String>, reads_wanted: usize, limit: Duration) -> (usize
                     continue;
                 };
                 let seen: Vec<(u64, u64)> = if collection {
-                    v["items"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|i| Some((i["id"].as_u64()?, i["version"].as_u64()?)))
-                                .collect()
-                        })
-                        .unwrap_or_default()
+                    crate::util::listed_versions(&v)
                 } else {
                     vec![(p, v["version"].as_u64().unwrap_or(0))]
                 };

@@ -543,6 +543,18 @@ impl Got {
     }
 }
 
+/// `(id, version)` of each item a collection answer lists.
+pub fn listed_versions(v: &serde_json::Value) -> Vec<(u64, u64)> {
+    v["items"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| Some((i["id"].as_u64()?, i["version"].as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))

@@ -38,7 +38,8 @@ pub(super) struct Followed {
 }
 
 impl Followed {
-    pub(super) fn learn(&self, seq: u64, tags: impl IntoIterator<Item = impl Into<String>>) {
+    /// Apply `change` to what was heard of each of `tags`, now.
+    fn hear(&self, tags: impl IntoIterator<Item = impl Into<String>>, change: impl Fn(&mut Heard)) {
         let now = Instant::now();
         let mut map = self.map.lock();
         for t in tags {
@@ -47,29 +48,25 @@ impl Followed {
                 fences: 0,
                 at: now,
             });
-            h.last_inv = h.last_inv.max(seq);
+            change(h);
             h.at = now;
         }
     }
 
+    pub(super) fn learn(&self, seq: u64, tags: impl IntoIterator<Item = impl Into<String>>) {
+        self.hear(tags, |h| h.last_inv = h.last_inv.max(seq));
+    }
+
     fn fence(&self, raise: bool, tags: impl IntoIterator<Item = impl Into<String>>) {
-        let now = Instant::now();
-        let mut map = self.map.lock();
-        for t in tags {
-            let h = map.entry(t.into()).or_insert(Heard {
-                last_inv: 0,
-                fences: 0,
-                at: now,
-            });
-            // A lift whose raise was missed (subscribed in between) must
-            // not leave a count below zero.
+        // A lift whose raise was missed (subscribed in between) must not
+        // leave a count below zero.
+        self.hear(tags, |h| {
             h.fences = if raise {
                 h.fences + 1
             } else {
                 h.fences.saturating_sub(1)
-            };
-            h.at = now;
-        }
+            }
+        });
     }
 
     pub(super) fn valid(&self, fetch_seq: u64, tags: &[String]) -> bool {
