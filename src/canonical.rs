@@ -276,16 +276,17 @@ pub fn target_is_usable(req: &RequestHeader) -> bool {
 
 fn methods(req: &RequestHeader, policy: &MethodOverride) -> Methods {
     let mut m = Methods::only(req.method.clone());
+    let mut listed = true;
     for name in &policy.headers {
         for v in req.headers.get_all(name.as_str()) {
-            push_method(&mut m.overrides, v.as_bytes());
+            listed &= push_method(&mut m.overrides, v.as_bytes());
         }
     }
     if let Some(param) = &policy.param {
         if let Some(q) = req.uri.query() {
             for (k, v) in form_urlencoded::parse(q.as_bytes()) {
                 if k == param.as_str() {
-                    push_method(&mut m.overrides, v.as_bytes());
+                    listed &= push_method(&mut m.overrides, v.as_bytes());
                 }
             }
         }
@@ -294,20 +295,32 @@ fn methods(req: &RequestHeader, policy: &MethodOverride) -> Methods {
         // type (Rack reads it as a form). freshgate does not read bodies.
         m.any_from_body = req.method == Method::POST;
     }
+    if !listed {
+        m.any_from_body = true;
+    }
     m
 }
 
+/// Overrides listed at most; a request that names more may be anything
+/// (and costs no more to match).
+const MAX_OVERRIDES: usize = 16;
+
 /// Every method a header or parameter value may name: middleware differs
 /// on lists (Express takes the first of `DELETE, PUT`), so take them all.
-fn push_method(out: &mut Vec<Method>, raw: &[u8]) {
+/// False once the request names more than [`MAX_OVERRIDES`].
+fn push_method(out: &mut Vec<Method>, raw: &[u8]) -> bool {
     for name in String::from_utf8_lossy(raw).split(',') {
         let name = name.trim().to_ascii_uppercase();
         if let Ok(method) = Method::from_bytes(name.as_bytes()) {
             if !out.contains(&method) {
+                if out.len() == MAX_OVERRIDES {
+                    return false;
+                }
                 out.push(method);
             }
         }
     }
+    true
 }
 
 /// Step 1: the RFC 3986 §6.2.2 normal form of a path (plus merged slashes).
@@ -517,6 +530,11 @@ mod tests {
         // A list: whichever the app takes, it is one of them.
         let list = m("POST", "/a", &[("x-http-method-override", "DELETE, x")]);
         assert!(list.overrides.contains(&Method::DELETE));
+        // Too many to list: it may be any.
+        let many: Vec<String> = (0..100).map(|i| format!("M{i}")).collect();
+        let many = m("GET", "/a", &[("x-http-method", &many.join(","))]);
+        assert_eq!(many.overrides.len(), MAX_OVERRIDES);
+        assert!(many.is_write() && many.may_be_any_of(&[Method::DELETE]));
         // Any POST body may name one (form, JSON, no content type).
         let body = m("POST", "/a", &[("content-type", "application/json")]);
         assert!(body.any_from_body && body.may_be_any_of(&[Method::PUT]));

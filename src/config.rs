@@ -802,9 +802,11 @@ fn validate(
     // TTLs, keys and `enabled` do not change what a write invalidates.
     // `max_ttl` too: it bounds how long `last_inv` is kept, so an entry
     // stored under a longer one could outlive its invalidations.
+    // And how overrides are read: replicas that read them differently plan
+    // the same write differently.
     let rules_fingerprint = hash_of(&format!(
-        "{:?} {:?} {:?}",
-        raw.invalidate, paths, raw.cache.max_ttl
+        "{:?} {:?} {:?} {:?}",
+        raw.invalidate, paths, raw.cache.max_ttl, method_override
     ));
     let mut rules = Vec::new();
     let mut names = std::collections::HashSet::new();

@@ -688,7 +688,7 @@ impl Proxy {
                 .redis
                 .as_ref()
                 .is_some_and(|r| r.on_unrecorded_write == UnrecordedWrite::Reject);
-            if reject && !fence_stands {
+            if reject && invalidate && !fence_stands {
                 METRICS.writes_rejected.inc();
                 return Error::e_explain(
                     ErrorType::HTTPStatus(502),

@@ -139,10 +139,12 @@ impl Live {
                 let restart_required = needs_restart(&old, &new);
                 let rules_changed = new.rules_fingerprint != old.rules_fingerprint;
                 let fingerprint = new.rules_fingerprint;
-                self.config.store(Arc::new(new));
+                // The store first: writes planned by the new rules must find
+                // it already distrusting the fleet's agreement on rules.
                 if rules_changed {
                     self.store.set_rules(fingerprint);
                 }
+                self.config.store(Arc::new(new));
                 let mut st = self.status.lock();
                 st.version += 1;
                 st.loaded_at = now;

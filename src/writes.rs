@@ -130,6 +130,10 @@ fn same_origin_path(req: &RequestHeader, location: &str) -> Option<String> {
     let has_scheme = location
         .split_once(':')
         .is_some_and(|(scheme, _)| !scheme.is_empty() && !scheme.contains(['/', '?', '#']));
+    if location.is_empty() || location.starts_with(['?', '#']) {
+        // The request's own path (RFC 3986 §5.2.2).
+        return Some(req.uri.path().to_string());
+    }
     if !has_scheme && !location.starts_with("//") {
         let base = req.uri.path();
         let dir = &base[..base.rfind('/').map_or(0, |i| i + 1)];

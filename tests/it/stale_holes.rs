@@ -515,3 +515,74 @@ async fn replicas_running_different_rules_never_serve_what_the_others_writes_cha
     let r = b.get_shared(other).await;
     assert_eq!(r.json()["likes"], 1, "after the revert: {r:?}");
 }
+
+/// Found by the second review: a write still in flight on a replica that
+/// falls silent (its maintainer stopped: shutting down, or stalled) ends
+/// after the rest of the fleet has moved to new rules and cached by them.
+/// Planned by the old rules, its purge would miss what the new ones tagged:
+/// it invalidates everything instead. Driven at the store level, on a real
+/// redis-server, because a replica's maintainer cannot be stopped alone
+/// from outside the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_planned_by_rules_the_fleet_has_left_invalidates_everything() {
+    use freshgate::store::redis::{Consistency, Limits, RedisTier};
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    let redis = Redis::start();
+    let limits = Limits {
+        timeout: Duration::from_secs(1),
+        inv_ttl: Duration::from_secs(3600),
+        fence_ttl: Duration::from_secs(125),
+    };
+    let tier = |rules: u64| {
+        let t = Arc::new(RedisTier::new(redis.url(), limits, Consistency::Strict));
+        t.set_rules(rules);
+        let (stop, watch) = tokio::sync::watch::channel(false);
+        tokio::spawn(t.clone().maintain(watch));
+        (t, stop)
+    };
+    let until = |what: &'static str, ok: Box<dyn Fn() -> bool + Send>| async move {
+        let end = Instant::now() + Duration::from_secs(20);
+        while !ok() {
+            assert!(Instant::now() < end, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let (old_rules, new_rules) = (0x01, 0x02);
+    let (a, stop_a) = tier(old_rules);
+    let (b, _stop_b) = tier(old_rules);
+    let (ac, bc) = (a.clone(), b.clone());
+    until(
+        "both ready",
+        Box::new(move || ac.available() && bc.available()),
+    )
+    .await;
+
+    // a fences what the old rules say its write changes; the write is at the app.
+    let old_tags = BTreeSet::from(["r:/posts/{postId}|postId=15".to_string()]);
+    assert!(a.begin_write(7, &old_tags).await);
+    // a falls silent; b moves on to the new rules and, alone, caches by them.
+    stop_a.send(true).unwrap();
+    b.set_rules(new_rules);
+    let bc = b.clone();
+    until("b alone on the new rules", Box::new(move || bc.available())).await;
+    let entry_tags = vec![
+        "a:all".to_string(),
+        "u:/posts/15".to_string(),
+        "r:/posts/{id}|id=15".to_string(),
+    ];
+    let fill = b.fill_start(&entry_tags).await.expect("b reads the log");
+    let link = b.link().expect("b is connected");
+    assert_eq!(b.valid(&link, fill.seq, &entry_tags).await, Some(true));
+
+    // The app commits; a records the write's end, as planned by the old rules.
+    assert_eq!(
+        a.end_write(7, BTreeSet::new(), true).await,
+        freshgate::store::Ended::Recorded
+    );
+    assert_eq!(
+        b.valid(&link, fill.seq, &entry_tags).await,
+        Some(false),
+        "b's entry, fetched before a's write committed, after it was acknowledged"
+    );
+}

@@ -82,7 +82,9 @@ impl Keys {
 
 /// KEYS: fences set, this fence's record, then the tags.
 /// ARGV: id, deadline from now (ms), tag key TTL (ms), tags ("\n"-joined),
-/// fence channel, FENCE_UNIT. Returns 1, or 0 if the fence was already held.
+/// fence channel, FENCE_UNIT, the fingerprint of the rules that planned the
+/// write. Returns 1, or 0 if the fence was already held. The record keeps
+/// the fingerprint on its first line, the tags after it.
 pub(super) const FENCE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -90,7 +92,7 @@ if redis.call('ZADD', KEYS[1], 'NX', now + tonumber(ARGV[2]), ARGV[1]) == 0 then
   return 0
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[7] .. '\n' .. ARGV[4], 'PX', ARGV[3])
 for i = 3, #KEYS do
   redis.call('INCRBY', KEYS[i], ARGV[6])
   redis.call('PEXPIRE', KEYS[i], ARGV[3])
@@ -99,14 +101,19 @@ redis.call('PUBLISH', ARGV[5], '+\n' .. ARGV[4])
 return 1
 "#;
 
-/// KEYS: clock, fences set, this fence's record, then the tags: first the
-/// `ARGV[2]` the write fenced, then the ones only its answer named.
+/// KEYS: clock, fences set, this fence's record, the fleet's active rules,
+/// the `a:all` tag's key, then the tags: first the `ARGV[2]` the write
+/// fenced, then the ones only its answer named.
 /// ARGV: id ("0": none), fenced count, tag key TTL (ms), FENCE_UNIT,
 /// invalidate ("1"/"0"), invalidation channel, the writer's ms, all tags
-/// ("\n"-joined), fence channel, fenced tags ("\n"-joined).
+/// ("\n"-joined), fence channel, fenced tags ("\n"-joined), the fingerprint
+/// of the rules that planned the write, the `a:all` tag.
 /// Returns the new clock value (0 when nothing was invalidated).
 ///
 /// `last_inv = s` is a plain SET: `s` is newer than any value in the log.
+/// A write planned by other rules than the fleet now runs (it was in flight
+/// while the fleet moved on) may have changed what the new rules tag
+/// differently: it invalidates everything.
 pub(super) const LIFT: &str = r#"
 local unit = tonumber(ARGV[4])
 local owned = ARGV[1] ~= '0' and redis.call('ZREM', KEYS[2], ARGV[1]) == 1
@@ -115,8 +122,8 @@ local invalidate = ARGV[5] == '1'
 local s = 0
 if invalidate then s = redis.call('INCR', KEYS[1]) end
 local nf = tonumber(ARGV[2])
-for i = 4, #KEYS do
-  local mine = owned and (i - 3) <= nf
+for i = 6, #KEYS do
+  local mine = owned and (i - 5) <= nf
   if invalidate then
     local fences = math.floor(tonumber(redis.call('GET', KEYS[i]) or '0') / unit)
     if mine and fences > 0 then fences = fences - 1 end
@@ -125,8 +132,15 @@ for i = 4, #KEYS do
     redis.call('DECRBY', KEYS[i], ARGV[4])
   end
 end
+local tags = ARGV[8]
 if invalidate then
-  redis.call('PUBLISH', ARGV[6], s .. ' ' .. ARGV[7] .. '\n' .. ARGV[8])
+  local active = redis.call('GET', KEYS[4])
+  if active and active ~= ARGV[11] then
+    local fences = math.floor(tonumber(redis.call('GET', KEYS[5]) or '0') / unit)
+    redis.call('SET', KEYS[5], string.format('%.0f', fences * unit + s), 'PX', ARGV[3])
+    tags = tags .. '\n' .. ARGV[12]
+  end
+  redis.call('PUBLISH', ARGV[6], s .. ' ' .. ARGV[7] .. '\n' .. tags)
 end
 if owned and nf > 0 then
   redis.call('PUBLISH', ARGV[9], '-\n' .. ARGV[10])
@@ -135,29 +149,42 @@ return s
 "#;
 
 /// Lifts, with invalidation, fences whose deadline passed (their writer died
-/// or lost Redis). KEYS: clock, fences set. ARGV: key prefix, tag key TTL
-/// (ms), FENCE_UNIT, invalidation channel, fence channel, this replica's ms,
-/// how many at most. Returns how many it lifted.
+/// or lost Redis) — everything, when the rules that planned the write are
+/// not the fleet's any more. KEYS: clock, fences set. ARGV: key prefix, tag
+/// key TTL (ms), FENCE_UNIT, invalidation channel, fence channel, this
+/// replica's ms, how many at most, the `a:all` tag. Returns how many it
+/// lifted.
 pub(super) const SWEEP: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[7]))
 local unit = tonumber(ARGV[3])
+local active = redis.call('GET', ARGV[1] .. 'rules:active')
 local n = 0
+local function invalidate(tag, s, lift)
+  local k = ARGV[1] .. 'i:' .. tag
+  local fences = math.floor(tonumber(redis.call('GET', k) or '0') / unit)
+  if lift and fences > 0 then fences = fences - 1 end
+  redis.call('SET', k, string.format('%.0f', fences * unit + s), 'PX', ARGV[2])
+end
 for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[2], id)
   local rec = ARGV[1] .. 'fence:' .. id
-  local tags = redis.call('GET', rec)
+  local record = redis.call('GET', rec)
   redis.call('DEL', rec)
-  if tags then
+  if record then
+    local rules, tags = string.match(record, '^([^\n]*)\n(.*)$')
+    if not tags then rules, tags = '', record end
     local s = redis.call('INCR', KEYS[1])
     for tag in string.gmatch(tags, '[^\n]+') do
-      local k = ARGV[1] .. 'i:' .. tag
-      local fences = math.floor(tonumber(redis.call('GET', k) or '0') / unit)
-      if fences > 0 then fences = fences - 1 end
-      redis.call('SET', k, string.format('%.0f', fences * unit + s), 'PX', ARGV[2])
+      invalidate(tag, s, true)
     end
-    redis.call('PUBLISH', ARGV[4], s .. ' ' .. ARGV[6] .. '\n' .. tags)
+    local published = tags
+    if active and active ~= rules then
+      invalidate(ARGV[8], s, false)
+      published = published .. '\n' .. ARGV[8]
+    end
+    redis.call('PUBLISH', ARGV[4], s .. ' ' .. ARGV[6] .. '\n' .. published)
     redis.call('PUBLISH', ARGV[5], '-\n' .. tags)
     n = n + 1
   end
@@ -177,10 +204,11 @@ local alive = {}
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   local age = now - tonumber(all[i + 1])
-  if age <= tonumber(ARGV[2]) then
-    table.insert(alive, all[i])
-  elseif age > 10 * tonumber(ARGV[2]) then
+  if age > 10 * tonumber(ARGV[2]) or age < -tonumber(ARGV[2]) then
+    -- Silent long since, or from before Redis's clock went back.
     redis.call('HDEL', KEYS[1], all[i])
+  elseif age <= tonumber(ARGV[2]) then
+    table.insert(alive, all[i])
   end
 end
 return alive
@@ -210,6 +238,8 @@ return s
 pub(super) struct OwedWrite {
     /// The tags it fences while in flight.
     pub(super) tags: BTreeSet<String>,
+    /// The fingerprint of the rules that planned it.
+    pub(super) rules: u64,
     /// The epoch (Redis run) its fence is recorded in, if any.
     pub(super) fenced_in: Option<u64>,
     /// Set once its outcome is known: the lift to record.
@@ -270,6 +300,7 @@ mod tests {
         assert!(!o.owes(None));
         let w = |fenced_in, end: Option<End>| OwedWrite {
             tags: BTreeSet::from(["t".to_string()]),
+            rules: 7,
             fenced_in,
             end,
         };

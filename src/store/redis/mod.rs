@@ -49,6 +49,7 @@ use tracing::{info, warn};
 use self::follow::Followed;
 use self::log::{End, Keys, Owed, OwedWrite, FENCE_UNIT};
 use super::FillStart;
+use crate::invalidation::ALL_TAG;
 use crate::metrics::METRICS;
 
 /// Consecutive failures that open the breaker.
@@ -66,8 +67,9 @@ const CONNECT_AT_MOST_EVERY_MS: u64 = 50;
 /// Expired fences lifted per sweep at most.
 const SWEEP_BATCH: u32 = 64;
 /// A replica's rules heartbeat counts for this long: another fingerprint
-/// heard within it means the fleet runs mixed rules.
-const RULES_ALIVE: Duration = Duration::from_secs(2);
+/// heard within it means the fleet runs mixed rules. (A replica that has
+/// not said its own for half of it stops serving: see `heard_lately`.)
+const RULES_ALIVE: Duration = Duration::from_secs(4);
 /// Hash of runtime flag values (`PUT /api/flags`), shared by all replicas.
 const FLAGS_KEY: &str = "fg:flags";
 /// Timeout for monitoring reads and writes, which are off the request path.
@@ -114,6 +116,33 @@ pub enum Ended {
     },
 }
 
+/// What `INFO` says of Redis's memory.
+struct MemoryStats {
+    used: u64,
+    /// 0: no limit.
+    max: u64,
+    evicted_keys: u64,
+}
+
+impl MemoryStats {
+    /// Past 80 % of `maxmemory`, entries (large) stop going to Redis so that
+    /// the log (small, but refused with the rest once Redis is full under
+    /// `noeviction`) keeps room.
+    fn nearly_full(&self) -> bool {
+        self.max > 0 && self.used > self.max / 5 * 4
+    }
+}
+
+/// A monotonic millisecond clock for this process.
+fn mono_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1
+}
+
 /// Timing and bounds of the tier, from the config.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -146,9 +175,16 @@ pub struct RedisTier {
     floor: AtomicU64,
     failures: AtomicU32,
     open_until_ms: AtomicU64,
-    /// Set when the breaker opens; cleared once the maintainer has moved the
-    /// floor past it (see `check_once`). Nothing is served meanwhile.
-    outage: AtomicBool,
+    /// Counts breaker trips (and evictions); `outage_cleared` catches up once
+    /// the maintainer has moved the floor past them (see `check_once`).
+    /// Nothing is served meanwhile.
+    outage_began: AtomicU64,
+    outage_cleared: AtomicU64,
+    /// When this replica last said which rules it runs (`mono_ms`).
+    last_heartbeat_ms: AtomicU64,
+    /// Redis is close to its `maxmemory`: entries are not written to it,
+    /// so the log keeps room (with `noeviction`, a full Redis refuses fences).
+    nearly_full: AtomicBool,
     /// Redis's `evicted_keys` when last checked: a rise may have taken a
     /// `last_inv` with it.
     evicted: AtomicU64,
@@ -216,7 +252,10 @@ impl RedisTier {
             floor: AtomicU64::new(0),
             failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
-            outage: AtomicBool::new(false),
+            outage_began: AtomicU64::new(0),
+            outage_cleared: AtomicU64::new(0),
+            last_heartbeat_ms: AtomicU64::new(0),
+            nearly_full: AtomicBool::new(false),
             evicted: AtomicU64::new(u64::MAX),
             owed: parking_lot::Mutex::new(Owed::default()),
             owing: AtomicBool::new(false),
@@ -246,9 +285,23 @@ impl RedisTier {
     pub fn available(&self) -> bool {
         self.link.load().is_some()
             && !self.breaker_open()
-            && !self.outage.load(Ordering::Acquire)
+            && !self.in_outage()
             && !self.owing.load(Ordering::Acquire)
             && self.rules_ok.load(Ordering::Acquire)
+            && self.heard_lately()
+    }
+
+    /// Whether this replica said which rules it runs, and heard the fleet's,
+    /// within half the time after which the others stop counting it: past
+    /// that they may act as if it were gone (a replica shutting down, or one
+    /// whose checks stall), so it must stop serving and planning by rules.
+    fn heard_lately(&self) -> bool {
+        mono_ms().saturating_sub(self.last_heartbeat_ms.load(Ordering::Acquire))
+            <= RULES_ALIVE.as_millis() as u64 / 2
+    }
+
+    fn in_outage(&self) -> bool {
+        self.outage_cleared.load(Ordering::Acquire) < self.outage_began.load(Ordering::Acquire)
     }
 
     /// This replica now runs rules `fingerprint`. Until the maintainer has
@@ -270,7 +323,7 @@ impl RedisTier {
     /// write must then invalidate everything, since what it changed is
     /// tagged by rules this replica does not know.
     pub fn rules_mixed(&self) -> bool {
-        self.rules_mixed.load(Ordering::Acquire)
+        self.rules_mixed.load(Ordering::Acquire) || !self.heard_lately()
     }
 
     /// Whether this replica holds fences or invalidations the shared log
@@ -303,7 +356,7 @@ impl RedisTier {
             if was_closed {
                 warn!(error = %err, "redis unavailable: circuit open, passing requests through");
             }
-            self.outage.store(true, Ordering::Release);
+            self.outage_began.fetch_add(1, Ordering::AcqRel);
             METRICS.redis_up.set(0);
         }
     }
@@ -498,11 +551,13 @@ impl RedisTier {
     /// shared log. False when that could not be recorded; the write is then
     /// owed, and this replica bypasses the cache until it is recorded.
     pub async fn begin_write(&self, id: u64, tags: &BTreeSet<String>) -> bool {
+        // The rules the proxy planned it by (it plans by the store's).
+        let rules = self.rules.load(Ordering::Acquire);
         let mut fenced_in = None;
         let mut link = self.link_for_write().await;
         for second in [false, true] {
             let Some(l) = link.take() else { break };
-            if self.fence(&l, id, tags).await {
+            if self.fence(&l, id, tags, rules).await {
                 fenced_in = Some(l.epoch);
                 break;
             }
@@ -518,6 +573,7 @@ impl RedisTier {
                 id,
                 OwedWrite {
                     tags: tags.clone(),
+                    rules,
                     fenced_in,
                     end: None,
                 },
@@ -552,19 +608,28 @@ impl RedisTier {
     /// fence, invalidating its tags and `extra` unless `invalidate` is false.
     /// False when that could not be recorded yet; it stays owed.
     pub async fn end_write(&self, id: u64, extra: BTreeSet<String>, invalidate: bool) -> Ended {
-        let (tags, fenced_in) = match self.owed.lock().writes.get(&id) {
-            Some(w) => (w.tags.clone(), w.fenced_in),
-            None => (BTreeSet::new(), None),
+        let (tags, fenced_in, rules) = match self.owed.lock().writes.get(&id) {
+            Some(w) => (w.tags.clone(), w.fenced_in, w.rules),
+            None => (BTreeSet::new(), None, self.rules.load(Ordering::Acquire)),
         };
         let mut recorded = false;
         let mut link = self.link_for_write().await;
+        let mut stands = false;
         for second in [false, true] {
             let Some(l) = link.take() else { break };
             let attempts = attempts(fenced_in, &l);
-            if self.lift(&l, id, &tags, &extra, invalidate, attempts).await {
+            if self
+                .lift(&l, id, &tags, &extra, invalidate, rules, attempts)
+                .await
+            {
                 recorded = true;
                 break;
             }
+            // Its fence still protects every replica while its link is the
+            // current one in the run it was recorded in: the lift only
+            // failed, Redis did not restart (and it is not reachable only
+            // through another connection).
+            stands = fenced_in == Some(l.epoch) && self.is_current(&l);
             if !second {
                 link = self.second_chance(&l).await;
             }
@@ -578,23 +643,24 @@ impl RedisTier {
                 o.writes
                     .entry(id)
                     .or_insert_with(|| OwedWrite {
-                        tags,
+                        tags: tags.clone(),
+                        rules,
                         fenced_in: None,
                         end: None,
                     })
-                    .end = Some(End { extra, invalidate });
+                    .end = Some(End {
+                    extra: extra.clone(),
+                    invalidate,
+                });
             }
         });
         if recorded {
             return Ended::Recorded;
         }
         METRICS.invalidation_failures.inc();
-        // Its fence still protects every replica if it stands in the run
-        // this replica last reached (the link only broke, Redis did not
-        // restart); otherwise nothing does until the lift is recorded.
-        let standing = fenced_in.is_some() && fenced_in == Some(self.epoch.load(Ordering::Acquire));
+        // The fence covers what it fenced, not what only the answer named.
         Ended::Owed {
-            fence_stands: standing,
+            fence_stands: stands && extra.is_subset(&tags),
         }
     }
 
@@ -608,7 +674,7 @@ impl RedisTier {
             == Ended::Recorded
     }
 
-    async fn fence(&self, link: &Arc<Link>, id: u64, tags: &BTreeSet<String>) -> bool {
+    async fn fence(&self, link: &Arc<Link>, id: u64, tags: &BTreeSet<String>, rules: u64) -> bool {
         if tags.is_empty() {
             return true;
         }
@@ -623,10 +689,12 @@ impl RedisTier {
             .arg(self.inv_ttl.as_millis() as u64)
             .arg(joined(tags))
             .arg(Keys::fence_channel(&link.run))
-            .arg(FENCE_UNIT);
+            .arg(FENCE_UNIT)
+            .arg(format!("{rules:016x}"));
         self.record::<i64>(link, "fence", &inv, 1).await.is_some()
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn lift(
         &self,
         link: &Arc<Link>,
@@ -634,6 +702,7 @@ impl RedisTier {
         fenced: &BTreeSet<String>,
         extra: &BTreeSet<String>,
         invalidate: bool,
+        rules: u64,
         attempts: u32,
     ) -> bool {
         let extra: BTreeSet<String> = extra.difference(fenced).cloned().collect();
@@ -643,7 +712,9 @@ impl RedisTier {
         let mut inv = self.lift_script.prepare_invoke();
         inv.key(Keys::clock(&link.run))
             .key(Keys::fences(&link.run))
-            .key(Keys::fence(&link.run, id));
+            .key(Keys::fence(&link.run, id))
+            .key(Keys::active_rules(&link.run))
+            .key(Keys::tag(&link.run, ALL_TAG));
         for t in fenced.iter().chain(&extra) {
             inv.key(Keys::tag(&link.run, t));
         }
@@ -657,7 +728,9 @@ impl RedisTier {
             .arg(now_ms())
             .arg(joined(&all))
             .arg(Keys::fence_channel(&link.run))
-            .arg(joined(fenced));
+            .arg(joined(fenced))
+            .arg(format!("{rules:016x}"))
+            .arg(ALL_TAG);
         let Some(s) = self.record::<u64>(link, "invalidate", &inv, attempts).await else {
             return false;
         };
@@ -682,7 +755,15 @@ impl RedisTier {
             if let Some(end) = w.end {
                 let attempts = attempts(w.fenced_in, link);
                 if !self
-                    .lift(link, id, &w.tags, &end.extra, end.invalidate, attempts)
+                    .lift(
+                        link,
+                        id,
+                        &w.tags,
+                        &end.extra,
+                        end.invalidate,
+                        w.rules,
+                        attempts,
+                    )
                     .await
                 {
                     return false;
@@ -694,7 +775,7 @@ impl RedisTier {
                 );
                 continue;
             }
-            if !self.fence(link, id, &w.tags).await {
+            if !self.fence(link, id, &w.tags, w.rules).await {
                 return false;
             }
             let ended_meanwhile = self.owed(|o| match o.writes.get_mut(&id) {
@@ -707,7 +788,7 @@ impl RedisTier {
             // Its own lift may have run before this fence: lift it again
             // rather than leave it to the sweep.
             if ended_meanwhile {
-                self.lift(link, id, &w.tags, &BTreeSet::new(), true, 1)
+                self.lift(link, id, &w.tags, &BTreeSet::new(), true, w.rules, 1)
                     .await;
             }
         }
@@ -725,7 +806,8 @@ impl RedisTier {
             .arg(Keys::inv_channel(&link.run))
             .arg(Keys::fence_channel(&link.run))
             .arg(now_ms())
-            .arg(SWEEP_BATCH);
+            .arg(SWEEP_BATCH)
+            .arg(ALL_TAG);
         let mut conn = link.conn.clone();
         match tokio::time::timeout(self.timeout * 4, inv.invoke_async::<u64>(&mut conn)).await {
             Ok(Ok(0)) => {}
@@ -760,6 +842,9 @@ impl RedisTier {
         value: &[u8],
         ttl: Duration,
     ) -> bool {
+        if self.nearly_full.load(Ordering::Acquire) {
+            return false;
+        }
         let ms = ttl.as_millis().max(1000) as u64;
         let mut cmd = redis::cmd("SET");
         cmd.arg(Keys::entry(&link.run, cache_key))
@@ -913,18 +998,30 @@ impl RedisTier {
         if !self.check_rules(&link).await {
             return;
         }
-        let evicted = self.evicted_keys(&link).await;
-        let before = self
-            .evicted
-            .swap(evicted.unwrap_or(u64::MAX), Ordering::AcqRel);
-        if evicted.is_some_and(|n| before != u64::MAX && n > before) {
-            // Redis evicted keys to make room (maxmemory with an eviction
-            // policy): a `last_inv` may have gone with them. As after an
-            // outage, trust nothing fetched before now.
-            warn!("redis evicted keys: entries fetched before now will not be served (give freshgate a Redis with maxmemory-policy noeviction)");
-            self.outage.store(true, Ordering::Release);
+        if let Some(memory) = self.memory_stats(&link).await {
+            // A failed read keeps the last count, so no eviction between two
+            // good reads goes unseen. The first count is compared with 0: a
+            // replica that starts after an eviction distrusts what it took.
+            let before = self.evicted.swap(memory.evicted_keys, Ordering::AcqRel);
+            let before = if before == u64::MAX { 0 } else { before };
+            if memory.evicted_keys > before {
+                // Redis evicted keys to make room (maxmemory with an
+                // eviction policy): a `last_inv` may have gone with them. As
+                // after an outage, trust nothing fetched before now.
+                warn!("redis evicted keys: entries fetched before now will not be served (give freshgate a Redis with maxmemory-policy noeviction)");
+                self.outage_began.fetch_add(1, Ordering::AcqRel);
+            }
+            let full = memory.nearly_full();
+            if full != self.nearly_full.swap(full, Ordering::AcqRel) {
+                if full {
+                    warn!(used = memory.used, max = memory.max, "redis is nearly full: entries are kept in memory only, so the invalidation log keeps room");
+                } else {
+                    info!("redis has room again: entries are shared again");
+                }
+            }
         }
-        if self.outage.load(Ordering::Acquire) {
+        let outage = self.outage_began.load(Ordering::Acquire);
+        if self.outage_cleared.load(Ordering::Acquire) < outage {
             // Back from an outage. Another replica may have acknowledged a
             // write whose invalidation it could not record yet; until it
             // does, entries in Redis look valid. Trust nothing fetched before
@@ -943,7 +1040,9 @@ impl RedisTier {
                 return self.record_failure("ping", &"cannot move the clock after an outage");
             };
             self.floor.fetch_max(floor, Ordering::AcqRel);
-            self.outage.store(false, Ordering::Release);
+            // Only the trips counted before the floor moved: one during the
+            // INCR keeps the replica out until the next check.
+            self.outage_cleared.fetch_max(outage, Ordering::AcqRel);
             info!(
                 floor,
                 "entries fetched before the redis outage will not be served"
@@ -967,6 +1066,7 @@ impl RedisTier {
         let Some(alive) = self.record::<Vec<String>>(link, "rules", &beat, 1).await else {
             return false;
         };
+        self.last_heartbeat_ms.store(mono_ms(), Ordering::Release);
         let mixed = alive.iter().any(|f| *f != mine);
         if mixed {
             self.rules_ok.store(false, Ordering::Release);
@@ -978,8 +1078,9 @@ impl RedisTier {
             METRICS.rules_mixed.set(1);
             return true;
         }
-        let activated = *self.rules_activated.lock();
-        if activated != Some((link.epoch, rules)) {
+        // Every time, not once: the fleet may have run other rules while
+        // this replica could not hear it (one GET when nothing changed).
+        {
             let mut activate = self.activate_script.prepare_invoke();
             activate
                 .key(Keys::active_rules(&link.run))
@@ -1001,7 +1102,7 @@ impl RedisTier {
         }
         let mut settled = self.rules_activated.lock();
         *settled = Some((link.epoch, rules));
-        if self.rules.load(Ordering::Acquire) != rules {
+        if self.rules.load(Ordering::Acquire) != rules || !self.is_current(link) {
             // Changed meanwhile: the next check starts over.
             return true;
         }
@@ -1013,19 +1114,32 @@ impl RedisTier {
         true
     }
 
-    /// Redis's `evicted_keys` (`INFO stats`); `None` if it cannot be read.
-    async fn evicted_keys(&self, link: &Link) -> Option<u64> {
+    /// Redis's memory and evictions (`INFO memory`, `INFO stats`); `None`
+    /// if they cannot be read.
+    async fn memory_stats(&self, link: &Link) -> Option<MemoryStats> {
         let mut conn = link.conn.clone();
-        let info: String = tokio::time::timeout(
+        let (memory, stats): (String, String) = tokio::time::timeout(
             self.timeout.max(Duration::from_millis(250)),
-            redis::cmd("INFO").arg("stats").query_async(&mut conn),
+            redis::pipe()
+                .cmd("INFO")
+                .arg("memory")
+                .cmd("INFO")
+                .arg("stats")
+                .query_async(&mut conn),
         )
         .await
         .ok()?
         .ok()?;
-        info.lines()
-            .find_map(|l| l.strip_prefix("evicted_keys:"))
-            .and_then(|v| v.trim().parse().ok())
+        let field = |text: &str, name: &str| -> Option<u64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        Some(MemoryStats {
+            used: field(&memory, "used_memory")?,
+            max: field(&memory, "maxmemory").unwrap_or(0),
+            evicted_keys: field(&stats, "evicted_keys")?,
+        })
     }
 
     /// Warn when this Redis may evict the invalidation log to make room:
