@@ -35,7 +35,7 @@
 //!
 //! The methods ([`Methods`]): the request's own and any method override the
 //! app may honour (`X-HTTP-Method-Override: PATCH` on a POST, `?_method=PATCH`,
-//! or a form body, which may carry `_method`), so a write is matched against
+//! or a POST body, which may carry `_method`), so a write is matched against
 //! every rule it might be.
 
 use std::fmt;
@@ -178,8 +178,8 @@ pub struct Methods {
     pub sent: Method,
     /// Methods named by override headers or the query parameter.
     pub overrides: Vec<Method>,
-    /// A POST with a form body: the body may name any method, and freshgate
-    /// does not read bodies.
+    /// A POST (its body may name any method, and freshgate does not read
+    /// bodies), or a request that names too many methods to list.
     pub any_from_body: bool,
 }
 
