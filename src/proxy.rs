@@ -584,6 +584,14 @@ impl Proxy {
             .end_write_later(write.fence, self.store.write_timeout());
     }
 
+    /// What `request` may change under `config`, as freshgate must plan it
+    /// now: by the rules, unless they are off or replicas with other rules
+    /// may be running (they tag what they cache by those): then everything.
+    fn plan_write(&self, config: &Config, request: &Canonical) -> writes::Planned {
+        let rules_on = self.live.flags.get(Flag::Invalidation, config) && !self.store.rules_mixed();
+        writes::plan(config, rules_on, request)
+    }
+
     /// Phase 1 of a write, before it is forwarded: fence what it may change
     /// (see `writes`). With `on_unrecorded_write: reject`, a write whose
     /// fence Redis could not record is answered 503 instead of forwarded.
@@ -595,16 +603,13 @@ impl Proxy {
         // after a rules swap is tagged by the new rules (and the request is
         // read again if its path policy changed with them).
         let config = self.live.config();
-        // Replicas with other rules tag what they cache by them: while any
-        // may run, only "everything" is sure to cover it.
-        let rules_on =
-            self.live.flags.get(Flag::Invalidation, &config) && !self.store.rules_mixed();
         let planned = if Arc::ptr_eq(&config, &ctx.config) {
-            writes::plan(&config, rules_on, request)
+            self.plan_write(&config, request)
         } else {
-            let req = session.req_header();
-            let again = Canonical::new(req, &config.paths, &config.method_override);
-            writes::plan(&config, rules_on, &again)
+            self.plan_write(
+                &config,
+                &Canonical::new(session.req_header(), &config.paths, &config.method_override),
+            )
         };
         let fence = self.store.begin_write(planned.tags.clone()).await;
         if !fence.recorded() {
@@ -668,11 +673,8 @@ impl Proxy {
             if !Arc::ptr_eq(&config, &write.config) {
                 // The rules changed while it was in flight: what the new ones
                 // say it changed goes too.
-                if ctx.request.is_some() {
-                    let request = Canonical::new(req, &config.paths, &config.method_override);
-                    let rules_on = self.live.flags.get(Flag::Invalidation, &config);
-                    extra.extend(writes::plan(&config, rules_on, &request).tags);
-                }
+                let request = Canonical::new(req, &config.paths, &config.method_override);
+                extra.extend(self.plan_write(&config, &request).tags);
             }
         }
         let started = Instant::now();

@@ -197,8 +197,9 @@ pub struct RedisTier {
     /// Replicas with other rules are alive (a rollout): serve nothing, and
     /// let every write invalidate everything. True until proven otherwise.
     rules_mixed: AtomicBool,
-    /// (epoch, fingerprint) whose activation the shared log has recorded.
-    rules_activated: parking_lot::Mutex<Option<(u64, u64)>>,
+    /// Held while `set_rules` changes the rules and while `check_rules`
+    /// declares them settled, so it cannot settle rules already replaced.
+    rules_settling: parking_lot::Mutex<()>,
     /// Not mixed, and the current rules' activation recorded in the current
     /// run: until then this replica serves nothing from the cache.
     rules_ok: AtomicBool,
@@ -261,7 +262,7 @@ impl RedisTier {
             owing: AtomicBool::new(false),
             rules: AtomicU64::new(0),
             rules_mixed: AtomicBool::new(true),
-            rules_activated: parking_lot::Mutex::new(None),
+            rules_settling: parking_lot::Mutex::new(()),
             rules_ok: AtomicBool::new(false),
             fence_script: redis::Script::new(log::FENCE),
             lift_script: redis::Script::new(log::LIFT),
@@ -311,7 +312,7 @@ impl RedisTier {
     pub fn set_rules(&self, fingerprint: u64) {
         // Under the lock `check_rules` decides under: it cannot declare the
         // old rules settled after this.
-        let _settle = self.rules_activated.lock();
+        let _settle = self.rules_settling.lock();
         if self.rules.swap(fingerprint, Ordering::AcqRel) != fingerprint {
             self.rules_ok.store(false, Ordering::Release);
             self.rules_mixed.store(true, Ordering::Release);
@@ -1100,8 +1101,7 @@ impl RedisTier {
                 self.followed.learn(s, [crate::invalidation::ALL_TAG]);
             }
         }
-        let mut settled = self.rules_activated.lock();
-        *settled = Some((link.epoch, rules));
+        let _settle = self.rules_settling.lock();
         if self.rules.load(Ordering::Acquire) != rules || !self.is_current(link) {
             // Changed meanwhile: the next check starts over.
             return true;
