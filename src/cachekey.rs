@@ -1,35 +1,39 @@
 //! Cache keys: what makes two requests "the same" for the cache.
 //!
-//! `scheme://host/canonical-path?query-by-name` plus, when the route rule says
-//! so, the values of named request headers and cookies. The path and query
-//! come from the request's [`Canonical`] form, the same value its tags and
-//! rules are computed from: `/a/%7euser` and `/a/~user`, or `?b=2&a=1` and
-//! `?a=1&b=2`, share an entry (and the app is sent the canonical path). The
-//! request headers a response `Vary`s on are added by pingora as a separate
-//! variance hash (see `proxy::cache_vary_filter`).
+//! Scheme, normalised host (see `host`), canonical path and query-by-name
+//! (see `canonical`) and, when the route rule says so, the values of named
+//! request headers and cookies. The path and query are the request's
+//! [`Canonical`] form, the same value its tags and rules are computed from:
+//! `/a/%7euser` and `/a/~user`, or `?b=2&a=1` and `?a=1&b=2`, share an entry
+//! (and the app is sent the canonical path). The request headers a response
+//! `Vary`s on are added by pingora as a separate variance hash (see
+//! `proxy::cache_vary_filter`).
+//!
+//! The key is a sequence of labelled fields, one per line. No field can
+//! spell another: host, path and query are validated before (no line breaks,
+//! no `/` or `?` in a host), and header and cookie values are escaped
+//! (`%`, `,`, controls and non-ASCII bytes as `%XX`), so two requests share a
+//! key only if every field is equal — a client cannot choose another
+//! request's key.
 
 use pingora::http::RequestHeader;
 
 use crate::canonical::Canonical;
+use crate::host::Host;
 use crate::rules::Rule;
 
-/// The primary key of a request.
+/// The primary key of a request, for `scheme` and its validated `host`.
 pub fn primary(
     req: &RequestHeader,
     canonical: &Canonical,
-    default_host: &str,
+    scheme: &str,
+    host: &Host,
     rule: Option<&Rule>,
 ) -> String {
-    let host = req
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
-        .unwrap_or(default_host)
-        .to_ascii_lowercase();
-    let mut key = String::with_capacity(64);
-    key.push_str("http://");
-    key.push_str(&host);
+    let mut key = String::with_capacity(96);
+    key.push_str(scheme);
+    key.push_str("://");
+    key.push_str(host.as_str());
     key.push_str(&canonical.path);
     if let Some(q) = &canonical.query {
         key.push('?');
@@ -41,7 +45,7 @@ pub fn primary(
             key.push_str(h);
             key.push('=');
             for v in req.headers.get_all(h.as_str()) {
-                key.push_str(&String::from_utf8_lossy(v.as_bytes()));
+                escape_into(&mut key, v.as_bytes());
                 key.push(',');
             }
         }
@@ -49,24 +53,67 @@ pub fn primary(
             key.push_str("\nc:");
             key.push_str(c);
             key.push('=');
-            if let Some(v) = cookie(req, c) {
-                key.push_str(v);
+            if let Cookie::One(v) = cookie(req, c) {
+                escape_into(&mut key, v.as_bytes());
             }
         }
     }
     key
 }
 
-/// The value of cookie `name` in the request, if present.
-pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
-    req.headers
-        .get_all(http::header::COOKIE)
+/// Bytes other than visible ASCII, and the escape and list characters
+/// themselves, as `%XX`: distinct values stay distinct (no lossy UTF-8),
+/// and a value cannot contain the separator of the next.
+fn escape_into(out: &mut String, value: &[u8]) {
+    for &b in value {
+        if (b.is_ascii_graphic() && b != b'%' && b != b',') || b == b' ' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+}
+
+/// What a request's `Cookie` header says of one cookie name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cookie<'a> {
+    Absent,
+    One(&'a str),
+    /// Sent more than once, or in a header that is not text: apps differ on
+    /// which one they read (the first, the last), so no key can be sure to
+    /// name the one the app uses. Such a request bypasses the cache.
+    Ambiguous,
+}
+
+/// The cookie `name` in `req`, parsed as servers parse RFC 6265 headers:
+/// pairs split on `;`, names and values trimmed of whitespace.
+pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Cookie<'a> {
+    let mut found = Cookie::Absent;
+    for line in req.headers.get_all(http::header::COOKIE) {
+        let Ok(line) = line.to_str() else {
+            return Cookie::Ambiguous;
+        };
+        for pair in line.split(';') {
+            let Some((k, v)) = pair.split_once('=') else {
+                continue;
+            };
+            if k.trim() != name {
+                continue;
+            }
+            if found != Cookie::Absent {
+                return Cookie::Ambiguous;
+            }
+            found = Cookie::One(v.trim());
+        }
+    }
+    found
+}
+
+/// Whether every cookie `rule` keys can be read as the app will read it.
+pub fn cookies_unambiguous(req: &RequestHeader, rule: &Rule) -> bool {
+    rule.key_cookies
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+        .all(|c| cookie(req, c) != Cookie::Ambiguous)
 }
 
 #[cfg(test)]
@@ -82,22 +129,37 @@ mod tests {
         r
     }
 
-    fn primary(req: &RequestHeader, default_host: &str, rule: Option<&Rule>) -> String {
+    fn primary(req: &RequestHeader, rule: Option<&Rule>) -> String {
         let c = Canonical::new(req, &PathPolicy::default(), &MethodOverride::default());
-        super::primary(req, &c, default_host, rule)
+        let host = crate::host::of_request(req, "http", "h").unwrap();
+        super::primary(req, &c, "http", &host, rule)
+    }
+
+    fn rule(headers: &[&str], cookies: &[&str]) -> Rule {
+        Rule {
+            name: "r".into(),
+            pattern: "/me".into(),
+            ttl: None,
+            overrides: Default::default(),
+            statuses: None,
+            negative_ttl: None,
+            key_headers: headers.iter().map(|s| s.to_string()).collect(),
+            key_cookies: cookies.iter().map(|s| s.to_string()).collect(),
+            enabled: true,
+        }
     }
 
     #[test]
     fn equivalent_spellings_share_a_key() {
-        let a = primary(&req("/a/%7euser?b=2&a=1", &[("host", "App")]), "x", None);
-        let b = primary(&req("/a/~user?a=1&b=2", &[("host", "app")]), "x", None);
+        let a = primary(&req("/a/%7euser?b=2&a=1", &[("host", "App.:80")]), None);
+        let b = primary(&req("/a/~user?a=1&b=2", &[("host", "app")]), None);
         assert_eq!(a, b);
         assert_eq!(a, "http://app/a/~user?a=1&b=2");
     }
 
     #[test]
     fn reserved_escapes_case_and_repeated_names_stay_distinct() {
-        let key = |uri: &str| primary(&req(uri, &[]), "h", None);
+        let key = |uri: &str| primary(&req(uri, &[("host", "h")]), None);
         assert_eq!(key("/a%2fb"), "http://h/a%2Fb");
         assert_ne!(key("/a%2fb"), key("/a/b"));
         assert_ne!(key("/Posts/Abc"), key("/posts/abc"));
@@ -106,49 +168,67 @@ mod tests {
 
     #[test]
     fn keyed_headers_and_cookies_separate_users() {
-        let rule = Rule {
-            name: "r".into(),
-            pattern: "/me".into(),
-            ttl: None,
-            override_no_store: false,
-            key_headers: vec!["authorization".into()],
-            key_cookies: vec!["session".into()],
-            enabled: true,
+        let rule = rule(&["authorization"], &["session"]);
+        let key = |auth: &str, cookie: &str| {
+            primary(
+                &req(
+                    "/me",
+                    &[("host", "h"), ("authorization", auth), ("cookie", cookie)],
+                ),
+                Some(&rule),
+            )
         };
-        let a = primary(
-            &req(
-                "/me",
-                &[("authorization", "Bearer a"), ("cookie", "x=1; session=s1")],
-            ),
-            "h",
-            Some(&rule),
-        );
-        let b = primary(
-            &req(
-                "/me",
-                &[("authorization", "Bearer b"), ("cookie", "session=s1")],
-            ),
-            "h",
-            Some(&rule),
-        );
-        let c = primary(
-            &req(
-                "/me",
-                &[("authorization", "Bearer a"), ("cookie", "session=s2")],
-            ),
-            "h",
-            Some(&rule),
-        );
-        let a2 = primary(
-            &req(
-                "/me",
-                &[("authorization", "Bearer a"), ("cookie", "session=s1; y=2")],
-            ),
-            "h",
-            Some(&rule),
-        );
-        assert_ne!(a, b);
-        assert_ne!(a, c);
-        assert_eq!(a, a2);
+        let a = key("Bearer a", "x=1; session=s1");
+        assert_ne!(a, key("Bearer b", "session=s1"));
+        assert_ne!(a, key("Bearer a", "session=s2"));
+        assert_eq!(a, key("Bearer a", "session=s1; y=2"));
+        assert_eq!(a, key("Bearer a", " session = s1 ;y=2"));
+    }
+
+    #[test]
+    fn no_value_can_spell_another_field() {
+        let rule = rule(&["x-a", "x-b"], &[]);
+        let key = |hs: &[(&str, &str)]| {
+            let mut all = vec![("host", "h")];
+            all.extend_from_slice(hs);
+            primary(&req("/me", &all), Some(&rule))
+        };
+        assert_ne!(key(&[("x-a", "1,2")]), key(&[("x-a", "1"), ("x-a", "2")]));
+        // Distinct non-UTF-8 bytes stay distinct.
+        let raw = |b: &[u8]| {
+            let mut r = req("/me", &[("host", "h")]);
+            r.append_header("x-a", http::HeaderValue::from_bytes(b).unwrap())
+                .unwrap();
+            primary(&r, Some(&rule))
+        };
+        assert_ne!(raw(b"\xff"), raw(b"\xfe"));
+        assert_ne!(raw(b"%FF"), raw(b"\xff"));
+    }
+
+    #[test]
+    fn cookies_are_read_as_servers_read_them() {
+        // What `cookie` finds, as `Some(value)`, `None` (absent) or "?" (ambiguous).
+        let c = |v: &str| match cookie(&req("/", &[("cookie", v)]), "session") {
+            Cookie::One(v) => Some(v.to_string()),
+            Cookie::Absent => None,
+            Cookie::Ambiguous => Some("?".to_string()),
+        };
+        let one = |v: &str| Some(v.to_string());
+        assert_eq!(c("session=a"), one("a"));
+        assert_eq!(c("x=1;session =a"), one("a"));
+        assert_eq!(c("x=1;  session= a "), one("a"));
+        assert_eq!(c("x=1"), None);
+        assert_eq!(c("sessionx=1; xsession=2"), None);
+        assert_eq!(c("session=a; session=b"), one("?"));
+        assert_eq!(c("session=a; session =a"), one("?"));
+        let two = req("/", &[("cookie", "session=a"), ("cookie", "session=b")]);
+        assert_eq!(cookie(&two, "session"), Cookie::Ambiguous);
+        let mut bin = req("/", &[]);
+        bin.append_header(
+            "cookie",
+            http::HeaderValue::from_bytes(b"session=\xff").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(cookie(&bin, "session"), Cookie::Ambiguous);
     }
 }

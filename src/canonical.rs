@@ -581,7 +581,8 @@ mod tests {
             let r = req(method, uri, &[("host", "app")]);
             let c = Canonical::new(&r, &config.paths, &config.method_override);
             let rule = config.routes.lookup(&c.route).map(|r| r.name.clone());
-            let key = crate::cachekey::primary(&r, &c, "app", None);
+            let host = crate::host::of_request(&r, "http", "app").unwrap();
+            let key = crate::cachekey::primary(&r, &c, "http", &host, None);
             let read = config.invalidation.tags_for_read(&c.route);
             let write: Vec<String> = config
                 .invalidation

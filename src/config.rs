@@ -18,9 +18,10 @@ use serde::Deserialize;
 
 use crate::canonical::{MethodOverride, PathPolicy};
 use crate::flags::FileFlags;
+use crate::forwarding::{self, TrustedProxies};
 use crate::invalidation::{Invalidation, RawRule};
 use crate::monitor::alerts::{default_thresholds, Metric, MonitoringConfig, Severity, Threshold};
-use crate::rules::{sample_path, RouteTable, Rule};
+use crate::rules::{sample_path, CacheOverrides, RouteTable, Rule};
 use crate::store::redis::Consistency;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -42,6 +43,16 @@ pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 /// read timeout).
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The app is on the same host or pod: a connection takes microseconds, and
+/// one that does not come in 2 s is not coming.
+pub const DEFAULT_UPSTREAM_CONNECT: Duration = Duration::from_secs(2);
+/// A read the app has not answered in 30 s is answered 504 (nginx waits 60 s;
+/// an API read that slow is a fault, and a client waiting on it holds a
+/// connection).
+pub const DEFAULT_UPSTREAM_READ: Duration = Duration::from_secs(30);
+/// Slow clients (slowloris on bodies, slow readers) hold a connection at
+/// most this long per stalled read or write.
+pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 // === raw schema: mirrors the YAML ===
 
@@ -74,6 +85,26 @@ pub struct RawConfig {
     pub method_override: RawMethodOverride,
     #[serde(default)]
     pub writes: RawWrites,
+    /// Peers whose `X-Forwarded-For`/`-Proto` are believed (addresses or
+    /// networks); default: loopback and private networks.
+    pub trusted_proxies: Option<Vec<String>>,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+}
+
+/// `timeouts:` — how long freshgate waits on each side.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    /// Connecting to the app.
+    pub upstream_connect: Option<Dur>,
+    /// The app's answer to a read (between two reads of its response);
+    /// writes wait `writes.timeout`.
+    pub upstream_read: Option<Dur>,
+    /// The client, between two reads of its request body.
+    pub client_read: Option<Dur>,
+    /// The client, to take each write of the response.
+    pub client_write: Option<Dur>,
 }
 
 /// `writes:` — how writes (anything but GET/HEAD/OPTIONS/TRACE) are handled.
@@ -202,6 +233,8 @@ pub struct RawCache {
     pub lock_timeout: Option<Dur>,
     /// No entry is kept longer than this, whatever the app says.
     pub max_ttl: Option<Dur>,
+    /// Longest life of a stored 404/410 where a route sets none.
+    pub negative_ttl: Option<Dur>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -218,8 +251,17 @@ pub struct RawRoute {
     #[serde(rename = "match")]
     pub pattern: String,
     pub ttl: Option<Dur>,
+    /// Shorthand for `override: [no-store]`.
     #[serde(default)]
     pub override_no_store: bool,
+    /// Which of the app's directives `ttl` beats: `no-store`, `no-cache`,
+    /// `max-age`.
+    #[serde(rename = "override", default)]
+    pub overrides: Vec<String>,
+    /// Statuses that may be stored (replaces the default set).
+    pub statuses: Option<Vec<u16>>,
+    /// Longest life of a stored 404/410 (else `cache.negative_ttl`).
+    pub negative_ttl: Option<Dur>,
     #[serde(default)]
     pub key: RawKey,
     #[serde(default = "yes")]
@@ -292,7 +334,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ))
         }
     };
-    Ok(Duration::from_secs_f64(secs))
+    // 1e20 s, or more digits than f64 holds: an error, not a panic.
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("duration {s:?} is too large"))
 }
 
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -340,6 +383,8 @@ pub struct Config {
     pub routes: RouteTable,
     pub invalidation: Invalidation,
     pub max_lifetime: Duration,
+    /// Longest life of a stored 404/410 where a route sets none.
+    pub negative_ttl: Duration,
     /// The `flags:` section (one layer of [`crate::flags::Flags`]).
     pub flags: FileFlags,
     /// Hash of the invalidation rules: entries are only served
@@ -358,6 +403,17 @@ pub struct Config {
     pub method_override: MethodOverride,
     /// See [`DEFAULT_WRITE_TIMEOUT`] and `writes.timeout`.
     pub write_timeout: Duration,
+    pub trusted_proxies: TrustedProxies,
+    pub timeouts: Timeouts,
+}
+
+/// The `timeouts:` section, defaults applied (see the `DEFAULT_*` values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub upstream_connect: Duration,
+    pub upstream_read: Duration,
+    pub client_read: Duration,
+    pub client_write: Duration,
 }
 
 /// Paths to fetch through the cache once freshgate has started, so that the
@@ -830,11 +886,48 @@ fn validate(
                 problem(h, format!("key.headers: {h:?} is not a valid header name"));
             }
         }
+        let mut overrides = CacheOverrides {
+            no_store: r.override_no_store,
+            ..CacheOverrides::default()
+        };
+        for o in &r.overrides {
+            if !overrides.add(o) {
+                problem(
+                    o,
+                    format!(
+                        "override: {o:?} is not one of {}",
+                        CacheOverrides::NAMES.join(", ")
+                    ),
+                );
+            }
+        }
+        if !r.overrides.is_empty() && r.ttl.is_none() {
+            problem(
+                &r.name,
+                format!(
+                    "route {:?}: override needs a ttl (it says where the ttl beats the app's headers)",
+                    r.name
+                ),
+            );
+        }
+        for &s in r.statuses.iter().flatten() {
+            if !(200..=599).contains(&s) || s == 206 || s == 304 {
+                problem(
+                    &s.to_string(),
+                    format!(
+                        "route {:?}: status {s} cannot be stored (200-599, except 206 and 304)",
+                        r.name
+                    ),
+                );
+            }
+        }
         rules.push(Rule {
             name: r.name,
             pattern: r.pattern,
             ttl: r.ttl.map(|d| d.0),
-            override_no_store: r.override_no_store,
+            overrides,
+            statuses: r.statuses,
+            negative_ttl: r.negative_ttl.map(|d| d.0),
             key_headers: r
                 .key
                 .headers
@@ -880,7 +973,7 @@ fn validate(
         host: raw.warm.host.unwrap_or_else(|| listen.to_string()),
         paths: raw.warm.paths,
     };
-    if warm.host.is_empty() || warm.host.contains(|c: char| c.is_whitespace() || c == '/') {
+    if crate::host::normalize(&warm.host, "http").is_err() {
         problem(
             "host",
             format!(
@@ -901,6 +994,35 @@ fn validate(
                 p,
                 format!("warm path {p:?} must start with / and contain no spaces"),
             );
+        }
+    }
+    let trusted_proxies = match raw.trusted_proxies {
+        None => TrustedProxies::default(),
+        Some(list) => TrustedProxies::new(
+            list.iter()
+                .filter_map(|n| {
+                    forwarding::parse_net(n)
+                        .map_err(|m| problem(n, format!("trusted_proxies: {m}")))
+                        .ok()
+                })
+                .collect(),
+        ),
+    };
+    let t = raw.timeouts;
+    let timeouts = Timeouts {
+        upstream_connect: t.upstream_connect.map_or(DEFAULT_UPSTREAM_CONNECT, |d| d.0),
+        upstream_read: t.upstream_read.map_or(DEFAULT_UPSTREAM_READ, |d| d.0),
+        client_read: t.client_read.map_or(DEFAULT_CLIENT_TIMEOUT, |d| d.0),
+        client_write: t.client_write.map_or(DEFAULT_CLIENT_TIMEOUT, |d| d.0),
+    };
+    for (name, d) in [
+        ("upstream_connect", timeouts.upstream_connect),
+        ("upstream_read", timeouts.upstream_read),
+        ("client_read", timeouts.client_read),
+        ("client_write", timeouts.client_write),
+    ] {
+        if d.is_zero() {
+            problem(name, format!("timeouts.{name} must be more than 0"));
         }
     }
     let purged_routes = invalidation
@@ -958,6 +1080,11 @@ fn validate(
         routes,
         invalidation,
         max_lifetime: raw.cache.max_ttl.map(|d| d.0).unwrap_or(DEFAULT_MAX_TTL),
+        negative_ttl: raw
+            .cache
+            .negative_ttl
+            .map(|d| d.0)
+            .unwrap_or(crate::storable::DEFAULT_NEGATIVE_TTL),
         flags: raw.flags,
         rules_fingerprint,
         monitoring,
@@ -967,6 +1094,8 @@ fn validate(
         paths,
         method_override,
         write_timeout,
+        trusted_proxies,
+        timeouts,
     })
 }
 

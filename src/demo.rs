@@ -22,8 +22,9 @@
 //! - `GET|PATCH|DELETE /studio/api/chapters/:id`, `GET|PATCH|DELETE /studio/api/scenes/:id`
 //! - `GET|POST /community/api/posts`, `GET|PATCH|DELETE /community/api/posts/:postId`
 //! - `POST /community/api/posts/:postId/like`, `GET|POST /community/api/posts/:postId/replies`
-//! - `GET /knobs/**?cc=&vary=&set_cookie=&etag=&size=&status=` — a response shaped
-//!   by its query, with a serial number, for testing HTTP caching semantics
+//! - `GET /knobs/**?cc=&vary=&set_cookie=&etag=&size=&status=&echo=` — a response
+//!   shaped by its query, with a serial number (and the request headers named
+//!   in `echo`), for testing HTTP caching semantics
 //! - `GET /__stats` — how many requests reached the app (no delay, no cache)
 
 use std::collections::BTreeMap;
@@ -405,10 +406,24 @@ impl DemoApp {
                 .unwrap_or("")
                 .to_string()
         };
+        // `echo=a,b`: the request headers the app saw (all lines, joined).
+        let mut echo = Map::new();
+        for name in get("echo").into_iter().flat_map(|v| v.split(',')) {
+            let vals: Vec<String> = req
+                .headers
+                .get_all(name.trim())
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            echo.insert(name.trim().to_ascii_lowercase(), json!(vals.join("; ")));
+        }
         let mut body = json!({
             "path": path,
+            "query": query,
             "serial": serial,
             "varied": varied,
+            "echo": echo,
+            "host": hdr("host"),
             "forwardedFor": hdr("x-forwarded-for"),
             "forwardedProto": hdr("x-forwarded-proto"),
             "forwardedHost": hdr("x-forwarded-host"),

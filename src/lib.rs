@@ -13,7 +13,10 @@
 //! - [`proxy`]: the request path, pingora's `ProxyHttp` — start reading here.
 //! - [`canonical`]: what a request means: the one path and method set that
 //!   the key, route rules, tags and write rules all use.
+//! - [`host`]: the host a request names, validated and normalised (it is keyed).
+//! - [`forwarding`]: client facts told to the app; headers never passed on.
 //! - [`cachekey`]: what makes two requests the same for the cache.
+//! - [`storable`]: which of the app's answers may be stored, and how long.
 //! - [`invalidation`]: invalidation rules → tags; what a write makes stale.
 //! - [`writes`]: a write's two phases: what it fences, which outcomes invalidate.
 //! - [`prefetch`]: refetching what a write purged, so the next read hits.
@@ -38,6 +41,8 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod flags;
+pub mod forwarding;
+pub mod host;
 pub mod invalidation;
 pub mod metrics;
 pub mod monitor;
@@ -45,6 +50,7 @@ pub mod prefetch;
 pub mod proxy;
 pub mod reload;
 pub mod rules;
+pub mod storable;
 pub mod store;
 pub mod tooling;
 pub mod writes;

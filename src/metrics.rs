@@ -384,6 +384,25 @@ impl Metrics {
     }
 }
 
+/// A request method as a label: the standard ones by name, anything else
+/// `OTHER`. Clients choose the method: as a label it must come from a closed
+/// set, or each invented method would add series until the process ends.
+pub fn method_label(method: &http::Method) -> &'static str {
+    use http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "OTHER",
+    }
+}
+
 /// `2xx`, `5xx`, ... for a status code; `none` for 0 (nothing was sent).
 pub fn status_class(status: u16) -> &'static str {
     match status {

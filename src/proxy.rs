@@ -33,16 +33,13 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use http::{header, Method, StatusCode};
-use pingora::cache::cache_control::CacheControl;
-use pingora::cache::filters::resp_cacheable;
 use pingora::cache::lock::CacheKeyLockImpl;
 use pingora::cache::{
-    CacheKey, CacheMeta, CacheMetaDefaults, CachePhase, NoCacheReason, RespCacheable,
-    VarianceBuilder,
+    CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable, VarianceBuilder,
 };
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
@@ -52,36 +49,19 @@ use crate::cachekey;
 use crate::canonical::{self, Canonical};
 use crate::config::{Config, UnrecordedWrite};
 use crate::flags::Flag;
+use crate::forwarding;
+use crate::host::{self, Host};
 use crate::invalidation;
-use crate::metrics::{status_class, METRICS};
+use crate::metrics::{method_label, status_class, METRICS};
 use crate::monitor::series::Kind;
 use crate::monitor::{Event, Monitor};
 use crate::prefetch::{self, Prefetcher};
 use crate::reload::Live;
 use crate::rules::Rule;
+use crate::storable;
 use crate::store::{Ended, Entry, FillInfo, FillStart, Store};
 use crate::writes::{self, InFlight};
 use tracing::warn;
-
-/// No heuristic freshness: without explicit freshness from the app (or a rule's
-/// TTL) nothing is stored. Heuristics are how caches end up serving stale data.
-static NO_HEURISTICS: CacheMetaDefaults = CacheMetaDefaults::new(|_| None, 0, 0);
-
-/// Headers that can change what the app answers without being in the cache
-/// key (cache-poisoning vectors); removed from requests that use the cache,
-/// as are the configured method-override headers.
-const UNKEYED_REQUEST_HEADERS: &[&str] = &[
-    "x-forwarded-host",
-    "x-forwarded-server",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
-
-/// Headers with which some frameworks (Symfony, IIS) let the request say
-/// which path to route it to: a write could then change another resource
-/// than the one its path names and invalidates. Removed from every request.
-const ROUTING_OVERRIDE_HEADERS: &[&str] = &["x-original-url", "x-rewrite-url"];
 
 /// `Cache-Status` detail when the `cache` flag (kill switch) is off.
 const CACHE_OFF: &str = "cache-off";
@@ -146,6 +126,12 @@ pub struct Ctx {
     config: Arc<Config>,
     /// What the request means; set by `request_filter`, before anything else.
     request: Option<Canonical>,
+    /// The host it names, validated and normalised (set with `request`).
+    host: Option<Host>,
+    /// The scheme the client used (see `forwarding::scheme`); keyed.
+    scheme: &'static str,
+    /// Whether the peer is a trusted proxy (its forwarding headers believed).
+    peer_trusted: bool,
     rule: Option<Arc<Rule>>,
     /// Why a GET/HEAD skipped the cache before lookup.
     bypass: Option<&'static str>,
@@ -174,6 +160,9 @@ impl ProxyHttp for Proxy {
         Ctx {
             config: self.live.config(),
             request: None,
+            host: None,
+            scheme: "http",
+            peer_trusted: false,
             rule: None,
             bypass: None,
             not_stored: None,
@@ -192,16 +181,33 @@ impl ProxyHttp for Proxy {
         // take the config that is current now.
         ctx.config = self.live.config();
         ctx.started = Instant::now();
+        // Slow clients hold a connection only so long per stalled read or
+        // write (the request header itself: see docs/reliability.md).
+        let timeouts = ctx.config.timeouts;
+        let downstream = session.as_downstream_mut();
+        downstream.set_read_timeout(Some(timeouts.client_read));
+        downstream.set_write_timeout(Some(timeouts.client_write));
+        ctx.peer_trusted = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .is_some_and(|a| ctx.config.trusted_proxies.contains(a.ip()));
         let req = session.req_header();
+        ctx.scheme = forwarding::scheme(req, ctx.peer_trusted);
         if !canonical::target_is_usable(req) {
             // Not valid UTF-8 (RFC 9112 §3.2 targets are ASCII), or neither
             // origin-form, absolute-form nor `*`: the app and the key could
             // not agree on what it names.
-            let mut resp = ResponseHeader::build(StatusCode::BAD_REQUEST, Some(1))?;
-            resp.insert_header(header::CONTENT_LENGTH, "0")?;
-            session.write_response_header(Box::new(resp), true).await?;
+            respond_bad_request(session, "invalid request target").await?;
             return Ok(true);
         }
+        match host::of_request(req, ctx.scheme, &ctx.config.upstream.host) {
+            Ok(host) => ctx.host = Some(host),
+            Err(e) => {
+                respond_bad_request(session, &e.to_string()).await?;
+                return Ok(true);
+            }
+        }
+        let req = session.req_header();
         let request = Canonical::new(req, &ctx.config.paths, &ctx.config.method_override);
         ctx.rule = ctx.config.routes.lookup(&request.route).cloned();
         ctx.request = Some(request);
@@ -245,10 +251,14 @@ impl ProxyHttp for Proxy {
         let Some(request) = &ctx.request else {
             return Error::e_explain(ErrorType::InternalError, "no canonical request");
         };
+        let Some(host) = &ctx.host else {
+            return Error::e_explain(ErrorType::InternalError, "no validated host");
+        };
         let primary = cachekey::primary(
             session.req_header(),
             request,
-            &ctx.config.upstream.host,
+            ctx.scheme,
+            host,
             ctx.rule.as_deref(),
         );
         Ok(CacheKey::new(primary, ""))
@@ -306,12 +316,15 @@ impl ProxyHttp for Proxy {
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         ctx.upstream_started = Some(Instant::now());
         let mut peer = HttpPeer::new(ctx.config.upstream.addr.as_str(), false, String::new());
-        peer.options.connection_timeout = Some(Duration::from_secs(2));
-        if ctx.write.is_some() {
+        let timeouts = ctx.config.timeouts;
+        peer.options.connection_timeout = Some(timeouts.upstream_connect);
+        peer.options.read_timeout = Some(if ctx.write.is_some() {
             // Past this the write's answer is given up on (and the write
             // invalidated once the app can no longer commit it).
-            peer.options.read_timeout = Some(self.store.write_timeout());
-        }
+            self.store.write_timeout()
+        } else {
+            timeouts.upstream_read
+        });
         Ok(Box::new(peer))
     }
 
@@ -337,28 +350,23 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
-            let ip = addr.ip().to_string();
-            let xff = match upstream
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip,
-            };
+            let xff = forwarding::forwarded_for(upstream, addr.ip(), ctx.peer_trusted)
+                .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "x-forwarded-for", e))?;
             upstream.insert_header("x-forwarded-for", xff)?;
         }
-        upstream.insert_header("x-forwarded-proto", "http")?;
+        upstream.insert_header("x-forwarded-proto", ctx.scheme)?;
         // The refetch marker carries a secret: the app has no use for it.
         upstream.remove_header(prefetch::HEADER);
-        if upstream.headers.get(header::HOST).is_none() {
-            upstream.insert_header(header::HOST, ctx.config.upstream.host.as_str())?;
+        // The host the key holds, in the same normalised form (also when
+        // the client sent an absolute-form target, forwarded in origin form).
+        if let Some(host) = &ctx.host {
+            upstream.insert_header(header::HOST, host.as_str())?;
         }
-        for h in ROUTING_OVERRIDE_HEADERS {
+        for h in forwarding::ROUTING_OVERRIDES {
             upstream.remove_header(*h);
         }
         if session.cache.enabled() {
-            for h in UNKEYED_REQUEST_HEADERS {
+            for h in forwarding::UNKEYED {
                 upstream.remove_header(*h);
             }
             for h in &ctx.config.method_override.headers {
@@ -388,7 +396,13 @@ impl ProxyHttp for Proxy {
         resp: &ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<RespCacheable> {
-        let decided = storable(resp, ctx.rule.as_deref()).and_then(|c| match (c, ctx.fill) {
+        let decided = storable::decide(
+            resp,
+            ctx.rule.as_deref(),
+            ctx.config.negative_ttl,
+            SystemTime::now(),
+        )
+        .and_then(|c| match (c, ctx.fill) {
             // What it fetched may predate the commit of a write in flight.
             (RespCacheable::Cacheable(_), Some(fill)) if fill.fenced => Err("write-in-progress"),
             (RespCacheable::Cacheable(mut meta), Some(fill)) => {
@@ -427,7 +441,7 @@ impl ProxyHttp for Proxy {
         if let Some(t) = ctx.upstream_started {
             METRICS
                 .upstream_seconds
-                .with_label_values(&[session.req_header().method.as_str()])
+                .with_label_values(&[method_label(&session.req_header().method)])
                 .observe(t.elapsed().as_secs_f64());
         }
         Ok(())
@@ -478,20 +492,9 @@ impl ProxyHttp for Proxy {
         // Before the client hears of the failure: a write that never reached
         // the app must be lifted before the client's next request arrives.
         self.end_unanswered_write(session, Some(e), ctx).await;
-        // pingora's own answer to a failure, unchanged.
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
-            _ => match e.esource() {
-                pingora::ErrorSource::Upstream => 502,
-                pingora::ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                    _ => 400,
-                },
-                pingora::ErrorSource::Internal | pingora::ErrorSource::Unset => 500,
-            },
-        };
+        let code = failure_status(e);
         if code > 0 {
-            if let Err(e) = session.respond_error(code).await {
+            if let Err(e) = respond_failure(session, code, e).await {
                 warn!(error = %e, "failed to send an error response downstream");
             }
         }
@@ -702,7 +705,10 @@ impl Proxy {
             return Ok(());
         }
         let planned = write.planned;
-        let succeeded = resp.status.as_u16() < 400;
+        // A redirect (Next.js answers `PATCH /x/` with 308) invalidated like
+        // any answer but changed nothing the app reports: not a success to
+        // count, list as unmatched, or refetch after.
+        let succeeded = resp.status.is_success();
         self.count_write(ctx, req, &planned, succeeded);
         if recorded
             && succeeded
@@ -711,7 +717,7 @@ impl Proxy {
         {
             // Only now: a refetch must begin after the invalidation is
             // recorded, so that the clock it reads makes its fill current.
-            self.refetch(&config, req, planned.refetch);
+            self.refetch(&config, ctx.host.as_ref(), planned.refetch);
         }
         if self.live.flags.get(Flag::Monitoring, &config) {
             self.monitor.count(Kind::Write, &planned.rules);
@@ -773,8 +779,8 @@ impl Proxy {
     /// Refetch what a write purged: the exact paths it names, its own
     /// first, where a route rule caches them for everyone (no keyed headers
     /// or cookies: a refetch carries no client's).
-    fn refetch(&self, config: &Config, req: &RequestHeader, mut paths: Vec<String>) {
-        let Some(host) = req.headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+    fn refetch(&self, config: &Config, host: Option<&Host>, mut paths: Vec<String>) {
+        let Some(host) = host else {
             return;
         };
         paths.retain(|p| {
@@ -783,8 +789,73 @@ impl Proxy {
                 .lookup(&config.paths.route_path(p))
                 .is_some_and(|r| r.enabled && r.key_headers.is_empty() && r.key_cookies.is_empty())
         });
-        self.prefetch.refetch(host, paths);
+        self.prefetch.refetch(host.as_str(), paths);
     }
+}
+
+/// The status a failed request is answered with (0: none, the client is
+/// gone): pingora's choice, except that the app not answering in time is a
+/// 504 rather than a 502.
+fn failure_status(e: &Error) -> u16 {
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => *code,
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            if e.esource() == &pingora::ErrorSource::Upstream =>
+        {
+            504
+        }
+        _ => match e.esource() {
+            pingora::ErrorSource::Upstream => 502,
+            pingora::ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                _ => 400,
+            },
+            pingora::ErrorSource::Internal | pingora::ErrorSource::Unset => 500,
+        },
+    }
+}
+
+/// A failure's answer: its status and a JSON body saying whose fault it
+/// was, never stored (`Cache-Control: no-store`).
+async fn respond_failure(session: &mut Session, code: u16, e: &Error) -> Result<()> {
+    let reason = match code {
+        504 => "the app did not answer in time",
+        502 if matches!(
+            e.etype(),
+            ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectNoRoute
+        ) =>
+        {
+            "the app could not be reached"
+        }
+        502 => "the app's answer could not be read",
+        400..=499 => "bad request",
+        _ => "freshgate could not handle this request",
+    };
+    let body = serde_json::json!({ "error": reason, "status": code }).to_string();
+    let mut resp = ResponseHeader::build(code, Some(4))?;
+    resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    session
+        .as_downstream_mut()
+        .write_error_response(resp, bytes::Bytes::from(body))
+        .await
+}
+
+/// Answer a request freshgate cannot make sense of with 400 and a JSON
+/// reason, and close the connection (what follows may be misframed).
+async fn respond_bad_request(session: &mut Session, reason: &str) -> Result<()> {
+    let body = serde_json::json!({ "error": format!("bad request: {reason}") }).to_string();
+    let mut resp = ResponseHeader::build(StatusCode::BAD_REQUEST, Some(3))?;
+    resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(header::CONNECTION, "close")?;
+    session.set_keepalive(None);
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(bytes::Bytes::from(body)), true)
+        .await?;
+    Ok(())
 }
 
 /// Why a GET/HEAD must not use the cache, if it must not.
@@ -797,68 +868,30 @@ fn bypass_reason(req: &RequestHeader, rule: Option<&Rule>, store: &Store) -> Opt
     {
         return Some("authorization");
     }
-    if req.headers.contains_key(header::COOKIE) && !rule.is_some_and(Rule::keys_cookies) {
-        return Some("cookie");
+    if req.headers.contains_key(header::COOKIE) {
+        match rule {
+            Some(rule) if rule.keys_cookies() => {
+                if !cachekey::cookies_unambiguous(req, rule) {
+                    return Some("ambiguous-cookie");
+                }
+            }
+            _ => return Some("cookie"),
+        }
+    }
+    // The app may read a GET's body (search APIs do): the answer would
+    // depend on something the key does not hold.
+    let has_body = req.headers.contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if has_body {
+        return Some("request-body");
     }
     if !store.usable() {
         return Some("store-unavailable");
     }
     None
-}
-
-/// Whether the app's response may be stored, and with what freshness.
-/// The safety rules hold even when a rule overrides the app's freshness.
-fn storable(resp: &ResponseHeader, rule: Option<&Rule>) -> Result<RespCacheable, &'static str> {
-    if resp.headers.contains_key(header::SET_COOKIE) {
-        return Err("set-cookie");
-    }
-    let vary_star = resp
-        .headers
-        .get_all(header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|n| n.trim() == "*"));
-    if vary_star {
-        return Err("vary-star");
-    }
-    if resp.status == StatusCode::PARTIAL_CONTENT {
-        return Err("partial-content");
-    }
-    let cc = CacheControl::from_resp_headers(resp);
-    if cc.as_ref().is_some_and(|c| c.has_key("private")) {
-        return Err("private");
-    }
-    let no_store = cc.as_ref().is_some_and(|c| c.no_store());
-    match rule.and_then(|r| r.ttl.map(|ttl| (r, ttl))) {
-        Some((rule, ttl)) => {
-            if no_store && !rule.override_no_store {
-                return Err("no-store");
-            }
-            if !matches!(
-                resp.status.as_u16(),
-                200 | 203 | 204 | 300 | 301 | 308 | 404 | 410
-            ) {
-                return Err("status");
-            }
-            let now = SystemTime::now();
-            Ok(RespCacheable::Cacheable(CacheMeta::new(
-                now + ttl,
-                now,
-                0,
-                0,
-                resp.clone(),
-            )))
-        }
-        None => {
-            if no_store {
-                return Err("no-store");
-            }
-            match resp_cacheable(cc.as_ref(), resp.clone(), false, &NO_HEURISTICS) {
-                RespCacheable::Uncacheable(_) => Err("no-freshness"),
-                c => Ok(c),
-            }
-        }
-    }
 }
 
 /// The `X-Cache` outcome and the RFC 9211 `Cache-Status` value.

@@ -22,16 +22,48 @@ use crate::canonical::{PathPolicy, RoutePath};
 pub struct Rule {
     pub name: String,
     pub pattern: String,
-    /// Overrides the app's freshness for this route.
+    /// Lifetime of this route's entries when the app gives none.
     pub ttl: Option<Duration>,
-    /// Store even when the app says `no-store` (as Next.js API routes do).
-    /// `private`, `Set-Cookie` and `Vary: *` are never overridden.
-    pub override_no_store: bool,
+    /// Which of the app's directives `ttl` takes precedence over (see
+    /// `storable`). `private`, `Set-Cookie` and `Vary: *` never are.
+    pub overrides: CacheOverrides,
+    /// The statuses this route may store; `None`: the default set (see
+    /// `storable::DEFAULT_STATUSES`).
+    pub statuses: Option<Vec<u16>>,
+    /// Longest life of a stored 404/410; `None`: `cache.negative_ttl`.
+    pub negative_ttl: Option<Duration>,
     /// Lower-case request header names that become part of the cache key.
     pub key_headers: Vec<String>,
     /// Cookie names whose values become part of the cache key.
     pub key_cookies: Vec<String>,
     pub enabled: bool,
+}
+
+/// A route's `override:` list: where its `ttl` beats the app's word.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheOverrides {
+    /// Store although the app says `no-store` (as Next.js API routes do).
+    pub no_store: bool,
+    /// Serve without revalidating although the app says `no-cache`.
+    pub no_cache: bool,
+    /// `ttl` replaces the app's `max-age`, `s-maxage` or `Expires`.
+    pub max_age: bool,
+}
+
+impl CacheOverrides {
+    /// The names `override:` accepts.
+    pub const NAMES: &'static [&'static str] = &["no-store", "no-cache", "max-age"];
+
+    /// Add the override called `name`; `false` if there is none by that name.
+    pub fn add(&mut self, name: &str) -> bool {
+        match name {
+            "no-store" => self.no_store = true,
+            "no-cache" => self.no_cache = true,
+            "max-age" => self.max_age = true,
+            _ => return false,
+        }
+        true
+    }
 }
 
 impl Rule {
@@ -204,7 +236,9 @@ mod tests {
             name: name.into(),
             pattern: pattern.into(),
             ttl: None,
-            override_no_store: false,
+            overrides: CacheOverrides::default(),
+            statuses: None,
+            negative_ttl: None,
             key_headers: vec![],
             key_cookies: vec![],
             enabled: true,

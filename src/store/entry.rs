@@ -29,6 +29,15 @@ pub struct Entry {
     pub body: Bytes,
 }
 
+/// An entry the format cannot hold whole. Refused rather than stored
+/// without a tag: it would then miss that tag's invalidation.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{count} tags (longest {longest} bytes): the format holds 65,535 of at most 65,535 bytes")]
+pub struct TooManyTags {
+    pub count: usize,
+    pub longest: usize,
+}
+
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("not a freshgate entry")]
@@ -56,24 +65,29 @@ impl Entry {
             + self.tags.iter().map(|t| t.len() + 24).sum::<usize>()
     }
 
-    pub fn encode(&self) -> Bytes {
+    pub fn encode(&self) -> Result<Bytes, TooManyTags> {
+        if !Entry::can_hold(&self.tags) {
+            return Err(TooManyTags {
+                count: self.tags.len(),
+                longest: self.tags.iter().map(String::len).max().unwrap_or(0),
+            });
+        }
         let mut b = BytesMut::with_capacity(self.weight());
         b.put_slice(MAGIC);
         b.put_u8(VERSION);
         b.put_u64(self.fetch_seq);
         b.put_u64(self.rules);
-        b.put_u16(self.tags.len().min(u16::MAX as usize) as u16);
-        for t in self.tags.iter().take(u16::MAX as usize) {
-            let t = &t.as_bytes()[..t.len().min(u16::MAX as usize)];
+        b.put_u16(self.tags.len() as u16);
+        for t in &self.tags {
             b.put_u16(t.len() as u16);
-            b.put_slice(t);
+            b.put_slice(t.as_bytes());
         }
         b.put_u32(self.meta_internal.len() as u32);
         b.put_slice(&self.meta_internal);
         b.put_u32(self.meta_header.len() as u32);
         b.put_slice(&self.meta_header);
         b.put_slice(&self.body);
-        b.freeze()
+        Ok(b.freeze())
     }
 
     pub fn decode(mut buf: Bytes) -> Result<Entry, DecodeError> {
@@ -143,7 +157,7 @@ mod tests {
     #[test]
     fn round_trip() {
         let e = sample();
-        assert_eq!(Entry::decode(e.encode()).unwrap(), e);
+        assert_eq!(Entry::decode(e.encode().unwrap()).unwrap(), e);
     }
 
     #[test]
@@ -171,7 +185,26 @@ mod tests {
         );
     }
 
+    #[test]
+    fn tags_that_do_not_fit_are_refused_not_cut() {
+        let mut long = sample();
+        long.tags.push("x".repeat(u16::MAX as usize + 1));
+        assert_eq!(
+            long.encode(),
+            Err(TooManyTags {
+                count: 3,
+                longest: u16::MAX as usize + 1
+            })
+        );
+        let mut many = sample();
+        many.tags = vec!["t".into(); u16::MAX as usize + 1];
+        assert!(many.encode().is_err());
+        many.tags.pop();
+        let whole = Entry::decode(many.encode().unwrap()).unwrap();
+        assert_eq!(whole.tags.len(), u16::MAX as usize);
+    }
+
     fn e_bytes() -> Vec<u8> {
-        sample().encode().to_vec()
+        sample().encode().unwrap().to_vec()
     }
 }

@@ -412,7 +412,14 @@ impl Store {
     async fn put(&self, key: HashBinary, entry: Entry, meta: &CacheMeta, epoch: u64) {
         let keep = keep_until(meta, self.max_lifetime);
         let ttl = keep.saturating_duration_since(Instant::now());
-        let encoded = entry.encode();
+        let encoded = match entry.encode() {
+            Ok(e) => e,
+            Err(e) => {
+                // The proxy refuses these before storing (`Entry::can_hold`).
+                tracing::warn!(error = %e, "entry not stored");
+                return;
+            }
+        };
         if let Some(redis) = &self.redis {
             // Its `fetch_seq` is a clock value of that run: in any other run
             // it would compare with unrelated invalidations.

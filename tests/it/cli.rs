@@ -60,6 +60,36 @@ fn check_reports_file_line_column_and_reason() {
 }
 
 #[test]
+fn out_of_range_values_are_located_errors_not_panics() {
+    // Once a panic at start-up (Duration::from_secs_f64 overflow).
+    let (code, msg) =
+        check("routes:\n  - name: a\n    match: /a\n    ttl: 99999999999999999999s\n");
+    assert_eq!(code, 1, "{msg}");
+    assert!(msg.starts_with("FILE:4:"), "{msg}");
+    assert!(msg.contains("too large"), "{msg}");
+    assert!(!msg.contains("panicked"), "{msg}");
+    let (code, msg) = check("timeouts:\n  upstream_read: 0s\n");
+    assert_eq!(code, 1, "{msg}");
+    assert!(
+        msg.contains("timeouts.upstream_read must be more than 0"),
+        "{msg}"
+    );
+    let (code, msg) = check("routes:\n  - name: a\n    match: /a\n    ttl: 1m\n    statuses: [200, 206]\n    override: [no-etag]\n");
+    assert_eq!(code, 1, "{msg}");
+    assert!(msg.contains("status 206 cannot be stored"), "{msg}");
+    assert!(
+        msg.contains("\"no-etag\" is not one of no-store, no-cache, max-age"),
+        "{msg}"
+    );
+    let (code, msg) = check("routes:\n  - name: a\n    match: /a\n    override: [no-store]\n");
+    assert_eq!(code, 1, "{msg}");
+    assert!(msg.contains("override needs a ttl"), "{msg}");
+    let (code, msg) = check("trusted_proxies: [10.0.0.0/33]\n");
+    assert_eq!(code, 1, "{msg}");
+    assert!(msg.starts_with("FILE:1:"), "{msg}");
+}
+
+#[test]
 fn check_warns_about_rules_that_do_nothing_but_passes() {
     let (code, msg) = check(
         "routes:\n  - name: story\n    match: /studio/api/stories/:id\n    ttl: 60s\n\

@@ -268,6 +268,7 @@ async fn kill_switch_passes_everything_through_and_writes_still_count() {
     let c = client();
     let r = send(
         c.put(fg.admin_url("/api/flags"))
+            .header("content-type", "application/json")
             .body(r#"{"cache": false}"#),
     )
     .await;
@@ -292,7 +293,12 @@ async fn kill_switch_passes_everything_through_and_writes_still_count() {
     .await;
     assert_eq!(w.status, 200);
     // ...must not be hidden by the old entry once the cache is back.
-    let r = send(c.put(fg.admin_url("/api/flags")).body(r#"{"cache": null}"#)).await;
+    let r = send(
+        c.put(fg.admin_url("/api/flags"))
+            .header("content-type", "application/json")
+            .body(r#"{"cache": null}"#),
+    )
+    .await;
     assert_eq!(r.json()["flags"]["cache"]["source"], "default");
     let r = get(&scene).await;
     assert_eq!(r.x_cache, "MISS");
@@ -300,11 +306,17 @@ async fn kill_switch_passes_everything_through_and_writes_still_count() {
 
     let bad = send(
         c.put(fg.admin_url("/api/flags"))
+            .header("content-type", "application/json")
             .body(r#"{"cache": "sometimes"}"#),
     )
     .await;
     assert_eq!(bad.status, 400);
-    let unknown = send(c.put(fg.admin_url("/api/flags")).body(r#"{"turbo": true}"#)).await;
+    let unknown = send(
+        c.put(fg.admin_url("/api/flags"))
+            .header("content-type", "application/json")
+            .body(r#"{"turbo": true}"#),
+    )
+    .await;
     assert_eq!(unknown.status, 400);
     assert!(
         unknown.body.contains("debug_panel"),

@@ -296,7 +296,14 @@ async fn purge_api_by_pattern_tag_and_everything() {
     let purge = |body: &'static str| {
         let c = c.clone();
         let url = fg.admin_url("/api/purge");
-        async move { send(c.post(url).body(body)).await }
+        async move {
+            send(
+                c.post(url)
+                    .header("content-type", "application/json")
+                    .body(body),
+            )
+            .await
+        }
     };
     let s1 = fg.url("/studio/api/scenes/141");
     let s2 = fg.url("/studio/api/scenes/142");

@@ -147,7 +147,12 @@ async fn metrics_over_time_operations_and_the_live_stream() {
     let w = send(c.patch(fg.url(scene)).body(r#"{"text":"edited"}"#)).await;
     assert_eq!(w.status, 200);
     gets(&fg, &[scene]).await; // miss after the write
-    let p = send(c.post(fg.admin_url("/api/purge")).body(r#"{"all": true}"#)).await;
+    let p = send(
+        c.post(fg.admin_url("/api/purge"))
+            .header("content-type", "application/json")
+            .body(r#"{"all": true}"#),
+    )
+    .await;
     assert_eq!(p.status, 200);
 
     // The stream saw the first request (a MISS) as it happened.
@@ -360,6 +365,7 @@ async fn promtool_finds_nothing_to_fix_in_metrics_and_alert_rules() {
     send(
         client()
             .post(a.admin_url("/api/purge"))
+            .header("content-type", "application/json")
             .body(r#"{"all":true}"#),
     )
     .await;

@@ -439,6 +439,7 @@ impl Freshgate {
         send(
             client()
                 .put(self.admin_url("/api/flags"))
+                .header("content-type", "application/json")
                 .body(body.to_string()),
         )
         .await
@@ -727,4 +728,32 @@ pub async fn until_app(url: &str, done: impl Fn(&serde_json::Value) -> bool) {
         assert!(Instant::now() < end, "the app never showed it: {}", r.body);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Send `request` as raw bytes over a new connection and read until the
+/// server closes it (or 5 s pass): the whole answer as text. For requests
+/// an HTTP client library would refuse to send.
+pub fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    use std::io::Read;
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request).expect("send");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of a raw HTTP/1.1 answer (0 when there was none).
+pub fn raw_status(answer: &str) -> u16 {
+    answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }

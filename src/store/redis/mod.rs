@@ -182,6 +182,9 @@ pub struct RedisTier {
     outage_cleared: AtomicU64,
     /// When this replica last said which rules it runs (`mono_ms`).
     last_heartbeat_ms: AtomicU64,
+    /// When the tier was last seen available by `unavailable_for` (`mono_ms`;
+    /// its creation at first).
+    last_up_ms: AtomicU64,
     /// Redis is close to its `maxmemory`: entries are not written to it,
     /// so the log keeps room (with `noeviction`, a full Redis refuses fences).
     nearly_full: AtomicBool,
@@ -256,6 +259,7 @@ impl RedisTier {
             outage_began: AtomicU64::new(0),
             outage_cleared: AtomicU64::new(0),
             last_heartbeat_ms: AtomicU64::new(0),
+            last_up_ms: AtomicU64::new(mono_ms()),
             nearly_full: AtomicBool::new(false),
             evicted: AtomicU64::new(u64::MAX),
             owed: parking_lot::Mutex::new(Owed::default()),
@@ -290,6 +294,19 @@ impl RedisTier {
             && !self.owing.load(Ordering::Acquire)
             && self.rules_ok.load(Ordering::Acquire)
             && self.heard_lately()
+    }
+
+    /// How long the tier has been unavailable, as seen at the calls of this
+    /// function (the alert evaluation): zero while available. Counted from
+    /// the tier's creation at first, so the moments before the first
+    /// connection are not an outage.
+    pub fn unavailable_for(&self) -> Duration {
+        let now = mono_ms();
+        if self.available() {
+            self.last_up_ms.store(now, Ordering::Release);
+            return Duration::ZERO;
+        }
+        Duration::from_millis(now.saturating_sub(self.last_up_ms.load(Ordering::Acquire)))
     }
 
     /// Whether this replica said which rules it runs, and heard the fleet's,

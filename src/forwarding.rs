@@ -1,0 +1,194 @@
+//! What freshgate tells the app about the client, and which request headers
+//! it must not pass on.
+//!
+//! Two dangers, one module:
+//! - **Unkeyed inputs.** A header the app reads to shape its answer
+//!   (`X-Forwarded-Host` in an absolute URL, `X-Forwarded-Prefix` in a link)
+//!   but that is not in the cache key lets one client store an answer every
+//!   other client then gets. Requests that use the cache are forwarded
+//!   without them ([`UNKEYED`]); a GET with a body bypasses the cache.
+//! - **Spoofed client facts.** `X-Forwarded-For` and `X-Forwarded-Proto` are
+//!   only as true as whoever set them. They are kept only from a trusted
+//!   peer (`trusted_proxies`: by default loopback and private networks, where
+//!   a load balancer in front of a sidecar sits); from anyone else, freshgate
+//!   states what it saw itself. The scheme is part of the cache key: an app
+//!   that redirects `http` to `https` must not have that redirect served to
+//!   `https` clients (a redirect loop, cached).
+
+use std::net::IpAddr;
+
+use http::HeaderValue;
+use ipnet::IpNet;
+use pingora::http::RequestHeader;
+
+/// Headers that can change what the app answers without being in the
+/// cache key; removed from requests that use the cache (as are the
+/// configured method-override headers).
+pub const UNKEYED: &[&str] = &[
+    "forwarded",
+    "x-forwarded-host",
+    "x-forwarded-server",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-host",
+    "x-original-host",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Headers with which some frameworks (Symfony, IIS) let the request say
+/// which path to route it to: a write could then change another resource
+/// than the one its path names and invalidates. Removed from every request.
+pub const ROUTING_OVERRIDES: &[&str] = &["x-original-url", "x-rewrite-url"];
+
+/// Peers whose forwarding headers are believed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl Default for TrustedProxies {
+    /// Loopback and private networks (RFC 1918, RFC 4193), as Rails trusts
+    /// by default: where a sidecar's load balancer or ingress sits.
+    fn default() -> TrustedProxies {
+        TrustedProxies(
+            [
+                "127.0.0.0/8",
+                "::1/128",
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "fc00::/7",
+            ]
+            .iter()
+            .map(|n| n.parse().expect("a valid network"))
+            .collect(),
+        )
+    }
+}
+
+impl TrustedProxies {
+    pub fn new(nets: Vec<IpNet>) -> TrustedProxies {
+        TrustedProxies(nets)
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// `10.0.0.0/8` or a single address (`10.1.2.3`, `::1`).
+pub fn parse_net(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?} is not an IP address or network (e.g. 10.0.0.0/8)"))
+}
+
+/// The scheme the client used to reach us: `https` only when a trusted
+/// peer says so in one `X-Forwarded-Proto` value; else `http` (freshgate
+/// itself speaks plain HTTP).
+pub fn scheme(req: &RequestHeader, peer_trusted: bool) -> &'static str {
+    if !peer_trusted {
+        return "http";
+    }
+    let mut values = req.headers.get_all("x-forwarded-proto").iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"https") => "https",
+        _ => "http",
+    }
+}
+
+/// The `X-Forwarded-For` to send: the trusted chain with the peer appended,
+/// or only the peer when the chain comes from an untrusted one.
+pub fn forwarded_for(
+    req: &RequestHeader,
+    peer: IpAddr,
+    peer_trusted: bool,
+) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    let chain: Vec<&str> = req
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if peer_trusted && !chain.is_empty() {
+        HeaderValue::from_str(&format!("{}, {peer}", chain.join(", ")))
+    } else {
+        HeaderValue::from_str(&peer.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn the_default_trusts_loopback_and_private_networks_only() {
+        let t = TrustedProxies::default();
+        for ip in [
+            "127.0.0.1",
+            "10.2.3.4",
+            "172.20.0.1",
+            "192.168.1.1",
+            "::1",
+            "fd00::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(t.contains(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "172.32.0.1", "2001:db8::1", "::ffff:8.8.8.8"] {
+            assert!(!t.contains(ip.parse().unwrap()), "{ip}");
+        }
+        let none = TrustedProxies::new(vec![]);
+        assert!(!none.contains("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_scheme_is_believed_from_trusted_peers_only() {
+        let https = req(&[("x-forwarded-proto", "HTTPS")]);
+        assert_eq!(scheme(&https, true), "https");
+        assert_eq!(scheme(&https, false), "http");
+        assert_eq!(scheme(&req(&[]), true), "http");
+        assert_eq!(scheme(&req(&[("x-forwarded-proto", "ftp")]), true), "http");
+        let two = req(&[
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-proto", "http"),
+        ]);
+        assert_eq!(scheme(&two, true), "http");
+    }
+
+    #[test]
+    fn a_spoofed_chain_is_replaced() {
+        let peer: IpAddr = "10.0.0.9".parse().unwrap();
+        let chain = req(&[("x-forwarded-for", "1.2.3.4")]);
+        assert_eq!(
+            forwarded_for(&chain, peer, true).unwrap(),
+            "1.2.3.4, 10.0.0.9"
+        );
+        assert_eq!(forwarded_for(&chain, peer, false).unwrap(), "10.0.0.9");
+        assert_eq!(forwarded_for(&req(&[]), peer, true).unwrap(), "10.0.0.9");
+    }
+
+    #[test]
+    fn networks_and_addresses_parse() {
+        assert!(parse_net("10.0.0.0/8").is_ok());
+        assert!(parse_net("10.1.2.3").is_ok());
+        assert!(parse_net("::1").is_ok());
+        assert!(parse_net("10.0.0.0/33").is_err());
+        assert!(parse_net("example.com").is_err());
+    }
+}

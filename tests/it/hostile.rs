@@ -1,0 +1,414 @@
+//! Hostile requests and bad input (issue 13): each test is an attack that
+//! worked on the old code, over real sockets against a real freshgate and
+//! the demo app.
+
+use std::time::Duration;
+
+use crate::util::*;
+
+/// Routes the attacks need, in syntax every build reads (so that each
+/// attack can be run against an older build: `FRESHGATE_TEST_BIN`).
+const CONFIG: &str = r#"
+shutdown:
+  grace_period: 0s
+  timeout: 1s
+routes:
+  - name: ttl-plain
+    match: /knobs/ttl/**
+    ttl: 60s
+  - name: by-session
+    match: /knobs/session/**
+    ttl: 60s
+    key:
+      cookies: [session]
+"#;
+
+/// With what this issue added: short 404s, a short read timeout, explicit
+/// overrides, listed statuses.
+fn config_with_new_settings() -> String {
+    format!(
+        "{CONFIG}
+  - name: ttl-over
+    match: /knobs/over/**
+    ttl: 60s
+    override: [no-store, no-cache, max-age]
+  - name: errors-listed
+    match: /knobs/errors-listed/**
+    ttl: 60s
+    statuses: [200, 503]
+cache:
+  negative_ttl: 1s
+timeouts:
+  upstream_read: 1s
+"
+    )
+}
+
+fn setup() -> (Origin, Freshgate) {
+    let origin = Origin::start(0);
+    let fg = Freshgate::start(&origin.url(), None, CONFIG);
+    (origin, fg)
+}
+
+fn setup_new() -> (Origin, Freshgate) {
+    let origin = Origin::start(0);
+    let fg = Freshgate::start(&origin.url(), None, &config_with_new_settings());
+    (origin, fg)
+}
+
+fn body_of(answer: &str) -> serde_json::Value {
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {answer:?}"))
+}
+
+fn header_of<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
+    let head = answer.split_once("\r\n\r\n").map_or(answer, |(h, _)| h);
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[tokio::test]
+async fn a_host_cannot_spell_another_requests_key() {
+    let (_origin, fg) = setup();
+    // The attacker's path hides in the Host header: keyed by concatenation,
+    // this was the victim's key below, holding the attacker's answer.
+    let attack = raw_exchange(
+        fg.addr,
+        b"GET /knobs/evil HTTP/1.1\r\nHost: victim.example/knobs/page?q=\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(raw_status(&attack), 400, "{attack}");
+    let victim = raw_exchange(
+        fg.addr,
+        b"GET /knobs/page?q=/knobs/evil HTTP/1.1\r\nHost: victim.example\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(raw_status(&victim), 200, "{victim}");
+    assert_eq!(body_of(&victim)["path"], "/knobs/page", "{victim}");
+
+    // Other shapes a Host must not have, and a missing one.
+    for host in [
+        "a b",
+        "victim.example?x",
+        "victim.example#x",
+        "a:1:2",
+        "[::1",
+        "x:99999",
+    ] {
+        let req = format!("GET /knobs/h HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let answer = raw_exchange(fg.addr, req.as_bytes());
+        assert_eq!(raw_status(&answer), 400, "Host {host:?}: {answer}");
+        assert!(body_of(&answer)["error"].as_str().unwrap().contains("host"));
+    }
+    let none = raw_exchange(
+        fg.addr,
+        b"GET /knobs/h HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(raw_status(&none), 400, "{none}");
+    // HTTP/1.0 may omit it: the app's own host is used.
+    let old = raw_exchange(fg.addr, b"GET /knobs/h10 HTTP/1.0\r\n\r\n");
+    assert_eq!(raw_status(&old).max(200), 200, "{old}");
+    assert!(old.starts_with("HTTP/1."), "{old}");
+
+    // Spellings of one host share one entry, and the app sees the one form.
+    let first = raw_exchange(
+        fg.addr,
+        b"GET /knobs/norm HTTP/1.1\r\nHost: Victim.Example.:80\r\nConnection: close\r\n\r\n",
+    );
+    let second = raw_exchange(
+        fg.addr,
+        b"GET /knobs/norm HTTP/1.1\r\nHost: victim.example\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(body_of(&first)["host"], "victim.example");
+    assert_eq!(header_of(&second, "x-cache"), Some("HIT"), "{second}");
+    assert_eq!(body_of(&first)["serial"], body_of(&second)["serial"]);
+}
+
+#[tokio::test]
+async fn errors_are_not_cached_for_everyone() {
+    let (_origin, fg) = setup();
+    // An error the app marks cacheable (or one a client provokes) must not
+    // be what everyone gets next.
+    for (path, status) in [
+        ("/knobs/err?status=500&cc=max-age%3D600", 500),
+        ("/knobs/err?status=400&cc=max-age%3D600", 400),
+        ("/knobs/err?status=503&cc=max-age%3D600", 503),
+        ("/knobs/ttl/err?status=500", 500),
+    ] {
+        let a = get(&fg.url(path)).await;
+        let b = get(&fg.url(path)).await;
+        assert_eq!(a.status, status);
+        assert_ne!(a.serial(), b.serial(), "{path}: {}", b.cache_status);
+        assert!(
+            b.cache_status.contains("detail=status"),
+            "{}",
+            b.cache_status
+        );
+    }
+}
+
+#[tokio::test]
+async fn only_a_route_that_lists_an_error_stores_it() {
+    let (_origin, fg) = setup_new();
+    let over = fg.url("/knobs/over/err?status=502");
+    assert_ne!(get(&over).await.serial(), get(&over).await.serial());
+    let listed = fg.url("/knobs/errors-listed/x?status=503");
+    let a = get(&listed).await;
+    let b = get(&listed).await;
+    assert_eq!((a.status, b.x_cache.as_str()), (503, "HIT"));
+}
+
+#[tokio::test]
+async fn a_missing_resource_is_remembered_briefly() {
+    let (_origin, fg) = setup_new();
+    // The app says a 404 is good for an hour, the route says a minute:
+    // `cache.negative_ttl` (1 s here) bounds both.
+    for path in [
+        "/knobs/gone?status=404&cc=max-age%3D3600",
+        "/knobs/ttl/gone?status=404",
+        "/knobs/ttl/gone?status=410",
+    ] {
+        let url = fg.url(path);
+        let a = get(&url).await;
+        let b = get(&url).await;
+        assert_eq!(b.x_cache, "HIT", "{path}");
+        assert_eq!(a.serial(), b.serial());
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let c = get(&url).await;
+        assert_ne!(c.serial(), a.serial(), "{path}: still the old 404");
+    }
+}
+
+#[tokio::test]
+async fn a_route_ttl_beats_the_apps_headers_only_where_it_says_so() {
+    let (_origin, fg) = setup_new();
+    for cc in [
+        "no-cache",
+        "max-age%3D0",
+        "no-cache%2C%20max-age%3D0%2C%20must-revalidate",
+    ] {
+        // Plain ttl: the app's word wins (asked every time).
+        let plain = fg.url(&format!("/knobs/ttl/cc?cc={cc}"));
+        let a = get(&plain).await;
+        let b = get(&plain).await;
+        assert_ne!(a.serial(), b.serial(), "plain ttl, cc={cc}");
+        // `override: [no-cache, max-age, ...]`: the route decides.
+        let over = fg.url(&format!("/knobs/over/cc?cc={cc}"));
+        let a = get(&over).await;
+        let b = get(&over).await;
+        assert_eq!(b.x_cache, "HIT", "override, cc={cc}");
+        assert_eq!(a.serial(), b.serial());
+    }
+    // The app's own positive freshness wins over a plain ttl.
+    let short = fg.url("/knobs/ttl/short?cc=max-age%3D1");
+    let a = get(&short).await;
+    assert_eq!(get(&short).await.x_cache, "HIT");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_ne!(get(&short).await.serial(), a.serial());
+}
+
+#[tokio::test]
+async fn invented_methods_share_one_metric_label() {
+    let (_origin, fg) = setup();
+    let c = client();
+    for i in 0..20 {
+        let method = reqwest::Method::from_bytes(format!("FOO{i}").as_bytes()).unwrap();
+        send(c.request(method, fg.url("/knobs/m"))).await;
+    }
+    send(c.get(fg.url("/knobs/m"))).await;
+    let metrics = fg
+        .metrics_with(&[r#"freshgate_upstream_duration_seconds_count{method="OTHER"} 20"#])
+        .await;
+    assert!(!metrics.contains("FOO"), "client-chosen label in /metrics");
+}
+
+#[tokio::test]
+async fn a_keyed_cookie_is_read_as_the_app_reads_it() {
+    let (_origin, fg) = setup();
+    let url = fg.url("/knobs/session/me?echo=cookie");
+    let c = client();
+    // `session =bob` (space before `=`): the app reads it as bob's session.
+    // Read as "no session", it was stored for every anonymous reader.
+    let bob = send(c.get(&url).header("cookie", "session =bob")).await;
+    assert!(bob.body.contains("bob"));
+    let anonymous = get(&url).await;
+    assert!(
+        !anonymous.body.contains("bob"),
+        "bob's answer served to anyone"
+    );
+    let bob_again = send(c.get(&url).header("cookie", "theme=dark; session=bob")).await;
+    assert_eq!(bob_again.x_cache, "HIT", "{}", bob_again.cache_status);
+    assert_eq!(bob_again.serial(), bob.serial());
+    // Two sessions in one header: apps disagree on which counts. Bypassed.
+    let two = send(c.get(&url).header("cookie", "session=bob; session=eve")).await;
+    assert!(
+        two.cache_status.contains("detail=ambiguous-cookie"),
+        "{}",
+        two.cache_status
+    );
+    let two_again = send(c.get(&url).header("cookie", "session=bob; session=eve")).await;
+    assert_ne!(two.serial(), two_again.serial());
+}
+
+#[tokio::test]
+async fn unkeyed_forwarding_headers_never_reach_the_app_on_cached_reads() {
+    let (_origin, fg) = setup();
+    let c = client();
+    let echo = "x-forwarded-prefix,forwarded,x-host,x-original-host,x-forwarded-port,x-forwarded-scheme,x-forwarded-ssl,x-forwarded-host";
+    let url = fg.url(&format!("/knobs/fw?echo={echo}"));
+    let poisoned = send(
+        c.get(&url)
+            .header("x-forwarded-prefix", "/evil")
+            .header("forwarded", "host=evil.example")
+            .header("x-host", "evil.example")
+            .header("x-original-host", "evil.example")
+            .header("x-forwarded-port", "6666")
+            .header("x-forwarded-scheme", "javascript")
+            .header("x-forwarded-ssl", "on")
+            .header("x-forwarded-host", "evil.example"),
+    )
+    .await;
+    assert!(!poisoned.body.contains("evil"), "{}", poisoned.body);
+    assert!(!poisoned.body.contains("6666"), "{}", poisoned.body);
+    for (name, seen) in poisoned.json()["echo"].as_object().unwrap() {
+        assert_eq!(seen, "", "{name} reached the app");
+    }
+    // A GET with a body: the app may read it, the key does not hold it.
+    let with_body = send(c.get(fg.url("/knobs/body")).body("{\"q\":\"evil\"}")).await;
+    assert!(
+        with_body.cache_status.contains("detail=request-body"),
+        "{}",
+        with_body.cache_status
+    );
+}
+
+#[tokio::test]
+async fn the_scheme_comes_from_a_trusted_proxy_and_is_keyed() {
+    let (origin, fg) = setup();
+    let c = client();
+    // Loopback is trusted by default: its X-Forwarded-Proto is believed,
+    // and http and https answers are kept apart (a redirect to https
+    // stored for https clients loops forever).
+    let url = fg.url("/knobs/scheme");
+    let plain = send(c.get(&url)).await;
+    let tls = send(c.get(&url).header("x-forwarded-proto", "https")).await;
+    assert_eq!(plain.json()["forwardedProto"], "http");
+    assert_eq!(tls.json()["forwardedProto"], "https");
+    assert_ne!(plain.serial(), tls.serial(), "one entry for http and https");
+    let chain = send(
+        c.get(fg.url("/knobs/xff"))
+            .header("x-forwarded-for", "203.0.113.7"),
+    )
+    .await;
+    assert_eq!(chain.json()["forwardedFor"], "203.0.113.7, 127.0.0.1");
+
+    // From a peer that is not trusted, freshgate says what it saw itself.
+    let untrusting = Freshgate::start(
+        &origin.url(),
+        None,
+        &format!("{CONFIG}\ntrusted_proxies: [10.9.9.9/32]\n"),
+    );
+    let spoofed = send(
+        c.get(untrusting.url("/knobs/scheme2"))
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-for", "203.0.113.7"),
+    )
+    .await;
+    assert_eq!(spoofed.json()["forwardedProto"], "http");
+    assert_eq!(spoofed.json()["forwardedFor"], "127.0.0.1");
+}
+
+#[tokio::test]
+async fn a_slow_or_absent_app_gets_a_clear_json_error() {
+    let (origin, fg) = setup_new();
+    let c = client();
+    // `timeouts.upstream_read` is 1 s here; the app takes 3.
+    let slow = send(
+        c.get(fg.url("/knobs/slow"))
+            .header("x-demo-delay-ms", "3000"),
+    )
+    .await;
+    assert_eq!(slow.status, 504, "{}", slow.body);
+    assert_eq!(slow.json()["error"], "the app did not answer in time");
+    assert_eq!(slow.headers["cache-control"], "no-store");
+    drop(origin);
+    let down = get(&fg.url("/knobs/down")).await;
+    assert_eq!(down.status, 502, "{}", down.body);
+    assert_eq!(down.json()["error"], "the app could not be reached");
+}
+
+#[tokio::test]
+async fn the_tokenless_admin_listener_refuses_other_sites() {
+    let (_origin, fg) = setup();
+    // DNS rebinding: a page on evil.example, its name pointed at 127.0.0.1.
+    let rebound = raw_exchange(
+        fg.admin,
+        b"GET /api/config HTTP/1.1\r\nHost: evil.example:9090\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(raw_status(&rebound), 421, "{rebound}");
+    // CSRF: a cross-site form post (no JSON content type possible).
+    let form = raw_exchange(
+        fg.admin,
+        b"POST /api/purge HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 8\r\nConnection: close\r\n\r\nall=true",
+    );
+    assert_eq!(raw_status(&form), 415, "{form}");
+    let cross = raw_exchange(
+        fg.admin,
+        b"PUT /api/flags HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://evil.example\r\nContent-Type: application/json\r\nContent-Length: 16\r\nConnection: close\r\n\r\n{\"cache\": false}",
+    );
+    assert_eq!(raw_status(&cross), 403, "{cross}");
+    assert!(!cross.to_ascii_lowercase().contains("access-control-allow"));
+    // Nothing changed; and the listener's own page and API still work.
+    assert_eq!(
+        fg.admin_json("/api/flags").await["flags"]["cache"]["enabled"],
+        true
+    );
+    assert_eq!(fg.put_flags(r#"{"cache": true}"#).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_write_answered_with_a_redirect_is_no_unmatched_write() {
+    let (_origin, fg) = setup();
+    let c = client();
+    // Next.js answers `PATCH /x/` with 308 and changes nothing.
+    let moved = send(
+        c.patch(fg.url("/knobs/moved/1"))
+            .header("x-demo-status", "308")
+            .body("{}"),
+    )
+    .await;
+    assert_eq!(moved.status, 308);
+    let done = send(c.patch(fg.url("/knobs/done/1")).body("{}")).await;
+    assert_eq!(done.status, 200);
+    let listed = fg.admin_json("/api/unmatched-writes").await;
+    let shapes: Vec<&str> = listed["writes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w["example"].as_str())
+        .collect();
+    assert!(shapes.contains(&"/knobs/done/1"), "{listed}");
+    assert!(!shapes.contains(&"/knobs/moved/1"), "{listed}");
+}
+
+#[tokio::test]
+async fn replicas_starting_with_redis_up_raise_no_redis_alert() {
+    let origin = Origin::start(0);
+    let (mut redis, a, b) = two_replicas(&origin, CONFIG).await;
+    for fg in [&a, &b] {
+        let alerts = fg.admin_json("/api/alerts").await;
+        let text = alerts.to_string();
+        assert!(!text.contains("redis_down"), "{text}");
+    }
+    // A real outage still raises it (GET /api/monitoring evaluates now).
+    redis.stop();
+    let end = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let m = a.admin_json("/api/monitoring").await.to_string();
+        if m.contains("redis_down") {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "no redis_down alert: {m}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
