@@ -412,3 +412,124 @@ async fn replicas_starting_with_redis_up_raise_no_redis_alert() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// What a raw request got: its status (0: none), and whether the answer
+/// held more than one response (a smuggled request answered).
+fn exchange(fg: &Freshgate, request: &[u8]) -> (u16, usize) {
+    let answer = raw_exchange(fg.addr, request);
+    (raw_status(&answer), answer.matches("HTTP/1.1 ").count())
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_4xx_or_passes_through_never_a_panic() {
+    let origin = Origin::start(0);
+    let fg = Freshgate::start(
+        &origin.url(),
+        None,
+        &format!("{CONFIG}timeouts:\n  client_read: 1s\n"),
+    );
+    let big = |n: usize| "a".repeat(n);
+    let refused: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "header over 1 MiB",
+            format!("GET /knobs/a HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", big(1100 << 10)).into(),
+        ),
+        (
+            "300 header lines",
+            format!(
+                "GET /knobs/a HTTP/1.1\r\nHost: a\r\n{}Connection: close\r\n\r\n",
+                (0..300).map(|i| format!("X-{i}: 1\r\n")).collect::<String>()
+            )
+            .into(),
+        ),
+        (
+            "bad chunk size",
+            b"POST /knobs/a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nabc\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
+            "chunk extension of 100 kB",
+            format!("POST /knobs/a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n1;{}\r\na\r\n0\r\n\r\n", big(100_000)).into(),
+        ),
+        (
+            "two Content-Lengths",
+            b"POST /knobs/a HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\nConnection: close\r\n\r\nabcde".to_vec(),
+        ),
+        (
+            "negative Content-Length",
+            b"POST /knobs/a HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
+        (
+            "Content-Length past u64",
+            b"POST /knobs/a HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
+        (
+            "target not UTF-8",
+            b"GET /knobs/\xff\xfe HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
+        (
+            "NUL in a header",
+            b"GET /knobs/a HTTP/1.1\r\nHost: a\r\nX-A: a\x00b\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
+        (
+            "space before the colon",
+            b"GET /knobs/a HTTP/1.1\r\nHost: a\r\nX-A : b\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
+        (
+            "obsolete line folding",
+            b"GET /knobs/a HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
+        (
+            "a TLS handshake",
+            [&b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03"[..], &[b'x'; 100]].concat(),
+        ),
+        (
+            "CONNECT",
+            b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
+    ];
+    for (what, request) in &refused {
+        let (status, responses) = exchange(&fg, request);
+        assert!((400..500).contains(&status), "{what}: {status}");
+        assert_eq!(responses, 1, "{what}");
+    }
+
+    // CL + TE (request smuggling): read by Transfer-Encoding alone, then
+    // the connection is closed: what follows is never a second request.
+    let (status, responses) = exchange(
+        &fg,
+        b"POST /knobs/a HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /knobs/smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+    );
+    assert_eq!((status, responses), (200, 1), "smuggled request answered");
+
+    // Passed through, keyed by what they mean: a malformed escape is the
+    // app's to judge; an encoded slash is not a separator.
+    let (status, _) = exchange(
+        &fg,
+        b"GET /knobs/%zz%4 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    let slash = raw_exchange(
+        fg.addr,
+        b"GET /knobs/x%2f..%2fy HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(body_of(&slash)["path"], "/knobs/x%2F..%2Fy", "{slash}");
+    let dots = raw_exchange(
+        fg.addr,
+        b"GET /knobs/x/%2e%2e/y HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(body_of(&dots)["path"], "/knobs/y", "{dots}");
+
+    // A client that stops sending its body is let go after
+    // `timeouts.client_read` (1 s here), not held for pingora's 60 s.
+    let started = std::time::Instant::now();
+    let stalled = raw_exchange_partial(
+        fg.addr,
+        b"POST /knobs/slow HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789",
+    );
+    assert!(started.elapsed() < Duration::from_secs(4), "{stalled:?}");
+
+    // Still serving, and nothing panicked on the way.
+    let after = get(&fg.url("/knobs/after")).await;
+    assert_eq!(after.status, 200);
+    assert!(!fg.log().contains("panicked"), "{}", fg.log());
+}

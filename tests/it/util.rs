@@ -79,14 +79,21 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        Proc::spawn_logging(name, cmd, None)
+    }
+
+    /// Spawn with its stderr written to `log` (unless `FRESHGATE_TEST_LOG`
+    /// asks for it on the terminal).
+    pub fn spawn_logging(name: &str, cmd: &mut Command, log: Option<&std::path::Path>) -> Proc {
+        let stderr = match log {
+            _ if std::env::var_os("FRESHGATE_TEST_LOG").is_some() => Stdio::inherit(),
+            Some(path) => std::fs::File::create(path).map_or(Stdio::null(), Stdio::from),
+            None => Stdio::null(),
+        };
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(if std::env::var_os("FRESHGATE_TEST_LOG").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         Proc {
@@ -397,7 +404,8 @@ impl Freshgate {
                 // Outage tests stop Redis, which fails fast either way.
                 cmd.args(["--redis", r, "--redis-timeout", "1s"]);
             }
-            let mut proc = Proc::spawn("freshgate", &mut cmd);
+            let mut proc =
+                Proc::spawn_logging("freshgate", &mut cmd, Some(&dir.path().join("stderr.log")));
             if wait_port(addr, &mut proc) && wait_port(admin, &mut proc) {
                 return Freshgate {
                     addr,
@@ -413,6 +421,11 @@ impl Freshgate {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// What the process has written to stderr so far (its log).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("stderr.log")).unwrap_or_default()
     }
 
     /// GET `path` as a load balancer in front of several replicas would send
@@ -756,4 +769,16 @@ pub fn raw_status(answer: &str) -> u16 {
         .and_then(|r| r.get(..3))
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
+}
+
+/// Send `request` (a request cut short) and wait, without sending more,
+/// until the server answers or closes (20 s at most): what it sent.
+pub fn raw_exchange_partial(addr: SocketAddr, request: &[u8]) -> String {
+    use std::io::Read;
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(request).expect("send");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }
