@@ -20,7 +20,7 @@
 //! means the response was not stored.
 
 pub mod clock;
-mod entry;
+pub mod entry;
 pub mod redis;
 
 use std::any::Any;

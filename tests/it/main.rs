@@ -7,6 +7,7 @@ mod admin;
 mod browser;
 mod checker;
 mod cli;
+mod faults;
 mod hostile;
 mod hot_reload;
 mod invalidation;

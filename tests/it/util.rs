@@ -183,6 +183,20 @@ impl Origin {
         format!("http://{}", self.addr)
     }
 
+    /// Kill the app and start a new one on the same address (its data is
+    /// new too): an app that was down and came back.
+    pub fn restart(&mut self) {
+        self.proc.signal("KILL");
+        self.proc.wait_exit(Duration::from_secs(5));
+        let addr = self.addr.to_string();
+        let mut proc = Proc::spawn(
+            "demo app",
+            Command::new(BIN).args(["demo", "--origin-only", "--origin-listen", &addr]),
+        );
+        assert!(wait_port(self.addr, &mut proc), "demo app did not restart");
+        self.proc = proc;
+    }
+
     /// Requests that reached the app so far.
     pub async fn requests(&self) -> u64 {
         let v: serde_json::Value = reqwest::get(format!("{}/__stats", self.url()))
