@@ -279,7 +279,7 @@ impl BackgroundService for Warmer {
         poll_until(WARM_WAIT, || async { self.store.usable() }).await;
         info!(paths = config.warm.paths.len(), host = %config.warm.host, "warming");
         self.prefetch
-            .warm(&config.warm.host, &config.warm.paths)
+            .warm(&config.warm.host, config.warm.scheme, &config.warm.paths)
             .await;
     }
 }

@@ -52,8 +52,9 @@ pub fn primary(
         for c in &rule.key_cookies {
             key.push_str("\nc:");
             key.push_str(c);
-            key.push('=');
+            // Absent and empty (`session=`) are apart.
             if let Cookie::One(v) = cookie(req, c) {
+                key.push('=');
                 escape_into(&mut key, v.as_bytes());
             }
         }
@@ -107,6 +108,23 @@ pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Cookie<'a> {
         }
     }
     found
+}
+
+/// The `Cookie` header to forward on a read that uses the cache under a
+/// route keyed by cookies: only the keyed pairs, as the key read them
+/// (`None`: none of them). The app must not see a cookie the key does not
+/// hold — `sess%69on=x`, which some frameworks decode to `session`, or a
+/// locale cookie — or it could answer one user's way into everyone's entry.
+pub fn keyed_cookie_header(req: &RequestHeader, rule: &Rule) -> Option<String> {
+    let pairs: Vec<String> = rule
+        .key_cookies
+        .iter()
+        .filter_map(|c| match cookie(req, c) {
+            Cookie::One(v) => Some(format!("{c}={v}")),
+            _ => None,
+        })
+        .collect();
+    (!pairs.is_empty()).then(|| pairs.join("; "))
 }
 
 /// Whether every cookie `rule` keys can be read as the app will read it.
@@ -183,6 +201,22 @@ mod tests {
         assert_ne!(a, key("Bearer a", "session=s2"));
         assert_eq!(a, key("Bearer a", "session=s1; y=2"));
         assert_eq!(a, key("Bearer a", " session = s1 ;y=2"));
+        assert_ne!(key("Bearer a", "x=1"), key("Bearer a", "session="));
+    }
+
+    #[test]
+    fn only_keyed_cookies_are_forwarded() {
+        let rule = rule(&[], &["session", "lang"]);
+        let forwarded = |c: &str| keyed_cookie_header(&req("/", &[("cookie", c)]), &rule);
+        assert_eq!(
+            forwarded("sess%69on=evil; session=bob; theme=dark").as_deref(),
+            Some("session=bob")
+        );
+        assert_eq!(
+            forwarded("lang = fr ; session=bob").as_deref(),
+            Some("session=bob; lang=fr")
+        );
+        assert_eq!(forwarded("theme=dark"), None);
     }
 
     #[test]

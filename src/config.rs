@@ -140,6 +140,8 @@ pub struct RawMethodOverride {
 #[serde(deny_unknown_fields)]
 pub struct RawWarm {
     pub host: Option<String>,
+    /// `http` (default) or `https`.
+    pub scheme: Option<String>,
     #[serde(default)]
     pub paths: Vec<String>,
 }
@@ -334,9 +336,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ))
         }
     };
-    // 1e20 s, or more digits than f64 holds: an error, not a panic.
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("duration {s:?} is too large"))
+    // 1e20 s, or more digits than f64 holds: an error, not a panic (nor
+    // an overflow later, when it is added to a point in time).
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        _ => Err(format!("duration {s:?} is too large (at most 100 years)")),
+    }
 }
+
+/// The longest duration a config may say: far beyond any use, far below
+/// what `SystemTime` arithmetic can hold.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -423,6 +433,9 @@ pub struct Warm {
     /// The `Host` the warming requests carry: it is part of the cache key, so
     /// it must be the one clients send.
     pub host: String,
+    /// `http` or `https`: the scheme clients use (also part of the key):
+    /// `https` behind a TLS load balancer.
+    pub scheme: &'static str,
     pub paths: Vec<String>,
 }
 
@@ -971,6 +984,17 @@ fn validate(
     let monitoring = validate_monitoring(raw.monitoring, &mut problem);
     let warm = Warm {
         host: raw.warm.host.unwrap_or_else(|| listen.to_string()),
+        scheme: match raw.warm.scheme.as_deref() {
+            None | Some("http") => "http",
+            Some("https") => "https",
+            Some(other) => {
+                problem(
+                    other,
+                    format!("warm.scheme {other:?} must be http or https"),
+                );
+                "http"
+            }
+        },
         paths: raw.warm.paths,
     };
     if crate::host::normalize(&warm.host, "http").is_err() {
@@ -1262,6 +1286,12 @@ mod tests {
         assert!(parse_size("8 parsecs").is_err());
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        for huge in ["99999999999999999999s", "10000000000000000000s", "36501d"] {
+            assert!(
+                parse_duration(huge).unwrap_err().contains("too large"),
+                "{huge}"
+            );
+        }
         assert!(parse_duration("soon").is_err());
     }
 }

@@ -21,9 +21,31 @@ use http::HeaderValue;
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
 
+/// Headers in which a proxy states facts about the client or the URL it
+/// used. Believed only from a trusted peer: from anyone else they are
+/// removed from every request (`X-Forwarded-For` and `-Proto` are then
+/// replaced by what freshgate saw itself), so that a password-reset link is
+/// never built from an attacker's `X-Forwarded-Host`.
+pub const CLAIMS: &[&str] = &[
+    "forwarded",
+    "x-forwarded-host",
+    "x-forwarded-server",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-real-ip",
+    "x-client-ip",
+    "client-ip",
+    "true-client-ip",
+    "x-host",
+    "x-original-host",
+];
+
 /// Headers that can change what the app answers without being in the
-/// cache key; removed from requests that use the cache (as are the
-/// configured method-override headers).
+/// cache key: every claim above, also a trusted peer's, and the usual
+/// method-override headers. Removed from requests that use the cache (as
+/// are the configured method-override headers), unless the route keys them.
 pub const UNKEYED: &[&str] = &[
     "forwarded",
     "x-forwarded-host",
@@ -32,6 +54,10 @@ pub const UNKEYED: &[&str] = &[
     "x-forwarded-prefix",
     "x-forwarded-scheme",
     "x-forwarded-ssl",
+    "x-real-ip",
+    "x-client-ip",
+    "client-ip",
+    "true-client-ip",
     "x-host",
     "x-original-host",
     "x-http-method-override",
@@ -181,6 +207,13 @@ mod tests {
         );
         assert_eq!(forwarded_for(&chain, peer, false).unwrap(), "10.0.0.9");
         assert_eq!(forwarded_for(&req(&[]), peer, true).unwrap(), "10.0.0.9");
+    }
+
+    #[test]
+    fn every_claim_is_also_unkeyed() {
+        for c in CLAIMS {
+            assert!(UNKEYED.contains(c), "{c}");
+        }
     }
 
     #[test]

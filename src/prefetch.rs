@@ -73,26 +73,27 @@ impl Prefetcher {
         value.is_some_and(|v| v.as_bytes() == self.secret.as_bytes())
     }
 
-    /// Refetch `paths` in the background, with the write's `host` (part of
-    /// the cache key). A path that finds every permit taken is skipped.
-    pub fn refetch(&self, host: &str, paths: Vec<String>) {
+    /// Refetch `paths` in the background, with the write's `host` and
+    /// `scheme` (both part of the cache key). A path that finds every permit
+    /// taken is skipped.
+    pub fn refetch(&self, host: &str, scheme: &str, paths: Vec<String>) {
         for path in paths {
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
                 METRICS.prefetches.with_label_values(&["skipped"]).inc();
                 continue;
             };
-            self.fetch(host, &path, permit, &METRICS.prefetches);
+            self.fetch(host, scheme, &path, permit, &METRICS.prefetches);
         }
     }
 
     /// Fetch `paths` once, at most [`CONCURRENT`] at a time (waiting for a
     /// permit rather than skipping: warming is a one-off list).
-    pub async fn warm(&self, host: &str, paths: &[String]) {
+    pub async fn warm(&self, host: &str, scheme: &str, paths: &[String]) {
         for path in paths {
             let Ok(permit) = self.permits.clone().acquire_owned().await else {
                 return;
             };
-            self.fetch(host, path, permit, &METRICS.warmed);
+            self.fetch(host, scheme, path, permit, &METRICS.warmed);
         }
     }
 
@@ -103,10 +104,13 @@ impl Prefetcher {
     }
 
     /// One GET through our own listener on a blocking thread, counted in
-    /// `counter` by result; `permit` is released when it ends.
+    /// `counter` by result; `permit` is released when it ends. Its
+    /// `X-Forwarded-Proto` is believed by the proxy because it carries the
+    /// secret (whatever `trusted_proxies` says of loopback).
     fn fetch(
         &self,
         host: &str,
+        scheme: &str,
         path: &str,
         permit: OwnedSemaphorePermit,
         counter: &'static IntCounterVec,
@@ -116,7 +120,8 @@ impl Prefetcher {
             .agent
             .get(&url)
             .header(HEADER, &self.secret)
-            .header("host", host);
+            .header("host", host)
+            .header("x-forwarded-proto", scheme);
         tokio::task::spawn_blocking(move || {
             let result = req.call().and_then(|mut resp| {
                 // Read it all: the fill completes with the body.

@@ -191,8 +191,20 @@ impl ProxyHttp for Proxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .is_some_and(|a| ctx.config.trusted_proxies.contains(a.ip()));
+        ctx.background = session.subrequest_ctx.is_some()
+            || self
+                .prefetch
+                .is_refetch(session.req_header().headers.get(prefetch::HEADER));
+        if !ctx.peer_trusted && !ctx.background {
+            // Gone from the request itself, so that a background refresh
+            // made from it (stale-while-revalidate) reads the same scheme.
+            session.req_header_mut().remove_header("x-forwarded-proto");
+        }
         let req = session.req_header();
-        ctx.scheme = forwarding::scheme(req, ctx.peer_trusted);
+        // A refetch, warming fetch or background refresh states the scheme
+        // of the request it refills (it comes from loopback, which need not
+        // be trusted, or is a copy of a request already read).
+        ctx.scheme = forwarding::scheme(req, ctx.peer_trusted || ctx.background);
         if !canonical::target_is_usable(req) {
             // Not valid UTF-8 (RFC 9112 §3.2 targets are ASCII), or neither
             // origin-form, absolute-form nor `*`: the app and the key could
@@ -211,10 +223,6 @@ impl ProxyHttp for Proxy {
         let request = Canonical::new(req, &ctx.config.paths, &ctx.config.method_override);
         ctx.rule = ctx.config.routes.lookup(&request.route).cloned();
         ctx.request = Some(request);
-        ctx.background = session.subrequest_ctx.is_some()
-            || self
-                .prefetch
-                .is_refetch(session.req_header().headers.get(prefetch::HEADER));
         Ok(false)
     }
 
@@ -365,12 +373,36 @@ impl ProxyHttp for Proxy {
         for h in forwarding::ROUTING_OVERRIDES {
             upstream.remove_header(*h);
         }
-        if session.cache.enabled() {
-            for h in forwarding::UNKEYED {
+        if !ctx.peer_trusted {
+            for h in forwarding::CLAIMS {
                 upstream.remove_header(*h);
             }
-            for h in &ctx.config.method_override.headers {
-                upstream.remove_header(h.as_str());
+        }
+        if session.cache.enabled() {
+            // What the app reads to answer must be in the key, or absent.
+            let rule = ctx.rule.as_deref();
+            let keyed = |h: &str| rule.is_some_and(|r| r.key_headers.iter().any(|k| k == h));
+            let unkeyed = forwarding::UNKEYED.iter().copied().chain(
+                ctx.config
+                    .method_override
+                    .headers
+                    .iter()
+                    .map(String::as_str),
+            );
+            for h in unkeyed {
+                if !keyed(h) {
+                    upstream.remove_header(h);
+                }
+            }
+            if let Some(rule) = rule.filter(|r| !r.key_cookies.is_empty() && !keyed("cookie")) {
+                match cachekey::keyed_cookie_header(upstream, rule) {
+                    Some(only_keyed) => {
+                        upstream.insert_header(header::COOKIE, only_keyed)?;
+                    }
+                    None => {
+                        upstream.remove_header(&header::COOKIE);
+                    }
+                }
             }
         }
         // The app is sent the path the key and the rules were computed from,
@@ -717,7 +749,7 @@ impl Proxy {
         {
             // Only now: a refetch must begin after the invalidation is
             // recorded, so that the clock it reads makes its fill current.
-            self.refetch(&config, ctx.host.as_ref(), planned.refetch);
+            self.refetch(&config, ctx, planned.refetch);
         }
         if self.live.flags.get(Flag::Monitoring, &config) {
             self.monitor.count(Kind::Write, &planned.rules);
@@ -779,8 +811,8 @@ impl Proxy {
     /// Refetch what a write purged: the exact paths it names, its own
     /// first, where a route rule caches them for everyone (no keyed headers
     /// or cookies: a refetch carries no client's).
-    fn refetch(&self, config: &Config, host: Option<&Host>, mut paths: Vec<String>) {
-        let Some(host) = host else {
+    fn refetch(&self, config: &Config, ctx: &Ctx, mut paths: Vec<String>) {
+        let Some(host) = &ctx.host else {
             return;
         };
         paths.retain(|p| {
@@ -789,7 +821,7 @@ impl Proxy {
                 .lookup(&config.paths.route_path(p))
                 .is_some_and(|r| r.enabled && r.key_headers.is_empty() && r.key_cookies.is_empty())
         });
-        self.prefetch.refetch(host.as_str(), paths);
+        self.prefetch.refetch(host.as_str(), ctx.scheme, paths);
     }
 }
 

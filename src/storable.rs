@@ -70,11 +70,15 @@ pub fn decide(
         return Err("partial-content");
     }
     let cc = CacheControl::from_resp_headers(resp);
-    if cc.as_ref().is_some_and(CacheControl::private) {
+    // Any `private`, also `private="field"` (allowed to be stored without
+    // the field, but one user's answer is not worth the risk).
+    if cc.as_ref().is_some_and(|c| c.has_key("private")) {
         return Err("private");
     }
-    let app_freshness = app_freshness(cc.as_ref(), resp, now);
-    if !status_storable(status.as_u16(), rule, app_freshness.is_some()) {
+    let explicit = cc.as_ref().is_some_and(|c| {
+        c.s_maxage().ok().flatten().is_some() || c.max_age().ok().flatten().is_some()
+    }) || resp.headers.contains_key(header::EXPIRES);
+    if !status_storable(status.as_u16(), rule, explicit) {
         return Err("status");
     }
     let ttl = rule.and_then(|r| r.ttl);
@@ -93,19 +97,26 @@ pub fn decide(
             (now + ttl, 0, 0)
         }
         _ => {
-            let Some(until) = app_freshness else {
+            let Some(until) = app_freshness(cc.as_ref(), resp, now) else {
                 return Err("no-freshness");
             };
-            let (swr, sie) = calculate_serve_stale_durations(cc.as_ref(), &NO_HEURISTICS);
+            // `no-cache`: validated before every use, so never served stale
+            // (a stale-while-revalidate window would skip the validation).
+            let (swr, sie) = if no_cache {
+                (0, 0)
+            } else {
+                calculate_serve_stale_durations(cc.as_ref(), &NO_HEURISTICS)
+            };
             (until, swr, sie)
         }
     };
-    let fresh_until = match status.as_u16() {
+    let (fresh_until, swr, sie) = match status.as_u16() {
+        // At most `negative_ttl`, stale windows included.
         404 | 410 => {
             let cap = rule.and_then(|r| r.negative_ttl).unwrap_or(negative_ttl);
-            fresh_until.min(now + cap)
+            (fresh_until.min(now + cap), 0, 0)
         }
-        _ => fresh_until,
+        _ => (fresh_until, swr, sie),
     };
     let mut header = resp.clone();
     if let Some(cc) = &cc {
@@ -220,6 +231,12 @@ mod tests {
             Err("status")
         );
         assert_eq!(fresh(&resp(301, &[]), Some(&rule(Some(60), ALL))), Ok(60));
+        // `no-cache` is no freshness of its own.
+        let no_cache = [("cache-control", "no-cache")];
+        assert_eq!(
+            fresh(&resp(302, &no_cache), Some(&rule(Some(60), ALL))),
+            Err("status")
+        );
     }
 
     #[test]
@@ -283,11 +300,40 @@ mod tests {
     }
 
     #[test]
+    fn stale_windows_never_outlive_what_they_qualify() {
+        let now = SystemTime::now();
+        let meta = |r: &ResponseHeader| match decide(r, None, DEFAULT_NEGATIVE_TTL, now) {
+            Ok(RespCacheable::Cacheable(m)) => m,
+            other => panic!("not stored: {other:?}"),
+        };
+        // Whether it may be served stale a second after its freshness ends.
+        let stale_ok = |m: &CacheMeta| {
+            let t = m.fresh_until() + Duration::from_secs(1);
+            (m.serve_stale_while_revalidate(t), m.serve_stale_if_error(t))
+        };
+        let swr = "max-age=60, stale-while-revalidate=600, stale-if-error=600";
+        assert_eq!(
+            stale_ok(&meta(&resp(200, &[("cache-control", swr)]))),
+            (true, true)
+        );
+        assert_eq!(
+            stale_ok(&meta(&resp(404, &[("cache-control", swr)]))),
+            (false, false)
+        );
+        let nc = "no-cache, stale-while-revalidate=600";
+        assert_eq!(
+            stale_ok(&meta(&resp(200, &[("cache-control", nc)]))),
+            (false, false)
+        );
+    }
+
+    #[test]
     fn never_overridden() {
         for h in [
             ("set-cookie", "s=1"),
             ("vary", "accept, *"),
             ("cache-control", "private"),
+            ("cache-control", "private=\"x-user\", max-age=60"),
         ] {
             assert!(fresh(&resp(200, &[h]), Some(&rule(Some(60), ALL))).is_err());
         }

@@ -443,6 +443,10 @@ async fn bad_input_gets_a_4xx_or_passes_through_never_a_panic() {
             .into(),
         ),
         (
+            "a 100 kB target",
+            format!("GET /knobs/{} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", big(100 << 10)).into(),
+        ),
+        (
             "bad chunk size",
             b"POST /knobs/a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nabc\r\n0\r\n\r\n".to_vec(),
         ),
@@ -532,4 +536,74 @@ async fn bad_input_gets_a_4xx_or_passes_through_never_a_panic() {
     let after = get(&fg.url("/knobs/after")).await;
     assert_eq!(after.status, 200);
     assert!(!fg.log().contains("panicked"), "{}", fg.log());
+}
+
+#[tokio::test]
+async fn on_a_cookie_keyed_route_the_app_sees_only_the_keyed_cookie() {
+    let (_origin, fg) = setup();
+    let c = client();
+    // `sess%69on` is `session` to a framework that decodes cookie names
+    // (PHP): keyed as anonymous, it must not reach the app at all.
+    let url = fg.url("/knobs/session/decoded?echo=cookie");
+    let sneaky = send(
+        c.get(&url)
+            .header("cookie", "sess%69on=mallory; theme=dark"),
+    )
+    .await;
+    assert_eq!(sneaky.json()["echo"]["cookie"], "", "{}", sneaky.body);
+    let bob = send(c.get(&url).header("cookie", "theme=dark; session=bob")).await;
+    assert_eq!(bob.json()["echo"]["cookie"], "session=bob");
+}
+
+#[tokio::test]
+async fn an_untrusted_peer_states_no_client_facts_on_any_request() {
+    let origin = Origin::start(0);
+    let fg = Freshgate::start(
+        &origin.url(),
+        None,
+        &format!("{CONFIG}\ntrusted_proxies: []\n"),
+    );
+    // Not a cached read (a cookie on a route that keys none: bypassed), so
+    // the unkeyed-header rule does not apply; the claims go all the same.
+    let echo = "x-forwarded-host,x-real-ip,forwarded,x-forwarded-port";
+    let r = send(
+        client()
+            .get(fg.url(&format!("/knobs/claims?echo={echo}")))
+            .header("cookie", "a=1")
+            .header("x-forwarded-host", "evil.example")
+            .header("x-real-ip", "203.0.113.9")
+            .header("forwarded", "for=203.0.113.9;host=evil.example")
+            .header("x-forwarded-port", "443"),
+    )
+    .await;
+    assert!(
+        r.cache_status.contains("detail=cookie"),
+        "{}",
+        r.cache_status
+    );
+    for (name, seen) in r.json()["echo"].as_object().unwrap() {
+        assert_eq!(seen, "", "{name} reached the app from an untrusted peer");
+    }
+}
+
+#[tokio::test]
+async fn a_refetch_fills_the_entry_of_the_scheme_that_wrote() {
+    let origin = Origin::start(0);
+    let config = format!("{TEST_CONFIG}flags:\n  prefetch: true\n");
+    let fg = Freshgate::start(&origin.url(), None, &config);
+    let c = client();
+    let post = fg.url("/community/api/posts/5");
+    // Behind a TLS load balancer: every request says https.
+    let https = |r: reqwest::RequestBuilder| r.header("x-forwarded-proto", "https");
+    send(https(c.get(&post))).await;
+    assert_eq!(send(https(c.get(&post))).await.x_cache, "HIT");
+    send(https(c.post(fg.url("/community/api/posts/5/like")))).await;
+    fg.metrics_with(&["freshgate_prefetches_total{result=\"ok\"} 2"])
+        .await;
+    let after = send(https(c.get(&post))).await;
+    assert_eq!(
+        after.x_cache, "HIT",
+        "the refetch filled another scheme's entry"
+    );
+    assert_eq!(after.json()["likes"], 1);
 }

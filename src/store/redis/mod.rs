@@ -182,8 +182,8 @@ pub struct RedisTier {
     outage_cleared: AtomicU64,
     /// When this replica last said which rules it runs (`mono_ms`).
     last_heartbeat_ms: AtomicU64,
-    /// When the tier was last seen available by `unavailable_for` (`mono_ms`;
-    /// its creation at first).
+    /// When the tier was last seen available (`mono_ms`; its creation at
+    /// first). See `unavailable_for`.
     last_up_ms: AtomicU64,
     /// Redis is close to its `maxmemory`: entries are not written to it,
     /// so the log keeps room (with `noeviction`, a full Redis refuses fences).
@@ -296,10 +296,10 @@ impl RedisTier {
             && self.heard_lately()
     }
 
-    /// How long the tier has been unavailable, as seen at the calls of this
-    /// function (the alert evaluation): zero while available. Counted from
-    /// the tier's creation at first, so the moments before the first
-    /// connection are not an outage.
+    /// How long the tier has been unavailable: zero while available, else
+    /// the time since the maintainer (every `PING_EVERY`) or a call of this
+    /// last saw it available — its creation at first, so the moments before
+    /// the first connection are not an outage.
     pub fn unavailable_for(&self) -> Duration {
         let now = mono_ms();
         if self.available() {
@@ -981,6 +981,9 @@ impl RedisTier {
     pub async fn maintain(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         loop {
             self.check_once().await;
+            if self.available() {
+                self.last_up_ms.store(mono_ms(), Ordering::Release);
+            }
             tokio::select! {
                 _ = tokio::time::sleep(PING_EVERY) => {}
                 _ = shutdown.changed() => {
