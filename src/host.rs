@@ -118,7 +118,10 @@ pub fn normalize(raw: &str, scheme: &str) -> Result<Host, HostError> {
             None => (raw, None),
         };
         let name = name.strip_suffix('.').unwrap_or(name);
-        if name.is_empty() || name.len() > MAX_NAME || !is_reg_name(name) {
+        // No empty label (`..`, `.a`, `a..b`): no name has one, and `..`
+        // would otherwise read as `.`, which reads as nothing.
+        let empty_label = name.starts_with('.') || name.contains("..");
+        if name.is_empty() || name.len() > MAX_NAME || empty_label || !is_reg_name(name) {
             return Err(invalid());
         }
         (name.to_ascii_lowercase(), port)
@@ -219,6 +222,9 @@ mod tests {
             "user@victim.example",
             "",
             ".",
+            "..",
+            ".a",
+            "a..b",
             ":80",
             "example.com:http",
             "example.com:65536",

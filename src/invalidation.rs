@@ -32,7 +32,7 @@ use std::fmt;
 use http::Method;
 
 use crate::canonical::{Methods, PathPolicy, RoutePath};
-use crate::rules::{fill_canonical, to_matchit, PatternError};
+use crate::rules::{fill_canonical, in_canonical_form, to_matchit, PatternError};
 
 /// One `invalidate:` rule, compiled.
 #[derive(Debug, Clone)]
@@ -92,10 +92,12 @@ fn single(
     pattern: &str,
     paths: &PathPolicy,
 ) -> Result<(String, matchit::Router<()>), PatternError> {
-    let canonical = to_matchit(pattern).map_err(|reason| PatternError {
-        pattern: pattern.to_string(),
-        reason,
-    })?;
+    let canonical = to_matchit(pattern)
+        .and_then(|c| in_canonical_form(&c, paths).map(|()| c))
+        .map_err(|reason| PatternError {
+            pattern: pattern.to_string(),
+            reason,
+        })?;
     let mut router = matchit::Router::new();
     router
         .insert(paths.fold_pattern(&canonical), ())

@@ -428,32 +428,41 @@ impl ProxyHttp for Proxy {
         resp: &ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<RespCacheable> {
-        let decided = storable::decide(
-            resp,
-            ctx.rule.as_deref(),
-            ctx.config.negative_ttl,
-            SystemTime::now(),
-        )
-        .and_then(|c| match (c, ctx.fill) {
-            // What it fetched may predate the commit of a write in flight.
-            (RespCacheable::Cacheable(_), Some(fill)) if fill.fenced => Err("write-in-progress"),
-            (RespCacheable::Cacheable(mut meta), Some(fill)) => {
-                let mut tags = ctx.read_tags.clone();
-                tags.extend(invalidation::tags_from_response(&resp.headers));
-                if !Entry::can_hold(&tags) {
-                    // Stored without one of them, it would miss its purge.
-                    return Err("too-many-tags");
+        let received = SystemTime::now();
+        let exchange = storable::Exchange {
+            sent: ctx
+                .upstream_started
+                .map_or(received, |t| received - t.elapsed()),
+            received,
+        };
+        let bounds = storable::Bounds {
+            negative_ttl: ctx.config.negative_ttl,
+            max_ttl: ctx.config.max_lifetime,
+        };
+        let decided = storable::decide(resp, ctx.rule.as_deref(), bounds, exchange).and_then(|c| {
+            match (c, ctx.fill) {
+                // What it fetched may predate the commit of a write in flight.
+                (RespCacheable::Cacheable(_), Some(fill)) if fill.fenced => {
+                    Err("write-in-progress")
                 }
-                meta.extensions_mut().insert(FillInfo {
-                    fetch_seq: fill.seq,
-                    epoch: fill.epoch,
-                    rules: ctx.config.rules_fingerprint,
-                    tags,
-                });
-                Ok(RespCacheable::Cacheable(meta))
+                (RespCacheable::Cacheable(mut meta), Some(fill)) => {
+                    let mut tags = ctx.read_tags.clone();
+                    tags.extend(invalidation::tags_from_response(&resp.headers));
+                    if !Entry::can_hold(&tags) {
+                        // Stored without one of them, it would miss its purge.
+                        return Err("too-many-tags");
+                    }
+                    meta.extensions_mut().insert(FillInfo {
+                        fetch_seq: fill.seq,
+                        epoch: fill.epoch,
+                        rules: ctx.config.rules_fingerprint,
+                        tags,
+                    });
+                    Ok(RespCacheable::Cacheable(meta))
+                }
+                (RespCacheable::Cacheable(_), None) => Err("clock-unavailable"),
+                (other, _) => Ok(other),
             }
-            (RespCacheable::Cacheable(_), None) => Err("clock-unavailable"),
-            (other, _) => Ok(other),
         });
         match decided {
             Ok(c) => Ok(c),

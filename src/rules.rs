@@ -15,7 +15,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::canonical::{PathPolicy, RoutePath};
+use crate::canonical::{normalize_path, PathPolicy, RoutePath};
 
 /// One route rule, as validated from the config.
 #[derive(Debug, Clone)]
@@ -115,8 +115,11 @@ impl RouteTable {
         let mut router = matchit::Router::new();
         let mut errors = Vec::new();
         for (i, rule) in rules.iter().enumerate() {
-            let compiled = match to_matchit(&rule.pattern) {
-                Ok(c) => paths.fold_pattern(&c),
+            let compiled = match to_matchit(&rule.pattern).and_then(|c| {
+                in_canonical_form(&c, paths)?;
+                Ok(paths.fold_pattern(&c))
+            }) {
+                Ok(c) => c,
                 Err(reason) => {
                     errors.push(PatternError {
                         pattern: rule.pattern.clone(),
@@ -150,6 +153,23 @@ impl RouteTable {
     pub fn rules(&self) -> &[Arc<Rule>] {
         &self.rules
     }
+}
+
+/// Whether a pattern (in matchit syntax) can match requests at all: they
+/// are matched in canonical form (see `canonical::normalize_path`), so a
+/// pattern whose literal text is not (`/a//b`, `/a/./b`, `/%7Euser`) never
+/// would. Refused, with the form to write instead.
+pub fn in_canonical_form(matchit: &str, paths: &PathPolicy) -> Result<(), String> {
+    let Some(sample) = fill_canonical(matchit, |_| Some("1".to_string())) else {
+        return Ok(());
+    };
+    let canonical = normalize_path(&sample, paths.merge_slashes);
+    if canonical != sample {
+        return Err(format!(
+            "requests are matched in canonical form, so this never matches one ({sample:?} is read as {canonical:?}): write the pattern that way"
+        ));
+    }
+    Ok(())
 }
 
 /// A concrete path that `pattern` matches: parameters and wildcards become
@@ -290,6 +310,36 @@ mod tests {
             Some("post"),
             "slashes, dot segments, escapes"
         );
+    }
+
+    #[test]
+    fn patterns_no_request_can_match_are_refused() {
+        // Found by the `patterns` fuzz target: `//1` compiled, and matched
+        // nothing (requests are matched with `//` merged).
+        let paths = PathPolicy::default();
+        for p in [
+            "//1",
+            "/a//b",
+            "/a/./b",
+            "/a/../b",
+            "/%7Euser/:id",
+            "/a/%41",
+        ] {
+            let e = RouteTable::new(vec![rule("r", p)], &paths).unwrap_err();
+            assert!(
+                e[0].reason.contains("canonical form"),
+                "{p}: {}",
+                e[0].reason
+            );
+        }
+        for p in ["/", "/a/", "/a/%2F/:id", "/a/:id/**"] {
+            assert!(RouteTable::new(vec![rule("r", p)], &paths).is_ok(), "{p}");
+        }
+        let keep = PathPolicy {
+            merge_slashes: false,
+            ..PathPolicy::default()
+        };
+        assert!(RouteTable::new(vec![rule("r", "/a//b")], &keep).is_ok());
     }
 
     #[test]

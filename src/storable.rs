@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{header, StatusCode};
 use pingora::cache::cache_control::{CacheControl, InterpretCacheControl};
-use pingora::cache::filters::{calculate_expires_header_time, calculate_serve_stale_durations};
+use pingora::cache::filters::calculate_serve_stale_durations;
 use pingora::cache::{CacheMeta, CacheMetaDefaults, RespCacheable};
 use pingora::http::ResponseHeader;
 
@@ -44,14 +44,38 @@ pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(10);
 /// stale data.
 static NO_HEURISTICS: CacheMetaDefaults = CacheMetaDefaults::new(|_| None, 0, 0);
 
+/// When the response was asked for and received, by freshgate's clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange {
+    /// When the request went to the app.
+    pub sent: SystemTime,
+    /// When the response's header arrived.
+    pub received: SystemTime,
+}
+
+/// The config's bounds on any entry.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Longest life of a 404/410 where the route sets none.
+    pub negative_ttl: Duration,
+    /// Longest life of anything (`cache.max_ttl`).
+    pub max_ttl: Duration,
+}
+
 /// Whether `resp` may be stored under `rule`, with what freshness; if not,
-/// why (the `Cache-Status` detail). `negative_ttl` is the config's default
-/// for routes that set none.
+/// why (the `Cache-Status` detail).
+///
+/// Freshness is RFC 9111's: a lifetime (§4.2.1: `s-maxage`, `max-age`, or
+/// `Expires − Date`, so an origin clock that runs fast or slow does not
+/// matter) against the response's age (§4.2.3: its `Age` and the time the
+/// exchange took, or how old its `Date` says it is). The entry's creation is
+/// set that far in the past, so the `Age` it is served with and its
+/// freshness both count the age it arrived with.
 pub fn decide(
     resp: &ResponseHeader,
     rule: Option<&Rule>,
-    negative_ttl: Duration,
-    now: SystemTime,
+    bounds: Bounds,
+    exchange: Exchange,
 ) -> Result<RespCacheable, &'static str> {
     if resp.headers.contains_key(header::SET_COOKIE) {
         return Err("set-cookie");
@@ -87,17 +111,14 @@ pub fn decide(
         return Err("no-store");
     }
     let no_cache = cc.as_ref().is_some_and(CacheControl::no_cache);
-    let explicit = cc.as_ref().is_some_and(|c| {
-        c.s_maxage().ok().flatten().is_some() || c.max_age().ok().flatten().is_some()
-    }) || resp.headers.contains_key(header::EXPIRES);
-    let (fresh_until, swr, sie) = match ttl {
+    let (lifetime, swr, sie) = match ttl {
         // The rule decides the lifetime; stale windows are then the app's
         // no longer: an entry the rule keeps is never served past it.
         Some(ttl) if (!no_cache || overrides.no_cache) && (!explicit || overrides.max_age) => {
-            (now + ttl, 0, 0)
+            (ttl, 0, 0)
         }
         _ => {
-            let Some(until) = app_freshness(cc.as_ref(), resp, now) else {
+            let Some(lifetime) = app_lifetime(cc.as_ref(), resp, exchange.received) else {
                 return Err("no-freshness");
             };
             // `no-cache`: validated before every use, so never served stale
@@ -107,47 +128,101 @@ pub fn decide(
             } else {
                 calculate_serve_stale_durations(cc.as_ref(), &NO_HEURISTICS)
             };
-            (until, swr, sie)
+            (lifetime, swr, sie)
         }
     };
-    let (fresh_until, swr, sie) = match status.as_u16() {
+    let (lifetime, swr, sie) = match status.as_u16() {
         // At most `negative_ttl`, stale windows included.
         404 | 410 => {
-            let cap = rule.and_then(|r| r.negative_ttl).unwrap_or(negative_ttl);
-            (fresh_until.min(now + cap), 0, 0)
+            let cap = rule
+                .and_then(|r| r.negative_ttl)
+                .unwrap_or(bounds.negative_ttl);
+            (lifetime.min(cap), 0, 0)
         }
-        _ => (fresh_until, swr, sie),
+        _ => (lifetime, swr, sie),
     };
+    let created = exchange.received - initial_age(resp, exchange);
+    // Fresh until its lifetime is used up, and never past `max_ttl` from
+    // now (the store drops it then: `Cache-Status: ttl=` must not promise
+    // longer). Already stale (`no-cache`, `max-age=0`, an `Expires` in the
+    // past, an `Age` beyond its lifetime): stored to be revalidated.
+    let fresh_until = (created + lifetime).min(exchange.received + bounds.max_ttl);
     let mut header = resp.clone();
     if let Some(cc) = &cc {
         cc.strip_private_headers(&mut header);
     }
     Ok(RespCacheable::Cacheable(CacheMeta::new(
         fresh_until,
-        now,
+        created,
         swr,
         sie,
         header,
     )))
 }
 
-/// Until when the app says `resp` is fresh, if it says: `s-maxage`, else
-/// `max-age`, else `Expires` (RFC 9111 §4.2.1); `no-cache` is "already
-/// stale". As pingora computes it, without its no-store check (an override
-/// may have lifted that) and without heuristics.
-fn app_freshness(
+/// The delta-seconds ceiling (RFC 9111 §1.2.2): larger values, and
+/// overflows, are taken as 2^31.
+const DELTA_MAX: u64 = 1 << 31;
+
+/// The freshness lifetime the app gives `resp` (RFC 9111 §4.2.1): its
+/// `s-maxage`, else `max-age`, else `Expires` minus `Date` (the time it was
+/// `received`, without one); `no-cache`, and an invalid or repeated
+/// `Expires`, are a lifetime of 0. `None`: no freshness of its own.
+fn app_lifetime(
     cc: Option<&CacheControl>,
     resp: &ResponseHeader,
-    now: SystemTime,
-) -> Option<SystemTime> {
-    let from_cc = cc.and_then(|c| c.fresh_duration()).map(|d| {
-        if d.is_zero() {
-            now - Duration::from_secs(1)
-        } else {
-            now + d
-        }
-    });
-    from_cc.or_else(|| calculate_expires_header_time(resp))
+    received: SystemTime,
+) -> Option<Duration> {
+    if let Some(d) = cc.and_then(|c| c.fresh_duration()) {
+        // `fresh_duration` is zero for `no-cache`.
+        return Some(d);
+    }
+    let mut expires = resp.headers.get_all(header::EXPIRES).iter();
+    let first = expires.next()?;
+    let date = http_date(resp.headers.get(header::DATE)).unwrap_or(received);
+    Some(match (http_date(Some(first)), expires.next()) {
+        (Some(at), None) => at.duration_since(date).unwrap_or(Duration::ZERO),
+        // "MUST interpret invalid date formats ... as representing a time
+        // in the past" (§5.3); several values are invalid.
+        _ => Duration::ZERO,
+    })
+}
+
+/// How old `resp` already was when it arrived (RFC 9111 §4.2.3): the larger
+/// of its apparent age (`received − Date`) and its `Age` plus the time the
+/// exchange took.
+pub fn initial_age(resp: &ResponseHeader, exchange: Exchange) -> Duration {
+    let apparent = http_date(resp.headers.get(header::DATE))
+        .and_then(|date| exchange.received.duration_since(date).ok())
+        .unwrap_or(Duration::ZERO);
+    let delay = exchange
+        .received
+        .duration_since(exchange.sent)
+        .unwrap_or(Duration::ZERO);
+    let corrected = Duration::from_secs(age_value(resp)) + delay;
+    apparent.max(corrected).min(Duration::from_secs(DELTA_MAX))
+}
+
+/// The `Age` field (RFC 9111 §5.1): the first member of the first line; a
+/// value that is not a non-negative integer is ignored (0); past 2^31, 2^31.
+fn age_value(resp: &ResponseHeader) -> u64 {
+    let Some(first) = resp
+        .headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(str::trim)
+    else {
+        return 0;
+    };
+    if first.is_empty() || !first.bytes().all(|b| b.is_ascii_digit()) {
+        return 0;
+    }
+    first.parse::<u64>().map_or(DELTA_MAX, |n| n.min(DELTA_MAX))
+}
+
+fn http_date(v: Option<&http::HeaderValue>) -> Option<SystemTime> {
+    httpdate::parse_http_date(v?.to_str().ok()?.trim()).ok()
 }
 
 /// Whether a `status` answer may be stored at all under `rule` (see the
@@ -190,7 +265,7 @@ mod tests {
     /// Seconds of freshness, or why not stored.
     fn fresh(r: &ResponseHeader, rule: Option<&Rule>) -> Result<u64, &'static str> {
         let now = SystemTime::now();
-        match decide(r, rule, DEFAULT_NEGATIVE_TTL, now)? {
+        match decide(r, rule, BOUNDS, at(now))? {
             // Stored already stale (`no-cache`, `max-age=0`): revalidated
             // with the app on every use.
             RespCacheable::Cacheable(meta) => Ok(meta
@@ -199,6 +274,91 @@ mod tests {
                 .map_or(0, |d| d.as_secs())),
             RespCacheable::Uncacheable(_) => Err("uncacheable"),
         }
+    }
+
+    const BOUNDS: Bounds = Bounds {
+        negative_ttl: DEFAULT_NEGATIVE_TTL,
+        max_ttl: Duration::from_secs(86_400),
+    };
+
+    /// An exchange that took no time, received at `now`.
+    fn at(now: SystemTime) -> Exchange {
+        Exchange {
+            sent: now,
+            received: now,
+        }
+    }
+
+    #[test]
+    fn age_counts_against_freshness() {
+        // RFC 9111 §4.2.3, §5.1.
+        let with_age = |age: &str| resp(200, &[("cache-control", "max-age=3600"), ("age", age)]);
+        assert_eq!(fresh(&with_age("600"), None), Ok(3000));
+        assert_eq!(
+            fresh(&with_age("7200"), None),
+            Ok(0),
+            "older than its lifetime"
+        );
+        assert_eq!(fresh(&with_age("100, 200"), None), Ok(3500), "first member");
+        for ignored in ["abc", "-5", "", "1.5", "0x10"] {
+            assert_eq!(fresh(&with_age(ignored), None), Ok(3600), "Age {ignored:?}");
+        }
+        assert_eq!(
+            fresh(&with_age("99999999999999999999"), None),
+            Ok(0),
+            "2^31"
+        );
+        // The time the exchange took counts too.
+        let now = SystemTime::now();
+        let slow = Exchange {
+            sent: now - Duration::from_secs(100),
+            received: now,
+        };
+        let r = resp(200, &[("cache-control", "max-age=3600"), ("age", "600")]);
+        let Ok(RespCacheable::Cacheable(m)) = decide(&r, None, BOUNDS, slow) else {
+            panic!("not stored");
+        };
+        assert_eq!(m.fresh_until().duration_since(now).unwrap().as_secs(), 2900);
+        // Served with the age it arrived with.
+        assert_eq!(m.age().as_secs(), 700);
+    }
+
+    #[test]
+    fn expires_is_judged_against_the_origins_own_date() {
+        // RFC 9111 §4.2.1: Expires − Date, whatever the origin's clock says.
+        let now = SystemTime::now();
+        let date = |offset: i64| {
+            let t = if offset >= 0 {
+                now + Duration::from_secs(offset as u64)
+            } else {
+                now - Duration::from_secs((-offset) as u64)
+            };
+            httpdate::fmt_http_date(t)
+        };
+        // A fast origin clock (an hour ahead): 100 s of life, not 3700.
+        let fast = resp(200, &[("date", &date(3600)), ("expires", &date(3700))]);
+        assert_eq!(fresh(&fast, None), Ok(100));
+        // A slow one (an hour behind): its Date makes it an hour old already.
+        let slow = resp(200, &[("date", &date(-3600)), ("expires", &date(-3500))]);
+        assert_eq!(fresh(&slow, None), Ok(0));
+        // In the past, invalid, or repeated: stale.
+        let past = resp(200, &[("date", &date(0)), ("expires", &date(-10))]);
+        assert_eq!(fresh(&past, None), Ok(0));
+        assert_eq!(fresh(&resp(200, &[("expires", "0")]), None), Ok(0));
+        let two = resp(200, &[("expires", &date(100)), ("expires", &date(200))]);
+        assert_eq!(fresh(&two, None), Ok(0));
+        // max-age wins over Expires.
+        let both = resp(
+            200,
+            &[("cache-control", "max-age=50"), ("expires", &date(1000))],
+        );
+        assert_eq!(fresh(&both, None), Ok(50));
+    }
+
+    #[test]
+    fn nothing_is_fresh_past_max_ttl() {
+        let r = resp(200, &[("cache-control", "max-age=31536000")]);
+        assert_eq!(fresh(&r, None), Ok(86_400));
     }
 
     const ALL: CacheOverrides = CacheOverrides {
@@ -302,7 +462,7 @@ mod tests {
     #[test]
     fn stale_windows_never_outlive_what_they_qualify() {
         let now = SystemTime::now();
-        let meta = |r: &ResponseHeader| match decide(r, None, DEFAULT_NEGATIVE_TTL, now) {
+        let meta = |r: &ResponseHeader| match decide(r, None, BOUNDS, at(now)) {
             Ok(RespCacheable::Cacheable(m)) => m,
             other => panic!("not stored: {other:?}"),
         };
