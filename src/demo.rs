@@ -22,9 +22,10 @@
 //! - `GET|PATCH|DELETE /studio/api/chapters/:id`, `GET|PATCH|DELETE /studio/api/scenes/:id`
 //! - `GET|POST /community/api/posts`, `GET|PATCH|DELETE /community/api/posts/:postId`
 //! - `POST /community/api/posts/:postId/like`, `GET|POST /community/api/posts/:postId/replies`
-//! - `GET /knobs/**?cc=&vary=&set_cookie=&etag=&size=&status=&echo=` — a response
-//!   shaped by its query, with a serial number (and the request headers named
-//!   in `echo`), for testing HTTP caching semantics
+//! - `GET /knobs/**?cc=&vary=&set_cookie=&etag=&size=&status=&echo=&hdr=` — a
+//!   response shaped by its query, with a serial number (and the request
+//!   headers named in `echo`, and any `hdr=name:value` header), for testing
+//!   HTTP caching semantics
 //! - `GET /__stats` — how many requests reached the app (no delay, no cache)
 
 use std::collections::BTreeMap;
@@ -381,6 +382,7 @@ impl DemoApp {
                 set(&mut r, "etag", etag);
                 set(&mut r, "cache-control", get("cc").unwrap_or("max-age=60"));
                 set(&mut r, "x-serial", &serial.to_string());
+                add_headers(&mut r, &q);
                 return r;
             }
         }
@@ -454,7 +456,22 @@ impl DemoApp {
         if let Some(g) = get("cache_groups") {
             set(&mut r, "cache-groups", g);
         }
+        add_headers(&mut r, &q);
         r
+    }
+}
+
+/// `hdr=name:value` (repeatable): extra response headers, appended.
+fn add_headers(r: &mut Response<Vec<u8>>, q: &[(String, String)]) {
+    for (_, v) in q.iter().filter(|(k, _)| k == "hdr") {
+        if let Some((name, value)) = v.split_once(':') {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(name.trim().as_bytes()),
+                http::HeaderValue::from_str(value.trim()),
+            ) {
+                r.headers_mut().append(n, v);
+            }
+        }
     }
 }
 

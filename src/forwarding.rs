@@ -70,6 +70,43 @@ pub const UNKEYED: &[&str] = &[
 /// than the one its path names and invalidates. Removed from every request.
 pub const ROUTING_OVERRIDES: &[&str] = &["x-original-url", "x-rewrite-url"];
 
+/// The field names a message's `Connection` header lists (RFC 9110
+/// §7.6.1), lower-cased: meant for the next hop only.
+pub fn connection_listed(headers: &http::HeaderMap) -> Vec<String> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Hop-by-hop fields every proxy removes (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Remove from an app's response what was meant for freshgate alone: the
+/// fields its `Connection` lists and the standard hop-by-hop ones. Before
+/// it is stored or sent on (pingora frames the response to the client
+/// itself).
+pub fn strip_hop_by_hop(resp: &mut pingora::http::ResponseHeader) {
+    for name in connection_listed(&resp.headers) {
+        resp.remove_header(&name);
+    }
+    for name in HOP_BY_HOP {
+        resp.remove_header(*name);
+    }
+}
+
 /// Peers whose forwarding headers are believed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrustedProxies(Vec<IpNet>);
@@ -207,6 +244,21 @@ mod tests {
         );
         assert_eq!(forwarded_for(&chain, peer, false).unwrap(), "10.0.0.9");
         assert_eq!(forwarded_for(&req(&[]), peer, true).unwrap(), "10.0.0.9");
+    }
+
+    #[test]
+    fn what_connection_lists_goes() {
+        let mut r = pingora::http::ResponseHeader::build(200, None).unwrap();
+        r.append_header("connection", "X-Private, keep-alive")
+            .unwrap();
+        r.append_header("connection", "x-other").unwrap();
+        r.append_header("x-private", "1").unwrap();
+        r.append_header("x-other", "1").unwrap();
+        r.append_header("keep-alive", "timeout=5").unwrap();
+        r.append_header("x-kept", "1").unwrap();
+        strip_hop_by_hop(&mut r);
+        let left: Vec<&str> = r.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
     }
 
     #[test]

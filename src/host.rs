@@ -118,9 +118,10 @@ pub fn normalize(raw: &str, scheme: &str) -> Result<Host, HostError> {
             None => (raw, None),
         };
         let name = name.strip_suffix('.').unwrap_or(name);
-        // No empty label (`..`, `.a`, `a..b`): no name has one, and `..`
-        // would otherwise read as `.`, which reads as nothing.
-        let empty_label = name.starts_with('.') || name.contains("..");
+        // No empty label (`..`, `.a`, `a..b`, `a..`): no name has one, and
+        // `a..` would otherwise read as `a.`, which reads as `a` (the fuzzer
+        // found both: a normalised host must normalise to itself).
+        let empty_label = name.starts_with('.') || name.ends_with('.') || name.contains("..");
         if name.is_empty() || name.len() > MAX_NAME || empty_label || !is_reg_name(name) {
             return Err(invalid());
         }
@@ -225,6 +226,8 @@ mod tests {
             "..",
             ".a",
             "a..b",
+            "++..",
+            "a..:80",
             ":80",
             "example.com:http",
             "example.com:65536",

@@ -137,6 +137,8 @@ pub struct Ctx {
     bypass: Option<&'static str>,
     /// Why the app's response was not stored.
     not_stored: Option<&'static str>,
+    /// The app's 304 to a revalidation, to freshen the stored header with.
+    not_modified: Option<ResponseHeader>,
     outcome: Outcome,
     started: Instant,
     upstream_started: Option<Instant>,
@@ -166,6 +168,7 @@ impl ProxyHttp for Proxy {
             rule: None,
             bypass: None,
             not_stored: None,
+            not_modified: None,
             outcome: Outcome::Pass,
             started: Instant::now(),
             upstream_started: None,
@@ -270,6 +273,30 @@ impl ProxyHttp for Proxy {
             ctx.rule.as_deref(),
         );
         Ok(CacheKey::new(primary, ""))
+    }
+
+    fn cache_miss(&self, session: &mut Session, ctx: &mut Ctx) {
+        if session.req_header().method != Method::HEAD {
+            session.cache.cache_miss();
+            return;
+        }
+        // A HEAD does not fill the entry itself: its client reads no body,
+        // and pingora 0.9 abandons the fill of a chunked answer when the
+        // downstream is done (the entry was reported stored and never was).
+        // It passes through as a HEAD, and the entry is filled by a GET in
+        // the background (as other caches do), where that GET carries all
+        // the key needs: no keyed headers or cookies.
+        session.cache.disable(NoCacheReason::Custom("head-miss"));
+        ctx.not_stored = Some("head-miss");
+        let keyless = ctx
+            .rule
+            .as_ref()
+            .is_none_or(|r| r.key_headers.is_empty() && r.key_cookies.is_empty());
+        if let (true, Some(host), Some(request)) = (keyless, &ctx.host, &ctx.request) {
+            let target = request.forward_target(session.req_header());
+            self.prefetch
+                .refetch(host.as_str(), ctx.scheme, vec![target]);
+        }
     }
 
     fn cache_vary_filter(
@@ -439,6 +466,11 @@ impl ProxyHttp for Proxy {
             negative_ttl: ctx.config.negative_ttl,
             max_ttl: ctx.config.max_lifetime,
         };
+        let freshened = ctx
+            .not_modified
+            .take()
+            .map(|not_modified| storable::freshen(resp, &not_modified));
+        let resp = freshened.as_ref().unwrap_or(resp);
         let decided = storable::decide(resp, ctx.rule.as_deref(), bounds, exchange).and_then(|c| {
             match (c, ctx.fill) {
                 // What it fetched may predate the commit of a write in flight.
@@ -476,7 +508,7 @@ impl ProxyHttp for Proxy {
     async fn upstream_response_filter(
         &self,
         session: &mut Session,
-        _resp: &mut ResponseHeader,
+        resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(t) = ctx.upstream_started {
@@ -484,6 +516,13 @@ impl ProxyHttp for Proxy {
                 .upstream_seconds
                 .with_label_values(&[method_label(&session.req_header().method)])
                 .observe(t.elapsed().as_secs_f64());
+        }
+        // Before it is stored or sent on: what the app meant for this hop.
+        forwarding::strip_hop_by_hop(resp);
+        if resp.status == StatusCode::NOT_MODIFIED && session.cache.enabled() {
+            // A revalidation: pingora merges only a few of its fields into
+            // the stored response; `response_cache_filter` merges them all.
+            ctx.not_modified = Some(resp.clone());
         }
         Ok(())
     }

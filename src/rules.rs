@@ -197,12 +197,25 @@ pub fn fill_canonical(
         .map(|segs| segs.join("/"))
 }
 
+/// Most parameters and wildcards one pattern may have. matchit 0.8 panics
+/// past 26 (found by the `patterns` fuzz target); no route has this many.
+const MAX_PARAMS: usize = 16;
+
 /// Translate a freshgate pattern into matchit's syntax (`{name}`, `{*rest}`).
 pub fn to_matchit(pattern: &str) -> Result<String, String> {
     if !pattern.starts_with('/') {
         return Err("must start with '/'".into());
     }
     let segments: Vec<&str> = pattern[1..].split('/').collect();
+    let params = segments
+        .iter()
+        .filter(|s| s.starts_with([':', '[', '*']))
+        .count();
+    if params > MAX_PARAMS {
+        return Err(format!(
+            "{params} parameters and wildcards: at most {MAX_PARAMS}"
+        ));
+    }
     let mut out = String::with_capacity(pattern.len() + 8);
     let mut wild = 0;
     for (i, seg) in segments.iter().enumerate() {
@@ -275,6 +288,11 @@ mod tests {
         assert!(to_matchit("/a/**/b").is_err());
         assert!(to_matchit("a/b").is_err());
         assert!(to_matchit("/a/x*").is_err());
+        // matchit panics past 26 parameters (the fuzzer found it).
+        assert!(to_matchit(&"/*".repeat(MAX_PARAMS)).is_ok());
+        let many = "/*".repeat(30);
+        assert!(to_matchit(&many).unwrap_err().contains("at most 16"));
+        assert!(RouteTable::new(vec![rule("r", &many)], &PathPolicy::default()).is_err());
     }
 
     #[test]

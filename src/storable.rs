@@ -225,6 +225,42 @@ fn http_date(v: Option<&http::HeaderValue>) -> Option<SystemTime> {
     httpdate::parse_http_date(v?.to_str().ok()?.trim()).ok()
 }
 
+/// Fields a 304 never replaces in the stored response (RFC 9111 §3.2):
+/// how the stored body is framed and encoded, and what was meant for one hop.
+const NOT_FRESHENED: &[&str] = &[
+    "content-length",
+    "content-encoding",
+    "content-range",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    // pingora keys variants by it; a changed Vary takes a full response.
+    "vary",
+];
+
+/// The stored response's header freshened by a 304 (RFC 9111 §4.3.4,
+/// §3.2): every field the 304 carries replaces the stored one of that
+/// name, except [`NOT_FRESHENED`]; the stored status stays.
+pub fn freshen(stored: &ResponseHeader, not_modified: &ResponseHeader) -> ResponseHeader {
+    let mut out = stored.clone();
+    // `keys` yields each name once, however many lines it has.
+    for name in not_modified.headers.keys() {
+        if NOT_FRESHENED.contains(&name.as_str()) {
+            continue;
+        }
+        out.remove_header(name);
+        for v in not_modified.headers.get_all(name) {
+            // Valid on the 304, so valid here.
+            let _ = out.append_header(name.clone(), v.clone());
+        }
+    }
+    out
+}
+
 /// Whether a `status` answer may be stored at all under `rule` (see the
 /// module comment); `explicit`: the app gave it freshness of its own.
 pub fn status_storable(status: u16, rule: Option<&Rule>, explicit: bool) -> bool {
@@ -485,6 +521,45 @@ mod tests {
             stale_ok(&meta(&resp(200, &[("cache-control", nc)]))),
             (false, false)
         );
+    }
+
+    #[test]
+    fn a_304_freshens_every_field_but_framing() {
+        let stored = resp(
+            200,
+            &[
+                ("content-length", "10"),
+                ("etag", "\"v1\""),
+                ("x-version", "1"),
+                ("x-gone-not", "kept"),
+                ("content-encoding", "gzip"),
+            ],
+        );
+        let not_modified = resp(
+            304,
+            &[
+                ("etag", "\"v1\""),
+                ("x-version", "2"),
+                ("x-new", "a"),
+                ("x-new", "b"),
+                ("content-length", "0"),
+                ("content-encoding", "br"),
+            ],
+        );
+        let h = freshen(&stored, &not_modified);
+        assert_eq!(h.status, 200);
+        let get = |n: &str| -> Vec<&str> {
+            h.headers
+                .get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect()
+        };
+        assert_eq!(get("x-version"), ["2"]);
+        assert_eq!(get("x-new"), ["a", "b"]);
+        assert_eq!(get("x-gone-not"), ["kept"]);
+        assert_eq!(get("content-length"), ["10"]);
+        assert_eq!(get("content-encoding"), ["gzip"]);
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod admin;
 mod browser;
 mod checker;
 mod cli;
+mod conformance;
 mod faults;
 mod hostile;
 mod hot_reload;

@@ -796,3 +796,101 @@ pub fn raw_exchange_partial(addr: SocketAddr, request: &[u8]) -> String {
     let _ = s.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// One response a [`ScriptedOrigin`] sends: status line code, header lines
+/// exactly as given, and a body (its `Content-Length` is added, unless the
+/// headers say `transfer-encoding: chunked`: then it is sent in chunks).
+pub struct Scripted {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+type Script = dyn Fn(&str, &[(String, String)]) -> Scripted + Send + Sync;
+
+/// An origin that answers every request with what `script` returns for its
+/// target and header lines, byte for byte — for headers a real server would
+/// rewrite (`Date`, `Connection`). Counts the requests it answered.
+pub struct ScriptedOrigin {
+    pub addr: SocketAddr,
+    pub requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ScriptedOrigin {
+    pub fn start(
+        script: impl Fn(&str, &[(String, String)]) -> Scripted + Send + Sync + 'static,
+    ) -> ScriptedOrigin {
+        use std::io::{BufRead, BufReader};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (count, script): (_, std::sync::Arc<Script>) =
+            (requests.clone(), std::sync::Arc::new(script));
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (count, script) = (count.clone(), script.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    let mut conn = conn;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                        let mut headers = Vec::new();
+                        loop {
+                            let mut h = String::new();
+                            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let h = h.trim_end();
+                            if h.is_empty() {
+                                break;
+                            }
+                            if let Some((k, v)) = h.split_once(':') {
+                                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+                            }
+                        }
+                        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let r = script(&target, &headers);
+                        let mut out = format!("HTTP/1.1 {} X\r\n", r.status);
+                        for (k, v) in &r.headers {
+                            out.push_str(&format!("{k}: {v}\r\n"));
+                        }
+                        let chunked = r
+                            .headers
+                            .iter()
+                            .any(|(k, v)| k == "transfer-encoding" && v == "chunked");
+                        if r.status != 304 && !chunked {
+                            out.push_str(&format!("content-length: {}\r\n", r.body.len()));
+                        }
+                        out.push_str("\r\n");
+                        if chunked {
+                            for piece in r.body.as_bytes().chunks(4096) {
+                                out.push_str(&format!("{:x}\r\n", piece.len()));
+                                out.push_str(std::str::from_utf8(piece).unwrap_or_default());
+                                out.push_str("\r\n");
+                            }
+                            out.push_str("0\r\n\r\n");
+                        } else {
+                            out.push_str(&r.body);
+                        }
+                        if conn.write_all(out.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        ScriptedOrigin { addr, requests }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
