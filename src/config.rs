@@ -237,6 +237,8 @@ pub struct RawCache {
     pub max_ttl: Option<Dur>,
     /// Longest life of a stored 404/410 where a route sets none.
     pub negative_ttl: Option<Dur>,
+    /// Targeted cache-control fields obeyed, first present wins (RFC 9213).
+    pub targeted_fields: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -395,6 +397,8 @@ pub struct Config {
     pub max_lifetime: Duration,
     /// Longest life of a stored 404/410 where a route sets none.
     pub negative_ttl: Duration,
+    /// Lower-case names, in precedence order (see `storable`).
+    pub targeted_fields: Vec<String>,
     /// The `flags:` section (one layer of [`crate::flags::Flags`]).
     pub flags: FileFlags,
     /// Hash of the invalidation rules: entries are only served
@@ -1020,6 +1024,22 @@ fn validate(
             );
         }
     }
+    let targeted_fields: Vec<String> = match &raw.cache.targeted_fields {
+        None => crate::storable::DEFAULT_TARGETED
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        Some(list) => list.iter().map(|s| s.to_ascii_lowercase()).collect(),
+    };
+    for f in &targeted_fields {
+        let reserved = ["cache-control", "expires", "pragma"].contains(&f.as_str());
+        if http::HeaderName::from_bytes(f.as_bytes()).is_err() || reserved {
+            problem(
+                f,
+                format!("cache.targeted_fields: {f:?} is not a targeted field name (e.g. cdn-cache-control)"),
+            );
+        }
+    }
     let trusted_proxies = match raw.trusted_proxies {
         None => TrustedProxies::default(),
         Some(list) => TrustedProxies::new(
@@ -1109,6 +1129,7 @@ fn validate(
             .negative_ttl
             .map(|d| d.0)
             .unwrap_or(crate::storable::DEFAULT_NEGATIVE_TTL),
+        targeted_fields,
         flags: raw.flags,
         rules_fingerprint,
         monitoring,

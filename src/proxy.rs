@@ -465,6 +465,7 @@ impl ProxyHttp for Proxy {
         let bounds = storable::Bounds {
             negative_ttl: ctx.config.negative_ttl,
             max_ttl: ctx.config.max_lifetime,
+            targeted: &ctx.config.targeted_fields,
         };
         let freshened = ctx
             .not_modified
@@ -539,6 +540,9 @@ impl ProxyHttp for Proxy {
                     .await?;
             }
         }
+        // freshgate's own targeted field is for freshgate alone (RFC 9213):
+        // a cache further down must not take it as addressed to it.
+        resp.remove_header(storable::OWN_TARGETED_FIELD);
         let (outcome, status) = describe(session, ctx);
         ctx.outcome = outcome;
         resp.insert_header("x-cache", outcome.as_str())?;
@@ -967,6 +971,17 @@ fn bypass_reason(req: &RequestHeader, rule: Option<&Rule>, store: &Store) -> Opt
             .is_some_and(|v| v.as_bytes() != b"0");
     if has_body {
         return Some("request-body");
+    }
+    // A keyed field the client lists in `Connection` is removed before the
+    // app sees it: the key would hold what the answer did not depend on.
+    if let Some(rule) = rule {
+        let listed = forwarding::connection_listed(&req.headers);
+        let keyed = |name: &String| {
+            rule.key_headers.contains(name) || (name == "cookie" && rule.keys_cookies())
+        };
+        if listed.iter().any(keyed) {
+            return Some("connection-listed");
+        }
     }
     if !store.usable() {
         return Some("store-unavailable");

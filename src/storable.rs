@@ -53,14 +53,24 @@ pub struct Exchange {
     pub received: SystemTime,
 }
 
-/// The config's bounds on any entry.
+/// What the config says about every entry.
 #[derive(Debug, Clone, Copy)]
-pub struct Bounds {
+pub struct Bounds<'a> {
     /// Longest life of a 404/410 where the route sets none.
     pub negative_ttl: Duration,
     /// Longest life of anything (`cache.max_ttl`).
     pub max_ttl: Duration,
+    /// Targeted cache-control fields (RFC 9213) freshgate obeys, first
+    /// present wins: `cache.targeted_fields`.
+    pub targeted: &'a [String],
 }
+
+/// freshgate's own targeted field: obeyed first, never passed on.
+pub const OWN_TARGETED_FIELD: &str = "freshgate-cache-control";
+
+/// The default `cache.targeted_fields`: freshgate's own field, then the one
+/// every CDN obeys.
+pub const DEFAULT_TARGETED: &[&str] = &[OWN_TARGETED_FIELD, "cdn-cache-control"];
 
 /// Whether `resp` may be stored under `rule`, with what freshness; if not,
 /// why (the `Cache-Status` detail).
@@ -74,7 +84,7 @@ pub struct Bounds {
 pub fn decide(
     resp: &ResponseHeader,
     rule: Option<&Rule>,
-    bounds: Bounds,
+    bounds: Bounds<'_>,
     exchange: Exchange,
 ) -> Result<RespCacheable, &'static str> {
     if resp.headers.contains_key(header::SET_COOKIE) {
@@ -93,7 +103,14 @@ pub fn decide(
     if status == StatusCode::PARTIAL_CONTENT {
         return Err("partial-content");
     }
-    let cc = CacheControl::from_resp_headers(resp);
+    // RFC 9213 §2.1: the first targeted field with a valid, non-empty
+    // value replaces Cache-Control and Expires altogether.
+    let targeted = bounds.targeted.iter().find_map(|name| {
+        CacheControl::from_resp_headers_named(name, resp).filter(|c| !c.directives.is_empty())
+    });
+    let is_targeted = targeted.is_some();
+    let cc = targeted.or_else(|| CacheControl::from_resp_headers(resp));
+    let expires = !is_targeted && resp.headers.contains_key(header::EXPIRES);
     // Any `private`, also `private="field"` (allowed to be stored without
     // the field, but one user's answer is not worth the risk).
     if cc.as_ref().is_some_and(|c| c.has_key("private")) {
@@ -101,7 +118,7 @@ pub fn decide(
     }
     let explicit = cc.as_ref().is_some_and(|c| {
         c.s_maxage().ok().flatten().is_some() || c.max_age().ok().flatten().is_some()
-    }) || resp.headers.contains_key(header::EXPIRES);
+    }) || expires;
     if !status_storable(status.as_u16(), rule, explicit) {
         return Err("status");
     }
@@ -118,7 +135,7 @@ pub fn decide(
             (ttl, 0, 0)
         }
         _ => {
-            let Some(lifetime) = app_lifetime(cc.as_ref(), resp, exchange.received) else {
+            let Some(lifetime) = app_lifetime(cc.as_ref(), expires, resp, exchange.received) else {
                 return Err("no-freshness");
             };
             // `no-cache`: validated before every use, so never served stale
@@ -165,17 +182,22 @@ pub fn decide(
 const DELTA_MAX: u64 = 1 << 31;
 
 /// The freshness lifetime the app gives `resp` (RFC 9111 §4.2.1): its
-/// `s-maxage`, else `max-age`, else `Expires` minus `Date` (the time it was
-/// `received`, without one); `no-cache`, and an invalid or repeated
-/// `Expires`, are a lifetime of 0. `None`: no freshness of its own.
+/// `s-maxage`, else `max-age`, else (`use_expires`: no targeted field
+/// decides) `Expires` minus `Date` (the time it was `received`, without
+/// one); `no-cache`, and an invalid or repeated `Expires`, are a lifetime of
+/// 0. `None`: no freshness of its own.
 fn app_lifetime(
     cc: Option<&CacheControl>,
+    use_expires: bool,
     resp: &ResponseHeader,
     received: SystemTime,
 ) -> Option<Duration> {
     if let Some(d) = cc.and_then(|c| c.fresh_duration()) {
         // `fresh_duration` is zero for `no-cache`.
         return Some(d);
+    }
+    if !use_expires {
+        return None;
     }
     let mut expires = resp.headers.get_all(header::EXPIRES).iter();
     let first = expires.next()?;
@@ -312,10 +334,67 @@ mod tests {
         }
     }
 
+    const TARGETED: &[String] = &[];
     const BOUNDS: Bounds = Bounds {
         negative_ttl: DEFAULT_NEGATIVE_TTL,
         max_ttl: Duration::from_secs(86_400),
+        targeted: TARGETED,
     };
+
+    #[test]
+    fn a_targeted_field_replaces_cache_control_and_expires() {
+        // RFC 9213 §2.1.
+        let targeted: Vec<String> = DEFAULT_TARGETED.iter().map(|s| s.to_string()).collect();
+        let bounds = Bounds {
+            targeted: &targeted,
+            ..BOUNDS
+        };
+        let now = SystemTime::now();
+        let fresh = |r: &ResponseHeader| match decide(r, None, bounds, at(now)) {
+            Ok(RespCacheable::Cacheable(m)) => Ok(m
+                .fresh_until()
+                .duration_since(now)
+                .map_or(0, |d| d.as_secs())),
+            Ok(_) => Err("uncacheable"),
+            Err(e) => Err(e),
+        };
+        let cdn =
+            |cdn: &str, cc: &str| resp(200, &[("cdn-cache-control", cdn), ("cache-control", cc)]);
+        assert_eq!(fresh(&cdn("max-age=600", "no-store")), Ok(600));
+        assert_eq!(fresh(&cdn("no-store", "max-age=600")), Err("no-store"));
+        assert_eq!(
+            fresh(&cdn("private", "public, max-age=600")),
+            Err("private")
+        );
+        assert_eq!(fresh(&cdn("no-cache", "max-age=600")), Ok(0));
+        // Freshgate's own field comes first.
+        let both = resp(
+            200,
+            &[
+                ("freshgate-cache-control", "max-age=30"),
+                ("cdn-cache-control", "max-age=600"),
+            ],
+        );
+        assert_eq!(fresh(&both), Ok(30));
+        // It replaces Expires too; an empty one is no field.
+        let exp = resp(
+            200,
+            &[
+                ("cdn-cache-control", "no-cache"),
+                (
+                    "expires",
+                    &httpdate::fmt_http_date(now + Duration::from_secs(600)),
+                ),
+            ],
+        );
+        assert_eq!(fresh(&exp), Ok(0));
+        assert_eq!(fresh(&cdn("", "max-age=60")), Ok(60));
+        // Not obeyed unless listed.
+        assert_eq!(
+            decide(&cdn("max-age=600", "no-store"), None, BOUNDS, at(now)).err(),
+            Some("no-store")
+        );
+    }
 
     /// An exchange that took no time, received at `now`.
     fn at(now: SystemTime) -> Exchange {

@@ -246,3 +246,46 @@ async fn cache_status_ttl_never_exceeds_max_ttl() {
         hit.cache_status
     );
 }
+
+#[tokio::test]
+async fn rfc9213_a_targeted_field_takes_precedence_over_cache_control() {
+    let (_origin, fg) = setup();
+    let twice = |path: String| {
+        let url = fg.url(&path);
+        async move {
+            let a = get(&url).await;
+            let b = get(&url).await;
+            (a, b)
+        }
+    };
+    // CDN-Cache-Control says store, Cache-Control says no-store.
+    let (_, b) = twice(format!(
+        "/knobs/cdn1?cc=no-store&hdr={}",
+        q("cdn-cache-control:max-age=60")
+    ))
+    .await;
+    assert_eq!(b.x_cache, "HIT", "{}", b.cache_status);
+    // ...and the other way round, with private too.
+    for cdn in ["no-store", "private"] {
+        let (a, b) = twice(format!(
+            "/knobs/cdn2-{cdn}?hdr={}",
+            q(&format!("cdn-cache-control:{cdn}"))
+        ))
+        .await;
+        assert_ne!(a.serial(), b.serial(), "cdn-cache-control: {cdn}");
+    }
+    // freshgate's own field wins over CDN-Cache-Control, and is not passed on.
+    let (a, b) = twice(format!(
+        "/knobs/own?cc=no-store&hdr={}&hdr={}",
+        q("freshgate-cache-control:max-age=60"),
+        q("cdn-cache-control:no-store")
+    ))
+    .await;
+    assert_eq!(b.x_cache, "HIT");
+    assert!(!a.headers.contains_key("freshgate-cache-control"));
+    assert!(!b.headers.contains_key("freshgate-cache-control"));
+    assert_eq!(
+        b.headers["cdn-cache-control"], "no-store",
+        "for the CDN in front"
+    );
+}

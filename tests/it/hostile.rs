@@ -37,7 +37,7 @@ fn config_with_new_settings() -> String {
     ttl: 60s
     statuses: [200, 503]
 cache:
-  negative_ttl: 1s
+  negative_ttl: 3s
 timeouts:
   upstream_read: 1s
 "
@@ -162,7 +162,7 @@ async fn only_a_route_that_lists_an_error_stores_it() {
 async fn a_missing_resource_is_remembered_briefly() {
     let (_origin, fg) = setup_new();
     // The app says a 404 is good for an hour, the route says a minute:
-    // `cache.negative_ttl` (1 s here) bounds both.
+    // `cache.negative_ttl` (3 s here) bounds both.
     for path in [
         "/knobs/gone?status=404&cc=max-age%3D3600",
         "/knobs/ttl/gone?status=404",
@@ -173,7 +173,7 @@ async fn a_missing_resource_is_remembered_briefly() {
         let b = get(&url).await;
         assert_eq!(b.x_cache, "HIT", "{path}");
         assert_eq!(a.serial(), b.serial());
-        tokio::time::sleep(Duration::from_millis(1300)).await;
+        tokio::time::sleep(Duration::from_millis(3300)).await;
         let c = get(&url).await;
         assert_ne!(c.serial(), a.serial(), "{path}: still the old 404");
     }

@@ -134,10 +134,18 @@ async fn head_is_served_from_the_get_entry() {
     assert_eq!(h.x_cache, "HIT");
     assert!(h.body.is_empty());
     assert_eq!(origin.requests().await, 1);
-    // A HEAD miss fetches with GET, so the GET after it is a hit.
+    // A HEAD miss passes through and a GET in the background fills the
+    // entry: the GET after it is a hit (once the fill is done).
     let url2 = fg.url("/knobs/head2");
     let h2 = send(client().head(&url2)).await;
-    assert_eq!(h2.x_cache, "MISS");
+    assert_eq!(h2.x_cache, "BYPASS");
+    assert!(
+        h2.cache_status.contains("detail=head-miss"),
+        "{}",
+        h2.cache_status
+    );
+    fg.metrics_with(&["freshgate_prefetches_total{result=\"ok\"} 1"])
+        .await;
     let g2 = get(&url2).await;
     assert_eq!(g2.x_cache, "HIT");
     assert!(!g2.body.is_empty());
@@ -395,10 +403,12 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background(
     // entry is served.
     let origin = Origin::start(300);
     let fg = Freshgate::start(&origin.url(), None, TEST_CONFIG);
-    let url = fg.url("/knobs/swr?cc=max-age%3D1%2C%20stale-while-revalidate%3D60");
+    // max-age=2: the 300 ms the app takes counts towards a response's age
+    // (RFC 9111 §4.2.3), so a refreshed entry is fresh for about 1.7 s.
+    let url = fg.url("/knobs/swr?cc=max-age%3D2%2C%20stale-while-revalidate%3D60");
     let first = get(&url).await;
     assert_eq!(first.x_cache, "MISS");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
 
     let stale = get(&url).await;
     assert_eq!(stale.x_cache, "STALE", "{}", stale.cache_status);
@@ -432,6 +442,6 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background(
     // Without serve_stale, an expired entry waits for the app like a miss.
     let f = fg.put_flags(r#"{"serve_stale": false}"#).await;
     assert_eq!(f.status, 200);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_ne!(get(&url).await.x_cache, "STALE");
 }
