@@ -75,6 +75,60 @@ fn escape_into(out: &mut String, value: &[u8]) {
     }
 }
 
+/// The `Accept-Encoding` part of a variant key (a response that says
+/// `Vary: Accept-Encoding`): not the request's exact string — every
+/// browser's would get its own copy — but whether it accepts the coding of
+/// the stored response: `gzip` / `!gzip`, `identity` / `!identity`. Every
+/// request that can take the stored response shares its entry; one that
+/// cannot is looked up (and filled) apart. A stored response is only ever
+/// served to a request that accepts its coding.
+pub fn accept_encoding_variance(accept: &http::HeaderMap, stored_coding: Option<&str>) -> String {
+    let coding = stored_coding
+        .map(|c| c.trim().to_ascii_lowercase())
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "identity".to_string());
+    if accepts(accept, &coding) {
+        coding
+    } else {
+        format!("!{coding}")
+    }
+}
+
+/// Whether `Accept-Encoding` allows `coding` (RFC 9110 §12.5.3): listed with
+/// q > 0, or covered by `*` with q > 0; `identity` unless excluded.
+fn accepts(headers: &http::HeaderMap, coding: &str) -> bool {
+    let mut star: Option<bool> = None;
+    let mut own: Option<bool> = None;
+    for value in headers.get_all(http::header::ACCEPT_ENCODING) {
+        let Ok(value) = value.to_str() else {
+            return coding == "identity";
+        };
+        for item in value.split(',') {
+            let mut parts = item.split(';');
+            let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let q_positive = parts
+                .filter_map(|p| {
+                    p.trim()
+                        .strip_prefix("q=")
+                        .or_else(|| p.trim().strip_prefix("Q="))
+                })
+                .all(|q| q.trim().parse::<f32>().is_ok_and(|q| q > 0.0));
+            if name == coding {
+                own = Some(q_positive);
+            } else if name == "*" {
+                star = Some(q_positive);
+            }
+        }
+    }
+    match (own, star) {
+        (Some(ok), _) => ok,
+        (None, Some(ok)) => ok,
+        // Not mentioned (or no Accept-Encoding): identity is acceptable,
+        // a coding the client did not ask for is not.
+        (None, None) => coding == "identity",
+    }
+}
+
 /// What a request's `Cookie` header says of one cookie name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cookie<'a> {
@@ -237,6 +291,37 @@ mod tests {
         };
         assert_ne!(raw(b"\xff"), raw(b"\xfe"));
         assert_ne!(raw(b"%FF"), raw(b"\xff"));
+    }
+
+    #[test]
+    fn accept_encoding_is_reduced_to_what_the_stored_response_needs() {
+        let ae = |v: Option<&str>| {
+            let mut h = http::HeaderMap::new();
+            if let Some(v) = v {
+                h.insert(http::header::ACCEPT_ENCODING, v.parse().unwrap());
+            }
+            h
+        };
+        let v = |a: Option<&str>, stored: Option<&str>| accept_encoding_variance(&ae(a), stored);
+        // An uncompressed response: every usual browser string shares it.
+        for a in [
+            None,
+            Some("gzip"),
+            Some("gzip, deflate, br"),
+            Some("br, zstd"),
+            Some("*"),
+        ] {
+            assert_eq!(v(a, None), "identity", "{a:?}");
+        }
+        assert_eq!(v(Some("identity;q=0, gzip"), None), "!identity");
+        assert_eq!(v(Some("*;q=0"), None), "!identity");
+        // A gzip response: whoever accepts gzip shares it; others do not get it.
+        assert_eq!(v(Some("gzip, deflate, br, zstd"), Some("gzip")), "gzip");
+        assert_eq!(v(Some("br;q=1.0, GZIP;q=0.5"), Some("gzip")), "gzip");
+        assert_eq!(v(Some("*"), Some("gzip")), "gzip");
+        assert_eq!(v(Some("br"), Some("gzip")), "!gzip");
+        assert_eq!(v(Some("gzip;q=0, br"), Some("gzip")), "!gzip");
+        assert_eq!(v(None, Some("gzip")), "!gzip");
     }
 
     #[test]

@@ -321,6 +321,15 @@ impl ProxyHttp for Proxy {
         names.dedup();
         let mut vb = VarianceBuilder::new();
         for name in names {
+            if name == "accept-encoding" {
+                let stored = meta
+                    .headers()
+                    .get(header::CONTENT_ENCODING)
+                    .and_then(|v| v.to_str().ok());
+                let v = cachekey::accept_encoding_variance(&req.headers, stored);
+                vb.add_owned_name_value(name, v.into_bytes());
+                continue;
+            }
             let value = req
                 .headers
                 .get_all(name.as_str())

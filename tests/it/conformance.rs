@@ -289,3 +289,66 @@ async fn rfc9213_a_targeted_field_takes_precedence_over_cache_control() {
         "for the CDN in front"
     );
 }
+
+#[tokio::test]
+async fn accept_encoding_variants_share_what_they_can() {
+    // An uncompressed answer that says Vary: Accept-Encoding: one entry for
+    // every browser's Accept-Encoding, not one each.
+    let (origin, fg) = setup();
+    let c = client();
+    let url = fg.url("/knobs/ae?vary=accept-encoding");
+    let first = send(
+        c.get(&url)
+            .header("accept-encoding", "gzip, deflate, br, zstd"),
+    )
+    .await;
+    assert_eq!(first.x_cache, "MISS");
+    let before = origin.requests().await;
+    for ae in ["gzip, deflate, br", "gzip", "br", "identity"] {
+        let r = send(c.get(&url).header("accept-encoding", ae)).await;
+        assert_eq!(r.x_cache, "HIT", "{ae}: {}", r.cache_status);
+    }
+    assert_eq!(origin.requests().await, before);
+
+    // An app that compresses for those who accept it: a gzip body is never
+    // served to a client that did not ask for gzip; one that did may get
+    // either (whichever entry the lookup finds first).
+    let scripted = ScriptedOrigin::start(|_, headers| {
+        let gzip = headers
+            .iter()
+            .any(|(k, v)| k == "accept-encoding" && v.contains("gzip"));
+        let mut h = vec![
+            ("cache-control".to_string(), "max-age=60".to_string()),
+            ("vary".to_string(), "Accept-Encoding".to_string()),
+        ];
+        if gzip {
+            h.push(("content-encoding".into(), "gzip".into()));
+        }
+        Scripted {
+            status: 200,
+            headers: h,
+            body: if gzip { "GZ".into() } else { "PLAIN".into() },
+        }
+    });
+    let fg = Freshgate::start(&scripted.url(), None, TEST_CONFIG);
+    let url = fg.url("/x");
+    let no_ae = reqwest::Client::builder().no_gzip().build().unwrap();
+    assert_eq!(
+        send(c.get(&url).header("accept-encoding", "gzip"))
+            .await
+            .body,
+        "GZ"
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            send(no_ae.get(&url).header("accept-encoding", "br"))
+                .await
+                .body,
+            "PLAIN"
+        );
+        // Either stored answer suits it (identity is always acceptable).
+        let g = send(c.get(&url).header("accept-encoding", "gzip, br")).await;
+        assert_eq!(g.x_cache, "HIT");
+        assert!(["GZ", "PLAIN"].contains(&g.body.as_str()));
+    }
+}
