@@ -94,6 +94,29 @@ pub fn accept_encoding_variance(accept: &http::HeaderMap, stored_coding: Option<
     }
 }
 
+/// The request fields whose values are case-insensitive lists of tokens:
+/// for `Vary`, `en-US,fr;q=0.5` and `en-us, fr;q=0.5` are the same request.
+const CASELESS_LISTS: &[&str] = &["accept", "accept-language", "accept-charset"];
+
+/// A varied request field's value as the variant key holds it: for the
+/// fields in [`CASELESS_LISTS`], members trimmed and lower-cased; any other
+/// field byte for byte (lines joined by `,`), since its syntax is unknown.
+pub fn vary_value<'a>(name: &str, lines: impl Iterator<Item = &'a http::HeaderValue>) -> Vec<u8> {
+    let raw: Vec<u8> = lines
+        .flat_map(|v| v.as_bytes().iter().copied().chain([b',']))
+        .collect();
+    if !CASELESS_LISTS.contains(&name) {
+        return raw;
+    }
+    String::from_utf8_lossy(&raw)
+        .split(',')
+        .map(|m| m.trim().to_ascii_lowercase().replace(' ', ""))
+        .filter(|m| !m.is_empty())
+        .collect::<Vec<_>>()
+        .join(",")
+        .into_bytes()
+}
+
 /// Whether `Accept-Encoding` allows `coding` (RFC 9110 §12.5.3): listed with
 /// q > 0, or covered by `*` with q > 0; `identity` unless excluded.
 fn accepts(headers: &http::HeaderMap, coding: &str) -> bool {
@@ -322,6 +345,27 @@ mod tests {
         assert_eq!(v(Some("br"), Some("gzip")), "!gzip");
         assert_eq!(v(Some("gzip;q=0, br"), Some("gzip")), "!gzip");
         assert_eq!(v(None, Some("gzip")), "!gzip");
+    }
+
+    #[test]
+    fn list_fields_vary_by_meaning_others_by_bytes() {
+        let v = |name: &str, vals: &[&str]| {
+            let vals: Vec<http::HeaderValue> = vals.iter().map(|v| v.parse().unwrap()).collect();
+            vary_value(name, vals.iter())
+        };
+        assert_eq!(
+            v("accept-language", &["en-US,fr;q=0.5"]),
+            v("accept-language", &["en-us, fr; q=0.5"])
+        );
+        assert_eq!(
+            v("accept-language", &["en", "fr"]),
+            v("accept-language", &["en,fr"])
+        );
+        assert_ne!(
+            v("accept-language", &["en,fr"]),
+            v("accept-language", &["fr,en"])
+        );
+        assert_ne!(v("x-custom", &["A, b"]), v("x-custom", &["a,b"]));
     }
 
     #[test]

@@ -239,6 +239,11 @@ pub struct RawCache {
     pub negative_ttl: Option<Dur>,
     /// Targeted cache-control fields obeyed, first present wins (RFC 9213).
     pub targeted_fields: Option<Vec<String>>,
+    /// RFC 9111 §4.2.2 heuristic freshness from Last-Modified (off).
+    pub heuristic_freshness: Option<bool>,
+    /// Honour a client's own Cache-Control (no-cache, max-age, min-fresh)
+    /// by revalidating (off).
+    pub request_cache_control: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -399,6 +404,8 @@ pub struct Config {
     pub negative_ttl: Duration,
     /// Lower-case names, in precedence order (see `storable`).
     pub targeted_fields: Vec<String>,
+    pub heuristic_freshness: bool,
+    pub request_cache_control: bool,
     /// The `flags:` section (one layer of [`crate::flags::Flags`]).
     pub flags: FileFlags,
     /// Hash of the invalidation rules: entries are only served
@@ -1130,6 +1137,8 @@ fn validate(
             .map(|d| d.0)
             .unwrap_or(crate::storable::DEFAULT_NEGATIVE_TTL),
         targeted_fields,
+        heuristic_freshness: raw.cache.heuristic_freshness.unwrap_or(false),
+        request_cache_control: raw.cache.request_cache_control.unwrap_or(false),
         flags: raw.flags,
         rules_fingerprint,
         monitoring,

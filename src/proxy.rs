@@ -275,6 +275,28 @@ impl ProxyHttp for Proxy {
         Ok(CacheKey::new(primary, ""))
     }
 
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        meta: &CacheMeta,
+        _hit_handler: &mut pingora::cache::storage::HitHandler,
+        is_fresh: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<pingora::cache::ForcedFreshness>> {
+        // With `cache.request_cache_control`, a client may ask for fresher
+        // than the entry (it is then revalidated with the app).
+        if is_fresh && ctx.config.request_cache_control {
+            let fresh_for = meta
+                .fresh_until()
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            if storable::client_wants_fresher(session.req_header(), meta.age(), fresh_for) {
+                return Ok(Some(pingora::cache::ForcedFreshness::ForceExpired));
+            }
+        }
+        Ok(None)
+    }
+
     fn cache_miss(&self, session: &mut Session, ctx: &mut Ctx) {
         if session.req_header().method != Method::HEAD {
             session.cache.cache_miss();
@@ -330,12 +352,7 @@ impl ProxyHttp for Proxy {
                 vb.add_owned_name_value(name, v.into_bytes());
                 continue;
             }
-            let value = req
-                .headers
-                .get_all(name.as_str())
-                .iter()
-                .flat_map(|v| v.as_bytes().iter().copied().chain([b',']))
-                .collect::<Vec<u8>>();
+            let value = cachekey::vary_value(&name, req.headers.get_all(name.as_str()).iter());
             vb.add_owned_name_value(name, value);
         }
         vb.finalize()
@@ -475,6 +492,7 @@ impl ProxyHttp for Proxy {
             negative_ttl: ctx.config.negative_ttl,
             max_ttl: ctx.config.max_lifetime,
             targeted: &ctx.config.targeted_fields,
+            heuristic: ctx.config.heuristic_freshness,
         };
         let freshened = ctx
             .not_modified

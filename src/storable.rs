@@ -25,7 +25,7 @@
 use std::time::{Duration, SystemTime};
 
 use http::{header, StatusCode};
-use pingora::cache::cache_control::{CacheControl, InterpretCacheControl};
+use pingora::cache::cache_control::{CacheControl, DirectiveKey, InterpretCacheControl};
 use pingora::cache::filters::calculate_serve_stale_durations;
 use pingora::cache::{CacheMeta, CacheMetaDefaults, RespCacheable};
 use pingora::http::ResponseHeader;
@@ -63,7 +63,14 @@ pub struct Bounds<'a> {
     /// Targeted cache-control fields (RFC 9213) freshgate obeys, first
     /// present wins: `cache.targeted_fields`.
     pub targeted: &'a [String],
+    /// `cache.heuristic_freshness`: a response with `Last-Modified` and no
+    /// freshness of its own lives a tenth of its age (RFC 9111 §4.2.2).
+    pub heuristic: bool,
 }
+
+/// The longest heuristic lifetime (a tenth of a year-old resource's age
+/// would be five weeks).
+pub const HEURISTIC_MAX: Duration = Duration::from_secs(24 * 3600);
 
 /// freshgate's own targeted field: obeyed first, never passed on.
 pub const OWN_TARGETED_FIELD: &str = "freshgate-cache-control";
@@ -135,7 +142,14 @@ pub fn decide(
             (ttl, 0, 0)
         }
         _ => {
-            let Some(lifetime) = app_lifetime(cc.as_ref(), expires, resp, exchange.received) else {
+            let lifetime =
+                app_lifetime(cc.as_ref(), expires, resp, exchange.received).or_else(|| {
+                    bounds
+                        .heuristic
+                        .then(|| heuristic_lifetime(resp, exchange.received))
+                        .flatten()
+                });
+            let Some(lifetime) = lifetime else {
                 return Err("no-freshness");
             };
             // `no-cache`: validated before every use, so never served stale
@@ -208,6 +222,45 @@ fn app_lifetime(
         // in the past" (§5.3); several values are invalid.
         _ => Duration::ZERO,
     })
+}
+
+/// RFC 9111 §4.2.2's heuristic: a tenth of the time since `Last-Modified`
+/// (as of `Date`, or when it was `received`), at most [`HEURISTIC_MAX`];
+/// only for the statuses heuristically cacheable by default.
+fn heuristic_lifetime(resp: &ResponseHeader, received: SystemTime) -> Option<Duration> {
+    if !DEFAULT_STATUSES.contains(&resp.status.as_u16()) {
+        return None;
+    }
+    let modified = http_date(resp.headers.get(header::LAST_MODIFIED))?;
+    let date = http_date(resp.headers.get(header::DATE)).unwrap_or(received);
+    let age = date.duration_since(modified).ok()?;
+    Some((age / 10).min(HEURISTIC_MAX))
+}
+
+/// Whether a client's own `Cache-Control` asks for more than the stored
+/// entry gives (honoured with `cache.request_cache_control: true`):
+/// `no-cache`, `max-age` below the entry's `age`, or `min-fresh` above what
+/// is left of its freshness. The entry is then revalidated, not served.
+/// (`max-stale` is never honoured: freshgate does not serve past freshness
+/// on a client's say-so.)
+pub fn client_wants_fresher(
+    req: &pingora::http::RequestHeader,
+    age: Duration,
+    fresh_for: Duration,
+) -> bool {
+    let Some(cc) = CacheControl::from_req_headers(req) else {
+        return false;
+    };
+    let secs = |name: &str| {
+        cc.directives
+            .get(&DirectiveKey::from_lowercase(name))
+            .and_then(|v| v.as_ref())
+            .and_then(|v| v.parse_as_delta_seconds().ok())
+            .map(|s| Duration::from_secs(s.into()))
+    };
+    cc.no_cache()
+        || secs("max-age").is_some_and(|max| age > max)
+        || secs("min-fresh").is_some_and(|min| fresh_for < min)
 }
 
 /// How old `resp` already was when it arrived (RFC 9111 §4.2.3): the larger
@@ -339,7 +392,63 @@ mod tests {
         negative_ttl: DEFAULT_NEGATIVE_TTL,
         max_ttl: Duration::from_secs(86_400),
         targeted: TARGETED,
+        heuristic: false,
     };
+
+    #[test]
+    fn heuristic_freshness_only_when_asked_for() {
+        let now = SystemTime::now();
+        let r = |status: u16| {
+            resp(
+                status,
+                &[
+                    ("date", &httpdate::fmt_http_date(now)),
+                    (
+                        "last-modified",
+                        &httpdate::fmt_http_date(now - Duration::from_secs(1000)),
+                    ),
+                ],
+            )
+        };
+        assert_eq!(fresh(&r(200), None), Err("no-freshness"));
+        let on = Bounds {
+            heuristic: true,
+            ..BOUNDS
+        };
+        let lifetime = |resp: &ResponseHeader| match decide(resp, None, on, at(now)) {
+            Ok(RespCacheable::Cacheable(m)) => {
+                Ok(m.fresh_until().duration_since(now).unwrap().as_secs())
+            }
+            Ok(_) => Err("uncacheable"),
+            Err(e) => Err(e),
+        };
+        // A tenth of 1000 s (less the part of a second `Date` cannot say).
+        assert!(
+            matches!(lifetime(&r(200)), Ok(99..=100)),
+            "{:?}",
+            lifetime(&r(200))
+        );
+        assert_eq!(lifetime(&r(302)), Err("status"));
+        let old = resp(200, &[("last-modified", "Thu, 01 Jan 1970 00:00:00 GMT")]);
+        assert_eq!(lifetime(&old), Ok(HEURISTIC_MAX.as_secs()));
+        assert_eq!(lifetime(&resp(200, &[])), Err("no-freshness"));
+    }
+
+    #[test]
+    fn a_client_may_ask_for_fresher_than_the_entry() {
+        let req = |cc: &str| {
+            let mut r = pingora::http::RequestHeader::build("GET", b"/", None).unwrap();
+            r.append_header("cache-control", cc).unwrap();
+            r
+        };
+        let (age, left) = (Duration::from_secs(30), Duration::from_secs(30));
+        assert!(client_wants_fresher(&req("no-cache"), age, left));
+        assert!(client_wants_fresher(&req("max-age=10"), age, left));
+        assert!(!client_wants_fresher(&req("max-age=60"), age, left));
+        assert!(client_wants_fresher(&req("min-fresh=60"), age, left));
+        assert!(!client_wants_fresher(&req("min-fresh=10"), age, left));
+        assert!(!client_wants_fresher(&req("max-stale=600"), age, left));
+    }
 
     #[test]
     fn a_targeted_field_replaces_cache_control_and_expires() {

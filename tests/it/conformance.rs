@@ -352,3 +352,50 @@ async fn accept_encoding_variants_share_what_they_can() {
         assert!(["GZ", "PLAIN"].contains(&g.body.as_str()));
     }
 }
+
+#[tokio::test]
+async fn optional_reuse_heuristics_request_directives_and_list_fields() {
+    let origin = Origin::start(0);
+    let opted_in = TEST_CONFIG.replacen(
+        "cache:\n",
+        "cache:\n  heuristic_freshness: true\n  request_cache_control: true\n",
+        1,
+    );
+    let off = Freshgate::start(&origin.url(), None, TEST_CONFIG);
+    let on = Freshgate::start(&origin.url(), None, &opted_in);
+    let c = client();
+    // RFC 9111 §4.2.2: Last-Modified a day ago, no freshness of its own.
+    let lm = format!(
+        "/knobs/heur?cc=&hdr={}",
+        q(&format!("last-modified:{}", http_date(-86_400)))
+    );
+    for (fg, stored) in [(&off, false), (&on, true)] {
+        let a = get(&fg.url(&lm)).await;
+        let b = get(&fg.url(&lm)).await;
+        assert_eq!(a.serial() == b.serial(), stored, "{}", b.cache_status);
+    }
+    // A client's Cache-Control: no-cache / max-age=0 revalidates when
+    // honoured; ignored by default.
+    for (fg, honoured) in [(&off, false), (&on, true)] {
+        let url = fg.url("/knobs/reqcc");
+        let first = get(&url).await;
+        for cc in ["no-cache", "max-age=0"] {
+            let r = send(c.get(&url).header("cache-control", cc)).await;
+            assert_eq!(
+                r.serial() != first.serial(),
+                honoured,
+                "{cc}: {}",
+                r.cache_status
+            );
+        }
+        let min_fresh = send(c.get(&url).header("cache-control", "min-fresh=3600")).await;
+        assert_eq!(min_fresh.x_cache != "HIT", honoured);
+    }
+    // RFC 9111 §4.1: list fields compared by meaning, not bytes.
+    let url = off.url("/knobs/lang?vary=accept-language");
+    send(c.get(&url).header("accept-language", "en-US,fr;q=0.5")).await;
+    let same = send(c.get(&url).header("accept-language", "en-us, fr; q=0.5")).await;
+    assert_eq!(same.x_cache, "HIT", "{}", same.cache_status);
+    let other = send(c.get(&url).header("accept-language", "fr,en-US;q=0.5")).await;
+    assert_ne!(other.x_cache, "HIT");
+}
