@@ -37,6 +37,7 @@ use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use http::{header, Method, StatusCode};
+use pingora::cache::cache_control::CacheControl;
 use pingora::cache::lock::CacheKeyLockImpl;
 use pingora::cache::{
     CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable, VarianceBuilder,
@@ -244,6 +245,13 @@ impl ProxyHttp for Proxy {
             return Ok(());
         }
         ctx.bypass = bypass_reason(req, ctx.rule.as_deref(), self.store);
+        if ctx.bypass.is_none() && ctx.config.request_cache_control {
+            // RFC 9111 §5.2.1.5: nothing of this exchange may be stored.
+            let no_store = CacheControl::from_req_headers(req).is_some_and(|c| c.no_store());
+            if no_store {
+                ctx.bypass = Some("request-no-store");
+            }
+        }
         if ctx.bypass.is_some() {
             return Ok(());
         }

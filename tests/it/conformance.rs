@@ -390,6 +390,15 @@ async fn optional_reuse_heuristics_request_directives_and_list_fields() {
         }
         let min_fresh = send(c.get(&url).header("cache-control", "min-fresh=3600")).await;
         assert_eq!(min_fresh.x_cache != "HIT", honoured);
+        let no_store = send(
+            c.get(fg.url("/knobs/reqns"))
+                .header("cache-control", "no-store"),
+        )
+        .await;
+        assert_eq!(
+            no_store.cache_status.contains("detail=request-no-store"),
+            honoured
+        );
     }
     // RFC 9111 §4.1: list fields compared by meaning, not bytes.
     let url = off.url("/knobs/lang?vary=accept-language");
