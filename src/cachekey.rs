@@ -75,23 +75,23 @@ fn escape_into(out: &mut String, value: &[u8]) {
     }
 }
 
+/// Codings the `Accept-Encoding` part of a variant key distinguishes.
+const CODINGS: &[&str] = &["br", "deflate", "gzip", "identity", "zstd"];
+
 /// The `Accept-Encoding` part of a variant key (a response that says
 /// `Vary: Accept-Encoding`): not the request's exact string — every
-/// browser's would get its own copy — but whether it accepts the coding of
-/// the stored response: `gzip` / `!gzip`, `identity` / `!identity`. Every
-/// request that can take the stored response shares its entry; one that
-/// cannot is looked up (and filled) apart. A stored response is only ever
-/// served to a request that accepts its coding.
-pub fn accept_encoding_variance(accept: &http::HeaderMap, stored_coding: Option<&str>) -> String {
-    let coding = stored_coding
-        .map(|c| c.trim().to_ascii_lowercase())
-        .filter(|c| !c.is_empty())
-        .unwrap_or_else(|| "identity".to_string());
-    if accepts(accept, &coding) {
-        coding
-    } else {
-        format!("!{coding}")
-    }
+/// spelling would get its own copy — but the codings it accepts among the
+/// common ones (`gzip, deflate, br` and `br;q=1, GZIP, deflate` share an
+/// entry). It depends on the request alone, so lookups and fills always
+/// agree, and an entry is only ever served to requests that accept exactly
+/// what the request that filled it accepted.
+pub fn accept_encoding_variance(accept: &http::HeaderMap) -> String {
+    CODINGS
+        .iter()
+        .filter(|c| accepts(accept, c))
+        .copied()
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The request fields whose values are case-insensitive lists of tokens:
@@ -317,34 +317,29 @@ mod tests {
     }
 
     #[test]
-    fn accept_encoding_is_reduced_to_what_the_stored_response_needs() {
-        let ae = |v: Option<&str>| {
+    fn accept_encoding_is_reduced_to_the_codings_accepted() {
+        let v = |a: Option<&str>| {
             let mut h = http::HeaderMap::new();
-            if let Some(v) = v {
-                h.insert(http::header::ACCEPT_ENCODING, v.parse().unwrap());
+            if let Some(a) = a {
+                h.insert(http::header::ACCEPT_ENCODING, a.parse().unwrap());
             }
-            h
+            accept_encoding_variance(&h)
         };
-        let v = |a: Option<&str>, stored: Option<&str>| accept_encoding_variance(&ae(a), stored);
-        // An uncompressed response: every usual browser string shares it.
-        for a in [
-            None,
-            Some("gzip"),
-            Some("gzip, deflate, br"),
-            Some("br, zstd"),
-            Some("*"),
+        let firefox = v(Some("gzip, deflate, br"));
+        assert_eq!(firefox, "br,deflate,gzip,identity");
+        for same in [
+            "br;q=1.0, GZIP, deflate",
+            "deflate,gzip , br",
+            "gzip, deflate, br, foo",
         ] {
-            assert_eq!(v(a, None), "identity", "{a:?}");
+            assert_eq!(v(Some(same)), firefox, "{same}");
         }
-        assert_eq!(v(Some("identity;q=0, gzip"), None), "!identity");
-        assert_eq!(v(Some("*;q=0"), None), "!identity");
-        // A gzip response: whoever accepts gzip shares it; others do not get it.
-        assert_eq!(v(Some("gzip, deflate, br, zstd"), Some("gzip")), "gzip");
-        assert_eq!(v(Some("br;q=1.0, GZIP;q=0.5"), Some("gzip")), "gzip");
-        assert_eq!(v(Some("*"), Some("gzip")), "gzip");
-        assert_eq!(v(Some("br"), Some("gzip")), "!gzip");
-        assert_eq!(v(Some("gzip;q=0, br"), Some("gzip")), "!gzip");
-        assert_eq!(v(None, Some("gzip")), "!gzip");
+        assert_ne!(v(Some("gzip, deflate, br, zstd")), firefox);
+        assert_eq!(v(None), "identity");
+        assert_eq!(v(Some("gzip;q=0")), "identity");
+        assert_eq!(v(Some("identity;q=0, gzip")), "gzip");
+        assert_eq!(v(Some("*")), "br,deflate,gzip,identity,zstd");
+        assert_eq!(v(Some("*;q=0")), "");
     }
 
     #[test]

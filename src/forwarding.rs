@@ -83,6 +83,14 @@ pub fn connection_listed(headers: &http::HeaderMap) -> Vec<String> {
         .collect()
 }
 
+/// Whether `Connection` lists a field beyond the connection options every
+/// client and server use (`close`, `keep-alive`, `te`, `upgrade`).
+pub fn lists_more_than_framing(headers: &http::HeaderMap) -> bool {
+    connection_listed(headers)
+        .iter()
+        .any(|t| !matches!(t.as_str(), "close" | "keep-alive" | "te" | "upgrade"))
+}
+
 /// Hop-by-hop fields every proxy removes (RFC 9110 §7.6.1).
 const HOP_BY_HOP: &[&str] = &[
     "connection",

@@ -352,11 +352,7 @@ impl ProxyHttp for Proxy {
         let mut vb = VarianceBuilder::new();
         for name in names {
             if name == "accept-encoding" {
-                let stored = meta
-                    .headers()
-                    .get(header::CONTENT_ENCODING)
-                    .and_then(|v| v.to_str().ok());
-                let v = cachekey::accept_encoding_variance(&req.headers, stored);
+                let v = cachekey::accept_encoding_variance(&req.headers);
                 vb.add_owned_name_value(name, v.into_bytes());
                 continue;
             }
@@ -507,7 +503,11 @@ impl ProxyHttp for Proxy {
             .take()
             .map(|not_modified| storable::freshen(resp, &not_modified));
         let resp = freshened.as_ref().unwrap_or(resp);
-        let decided = storable::decide(resp, ctx.rule.as_deref(), bounds, exchange).and_then(|c| {
+        let decided = match ctx.not_stored {
+            Some(reason) => Err(reason),
+            None => storable::decide(resp, ctx.rule.as_deref(), bounds, exchange),
+        }
+        .and_then(|c| {
             match (c, ctx.fill) {
                 // What it fetched may predate the commit of a write in flight.
                 (RespCacheable::Cacheable(_), Some(fill)) if fill.fenced => {
@@ -554,7 +554,15 @@ impl ProxyHttp for Proxy {
                 .observe(t.elapsed().as_secs_f64());
         }
         // Before it is stored or sent on: what the app meant for this hop.
-        forwarding::strip_hop_by_hop(resp);
+        // Not on a 1xx: a 101's `Upgrade` and `Connection` are the handshake.
+        if !resp.status.is_informational() {
+            if forwarding::lists_more_than_framing(&resp.headers) {
+                // The app said some of its fields are for this hop only;
+                // what it stored would not be what it meant to share.
+                ctx.not_stored = Some("connection-listed");
+            }
+            forwarding::strip_hop_by_hop(resp);
+        }
         if resp.status == StatusCode::NOT_MODIFIED && session.cache.enabled() {
             // A revalidation: pingora merges only a few of its fields into
             // the stored response; `response_cache_filter` merges them all.
@@ -1007,16 +1015,12 @@ fn bypass_reason(req: &RequestHeader, rule: Option<&Rule>, store: &Store) -> Opt
     if has_body {
         return Some("request-body");
     }
-    // A keyed field the client lists in `Connection` is removed before the
-    // app sees it: the key would hold what the answer did not depend on.
-    if let Some(rule) = rule {
-        let listed = forwarding::connection_listed(&req.headers);
-        let keyed = |name: &String| {
-            rule.key_headers.contains(name) || (name == "cookie" && rule.keys_cookies())
-        };
-        if listed.iter().any(keyed) {
-            return Some("connection-listed");
-        }
+    // A field the client lists in `Connection` is removed before the app
+    // sees it (pingora does), while the key and the variant key (`Vary`)
+    // are computed with it: the answer would be stored for requests it does
+    // not fit. Browsers list no fields.
+    if forwarding::lists_more_than_framing(&req.headers) {
+        return Some("connection-listed");
     }
     if !store.usable() {
         return Some("store-unavailable");

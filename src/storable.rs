@@ -75,9 +75,11 @@ pub const HEURISTIC_MAX: Duration = Duration::from_secs(24 * 3600);
 /// freshgate's own targeted field: obeyed first, never passed on.
 pub const OWN_TARGETED_FIELD: &str = "freshgate-cache-control";
 
-/// The default `cache.targeted_fields`: freshgate's own field, then the one
-/// every CDN obeys.
-pub const DEFAULT_TARGETED: &[&str] = &[OWN_TARGETED_FIELD, "cdn-cache-control"];
+/// The default `cache.targeted_fields`: freshgate's own field only.
+/// `CDN-Cache-Control` is opt-in: apps that send it usually purge their CDN
+/// through its API, a purge freshgate never sees — obeyed, a long CDN
+/// lifetime would keep data fresh here that the app has changed.
+pub const DEFAULT_TARGETED: &[&str] = &[OWN_TARGETED_FIELD];
 
 /// Whether `resp` may be stored under `rule`, with what freshness; if not,
 /// why (the `Cache-Status` detail).
@@ -135,12 +137,12 @@ pub fn decide(
         return Err("no-store");
     }
     let no_cache = cc.as_ref().is_some_and(CacheControl::no_cache);
+    let by_rule =
+        ttl.is_some() && (!no_cache || overrides.no_cache) && (!explicit || overrides.max_age);
     let (lifetime, swr, sie) = match ttl {
         // The rule decides the lifetime; stale windows are then the app's
         // no longer: an entry the rule keeps is never served past it.
-        Some(ttl) if (!no_cache || overrides.no_cache) && (!explicit || overrides.max_age) => {
-            (ttl, 0, 0)
-        }
+        Some(ttl) if by_rule => (ttl, 0, 0),
         _ => {
             let lifetime =
                 app_lifetime(cc.as_ref(), expires, resp, exchange.received).or_else(|| {
@@ -172,7 +174,19 @@ pub fn decide(
         }
         _ => (lifetime, swr, sie),
     };
-    let created = exchange.received - initial_age(resp, exchange);
+    // A route `ttl` is freshgate's own lifetime: the app's `Date` (its
+    // clock may run slow) does not shorten it, only the `Age` it reports and
+    // the exchange's delay. Never before 1970 (the entry would not encode).
+    let age = if by_rule {
+        corrected_age(resp, exchange)
+    } else {
+        initial_age(resp, exchange)
+    };
+    let since_epoch = exchange
+        .received
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let created = exchange.received - age.min(since_epoch);
     // Fresh until its lifetime is used up, and never past `max_ttl` from
     // now (the store drops it then: `Cache-Status: ttl=` must not promise
     // longer). Already stale (`no-cache`, `max-age=0`, an `Expires` in the
@@ -270,12 +284,19 @@ pub fn initial_age(resp: &ResponseHeader, exchange: Exchange) -> Duration {
     let apparent = http_date(resp.headers.get(header::DATE))
         .and_then(|date| exchange.received.duration_since(date).ok())
         .unwrap_or(Duration::ZERO);
+    apparent
+        .max(corrected_age(resp, exchange))
+        .min(Duration::from_secs(DELTA_MAX))
+}
+
+/// The `Age` the response reports plus the time the exchange took
+/// (RFC 9111 §4.2.3 `corrected_age_value`).
+fn corrected_age(resp: &ResponseHeader, exchange: Exchange) -> Duration {
     let delay = exchange
         .received
         .duration_since(exchange.sent)
         .unwrap_or(Duration::ZERO);
-    let corrected = Duration::from_secs(age_value(resp)) + delay;
-    apparent.max(corrected).min(Duration::from_secs(DELTA_MAX))
+    Duration::from_secs(age_value(resp)) + delay
 }
 
 /// The `Age` field (RFC 9111 §5.1): the first member of the first line; a
@@ -315,13 +336,25 @@ const NOT_FRESHENED: &[&str] = &[
     "upgrade",
     // pingora keys variants by it; a changed Vary takes a full response.
     "vary",
+    // The entry's tags were indexed when it was stored; a 304 cannot add
+    // one (an entry carrying a tag it is not indexed under would miss that
+    // tag's purge). New tags come with a full response.
+    "surrogate-key",
+    "cache-tag",
+    "cache-groups",
 ];
 
 /// The stored response's header freshened by a 304 (RFC 9111 §4.3.4,
 /// §3.2): every field the 304 carries replaces the stored one of that
-/// name, except [`NOT_FRESHENED`]; the stored status stays.
+/// name, except [`NOT_FRESHENED`]; the stored status stays, and the stored
+/// `Age` and `Date` go (they described the first response).
 pub fn freshen(stored: &ResponseHeader, not_modified: &ResponseHeader) -> ResponseHeader {
     let mut out = stored.clone();
+    // The stored `Age` and `Date` described the first response; the 304 is
+    // the new one (it carries its own, or none: then it is as old as the
+    // exchange).
+    out.remove_header(&header::AGE);
+    out.remove_header(&header::DATE);
     // `keys` yields each name once, however many lines it has.
     for name in not_modified.headers.keys() {
         if NOT_FRESHENED.contains(&name.as_str()) {
@@ -453,7 +486,7 @@ mod tests {
     #[test]
     fn a_targeted_field_replaces_cache_control_and_expires() {
         // RFC 9213 §2.1.
-        let targeted: Vec<String> = DEFAULT_TARGETED.iter().map(|s| s.to_string()).collect();
+        let targeted: Vec<String> = vec![OWN_TARGETED_FIELD.into(), "cdn-cache-control".into()];
         let bounds = Bounds {
             targeted: &targeted,
             ..BOUNDS
@@ -498,7 +531,8 @@ mod tests {
         );
         assert_eq!(fresh(&exp), Ok(0));
         assert_eq!(fresh(&cdn("", "max-age=60")), Ok(60));
-        // Not obeyed unless listed.
+        // Not obeyed unless listed (the default lists freshgate's own only).
+        assert_eq!(DEFAULT_TARGETED, [OWN_TARGETED_FIELD]);
         assert_eq!(
             decide(&cdn("max-age=600", "no-store"), None, BOUNDS, at(now)).err(),
             Some("no-store")
@@ -748,6 +782,34 @@ mod tests {
         assert_eq!(get("x-gone-not"), ["kept"]);
         assert_eq!(get("content-length"), ["10"]);
         assert_eq!(get("content-encoding"), ["gzip"]);
+        // Tags stay what the entry is indexed under; Age and Date are the 304's.
+        let stored = resp(200, &[("surrogate-key", "a"), ("age", "50"), ("date", "x")]);
+        let not_modified = resp(304, &[("surrogate-key", "a b")]);
+        let h = freshen(&stored, &not_modified);
+        assert_eq!(h.headers["surrogate-key"], "a");
+        assert!(h.headers.get("age").is_none() && h.headers.get("date").is_none());
+    }
+
+    #[test]
+    fn a_route_ttl_is_not_shortened_by_a_slow_origin_clock() {
+        let now = SystemTime::now();
+        let slow = resp(
+            200,
+            &[(
+                "date",
+                &httpdate::fmt_http_date(now - Duration::from_secs(7200)),
+            )],
+        );
+        assert_eq!(
+            fresh(&slow, Some(&rule(Some(300), CacheOverrides::default()))),
+            Ok(300)
+        );
+        // An Age so large it would date the entry before 1970 still stores.
+        let ancient = resp(
+            200,
+            &[("cache-control", "max-age=60"), ("age", "2147483647")],
+        );
+        assert_eq!(fresh(&ancient, None), Ok(0));
     }
 
     #[test]

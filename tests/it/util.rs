@@ -862,7 +862,7 @@ impl ScriptedOrigin {
                             .headers
                             .iter()
                             .any(|(k, v)| k == "transfer-encoding" && v == "chunked");
-                        if r.status != 304 && !chunked {
+                        if r.status != 304 && r.status != 101 && !chunked {
                             out.push_str(&format!("content-length: {}\r\n", r.body.len()));
                         }
                         out.push_str("\r\n");
