@@ -291,4 +291,25 @@ mod tests {
             Err(HostError::Several)
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// What normalises, normalises to itself, and holds nothing that
+            /// could reach into the path (the fuzzer's property, in every
+            /// test run).
+            #[test]
+            fn a_normalised_host_is_a_fixed_point(raw in "[a-zA-Z0-9.:\\[\\]%/?#@_~-]{0,24}") {
+                if let Ok(h) = normalize(&raw, "http") {
+                    let again = normalize(h.as_str(), "http");
+                    prop_assert_eq!(again, Ok(h.clone()));
+                    prop_assert!(!h.as_str().contains(['/', '?', '#', '@']));
+                }
+            }
+        }
+    }
 }
