@@ -20,7 +20,7 @@ use pingora::http::RequestHeader;
 
 use crate::canonical::Canonical;
 use crate::host::Host;
-use crate::rules::Rule;
+use crate::rules::{CookieName, Rule};
 
 /// The primary key of a request, for `scheme` and its validated `host`.
 pub fn primary(
@@ -204,11 +204,42 @@ pub fn keyed_cookie_header(req: &RequestHeader, rule: &Rule) -> Option<String> {
     (!pairs.is_empty()).then(|| pairs.join("; "))
 }
 
-/// Whether every cookie `rule` keys can be read as the app will read it.
-pub fn cookies_unambiguous(req: &RequestHeader, rule: &Rule) -> bool {
-    rule.key_cookies
-        .iter()
-        .all(|c| cookie(req, c) != Cookie::Ambiguous)
+/// Why the request's cookies keep it from the cache, if they do (the
+/// `Cache-Status` detail): a cookie neither `ignored` nor keyed by `rule`
+/// may be a session (`cookie`); a keyed one sent twice (`ambiguous-cookie`).
+/// A `Cookie` header that is not text counts as an unknown cookie.
+pub fn cookie_bypass(
+    req: &RequestHeader,
+    rule: Option<&Rule>,
+    ignored: &[CookieName],
+) -> Option<&'static str> {
+    if !req.headers.contains_key(http::header::COOKIE) {
+        return None;
+    }
+    if rule.is_some_and(|r| r.key_headers.iter().any(|h| h == "cookie")) {
+        return None; // the whole header is in the key
+    }
+    let keyed = |name: &str| rule.is_some_and(|r| r.key_cookies.iter().any(|k| k == name));
+    for line in req.headers.get_all(http::header::COOKIE) {
+        let Ok(line) = line.to_str() else {
+            return Some("cookie");
+        };
+        for pair in line.split(';').filter(|p| !p.trim().is_empty()) {
+            let Some((name, _)) = pair.split_once('=') else {
+                return Some("cookie");
+            };
+            let name = name.trim();
+            if !keyed(name) && !ignored.iter().any(|g| g.matches(name)) {
+                return Some("cookie");
+            }
+        }
+    }
+    let ambiguous = rule.is_some_and(|r| {
+        r.key_cookies
+            .iter()
+            .any(|c| cookie(req, c) == Cookie::Ambiguous)
+    });
+    ambiguous.then_some("ambiguous-cookie")
 }
 
 #[cfg(test)]
@@ -240,6 +271,7 @@ mod tests {
             negative_ttl: None,
             key_headers: headers.iter().map(|s| s.to_string()).collect(),
             key_cookies: cookies.iter().map(|s| s.to_string()).collect(),
+            ignore_cookies: vec![],
             enabled: true,
         }
     }
@@ -279,6 +311,33 @@ mod tests {
         assert_eq!(a, key("Bearer a", "session=s1; y=2"));
         assert_eq!(a, key("Bearer a", " session = s1 ;y=2"));
         assert_ne!(key("Bearer a", "x=1"), key("Bearer a", "session="));
+    }
+
+    #[test]
+    fn only_ignored_or_keyed_cookies_share_an_entry() {
+        let ignored: Vec<CookieName> = ["_ga", "_hj*", "consent"]
+            .iter()
+            .map(|c| CookieName::parse(c).unwrap())
+            .collect();
+        let keyed = rule(&[], &["session"]);
+        let why =
+            |c: &str, r: Option<&Rule>| cookie_bypass(&req("/", &[("cookie", c)]), r, &ignored);
+        assert_eq!(why("_ga=GA1.2.3; _hjSession_1=x; consent=yes", None), None);
+        assert_eq!(why("_ga=1; theme=dark", None), Some("cookie"));
+        assert_eq!(why("_ga=1; session=bob", None), Some("cookie"));
+        assert_eq!(why("_ga=1; session=bob", Some(&keyed)), None);
+        assert_eq!(
+            why("session=a; session=b; _ga=1", Some(&keyed)),
+            Some("ambiguous-cookie")
+        );
+        assert_eq!(why("justavalue", None), Some("cookie"));
+        assert_eq!(why("_ga=1;", None), None);
+        assert_eq!(cookie_bypass(&req("/", &[]), None, &ignored), None);
+        // Nothing ignored by default.
+        assert_eq!(
+            cookie_bypass(&req("/", &[("cookie", "_ga=1")]), None, &[]),
+            Some("cookie")
+        );
     }
 
     #[test]

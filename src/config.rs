@@ -21,7 +21,7 @@ use crate::flags::FileFlags;
 use crate::forwarding::{self, TrustedProxies};
 use crate::invalidation::{Invalidation, RawRule};
 use crate::monitor::alerts::{default_thresholds, Metric, MonitoringConfig, Severity, Threshold};
-use crate::rules::{sample_path, CacheOverrides, RouteTable, Rule};
+use crate::rules::{sample_path, CacheOverrides, CookieName, RouteTable, Rule};
 use crate::store::redis::Consistency;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -244,6 +244,8 @@ pub struct RawCache {
     /// Honour a client's own Cache-Control (no-cache, max-age, min-fresh)
     /// by revalidating (off).
     pub request_cache_control: Option<bool>,
+    /// Cookies that never change any answer (routes may say otherwise).
+    pub ignore_cookies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -271,6 +273,9 @@ pub struct RawRoute {
     pub statuses: Option<Vec<u16>>,
     /// Longest life of a stored 404/410 (else `cache.negative_ttl`).
     pub negative_ttl: Option<Dur>,
+    /// Cookies that never change this route's answers (names or globs);
+    /// replaces `cache.ignore_cookies` for the route.
+    pub ignore_cookies: Option<Vec<String>>,
     #[serde(default)]
     pub key: RawKey,
     #[serde(default = "yes")]
@@ -404,6 +409,9 @@ pub struct Config {
     pub negative_ttl: Duration,
     /// Lower-case names, in precedence order (see `storable`).
     pub targeted_fields: Vec<String>,
+    /// `cache.ignore_cookies`: for paths no route rule covers (rules carry
+    /// their own copy, or their own list).
+    pub ignore_cookies: Vec<CookieName>,
     pub heuristic_freshness: bool,
     pub request_cache_control: bool,
     /// The `flags:` section (one layer of [`crate::flags::Flags`]).
@@ -888,6 +896,19 @@ fn validate(
         "{:?} {:?} {:?} {:?}",
         raw.invalidate, paths, raw.cache.max_ttl, method_override
     ));
+    let cookie_names = |list: &[String], problem: &mut dyn FnMut(&str, String)| {
+        list.iter()
+            .filter_map(|c| {
+                CookieName::parse(c)
+                    .map_err(|m| problem(c, format!("ignore_cookies: {m}")))
+                    .ok()
+            })
+            .collect::<Vec<_>>()
+    };
+    let default_ignored = cookie_names(
+        raw.cache.ignore_cookies.as_deref().unwrap_or_default(),
+        &mut problem,
+    );
     let mut rules = Vec::new();
     let mut names = std::collections::HashSet::new();
     for r in raw.routes {
@@ -958,6 +979,10 @@ fn validate(
                 .iter()
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
+            ignore_cookies: match &r.ignore_cookies {
+                Some(list) => cookie_names(list, &mut problem),
+                None => default_ignored.clone(),
+            },
             key_cookies: r.key.cookies,
             enabled: r.enabled,
         });
@@ -1138,6 +1163,7 @@ fn validate(
             .unwrap_or(crate::storable::DEFAULT_NEGATIVE_TTL),
         targeted_fields,
         heuristic_freshness: raw.cache.heuristic_freshness.unwrap_or(false),
+        ignore_cookies: default_ignored,
         request_cache_control: raw.cache.request_cache_control.unwrap_or(false),
         flags: raw.flags,
         rules_fingerprint,

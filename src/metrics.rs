@@ -62,6 +62,8 @@ pub struct Metrics {
     pub rules_mixed: IntGauge,
     /// Writes that matched no invalidation rule, by cache route rule (`-`: none).
     pub unmatched_writes: IntCounterVec,
+    /// GET/HEAD requests that did not use the cache, by route and reason.
+    pub bypasses: IntCounterVec,
     /// Background refetches after writes, by result (`ok`, `error`, `skipped`).
     pub prefetches: IntCounterVec,
     /// Start-up warming requests (`warm:` paths), by result (`ok`, `error`).
@@ -263,6 +265,14 @@ impl Metrics {
             &["route"],
         )
         .expect("static metric definition");
+        let bypasses = IntCounterVec::new(
+            Opts::new(
+                "freshgate_bypasses_total",
+                "GET/HEAD requests that did not use the cache, by route rule and reason (cookie, authorization, ...).",
+            ),
+            &["route", "reason"],
+        )
+        .expect("static metric definition");
         let prefetches = IntCounterVec::new(
             Opts::new(
                 "freshgate_prefetches_total",
@@ -329,6 +339,7 @@ impl Metrics {
             Box::new(redis_may_evict.clone()),
             Box::new(rules_mixed.clone()),
             Box::new(unmatched_writes.clone()),
+            Box::new(bypasses.clone()),
             Box::new(prefetches.clone()),
             Box::new(warmed.clone()),
             Box::new(config_reloads.clone()),
@@ -366,6 +377,7 @@ impl Metrics {
             redis_may_evict,
             rules_mixed,
             unmatched_writes,
+            bypasses,
             prefetches,
             warmed,
             config_reloads,

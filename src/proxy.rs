@@ -58,7 +58,7 @@ use crate::monitor::series::Kind;
 use crate::monitor::{Event, Monitor};
 use crate::prefetch::{self, Prefetcher};
 use crate::reload::Live;
-use crate::rules::Rule;
+use crate::rules::{CookieName, Rule};
 use crate::storable;
 use crate::store::{Ended, Entry, FillInfo, FillStart, Store};
 use crate::writes::{self, InFlight};
@@ -244,7 +244,12 @@ impl ProxyHttp for Proxy {
             ctx.bypass = Some(CACHE_OFF);
             return Ok(());
         }
-        ctx.bypass = bypass_reason(req, ctx.rule.as_deref(), self.store);
+        ctx.bypass = bypass_reason(
+            req,
+            ctx.rule.as_deref(),
+            &ctx.config.ignore_cookies,
+            self.store,
+        );
         if ctx.bypass.is_none() && ctx.config.request_cache_control {
             // RFC 9111 §5.2.1.5: nothing of this exchange may be stored.
             let no_store = CacheControl::from_req_headers(req).is_some_and(|c| c.no_store());
@@ -451,8 +456,10 @@ impl ProxyHttp for Proxy {
                     upstream.remove_header(h);
                 }
             }
-            if let Some(rule) = rule.filter(|r| !r.key_cookies.is_empty() && !keyed("cookie")) {
-                match cachekey::keyed_cookie_header(upstream, rule) {
+            // Only the keyed cookies reach the app (ignored ones never
+            // may shape an answer stored for everyone).
+            if upstream.headers.contains_key(header::COOKIE) && !keyed("cookie") {
+                match rule.and_then(|r| cachekey::keyed_cookie_header(upstream, r)) {
                     Some(only_keyed) => {
                         upstream.insert_header(header::COOKIE, only_keyed)?;
                     }
@@ -650,6 +657,10 @@ impl ProxyHttp for Proxy {
             (None, None) => 0,
         };
         METRICS.requests.with_label_values(&[route, label]).inc();
+        if let Some(reason) = ctx.bypass {
+            // Which cookie (or credential, or setting) costs a route its hits.
+            METRICS.bypasses.with_label_values(&[route, reason]).inc();
+        }
         if matches!(ctx.outcome, Outcome::Hit | Outcome::Stale) {
             METRICS
                 .cache_served_bytes
@@ -986,7 +997,12 @@ async fn respond_bad_request(session: &mut Session, reason: &str) -> Result<()> 
 }
 
 /// Why a GET/HEAD must not use the cache, if it must not.
-fn bypass_reason(req: &RequestHeader, rule: Option<&Rule>, store: &Store) -> Option<&'static str> {
+fn bypass_reason(
+    req: &RequestHeader,
+    rule: Option<&Rule>,
+    ignored_by_default: &[CookieName],
+    store: &Store,
+) -> Option<&'static str> {
     if rule.is_some_and(|r| !r.enabled) {
         return Some("route-disabled");
     }
@@ -995,15 +1011,9 @@ fn bypass_reason(req: &RequestHeader, rule: Option<&Rule>, store: &Store) -> Opt
     {
         return Some("authorization");
     }
-    if req.headers.contains_key(header::COOKIE) {
-        match rule {
-            Some(rule) if rule.keys_cookies() => {
-                if !cachekey::cookies_unambiguous(req, rule) {
-                    return Some("ambiguous-cookie");
-                }
-            }
-            _ => return Some("cookie"),
-        }
+    let ignored = rule.map_or(ignored_by_default, |r| &r.ignore_cookies[..]);
+    if let Some(reason) = cachekey::cookie_bypass(req, rule, ignored) {
+        return Some(reason);
     }
     // The app may read a GET's body (search APIs do): the answer would
     // depend on something the key does not hold.

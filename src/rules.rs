@@ -36,6 +36,10 @@ pub struct Rule {
     pub key_headers: Vec<String>,
     /// Cookie names whose values become part of the cache key.
     pub key_cookies: Vec<String>,
+    /// Cookies that never change the answer (`_ga`, `_hj*`): they do not
+    /// keep a request from the shared entry, and are not forwarded on
+    /// cached reads. The route's `ignore_cookies`, else `cache.ignore_cookies`.
+    pub ignore_cookies: Vec<CookieName>,
     pub enabled: bool,
 }
 
@@ -63,6 +67,40 @@ impl CacheOverrides {
             _ => return false,
         }
         true
+    }
+}
+
+/// A cookie name, or a simple glob of one (`_hj*`, `*_consent`, `a*b`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookieName(String);
+
+impl CookieName {
+    /// A name or glob: cookie-name characters (RFC 6265 token) and `*`.
+    pub fn parse(s: &str) -> Result<CookieName, String> {
+        let token = |c: char| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?={}".contains(c);
+        if s.is_empty() || !s.chars().all(|c| token(c) || c == '*') {
+            return Err(format!(
+                "{s:?} is not a cookie name or glob (e.g. _ga, _hj*)"
+            ));
+        }
+        Ok(CookieName(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `name` matches (`*`: any run of characters, case-sensitive).
+    pub fn matches(&self, name: &str) -> bool {
+        glob(self.0.as_bytes(), name.as_bytes())
+    }
+}
+
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => (0..=text.len()).any(|i| glob(rest, &text[i..])),
+        Some((c, rest)) => text.first() == Some(c) && glob(rest, &text[1..]),
     }
 }
 
@@ -274,7 +312,25 @@ mod tests {
             negative_ttl: None,
             key_headers: vec![],
             key_cookies: vec![],
+            ignore_cookies: vec![],
             enabled: true,
+        }
+    }
+
+    #[test]
+    fn cookie_globs() {
+        let g = |p: &str| CookieName::parse(p).unwrap();
+        assert!(g("_ga").matches("_ga"));
+        assert!(!g("_ga").matches("_gat"));
+        assert!(g("_hj*").matches("_hjSession_123"));
+        assert!(g("_hj*").matches("_hj"));
+        assert!(!g("_hj*").matches("x_hj"));
+        assert!(g("*consent").matches("cookie_consent"));
+        assert!(g("a*b*c").matches("aXbYc"));
+        assert!(!g("a*b*c").matches("aXbY"));
+        assert!(!g("session").matches("Session"));
+        for bad in ["", "a b", "a;b", "a=b"] {
+            assert!(CookieName::parse(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -402,6 +402,7 @@ mod tests {
             negative_ttl: None,
             key_headers: vec![],
             key_cookies: vec![],
+            ignore_cookies: vec![],
             enabled: true,
         }
     }

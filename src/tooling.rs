@@ -102,6 +102,16 @@ pub fn explain(config: &Config, request: &str) -> Result<String, String> {
         }
     }
     if !canonical::is_unsafe(&method) {
+        let rule = config.routes.lookup(&path);
+        let ignored = rule.map_or(&config.ignore_cookies[..], |r| &r.ignore_cookies[..]);
+        let keyed = rule.map(|r| r.key_cookies.join(", ")).unwrap_or_default();
+        let names: Vec<&str> = ignored.iter().map(|c| c.as_str()).collect();
+        let _ = writeln!(
+            s,
+            "  cookies: ignored [{}] (never forwarded on cached reads), keyed [{keyed}]; \
+             a request with any other cookie bypasses the cache",
+            names.join(", ")
+        );
         let tags = config.invalidation.tags_for_read(&path);
         let _ = writeln!(
             s,
@@ -188,6 +198,27 @@ invalidate:
         assert_eq!(w.len(), 2, "{w:#?}");
         assert!(w[0].contains("/studio/api/chapters/*"), "{}", w[0]);
         assert!(w[1].contains("\"story\""), "{}", w[1]);
+    }
+
+    #[test]
+    fn explains_which_cookies_a_route_ignores_keys_or_bypasses_on() {
+        let c = Config::from_str(
+            "cache:\n  ignore_cookies: [_ga, \"_hj*\"]\nroutes:\n  - name: me\n    match: /me\n    key:\n      cookies: [session]\n  - name: own\n    match: /own\n    ignore_cookies: [consent]\n",
+            None,
+            &crate::config::Overrides::default(),
+        )
+        .unwrap();
+        let me = explain(&c, "GET /me").unwrap();
+        assert!(
+            me.contains(
+                "cookies: ignored [_ga, _hj*] (never forwarded on cached reads), keyed [session]"
+            ),
+            "{me}"
+        );
+        let own = explain(&c, "/own").unwrap();
+        assert!(own.contains("ignored [consent]"), "{own}");
+        let none = explain(&c, "/elsewhere").unwrap();
+        assert!(none.contains("ignored [_ga, _hj*]"), "{none}");
     }
 
     #[test]

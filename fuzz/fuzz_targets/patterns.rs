@@ -24,6 +24,7 @@ fuzz_target!(|input: (Vec<String>, Vec<String>)| {
             negative_ttl: None,
             key_headers: vec![],
             key_cookies: vec![],
+            ignore_cookies: vec![],
             enabled: true,
         })
         .collect();

@@ -8,6 +8,7 @@ mod browser;
 mod checker;
 mod cli;
 mod conformance;
+mod cookies;
 mod faults;
 mod hostile;
 mod hot_reload;
