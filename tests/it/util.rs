@@ -103,8 +103,10 @@ impl Proc {
     }
 
     pub fn signal(&self, sig: &str) {
+        // Quietly: the process may have exited already.
         let _ = Command::new("kill")
             .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .stderr(Stdio::null())
             .status();
     }
 
