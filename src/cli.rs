@@ -36,6 +36,11 @@ pub enum Command {
     },
     /// Run the bundled demo app with freshgate in front of it.
     Demo(DemoOpts),
+    /// Fill the cache through a running freshgate, from a URL list, a
+    /// sitemap, or a route pattern with an id range; prints progress and a
+    /// summary (warmed, already cached, uncacheable, failed).
+    /// Example: freshgate warm --pattern '/studio/api/scenes/[id]' --ids 1..500
+    Warm(WarmOpts),
     /// Report on a running freshgate from its admin API: hit rate by route,
     /// top misses, top invalidating writes, unmatched writes, alerts and
     /// recommendations.
@@ -56,6 +61,38 @@ pub enum Command {
         )]
         token: Option<String>,
     },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["list", "sitemap", "pattern"])))]
+pub struct WarmOpts {
+    /// freshgate's listener.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// A file of URLs or paths, one per line (`-` for standard input).
+    #[arg(long, value_name = "FILE")]
+    pub list: Option<PathBuf>,
+    /// A sitemap.xml: a file, or an http:// URL (on the app).
+    #[arg(long, value_name = "FILE_OR_URL")]
+    pub sitemap: Option<String>,
+    /// A route pattern with one parameter, e.g. /studio/api/scenes/[id].
+    #[arg(long, value_name = "PATTERN", requires = "ids")]
+    pub pattern: Option<String>,
+    /// The ids for --pattern: FIRST..LAST (inclusive).
+    #[arg(long, value_name = "RANGE")]
+    pub ids: Option<String>,
+    /// The Host clients send (part of the cache key) [default: the --url's].
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// The scheme clients use: https behind a TLS load balancer.
+    #[arg(long, value_name = "SCHEME", value_parser = ["http", "https"])]
+    pub scheme: Option<String>,
+    /// Requests in flight at most.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub concurrency: usize,
+    /// Requests per second at most (0: no limit).
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 0.0)]
+    pub rate: f64,
 }
 
 #[derive(Debug, Args)]

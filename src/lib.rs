@@ -25,6 +25,7 @@
 //! - [`monitor`]: counters over time, alerts, recent operations (admin API/page).
 //! - [`admin`]: the admin listener: health, `/metrics`, the admin API and page.
 //! - [`tooling`]: `freshgate check` warnings and `freshgate explain`.
+//! - [`warm`]: `freshgate warm`, filling the cache through a running freshgate.
 //! - [`analyze`]: `freshgate analyze`, a terminal report from the admin API.
 //! - [`demo`]: the bundled demo app, for newcomers, tests and benchmarks.
 //! - [`app`]: wiring of the pingora server and its services.
@@ -53,4 +54,5 @@ pub mod rules;
 pub mod storable;
 pub mod store;
 pub mod tooling;
+pub mod warm;
 pub mod writes;

@@ -76,6 +76,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Warm(opts) => warm(&opts),
         Command::Run(opts) => run(&opts, None),
         Command::Demo(d) => {
             let mut opts = d.run;
@@ -155,4 +156,55 @@ fn print_demo_help(opts: &RunOpts) {
          \x20 curl -i http://{proxy}/studio/api/scenes/111        # the edit, with a new version\n\
          \x20 curl -s http://{admin}/metrics | grep freshgate_requests_total\n"
     );
+}
+
+/// `freshgate warm`: exit 0 when nothing failed, 1 when something did, 2
+/// when the paths could not be read.
+fn warm(opts: &freshgate::cli::WarmOpts) -> ExitCode {
+    use freshgate::warm;
+    use std::io::IsTerminal;
+    let paths = if let Some(file) = &opts.list {
+        let text = if file.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin()).map_err(|e| format!("standard input: {e}"))
+        } else {
+            std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))
+        };
+        text.and_then(|t| warm::from_list(&t))
+    } else if let Some(sitemap) = &opts.sitemap {
+        let xml = if sitemap.starts_with("http://") || sitemap.starts_with("https://") {
+            ureq::get(sitemap)
+                .call()
+                .and_then(|mut r| r.body_mut().read_to_string())
+                .map_err(|e| format!("{sitemap}: {e}"))
+        } else {
+            std::fs::read_to_string(sitemap).map_err(|e| format!("{sitemap}: {e}"))
+        };
+        xml.and_then(|x| warm::from_sitemap(&x))
+    } else {
+        let (pattern, ids) = (opts.pattern.as_deref(), opts.ids.as_deref());
+        warm::from_pattern(pattern.unwrap_or_default(), ids.unwrap_or_default())
+    };
+    let paths = match paths {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("freshgate warm: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let options = warm::Options {
+        url: opts.url.clone(),
+        host: opts.host.clone(),
+        scheme: opts.scheme.clone(),
+        concurrency: opts.concurrency,
+        rate: opts.rate,
+    };
+    let stderr = std::io::stderr();
+    let tty = stderr.is_terminal();
+    let summary = warm::run(&paths, &options, &mut stderr.lock(), tty);
+    print!("{}", warm::report(&summary, paths.len()));
+    if summary.failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

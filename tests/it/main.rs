@@ -17,3 +17,4 @@ mod monitoring;
 mod proxy_cache;
 mod redis_tier;
 mod stale_holes;
+mod warm;

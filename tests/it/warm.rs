@@ -1,0 +1,136 @@
+//! `freshgate warm` (issue 17) against a real freshgate and the demo app:
+//! from a list, a sitemap and an id range; progress on a terminal and in
+//! plain mode; the summary checked against the app's request counter.
+
+use std::process::Command;
+
+use crate::util::*;
+
+fn warm(fg: &Freshgate, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(["warm", "--url", &fg.url("")])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn warm_from_a_list_reports_what_each_path_did() {
+    let origin = Origin::start(0);
+    let fg = Freshgate::start(&origin.url(), None, TEST_CONFIG);
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("urls.txt");
+    std::fs::write(
+        &list,
+        "# posts and a scene\n/community/api/posts/1\nhttp://ignored.example/community/api/posts/2\n/studio/api/scenes/111\n\n/knobs/nostore?cc=no-store\n/knobs/broken?status=500\n",
+    )
+    .unwrap();
+    let list = list.to_str().unwrap();
+    let before = origin.requests().await;
+    let (code, summary, progress) = warm(&fg, &["--list", list]);
+    assert_eq!(code, 1, "a failure is exit 1: {summary}{progress}");
+    assert!(
+        summary.starts_with("warmed 5 paths: warmed 3, already cached 0, uncacheable 1, failed 1"),
+        "{summary}"
+    );
+    assert!(summary.contains("uncacheable (no-store): 1"), "{summary}");
+    assert!(
+        summary.contains("failed: /knobs/broken?status=500: status 500"),
+        "{summary}"
+    );
+    // Plain progress lines (not a terminal), ending with the total.
+    assert!(progress.contains("warm: 5/5 (warmed 3"), "{progress}");
+    assert!(!progress.contains('\r'));
+    assert_eq!(origin.requests().await - before, 5);
+
+    // Again: what was warmed is a hit, and does not reach the app.
+    let before = origin.requests().await;
+    let (_, again, _) = warm(&fg, &["--list", list]);
+    assert!(
+        again.contains("warmed 0, already cached 3, uncacheable 1, failed 1"),
+        "{again}"
+    );
+    assert_eq!(origin.requests().await - before, 2);
+    assert_eq!(get(&fg.url("/community/api/posts/1")).await.x_cache, "HIT");
+}
+
+#[tokio::test]
+async fn warm_from_a_sitemap_and_an_id_range() {
+    let origin = Origin::start(0);
+    let fg = Freshgate::start(&origin.url(), None, TEST_CONFIG);
+    let dir = tempfile::tempdir().unwrap();
+    let sitemap = dir.path().join("sitemap.xml");
+    std::fs::write(
+        &sitemap,
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">
+  <url><loc>https://app.example/community/api/posts/3</loc></url>
+  <url><loc>https://app.example/community/api/posts/4</loc><lastmod>2026-11-01</lastmod></url>
+</urlset>"#,
+    )
+    .unwrap();
+    let (code, summary, _) = warm(&fg, &["--sitemap", sitemap.to_str().unwrap()]);
+    assert_eq!(code, 0, "{summary}");
+    assert!(summary.contains("warmed 2,"), "{summary}");
+    let before = origin.requests().await;
+    let (code, summary, _) = warm(
+        &fg,
+        &[
+            "--pattern",
+            "/studio/api/scenes/[id]",
+            "--ids",
+            "111..113",
+            "--rate",
+            "50",
+        ],
+    );
+    assert_eq!(code, 0, "{summary}");
+    assert!(
+        summary.starts_with("warmed 3 paths: warmed 3,"),
+        "{summary}"
+    );
+    assert_eq!(origin.requests().await - before, 3);
+    for p in [
+        "/community/api/posts/3",
+        "/community/api/posts/4",
+        "/studio/api/scenes/112",
+    ] {
+        assert_eq!(get(&fg.url(p)).await.x_cache, "HIT", "{p}");
+    }
+    // Bad input: a clear error, exit 2.
+    let (code, _, err) = warm(&fg, &["--pattern", "/a/[x]/[y]", "--ids", "1..2"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("exactly one parameter"), "{err}");
+}
+
+#[tokio::test]
+async fn warm_draws_a_progress_bar_on_a_terminal() {
+    let origin = Origin::start(0);
+    let fg = Freshgate::start(&origin.url(), None, TEST_CONFIG);
+    // `script` runs it in a pseudo-terminal and copies what it drew.
+    let cmd = format!(
+        "{BIN} warm --url {} --pattern '/studio/api/scenes/[id]' --ids 121..123",
+        fg.url("")
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .expect("script (util-linux) runs it in a pseudo-terminal");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("\r["), "{shown:?}");
+    assert!(
+        shown.contains("[##############################] 3/3"),
+        "{shown:?}"
+    );
+    assert!(shown.contains("warmed 3 paths: warmed 3,"), "{shown:?}");
+    assert!(
+        !shown.contains("warm: 3/3"),
+        "plain lines on a terminal: {shown:?}"
+    );
+}
