@@ -178,6 +178,7 @@ pub fn run(start: Start) -> anyhow::Result<()> {
             live,
             monitor,
             started: std::time::Instant::now(),
+            warm: Default::default(),
         },
     );
     admin.add_tcp(&admin_listen.to_string());

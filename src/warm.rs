@@ -109,7 +109,7 @@ pub fn from_pattern(pattern: &str, ids: &str) -> Result<Vec<String>, String> {
 }
 
 /// `http://host/a?b` or `/a?b` → `/a?b`.
-fn path_of(line: &str) -> Result<String, String> {
+pub fn path_of(line: &str) -> Result<String, String> {
     if line.starts_with('/') {
         return Ok(line.to_string());
     }
@@ -151,7 +151,8 @@ pub fn classify(status: u16, x_cache: &str, cache_status: &str) -> Outcome {
 }
 
 /// What a warm run did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Summary {
     pub warmed: usize,
     pub already_cached: usize,
@@ -207,9 +208,9 @@ pub struct Options {
     pub rate: f64,
 }
 
-/// Fetch every path through freshgate, reporting progress on `progress`:
-/// a bar redrawn in place when `tty`, a line every tenth otherwise.
-pub fn run(paths: &[String], opts: &Options, progress: &mut dyn Write, tty: bool) -> Summary {
+/// Fetch every path through freshgate, adding each outcome to `state` as
+/// it comes (others may read it meanwhile: progress). Blocks until done.
+pub fn fetch_all(paths: &[String], opts: &Options, state: &Mutex<Summary>) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(30)))
         .http_status_as_error(false)
@@ -217,7 +218,6 @@ pub fn run(paths: &[String], opts: &Options, progress: &mut dyn Write, tty: bool
         .build()
         .into();
     let next = AtomicUsize::new(0);
-    let summary = Mutex::new(Summary::default());
     let slot = Mutex::new(Instant::now());
     let interval = (opts.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / opts.rate));
     let base = opts.url.trim_end_matches('/').to_string();
@@ -227,50 +227,61 @@ pub fn run(paths: &[String], opts: &Options, progress: &mut dyn Write, tty: bool
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(path) = paths.get(i) else { return };
                 if let Some(every) = interval {
-                    let wait = {
+                    let at = {
                         let mut s = slot.lock();
                         let at = (*s).max(Instant::now());
                         *s = at + every;
                         at
                     };
-                    std::thread::sleep(wait.saturating_duration_since(Instant::now()));
+                    std::thread::sleep(at.saturating_duration_since(Instant::now()));
                 }
-                let mut req = agent.get(format!("{base}{path}"));
-                if let Some(h) = &opts.host {
-                    req = req.header("host", h);
-                }
-                if let Some(s) = &opts.scheme {
-                    req = req.header("x-forwarded-proto", s);
-                }
-                let outcome = match req.call() {
-                    Ok(mut resp) => {
-                        let h = |n: &str| {
-                            resp.headers()
-                                .get(n)
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_string()
-                        };
-                        let (x_cache, status) = (h("x-cache"), h("cache-status"));
-                        let code = resp.status().as_u16();
-                        // Read it all: the fill completes with the body.
-                        match std::io::copy(&mut resp.body_mut().as_reader(), &mut std::io::sink())
-                        {
-                            Ok(_) => classify(code, &x_cache, &status),
-                            Err(e) => Outcome::Failed(e.to_string()),
-                        }
-                    }
-                    Err(e) => Outcome::Failed(e.to_string()),
-                };
-                summary.lock().add(path, outcome);
+                let outcome = fetch_one(&agent, &format!("{base}{path}"), opts);
+                state.lock().add(path, outcome);
             });
         }
-        // Progress, from this thread, until the workers are done.
+    });
+}
+
+fn fetch_one(agent: &ureq::Agent, url: &str, opts: &Options) -> Outcome {
+    let mut req = agent.get(url);
+    if let Some(h) = &opts.host {
+        req = req.header("host", h);
+    }
+    if let Some(s) = &opts.scheme {
+        req = req.header("x-forwarded-proto", s);
+    }
+    match req.call() {
+        Ok(mut resp) => {
+            let h = |n: &str| {
+                resp.headers()
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let (x_cache, status) = (h("x-cache"), h("cache-status"));
+            let code = resp.status().as_u16();
+            // Read it all: the fill completes with the body.
+            match std::io::copy(&mut resp.body_mut().as_reader(), &mut std::io::sink()) {
+                Ok(_) => classify(code, &x_cache, &status),
+                Err(e) => Outcome::Failed(e.to_string()),
+            }
+        }
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+/// [`fetch_all`], reporting progress on `progress`: a bar redrawn in place
+/// when `tty`, a line every tenth otherwise.
+pub fn run(paths: &[String], opts: &Options, progress: &mut dyn Write, tty: bool) -> Summary {
+    let state = Mutex::new(Summary::default());
+    std::thread::scope(|scope| {
+        scope.spawn(|| fetch_all(paths, opts, &state));
         let total = paths.len();
         let mut last_line = 0;
         let mut shown = false;
         loop {
-            let s = summary.lock().clone();
+            let s = state.lock().clone();
             let done = s.done();
             if tty {
                 let width = 30;
@@ -297,7 +308,7 @@ pub fn run(paths: &[String], opts: &Options, progress: &mut dyn Write, tty: bool
             let _ = writeln!(progress);
         }
     });
-    summary.into_inner()
+    state.into_inner()
 }
 
 /// The summary as printed at the end.

@@ -34,6 +34,9 @@
 //!   matched, by method and path shape, most frequent first: where stale
 //!   data comes from.
 //! - `POST /api/reload` — re-read the config file now (as `SIGHUP` does).
+//! - `POST /api/warm` — fill the cache in the background from
+//!   `{"paths": [...]}` or `{"pattern": "/x/[id]", "ids": "1..50"}`, as
+//!   `freshgate warm` does; `GET /api/warm` — its progress and summary.
 //! - `GET /api/flags`, `PUT /api/flags` — flags with their source; runtime
 //!   flips (`{"cache": false}`, `null` clears), shared through Redis.
 
@@ -68,7 +71,18 @@ pub struct Admin {
     pub live: Arc<Live>,
     pub monitor: Arc<Monitor>,
     pub started: Instant,
+    /// The `POST /api/warm` run, current or last.
+    pub warm: parking_lot::Mutex<Option<WarmJob>>,
 }
+
+/// One warming run started from the admin API.
+pub struct WarmJob {
+    total: usize,
+    state: Arc<parking_lot::Mutex<crate::warm::Summary>>,
+}
+
+/// Paths one `POST /api/warm` may fetch at most.
+const MAX_WARM: usize = 100_000;
 
 /// The admin page: one file, no build step, embedded in the binary.
 const PAGE: &str = include_str!("page.html");
@@ -205,6 +219,8 @@ impl Admin {
                 )
             }
             ("POST", "/api/purge") => self.purge(session).await,
+            ("POST", "/api/warm") => self.start_warm(session).await,
+            ("GET", "/api/warm") => json_ok(self.warm_json()),
             ("GET", "/api/config") => json_ok(self.live.status_json()),
             ("POST", "/api/reload") => self.reload().await,
             ("GET", "/api/flags") => json_ok(self.flags_json()),
@@ -394,6 +410,100 @@ async fn read_json(session: &mut ServerSession) -> Result<serde_json::Value, Res
 }
 
 impl Admin {
+    /// `POST /api/warm` with `{"paths": [...]}` or `{"pattern": "/x/[id]",
+    /// "ids": "1..50"}` (optional `host`, `scheme`, `concurrency`, `rate`):
+    /// fetch them through this replica's own listener in the background, as
+    /// `freshgate warm` does. One run at a time (409 while one runs);
+    /// `GET /api/warm` shows its progress.
+    async fn start_warm(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let body = match read_json(session).await {
+            Ok(b) => b,
+            Err(resp) => return resp,
+        };
+        let paths = if let Some(list) = body["paths"].as_array() {
+            list.iter()
+                .map(|p| {
+                    p.as_str()
+                        .ok_or_else(|| "paths: strings".to_string())
+                        .and_then(crate::warm::path_of)
+                })
+                .collect::<Result<Vec<_>, _>>()
+        } else if let (Some(pattern), Some(ids)) = (body["pattern"].as_str(), body["ids"].as_str())
+        {
+            crate::warm::from_pattern(pattern, ids)
+        } else {
+            Err(r#"expected {"paths": [...]} or {"pattern": "/x/[id]", "ids": "1..50"}"#.into())
+        };
+        let paths = match paths {
+            Ok(p) if p.len() <= MAX_WARM => p,
+            Ok(p) => {
+                return json_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("{} paths: at most {MAX_WARM} per run", p.len()),
+                )
+            }
+            Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
+        };
+        let config = self.live.config();
+        let mut job = self.warm.lock();
+        if job
+            .as_ref()
+            .is_some_and(|j| j.state.lock().done() < j.total)
+        {
+            return json_error(StatusCode::CONFLICT, "a warming run is in progress");
+        }
+        let listen = config.listen;
+        let ip = if listen.ip().is_unspecified() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            listen.ip()
+        };
+        let options = crate::warm::Options {
+            url: format!("http://{}", std::net::SocketAddr::new(ip, listen.port())),
+            host: Some(
+                body["host"]
+                    .as_str()
+                    .unwrap_or(&config.warm.host)
+                    .to_string(),
+            ),
+            scheme: Some(
+                body["scheme"]
+                    .as_str()
+                    .unwrap_or(config.warm.scheme)
+                    .to_string(),
+            ),
+            concurrency: body["concurrency"].as_u64().unwrap_or(4).clamp(1, 16) as usize,
+            rate: body["rate"].as_f64().unwrap_or(0.0).max(0.0),
+        };
+        let state = Arc::new(parking_lot::Mutex::new(crate::warm::Summary::default()));
+        let total = paths.len();
+        *job = Some(WarmJob {
+            total,
+            state: state.clone(),
+        });
+        tokio::task::spawn_blocking(move || crate::warm::fetch_all(&paths, &options, &state));
+        respond(
+            StatusCode::ACCEPTED,
+            "application/json",
+            serde_json::json!({ "total": total }).to_string(),
+        )
+    }
+
+    /// `GET /api/warm`: the current or last run.
+    fn warm_json(&self) -> serde_json::Value {
+        match &*self.warm.lock() {
+            None => serde_json::json!({ "running": false, "total": 0, "done": 0 }),
+            Some(job) => {
+                let s = job.state.lock().clone();
+                let mut v = serde_json::to_value(&s).unwrap_or_default();
+                v["total"] = job.total.into();
+                v["done"] = s.done().into();
+                v["running"] = (s.done() < job.total).into();
+                v
+            }
+        }
+    }
+
     /// `GET /api/monitoring`: evaluated now, so what it says is current.
     fn monitoring_json(&self) -> serde_json::Value {
         let config = self.live.config();

@@ -236,6 +236,21 @@ async fn admin_page_follows_traffic_toggles_a_flag_and_purges() {
     )
     .await;
 
+    // Warm from the page: a pattern and ids, then the progress it shows.
+    b.eval("document.getElementById('warm-pattern').value = '/studio/api/scenes/[id]'");
+    b.eval("document.getElementById('warm-ids').value = '211..213'");
+    b.eval("document.getElementById('warm-start').click()");
+    b.wait_for(
+        "the warm summary",
+        "document.getElementById('warm-result').textContent === '3/3 done: warmed 3, already cached 0, uncacheable 0, failed 0'",
+    )
+    .await;
+    assert_eq!(
+        b.eval("document.getElementById('warm-progress').value"),
+        json!(3)
+    );
+    assert_eq!(get(&fg.url("/studio/api/scenes/212")).await.x_cache, "HIT");
+
     b.eval("window.scrollTo(0, 0)");
     let shot = b.call("Page.captureScreenshot", json!({ "format": "png" }));
     let png = base64::engine::general_purpose::STANDARD

@@ -134,3 +134,40 @@ async fn warm_draws_a_progress_bar_on_a_terminal() {
         "plain lines on a terminal: {shown:?}"
     );
 }
+
+#[tokio::test]
+async fn the_admin_api_warms_in_the_background_and_shows_progress() {
+    let origin = Origin::start(0);
+    let fg = Freshgate::start(&origin.url(), None, TEST_CONFIG);
+    let c = client();
+    let post = |body: &str| {
+        send(
+            c.post(fg.admin_url("/api/warm"))
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+        )
+    };
+    let started = post(r#"{"pattern": "/studio/api/scenes/[id]", "ids": "131..133"}"#).await;
+    assert_eq!(started.status, 202, "{}", started.body);
+    assert_eq!(started.json()["total"], 3);
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        let s = fg.admin_json("/api/warm").await;
+        if s["running"] == false {
+            break s;
+        }
+        assert!(std::time::Instant::now() < end, "never finished: {s}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (status["done"].as_u64(), status["warmed"].as_u64()),
+        (Some(3), Some(3)),
+        "{status}"
+    );
+    // Warmed with the Host clients use (warm.host: the listen address).
+    assert_eq!(get(&fg.url("/studio/api/scenes/132")).await.x_cache, "HIT");
+    let paths = post(r#"{"paths": ["/community/api/posts/5", "/knobs/x?cc=no-store"]}"#).await;
+    assert_eq!(paths.status, 202);
+    let bad = post(r#"{"pattern": "/no/params", "ids": "1..2"}"#).await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+}
