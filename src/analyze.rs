@@ -37,6 +37,8 @@ pub fn fetch(admin: &str, range: &str, token: Option<&str>) -> Result<Inputs, St
         by_rule: get(&format!("/api/metrics?timeRange={range}&groupBy=rule"))?,
         unmatched: get("/api/unmatched-writes")?,
         monitoring: get("/api/monitoring")?,
+        // Older freshgate builds have no such endpoint.
+        cookies: get("/api/bypassed-cookies").unwrap_or_default(),
     })
 }
 
@@ -46,6 +48,7 @@ pub struct Inputs {
     pub by_rule: Value,
     pub unmatched: Value,
     pub monitoring: Value,
+    pub cookies: Value,
 }
 
 fn n(v: &Value) -> u64 {
@@ -236,6 +239,18 @@ pub fn recommendations(i: &Inputs) -> Vec<String> {
             );
         }
     }
+    let bypassed = n(&i.cookies["requests"]);
+    if let Some(top) = i.cookies["names"].as_array().and_then(|a| a.first()) {
+        let count = n(&top["count"]);
+        if bypassed >= 10 && count * 2 >= bypassed {
+            out.push(format!(
+                "{count} of {bypassed} requests bypassed for their cookies carry {:?}: if it never \
+                 changes a response (analytics, consent), add it to `cache.ignore_cookies` (or a \
+                 route's `ignore_cookies`); never a session cookie",
+                top["name"].as_str().unwrap_or("")
+            ));
+        }
+    }
     let unmatched = i.unmatched["writes"].as_array().map_or(0, Vec::len);
     if unmatched > 0 {
         out.push(format!(
@@ -271,7 +286,24 @@ mod tests {
             by_rule: json!({"groups": [{"name": "scene-write", "writes": 40}]}),
             unmatched: json!({"writes": writes}),
             monitoring: json!({"alerts": {"list": []}}),
+            cookies: json!({"requests": 0, "names": []}),
         }
+    }
+
+    #[test]
+    fn recommends_ignoring_a_cookie_that_dominates_bypasses() {
+        let mut i = inputs(json!([]), json!([]));
+        i.cookies = json!({"requests": 40, "names": [
+            {"name": "_ga", "count": 38}, {"name": "theme", "count": 2}]});
+        let r = recommendations(&i).join("\n");
+        assert!(
+            r.contains("38 of 40 requests bypassed for their cookies carry \"_ga\""),
+            "{r}"
+        );
+        assert!(r.contains("cache.ignore_cookies"), "{r}");
+        i.cookies = json!({"requests": 40, "names": [
+            {"name": "a", "count": 15}, {"name": "b", "count": 15}]});
+        assert!(!recommendations(&i).join("\n").contains("ignore_cookies"));
     }
 
     #[test]

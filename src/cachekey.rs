@@ -204,6 +204,30 @@ pub fn keyed_cookie_header(req: &RequestHeader, rule: &Rule) -> Option<String> {
     (!pairs.is_empty()).then(|| pairs.join("; "))
 }
 
+/// The names of the request's cookies that are neither ignored nor keyed:
+/// what keeps it from the cache (at most 8, for the monitoring tally).
+pub fn unknown_cookies(
+    req: &RequestHeader,
+    rule: Option<&Rule>,
+    ignored: &[CookieName],
+) -> Vec<String> {
+    let keyed = |name: &str| rule.is_some_and(|r| r.key_cookies.iter().any(|k| k == name));
+    let mut out: Vec<String> = req
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|p| p.split_once('=').map(|(n, _)| n.trim()))
+        .filter(|n| !n.is_empty() && !keyed(n) && !ignored.iter().any(|g| g.matches(n)))
+        .map(str::to_string)
+        .collect();
+    out.sort();
+    out.dedup();
+    out.truncate(8);
+    out
+}
+
 /// Why the request's cookies keep it from the cache, if they do (the
 /// `Cache-Status` detail): a cookie neither `ignored` nor keyed by `rule`
 /// may be a session (`cookie`); a keyed one sent twice (`ambiguous-cookie`).

@@ -257,6 +257,12 @@ impl ProxyHttp for Proxy {
                 ctx.bypass = Some("request-no-store");
             }
         }
+        if ctx.bypass == Some("cookie") && self.live.flags.get(Flag::Monitoring, &ctx.config) {
+            let rule = ctx.rule.as_deref();
+            let ignored = rule.map_or(&ctx.config.ignore_cookies[..], |r| &r.ignore_cookies[..]);
+            self.monitor
+                .count_bypassing_cookies(&cachekey::unknown_cookies(req, rule, ignored));
+        }
         if ctx.bypass.is_some() {
             return Ok(());
         }

@@ -34,6 +34,9 @@
 //!   matched, by method and path shape, most frequent first: where stale
 //!   data comes from.
 //! - `POST /api/reload` — re-read the config file now (as `SIGHUP` does).
+//! - `GET /api/bypassed-cookies` — requests bypassed for their cookies, and
+//!   the cookie names that made them, most frequent first (candidates for
+//!   `ignore_cookies`, if they never change an answer).
 //! - `POST /api/warm` — fill the cache in the background from
 //!   `{"paths": [...]}` or `{"pattern": "/x/[id]", "ids": "1..50"}`, as
 //!   `freshgate warm` does; `GET /api/warm` — its progress and summary.
@@ -221,6 +224,7 @@ impl Admin {
             ("POST", "/api/purge") => self.purge(session).await,
             ("POST", "/api/warm") => self.start_warm(session).await,
             ("GET", "/api/warm") => json_ok(self.warm_json()),
+            ("GET", "/api/bypassed-cookies") => json_ok(self.monitor.bypassing_cookies()),
             ("GET", "/api/config") => json_ok(self.live.status_json()),
             ("POST", "/api/reload") => self.reload().await,
             ("GET", "/api/flags") => json_ok(self.flags_json()),

@@ -92,7 +92,14 @@ pub struct Monitor {
     alerts: Mutex<Alerts>,
     config: arc_swap::ArcSwap<MonitoringConfig>,
     shared: Option<Arc<RedisTier>>,
+    /// Requests bypassed for their cookies, and the cookie names that made
+    /// them (neither ignored nor keyed): which cookie costs the hits.
+    cookie_bypasses: AtomicU64,
+    bypassing_cookies: Mutex<std::collections::HashMap<String, u64>>,
 }
+
+/// Cookie names tallied at most (the least seen make room).
+const COOKIE_NAMES_KEPT: usize = 200;
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -140,7 +147,42 @@ impl Monitor {
             alerts: Mutex::new(Alerts::default()),
             config: arc_swap::ArcSwap::from_pointee(config),
             shared,
+            cookie_bypasses: AtomicU64::new(0),
+            bypassing_cookies: Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// A request bypassed the cache for these cookies (client-chosen names:
+    /// bounded, and never metric labels).
+    pub fn count_bypassing_cookies(&self, names: &[String]) {
+        self.cookie_bypasses.fetch_add(1, Ordering::Relaxed);
+        let mut seen = self.bypassing_cookies.lock();
+        for name in names {
+            if !seen.contains_key(name) && seen.len() >= COOKIE_NAMES_KEPT {
+                if let Some(least) = seen.iter().min_by_key(|(_, n)| **n).map(|(k, _)| k.clone()) {
+                    seen.remove(&least);
+                }
+            }
+            *seen.entry(name.clone()).or_default() += 1;
+        }
+    }
+
+    /// `GET /api/bypassed-cookies`: most frequent first.
+    pub fn bypassing_cookies(&self) -> serde_json::Value {
+        let mut names: Vec<(String, u64)> = self
+            .bypassing_cookies
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        names.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        serde_json::json!({
+            "requests": self.cookie_bypasses.load(Ordering::Relaxed),
+            "names": names
+                .iter()
+                .map(|(name, count)| serde_json::json!({ "name": name, "count": count }))
+                .collect::<Vec<_>>(),
+        })
     }
 
     pub fn set_config(&self, config: &MonitoringConfig) {

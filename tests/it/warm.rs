@@ -102,6 +102,23 @@ async fn warm_from_a_sitemap_and_an_id_range() {
     ] {
         assert_eq!(get(&fg.url(p)).await.x_cache, "HIT", "{p}");
     }
+    // A sitemap served over HTTP (by the app, usually).
+    let served = ScriptedOrigin::start(|_, _| Scripted {
+        status: 200,
+        headers: vec![("content-type".into(), "application/xml".into())],
+        body: "<urlset><url><loc>http://app.example/community/api/posts/5</loc></url></urlset>"
+            .into(),
+    });
+    let (code, summary, _) = warm(
+        &fg,
+        &["--sitemap", &format!("{}/sitemap.xml", served.url())],
+    );
+    assert_eq!(code, 0, "{summary}");
+    assert!(
+        summary.starts_with("warmed 1 paths: warmed 1,"),
+        "{summary}"
+    );
+    assert_eq!(served.requests(), 1);
     // Bad input: a clear error, exit 2.
     let (code, _, err) = warm(&fg, &["--pattern", "/a/[x]/[y]", "--ids", "1..2"]);
     assert_eq!(code, 2);
