@@ -242,7 +242,12 @@ pub fn recommendations(i: &Inputs) -> Vec<String> {
     let bypassed = n(&i.cookies["requests"]);
     if let Some(top) = i.cookies["names"].as_array().and_then(|a| a.first()) {
         let count = n(&top["count"]);
-        if bypassed >= 10 && count * 2 >= bypassed {
+        let name = top["name"].as_str().unwrap_or("").to_ascii_lowercase();
+        // A name that looks like a session is never a candidate.
+        let session_like = ["sess", "sid", "auth", "token", "jwt", "login", "user"]
+            .iter()
+            .any(|w| name.contains(w));
+        if bypassed >= 10 && count * 2 >= bypassed && !session_like {
             out.push(format!(
                 "{count} of {bypassed} requests bypassed for their cookies carry {:?}: if it never \
                  changes a response (analytics, consent), add it to `cache.ignore_cookies` (or a \
@@ -303,6 +308,8 @@ mod tests {
         assert!(r.contains("cache.ignore_cookies"), "{r}");
         i.cookies = json!({"requests": 40, "names": [
             {"name": "a", "count": 15}, {"name": "b", "count": 15}]});
+        assert!(!recommendations(&i).join("\n").contains("ignore_cookies"));
+        i.cookies = json!({"requests": 40, "names": [{"name": "PHPSESSID", "count": 40}]});
         assert!(!recommendations(&i).join("\n").contains("ignore_cookies"));
     }
 

@@ -164,7 +164,7 @@ pub fn run(start: Start) -> anyhow::Result<()> {
             monitor: monitor.clone(),
             store,
             lock,
-            prefetch,
+            prefetch: prefetch.clone(),
         },
         "proxy",
     );
@@ -179,6 +179,7 @@ pub fn run(start: Start) -> anyhow::Result<()> {
             monitor,
             started: std::time::Instant::now(),
             warm: Default::default(),
+            prefetch,
         },
     );
     admin.add_tcp(&admin_listen.to_string());

@@ -163,40 +163,71 @@ fn print_demo_help(opts: &RunOpts) {
 fn warm(opts: &freshgate::cli::WarmOpts) -> ExitCode {
     use freshgate::warm;
     use std::io::IsTerminal;
+    // The Host clients use: --host, else the host the list or sitemap
+    // names in its URLs, else the --url's own.
+    let mut named_host = None;
     let paths = if let Some(file) = &opts.list {
         let text = if file.as_os_str() == "-" {
             std::io::read_to_string(std::io::stdin()).map_err(|e| format!("standard input: {e}"))
         } else {
             std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))
         };
-        text.and_then(|t| warm::from_list(&t))
+        text.and_then(|t| {
+            named_host = warm::first_authority(t.lines());
+            warm::from_list(&t)
+        })
     } else if let Some(sitemap) = &opts.sitemap {
         let xml = if sitemap.starts_with("http://") || sitemap.starts_with("https://") {
-            ureq::get(sitemap)
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_global(Some(std::time::Duration::from_secs(30)))
+                .build()
+                .into();
+            agent
+                .get(sitemap)
                 .call()
                 .and_then(|mut r| r.body_mut().read_to_string())
-                .map_err(|e| format!("{sitemap}: {e}"))
+                .map_err(|e| format!("{sitemap}: {e} (plain http:// only)"))
         } else {
             std::fs::read_to_string(sitemap).map_err(|e| format!("{sitemap}: {e}"))
         };
-        xml.and_then(|x| warm::from_sitemap(&x))
+        xml.and_then(|x| {
+            let urls = warm::sitemap_urls(&x)?;
+            named_host = warm::first_authority(urls.iter().map(String::as_str));
+            urls.iter().map(|u| warm::path_of(u)).collect()
+        })
     } else {
         let (pattern, ids) = (opts.pattern.as_deref(), opts.ids.as_deref());
-        warm::from_pattern(pattern.unwrap_or_default(), ids.unwrap_or_default())
+        warm::from_pattern(
+            pattern.unwrap_or_default(),
+            ids.unwrap_or_default(),
+            1_000_000,
+        )
     };
-    let paths = match paths {
-        Ok(p) => p,
-        Err(e) => {
+    let checked = warm::check_rate(opts.rate).and_then(|rate| {
+        if opts.concurrency == 0 || opts.concurrency > warm::MAX_CONCURRENCY {
+            Err(format!(
+                "--concurrency {}: 1 to {}",
+                opts.concurrency,
+                warm::MAX_CONCURRENCY
+            ))
+        } else {
+            Ok(rate)
+        }
+    });
+    let (paths, rate) = match (paths, checked) {
+        (Ok(p), Ok(rate)) => (p, rate),
+        (Err(e), _) | (_, Err(e)) => {
             eprintln!("freshgate warm: {e}");
             return ExitCode::from(2);
         }
     };
     let options = warm::Options {
         url: opts.url.clone(),
-        host: opts.host.clone(),
+        host: opts.host.clone().or(named_host),
         scheme: opts.scheme.clone(),
         concurrency: opts.concurrency,
-        rate: opts.rate,
+        rate,
+        marker: None,
     };
     let stderr = std::io::stderr();
     let tty = stderr.is_terminal();

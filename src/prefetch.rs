@@ -68,6 +68,13 @@ impl Prefetcher {
         }
     }
 
+    /// The header (and its secret value) that marks a request as this
+    /// process's own (a refetch or warming fetch): not client traffic, and
+    /// its `X-Forwarded-Proto` believed.
+    pub fn marker(&self) -> (String, String) {
+        (HEADER.to_string(), self.secret.clone())
+    }
+
     /// Whether a request is one of this process's refetches.
     pub fn is_refetch(&self, value: Option<&http::HeaderValue>) -> bool {
         value.is_some_and(|v| v.as_bytes() == self.secret.as_bytes())
@@ -121,7 +128,9 @@ impl Prefetcher {
             .get(&url)
             .header(HEADER, &self.secret)
             .header("host", host)
-            .header("x-forwarded-proto", scheme);
+            .header("x-forwarded-proto", scheme)
+            // The variant browsers look up, for answers that vary on it.
+            .header("accept-encoding", crate::warm::BROWSER_ACCEPT_ENCODING);
         tokio::task::spawn_blocking(move || {
             let result = req.call().and_then(|mut resp| {
                 // Read it all: the fill completes with the body.

@@ -343,7 +343,7 @@ impl ProxyHttp for Proxy {
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
         req: &RequestHeader,
     ) -> Option<pingora::cache::key::HashBinary> {
         let mut names: Vec<String> = meta
@@ -365,6 +365,22 @@ impl ProxyHttp for Proxy {
             if name == "accept-encoding" {
                 let v = cachekey::accept_encoding_variance(&req.headers);
                 vb.add_owned_name_value(name, v.into_bytes());
+                continue;
+            }
+            if name == "cookie" {
+                // The cookies the app was sent (keyed ones only, unless the
+                // rule keys the whole header): ignored ones (`_ga`, different
+                // for every visitor) must not make a variant per visitor.
+                let rule = ctx.rule.as_deref();
+                let whole = rule.is_some_and(|r| r.key_headers.iter().any(|h| h == "cookie"));
+                let v = if whole {
+                    cachekey::vary_value(&name, req.headers.get_all(header::COOKIE).iter())
+                } else {
+                    rule.and_then(|r| cachekey::keyed_cookie_header(req, r))
+                        .unwrap_or_default()
+                        .into_bytes()
+                };
+                vb.add_owned_name_value(name, v);
                 continue;
             }
             let value = cachekey::vary_value(&name, req.headers.get_all(name.as_str()).iter());

@@ -29,19 +29,37 @@ pub fn from_list(text: &str) -> Result<Vec<String>, String> {
         .collect()
 }
 
-/// The paths a sitemap's `<loc>` elements name (RFC-free: sitemaps.org).
-pub fn from_sitemap(xml: &str) -> Result<Vec<String>, String> {
+/// The page URLs a sitemap lists (sitemaps.org: `<url><loc>`), escapes
+/// resolved. A sitemap index (`<sitemapindex>`) is refused: name one of its
+/// sitemaps instead.
+pub fn sitemap_urls(xml: &str) -> Result<Vec<String>, String> {
     use quick_xml::events::Event;
     let mut reader = quick_xml::Reader::from_str(xml);
     let mut out = Vec::new();
+    let mut in_url = false;
     // The escaped text of the <loc> being read (entities come as events).
     let mut loc: Option<String> = None;
     loop {
         match reader.read_event() {
-            Ok(Event::Start(e)) if e.local_name().as_ref() == b"loc" => loc = Some(String::new()),
+            Ok(Event::Start(e)) => match e.name().as_ref() {
+                b"sitemapindex" => {
+                    return Err("a sitemap index: pass one of the sitemaps it lists".into())
+                }
+                b"url" => in_url = true,
+                // Unprefixed only: not <image:loc> inside the url.
+                b"loc" if in_url => loc = Some(String::new()),
+                _ => {}
+            },
             Ok(Event::Text(t)) => {
                 if let Some(l) = loc.as_mut() {
                     l.push_str(&t.decode().map_err(|e| format!("sitemap: {e}"))?);
+                }
+            }
+            Ok(Event::CData(t)) => {
+                if let Some(l) = loc.as_mut() {
+                    // Literal text: escaped so the final unescape keeps it.
+                    let text = t.decode().map_err(|e| format!("sitemap: {e}"))?;
+                    l.push_str(&quick_xml::escape::escape(text.as_ref()));
                 }
             }
             Ok(Event::GeneralRef(r)) => {
@@ -50,13 +68,17 @@ pub fn from_sitemap(xml: &str) -> Result<Vec<String>, String> {
                     let _ = write!(l, "&{name};");
                 }
             }
-            Ok(Event::End(e)) if e.local_name().as_ref() == b"loc" => {
-                if let Some(l) = loc.take() {
-                    let url = quick_xml::escape::unescape(l.trim())
-                        .map_err(|e| format!("sitemap: <loc>{l}</loc>: {e}"))?;
-                    out.push(path_of(&url)?);
+            Ok(Event::End(e)) => match e.name().as_ref() {
+                b"url" => in_url = false,
+                b"loc" => {
+                    if let Some(l) = loc.take() {
+                        let url = quick_xml::escape::unescape(l.trim())
+                            .map_err(|e| format!("sitemap: <loc>{l}</loc>: {e}"))?;
+                        out.push(url.into_owned());
+                    }
                 }
-            }
+                _ => {}
+            },
             Ok(Event::Eof) => break,
             Ok(_) => {}
             Err(e) => {
@@ -70,18 +92,35 @@ pub fn from_sitemap(xml: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-/// `pattern` (one parameter: `[id]` or `:id`) filled with every id of the
-/// inclusive range `ids` (`1..500`).
-pub fn from_pattern(pattern: &str, ids: &str) -> Result<Vec<String>, String> {
+/// The paths a sitemap lists.
+pub fn from_sitemap(xml: &str) -> Result<Vec<String>, String> {
+    sitemap_urls(xml)?.iter().map(|u| path_of(u)).collect()
+}
+
+/// The authority of the first absolute URL among `urls` (`app.example`):
+/// the `Host` clients use, when a list or sitemap names it.
+pub fn first_authority<'a>(urls: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    urls.into_iter()
+        .filter_map(|u| u.trim().parse::<http::Uri>().ok())
+        .find_map(|u| Some(u.authority()?.as_str().to_string()))
+}
+
+/// `pattern` (one parameter: `[id]` or `:id`; a query may follow) filled
+/// with every id of the inclusive range `ids` (`1..500`), at most `max`.
+pub fn from_pattern(pattern: &str, ids: &str, max: usize) -> Result<Vec<String>, String> {
     let (lo, hi) = ids
         .split_once("..")
         .and_then(|(a, b)| Some((a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?)))
         .filter(|(a, b)| a <= b)
-        .ok_or_else(|| format!("--ids {ids:?}: expected FIRST..LAST, e.g. 1..500"))?;
-    if hi - lo >= 1_000_000 {
-        return Err(format!("--ids {ids:?}: at most a million ids"));
+        .ok_or_else(|| format!("ids {ids:?}: expected FIRST..LAST, e.g. 1..500"))?;
+    if hi - lo >= max as u64 {
+        return Err(format!("ids {ids:?}: at most {max} ids"));
     }
-    let segments: Vec<&str> = pattern.split('/').collect();
+    let (path, query) = match pattern.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (pattern, None),
+    };
+    let segments: Vec<&str> = path.split('/').collect();
     let params: Vec<usize> = segments
         .iter()
         .enumerate()
@@ -93,7 +132,7 @@ pub fn from_pattern(pattern: &str, ids: &str) -> Result<Vec<String>, String> {
             "pattern {pattern:?} must have exactly one parameter ([id] or :id)"
         ));
     };
-    if !pattern.starts_with('/') || pattern.contains('*') {
+    if !path.starts_with('/') || path.contains('*') || segments[param].starts_with("[...") {
         return Err(format!(
             "pattern {pattern:?} must be a path with one parameter"
         ));
@@ -103,7 +142,10 @@ pub fn from_pattern(pattern: &str, ids: &str) -> Result<Vec<String>, String> {
             let mut s = segments.clone();
             let id = id.to_string();
             s[param] = &id;
-            s.join("/")
+            match query {
+                Some(q) => format!("{}?{q}", s.join("/")),
+                None => s.join("/"),
+            }
         })
         .collect())
 }
@@ -206,6 +248,31 @@ pub struct Options {
     pub concurrency: usize,
     /// Requests per second at most; 0: no limit.
     pub rate: f64,
+    /// A header every fetch carries: the admin API's warm marks its
+    /// fetches as freshgate's own (not client traffic; scheme believed).
+    pub marker: Option<(String, String)>,
+}
+
+/// The `Accept-Encoding` fetches send: what current browsers send, so a
+/// response that varies on it is warmed for the variant browsers look up.
+pub const BROWSER_ACCEPT_ENCODING: &str = "gzip, deflate, br, zstd";
+
+/// Fastest and slowest `--rate` accepted (requests per second).
+pub const RATE_RANGE: (f64, f64) = (0.01, 100_000.0);
+
+/// Most fetches in flight.
+pub const MAX_CONCURRENCY: usize = 64;
+
+/// `rate` if usable: 0 (no limit) or within [`RATE_RANGE`].
+pub fn check_rate(rate: f64) -> Result<f64, String> {
+    if rate == 0.0 || (rate.is_finite() && rate >= RATE_RANGE.0 && rate <= RATE_RANGE.1) {
+        Ok(rate)
+    } else {
+        Err(format!(
+            "rate {rate}: 0 (no limit) or {} to {} per second",
+            RATE_RANGE.0, RATE_RANGE.1
+        ))
+    }
 }
 
 /// Fetch every path through freshgate, adding each outcome to `state` as
@@ -219,10 +286,13 @@ pub fn fetch_all(paths: &[String], opts: &Options, state: &Mutex<Summary>) {
         .into();
     let next = AtomicUsize::new(0);
     let slot = Mutex::new(Instant::now());
-    let interval = (opts.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / opts.rate));
+    let interval = check_rate(opts.rate)
+        .ok()
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(1.0 / r));
     let base = opts.url.trim_end_matches('/').to_string();
     std::thread::scope(|scope| {
-        for _ in 0..opts.concurrency.max(1) {
+        for _ in 0..opts.concurrency.clamp(1, MAX_CONCURRENCY) {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(path) = paths.get(i) else { return };
@@ -243,7 +313,12 @@ pub fn fetch_all(paths: &[String], opts: &Options, state: &Mutex<Summary>) {
 }
 
 fn fetch_one(agent: &ureq::Agent, url: &str, opts: &Options) -> Outcome {
-    let mut req = agent.get(url);
+    let mut req = agent
+        .get(url)
+        .header("accept-encoding", BROWSER_ACCEPT_ENCODING);
+    if let Some((name, value)) = &opts.marker {
+        req = req.header(name.as_str(), value.as_str());
+    }
     if let Some(h) = &opts.host {
         req = req.header("host", h);
     }
@@ -275,8 +350,20 @@ fn fetch_one(agent: &ureq::Agent, url: &str, opts: &Options) -> Outcome {
 /// when `tty`, a line every tenth otherwise.
 pub fn run(paths: &[String], opts: &Options, progress: &mut dyn Write, tty: bool) -> Summary {
     let state = Mutex::new(Summary::default());
+    let finished = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
-        scope.spawn(|| fetch_all(paths, opts, &state));
+        scope.spawn(|| {
+            // Set however fetch_all ends (a panic included), so the
+            // progress loop never waits for fetches that will not come.
+            struct Done<'a>(&'a std::sync::atomic::AtomicBool);
+            impl Drop for Done<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Release);
+                }
+            }
+            let _done = Done(&finished);
+            fetch_all(paths, opts, &state);
+        });
         let total = paths.len();
         let mut last_line = 0;
         let mut shown = false;
@@ -299,7 +386,7 @@ pub fn run(paths: &[String], opts: &Options, progress: &mut dyn Write, tty: bool
                 let _ = writeln!(progress, "warm: {done}/{total} ({})", s.counts());
                 last_line = done;
             }
-            if done >= total {
+            if done >= total || finished.load(Ordering::Acquire) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -345,7 +432,7 @@ mod tests {
         );
         assert!(from_sitemap("<urlset><url><loc>x</url>").is_err());
         assert_eq!(
-            from_pattern("/studio/api/scenes/[id]", "7..9").unwrap(),
+            from_pattern("/studio/api/scenes/[id]", "7..9", 100).unwrap(),
             [
                 "/studio/api/scenes/7",
                 "/studio/api/scenes/8",
@@ -353,13 +440,25 @@ mod tests {
             ]
         );
         assert_eq!(
-            from_pattern("/p/:id/likes", "1..1").unwrap(),
+            from_pattern("/p/:id/likes", "1..1", 100).unwrap(),
             ["/p/1/likes"]
         );
-        assert!(from_pattern("/p/[a]/[b]", "1..2").is_err());
-        assert!(from_pattern("/p", "1..2").is_err());
-        assert!(from_pattern("/p/[id]", "9..1").is_err());
-        assert!(from_pattern("/p/[id]", "a..b").is_err());
+        assert!(from_pattern("/p/[a]/[b]", "1..2", 100).is_err());
+        assert!(from_pattern("/p", "1..2", 100).is_err());
+        assert!(from_pattern("/p/[id]", "9..1", 100).is_err());
+        assert!(from_pattern("/p/[id]", "a..b", 100).is_err());
+        assert_eq!(
+            from_pattern("/p/[id]?full=1", "2..2", 100).unwrap(),
+            ["/p/2?full=1"]
+        );
+        assert!(from_pattern("/p/[id]", "1..101", 100)
+            .unwrap_err()
+            .contains("at most 100"));
+        assert!(from_pattern("/p/[...rest]", "1..2", 100).is_err());
+        for bad in [1e-30, -1.0, f64::NAN, f64::INFINITY, 1e9] {
+            assert!(check_rate(bad).is_err(), "{bad}");
+        }
+        assert_eq!(check_rate(0.0), Ok(0.0));
     }
 
     #[test]

@@ -76,12 +76,22 @@ pub struct Admin {
     pub started: Instant,
     /// The `POST /api/warm` run, current or last.
     pub warm: parking_lot::Mutex<Option<WarmJob>>,
+    /// Marks the warm run's fetches as freshgate's own.
+    pub prefetch: Arc<crate::prefetch::Prefetcher>,
 }
 
 /// One warming run started from the admin API.
 pub struct WarmJob {
     total: usize,
     state: Arc<parking_lot::Mutex<crate::warm::Summary>>,
+    /// Set however the run ends (a panic included).
+    finished: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl WarmJob {
+    fn running(&self) -> bool {
+        !self.finished.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// Paths one `POST /api/warm` may fetch at most.
@@ -434,7 +444,7 @@ impl Admin {
                 .collect::<Result<Vec<_>, _>>()
         } else if let (Some(pattern), Some(ids)) = (body["pattern"].as_str(), body["ids"].as_str())
         {
-            crate::warm::from_pattern(pattern, ids)
+            crate::warm::from_pattern(pattern, ids, MAX_WARM)
         } else {
             Err(r#"expected {"paths": [...]} or {"pattern": "/x/[id]", "ids": "1..50"}"#.into())
         };
@@ -450,10 +460,7 @@ impl Admin {
         };
         let config = self.live.config();
         let mut job = self.warm.lock();
-        if job
-            .as_ref()
-            .is_some_and(|j| j.state.lock().done() < j.total)
-        {
+        if job.as_ref().is_some_and(WarmJob::running) {
             return json_error(StatusCode::CONFLICT, "a warming run is in progress");
         }
         let listen = config.listen;
@@ -462,14 +469,24 @@ impl Admin {
         } else {
             listen.ip()
         };
+        let host = body["host"].as_str().unwrap_or(&config.warm.host);
+        let unspecified = crate::host::normalize(host, "http").is_ok_and(|h| {
+            let name = h.as_str().rsplit_once(':').map_or(h.as_str(), |(n, _)| n);
+            name == "0.0.0.0" || name == "[::]"
+        });
+        if unspecified {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "say which Host clients send (\"host\", or warm.host in the config): it is part of the cache key",
+            );
+        }
+        let rate = match crate::warm::check_rate(body["rate"].as_f64().unwrap_or(0.0)) {
+            Ok(r) => r,
+            Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
+        };
         let options = crate::warm::Options {
             url: format!("http://{}", std::net::SocketAddr::new(ip, listen.port())),
-            host: Some(
-                body["host"]
-                    .as_str()
-                    .unwrap_or(&config.warm.host)
-                    .to_string(),
-            ),
+            host: Some(host.to_string()),
             scheme: Some(
                 body["scheme"]
                     .as_str()
@@ -477,15 +494,27 @@ impl Admin {
                     .to_string(),
             ),
             concurrency: body["concurrency"].as_u64().unwrap_or(4).clamp(1, 16) as usize,
-            rate: body["rate"].as_f64().unwrap_or(0.0).max(0.0),
+            rate,
+            marker: Some(self.prefetch.marker()),
         };
         let state = Arc::new(parking_lot::Mutex::new(crate::warm::Summary::default()));
         let total = paths.len();
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
         *job = Some(WarmJob {
             total,
             state: state.clone(),
+            finished: finished.clone(),
         });
-        tokio::task::spawn_blocking(move || crate::warm::fetch_all(&paths, &options, &state));
+        tokio::task::spawn_blocking(move || {
+            struct Done(Arc<std::sync::atomic::AtomicBool>);
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    self.0.store(true, std::sync::atomic::Ordering::Release);
+                }
+            }
+            let _done = Done(finished);
+            crate::warm::fetch_all(&paths, &options, &state);
+        });
         respond(
             StatusCode::ACCEPTED,
             "application/json",
@@ -502,7 +531,7 @@ impl Admin {
                 let mut v = serde_json::to_value(&s).unwrap_or_default();
                 v["total"] = job.total.into();
                 v["done"] = s.done().into();
-                v["running"] = (s.done() < job.total).into();
+                v["running"] = job.running().into();
                 v
             }
         }

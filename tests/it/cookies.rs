@@ -77,6 +77,19 @@ async fn analytics_cookies_share_the_entry_and_never_reach_the_app() {
 }
 
 #[tokio::test]
+async fn vary_cookie_does_not_split_an_entry_per_visitor() {
+    // Django answers with Vary: Cookie: the variant is what the app was
+    // sent (no ignored cookies), not each visitor's _ga.
+    let origin = Origin::start(0);
+    let fg = Freshgate::start(&origin.url(), None, CONFIG);
+    let c = client();
+    let url = fg.url("/knobs/public/vary?vary=cookie");
+    send(c.get(&url).header("cookie", "_ga=GA1.1")).await;
+    let other = send(c.get(&url).header("cookie", "_ga=GA1.2; consent=no")).await;
+    assert_eq!(other.x_cache, "HIT", "{}", other.cache_status);
+}
+
+#[tokio::test]
 async fn a_keyed_cookie_and_ignored_ones_together() {
     let origin = Origin::start(0);
     let fg = Freshgate::start(&origin.url(), None, CONFIG);

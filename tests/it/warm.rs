@@ -25,9 +25,14 @@ async fn warm_from_a_list_reports_what_each_path_did() {
     let fg = Freshgate::start(&origin.url(), None, TEST_CONFIG);
     let dir = tempfile::tempdir().unwrap();
     let list = dir.path().join("urls.txt");
+    // An absolute URL names the Host clients use (here: the proxy's own
+    // address, as the tests' GETs send).
     std::fs::write(
         &list,
-        "# posts and a scene\n/community/api/posts/1\nhttp://ignored.example/community/api/posts/2\n/studio/api/scenes/111\n\n/knobs/nostore?cc=no-store\n/knobs/broken?status=500\n",
+        format!(
+            "# posts and a scene\n/community/api/posts/1\n{}\n/studio/api/scenes/111\n\n/knobs/nostore?cc=no-store\n/knobs/broken?status=500\n",
+            fg.url("/community/api/posts/2")
+        ),
     )
     .unwrap();
     let list = list.to_str().unwrap();
@@ -95,13 +100,13 @@ async fn warm_from_a_sitemap_and_an_id_range() {
         "{summary}"
     );
     assert_eq!(origin.requests().await - before, 3);
-    for p in [
-        "/community/api/posts/3",
-        "/community/api/posts/4",
-        "/studio/api/scenes/112",
-    ] {
-        assert_eq!(get(&fg.url(p)).await.x_cache, "HIT", "{p}");
+    // The sitemap's URLs name the Host clients use: app.example.
+    let c = client();
+    for p in ["/community/api/posts/3", "/community/api/posts/4"] {
+        let r = send(c.get(fg.url(p)).header("host", "app.example")).await;
+        assert_eq!(r.x_cache, "HIT", "{p}: {}", r.cache_status);
     }
+    assert_eq!(get(&fg.url("/studio/api/scenes/112")).await.x_cache, "HIT");
     // A sitemap served over HTTP (by the app, usually).
     let served = ScriptedOrigin::start(|_, _| Scripted {
         status: 200,
@@ -181,8 +186,29 @@ async fn the_admin_api_warms_in_the_background_and_shows_progress() {
         (Some(3), Some(3)),
         "{status}"
     );
+    // Its fetches are freshgate's own, not client traffic.
+    let metrics = fg.metrics_with(&["freshgate_build_info"]).await;
+    assert!(!metrics.contains(r#"route="scene""#), "{metrics}");
     // Warmed with the Host clients use (warm.host: the listen address).
     assert_eq!(get(&fg.url("/studio/api/scenes/132")).await.x_cache, "HIT");
+    // ...and the scheme they use (believed: the fetches carry the marker).
+    let https =
+        post(r#"{"pattern": "/studio/api/scenes/[id]", "ids": "141..141", "scheme": "https"}"#)
+            .await;
+    assert_eq!(https.status, 202, "{}", https.body);
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fg.admin_json("/api/warm").await["running"] == true {
+        assert!(std::time::Instant::now() < end);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let tls = send(
+        c.get(fg.url("/studio/api/scenes/141"))
+            .header("x-forwarded-proto", "https"),
+    )
+    .await;
+    assert_eq!(tls.x_cache, "HIT", "{}", tls.cache_status);
+    let bad_rate = post(r#"{"paths": ["/a"], "rate": 1e-30}"#).await;
+    assert_eq!(bad_rate.status, 400);
     let paths = post(r#"{"paths": ["/community/api/posts/5", "/knobs/x?cc=no-store"]}"#).await;
     assert_eq!(paths.status, 202);
     let bad = post(r#"{"pattern": "/no/params", "ids": "1..2"}"#).await;
