@@ -107,9 +107,20 @@ const HOP_BY_HOP: &[&str] = &[
 /// it is stored or sent on (pingora frames the response to the client
 /// itself).
 pub fn strip_hop_by_hop(resp: &mut pingora::http::ResponseHeader) {
-    for name in connection_listed(&resp.headers) {
-        resp.remove_header(&name);
+    strip_listed(resp, &connection_listed(&resp.headers));
+    strip_standard_hop_by_hop(resp);
+}
+
+/// Remove the fields `listed` (names a `Connection` header gave).
+pub fn strip_listed(resp: &mut pingora::http::ResponseHeader, listed: &[String]) {
+    for name in listed {
+        resp.remove_header(name.as_str());
     }
+}
+
+/// Remove the hop-by-hop fields every proxy removes (not the ones a
+/// `Connection` header lists: see [`strip_listed`]).
+pub fn strip_standard_hop_by_hop(resp: &mut pingora::http::ResponseHeader) {
     for name in HOP_BY_HOP {
         resp.remove_header(*name);
     }

@@ -140,6 +140,9 @@ pub struct Ctx {
     not_stored: Option<&'static str>,
     /// The app's 304 to a revalidation, to freshen the stored header with.
     not_modified: Option<ResponseHeader>,
+    /// Fields a write's answer listed in `Connection`: removed once the
+    /// write has been ended with them.
+    hop_listed: Vec<String>,
     outcome: Outcome,
     started: Instant,
     upstream_started: Option<Instant>,
@@ -170,6 +173,7 @@ impl ProxyHttp for Proxy {
             bypass: None,
             not_stored: None,
             not_modified: None,
+            hop_listed: Vec::new(),
             outcome: Outcome::Pass,
             started: Instant::now(),
             upstream_started: None,
@@ -590,7 +594,16 @@ impl ProxyHttp for Proxy {
                 // what it stored would not be what it meant to share.
                 ctx.not_stored = Some("connection-listed");
             }
-            forwarding::strip_hop_by_hop(resp);
+            let listed = forwarding::connection_listed(&resp.headers);
+            forwarding::strip_standard_hop_by_hop(resp);
+            if ctx.write.is_some() {
+                // This hop is freshgate: a write's answer may carry what it
+                // invalidates (`Location`, `Cache-Group-Invalidation`) in a
+                // field it lists. Read by `end_write` first, then removed.
+                ctx.hop_listed = listed;
+            } else {
+                forwarding::strip_listed(resp, &listed);
+            }
         }
         if resp.status == StatusCode::NOT_MODIFIED && session.cache.enabled() {
             // A revalidation: pingora merges only a few of its fields into
@@ -612,6 +625,7 @@ impl ProxyHttp for Proxy {
                     .await?;
             }
         }
+        forwarding::strip_listed(resp, &std::mem::take(&mut ctx.hop_listed));
         // freshgate's own targeted field is for freshgate alone (RFC 9213):
         // a cache further down must not take it as addressed to it.
         resp.remove_header(storable::OWN_TARGETED_FIELD);

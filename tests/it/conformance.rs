@@ -496,3 +496,43 @@ async fn optional_reuse_heuristics_request_directives_and_list_fields() {
     let other = send(c.get(&url).header("accept-language", "fr,en-US;q=0.5")).await;
     assert_ne!(other.x_cache, "HIT");
 }
+
+#[tokio::test]
+async fn a_writes_invalidation_fields_count_even_when_listed_in_connection() {
+    // freshgate is the hop a `Connection`-listed field is for: a write's
+    // Cache-Group-Invalidation so listed still invalidates, and then goes.
+    let origin = ScriptedOrigin::start(|target, _| {
+        let headers: Vec<(String, String)> = if target == "/writer" {
+            vec![
+                ("cache-group-invalidation".into(), "\"g1\"".into()),
+                ("connection".into(), "Cache-Group-Invalidation".into()),
+            ]
+        } else {
+            vec![
+                ("cache-control".into(), "max-age=60".into()),
+                ("cache-groups".into(), "\"g1\"".into()),
+            ]
+        };
+        Scripted {
+            status: 200,
+            headers,
+            body: format!("{target} {:?}", SystemTime::now()),
+        }
+    });
+    let fg = Freshgate::start(&origin.url(), None, TEST_CONFIG);
+    let url = fg.url("/grouped");
+    get(&url).await;
+    assert_eq!(get(&url).await.x_cache, "HIT");
+    let w = send(client().post(fg.url("/writer"))).await;
+    assert_eq!(w.status, 200);
+    assert!(
+        !w.headers.contains_key("cache-group-invalidation"),
+        "{:?}",
+        w.headers
+    );
+    assert_eq!(
+        get(&url).await.x_cache,
+        "MISS",
+        "the group was not invalidated"
+    );
+}
