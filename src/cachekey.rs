@@ -204,6 +204,28 @@ pub fn keyed_cookie_header(req: &RequestHeader, rule: &Rule) -> Option<String> {
     (!pairs.is_empty()).then(|| pairs.join("; "))
 }
 
+/// The names of the request's cookie pairs, trimmed (empty ones
+/// included); `None` when a `Cookie` line is not text or a pair has no `=`
+/// (no name can be told apart).
+fn cookie_names(req: &RequestHeader) -> Option<Vec<&str>> {
+    let mut names = Vec::new();
+    for line in req.headers.get_all(http::header::COOKIE) {
+        for pair in line.to_str().ok()?.split(';') {
+            if pair.trim().is_empty() {
+                continue;
+            }
+            names.push(pair.split_once('=')?.0.trim());
+        }
+    }
+    Some(names)
+}
+
+/// Whether `name` is one the app is sent (keyed) or never reads (ignored).
+fn known(name: &str, rule: Option<&Rule>, ignored: &[CookieName]) -> bool {
+    rule.is_some_and(|r| r.key_cookies.iter().any(|k| k == name))
+        || ignored.iter().any(|g| g.matches(name))
+}
+
 /// The names of the request's cookies that are neither ignored nor keyed:
 /// what keeps it from the cache (at most 8, for the monitoring tally).
 pub fn unknown_cookies(
@@ -211,15 +233,10 @@ pub fn unknown_cookies(
     rule: Option<&Rule>,
     ignored: &[CookieName],
 ) -> Vec<String> {
-    let keyed = |name: &str| rule.is_some_and(|r| r.key_cookies.iter().any(|k| k == name));
-    let mut out: Vec<String> = req
-        .headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|p| p.split_once('=').map(|(n, _)| n.trim()))
-        .filter(|n| !n.is_empty() && !keyed(n) && !ignored.iter().any(|g| g.matches(n)))
+    let mut out: Vec<String> = cookie_names(req)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| !n.is_empty() && !known(n, rule, ignored))
         .map(str::to_string)
         .collect();
     out.sort();
@@ -243,20 +260,9 @@ pub fn cookie_bypass(
     if rule.is_some_and(|r| r.key_headers.iter().any(|h| h == "cookie")) {
         return None; // the whole header is in the key
     }
-    let keyed = |name: &str| rule.is_some_and(|r| r.key_cookies.iter().any(|k| k == name));
-    for line in req.headers.get_all(http::header::COOKIE) {
-        let Ok(line) = line.to_str() else {
-            return Some("cookie");
-        };
-        for pair in line.split(';').filter(|p| !p.trim().is_empty()) {
-            let Some((name, _)) = pair.split_once('=') else {
-                return Some("cookie");
-            };
-            let name = name.trim();
-            if !keyed(name) && !ignored.iter().any(|g| g.matches(name)) {
-                return Some("cookie");
-            }
-        }
+    let readable = cookie_names(req);
+    if !readable.is_some_and(|names| names.iter().all(|n| known(n, rule, ignored))) {
+        return Some("cookie");
     }
     let ambiguous = rule.is_some_and(|r| {
         r.key_cookies
@@ -287,16 +293,9 @@ mod tests {
 
     fn rule(headers: &[&str], cookies: &[&str]) -> Rule {
         Rule {
-            name: "r".into(),
-            pattern: "/me".into(),
-            ttl: None,
-            overrides: Default::default(),
-            statuses: None,
-            negative_ttl: None,
             key_headers: headers.iter().map(|s| s.to_string()).collect(),
             key_cookies: cookies.iter().map(|s| s.to_string()).collect(),
-            ignore_cookies: vec![],
-            enabled: true,
+            ..Rule::new("r", "/me")
         }
     }
 

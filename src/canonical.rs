@@ -156,16 +156,21 @@ pub struct MethodOverride {
     pub param: Option<String>,
 }
 
+/// The headers method-override middleware (Express, Rails, Laravel,
+/// Symfony, ASP.NET) reads by default.
+pub const USUAL_OVERRIDE_HEADERS: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 impl Default for MethodOverride {
-    /// What method-override middleware (Express, Rails, Laravel, Symfony,
-    /// ASP.NET) reads by default.
     fn default() -> MethodOverride {
         MethodOverride {
-            headers: vec![
-                "x-http-method-override".into(),
-                "x-http-method".into(),
-                "x-method-override".into(),
-            ],
+            headers: USUAL_OVERRIDE_HEADERS
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
             param: Some("_method".into()),
         }
     }

@@ -6,7 +6,7 @@
 //!   (`X-Forwarded-Host` in an absolute URL, `X-Forwarded-Prefix` in a link)
 //!   but that is not in the cache key lets one client store an answer every
 //!   other client then gets. Requests that use the cache are forwarded
-//!   without them ([`UNKEYED`]); a GET with a body bypasses the cache.
+//!   without them ([`unkeyed`]); a GET with a body bypasses the cache.
 //! - **Spoofed client facts.** `X-Forwarded-For` and `X-Forwarded-Proto` are
 //!   only as true as whoever set them. They are kept only from a trusted
 //!   peer (`trusted_proxies`: by default loopback and private networks, where
@@ -20,6 +20,8 @@ use std::net::IpAddr;
 use http::HeaderValue;
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
+
+use crate::canonical::USUAL_OVERRIDE_HEADERS;
 
 /// Headers in which a proxy states facts about the client or the URL it
 /// used. Believed only from a trusted peer: from anyone else they are
@@ -44,26 +46,15 @@ pub const CLAIMS: &[&str] = &[
 
 /// Headers that can change what the app answers without being in the
 /// cache key: every claim above, also a trusted peer's, and the usual
-/// method-override headers. Removed from requests that use the cache (as
-/// are the configured method-override headers), unless the route keys them.
-pub const UNKEYED: &[&str] = &[
-    "forwarded",
-    "x-forwarded-host",
-    "x-forwarded-server",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-forwarded-scheme",
-    "x-forwarded-ssl",
-    "x-real-ip",
-    "x-client-ip",
-    "client-ip",
-    "true-client-ip",
-    "x-host",
-    "x-original-host",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
+/// method-override headers (whatever `method_override.headers` says).
+/// Removed from requests that use the cache (with the configured
+/// method-override headers), unless the route keys them.
+pub fn unkeyed<'a>() -> impl Iterator<Item = &'a str> {
+    CLAIMS
+        .iter()
+        .chain(USUAL_OVERRIDE_HEADERS)
+        .map(|h| -> &'a str { h })
+}
 
 /// Headers with which some frameworks (Symfony, IIS) let the request say
 /// which path to route it to: a write could then change another resource
@@ -83,10 +74,11 @@ pub fn connection_listed(headers: &http::HeaderMap) -> Vec<String> {
         .collect()
 }
 
-/// Whether `Connection` lists a field beyond the connection options every
-/// client and server use (`close`, `keep-alive`, `te`, `upgrade`).
-pub fn lists_more_than_framing(headers: &http::HeaderMap) -> bool {
-    connection_listed(headers)
+/// Whether `listed` (see [`connection_listed`]) names a field beyond the
+/// connection options every client and server use (`close`,
+/// `keep-alive`, `te`, `upgrade`).
+pub fn beyond_framing(listed: &[String]) -> bool {
+    listed
         .iter()
         .any(|t| !matches!(t.as_str(), "close" | "keep-alive" | "te" | "upgrade"))
 }
@@ -101,15 +93,6 @@ const HOP_BY_HOP: &[&str] = &[
     "transfer-encoding",
     "upgrade",
 ];
-
-/// Remove from an app's response what was meant for freshgate alone: the
-/// fields its `Connection` lists and the standard hop-by-hop ones. Before
-/// it is stored or sent on (pingora frames the response to the client
-/// itself).
-pub fn strip_hop_by_hop(resp: &mut pingora::http::ResponseHeader) {
-    strip_listed(resp, &connection_listed(&resp.headers));
-    strip_standard_hop_by_hop(resp);
-}
 
 /// Remove the fields `listed` (names a `Connection` header gave).
 pub fn strip_listed(resp: &mut pingora::http::ResponseHeader, listed: &[String]) {
@@ -275,7 +258,9 @@ mod tests {
         r.append_header("x-other", "1").unwrap();
         r.append_header("keep-alive", "timeout=5").unwrap();
         r.append_header("x-kept", "1").unwrap();
-        strip_hop_by_hop(&mut r);
+        let listed = connection_listed(&r.headers);
+        strip_listed(&mut r, &listed);
+        strip_standard_hop_by_hop(&mut r);
         let left: Vec<&str> = r.headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-kept"]);
     }
@@ -283,7 +268,7 @@ mod tests {
     #[test]
     fn every_claim_is_also_unkeyed() {
         for c in CLAIMS {
-            assert!(UNKEYED.contains(c), "{c}");
+            assert!(unkeyed().any(|u| u == *c), "{c}");
         }
     }
 

@@ -36,6 +36,14 @@ impl Host {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The name or address without the port (IPv6 without brackets).
+    pub fn name(&self) -> &str {
+        match self.0.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => self.0.split(':').next().unwrap_or_default(),
+        }
+    }
 }
 
 impl fmt::Display for Host {
@@ -201,6 +209,11 @@ mod tests {
         assert_eq!(host("example.com:08080").unwrap(), "example.com:8080");
         assert_eq!(host("127.0.0.1:3000").unwrap(), "127.0.0.1:3000");
         assert_eq!(host("[0:0::1]:80").unwrap(), "[::1]");
+        assert_eq!(normalize("[::1]:8080", "http").unwrap().name(), "::1");
+        assert_eq!(
+            normalize("A.example:81", "http").unwrap().name(),
+            "a.example"
+        );
         assert_eq!(host("[::FFFF:1.2.3.4]").unwrap(), "[::ffff:1.2.3.4]");
         assert_eq!(
             normalize("example.com:443", "https").unwrap().0,

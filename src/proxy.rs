@@ -470,7 +470,7 @@ impl ProxyHttp for Proxy {
             // What the app reads to answer must be in the key, or absent.
             let rule = ctx.rule.as_deref();
             let keyed = |h: &str| rule.is_some_and(|r| r.key_headers.iter().any(|k| k == h));
-            let unkeyed = forwarding::UNKEYED.iter().copied().chain(
+            let unkeyed = forwarding::unkeyed().chain(
                 ctx.config
                     .method_override
                     .headers
@@ -589,12 +589,12 @@ impl ProxyHttp for Proxy {
         // Before it is stored or sent on: what the app meant for this hop.
         // Not on a 1xx: a 101's `Upgrade` and `Connection` are the handshake.
         if !resp.status.is_informational() {
-            if forwarding::lists_more_than_framing(&resp.headers) {
+            let listed = forwarding::connection_listed(&resp.headers);
+            if forwarding::beyond_framing(&listed) {
                 // The app said some of its fields are for this hop only;
                 // what it stored would not be what it meant to share.
                 ctx.not_stored = Some("connection-listed");
             }
-            let listed = forwarding::connection_listed(&resp.headers);
             forwarding::strip_standard_hop_by_hop(resp);
             if ctx.write.is_some() {
                 // This hop is freshgate: a write's answer may carry what it
@@ -1005,7 +1005,23 @@ async fn respond_failure(session: &mut Session, code: u16, e: &Error) -> Result<
         400..=499 => "bad request",
         _ => "freshgate could not handle this request",
     };
-    let body = serde_json::json!({ "error": reason, "status": code }).to_string();
+    respond_json_error(
+        session,
+        code,
+        serde_json::json!({ "error": reason, "status": code }),
+    )
+    .await
+}
+
+/// An answer freshgate gives itself: `code`, a JSON `body`, never stored
+/// (`Cache-Control: no-store`), and the connection closed after it (what
+/// follows a failed or misframed request cannot be trusted).
+async fn respond_json_error(
+    session: &mut Session,
+    code: u16,
+    body: serde_json::Value,
+) -> Result<()> {
+    let body = body.to_string();
     let mut resp = ResponseHeader::build(code, Some(4))?;
     resp.insert_header(header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
@@ -1019,17 +1035,8 @@ async fn respond_failure(session: &mut Session, code: u16, e: &Error) -> Result<
 /// Answer a request freshgate cannot make sense of with 400 and a JSON
 /// reason, and close the connection (what follows may be misframed).
 async fn respond_bad_request(session: &mut Session, reason: &str) -> Result<()> {
-    let body = serde_json::json!({ "error": format!("bad request: {reason}") }).to_string();
-    let mut resp = ResponseHeader::build(StatusCode::BAD_REQUEST, Some(3))?;
-    resp.insert_header(header::CONTENT_TYPE, "application/json")?;
-    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
-    resp.insert_header(header::CONNECTION, "close")?;
-    session.set_keepalive(None);
-    session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(bytes::Bytes::from(body)), true)
-        .await?;
-    Ok(())
+    let body = serde_json::json!({ "error": format!("bad request: {reason}") });
+    respond_json_error(session, 400, body).await
 }
 
 /// Why a GET/HEAD must not use the cache, if it must not.
@@ -1065,7 +1072,7 @@ fn bypass_reason(
     // sees it (pingora does), while the key and the variant key (`Vary`)
     // are computed with it: the answer would be stored for requests it does
     // not fit. Browsers list no fields.
-    if forwarding::lists_more_than_framing(&req.headers) {
+    if forwarding::beyond_framing(&forwarding::connection_listed(&req.headers)) {
         return Some("connection-listed");
     }
     if !store.usable() {

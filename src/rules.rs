@@ -127,6 +127,23 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
 }
 
 impl Rule {
+    /// A rule that only names a route: no ttl, nothing keyed or ignored,
+    /// enabled (the config fills in the rest).
+    pub fn new(name: &str, pattern: &str) -> Rule {
+        Rule {
+            name: name.to_string(),
+            pattern: pattern.to_string(),
+            ttl: None,
+            overrides: CacheOverrides::default(),
+            statuses: None,
+            negative_ttl: None,
+            key_headers: vec![],
+            key_cookies: vec![],
+            ignore_cookies: vec![],
+            enabled: true,
+        }
+    }
+
     /// Whether a request carrying credentials may use this route's cache:
     /// only when the rule names how to key them.
     pub fn keys_authorization(&self) -> bool {
@@ -325,18 +342,7 @@ mod tests {
     use super::*;
 
     fn rule(name: &str, pattern: &str) -> Rule {
-        Rule {
-            name: name.into(),
-            pattern: pattern.into(),
-            ttl: None,
-            overrides: CacheOverrides::default(),
-            statuses: None,
-            negative_ttl: None,
-            key_headers: vec![],
-            key_cookies: vec![],
-            ignore_cookies: vec![],
-            enabled: true,
-        }
+        Rule::new(name, pattern)
     }
 
     #[test]

@@ -394,16 +394,9 @@ mod tests {
 
     fn rule(ttl: Option<u64>, overrides: CacheOverrides) -> Rule {
         Rule {
-            name: "r".into(),
-            pattern: "/r".into(),
             ttl: ttl.map(Duration::from_secs),
             overrides,
-            statuses: None,
-            negative_ttl: None,
-            key_headers: vec![],
-            key_cookies: vec![],
-            ignore_cookies: vec![],
-            enabled: true,
+            ..Rule::new("r", "/r")
         }
     }
 

@@ -15,18 +15,7 @@ fuzz_target!(|input: (Vec<String>, Vec<String>)| {
         .iter()
         .take(16)
         .enumerate()
-        .map(|(i, p)| Rule {
-            name: format!("r{i}"),
-            pattern: p.clone(),
-            ttl: None,
-            overrides: Default::default(),
-            statuses: None,
-            negative_ttl: None,
-            key_headers: vec![],
-            key_cookies: vec![],
-            ignore_cookies: vec![],
-            enabled: true,
-        })
+        .map(|(i, p)| Rule::new(&format!("r{i}"), p))
         .collect();
     let policy = PathPolicy::default();
     let Ok(table) = RouteTable::new(rules.clone(), &policy) else {

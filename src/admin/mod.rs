@@ -329,11 +329,7 @@ fn is_loopback_authority(authority: &str) -> bool {
     let Ok(host) = crate::host::normalize(authority, "http") else {
         return false;
     };
-    // Normalised: `name[:port]` or `[v6][:port]`.
-    let name = match host.as_str().strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => host.as_str().split(':').next().unwrap_or_default(),
-    };
+    let name = host.name();
     name == "localhost"
         || name
             .parse::<std::net::IpAddr>()
@@ -471,8 +467,9 @@ impl Admin {
         };
         let host = body["host"].as_str().unwrap_or(&config.warm.host);
         let unspecified = crate::host::normalize(host, "http").is_ok_and(|h| {
-            let name = h.as_str().rsplit_once(':').map_or(h.as_str(), |(n, _)| n);
-            name == "0.0.0.0" || name == "[::]"
+            h.name()
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_unspecified())
         });
         if unspecified {
             return json_error(
