@@ -117,6 +117,21 @@ pub fn vary_value<'a>(name: &str, lines: impl Iterator<Item = &'a http::HeaderVa
         .into_bytes()
 }
 
+/// Whether `resp` may be stored under the `Accept-Encoding` variant of the
+/// request it answers: every coding its `Content-Encoding` applied is one
+/// the variant key says the request accepts. The app reads the header its
+/// own way (`gzip, gzip;q=0`, a byte that is not text): a body it coded
+/// against freshgate's reading would otherwise sit in a variant for clients
+/// that cannot decode it.
+pub fn coding_fits_variant(req: &http::HeaderMap, resp: &http::HeaderMap) -> bool {
+    resp.get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(|c| c.trim().to_ascii_lowercase())
+        .filter(|c| !c.is_empty() && c != "identity")
+        .all(|c| CODINGS.contains(&c.as_str()) && accepts(req, &c))
+}
+
 /// Whether `Accept-Encoding` allows `coding` (RFC 9110 §12.5.3): listed with
 /// q > 0, or covered by `*` with q > 0; `identity` unless excluded.
 fn accepts(headers: &http::HeaderMap, coding: &str) -> bool {
@@ -422,6 +437,40 @@ mod tests {
         assert_eq!(v(Some("identity;q=0, gzip")), "gzip");
         assert_eq!(v(Some("*")), "br,deflate,gzip,identity,zstd");
         assert_eq!(v(Some("*;q=0")), "");
+    }
+
+    #[test]
+    fn a_coded_body_fits_only_a_variant_that_accepts_it() {
+        let h = |pairs: &[(&str, &[u8])]| {
+            let mut m = http::HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    http::HeaderValue::from_bytes(v).unwrap(),
+                );
+            }
+            m
+        };
+        let gz = h(&[("content-encoding", b"gzip")]);
+        assert!(coding_fits_variant(
+            &h(&[("accept-encoding", b"gzip, br")]),
+            &gz
+        ));
+        // Read differently by the app (negotiator takes the best q).
+        assert!(!coding_fits_variant(
+            &h(&[("accept-encoding", b"gzip, gzip;q=0")]),
+            &gz
+        ));
+        assert!(!coding_fits_variant(
+            &h(&[("accept-encoding", b"gzip, \xe9")]),
+            &gz
+        ));
+        assert!(!coding_fits_variant(&h(&[]), &gz));
+        assert!(coding_fits_variant(&h(&[]), &h(&[])));
+        assert!(!coding_fits_variant(
+            &h(&[("accept-encoding", b"*")]),
+            &h(&[("content-encoding", b"x-custom")])
+        ));
     }
 
     #[test]

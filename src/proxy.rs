@@ -514,7 +514,7 @@ impl ProxyHttp for Proxy {
 
     fn response_cache_filter(
         &self,
-        _session: &Session,
+        session: &Session,
         resp: &ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<RespCacheable> {
@@ -536,6 +536,18 @@ impl ProxyHttp for Proxy {
             .take()
             .map(|not_modified| storable::freshen(resp, &not_modified));
         let resp = freshened.as_ref().unwrap_or(resp);
+        let varies_on_coding = resp
+            .headers
+            .get_all(header::VARY)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|n| n.trim().eq_ignore_ascii_case("accept-encoding"));
+        if varies_on_coding
+            && !cachekey::coding_fits_variant(&session.req_header().headers, &resp.headers)
+        {
+            ctx.not_stored = Some("coding-not-accepted");
+        }
         let decided = match ctx.not_stored {
             Some(reason) => Err(reason),
             None => storable::decide(resp, ctx.rule.as_deref(), bounds, exchange),
@@ -846,7 +858,7 @@ impl Proxy {
         let config = self.live.config();
         let mut extra = BTreeSet::new();
         if invalidate {
-            extra = writes::answer_tags(req, resp, &config.paths);
+            extra = writes::answer_tags(req, ctx.host.as_ref(), resp, &config.paths);
             if !Arc::ptr_eq(&config, &write.config) {
                 // The rules changed while it was in flight: what the new ones
                 // say it changed goes too.

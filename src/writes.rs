@@ -22,6 +22,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::canonical::{Canonical, PathPolicy};
 use crate::config::Config;
+use crate::host::Host;
 use crate::invalidation::{self, ALL_TAG};
 use crate::store::WriteFence;
 
@@ -87,8 +88,11 @@ pub fn invalidates(status: u16) -> Option<bool> {
 
 /// Tags the app's answer names: its same-origin `Location` and
 /// `Content-Location` (RFC 9111 §4.4) and RFC 9875 `Cache-Group-Invalidation`.
+/// `host`: the request's validated host (what the app was sent, and what an
+/// absolute `Location` of the same origin names, normalised alike).
 pub fn answer_tags(
     req: &RequestHeader,
+    host: Option<&Host>,
     resp: &ResponseHeader,
     paths: &PathPolicy,
 ) -> BTreeSet<String> {
@@ -98,7 +102,7 @@ pub fn answer_tags(
             .headers
             .get(&h)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| same_origin_path(req, v))
+            .and_then(|v| same_origin_path(req, host, v))
         {
             tags.insert(invalidation::own_tag(&paths.route_path(&p)));
         }
@@ -122,7 +126,7 @@ pub struct InFlight {
 /// The path of `location` if it points at the same origin as the request
 /// (a relative reference is resolved against the request's path, RFC 3986
 /// §5.2; the dot segments it leaves are removed when it is canonicalised).
-fn same_origin_path(req: &RequestHeader, location: &str) -> Option<String> {
+fn same_origin_path(req: &RequestHeader, host: Option<&Host>, location: &str) -> Option<String> {
     let without_query = |l: &str| l.split(['?', '#']).next().unwrap_or(l).to_string();
     if location.starts_with('/') && !location.starts_with("//") {
         return Some(without_query(location));
@@ -140,19 +144,15 @@ fn same_origin_path(req: &RequestHeader, location: &str) -> Option<String> {
         return Some(without_query(&format!("{dir}{location}")));
     }
     let uri: http::Uri = location.parse().ok()?;
-    let host = req
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())?;
-    if uri
-        .authority()
-        .map(|a| a.as_str().eq_ignore_ascii_case(host))
-        == Some(true)
-    {
-        Some(uri.path().to_string())
-    } else {
-        None
-    }
+    // Both normalised (case, trailing dot), and compared by name only: a
+    // port the client or a load balancer kept (`:443` behind TLS) must not
+    // hide the origin, and purging a same-named host's path is only wider.
+    let named = crate::host::normalize(
+        uri.authority()?.as_str(),
+        uri.scheme_str().unwrap_or("http"),
+    )
+    .ok()?;
+    (host?.name() == named.name()).then(|| uri.path().to_string())
 }
 
 #[cfg(test)]
@@ -186,6 +186,7 @@ mod tests {
         resp.insert_header("location", "/Posts/%39/").unwrap();
         let relative = answer_tags(
             &RequestHeader::build("POST", b"/a/b/like", None).unwrap(),
+            None,
             &{
                 let mut r = ResponseHeader::build(303, None).unwrap();
                 r.insert_header("location", "../c?x=1").unwrap();
@@ -198,10 +199,51 @@ mod tests {
             .unwrap();
         resp.insert_header("cache-group-invalidation", "\"g1\"")
             .unwrap();
-        let tags = answer_tags(&req, &resp, &PathPolicy::default());
+        let host = crate::host::of_request(&req, "http", "x").ok();
+        let tags = answer_tags(&req, host.as_ref(), &resp, &PathPolicy::default());
         assert_eq!(
             tags,
             BTreeSet::from(["u:/posts/9".to_string(), "g:g1".to_string()])
         );
+    }
+
+    #[test]
+    fn an_absolute_location_matches_the_origin_however_the_client_spelled_it() {
+        // The app builds Location from the host it was sent (normalised);
+        // the client may have sent `Example.com.:80`.
+        let resp = |loc: &str| {
+            let mut r = ResponseHeader::build(201, None).unwrap();
+            r.insert_header("location", loc).unwrap();
+            r
+        };
+        for sent in [
+            "Example.com.:80",
+            "example.com",
+            "EXAMPLE.COM:",
+            "example.com:443",
+        ] {
+            let mut req = RequestHeader::build("POST", b"/posts", None).unwrap();
+            req.insert_header("host", sent).unwrap();
+            let host = crate::host::of_request(&req, "http", "x").ok();
+            for loc in [
+                "http://example.com/posts/10",
+                "http://example.com:80/posts/10",
+                "https://example.com/posts/10",
+            ] {
+                let tags = answer_tags(&req, host.as_ref(), &resp(loc), &PathPolicy::default());
+                assert_eq!(
+                    tags,
+                    BTreeSet::from(["u:/posts/10".to_string()]),
+                    "{sent} {loc}"
+                );
+            }
+            let other = answer_tags(
+                &req,
+                host.as_ref(),
+                &resp("http://other.example/posts/10"),
+                &PathPolicy::default(),
+            );
+            assert!(other.is_empty());
+        }
     }
 }

@@ -536,3 +536,85 @@ async fn a_writes_invalidation_fields_count_even_when_listed_in_connection() {
         "the group was not invalidated"
     );
 }
+
+#[tokio::test]
+async fn a_create_purges_its_location_however_the_client_spelled_the_host() {
+    // RFC 9111 §4.4: the app builds Location from the (normalised) host it
+    // was sent; the client wrote `Example.com.:80`. The 404 cached for the
+    // new path must go before the 201 is acknowledged.
+    let created = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = created.clone();
+    let origin = ScriptedOrigin::start(move |target, headers| {
+        let is_post = headers.iter().any(|(k, _)| k == "content-length");
+        if target == "/posts" && is_post {
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+            return Scripted {
+                status: 201,
+                headers: vec![("location".into(), "http://example.com/posts/10".into())],
+                body: "{}".into(),
+            };
+        }
+        let exists = seen.load(std::sync::atomic::Ordering::SeqCst);
+        Scripted {
+            status: if exists { 200 } else { 404 },
+            headers: vec![("cache-control".into(), "max-age=60".into())],
+            body: if exists { "post 10" } else { "missing" }.into(),
+        }
+    });
+    let fg = Freshgate::start(&origin.url(), None, TEST_CONFIG);
+    let c = client();
+    let read = || send(c.get(fg.url("/posts/10")).header("host", "example.com"));
+    assert_eq!(read().await.status, 404);
+    assert_eq!(read().await.x_cache, "HIT");
+    let post = send(
+        c.post(fg.url("/posts"))
+            .header("host", "Example.com.:80")
+            .body("{}"),
+    )
+    .await;
+    assert_eq!(post.status, 201);
+    assert!(created.load(std::sync::atomic::Ordering::SeqCst));
+    let after = read().await;
+    assert_eq!(
+        (after.status, after.body.as_str()),
+        (200, "post 10"),
+        "{}",
+        after.cache_status
+    );
+}
+
+#[tokio::test]
+async fn a_client_cannot_plant_a_coded_body_in_another_variant() {
+    // The app reads `gzip, gzip;q=0` as "gzip" (any mention); freshgate's
+    // variant key says it does not accept gzip. The gzip answer must not
+    // land where clients that cannot decode it look.
+    let origin = ScriptedOrigin::start(|_, headers| {
+        let gzip = headers
+            .iter()
+            .any(|(k, v)| k == "accept-encoding" && v.contains("gzip"));
+        let mut h = vec![
+            ("cache-control".to_string(), "max-age=60".to_string()),
+            ("vary".to_string(), "Accept-Encoding".to_string()),
+        ];
+        if gzip {
+            h.push(("content-encoding".into(), "gzip".into()));
+        }
+        Scripted {
+            status: 200,
+            headers: h,
+            body: if gzip { "GZ".into() } else { "PLAIN".into() },
+        }
+    });
+    let fg = Freshgate::start(&origin.url(), None, TEST_CONFIG);
+    let c = reqwest::Client::builder().no_gzip().build().unwrap();
+    let url = fg.url("/plant");
+    let attack = send(c.get(&url).header("accept-encoding", "gzip, gzip;q=0")).await;
+    assert_eq!(attack.body, "GZ");
+    assert!(
+        attack.cache_status.contains("detail=coding-not-accepted"),
+        "{}",
+        attack.cache_status
+    );
+    let victim = send(c.get(&url).header("accept-encoding", "identity")).await;
+    assert_eq!(victim.body, "PLAIN");
+}
