@@ -59,7 +59,19 @@ pub fn primary(
             }
         }
     }
+    if unkeyed_authorization(req, rule) {
+        // Answers to requests with credentials live apart: only those the
+        // app marked shareable are stored there (`storable::decide`), and an
+        // anonymous answer is never reused for them (RFC 9111 §3.5).
+        key.push_str("\na:shared");
+    }
     key
+}
+
+/// The request carries `Authorization` and its route does not key it.
+pub fn unkeyed_authorization(req: &RequestHeader, rule: Option<&Rule>) -> bool {
+    req.headers.contains_key(http::header::AUTHORIZATION)
+        && !rule.is_some_and(Rule::keys_authorization)
 }
 
 /// Bytes other than visible ASCII, and the escape and list characters

@@ -246,6 +246,9 @@ pub struct RawCache {
     pub request_cache_control: Option<bool>,
     /// Cookies that never change any answer (routes may say otherwise).
     pub ignore_cookies: Option<Vec<String>>,
+    /// Share answers to requests with `Authorization` when the app marks
+    /// them `public`, `s-maxage` or `must-revalidate` (RFC 9111 §3.5; off).
+    pub share_authorized: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -414,6 +417,8 @@ pub struct Config {
     pub ignore_cookies: Vec<CookieName>,
     pub heuristic_freshness: bool,
     pub request_cache_control: bool,
+    /// `cache.share_authorized` (see `storable::decide`).
+    pub share_authorized: bool,
     /// The `flags:` section (one layer of [`crate::flags::Flags`]).
     pub flags: FileFlags,
     /// Hash of the invalidation rules: entries are only served
@@ -1165,6 +1170,7 @@ fn validate(
         heuristic_freshness: raw.cache.heuristic_freshness.unwrap_or(false),
         ignore_cookies: default_ignored,
         request_cache_control: raw.cache.request_cache_control.unwrap_or(false),
+        share_authorized: raw.cache.share_authorized.unwrap_or(false),
         flags: raw.flags,
         rules_fingerprint,
         monitoring,

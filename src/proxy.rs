@@ -248,12 +248,7 @@ impl ProxyHttp for Proxy {
             ctx.bypass = Some(CACHE_OFF);
             return Ok(());
         }
-        ctx.bypass = bypass_reason(
-            req,
-            ctx.rule.as_deref(),
-            &ctx.config.ignore_cookies,
-            self.store,
-        );
+        ctx.bypass = bypass_reason(req, ctx.rule.as_deref(), &ctx.config, self.store);
         if ctx.bypass.is_none() && ctx.config.request_cache_control {
             // RFC 9111 §5.2.1.5: nothing of this exchange may be stored.
             let no_store = CacheControl::from_req_headers(req).is_some_and(|c| c.no_store());
@@ -524,6 +519,7 @@ impl ProxyHttp for Proxy {
                 .upstream_started
                 .map_or(received, |t| received - t.elapsed()),
             received,
+            authorized: cachekey::unkeyed_authorization(session.req_header(), ctx.rule.as_deref()),
         };
         let bounds = storable::Bounds {
             negative_ttl: ctx.config.negative_ttl,
@@ -608,6 +604,11 @@ impl ProxyHttp for Proxy {
                 ctx.not_stored = Some("connection-listed");
             }
             forwarding::strip_standard_hop_by_hop(resp);
+            if !resp.headers.contains_key(header::DATE) {
+                // RFC 9110 §6.6.1: a response without a Date is dated when
+                // it arrives, so hits say when it was made, not when served.
+                resp.insert_header(header::DATE, httpdate::fmt_http_date(SystemTime::now()))?;
+            }
             if ctx.write.is_some() {
                 // This hop is freshgate: a write's answer may carry what it
                 // invalidates (`Location`, `Cache-Group-Invalidation`) in a
@@ -1055,18 +1056,18 @@ async fn respond_bad_request(session: &mut Session, reason: &str) -> Result<()> 
 fn bypass_reason(
     req: &RequestHeader,
     rule: Option<&Rule>,
-    ignored_by_default: &[CookieName],
+    config: &Config,
     store: &Store,
 ) -> Option<&'static str> {
     if rule.is_some_and(|r| !r.enabled) {
         return Some("route-disabled");
     }
-    if req.headers.contains_key(header::AUTHORIZATION)
-        && !rule.is_some_and(Rule::keys_authorization)
-    {
+    // With `cache.share_authorized`, such a request has entries of its own,
+    // stored only where the app says they may be shared (RFC 9111 §3.5).
+    if cachekey::unkeyed_authorization(req, rule) && !config.share_authorized {
         return Some("authorization");
     }
-    let ignored = rule.map_or(ignored_by_default, |r| &r.ignore_cookies[..]);
+    let ignored = rule.map_or(&config.ignore_cookies[..], |r| &r.ignore_cookies[..]);
     if let Some(reason) = cachekey::cookie_bypass(req, rule, ignored) {
         return Some(reason);
     }

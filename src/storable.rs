@@ -44,13 +44,18 @@ pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(10);
 /// stale data.
 static NO_HEURISTICS: CacheMetaDefaults = CacheMetaDefaults::new(|_| None, 0, 0);
 
-/// When the response was asked for and received, by freshgate's clock.
+/// The exchange the response came from: when it was asked for and
+/// received (by freshgate's clock), and whether the request carried
+/// credentials the key does not hold.
 #[derive(Debug, Clone, Copy)]
 pub struct Exchange {
     /// When the request went to the app.
     pub sent: SystemTime,
     /// When the response's header arrived.
     pub received: SystemTime,
+    /// The request had an `Authorization` the key does not hold (only with
+    /// `cache.share_authorized`: otherwise such a request bypasses).
+    pub authorized: bool,
 }
 
 /// What the config says about every entry.
@@ -66,6 +71,12 @@ pub struct Bounds<'a> {
     /// `cache.heuristic_freshness`: a response with `Last-Modified` and no
     /// freshness of its own lives a tenth of its age (RFC 9111 §4.2.2).
     pub heuristic: bool,
+}
+
+/// RFC 9111 §3.5: the directives that let a shared cache reuse an answer to
+/// a request with `Authorization`.
+fn shareable_when_authorized(cc: &CacheControl) -> bool {
+    cc.public() || cc.has_key("s-maxage") || cc.must_revalidate()
 }
 
 /// The longest heuristic lifetime (a tenth of a year-old resource's age
@@ -124,6 +135,11 @@ pub fn decide(
     // the field, but one user's answer is not worth the risk).
     if cc.as_ref().is_some_and(|c| c.has_key("private")) {
         return Err("private");
+    }
+    // RFC 9111 §3.5: an answer to a request with credentials is shared only
+    // where the app said it may be.
+    if exchange.authorized && !cc.as_ref().is_some_and(shareable_when_authorized) {
+        return Err("authorization");
     }
     let explicit = cc.as_ref().is_some_and(|c| {
         c.s_maxage().ok().flatten().is_some() || c.max_age().ok().flatten().is_some()
@@ -533,11 +549,61 @@ mod tests {
         );
     }
 
+    #[test]
+    fn an_authorized_answer_is_shared_only_where_the_app_says_so() {
+        // RFC 9111 §3.5.
+        let now = SystemTime::now();
+        let authorized = Exchange {
+            authorized: true,
+            ..at(now)
+        };
+        let stored = |cc: &str| {
+            decide(
+                &resp(200, &[("cache-control", cc)]),
+                None,
+                BOUNDS,
+                authorized,
+            )
+            .map(|c| matches!(c, RespCacheable::Cacheable(_)))
+        };
+        assert_eq!(stored("max-age=60"), Err("authorization"));
+        assert_eq!(stored("max-age=60, public"), Ok(true));
+        assert_eq!(stored("s-maxage=60"), Ok(true));
+        assert_eq!(stored("max-age=60, must-revalidate"), Ok(true));
+        assert_eq!(stored("public, private"), Err("private"));
+        // A targeted field replaces Cache-Control here too.
+        let targeted = resp(
+            200,
+            &[
+                ("cache-control", "public, max-age=60"),
+                ("freshgate-cache-control", "max-age=60"),
+            ],
+        );
+        let fields = ["freshgate-cache-control".to_string()];
+        let bounds = Bounds {
+            targeted: &fields,
+            ..BOUNDS
+        };
+        assert_eq!(
+            decide(&targeted, None, bounds, authorized).err(),
+            Some("authorization")
+        );
+        // Without credentials, `public` is not needed.
+        assert!(decide(
+            &resp(200, &[("cache-control", "max-age=60")]),
+            None,
+            BOUNDS,
+            at(now)
+        )
+        .is_ok());
+    }
+
     /// An exchange that took no time, received at `now`.
     fn at(now: SystemTime) -> Exchange {
         Exchange {
             sent: now,
             received: now,
+            authorized: false,
         }
     }
 
@@ -565,6 +631,7 @@ mod tests {
         let slow = Exchange {
             sent: now - Duration::from_secs(100),
             received: now,
+            authorized: false,
         };
         let r = resp(200, &[("cache-control", "max-age=3600"), ("age", "600")]);
         let Ok(RespCacheable::Cacheable(m)) = decide(&r, None, BOUNDS, slow) else {

@@ -71,7 +71,8 @@ async fn rfc9111_4_2_3_an_upstream_age_counts_against_freshness_and_is_served() 
 }
 
 /// A scripted origin: `/date/<offset>/expires/<offset>` answers with a
-/// `Date` and `Expires` that far (seconds) from now, `/conn` with a field it
+/// `Date` and `Expires` that far (seconds) from now, `/undated` with no
+/// `Date` at all, `/conn` with a field it
 /// lists in `Connection`; a body that counts its requests.
 fn scripted() -> (ScriptedOrigin, Freshgate) {
     let origin = ScriptedOrigin::start(|target, _| {
@@ -88,6 +89,8 @@ fn scripted() -> (ScriptedOrigin, Freshgate) {
                 headers,
                 body: "x".repeat(50_000),
             };
+        } else if target == "/undated" {
+            headers.push(("cache-control".into(), "max-age=60".into()));
         } else if target == "/conn" {
             headers.push(("cache-control".into(), "max-age=60".into()));
             headers.push(("connection".into(), "x-private, keep-alive".into()));
@@ -138,6 +141,49 @@ async fn rfc9111_4_2_1_expires_is_judged_against_the_origins_date() {
     let before = origin.requests();
     get(&past).await;
     assert_eq!(origin.requests(), before + 1);
+}
+
+#[tokio::test]
+async fn rfc9110_6_6_1_a_hit_carries_the_stored_responses_date() {
+    let (_origin, fg) = scripted();
+    // The origin's Date is 30 s in the past: a hit 1 s later must still say
+    // when the origin made the response, not when freshgate sent it.
+    let url = fg.url("/date/-30/expires/3600");
+    let miss = get(&url).await;
+    let origin_date = miss.headers["date"].to_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let hit = get(&url).await;
+    assert_eq!(hit.x_cache, "HIT", "{}", hit.cache_status);
+    assert_eq!(hit.headers["date"], origin_date.as_str());
+    assert_eq!(hit.headers.get_all("date").iter().count(), 1);
+    let served = httpdate::parse_http_date(&origin_date).unwrap();
+    let ago = SystemTime::now().duration_since(served).unwrap().as_secs();
+    assert!((30..40).contains(&ago), "Date {origin_date} is {ago} s old");
+    // An undated response is dated when it arrives, and hits keep that date.
+    let undated = fg.url("/undated");
+    let miss = get(&undated).await;
+    let dated = miss.headers["date"].to_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let hit = get(&undated).await;
+    assert_eq!(hit.x_cache, "HIT", "{}", hit.cache_status);
+    assert_eq!(hit.headers["date"], dated.as_str());
+    // freshgate's own answers (here a 400 for a bad Host) get a current Date.
+    let head = raw_exchange(
+        fg.addr,
+        b"GET /x HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(raw_status(&head), 400, "{head}");
+    let date = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("date: ")
+                .or_else(|| l.strip_prefix("Date: "))
+        })
+        .unwrap_or_else(|| panic!("no Date in {head}"));
+    let age = SystemTime::now()
+        .duration_since(httpdate::parse_http_date(date.trim()).unwrap())
+        .map_or(0, |d| d.as_secs());
+    assert!(age < 5, "freshgate's own answer is dated {date}");
 }
 
 #[tokio::test]
@@ -617,4 +663,38 @@ async fn a_client_cannot_plant_a_coded_body_in_another_variant() {
     );
     let victim = send(c.get(&url).header("accept-encoding", "identity")).await;
     assert_eq!(victim.body, "PLAIN");
+}
+
+#[tokio::test]
+async fn rfc9111_3_5_an_authorized_answer_is_shared_only_when_the_app_says_so() {
+    let origin = Origin::start(0);
+    let shared = TEST_CONFIG.replacen("cache:\n", "cache:\n  share_authorized: true\n", 1);
+    let off = Freshgate::start(&origin.url(), None, TEST_CONFIG);
+    let on = Freshgate::start(&origin.url(), None, &shared);
+    let c = client();
+    let as_user = |url: &str, token: &str| c.get(url).header("authorization", token);
+    let public = format!("/knobs/auth-public?cc={}", q("public, max-age=60"));
+    let plain = format!("/knobs/auth-plain?cc={}", q("max-age=60"));
+    // By default a request with credentials never uses the cache.
+    send(as_user(&off.url(&public), "Bearer alice")).await;
+    let r = send(as_user(&off.url(&public), "Bearer alice")).await;
+    assert!(
+        r.cache_status.contains("detail=authorization"),
+        "{}",
+        r.cache_status
+    );
+    // Opted in: an answer the app marks `public` is shared between users ...
+    let alice = send(as_user(&on.url(&public), "Bearer alice")).await;
+    let bob = send(as_user(&on.url(&public), "Bearer bob")).await;
+    assert_eq!(bob.x_cache, "HIT", "{}", bob.cache_status);
+    assert_eq!(bob.serial(), alice.serial());
+    // ... one without `public`, `s-maxage` or `must-revalidate` is not ...
+    let alice = send(as_user(&on.url(&plain), "Bearer alice")).await;
+    let bob = send(as_user(&on.url(&plain), "Bearer bob")).await;
+    assert_ne!(bob.serial(), alice.serial(), "{}", bob.cache_status);
+    // ... and an anonymous client's entry is never reused for credentials.
+    let anonymous = get(&on.url(&plain)).await;
+    assert_eq!(get(&on.url(&plain)).await.serial(), anonymous.serial());
+    let carol = send(as_user(&on.url(&plain), "Bearer carol")).await;
+    assert_ne!(carol.serial(), anonymous.serial(), "{}", carol.cache_status);
 }
