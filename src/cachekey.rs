@@ -22,15 +22,24 @@ use crate::canonical::Canonical;
 use crate::host::Host;
 use crate::rules::{CookieName, Rule};
 
-/// The primary key of a request, for `scheme` and its validated `host`.
+/// The primary key of a request, for `scheme` and its validated `host`, in
+/// `namespace` (`cache.namespace`; empty: none, and no key changes).
 pub fn primary(
     req: &RequestHeader,
     canonical: &Canonical,
     scheme: &str,
     host: &Host,
     rule: Option<&Rule>,
+    namespace: &str,
 ) -> String {
     let mut key = String::with_capacity(96);
+    if !namespace.is_empty() {
+        // Visible ASCII (config validation): it cannot contain the newline
+        // that ends it, and no scheme starts with `ns=`.
+        key.push_str("ns=");
+        key.push_str(namespace);
+        key.push('\n');
+    }
     key.push_str(scheme);
     key.push_str("://");
     key.push_str(host.as_str());
@@ -315,7 +324,7 @@ mod tests {
     fn primary(req: &RequestHeader, rule: Option<&Rule>) -> String {
         let c = Canonical::new(req, &PathPolicy::default(), &MethodOverride::default());
         let host = crate::host::of_request(req, "http", "h").unwrap();
-        super::primary(req, &c, "http", &host, rule)
+        super::primary(req, &c, "http", &host, rule, "")
     }
 
     fn rule(headers: &[&str], cookies: &[&str]) -> Rule {
@@ -324,6 +333,17 @@ mod tests {
             key_cookies: cookies.iter().map(|s| s.to_string()).collect(),
             ..Rule::new("r", "/me")
         }
+    }
+
+    #[test]
+    fn a_namespace_is_a_key_space_of_its_own() {
+        let r = req("/a", &[("host", "h")]);
+        let c = Canonical::new(&r, &PathPolicy::default(), &MethodOverride::default());
+        let host = crate::host::of_request(&r, "http", "h").unwrap();
+        let key = |ns: &str| super::primary(&r, &c, "http", &host, None, ns);
+        assert_eq!(key(""), "http://h/a", "no namespace: keys unchanged");
+        assert_eq!(key("b41"), "ns=b41\nhttp://h/a");
+        assert_ne!(key("b41"), key("b42"));
     }
 
     #[test]

@@ -587,7 +587,7 @@ mod tests {
             let c = Canonical::new(&r, &config.paths, &config.method_override);
             let rule = config.routes.lookup(&c.route).map(|r| r.name.clone());
             let host = crate::host::of_request(&r, "http", "app").unwrap();
-            let key = crate::cachekey::primary(&r, &c, "http", &host, None);
+            let key = crate::cachekey::primary(&r, &c, "http", &host, None, "");
             let read = config.invalidation.tags_for_read(&c.route);
             let write: Vec<String> = config
                 .invalidation

@@ -112,6 +112,10 @@ pub struct RunOpts {
     /// Timeout of every Redis operation, e.g. 100ms [default: 100ms].
     #[arg(long, value_name = "DURATION", env = "FRESHGATE_REDIS_TIMEOUT", value_parser = crate::config::parse_duration)]
     pub redis_timeout: Option<std::time::Duration>,
+    /// Cache key namespace, e.g. the app's build id: a new one starts on a
+    /// clean cache (overrides `cache.namespace`).
+    #[arg(long, value_name = "NAME", env = "FRESHGATE_NAMESPACE")]
+    pub namespace: Option<String>,
     /// Admin listener address [default: 127.0.0.1:9090].
     #[arg(long, value_name = "ADDR", env = "FRESHGATE_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,

@@ -249,6 +249,9 @@ pub struct RawCache {
     /// Share answers to requests with `Authorization` when the app marks
     /// them `public`, `s-maxage` or `must-revalidate` (RFC 9111 §3.5; off).
     pub share_authorized: Option<bool>,
+    /// A key space of its own, e.g. the app's build id: a deploy that sets a
+    /// new one starts on a clean cache without a purge.
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -419,6 +422,10 @@ pub struct Config {
     pub request_cache_control: bool,
     /// `cache.share_authorized` (see `storable::decide`).
     pub share_authorized: bool,
+    /// `cache.namespace` or `FRESHGATE_NAMESPACE`: part of every key
+    /// (empty: none). Not part of `rules_fingerprint`: replicas of two
+    /// builds share invalidations during a rolling update, not entries.
+    pub namespace: String,
     /// The `flags:` section (one layer of [`crate::flags::Flags`]).
     pub flags: FileFlags,
     /// Hash of the invalidation rules: entries are only served
@@ -528,6 +535,7 @@ pub struct Overrides {
     pub admin_listen: Option<String>,
     pub admin_token: Option<String>,
     pub admin_read_token: Option<String>,
+    pub namespace: Option<String>,
 }
 
 /// One problem in a config file, located where possible.
@@ -608,6 +616,26 @@ impl Config {
         };
         validate(raw, text, path, overrides).map_err(|problems| ConfigError { file, problems })
     }
+}
+
+/// The longest `cache.namespace` (a build id or a commit hash fits easily).
+const MAX_NAMESPACE: usize = 128;
+
+/// A namespace is visible ASCII, at most [`MAX_NAMESPACE`] bytes (it is
+/// part of every key and shown in logs).
+fn check_namespace(ns: &str) -> Result<(), String> {
+    if ns.len() > MAX_NAMESPACE {
+        return Err(format!(
+            "cache.namespace: {} bytes, at most {MAX_NAMESPACE}",
+            ns.len()
+        ));
+    }
+    if let Some(c) = ns.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!(
+            "cache.namespace: {c:?} is not allowed (visible ASCII only): {ns:?}"
+        ));
+    }
+    Ok(())
 }
 
 /// yaml_serde appends " at line L column C"; we print the location up front.
@@ -748,6 +776,14 @@ fn validate(
         });
     };
 
+    let namespace = ov
+        .namespace
+        .clone()
+        .or(raw.cache.namespace.clone())
+        .unwrap_or_default();
+    if let Err(m) = check_namespace(&namespace) {
+        problem(&namespace, m);
+    }
     let listen_s = ov
         .listen
         .clone()
@@ -1171,6 +1207,7 @@ fn validate(
         ignore_cookies: default_ignored,
         request_cache_control: raw.cache.request_cache_control.unwrap_or(false),
         share_authorized: raw.cache.share_authorized.unwrap_or(false),
+        namespace,
         flags: raw.flags,
         rules_fingerprint,
         monitoring,
@@ -1309,6 +1346,38 @@ mod tests {
         assert_eq!(e.problems[0].line, Some(1));
         assert_eq!(e.problems[1].line, Some(2));
         assert_eq!(e.problems[2].line, Some(5));
+    }
+
+    #[test]
+    fn a_namespace_is_visible_ascii_and_the_environment_wins() {
+        let c = Config::from_str(
+            "cache:\n  namespace: build-41\n",
+            None,
+            &Overrides::default(),
+        );
+        assert_eq!(c.unwrap().namespace, "build-41");
+        let ov = Overrides {
+            namespace: Some("build-42".into()),
+            ..Default::default()
+        };
+        let c = Config::from_str("cache:\n  namespace: build-41\n", None, &ov).unwrap();
+        assert_eq!(c.namespace, "build-42");
+        let d = Config::from_str("", None, &Overrides::default()).unwrap();
+        assert_eq!(d.namespace, "");
+        assert_eq!(
+            c.rules_fingerprint, d.rules_fingerprint,
+            "two builds side by side are not a rules change"
+        );
+        for bad in ["\"a b\"", "\"a\\nb\"", &"x".repeat(129)] {
+            let e = Config::from_str(&format!("cache:\n  namespace: {bad}\n"), None, &ov);
+            let ov_bad = Overrides {
+                namespace: Some(bad.trim_matches('"').replace("\\n", "\n")),
+                ..Default::default()
+            };
+            assert!(e.is_ok(), "the override wins over the file");
+            let e = Config::from_str("", None, &ov_bad).unwrap_err();
+            assert!(e.problems[0].message.contains("cache.namespace"), "{e}");
+        }
     }
 
     #[test]

@@ -109,6 +109,7 @@ fn run(opts: &RunOpts, demo: Option<Demo>) -> ExitCode {
         redis: opts.redis.clone(),
         redis_timeout: opts.redis_timeout,
         admin_listen: opts.admin_listen.clone(),
+        namespace: opts.namespace.clone(),
         // Secrets come from the environment only: arguments show in `ps`.
         admin_token: std::env::var("FRESHGATE_ADMIN_TOKEN").ok(),
         admin_read_token: std::env::var("FRESHGATE_ADMIN_READ_TOKEN").ok(),

@@ -289,6 +289,7 @@ impl ProxyHttp for Proxy {
             ctx.scheme,
             host,
             ctx.rule.as_deref(),
+            &ctx.config.namespace,
         );
         Ok(CacheKey::new(primary, ""))
     }

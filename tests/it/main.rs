@@ -9,6 +9,7 @@ mod checker;
 mod cli;
 mod conformance;
 mod cookies;
+mod deploy;
 mod faults;
 mod hostile;
 mod hot_reload;
