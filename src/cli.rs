@@ -34,6 +34,13 @@ pub enum Command {
         /// `METHOD /path` (a bare path means GET).
         request: String,
     },
+    /// Exit 0 if the local freshgate's admin `/healthz` answers 200 (the
+    /// container's health check). The address: FRESHGATE_ADMIN_LISTEN, else
+    /// `admin.listen` in the config file, else 127.0.0.1:9090.
+    Health {
+        #[arg(short, long, value_name = "FILE", env = "FRESHGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Run the bundled demo app with freshgate in front of it.
     Demo(DemoOpts),
     /// Fill the cache through a running freshgate, from a URL list, a

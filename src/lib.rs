@@ -27,6 +27,7 @@
 //! - [`tooling`]: `freshgate check` warnings and `freshgate explain`.
 //! - [`warm`]: `freshgate warm`, filling the cache through a running freshgate.
 //! - [`analyze`]: `freshgate analyze`, a terminal report from the admin API.
+//! - [`health`]: `freshgate health`, the container's health check.
 //! - [`demo`]: the bundled demo app, for newcomers, tests and benchmarks.
 //! - [`app`]: wiring of the pingora server and its services.
 //! - [`cli`]: the command line.
@@ -43,6 +44,7 @@ pub mod config;
 pub mod demo;
 pub mod flags;
 pub mod forwarding;
+pub mod health;
 pub mod host;
 pub mod invalidation;
 pub mod metrics;

@@ -22,6 +22,12 @@ fn main() -> ExitCode {
             }),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal: container logs and files
+        // get plain text (and NO_COLOR is honoured, https://no-color.org).
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
 
     match cli.command {
@@ -77,6 +83,23 @@ fn main() -> ExitCode {
             }
         },
         Command::Warm(opts) => warm(&opts),
+        Command::Health { config } => {
+            let env = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+            let checked = freshgate::health::admin_address(
+                env("FRESHGATE_ADMIN_LISTEN").as_deref(),
+                config.as_deref(),
+            )
+            .and_then(|admin| {
+                freshgate::health::check(admin, env("FRESHGATE_ADMIN_TOKEN").as_deref())
+            });
+            match checked {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("unhealthy: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run(opts) => run(&opts, None),
         Command::Demo(d) => {
             let mut opts = d.run;

@@ -58,7 +58,7 @@ use crate::monitor::series::Kind;
 use crate::monitor::{Event, Monitor};
 use crate::prefetch::{self, Prefetcher};
 use crate::reload::Live;
-use crate::rules::{CookieName, Rule};
+use crate::rules::Rule;
 use crate::storable;
 use crate::store::{Ended, Entry, FillInfo, FillStart, Store};
 use crate::writes::{self, InFlight};
@@ -140,6 +140,8 @@ pub struct Ctx {
     not_stored: Option<&'static str>,
     /// The app's 304 to a revalidation, to freshen the stored header with.
     not_modified: Option<ResponseHeader>,
+    /// That 304's Date, for the answer when the result is not stored.
+    revalidated_date: Option<http::HeaderValue>,
     /// Fields a write's answer listed in `Connection`: removed once the
     /// write has been ended with them.
     hop_listed: Vec<String>,
@@ -173,6 +175,7 @@ impl ProxyHttp for Proxy {
             bypass: None,
             not_stored: None,
             not_modified: None,
+            revalidated_date: None,
             hop_listed: Vec::new(),
             outcome: Outcome::Pass,
             started: Instant::now(),
@@ -326,13 +329,15 @@ impl ProxyHttp for Proxy {
         // downstream is done (the entry was reported stored and never was).
         // It passes through as a HEAD, and the entry is filled by a GET in
         // the background (as other caches do), where that GET carries all
-        // the key needs: no keyed headers or cookies.
+        // the key needs: no keyed headers or cookies, and no credentials
+        // (an anonymous GET would fill the anonymous entry, not this one).
         session.cache.disable(NoCacheReason::Custom("head-miss"));
         ctx.not_stored = Some("head-miss");
         let keyless = ctx
             .rule
             .as_ref()
-            .is_none_or(|r| r.key_headers.is_empty() && r.key_cookies.is_empty());
+            .is_none_or(|r| r.key_headers.is_empty() && r.key_cookies.is_empty())
+            && !cachekey::unkeyed_authorization(session.req_header(), ctx.rule.as_deref());
         if let (true, Some(host), Some(request)) = (keyless, &ctx.host, &ctx.request) {
             let target = request.forward_target(session.req_header());
             self.prefetch
@@ -605,9 +610,10 @@ impl ProxyHttp for Proxy {
                 ctx.not_stored = Some("connection-listed");
             }
             forwarding::strip_standard_hop_by_hop(resp);
-            if !resp.headers.contains_key(header::DATE) {
-                // RFC 9110 §6.6.1: a response without a Date is dated when
-                // it arrives, so hits say when it was made, not when served.
+            if !storable::has_valid_date(&resp.headers) {
+                // RFC 9110 §6.6.1: a response without a (usable) Date is
+                // dated when it arrives, so hits say when it was made, not
+                // when served, and never pass on a Date no one can read.
                 resp.insert_header(header::DATE, httpdate::fmt_http_date(SystemTime::now()))?;
             }
             if ctx.write.is_some() {
@@ -623,6 +629,7 @@ impl ProxyHttp for Proxy {
             // A revalidation: pingora merges only a few of its fields into
             // the stored response; `response_cache_filter` merges them all.
             ctx.not_modified = Some(resp.clone());
+            ctx.revalidated_date = resp.headers.get(header::DATE).cloned();
         }
         Ok(())
     }
@@ -640,6 +647,15 @@ impl ProxyHttp for Proxy {
             }
         }
         forwarding::strip_listed(resp, &std::mem::take(&mut ctx.hop_listed));
+        if matches!(session.cache.phase(), CachePhase::RevalidatedNoCache(_)) {
+            // Validated just now but not stored again: pingora sends the old
+            // entry's header, merging only a few of the 304's fields; its
+            // Date is the 304's, or the client would take it for as old as
+            // the first fetch (it carries no Age).
+            if let Some(date) = ctx.revalidated_date.take() {
+                resp.insert_header(header::DATE, date)?;
+            }
+        }
         // freshgate's own targeted field is for freshgate alone (RFC 9213):
         // a cache further down must not take it as addressed to it.
         resp.remove_header(storable::OWN_TARGETED_FIELD);

@@ -73,6 +73,12 @@ pub struct Bounds<'a> {
     pub heuristic: bool,
 }
 
+/// Exactly one `Date` that parses as an HTTP date (RFC 9110 §6.6.1).
+pub fn has_valid_date(headers: &http::HeaderMap) -> bool {
+    let mut dates = headers.get_all(header::DATE).iter();
+    matches!((dates.next(), dates.next()), (Some(d), None) if http_date(Some(d)).is_some())
+}
+
 /// RFC 9111 §3.5: the directives that let a shared cache reuse an answer to
 /// a request with `Authorization`.
 fn shareable_when_authorized(cc: &CacheControl) -> bool {
@@ -547,6 +553,21 @@ mod tests {
             decide(&cdn("max-age=600", "no-store"), None, BOUNDS, at(now)).err(),
             Some("no-store")
         );
+    }
+
+    #[test]
+    fn a_date_is_usable_only_alone_and_well_formed() {
+        let with = |dates: &[&str]| {
+            let pairs: Vec<(&str, &str)> = dates.iter().map(|d| ("date", *d)).collect();
+            has_valid_date(&resp(200, &pairs).headers)
+        };
+        assert!(with(&["Sun, 06 Nov 1994 08:49:37 GMT"]));
+        assert!(!with(&[]));
+        assert!(!with(&["garbage"]));
+        assert!(!with(&[
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Mon, 07 Nov 1994 08:49:37 GMT"
+        ]));
     }
 
     #[test]

@@ -75,7 +75,7 @@ async fn rfc9111_4_2_3_an_upstream_age_counts_against_freshness_and_is_served() 
 /// `Date` at all, `/conn` with a field it
 /// lists in `Connection`; a body that counts its requests.
 fn scripted() -> (ScriptedOrigin, Freshgate) {
-    let origin = ScriptedOrigin::start(|target, _| {
+    let origin = ScriptedOrigin::start(|target, request| {
         let mut headers = vec![("content-type".to_string(), "text/plain".to_string())];
         let parts: Vec<&str> = target.split('/').collect();
         if let ["", "date", d, "expires", e] = parts[..] {
@@ -91,6 +91,23 @@ fn scripted() -> (ScriptedOrigin, Freshgate) {
             };
         } else if target == "/undated" {
             headers.push(("cache-control".into(), "max-age=60".into()));
+        } else if target == "/baddate" {
+            headers.push(("cache-control".into(), "max-age=60".into()));
+            headers.push(("date".into(), "yesterday, around noon".into()));
+        } else if target == "/reval" {
+            headers.push(("cache-control".into(), "max-age=1".into()));
+            headers.push(("etag".into(), "\"1\"".into()));
+            headers.push(("date".into(), http_date(0)));
+            if request.iter().any(|(n, _)| n == "if-none-match") {
+                // Valid, but listing a field for this hop: not stored again.
+                headers.push(("connection".into(), "x-hop".into()));
+                headers.push(("x-hop".into(), "1".into()));
+                return Scripted {
+                    status: 304,
+                    headers,
+                    body: String::new(),
+                };
+            }
         } else if target == "/conn" {
             headers.push(("cache-control".into(), "max-age=60".into()));
             headers.push(("connection".into(), "x-private, keep-alive".into()));
@@ -167,6 +184,26 @@ async fn rfc9110_6_6_1_a_hit_carries_the_stored_responses_date() {
     let hit = get(&undated).await;
     assert_eq!(hit.x_cache, "HIT", "{}", hit.cache_status);
     assert_eq!(hit.headers["date"], dated.as_str());
+    // A Date no one can read is replaced on arrival (and kept by hits).
+    let bad = fg.url("/baddate");
+    let miss = get(&bad).await;
+    let dated = miss.headers["date"].to_str().unwrap().to_string();
+    assert!(httpdate::parse_http_date(&dated).is_ok(), "{dated}");
+    assert_eq!(get(&bad).await.headers["date"], dated.as_str());
+    // Revalidated but not stored again: dated by the 304, not the first
+    // fetch (the answer carries no Age to tell how old that one is).
+    let reval = fg.url("/reval");
+    let first = get(&reval).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let second = get(&reval).await;
+    let date = |r: &Got| httpdate::parse_http_date(r.headers["date"].to_str().unwrap()).unwrap();
+    assert!(
+        date(&second) >= date(&first) + Duration::from_secs(2),
+        "{:?} then {:?} ({})",
+        first.headers["date"],
+        second.headers["date"],
+        second.cache_status
+    );
     // freshgate's own answers (here a 400 for a bad Host) get a current Date.
     let head = raw_exchange(
         fg.addr,
