@@ -41,6 +41,9 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE", env = "FRESHGATE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Print the JSON Schema of the config file (for YAML language servers:
+    /// `# yaml-language-server: $schema=...` at the top of a config).
+    Schema,
     /// Run the bundled demo app with freshgate in front of it.
     Demo(DemoOpts),
     /// Fill the cache through a running freshgate, from a URL list, a

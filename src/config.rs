@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::canonical::{MethodOverride, PathPolicy};
@@ -56,7 +57,7 @@ pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 // === raw schema: mirrors the YAML ===
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub listen: Option<String>,
@@ -93,7 +94,7 @@ pub struct RawConfig {
 }
 
 /// `timeouts:` — how long freshgate waits on each side.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTimeouts {
     /// Connecting to the app.
@@ -108,7 +109,7 @@ pub struct RawTimeouts {
 }
 
 /// `writes:` — how writes (anything but GET/HEAD/OPTIONS/TRACE) are handled.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawWrites {
     /// How long the app may take to answer a write; also how long a write
@@ -117,7 +118,7 @@ pub struct RawWrites {
 }
 
 /// `paths:` — how the app's router compares paths (see `canonical`).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPaths {
     pub merge_slashes: Option<bool>,
@@ -126,7 +127,7 @@ pub struct RawPaths {
 }
 
 /// `method_override:` — where the app reads a method override.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMethodOverride {
     /// Header names; `[]` for none.
@@ -136,18 +137,19 @@ pub struct RawMethodOverride {
 }
 
 /// `warm:` — paths fetched through the cache once at start.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawWarm {
     pub host: Option<String>,
     /// `http` (default) or `https`.
+    #[schemars(extend("enum" = ["http", "https"]))]
     pub scheme: Option<String>,
     #[serde(default)]
     pub paths: Vec<String>,
 }
 
 /// `monitoring:` — alert thresholds and what the admin API keeps.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMonitoring {
     pub window: Option<Dur>,
@@ -159,7 +161,7 @@ pub struct RawMonitoring {
 }
 
 /// Each metric given replaces that metric's default levels.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAlerts {
     /// Fractions, alert when below.
@@ -171,7 +173,7 @@ pub struct RawAlerts {
     pub error_rate: Option<RawLevels<f64>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawLevels<T> {
     pub critical: Option<T>,
@@ -179,7 +181,7 @@ pub struct RawLevels<T> {
     pub warning: Option<T>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawInvalidate {
     pub name: Option<String>,
@@ -188,7 +190,7 @@ pub struct RawInvalidate {
     pub purge: Vec<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Option<String>,
@@ -200,7 +202,7 @@ pub struct RawAdmin {
     pub open: Option<Vec<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
     #[serde(default)]
@@ -208,26 +210,28 @@ pub struct RawStore {
     pub redis: Option<RawRedis>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMemory {
     /// Bytes, or a size such as `256MiB`.
     pub max_size: Option<Size>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
     /// Required here unless given with `--redis` / `FRESHGATE_REDIS`.
     pub url: Option<String>,
     pub timeout: Option<Dur>,
     /// `strict` (default) or `bounded`.
+    #[schemars(extend("enum" = ["strict", "bounded"]))]
     pub consistency: Option<String>,
     /// `pass` (default) or `reject`: a write whose fence cannot be recorded.
+    #[schemars(extend("enum" = ["pass", "reject"]))]
     pub on_unrecorded_write: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCache {
     pub max_object_size: Option<Size>,
@@ -254,14 +258,14 @@ pub struct RawCache {
     pub namespace: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawShutdown {
     pub grace_period: Option<Dur>,
     pub timeout: Option<Dur>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub name: String,
@@ -274,6 +278,7 @@ pub struct RawRoute {
     /// Which of the app's directives `ttl` beats: `no-store`, `no-cache`,
     /// `max-age`.
     #[serde(rename = "override", default)]
+    #[schemars(extend("items" = { "enum": ["no-store", "no-cache", "max-age"] }))]
     pub overrides: Vec<String>,
     /// Statuses that may be stored (replaces the default set).
     pub statuses: Option<Vec<u16>>,
@@ -292,7 +297,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawKey {
     #[serde(default)]
@@ -301,9 +306,35 @@ pub struct RawKey {
     pub cookies: Vec<String>,
 }
 
+/// The JSON Schema of the YAML (`freshgate schema`, committed as
+/// `docs/freshgate.schema.json`), derived from the types the loader reads.
+/// It checks shape (keys, types, units); what needs the whole file
+/// (patterns, addresses, cross-references) only `freshgate check` sees.
+pub fn json_schema() -> String {
+    let mut schema = schemars::schema_for!(RawConfig);
+    schema.insert("title".into(), "freshgate configuration".into());
+    let mut text = serde_json::to_string_pretty(&schema).expect("a schema is JSON");
+    text.push('\n');
+    text
+}
+
 /// A duration written as `90s`, `250ms`, `5m`, `1h`.
 #[derive(Debug, Clone, Copy)]
 pub struct Dur(pub Duration);
+
+impl JsonSchema for Dur {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": r"^\s*[0-9]+(\.[0-9]*)?\s*(ms|s|m|h|d)\s*$",
+            "description": "A duration: 250ms, 30s, 5m, 1h, 1d (at most 100 years)",
+        })
+    }
+}
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -317,6 +348,25 @@ impl<'de> Deserialize<'de> for Dur {
 /// A byte size written as a number or `64KiB`, `8MiB`, `1GiB` (also kB/MB/GB).
 #[derive(Debug, Clone, Copy)]
 pub struct Size(pub u64);
+
+impl JsonSchema for Size {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Size".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "oneOf": [
+                { "type": "integer", "minimum": 0 },
+                {
+                    "type": "string",
+                    "pattern": r"^\s*[0-9]+\s*(B|KiB|MiB|GiB|kB|KB|MB|GB)?\s*$",
+                },
+            ],
+            "description": "Bytes, or a size such as 64KiB, 8MiB, 1GiB (also kB, MB, GB)",
+        })
+    }
+}
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -1378,6 +1428,16 @@ mod tests {
             let e = Config::from_str("", None, &ov_bad).unwrap_err();
             assert!(e.problems[0].message.contains("cache.namespace"), "{e}");
         }
+    }
+
+    #[test]
+    fn the_committed_schema_is_the_generated_one() {
+        let committed = include_str!("../docs/freshgate.schema.json");
+        assert!(
+            committed == json_schema(),
+            "docs/freshgate.schema.json is out of date: \
+             cargo run -- schema > docs/freshgate.schema.json"
+        );
     }
 
     #[test]

@@ -100,7 +100,7 @@ impl Flag {
 }
 
 /// The `flags:` section of the YAML.
-#[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq, Hash, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileFlags {
     pub cache: Option<bool>,

@@ -83,6 +83,10 @@ fn main() -> ExitCode {
             }
         },
         Command::Warm(opts) => warm(&opts),
+        Command::Schema => {
+            print!("{}", freshgate::config::json_schema());
+            ExitCode::SUCCESS
+        }
         Command::Health { config } => {
             let env = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
             let checked = freshgate::health::admin_address(

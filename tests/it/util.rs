@@ -10,7 +10,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_freshgate");
 
@@ -307,7 +307,7 @@ impl Redis {
     }
 }
 
-fn redis_server() -> String {
+pub fn redis_server() -> String {
     for p in ["/usr/bin/redis-server", "/usr/local/bin/redis-server"] {
         if std::path::Path::new(p).exists() {
             return p.to_string();
@@ -455,8 +455,32 @@ impl Freshgate {
         std::fs::write(&self.config, text).unwrap();
     }
 
-    /// Replace the config file the way editors and Kubernetes do: write a
-    /// temp file in the same directory, then rename it over the original.
+    /// Replace the config the way the kubelet updates a mounted ConfigMap:
+    /// the file is a symlink through `..data` to a versioned directory, and
+    /// an update writes a new directory and renames a new `..data` link over
+    /// the old one — the file's own path never changes. The first call turns
+    /// the plain file into that layout.
+    pub fn swap_config_as_kubernetes(&self, text: &str) {
+        use std::os::unix::fs::symlink;
+        let dir = self.config.parent().unwrap();
+        let stamp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let version = format!("..{stamp}");
+        std::fs::create_dir(dir.join(&version)).unwrap();
+        std::fs::write(dir.join(&version).join("freshgate.yaml"), text).unwrap();
+        symlink(&version, dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+        if !self.config.is_symlink() {
+            let link = dir.join("freshgate.yaml.link");
+            symlink("..data/freshgate.yaml", &link).unwrap();
+            std::fs::rename(&link, &self.config).unwrap();
+        }
+    }
+
+    /// Replace the config file the way editors do: write a temp file in the
+    /// same directory, then rename it over the original.
     pub fn rename_config(&self, text: &str) {
         let tmp = self.config.with_extension("yaml.tmp");
         std::fs::write(&tmp, text).unwrap();
