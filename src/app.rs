@@ -47,7 +47,7 @@ pub struct Start {
     pub demo: Option<Demo>,
 }
 
-pub fn run(start: Start) -> anyhow::Result<()> {
+pub fn run(start: Start) {
     let Start {
         config,
         flags,
@@ -79,7 +79,7 @@ pub fn run(start: Start) -> anyhow::Result<()> {
             server.run(RunArgs {
                 shutdown_signal: Box::new(TermOrInt),
             });
-            return Ok(());
+            return;
         }
     }
 
@@ -189,7 +189,6 @@ pub fn run(start: Start) -> anyhow::Result<()> {
         shutdown_signal: Box::new(TermOrInt),
     });
     info!("freshgate stopped");
-    Ok(())
 }
 
 struct ConfigWatcher {
@@ -269,7 +268,7 @@ struct Warmer {
 impl BackgroundService for Warmer {
     async fn start(&self, _shutdown: ShutdownWatch) {
         let config = self.live.config();
-        if config.warm.paths.is_empty() || !self.live.flags.get(Flag::Cache, &config) {
+        if config.warm.paths.is_empty() || !self.live.flags.get(Flag::Cache, &config.flags) {
             return;
         }
         if !poll_until(WARM_WAIT, || self.prefetch.listening()).await {
@@ -301,7 +300,7 @@ impl BackgroundService for MonitorLoop {
         loop {
             let config = self.live.config();
             self.monitor.set_config(&config.monitoring);
-            if self.live.flags.get(Flag::Monitoring, &config) {
+            if self.live.flags.get(Flag::Monitoring, &config.flags) {
                 let (raised, cleared) = self
                     .monitor
                     .evaluate(&crate::admin::alert_state(self.store, &self.live));

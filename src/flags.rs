@@ -21,9 +21,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use serde::Deserialize;
-
-use crate::config::Config;
+use crate::config::FileFlags;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flag {
@@ -99,28 +97,15 @@ impl Flag {
     }
 }
 
-/// The `flags:` section of the YAML.
-#[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq, Hash, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FileFlags {
-    pub cache: Option<bool>,
-    pub invalidation: Option<bool>,
-    pub prefetch: Option<bool>,
-    pub monitoring: Option<bool>,
-    pub debug_panel: Option<bool>,
-    pub serve_stale: Option<bool>,
-}
-
-impl FileFlags {
-    fn get(&self, f: Flag) -> Option<bool> {
-        match f {
-            Flag::Cache => self.cache,
-            Flag::Invalidation => self.invalidation,
-            Flag::Prefetch => self.prefetch,
-            Flag::Monitoring => self.monitoring,
-            Flag::DebugPanel => self.debug_panel,
-            Flag::ServeStale => self.serve_stale,
-        }
+/// What the file's `flags:` section says of `f`, if anything.
+fn in_file(file: &FileFlags, f: Flag) -> Option<bool> {
+    match f {
+        Flag::Cache => file.cache,
+        Flag::Invalidation => file.invalidation,
+        Flag::Prefetch => file.prefetch,
+        Flag::Monitoring => file.monitoring,
+        Flag::DebugPanel => file.debug_panel,
+        Flag::ServeStale => file.serve_stale,
     }
 }
 
@@ -225,12 +210,12 @@ impl Flags {
         }
     }
 
-    /// The value in force, given the current config snapshot.
-    pub fn get(&self, f: Flag, config: &Config) -> bool {
-        self.resolve(f, config).0
+    /// The value in force, given the current config file's `flags:`.
+    pub fn get(&self, f: Flag, file: &FileFlags) -> bool {
+        self.resolve(f, file).0
     }
 
-    pub fn resolve(&self, f: Flag, config: &Config) -> (bool, Source) {
+    pub fn resolve(&self, f: Flag, file: &FileFlags) -> (bool, Source) {
         let i = f.index();
         if let Some(v) = decode(self.runtime[i].load(Ordering::Acquire)) {
             return (v, Source::Runtime);
@@ -238,7 +223,7 @@ impl Flags {
         if let Some(v) = self.env[i] {
             return (v, Source::Env);
         }
-        if let Some(v) = config.flags.get(f) {
+        if let Some(v) = in_file(file, f) {
             return (v, Source::File);
         }
         (f.default_value(), Source::Default)
@@ -262,10 +247,10 @@ impl Flags {
     }
 
     /// Every flag with its value and where it came from, for the admin API.
-    pub fn describe(&self, config: &Config) -> serde_json::Value {
+    pub fn describe(&self, file: &FileFlags) -> serde_json::Value {
         let mut out = serde_json::Map::new();
         for f in ALL {
-            let (value, source) = self.resolve(f, config);
+            let (value, source) = self.resolve(f, file);
             out.insert(
                 f.name().to_string(),
                 serde_json::json!({ "enabled": value, "source": source.as_str() }),
@@ -278,7 +263,7 @@ impl Flags {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Overrides;
+    use crate::config::{Config, Overrides};
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs
@@ -297,16 +282,28 @@ mod tests {
         )
         .unwrap();
         let flags = Flags::from_env(env(&[("ENABLE_CACHE_INVALIDATION", "true")])).unwrap();
-        assert_eq!(flags.resolve(Flag::Cache, &cfg), (true, Source::Default));
-        assert_eq!(flags.resolve(Flag::Prefetch, &cfg), (false, Source::File));
-        assert_eq!(flags.resolve(Flag::Invalidation, &cfg), (true, Source::Env));
+        assert_eq!(
+            flags.resolve(Flag::Cache, &cfg.flags),
+            (true, Source::Default)
+        );
+        assert_eq!(
+            flags.resolve(Flag::Prefetch, &cfg.flags),
+            (false, Source::File)
+        );
+        assert_eq!(
+            flags.resolve(Flag::Invalidation, &cfg.flags),
+            (true, Source::Env)
+        );
         flags.set_runtime(Flag::Invalidation, Some(false));
         assert_eq!(
-            flags.resolve(Flag::Invalidation, &cfg),
+            flags.resolve(Flag::Invalidation, &cfg.flags),
             (false, Source::Runtime)
         );
         flags.set_runtime(Flag::Invalidation, None);
-        assert_eq!(flags.resolve(Flag::Invalidation, &cfg), (true, Source::Env));
+        assert_eq!(
+            flags.resolve(Flag::Invalidation, &cfg.flags),
+            (true, Source::Env)
+        );
     }
 
     #[test]

@@ -672,7 +672,7 @@ pub struct Unmatched {
     pub route: Option<String>,
     pub count: u64,
     pub example: String,
-    #[serde(serialize_with = "crate::reload::serialize_rfc3339")]
+    #[serde(serialize_with = "crate::time::serialize_rfc3339")]
     pub last_seen: std::time::SystemTime,
 }
 

@@ -29,6 +29,7 @@
 //! - [`analyze`]: `freshgate analyze`, a terminal report from the admin API.
 //! - [`health`]: `freshgate health`, the container's health check.
 //! - [`demo`]: the bundled demo app, for newcomers, tests and benchmarks.
+//! - [`time`]: wall-clock formats (RFC 3339, Unix seconds and milliseconds).
 //! - [`app`]: wiring of the pingora server and its services.
 //! - [`cli`]: the command line.
 
@@ -55,6 +56,7 @@ pub mod reload;
 pub mod rules;
 pub mod storable;
 pub mod store;
+pub mod time;
 pub mod tooling;
 pub mod warm;
 pub mod writes;

@@ -164,13 +164,8 @@ fn run(opts: &RunOpts, demo: Option<Demo>) -> ExitCode {
         watch: opts.watch,
         demo,
     };
-    match app::run(start) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("freshgate: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    app::run(start);
+    ExitCode::SUCCESS
 }
 
 fn print_demo_help(opts: &RunOpts) {

@@ -247,7 +247,7 @@ impl ProxyHttp for Proxy {
         if !matches!(req.method, Method::GET | Method::HEAD) || request.methods.is_write() {
             return Ok(());
         }
-        if !self.live.flags.get(Flag::Cache, &ctx.config) {
+        if !self.live.flags.get(Flag::Cache, &ctx.config.flags) {
             ctx.bypass = Some(CACHE_OFF);
             return Ok(());
         }
@@ -259,7 +259,8 @@ impl ProxyHttp for Proxy {
                 ctx.bypass = Some("request-no-store");
             }
         }
-        if ctx.bypass == Some("cookie") && self.live.flags.get(Flag::Monitoring, &ctx.config) {
+        if ctx.bypass == Some("cookie") && self.live.flags.get(Flag::Monitoring, &ctx.config.flags)
+        {
             let rule = ctx.rule.as_deref();
             let ignored = rule.map_or(&ctx.config.ignore_cookies[..], |r| &r.ignore_cookies[..]);
             self.monitor
@@ -679,7 +680,7 @@ impl ProxyHttp for Proxy {
         // stale-while-revalidate: the client gets the stale entry at once and
         // a background request (through these same callbacks, so its fill
         // reads the invalidation clock first) refreshes it.
-        self.live.flags.get(Flag::ServeStale, &ctx.config)
+        self.live.flags.get(Flag::ServeStale, &ctx.config.flags)
             && error.is_none_or(|e| e.esource() == &pingora::ErrorSource::Upstream)
     }
 
@@ -746,7 +747,7 @@ impl ProxyHttp for Proxy {
             .request_seconds
             .with_label_values(&[label])
             .observe(elapsed.as_secs_f64());
-        if self.live.flags.get(Flag::Monitoring, &ctx.config) {
+        if self.live.flags.get(Flag::Monitoring, &ctx.config.flags) {
             let req = session.req_header();
             self.monitor.record(Event {
                 op: ctx.outcome.as_str(),
@@ -795,7 +796,8 @@ impl Proxy {
     /// now: by the rules, unless they are off or replicas with other rules
     /// may be running (they tag what they cache by those): then everything.
     fn plan_write(&self, config: &Config, request: &Canonical) -> writes::Planned {
-        let rules_on = self.live.flags.get(Flag::Invalidation, config) && !self.store.rules_mixed();
+        let rules_on =
+            self.live.flags.get(Flag::Invalidation, &config.flags) && !self.store.rules_mixed();
         writes::plan(config, rules_on, request)
     }
 
@@ -916,14 +918,14 @@ impl Proxy {
         self.count_write(ctx, req, &planned, succeeded);
         if recorded
             && succeeded
-            && self.live.flags.get(Flag::Prefetch, &config)
-            && self.live.flags.get(Flag::Cache, &config)
+            && self.live.flags.get(Flag::Prefetch, &config.flags)
+            && self.live.flags.get(Flag::Cache, &config.flags)
         {
             // Only now: a refetch must begin after the invalidation is
             // recorded, so that the clock it reads makes its fill current.
             self.refetch(&config, ctx, planned.refetch);
         }
-        if self.live.flags.get(Flag::Monitoring, &config) {
+        if self.live.flags.get(Flag::Monitoring, &config.flags) {
             self.monitor.count(Kind::Write, &planned.rules);
             // The write's own route, and every route its rules purge.
             let mut routes: Vec<&str> = ctx.rule.iter().map(|r| r.name.as_str()).collect();

@@ -68,6 +68,10 @@ struct Status {
 pub enum Reloaded {
     /// The file is the one already running (or already rejected).
     Unchanged,
+    /// There is no file to read, or it cannot be read, or it is empty: the
+    /// running config stays (mid-swap a file can be briefly absent; a later
+    /// event reloads it). The reason, for the admin API.
+    Unreadable(String),
     Applied,
     Rejected(ConfigError),
 }
@@ -78,7 +82,7 @@ impl Live {
         METRICS.config_last_reload_successful.set(1);
         METRICS
             .config_last_success_seconds
-            .set(unix_seconds(SystemTime::now()));
+            .set(crate::time::unix_secs_f64(SystemTime::now()));
         Live {
             config: ArcSwap::from_pointee(config),
             flags,
@@ -108,7 +112,9 @@ impl Live {
     /// Re-read the file and swap it in if it is valid and different.
     pub fn reload(&self, trigger: &str) -> Reloaded {
         let Some(path) = self.source() else {
-            return Reloaded::Unchanged;
+            return Reloaded::Unreadable(
+                "no config file: freshgate runs on built-in defaults".into(),
+            );
         };
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -116,14 +122,17 @@ impl Live {
                 // Mid-swap (ConfigMap, rename) the file can be briefly absent;
                 // a later event reloads it. Say so without counting an error.
                 warn!(file = %path.display(), error = %e, "config file not readable; keeping the running config");
-                return Reloaded::Unchanged;
+                return Reloaded::Unreadable(format!("{}: {e}", path.display()));
             }
         };
         if text.trim().is_empty() {
             // A truncated read, or a file emptied by mistake: an empty config
             // would silently drop every rule. Never swap that in.
             warn!(file = %path.display(), "config file is empty; keeping the running config");
-            return Reloaded::Unchanged;
+            return Reloaded::Unreadable(format!(
+                "{}: empty (an empty config would drop every rule)",
+                path.display()
+            ));
         }
         let hash = hash_of(&text);
         let old = self.config.load_full();
@@ -153,7 +162,9 @@ impl Live {
                 st.restart_required = restart_required.clone();
                 METRICS.config_reloads.with_label_values(&["success"]).inc();
                 METRICS.config_last_reload_successful.set(1);
-                METRICS.config_last_success_seconds.set(unix_seconds(now));
+                METRICS
+                    .config_last_success_seconds
+                    .set(crate::time::unix_secs_f64(now));
                 info!(
                     file = %path.display(),
                     trigger,
@@ -187,7 +198,7 @@ impl Live {
         let st = self.status.lock();
         let last_error = st.last_error.as_ref().map(|(at, e)| {
             json!({
-                "at": rfc3339(*at),
+                "at": crate::time::rfc3339(*at),
                 "file": e.file,
                 "problems": e.problems.iter().map(|p| json!({
                     "line": p.line, "column": p.column, "message": p.message,
@@ -200,9 +211,9 @@ impl Live {
             "hash": format!("{:016x}", c.text_hash),
             "rulesFingerprint": format!("{:016x}", c.rules_fingerprint),
             "file": c.source.as_ref().map(|p| p.display().to_string()),
-            "loadedAt": rfc3339(st.loaded_at),
+            "loadedAt": crate::time::rfc3339(st.loaded_at),
             "lastReload": st.last_attempt.map(|(at, ok)| json!({
-                "at": rfc3339(at),
+                "at": crate::time::rfc3339(at),
                 "result": if ok { "success" } else { "error" },
             })),
             "lastError": last_error,
@@ -231,7 +242,7 @@ impl Live {
             METRICS
                 .flag_enabled
                 .with_label_values(&[f.name()])
-                .set(i64::from(self.flags.get(f, &c)));
+                .set(i64::from(self.flags.get(f, &c.flags)));
         }
     }
 }
@@ -268,21 +279,6 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         v.push("warm");
     }
     v
-}
-
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-/// `#[serde(serialize_with = ...)]` for a `SystemTime` as RFC 3339.
-pub fn serialize_rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&rfc3339(*t))
-}
-
-fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// Reload on changes in the config file's directory and on `SIGHUP`, until

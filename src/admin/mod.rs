@@ -20,6 +20,7 @@
 //! - `GET /metrics` — Prometheus text format.
 //! - `GET /api/monitoring` — health, hit rate and latency over the alert
 //!   window, active alerts and their history (the app team's shape).
+//! - `GET /api/alerts` — active alerts and their history.
 //! - `GET /api/metrics?timeRange=1h|6h|24h|7d|30d&groupBy=route|result|operation|rule&format=json|csv`
 //!   — counters over time, from all replicas when Redis is configured.
 //! - `GET /api/operations?limit=N` — the most recent cache operations;
@@ -33,7 +34,9 @@
 //! - `GET /api/unmatched-writes` — successful writes no invalidation rule
 //!   matched, by method and path shape, most frequent first: where stale
 //!   data comes from.
-//! - `POST /api/reload` — re-read the config file now (as `SIGHUP` does).
+//! - `POST /api/reload` — re-read the config file now (as `SIGHUP` does):
+//!   `applied`, `unchanged`, `rejected` (422, the located problems) or
+//!   `unreadable` (422: no file, unreadable, or empty; the reason).
 //! - `GET /api/bypassed-cookies` — requests bypassed for their cookies, and
 //!   the cookie names that made them, most frequent first (candidates for
 //!   `ignore_cookies`, if they never change an answer).
@@ -48,7 +51,7 @@ mod stream;
 use std::sync::Arc;
 
 use std::collections::BTreeSet;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -66,8 +69,9 @@ use crate::monitor::alerts::{Severity, State};
 use crate::monitor::report::{GroupBy, Report, TIME_RANGES};
 use crate::monitor::series::Kind;
 use crate::monitor::{Event, Monitor};
-use crate::reload::{rfc3339, Live, Reloaded};
+use crate::reload::{Live, Reloaded};
 use crate::store::Store;
+use crate::time::rfc3339;
 
 pub struct Admin {
     pub store: &'static Store,
@@ -172,7 +176,7 @@ impl Admin {
         let config = self.live.config();
         match (method.as_str(), path.as_str()) {
             ("GET", "/") => {
-                if self.live.flags.get(Flag::DebugPanel, &config) {
+                if self.live.flags.get(Flag::DebugPanel, &config.flags) {
                     let mut r = respond(StatusCode::OK, "text/html; charset=utf-8", PAGE);
                     r.headers_mut().insert(
                         http::header::CONTENT_SECURITY_POLICY,
@@ -537,7 +541,7 @@ impl Admin {
     /// `GET /api/monitoring`: evaluated now, so what it says is current.
     fn monitoring_json(&self) -> serde_json::Value {
         let config = self.live.config();
-        let enabled = self.live.flags.get(Flag::Monitoring, &config);
+        let enabled = self.live.flags.get(Flag::Monitoring, &config.flags);
         self.monitor.set_config(&config.monitoring);
         if enabled {
             self.monitor.evaluate(&self.alert_state());
@@ -600,9 +604,7 @@ impl Admin {
                 format!("format {format:?}: use json or csv"),
             );
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = crate::time::now_secs();
         let to = now - now % step + step;
         let from = to - length;
         let (buckets, scope) = self.monitor.buckets(from, to, step).await;
@@ -627,21 +629,29 @@ impl Admin {
     async fn reload(&self) -> Response<Vec<u8>> {
         let live = self.live.clone();
         let outcome = tokio::task::spawn_blocking(move || live.reload("admin API")).await;
+        let mut reason = None;
         let (status, result) = match outcome {
             Ok(Reloaded::Applied) => (StatusCode::OK, "applied"),
             Ok(Reloaded::Unchanged) => (StatusCode::OK, "unchanged"),
+            Ok(Reloaded::Unreadable(why)) => {
+                reason = Some(why);
+                (StatusCode::UNPROCESSABLE_ENTITY, "unreadable")
+            }
             Ok(Reloaded::Rejected(_)) => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
             Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "failed"),
         };
         let mut body = self.live.status_json();
         body["result"] = result.into();
+        if let Some(why) = reason {
+            body["reason"] = why.into();
+        }
         respond(status, "application/json", body.to_string())
     }
 
     fn flags_json(&self) -> serde_json::Value {
         let config = self.live.config();
         serde_json::json!({
-            "flags": self.live.flags.describe(&config),
+            "flags": self.live.flags.describe(&config.flags),
             "shared": self.store.redis().is_some(),
         })
     }
@@ -742,7 +752,7 @@ impl Admin {
         }
         let started = Instant::now();
         let recorded = self.store.invalidate(&tags).await;
-        if self.live.flags.get(Flag::Monitoring, &config) {
+        if self.live.flags.get(Flag::Monitoring, &config.flags) {
             self.monitor.count(Kind::Purge, &["-"]);
             let what = req["pattern"]
                 .as_str()

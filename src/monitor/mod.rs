@@ -20,14 +20,14 @@ pub mod series;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::reload::rfc3339;
 use crate::store::redis::RedisTier;
+use crate::time::{now_secs, rfc3339};
 use alerts::{Alert, Alerts, MonitoringConfig, State, Window};
 use series::{Bucket, Kind, Series};
 
@@ -100,12 +100,6 @@ pub struct Monitor {
 
 /// Cookie names tallied at most (the least seen make room).
 const COOKIE_NAMES_KEPT: usize = 200;
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// This replica's name in operations: `host:port` of the proxy listener.
 pub fn replica_name(listen_port: u16) -> String {
@@ -201,7 +195,7 @@ impl Monitor {
 
     /// Count one event and add it to the recent operations.
     pub fn record(&self, e: Event<'_>) {
-        let now = unix_now();
+        let now = now_secs();
         let micros = e.duration.as_micros() as u64;
         let error = e.status >= 500;
         {
@@ -226,7 +220,7 @@ impl Monitor {
         if names.is_empty() {
             return;
         }
-        let now = unix_now();
+        let now = now_secs();
         let mut c = self.counters.lock();
         for name in names {
             let name = name.as_ref();
@@ -275,7 +269,7 @@ impl Monitor {
 
     /// This replica's traffic over the last `window`.
     pub fn window(&self, window: Duration) -> Window {
-        let now = unix_now();
+        let now = now_secs();
         let from = now.saturating_sub(window.as_secs().max(1));
         let buckets = self.counters.lock().local.query(from, now + 1, u64::MAX);
         let mut w = Window::default();

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::series::{entries, Bucket, Kind, Stat};
 use super::Scope;
-use crate::reload::rfc3339;
+use crate::time::rfc3339;
 
 /// `timeRange` values: (name, length, bucket size), seconds.
 pub const TIME_RANGES: [(&str, u64, u64); 5] = [

@@ -238,7 +238,8 @@ impl Series {
         out
     }
 
-    /// Take every bucket out (the pending deltas of a flush to Redis).
+    /// Take the minute buckets out (the pending deltas of a flush to Redis)
+    /// and drop the hour buckets: once flushed, Redis holds the history.
     pub fn take(&mut self) -> BTreeMap<u64, Bucket> {
         self.hours.clear();
         std::mem::take(&mut self.minutes)

@@ -515,3 +515,25 @@ async fn alone_reload_every_100ms_under_load_fails_no_request() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_reload_that_finds_no_file_says_so_and_keeps_serving() {
+    let origin = Origin::start(0);
+    let fg = Freshgate::start(&origin.url(), None, TEST_CONFIG);
+    std::fs::remove_file(&fg.config).unwrap();
+    let r = send(
+        client()
+            .post(fg.admin_url("/api/reload"))
+            .header("content-type", "application/json")
+            .body("{}"),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.json()["result"], "unreadable");
+    let reason = r.json()["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("freshgate.yaml"), "{reason}");
+    assert_eq!(r.json()["version"], 1);
+    let scene = fg.url("/studio/api/scenes/113");
+    get(&scene).await;
+    assert_eq!(get(&scene).await.x_cache, "HIT", "the running config serves");
+}

@@ -14,6 +14,7 @@ mod faults;
 mod hostile;
 mod hot_reload;
 mod invalidation;
+mod layout;
 mod monitoring;
 mod proxy_cache;
 mod redis_tier;

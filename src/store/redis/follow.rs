@@ -18,8 +18,9 @@ use futures_util::StreamExt;
 use tracing::{info, warn};
 
 use super::log::Keys;
-use super::{now_ms, RedisTier, PING_EVERY};
+use super::{RedisTier, PING_EVERY};
 use crate::metrics::METRICS;
+use crate::time::now_millis;
 
 /// What this replica has heard of one tag.
 #[derive(Debug, Clone, Copy)]
@@ -190,7 +191,7 @@ impl RedisTier {
             return;
         };
         self.followed.learn(seq, lines.filter(|t| !t.is_empty()));
-        let lag_ms = now_ms().saturating_sub(sent_ms);
+        let lag_ms = now_millis().saturating_sub(sent_ms);
         METRICS
             .invalidation_lag_seconds
             .observe(lag_ms as f64 / 1000.0);

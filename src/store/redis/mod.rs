@@ -2,7 +2,8 @@
 //! invalidation log (see [`log`]).
 //!
 //! Redis sits on the request path, so this module decides up front how a Redis
-//! problem degrades: reads have a tight timeout and no retries, and a circuit
+//! problem degrades: reads have a tight timeout and are never retried (a slow
+//! read is a miss; fences and invalidations are retried, see [`attempts`]), and a circuit
 //! breaker stops calling Redis at all after a few consecutive failures. While
 //! the tier is unavailable ([`RedisTier::available`]) the proxy passes
 //! requests straight through to the app (no 5xx is ever caused by Redis, and no
@@ -39,7 +40,7 @@ mod log;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -51,6 +52,7 @@ use self::log::{End, Keys, Owed, OwedWrite, FENCE_UNIT};
 use super::FillStart;
 use crate::invalidation::ALL_TAG;
 use crate::metrics::METRICS;
+use crate::time::now_millis;
 
 /// Consecutive failures that open the breaker.
 const TRIP_AFTER: u32 = 3;
@@ -213,13 +215,6 @@ pub struct RedisTier {
     activate_script: redis::Script,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Tries for a lift: with its write's fence in `link`'s run, nothing the
 /// lift would invalidate can be served until some replica lifts it, so one
 /// is enough; without, the lift is the only protection.
@@ -361,7 +356,7 @@ impl RedisTier {
     }
 
     fn breaker_open(&self) -> bool {
-        now_ms() < self.open_until_ms.load(Ordering::Relaxed)
+        now_millis() < self.open_until_ms.load(Ordering::Relaxed)
     }
 
     fn record_failure(&self, op: &'static str, err: &dyn std::fmt::Display) {
@@ -369,8 +364,10 @@ impl RedisTier {
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= TRIP_AFTER {
             let was_closed = !self.breaker_open();
-            self.open_until_ms
-                .store(now_ms() + OPEN_FOR.as_millis() as u64, Ordering::Relaxed);
+            self.open_until_ms.store(
+                now_millis() + OPEN_FOR.as_millis() as u64,
+                Ordering::Relaxed,
+            );
             if was_closed {
                 warn!(error = %err, "redis unavailable: circuit open, passing requests through");
             }
@@ -743,7 +740,7 @@ impl RedisTier {
             .arg(FENCE_UNIT)
             .arg(if invalidate { "1" } else { "0" })
             .arg(Keys::inv_channel(&link.run))
-            .arg(now_ms())
+            .arg(now_millis())
             .arg(joined(&all))
             .arg(Keys::fence_channel(&link.run))
             .arg(joined(fenced))
@@ -823,7 +820,7 @@ impl RedisTier {
             .arg(FENCE_UNIT)
             .arg(Keys::inv_channel(&link.run))
             .arg(Keys::fence_channel(&link.run))
-            .arg(now_ms())
+            .arg(now_millis())
             .arg(SWEEP_BATCH)
             .arg(ALL_TAG);
         let mut conn = link.conn.clone();
@@ -1111,7 +1108,7 @@ impl RedisTier {
                 .arg(self.inv_ttl.as_millis() as u64)
                 .arg(FENCE_UNIT)
                 .arg(Keys::inv_channel(&link.run))
-                .arg(now_ms())
+                .arg(now_millis())
                 .arg(crate::invalidation::ALL_TAG);
             let Some(s) = self.record::<u64>(link, "rules", &activate, 1).await else {
                 return false;
@@ -1226,10 +1223,10 @@ impl RedisTier {
         // Writes that queued behind a failed attempt do not each make
         // another one.
         let last = self.last_connect_ms.load(Ordering::Relaxed);
-        if throttle && now_ms().saturating_sub(last) < CONNECT_AT_MOST_EVERY_MS {
+        if throttle && now_millis().saturating_sub(last) < CONNECT_AT_MOST_EVERY_MS {
             return None;
         }
-        self.last_connect_ms.store(now_ms(), Ordering::Relaxed);
+        self.last_connect_ms.store(now_millis(), Ordering::Relaxed);
         let conn = match self.open_connection().await {
             Ok(c) => c,
             Err(e) => {
