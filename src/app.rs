@@ -2,8 +2,11 @@
 //!
 //! Services, each on its own runtime: the proxy, the admin listener, the Redis
 //! maintainer (when Redis is configured) and, for `freshgate demo`, the demo
-//! app. Shutdown comes from SIGTERM or SIGINT (both graceful: keep serving for
-//! `shutdown.grace_period`, then give in-flight requests `shutdown.timeout`).
+//! app. Shutdown comes from SIGTERM or SIGINT (both graceful): keep accepting
+//! and serving for `shutdown.grace_period` while `/readyz` says "draining"
+//! (the load balancer takes the replica out), then close the listeners and
+//! give requests in flight `shutdown.timeout`. A second signal cuts the first
+//! phase short.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,10 +59,16 @@ pub fn run(start: Start) {
         demo,
     } = start;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let grace = config.grace_period;
     let conf = ServerConf {
         threads,
-        grace_period_seconds: Some(config.grace_period.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(config.shutdown_timeout.as_secs()),
+        // pingora closes the listeners as soon as the shutdown signal
+        // returns, then waits this long for requests in flight: our
+        // `shutdown.timeout`. (`TermOrInt` keeps serving for the grace
+        // period before it returns.)
+        grace_period_seconds: Some(config.shutdown_timeout.as_secs()),
+        // Then the runtimes are dropped (whatever still runs is cancelled).
+        graceful_shutdown_timeout_seconds: Some(1),
         // Enough idle connections to the app for a busy sidecar.
         upstream_keepalive_pool_size: 256,
         ..ServerConf::default()
@@ -77,7 +86,7 @@ pub fn run(start: Start) {
         info!(listen = %d.listen, delay_ms = d.delay.as_millis() as u64, "demo app");
         if d.origin_only {
             server.run(RunArgs {
-                shutdown_signal: Box::new(TermOrInt),
+                shutdown_signal: Box::new(TermOrInt { grace }),
             });
             return;
         }
@@ -186,7 +195,7 @@ pub fn run(start: Start) {
     server.add_service(admin);
 
     server.run(RunArgs {
-        shutdown_signal: Box::new(TermOrInt),
+        shutdown_signal: Box::new(TermOrInt { grace }),
     });
     info!("freshgate stopped");
 }
@@ -345,7 +354,12 @@ impl BackgroundService for RedisMaintainer {
 
 /// Pingora treats SIGINT as "stop now"; for a sidecar both SIGTERM (Kubernetes)
 /// and SIGINT (Ctrl-C, `docker stop` variants) should drain gracefully.
-struct TermOrInt;
+/// SIGTERM or SIGINT, reported to pingora only after `grace`: until then
+/// the replica keeps accepting (a load balancer still sends to it until it
+/// sees `/readyz` fail or the endpoint removed).
+struct TermOrInt {
+    grace: Duration,
+}
 
 #[async_trait]
 impl ShutdownSignalWatch for TermOrInt {
@@ -361,8 +375,18 @@ impl ShutdownSignalWatch for TermOrInt {
             return ShutdownSignal::FastShutdown;
         };
         tokio::select! {
-            _ = term.recv() => info!("SIGTERM: draining"),
-            _ = int.recv() => info!("SIGINT: draining"),
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        crate::admin::start_draining();
+        info!(
+            grace_ms = self.grace.as_millis() as u64,
+            "shutdown: still serving (readyz: draining), then closing the listeners"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(self.grace) => {}
+            _ = term.recv() => info!("second signal: closing the listeners now"),
+            _ = int.recv() => info!("second signal: closing the listeners now"),
         }
         ShutdownSignal::GracefulTerminate
     }

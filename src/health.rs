@@ -50,6 +50,9 @@ pub fn check(admin: SocketAddr, token: Option<&str>) -> Result<(), String> {
     let url = format!("http://{admin}/healthz");
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(TIMEOUT))
+        // Never through an HTTP(S)_PROXY from the environment: the admin
+        // listener is local, and the token must not go to a proxy.
+        .proxy(None)
         .build()
         .into();
     let mut req = agent.get(&url);

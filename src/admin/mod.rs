@@ -16,7 +16,8 @@
 //!   while Redis is down, because it then passes requests through to the app:
 //!   taking the pod out of rotation would turn a cache outage into an outage.
 //!   It is 503 while the replica holds fences or invalidations of its writes
-//!   that Redis has not recorded (other replicas could serve what they changed).
+//!   that Redis has not recorded (other replicas could serve what they changed),
+//!   and once a shutdown signal arrived (`"draining": true`).
 //! - `GET /metrics` — Prometheus text format.
 //! - `GET /api/monitoring` — health, hit rate and latency over the alert
 //!   window, active alerts and their history (the app team's shape).
@@ -207,8 +208,10 @@ impl Admin {
                 // merely being down keeps it ready: it passes reads through.)
                 let owes = self.store.owes();
                 METRICS.owed_invalidations.set(i64::from(owes));
+                let draining = DRAINING.load(std::sync::atomic::Ordering::Relaxed);
                 let body = serde_json::json!({
-                    "ready": !owes,
+                    "ready": !owes && !draining,
+                    "draining": draining,
                     "uptimeSeconds": self.started.elapsed().as_secs(),
                     "store": {
                         "memory": { "entries": entries, "bytes": bytes },
@@ -217,7 +220,7 @@ impl Admin {
                         "owesInvalidations": owes,
                     }
                 });
-                let status = if owes {
+                let status = if owes || draining {
                     StatusCode::SERVICE_UNAVAILABLE
                 } else {
                     StatusCode::OK
@@ -382,6 +385,15 @@ fn refuse(auth: &AdminAuth, req: &RequestHeader) -> Option<Response<Vec<u8>>> {
         http::HeaderValue::from_static("Bearer realm=\"freshgate admin\""),
     );
     Some(resp)
+}
+
+/// Set once a shutdown signal arrived: `/readyz` answers 503 so that load
+/// balancers stop sending new requests while the replica still serves them.
+static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The process is shutting down (see `app`): readiness fails from now on.
+pub fn start_draining() {
+    DRAINING.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// How long Redis must have been unusable before `redis_down` is raised:

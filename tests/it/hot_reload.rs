@@ -535,5 +535,9 @@ async fn a_reload_that_finds_no_file_says_so_and_keeps_serving() {
     assert_eq!(r.json()["version"], 1);
     let scene = fg.url("/studio/api/scenes/113");
     get(&scene).await;
-    assert_eq!(get(&scene).await.x_cache, "HIT", "the running config serves");
+    assert_eq!(
+        get(&scene).await.x_cache,
+        "HIT",
+        "the running config serves"
+    );
 }

@@ -351,10 +351,32 @@ async fn malformed_requests_get_a_4xx() {
 }
 
 #[tokio::test]
-async fn sigterm_drains_and_exits() {
-    let (_origin, mut fg) = setup();
+async fn sigterm_keeps_serving_through_the_grace_period_then_drains() {
+    let origin = Origin::start(0);
+    let config = TEST_CONFIG.replacen(
+        "  grace_period: 0s\n  timeout: 1s\n",
+        "  grace_period: 2s\n  timeout: 3s\n",
+        1,
+    );
+    let mut fg = Freshgate::start(&origin.url(), None, &config);
     assert_eq!(get(&fg.url("/knobs/bye")).await.status, 200);
+    // Still in flight when the listeners close, 2 s after the signal.
+    let slow = tokio::spawn(send(
+        client()
+            .get(fg.url("/knobs/slow"))
+            .header("x-demo-delay-ms", "3000"),
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
     fg.proc.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // In the grace period: not ready (load balancers stop sending), but a
+    // client that still connects is served, on a new connection.
+    let ready = get(&fg.admin_url("/readyz")).await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert_eq!(ready.json()["draining"], true);
+    assert_eq!(get(&fg.url("/knobs/during-grace")).await.status, 200);
+    // The request in flight is answered after the listeners closed.
+    assert_eq!(slow.await.unwrap().status, 200);
     let status = fg
         .proc
         .wait_exit(Duration::from_secs(15))
