@@ -385,12 +385,28 @@ fn named_params(canonical: &str) -> Vec<String> {
         .collect()
 }
 
+// Tags are strings with a prefix saying what kind they are, so that no kind
+// can spell another: `a:` everything, `u:` one path, `r:` a route family or
+// one bound member of it, `k:` a tag the app named on a response
+// (`Surrogate-Key`, `Cache-Tag`), `g:` an RFC 9875 group. Only this module
+// writes them.
+
 /// Carried by every entry, so "purge everything" is one tag, not a scan.
 pub const ALL_TAG: &str = "a:all";
 
 /// The tag of one path, every query and variant of it (RFC 9111 §4.4).
 pub fn own_tag(path: &RoutePath) -> String {
     format!("u:{path}")
+}
+
+/// A tag the app named on a response (`Surrogate-Key`, `Cache-Tag`).
+pub fn key_tag(name: &str) -> String {
+    format!("k:{name}")
+}
+
+/// An RFC 9875 cache group.
+pub fn group_tag(name: &str) -> String {
+    format!("g:{name}")
 }
 
 /// `t` with its parameters replaced by `values`; `None` if a segment stays
@@ -439,7 +455,7 @@ pub fn tags_from_response(headers: &http::HeaderMap) -> Vec<String> {
                 v.split([' ', ','])
                     .map(str::trim)
                     .filter(|t| !t.is_empty())
-                    .map(|t| format!("k:{t}")),
+                    .map(key_tag),
             );
         }
     }
@@ -448,7 +464,7 @@ pub fn tags_from_response(headers: &http::HeaderMap) -> Vec<String> {
         .iter()
         .filter_map(|v| v.to_str().ok())
     {
-        tags.extend(sf_strings(v).into_iter().map(|g| format!("g:{g}")));
+        tags.extend(sf_strings(v).iter().map(|g| group_tag(g)));
     }
     tags
 }
@@ -460,7 +476,7 @@ pub fn groups_invalidated(headers: &http::HeaderMap) -> Vec<String> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(sf_strings)
-        .map(|g| format!("g:{g}"))
+        .map(|g| group_tag(&g))
         .collect()
 }
 

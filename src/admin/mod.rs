@@ -734,8 +734,8 @@ impl Admin {
             tags.insert(ALL_TAG.to_string());
         }
         if let Some(tag) = req["tag"].as_str() {
-            tags.insert(format!("k:{tag}"));
-            tags.insert(format!("g:{tag}"));
+            tags.insert(crate::invalidation::key_tag(tag));
+            tags.insert(crate::invalidation::group_tag(tag));
         }
         if let Some(pattern) = req["pattern"].as_str() {
             let params: Vec<(String, String)> = req["params"]

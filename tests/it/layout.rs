@@ -250,3 +250,24 @@ fn the_maps_name_every_module() {
     }
     assert!(missing.is_empty(), "{missing:#?}");
 }
+
+#[test]
+fn only_invalidation_writes_tag_prefixes() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let mut found = Vec::new();
+    for file in files {
+        let rel = file.strip_prefix(src()).unwrap().display().to_string();
+        if rel == "invalidation.rs" {
+            continue;
+        }
+        let code = without_comments(code_of(&std::fs::read_to_string(&file).unwrap()));
+        // A string literal that starts like a tag (`"k:..."`, `format!("g:{..}")`).
+        for prefix in ["\"a:", "\"u:", "\"r:", "\"k:", "\"g:"] {
+            if code.contains(prefix) {
+                found.push(format!("src/{rel} spells the tag prefix {prefix}"));
+            }
+        }
+    }
+    assert!(found.is_empty(), "{found:#?}");
+}
