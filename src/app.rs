@@ -96,7 +96,7 @@ pub fn run(start: Start) {
     let redis = config.redis.as_ref().map(|r| {
         let limits = Limits {
             timeout: r.timeout,
-            inv_ttl: config.max_lifetime + crate::store::clock::LIFETIME_MARGIN,
+            inv_ttl: config.max_ttl + crate::store::clock::LIFETIME_MARGIN,
             // Its writer lifts a fence within twice the write timeout (an
             // answer given up on waits one more); past that, any replica may.
             fence_ttl: config.write_timeout * 2 + Duration::from_secs(5),
@@ -106,7 +106,7 @@ pub fn run(start: Start) {
     let store: &'static Store = Box::leak(Box::new(Store::new(
         config.memory_max_bytes,
         redis.clone(),
-        config.max_lifetime,
+        config.max_ttl,
         config.write_timeout,
     )));
     let lock: &'static CacheKeyLockImpl = Box::leak(Box::new(CacheLock::new(config.lock_timeout)));

@@ -281,15 +281,23 @@ pub fn unknown_cookies(
     out
 }
 
-/// Why the request's cookies keep it from the cache, if they do (the
-/// `Cache-Status` detail): a cookie neither `ignored` nor keyed by `rule`
-/// may be a session (`cookie`); a keyed one sent twice (`ambiguous-cookie`).
-/// A `Cookie` header that is not text counts as an unknown cookie.
-pub fn cookie_bypass(
+/// What about a request's cookies keeps it from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CookieProblem {
+    /// A cookie neither ignored nor keyed: it may be a session.
+    Unknown,
+    /// A keyed cookie sent twice: which one the app reads is unknown.
+    Ambiguous,
+}
+
+/// Whether the request's cookies keep it from the cache: a cookie neither
+/// `ignored` nor keyed by `rule`, or a keyed one sent twice. A `Cookie`
+/// header that is not text counts as an unknown cookie.
+pub fn cookie_problem(
     req: &RequestHeader,
     rule: Option<&Rule>,
     ignored: &[CookieName],
-) -> Option<&'static str> {
+) -> Option<CookieProblem> {
     if !req.headers.contains_key(http::header::COOKIE) {
         return None;
     }
@@ -298,14 +306,14 @@ pub fn cookie_bypass(
     }
     let readable = cookie_names(req);
     if !readable.is_some_and(|names| names.iter().all(|n| known(n, rule, ignored))) {
-        return Some("cookie");
+        return Some(CookieProblem::Unknown);
     }
     let ambiguous = rule.is_some_and(|r| {
         r.key_cookies
             .iter()
             .any(|c| cookie(req, c) == Cookie::Ambiguous)
     });
-    ambiguous.then_some("ambiguous-cookie")
+    ambiguous.then_some(CookieProblem::Ambiguous)
 }
 
 #[cfg(test)]
@@ -391,22 +399,25 @@ mod tests {
             .collect();
         let keyed = rule(&[], &["session"]);
         let why =
-            |c: &str, r: Option<&Rule>| cookie_bypass(&req("/", &[("cookie", c)]), r, &ignored);
+            |c: &str, r: Option<&Rule>| cookie_problem(&req("/", &[("cookie", c)]), r, &ignored);
         assert_eq!(why("_ga=GA1.2.3; _hjSession_1=x; consent=yes", None), None);
-        assert_eq!(why("_ga=1; theme=dark", None), Some("cookie"));
-        assert_eq!(why("_ga=1; session=bob", None), Some("cookie"));
+        assert_eq!(why("_ga=1; theme=dark", None), Some(CookieProblem::Unknown));
+        assert_eq!(
+            why("_ga=1; session=bob", None),
+            Some(CookieProblem::Unknown)
+        );
         assert_eq!(why("_ga=1; session=bob", Some(&keyed)), None);
         assert_eq!(
             why("session=a; session=b; _ga=1", Some(&keyed)),
-            Some("ambiguous-cookie")
+            Some(CookieProblem::Ambiguous)
         );
-        assert_eq!(why("justavalue", None), Some("cookie"));
+        assert_eq!(why("justavalue", None), Some(CookieProblem::Unknown));
         assert_eq!(why("_ga=1;", None), None);
-        assert_eq!(cookie_bypass(&req("/", &[]), None, &ignored), None);
+        assert_eq!(cookie_problem(&req("/", &[]), None, &ignored), None);
         // Nothing ignored by default.
         assert_eq!(
-            cookie_bypass(&req("/", &[("cookie", "_ga=1")]), None, &[]),
-            Some("cookie")
+            cookie_problem(&req("/", &[("cookie", "_ga=1")]), None, &[]),
+            Some(CookieProblem::Unknown)
         );
     }
 

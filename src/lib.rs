@@ -15,6 +15,7 @@
 //!   the key, route rules, tags and write rules all use.
 //! - [`host`]: the host a request names, validated and normalised (it is keyed).
 //! - [`forwarding`]: client facts told to the app; headers never passed on.
+//! - [`bypass`]: why a read does not use the cache (one typed reason).
 //! - [`cachekey`]: what makes two requests the same for the cache.
 //! - [`storable`]: which of the app's answers may be stored, and how long.
 //! - [`invalidation`]: invalidation rules → tags; what a write makes stale.
@@ -38,6 +39,7 @@
 pub mod admin;
 pub mod analyze;
 pub mod app;
+pub mod bypass;
 pub mod cachekey;
 pub mod canonical;
 pub mod cli;

@@ -37,7 +37,6 @@ use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use http::{header, Method, StatusCode};
-use pingora::cache::cache_control::CacheControl;
 use pingora::cache::lock::CacheKeyLockImpl;
 use pingora::cache::{
     CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable, VarianceBuilder,
@@ -46,6 +45,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 
+use crate::bypass::{self, Bypass};
 use crate::cachekey;
 use crate::canonical::{self, Canonical};
 use crate::config::{Config, UnrecordedWrite};
@@ -63,9 +63,6 @@ use crate::storable;
 use crate::store::{Ended, Entry, FillInfo, FillStart, Store};
 use crate::writes::{self, InFlight};
 use tracing::warn;
-
-/// `Cache-Status` detail when the `cache` flag (kill switch) is off.
-const CACHE_OFF: &str = "cache-off";
 
 pub struct Proxy {
     pub live: Arc<Live>,
@@ -135,7 +132,7 @@ pub struct Ctx {
     peer_trusted: bool,
     rule: Option<Arc<Rule>>,
     /// Why a GET/HEAD skipped the cache before lookup.
-    bypass: Option<&'static str>,
+    bypass: Option<Bypass>,
     /// Why the app's response was not stored.
     not_stored: Option<&'static str>,
     /// The app's 304 to a revalidation, to freshen the stored header with.
@@ -248,18 +245,12 @@ impl ProxyHttp for Proxy {
             return Ok(());
         }
         if !self.live.flags.get(Flag::Cache, &ctx.config.flags) {
-            ctx.bypass = Some(CACHE_OFF);
+            ctx.bypass = Some(Bypass::CacheOff);
             return Ok(());
         }
-        ctx.bypass = bypass_reason(req, ctx.rule.as_deref(), &ctx.config, self.store);
-        if ctx.bypass.is_none() && ctx.config.request_cache_control {
-            // RFC 9111 §5.2.1.5: nothing of this exchange may be stored.
-            let no_store = CacheControl::from_req_headers(req).is_some_and(|c| c.no_store());
-            if no_store {
-                ctx.bypass = Some("request-no-store");
-            }
-        }
-        if ctx.bypass == Some("cookie") && self.live.flags.get(Flag::Monitoring, &ctx.config.flags)
+        ctx.bypass = bypass::decide(req, ctx.rule.as_deref(), &ctx.config, self.store.usable());
+        if ctx.bypass == Some(Bypass::Cookie)
+            && self.live.flags.get(Flag::Monitoring, &ctx.config.flags)
         {
             let rule = ctx.rule.as_deref();
             let ignored = rule.map_or(&ctx.config.ignore_cookies[..], |r| &r.ignore_cookies[..]);
@@ -530,7 +521,7 @@ impl ProxyHttp for Proxy {
         };
         let bounds = storable::Bounds {
             negative_ttl: ctx.config.negative_ttl,
-            max_ttl: ctx.config.max_lifetime,
+            max_ttl: ctx.config.max_ttl,
             targeted: &ctx.config.targeted_fields,
             heuristic: ctx.config.heuristic_freshness,
         };
@@ -726,7 +717,10 @@ impl ProxyHttp for Proxy {
         METRICS.requests.with_label_values(&[route, label]).inc();
         if let Some(reason) = ctx.bypass {
             // Which cookie (or credential, or setting) costs a route its hits.
-            METRICS.bypasses.with_label_values(&[route, reason]).inc();
+            METRICS
+                .bypasses
+                .with_label_values(&[route, reason.as_str()])
+                .inc();
         }
         if matches!(ctx.outcome, Outcome::Hit | Outcome::Stale) {
             METRICS
@@ -1071,48 +1065,6 @@ async fn respond_bad_request(session: &mut Session, reason: &str) -> Result<()> 
     respond_json_error(session, 400, body).await
 }
 
-/// Why a GET/HEAD must not use the cache, if it must not.
-fn bypass_reason(
-    req: &RequestHeader,
-    rule: Option<&Rule>,
-    config: &Config,
-    store: &Store,
-) -> Option<&'static str> {
-    if rule.is_some_and(|r| !r.enabled) {
-        return Some("route-disabled");
-    }
-    // With `cache.share_authorized`, such a request has entries of its own,
-    // stored only where the app says they may be shared (RFC 9111 §3.5).
-    if cachekey::unkeyed_authorization(req, rule) && !config.share_authorized {
-        return Some("authorization");
-    }
-    let ignored = rule.map_or(&config.ignore_cookies[..], |r| &r.ignore_cookies[..]);
-    if let Some(reason) = cachekey::cookie_bypass(req, rule, ignored) {
-        return Some(reason);
-    }
-    // The app may read a GET's body (search APIs do): the answer would
-    // depend on something the key does not hold.
-    let has_body = req.headers.contains_key(header::TRANSFER_ENCODING)
-        || req
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0");
-    if has_body {
-        return Some("request-body");
-    }
-    // A field the client lists in `Connection` is removed before the app
-    // sees it (pingora does), while the key and the variant key (`Vary`)
-    // are computed with it: the answer would be stored for requests it does
-    // not fit. Browsers list no fields.
-    if forwarding::beyond_framing(&forwarding::connection_listed(&req.headers)) {
-        return Some("connection-listed");
-    }
-    if !store.usable() {
-        return Some("store-unavailable");
-    }
-    None
-}
-
 /// The `X-Cache` outcome and the RFC 9211 `Cache-Status` value.
 fn describe(session: &Session, ctx: &Ctx) -> (Outcome, String) {
     const NAME: &str = "freshgate";
@@ -1124,16 +1076,16 @@ fn describe(session: &Session, ctx: &Ctx) -> (Outcome, String) {
             Err(e) => -(e.duration().as_secs() as i64),
         }
     };
-    if ctx.bypass == Some(CACHE_OFF) {
-        return (
-            Outcome::Pass,
-            format!("{NAME}; fwd=bypass; detail={CACHE_OFF}"),
-        );
-    }
     if let Some(reason) = ctx.bypass {
+        // The kill switch passes everything through untouched.
+        let outcome = if reason == Bypass::CacheOff {
+            Outcome::Pass
+        } else {
+            Outcome::Bypass
+        };
         return (
-            Outcome::Bypass,
-            format!("{NAME}; fwd=bypass; detail={reason}"),
+            outcome,
+            format!("{NAME}; fwd=bypass; detail={}", reason.as_str()),
         );
     }
     match session.cache.phase() {

@@ -264,7 +264,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if redis(old) != redis(new) || old.memory_max_bytes != new.memory_max_bytes {
         v.push("store");
     }
-    if old.max_lifetime != new.max_lifetime {
+    if old.max_ttl != new.max_ttl {
         v.push("cache.max_ttl");
     }
     if old.grace_period != new.grace_period || old.shutdown_timeout != new.shutdown_timeout {

@@ -47,24 +47,28 @@
 //! - `GET /api/flags`, `PUT /api/flags` — flags with their source; runtime
 //!   flips (`{"cache": false}`, `null` clears), shared through Redis.
 
+mod auth;
+mod reply;
 mod stream;
+mod warm;
+
+use self::auth::{refuse, refuse_browser_attack};
+pub use self::reply::respond;
+use self::reply::{json_error, json_ok, query_param, read_json};
+pub use self::warm::WarmJob;
 
 use std::sync::Arc;
 
-use std::collections::BTreeSet;
 use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
-use subtle::ConstantTimeEq;
 
-use crate::config::AdminAuth;
 use crate::flags::{parse_bool, Flag, ALL};
-use crate::invalidation::ALL_TAG;
 use crate::metrics::METRICS;
 use crate::monitor::alerts::{Severity, State};
 use crate::monitor::report::{GroupBy, Report, TIME_RANGES};
@@ -85,43 +89,8 @@ pub struct Admin {
     pub prefetch: Arc<crate::prefetch::Prefetcher>,
 }
 
-/// One warming run started from the admin API.
-pub struct WarmJob {
-    total: usize,
-    state: Arc<parking_lot::Mutex<crate::warm::Summary>>,
-    /// Set however the run ends (a panic included).
-    finished: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl WarmJob {
-    fn running(&self) -> bool {
-        !self.finished.load(std::sync::atomic::Ordering::Acquire)
-    }
-}
-
-/// Paths one `POST /api/warm` may fetch at most.
-const MAX_WARM: usize = 100_000;
-
 /// The admin page: one file, no build step, embedded in the binary.
 const PAGE: &str = include_str!("page.html");
-
-/// Largest purge request body accepted.
-const MAX_BODY: usize = 64 * 1024;
-
-pub fn respond(
-    status: StatusCode,
-    content_type: &str,
-    body: impl Into<Vec<u8>>,
-) -> Response<Vec<u8>> {
-    let body = body.into();
-    Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, content_type)
-        .header(http::header::CONTENT_LENGTH, body.len())
-        .header(http::header::CACHE_CONTROL, "no-store")
-        .body(body)
-        .unwrap_or_default()
-}
 
 #[async_trait]
 impl HttpServerApp for Admin {
@@ -271,122 +240,6 @@ impl Admin {
     }
 }
 
-fn json_error(status: StatusCode, msg: impl Into<String>) -> Response<Vec<u8>> {
-    respond(
-        status,
-        "application/json",
-        serde_json::json!({ "error": msg.into() }).to_string(),
-    )
-}
-
-/// Without tokens, the loopback listener's only guard is that a caller
-/// must be on the host. A web page the operator has open is: it can make
-/// the browser send requests to `127.0.0.1:9090` (CSRF), or point its own
-/// domain at 127.0.0.1 and read the answers (DNS rebinding). So, token-less:
-/// `Host` must name a loopback address or `localhost` (a rebound domain
-/// does not), a request sent by another site is refused (`Origin`,
-/// `Sec-Fetch-Site`), and changes need `Content-Type: application/json`,
-/// which a cross-site form or simple request cannot send. No CORS headers
-/// are ever sent. With a bearer token, none of this is needed: a browser
-/// does not attach one on its own.
-fn refuse_browser_attack(auth: &AdminAuth, req: &RequestHeader) -> Option<Response<Vec<u8>>> {
-    if auth.token.is_some() || auth.read_token.is_some() {
-        return None;
-    }
-    let header = |name: &str| {
-        req.headers
-            .get(name)
-            .map(|v| v.to_str().unwrap_or("\u{fffd}"))
-    };
-    let host_ok = header("host").is_some_and(is_loopback_authority);
-    if !host_ok {
-        return Some(json_error(
-            StatusCode::MISDIRECTED_REQUEST,
-            "Host must be a loopback address or localhost on a listener without a token",
-        ));
-    }
-    let cross_site = header("origin").is_some_and(|o| {
-        o.split_once("://")
-            .is_none_or(|(_, authority)| !is_loopback_authority(authority))
-    }) || header("sec-fetch-site")
-        .is_some_and(|s| s == "cross-site" || s == "same-site");
-    if cross_site {
-        return Some(json_error(
-            StatusCode::FORBIDDEN,
-            "requests from other sites are refused",
-        ));
-    }
-    let changes = !matches!(req.method, http::Method::GET | http::Method::HEAD);
-    let json = header("content-type").is_some_and(|c| {
-        c.split(';')
-            .next()
-            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
-    });
-    if changes && !json {
-        return Some(json_error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "changes need Content-Type: application/json",
-        ));
-    }
-    None
-}
-
-/// `127.0.0.1:9090`, `[::1]`, `localhost:9090`: names only this host.
-fn is_loopback_authority(authority: &str) -> bool {
-    let Ok(host) = crate::host::normalize(authority, "http") else {
-        return false;
-    };
-    let name = host.name();
-    name == "localhost"
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
-/// Bearer-token check (constant time): the response to send instead, if
-/// the request may not proceed.
-fn refuse(auth: &AdminAuth, req: &RequestHeader) -> Option<Response<Vec<u8>>> {
-    if auth.token.is_none() && auth.read_token.is_none() {
-        // Loopback only (config validation refuses anything else without a token).
-        return None;
-    }
-    // The page's HTML is public (it holds no data); its API calls are not.
-    if req.uri.path() == "/" || auth.open.iter().any(|p| p == req.uri.path()) {
-        return None;
-    }
-    let presented = req
-        .headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let matches = |want: &Option<String>| match (want, presented) {
-        (Some(w), Some(p)) => bool::from(w.as_bytes().ct_eq(p.as_bytes())),
-        _ => false,
-    };
-    if matches(&auth.token) {
-        return None;
-    }
-    if matches(&auth.read_token) {
-        if matches!(req.method, http::Method::GET | http::Method::HEAD) {
-            return None;
-        }
-        return Some(json_error(
-            StatusCode::FORBIDDEN,
-            "the read-only token cannot change anything",
-        ));
-    }
-    let mut resp = json_error(
-        StatusCode::UNAUTHORIZED,
-        "missing or wrong bearer token (Authorization: Bearer ...)",
-    );
-    resp.headers_mut().insert(
-        http::header::WWW_AUTHENTICATE,
-        http::HeaderValue::from_static("Bearer realm=\"freshgate admin\""),
-    );
-    Some(resp)
-}
-
 /// Set once a shutdown signal arrived: `/readyz` answers 503 so that load
 /// balancers stop sending new requests while the replica still serves them.
 static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -411,145 +264,7 @@ pub fn alert_state(store: &Store, live: &Live) -> State {
     }
 }
 
-/// The first value of `name` in a query string (decoded).
-fn query_param(query: &str, name: &str) -> Option<String> {
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
-fn json_ok(v: serde_json::Value) -> Response<Vec<u8>> {
-    respond(StatusCode::OK, "application/json", v.to_string())
-}
-
-/// Read a JSON request body (bounded).
-async fn read_json(session: &mut ServerSession) -> Result<serde_json::Value, Response<Vec<u8>>> {
-    let mut body = Vec::new();
-    while let Ok(Some(chunk)) = session.read_request_body().await {
-        body.extend_from_slice(&chunk);
-        if body.len() > MAX_BODY {
-            return Err(json_error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"));
-        }
-    }
-    serde_json::from_slice(&body)
-        .map_err(|e| json_error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))
-}
-
 impl Admin {
-    /// `POST /api/warm` with `{"paths": [...]}` or `{"pattern": "/x/[id]",
-    /// "ids": "1..50"}` (optional `host`, `scheme`, `concurrency`, `rate`):
-    /// fetch them through this replica's own listener in the background, as
-    /// `freshgate warm` does. One run at a time (409 while one runs);
-    /// `GET /api/warm` shows its progress.
-    async fn start_warm(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let body = match read_json(session).await {
-            Ok(b) => b,
-            Err(resp) => return resp,
-        };
-        let paths = if let Some(list) = body["paths"].as_array() {
-            list.iter()
-                .map(|p| {
-                    p.as_str()
-                        .ok_or_else(|| "paths: strings".to_string())
-                        .and_then(crate::warm::path_of)
-                })
-                .collect::<Result<Vec<_>, _>>()
-        } else if let (Some(pattern), Some(ids)) = (body["pattern"].as_str(), body["ids"].as_str())
-        {
-            crate::warm::from_pattern(pattern, ids, MAX_WARM)
-        } else {
-            Err(r#"expected {"paths": [...]} or {"pattern": "/x/[id]", "ids": "1..50"}"#.into())
-        };
-        let paths = match paths {
-            Ok(p) if p.len() <= MAX_WARM => p,
-            Ok(p) => {
-                return json_error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("{} paths: at most {MAX_WARM} per run", p.len()),
-                )
-            }
-            Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
-        };
-        let config = self.live.config();
-        let mut job = self.warm.lock();
-        if job.as_ref().is_some_and(WarmJob::running) {
-            return json_error(StatusCode::CONFLICT, "a warming run is in progress");
-        }
-        let listen = config.listen;
-        let ip = if listen.ip().is_unspecified() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            listen.ip()
-        };
-        let host = body["host"].as_str().unwrap_or(&config.warm.host);
-        let unspecified = crate::host::normalize(host, "http").is_ok_and(|h| {
-            h.name()
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_unspecified())
-        });
-        if unspecified {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "say which Host clients send (\"host\", or warm.host in the config): it is part of the cache key",
-            );
-        }
-        let rate = match crate::warm::check_rate(body["rate"].as_f64().unwrap_or(0.0)) {
-            Ok(r) => r,
-            Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
-        };
-        let options = crate::warm::Options {
-            url: format!("http://{}", std::net::SocketAddr::new(ip, listen.port())),
-            host: Some(host.to_string()),
-            scheme: Some(
-                body["scheme"]
-                    .as_str()
-                    .unwrap_or(config.warm.scheme)
-                    .to_string(),
-            ),
-            concurrency: body["concurrency"].as_u64().unwrap_or(4).clamp(1, 16) as usize,
-            rate,
-            marker: Some(self.prefetch.marker()),
-        };
-        let state = Arc::new(parking_lot::Mutex::new(crate::warm::Summary::default()));
-        let total = paths.len();
-        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        *job = Some(WarmJob {
-            total,
-            state: state.clone(),
-            finished: finished.clone(),
-        });
-        tokio::task::spawn_blocking(move || {
-            struct Done(Arc<std::sync::atomic::AtomicBool>);
-            impl Drop for Done {
-                fn drop(&mut self) {
-                    self.0.store(true, std::sync::atomic::Ordering::Release);
-                }
-            }
-            let _done = Done(finished);
-            crate::warm::fetch_all(&paths, &options, &state);
-        });
-        respond(
-            StatusCode::ACCEPTED,
-            "application/json",
-            serde_json::json!({ "total": total }).to_string(),
-        )
-    }
-
-    /// `GET /api/warm`: the current or last run.
-    fn warm_json(&self) -> serde_json::Value {
-        match &*self.warm.lock() {
-            None => serde_json::json!({ "running": false, "total": 0, "done": 0 }),
-            Some(job) => {
-                let s = job.state.lock().clone();
-                let mut v = serde_json::to_value(&s).unwrap_or_default();
-                v["total"] = job.total.into();
-                v["done"] = s.done().into();
-                v["running"] = job.running().into();
-                v
-            }
-        }
-    }
-
     /// `GET /api/monitoring`: evaluated now, so what it says is current.
     fn monitoring_json(&self) -> serde_json::Value {
         let config = self.live.config();
@@ -729,39 +444,26 @@ impl Admin {
             Err(resp) => return resp,
         };
         let config = self.live.config();
-        let mut tags = BTreeSet::new();
-        if req["all"] == true {
-            tags.insert(ALL_TAG.to_string());
-        }
-        if let Some(tag) = req["tag"].as_str() {
-            tags.insert(crate::invalidation::key_tag(tag));
-            tags.insert(crate::invalidation::group_tag(tag));
-        }
-        if let Some(pattern) = req["pattern"].as_str() {
-            let params: Vec<(String, String)> = req["params"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| {
-                            (
-                                k.clone(),
-                                v.as_str().map_or_else(|| v.to_string(), str::to_string),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            match config.invalidation.tags_for_pattern(pattern, &params) {
-                Ok(t) => tags.extend(t),
-                Err(e) => return json_error(StatusCode::BAD_REQUEST, e.to_string()),
-            }
-        }
-        if tags.is_empty() {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                r#"say what to purge: {"pattern": ..., "params": {...}}, {"tag": ...} or {"all": true}"#,
-            );
-        }
+        let params: Vec<(String, String)> = req["params"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| {
+                        let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                        (k.clone(), v)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let pattern = req["pattern"].as_str().map(|p| (p, &params[..]));
+        let tags =
+            match config
+                .invalidation
+                .purge_tags(req["all"] == true, req["tag"].as_str(), pattern)
+            {
+                Ok(tags) => tags,
+                Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
+            };
         let started = Instant::now();
         let recorded = self.store.invalidate(&tags).await;
         if self.live.flags.get(Flag::Monitoring, &config.flags) {
@@ -791,83 +493,5 @@ impl Admin {
             "application/json",
             serde_json::json!({ "invalidated": tags, "recorded": recorded }).to_string(),
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn req(method: &str, headers: &[(&str, &str)]) -> RequestHeader {
-        let mut r = RequestHeader::build(method, b"/api/flags", None).unwrap();
-        for (k, v) in headers {
-            r.append_header(k.to_string(), *v).unwrap();
-        }
-        r
-    }
-
-    fn refused(method: &str, headers: &[(&str, &str)]) -> Option<u16> {
-        refuse_browser_attack(&AdminAuth::default(), &req(method, headers))
-            .map(|r| r.status().as_u16())
-    }
-
-    #[test]
-    fn a_browser_on_another_site_cannot_use_a_tokenless_listener() {
-        let json = ("content-type", "application/json");
-        for host in [
-            "127.0.0.1:9090",
-            "localhost:9090",
-            "LOCALHOST",
-            "[::1]:9090",
-            "127.1.2.3",
-        ] {
-            assert_eq!(refused("GET", &[("host", host)]), None, "{host}");
-            assert_eq!(refused("PUT", &[("host", host), json]), None, "{host}");
-        }
-        // DNS rebinding: the attacker's name, resolved to 127.0.0.1.
-        assert_eq!(refused("GET", &[("host", "evil.example:9090")]), Some(421));
-        assert_eq!(
-            refused("GET", &[("host", "localhost.evil.example")]),
-            Some(421)
-        );
-        assert_eq!(refused("GET", &[]), Some(421));
-        // CSRF: a form or a simple fetch from a page.
-        let host = ("host", "127.0.0.1:9090");
-        assert_eq!(refused("POST", &[host]), Some(415));
-        assert_eq!(
-            refused("POST", &[host, ("content-type", "text/plain")]),
-            Some(415)
-        );
-        assert_eq!(
-            refused("POST", &[host, json, ("origin", "https://evil.example")]),
-            Some(403)
-        );
-        assert_eq!(
-            refused("POST", &[host, json, ("origin", "null")]),
-            Some(403)
-        );
-        assert_eq!(
-            refused("GET", &[host, ("sec-fetch-site", "cross-site")]),
-            Some(403)
-        );
-        // The admin page itself (same origin).
-        assert_eq!(
-            refused(
-                "PUT",
-                &[
-                    host,
-                    json,
-                    ("origin", "http://127.0.0.1:9090"),
-                    ("sec-fetch-site", "same-origin")
-                ]
-            ),
-            None
-        );
-        // With a token, the token decides.
-        let auth = AdminAuth {
-            token: Some("t".into()),
-            ..AdminAuth::default()
-        };
-        assert!(refuse_browser_attack(&auth, &req("POST", &[("host", "admin.svc")])).is_none());
     }
 }

@@ -76,7 +76,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub routes: RouteTable,
     pub invalidation: Invalidation,
-    pub max_lifetime: Duration,
+    /// `cache.max_ttl`: no entry lives longer, whatever the app says.
+    pub max_ttl: Duration,
     /// Longest life of a stored 404/410 where a route sets none.
     pub negative_ttl: Duration,
     /// Lower-case names, in precedence order (see `storable`).

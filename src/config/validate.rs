@@ -591,7 +591,7 @@ pub(super) fn validate(
             .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
         routes,
         invalidation,
-        max_lifetime: raw.cache.max_ttl.map(|d| d.0).unwrap_or(DEFAULT_MAX_TTL),
+        max_ttl: raw.cache.max_ttl.map(|d| d.0).unwrap_or(DEFAULT_MAX_TTL),
         negative_ttl: raw
             .cache
             .negative_ttl

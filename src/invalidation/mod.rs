@@ -34,6 +34,13 @@ use http::Method;
 use crate::canonical::{Methods, PathPolicy, RoutePath};
 use crate::rules::{fill_canonical, in_canonical_form, to_matchit, PatternError};
 
+mod tags;
+mod unmatched;
+
+use tags::{bound_tag, family_tag};
+pub use tags::{group_tag, groups_invalidated, key_tag, own_tag, tags_from_response, ALL_TAG};
+pub use unmatched::{Unmatched, UnmatchedWrites};
+
 /// One `invalidate:` rule, compiled.
 #[derive(Debug, Clone)]
 pub struct InvalidationRule {
@@ -319,6 +326,36 @@ impl Invalidation {
         plan
     }
 
+    /// What an operator's purge names, as tags: everything (`all`), a tag
+    /// the app named (as a `Cache-Tag`/`Surrogate-Key` and as an RFC 9875
+    /// group, `tag`), and a route pattern with parameter values. An error
+    /// names what is wrong: nothing named, or a bad pattern.
+    pub fn purge_tags(
+        &self,
+        all: bool,
+        tag: Option<&str>,
+        pattern: Option<(&str, &[(String, String)])>,
+    ) -> Result<BTreeSet<String>, String> {
+        let mut tags = BTreeSet::new();
+        if all {
+            tags.insert(ALL_TAG.to_string());
+        }
+        if let Some(tag) = tag {
+            tags.insert(key_tag(tag));
+            tags.insert(group_tag(tag));
+        }
+        if let Some((pattern, params)) = pattern {
+            let by_pattern = self
+                .tags_for_pattern(pattern, params)
+                .map_err(|e| e.to_string())?;
+            tags.extend(by_pattern);
+        }
+        if tags.is_empty() {
+            return Err(r#"say what to purge: {"pattern": ..., "params": {...}}, {"tag": ...} or {"all": true}"#.into());
+        }
+        Ok(tags)
+    }
+
     /// Tags for a purge request by pattern with optional parameter values.
     pub fn tags_for_pattern(
         &self,
@@ -385,30 +422,6 @@ fn named_params(canonical: &str) -> Vec<String> {
         .collect()
 }
 
-// Tags are strings with a prefix saying what kind they are, so that no kind
-// can spell another: `a:` everything, `u:` one path, `r:` a route family or
-// one bound member of it, `k:` a tag the app named on a response
-// (`Surrogate-Key`, `Cache-Tag`), `g:` an RFC 9875 group. Only this module
-// writes them.
-
-/// Carried by every entry, so "purge everything" is one tag, not a scan.
-pub const ALL_TAG: &str = "a:all";
-
-/// The tag of one path, every query and variant of it (RFC 9111 §4.4).
-pub fn own_tag(path: &RoutePath) -> String {
-    format!("u:{path}")
-}
-
-/// A tag the app named on a response (`Surrogate-Key`, `Cache-Tag`).
-pub fn key_tag(name: &str) -> String {
-    format!("k:{name}")
-}
-
-/// An RFC 9875 cache group.
-pub fn group_tag(name: &str) -> String {
-    format!("g:{name}")
-}
-
 /// `t` with its parameters replaced by `values`; `None` if a segment stays
 /// open (a wildcard, or a parameter without a value).
 fn concrete_path(t: &Target, values: &[(String, String)]) -> Option<String> {
@@ -428,68 +441,6 @@ fn concrete_path(t: &Target, values: &[(String, String)]) -> Option<String> {
     Some(segments?.join("/"))
 }
 
-fn family_tag(t: &Target) -> String {
-    format!("r:{}", t.canonical)
-}
-
-fn bound_tag(t: &Target, values: &[(String, String)]) -> String {
-    let mut s = format!("r:{}|", t.canonical);
-    for (i, (k, v)) in values.iter().enumerate() {
-        if i > 0 {
-            s.push('&');
-        }
-        s.push_str(k);
-        s.push('=');
-        s.push_str(v);
-    }
-    s
-}
-
-/// App-named tags on a cacheable response: `Surrogate-Key` and `Cache-Tag`
-/// (space- or comma-separated), and RFC 9875 `Cache-Groups`.
-pub fn tags_from_response(headers: &http::HeaderMap) -> Vec<String> {
-    let mut tags = Vec::new();
-    for name in ["surrogate-key", "cache-tag"] {
-        for v in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
-            tags.extend(
-                v.split([' ', ','])
-                    .map(str::trim)
-                    .filter(|t| !t.is_empty())
-                    .map(key_tag),
-            );
-        }
-    }
-    for v in headers
-        .get_all("cache-groups")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-    {
-        tags.extend(sf_strings(v).iter().map(|g| group_tag(g)));
-    }
-    tags
-}
-
-/// Groups named by RFC 9875 `Cache-Group-Invalidation` on a write response.
-pub fn groups_invalidated(headers: &http::HeaderMap) -> Vec<String> {
-    headers
-        .get_all("cache-group-invalidation")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(sf_strings)
-        .map(|g| group_tag(&g))
-        .collect()
-}
-
-/// The strings of a structured-field list of strings (`"a", "b"`), ignoring
-/// parameters. Tokens are accepted too, leniently.
-fn sf_strings(v: &str) -> Vec<String> {
-    v.split(',')
-        .map(|item| item.split(';').next().unwrap_or("").trim())
-        .map(|s| s.trim_matches('"').to_string())
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -504,6 +455,39 @@ mod tests {
 
     fn write(inv: &Invalidation, method: Method, path: &str) -> WritePlan {
         inv.plan_write(&Methods::only(method), &route(path))
+    }
+
+    #[test]
+    fn a_purge_names_what_it_invalidates_or_says_what_is_missing() {
+        let inv = rules();
+        assert_eq!(
+            inv.purge_tags(true, None, None).unwrap(),
+            BTreeSet::from([ALL_TAG.to_string()])
+        );
+        // An app-named tag may have been a Cache-Tag or a Cache-Groups group.
+        assert_eq!(
+            inv.purge_tags(false, Some("scene-42"), None).unwrap(),
+            BTreeSet::from(["g:scene-42".to_string(), "k:scene-42".to_string()])
+        );
+        let id = [("id".to_string(), "42".to_string())];
+        let by_pattern = inv
+            .purge_tags(false, None, Some(("/studio/api/scenes/:id", &id)))
+            .unwrap();
+        // What a read of scene 42 carries is among what the purge names.
+        let scene = read(&inv, "/studio/api/scenes/42");
+        assert!(scene
+            .iter()
+            .any(|t| t.starts_with("r:") && by_pattern.contains(t)));
+        assert!(!read(&inv, "/studio/api/scenes/43")
+            .iter()
+            .any(|t| t.starts_with("r:") && by_pattern.contains(t)));
+        assert!(inv
+            .purge_tags(false, None, None)
+            .unwrap_err()
+            .contains("say what"));
+        assert!(inv
+            .purge_tags(false, None, Some(("no-slash", &[])))
+            .is_err());
     }
 
     fn rules() -> Invalidation {
@@ -667,121 +651,5 @@ mod tests {
         let mut w = http::HeaderMap::new();
         w.insert("cache-group-invalidation", "\"s42\"".parse().unwrap());
         assert_eq!(groups_invalidated(&w), vec!["g:s42"]);
-    }
-}
-
-/// Writes that matched no invalidation rule, grouped by method and path
-/// shape (ids folded to `:id`), for `GET /api/unmatched-writes`. Bounded: the
-/// least recently seen shape is dropped when a new one does not fit.
-#[derive(Debug, Default)]
-pub struct UnmatchedWrites {
-    seen: parking_lot::Mutex<std::collections::HashMap<String, Unmatched>>,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Unmatched {
-    pub method: String,
-    /// The path with id-like segments replaced by `:id`.
-    pub shape: String,
-    /// The cache route rule the path falls under, if any.
-    pub route: Option<String>,
-    pub count: u64,
-    pub example: String,
-    #[serde(serialize_with = "crate::time::serialize_rfc3339")]
-    pub last_seen: std::time::SystemTime,
-}
-
-/// Shapes kept at most.
-const UNMATCHED_KEPT: usize = 200;
-
-impl UnmatchedWrites {
-    pub fn record(&self, method: &Method, path: &str, route: Option<&str>) {
-        let shape = path_shape(path);
-        let key = format!("{method} {shape}");
-        let now = std::time::SystemTime::now();
-        let mut seen = self.seen.lock();
-        if !seen.contains_key(&key) && seen.len() >= UNMATCHED_KEPT {
-            if let Some(oldest) = seen
-                .iter()
-                .min_by_key(|(_, u)| u.last_seen)
-                .map(|(k, _)| k.clone())
-            {
-                seen.remove(&oldest);
-            }
-        }
-        let e = seen.entry(key).or_insert_with(|| Unmatched {
-            method: method.to_string(),
-            shape,
-            route: None,
-            count: 0,
-            example: String::new(),
-            last_seen: now,
-        });
-        e.count += 1;
-        e.route = route.map(str::to_string);
-        e.example = path.to_string();
-        e.last_seen = now;
-    }
-
-    /// Most frequent first.
-    pub fn list(&self) -> Vec<Unmatched> {
-        let mut v: Vec<Unmatched> = self.seen.lock().values().cloned().collect();
-        v.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.shape.cmp(&b.shape)));
-        v
-    }
-}
-
-/// `/studio/api/scenes/42/write` → `/studio/api/scenes/:id/write`: numbers,
-/// UUIDs and long hex or base64-ish tokens are ids.
-fn path_shape(path: &str) -> String {
-    path.split('/')
-        .map(|seg| {
-            let id_like = (!seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()))
-                || (seg.len() >= 16
-                    && seg
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                    && seg.bytes().any(|b| b.is_ascii_digit()));
-            if id_like {
-                ":id"
-            } else {
-                seg
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
-#[cfg(test)]
-mod unmatched_tests {
-    use super::*;
-
-    #[test]
-    fn shapes_fold_ids_and_counts_add_up() {
-        assert_eq!(path_shape("/a/42/b"), "/a/:id/b");
-        assert_eq!(
-            path_shape("/p/3f2a9c1e-1b2c-4d5e-8f90-123456789abc"),
-            "/p/:id"
-        );
-        assert_eq!(path_shape("/studio/api/scenes"), "/studio/api/scenes");
-        let u = UnmatchedWrites::default();
-        u.record(&Method::POST, "/a/1/like", None);
-        u.record(&Method::POST, "/a/2/like", Some("a"));
-        u.record(&Method::DELETE, "/b/9", None);
-        let l = u.list();
-        assert_eq!(l[0].shape, "/a/:id/like");
-        assert_eq!(l[0].count, 2);
-        assert_eq!(l[0].example, "/a/2/like");
-        assert_eq!(l.len(), 2);
-    }
-
-    #[test]
-    fn bounded() {
-        let u = UnmatchedWrites::default();
-        for i in 0..(UNMATCHED_KEPT + 50) {
-            u.record(&Method::POST, &format!("/x{i}"), None);
-        }
-        assert_eq!(u.list().len(), UNMATCHED_KEPT);
     }
 }

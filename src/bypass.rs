@@ -1,0 +1,199 @@
+//! Why a GET or HEAD does not use the cache: one typed reason, decided
+//! before anything is looked up. Pure policy over the request, its route
+//! rule and the config; the proxy reports it (`X-Cache: BYPASS`, or `PASS`
+//! for the kill switch; `Cache-Status: ...; detail=`;
+//! `freshgate_bypasses_total{reason}`).
+
+use http::header;
+use pingora::http::RequestHeader;
+
+use crate::cachekey::{self, CookieProblem};
+use crate::config::Config;
+use crate::forwarding;
+use crate::rules::Rule;
+
+/// Why a read bypasses the cache. `as_str` is what operators see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bypass {
+    /// The `cache` flag (the kill switch) is off: reported as PASS.
+    CacheOff,
+    /// The route rule says `enabled: false`.
+    RouteDisabled,
+    /// Credentials the key does not hold (`cache.share_authorized` off).
+    Authorization,
+    /// A cookie neither ignored nor keyed: it may be a session.
+    Cookie,
+    /// A keyed cookie sent twice.
+    AmbiguousCookie,
+    /// A body the app may read and the key does not hold.
+    RequestBody,
+    /// A field the client lists in `Connection` beyond framing.
+    ConnectionListed,
+    /// The client's `Cache-Control: no-store` (`cache.request_cache_control`).
+    RequestNoStore,
+    /// The shared tier cannot be trusted now (Redis unreachable or behind).
+    StoreUnavailable,
+}
+
+impl Bypass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bypass::CacheOff => "cache-off",
+            Bypass::RouteDisabled => "route-disabled",
+            Bypass::Authorization => "authorization",
+            Bypass::Cookie => "cookie",
+            Bypass::AmbiguousCookie => "ambiguous-cookie",
+            Bypass::RequestBody => "request-body",
+            Bypass::ConnectionListed => "connection-listed",
+            Bypass::RequestNoStore => "request-no-store",
+            Bypass::StoreUnavailable => "store-unavailable",
+        }
+    }
+}
+
+/// Why `req` (a GET or HEAD, the `cache` flag on) must not use the cache,
+/// if it must not. `store_usable`: whether the store can be trusted now.
+pub fn decide(
+    req: &RequestHeader,
+    rule: Option<&Rule>,
+    config: &Config,
+    store_usable: bool,
+) -> Option<Bypass> {
+    if rule.is_some_and(|r| !r.enabled) {
+        return Some(Bypass::RouteDisabled);
+    }
+    // With `cache.share_authorized`, such a request has entries of its own,
+    // stored only where the app says they may be shared (RFC 9111 §3.5).
+    if cachekey::unkeyed_authorization(req, rule) && !config.share_authorized {
+        return Some(Bypass::Authorization);
+    }
+    let ignored = rule.map_or(&config.ignore_cookies[..], |r| &r.ignore_cookies[..]);
+    match cachekey::cookie_problem(req, rule, ignored) {
+        Some(CookieProblem::Unknown) => return Some(Bypass::Cookie),
+        Some(CookieProblem::Ambiguous) => return Some(Bypass::AmbiguousCookie),
+        None => {}
+    }
+    // The app may read a GET's body (search APIs do): the answer would
+    // depend on something the key does not hold.
+    let has_body = req.headers.contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if has_body {
+        return Some(Bypass::RequestBody);
+    }
+    // A field the client lists in `Connection` is removed before the app
+    // sees it (pingora does), while the key and the variant key (`Vary`)
+    // are computed with it: the answer would be stored for requests it does
+    // not fit. Browsers list no fields.
+    if forwarding::beyond_framing(&forwarding::connection_listed(&req.headers)) {
+        return Some(Bypass::ConnectionListed);
+    }
+    if !store_usable {
+        return Some(Bypass::StoreUnavailable);
+    }
+    // RFC 9111 §5.2.1.5: nothing of this exchange may be stored.
+    if config.request_cache_control
+        && pingora::cache::cache_control::CacheControl::from_req_headers(req)
+            .is_some_and(|c| c.no_store())
+    {
+        return Some(Bypass::RequestNoStore);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overrides;
+
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/a", None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn config(text: &str) -> Config {
+        Config::from_str(text, None, &Overrides::default()).unwrap()
+    }
+
+    #[test]
+    fn each_reason_in_its_order() {
+        let c = config("cache:\n  ignore_cookies: [_ga]\n");
+        let why = |h: &[(&str, &str)]| decide(&req(h), None, &c, true);
+        assert_eq!(why(&[]), None);
+        assert_eq!(why(&[("cookie", "_ga=1")]), None, "ignored cookie");
+        assert_eq!(why(&[("cookie", "sid=1")]), Some(Bypass::Cookie));
+        assert_eq!(
+            why(&[("authorization", "Bearer x")]),
+            Some(Bypass::Authorization)
+        );
+        assert_eq!(
+            why(&[("authorization", "Bearer x"), ("cookie", "sid=1")]),
+            Some(Bypass::Authorization),
+            "credentials are named first"
+        );
+        assert_eq!(why(&[("content-length", "3")]), Some(Bypass::RequestBody));
+        assert_eq!(why(&[("content-length", "0")]), None);
+        assert_eq!(
+            why(&[("transfer-encoding", "chunked")]),
+            Some(Bypass::RequestBody)
+        );
+        assert_eq!(
+            why(&[("connection", "x-user"), ("x-user", "bob")]),
+            Some(Bypass::ConnectionListed)
+        );
+        assert_eq!(why(&[("connection", "keep-alive")]), None);
+        assert_eq!(
+            why(&[("cache-control", "no-store")]),
+            None,
+            "ignored by default"
+        );
+        assert_eq!(
+            decide(&req(&[]), None, &c, false),
+            Some(Bypass::StoreUnavailable)
+        );
+        let honoured = config("cache:\n  request_cache_control: true\n");
+        assert_eq!(
+            decide(
+                &req(&[("cache-control", "no-store")]),
+                None,
+                &honoured,
+                true
+            ),
+            Some(Bypass::RequestNoStore)
+        );
+        let shared = config("cache:\n  share_authorized: true\n");
+        assert_eq!(
+            decide(&req(&[("authorization", "Bearer x")]), None, &shared, true),
+            None
+        );
+    }
+
+    #[test]
+    fn a_rule_can_disable_key_or_ignore() {
+        let c = config("");
+        let off = Rule {
+            enabled: false,
+            ..Rule::new("off", "/a")
+        };
+        assert_eq!(
+            decide(&req(&[]), Some(&off), &c, true),
+            Some(Bypass::RouteDisabled)
+        );
+        let keyed = Rule {
+            key_headers: vec!["authorization".into()],
+            key_cookies: vec!["sid".into()],
+            ..Rule::new("me", "/a")
+        };
+        let h = [("authorization", "Bearer x"), ("cookie", "sid=1")];
+        assert_eq!(decide(&req(&h), Some(&keyed), &c, true), None);
+        assert_eq!(
+            decide(&req(&[("cookie", "sid=1; sid=2")]), Some(&keyed), &c, true),
+            Some(Bypass::AmbiguousCookie)
+        );
+    }
+}
