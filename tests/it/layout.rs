@@ -57,10 +57,6 @@ const LONG_FILES: &[(&str, &str)] = &[
         "the demo app: every route and fault knob in one place for newcomers (not product code)",
     ),
     (
-        "store/redis/mod.rs",
-        "not yet split: the link, breaker and invalidation log go to files of their own (issue 18)",
-    ),
-    (
         "store/mod.rs",
         "not yet split: the tier trait and the invalidation-log trait (issue 18)",
     ),

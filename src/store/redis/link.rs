@@ -1,0 +1,217 @@
+//! The connection to Redis: a [`Link`] is bound to the run of Redis it
+//! reached and never reconnects by itself (see the module above for why);
+//! the circuit breaker that stops calling a failing Redis; whether the tier
+//! is usable now.
+
+use super::*;
+
+/// A monotonic millisecond clock for this process.
+pub(super) fn mono_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1
+}
+
+impl RedisTier {
+    /// True when connected, the breaker is closed, and this replica owes the
+    /// current run nothing.
+    pub fn available(&self) -> bool {
+        self.link.load().is_some()
+            && !self.breaker_open()
+            && !self.in_outage()
+            && !self.owing.load(Ordering::Acquire)
+            && self.rules_ok.load(Ordering::Acquire)
+            && self.heard_lately()
+    }
+
+    /// How long the tier has been unavailable: zero while available, else
+    /// the time since the maintainer (every `PING_EVERY`) or a call of this
+    /// last saw it available — its creation at first, so the moments before
+    /// the first connection are not an outage.
+    pub fn unavailable_for(&self) -> Duration {
+        let now = mono_ms();
+        if self.available() {
+            self.last_up_ms.store(now, Ordering::Release);
+            return Duration::ZERO;
+        }
+        Duration::from_millis(now.saturating_sub(self.last_up_ms.load(Ordering::Acquire)))
+    }
+
+    /// Whether this replica said which rules it runs, and heard the fleet's,
+    /// within half the time after which the others stop counting it: past
+    /// that they may act as if it were gone (a replica shutting down, or one
+    /// whose checks stall), so it must stop serving and planning by rules.
+    pub(super) fn heard_lately(&self) -> bool {
+        mono_ms().saturating_sub(self.last_heartbeat_ms.load(Ordering::Acquire))
+            <= RULES_ALIVE.as_millis() as u64 / 2
+    }
+
+    pub(super) fn in_outage(&self) -> bool {
+        self.outage_cleared.load(Ordering::Acquire) < self.outage_began.load(Ordering::Acquire)
+    }
+
+    pub(super) fn breaker_open(&self) -> bool {
+        now_millis() < self.open_until_ms.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn record_failure(&self, op: &'static str, err: &dyn std::fmt::Display) {
+        METRICS.store_errors.with_label_values(&["redis", op]).inc();
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= TRIP_AFTER {
+            let was_closed = !self.breaker_open();
+            self.open_until_ms.store(
+                now_millis() + OPEN_FOR.as_millis() as u64,
+                Ordering::Relaxed,
+            );
+            if was_closed {
+                warn!(error = %err, "redis unavailable: circuit open, passing requests through");
+            }
+            self.outage_began.fetch_add(1, Ordering::AcqRel);
+            METRICS.redis_up.set(0);
+        }
+    }
+
+    pub(super) fn record_success(&self) {
+        if self.failures.swap(0, Ordering::Relaxed) >= TRIP_AFTER {
+            info!("redis reachable again: circuit closed");
+        }
+        self.open_until_ms.store(0, Ordering::Relaxed);
+        METRICS.redis_up.set(1);
+    }
+
+    /// A call on `link` failed: count it, and forget the link if its
+    /// connection is gone (it never comes back by itself).
+    pub(super) fn failed(
+        &self,
+        link: &Arc<Link>,
+        op: &'static str,
+        err: Option<&redis::RedisError>,
+    ) {
+        match err {
+            Some(e) => {
+                self.record_failure(op, e);
+                if e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error() {
+                    self.drop_link(link);
+                }
+            }
+            None => self.record_failure(op, &"timed out"),
+        }
+    }
+
+    pub(super) fn drop_link(&self, link: &Arc<Link>) {
+        if self.is_current(link) {
+            self.link.store(None);
+            METRICS.redis_up.set(0);
+            self.owed(|_| ());
+        }
+    }
+
+    pub(super) fn is_current(&self, link: &Arc<Link>) -> bool {
+        self.link
+            .load()
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, link))
+    }
+
+    /// `run_id` from `INFO server`: the identity of the Redis process.
+    pub(super) async fn run_id(&self, link: &Link) -> Result<Arc<str>, Option<redis::RedisError>> {
+        let mut conn = link.conn.clone();
+        let info = tokio::time::timeout(
+            self.timeout.max(Duration::from_millis(250)),
+            redis::cmd("INFO")
+                .arg("server")
+                .query_async::<String>(&mut conn),
+        )
+        .await
+        .map_err(|_| None)?
+        .map_err(Some)?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|s| Arc::from(s.trim()))
+            .ok_or_else(|| {
+                Some(redis::RedisError::from((
+                    redis::ErrorKind::Parse,
+                    "INFO has no run_id",
+                )))
+            })
+    }
+
+    /// Open a link: connect, learn the run, note a restart. Returns the
+    /// current link if another task opened one meanwhile.
+    pub(super) async fn connect(&self, throttle: bool) -> Option<Arc<Link>> {
+        let _one_at_a_time = self.connecting.lock().await;
+        if let Some(link) = self.link.load_full() {
+            return Some(link);
+        }
+        // Writes that queued behind a failed attempt do not each make
+        // another one.
+        let last = self.last_connect_ms.load(Ordering::Relaxed);
+        if throttle && now_millis().saturating_sub(last) < CONNECT_AT_MOST_EVERY_MS {
+            return None;
+        }
+        self.last_connect_ms.store(now_millis(), Ordering::Relaxed);
+        let conn = match self.open_connection().await {
+            Ok(c) => c,
+            Err(e) => {
+                self.record_failure("connect", &e);
+                return None;
+            }
+        };
+        let provisional = Link {
+            conn,
+            run: Arc::from(""),
+            epoch: 0,
+        };
+        let run = match self.run_id(&provisional).await {
+            Ok(run) => run,
+            Err(e) => {
+                match e {
+                    Some(e) => self.record_failure("connect", &e),
+                    None => self.record_failure("connect", &"timed out"),
+                }
+                return None;
+            }
+        };
+        let epoch = {
+            let mut known = self.run.lock();
+            if known.as_deref() != Some(&*run) {
+                if known.is_some() {
+                    warn!(%run, "redis restarted: treating everything cached before as invalid");
+                }
+                *known = Some(run.clone());
+                // The new run's clock starts again from zero, and what
+                // bounded mode heard belongs to the old one.
+                self.floor.store(0, Ordering::Release);
+                self.followed.subscribed.store(false, Ordering::Release);
+                self.followed.clear();
+                self.rules_ok.store(false, Ordering::Release);
+                self.evicted.store(u64::MAX, Ordering::Release);
+                self.epoch.fetch_add(1, Ordering::AcqRel) + 1
+            } else {
+                self.epoch.load(Ordering::Acquire)
+            }
+        };
+        let link = Arc::new(Link {
+            conn: provisional.conn,
+            run,
+            epoch,
+        });
+        self.link.store(Some(link.clone()));
+        self.owed(|_| ());
+        self.check_eviction_policy(&link).await;
+        Some(link)
+    }
+
+    pub(super) async fn open_connection(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let client = redis::Client::open(self.url.as_str())?;
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(200))))
+            .set_response_timeout(Some(self.timeout.max(Duration::from_millis(200)) * 8));
+        client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+    }
+}

@@ -1,0 +1,327 @@
+//! A write's two phases against the shared log: the fence recorded before
+//! the write is forwarded, the lift (and invalidation) once its outcome is
+//! known, what is owed while Redis cannot record them, and the reconciling
+//! of owed records in every new run.
+
+use super::*;
+
+/// Tries for a lift: with its write's fence in `link`'s run, nothing the
+/// lift would invalidate can be served until some replica lifts it, so one
+/// is enough; without, the lift is the only protection.
+pub(super) fn attempts(fenced_in: Option<u64>, link: &Link) -> u32 {
+    if fenced_in == Some(link.epoch) {
+        1
+    } else {
+        INVALIDATE_ATTEMPTS
+    }
+}
+
+pub(super) fn joined(tags: &BTreeSet<String>) -> String {
+    tags.iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl RedisTier {
+    /// A link to record a write on: the current one, or one opened now
+    /// rather than at the maintainer's next check (a write must not go
+    /// unrecorded for want of a connection attempt).
+    pub(super) async fn link_for_write(&self) -> Option<Arc<Link>> {
+        match self.link.load_full() {
+            Some(link) => Some(link),
+            None => self.connect(true).await,
+        }
+    }
+
+    /// After `link` failed a write's call: a link to try once more on, if
+    /// the failure was its connection dying (Redis restarted, the connection
+    /// broke) — opened at once, so the write is recorded in the new run
+    /// before it is acknowledged. `None` when Redis merely answered badly or
+    /// slowly (no second try: the write waits long enough already).
+    pub(super) async fn second_chance(&self, link: &Arc<Link>) -> Option<Arc<Link>> {
+        if self.is_current(link) {
+            return None;
+        }
+        self.connect(false).await
+    }
+
+    /// Phase 1 of a write (before it is forwarded): fence `tags` in the
+    /// shared log. False when that could not be recorded; the write is then
+    /// owed, and this replica bypasses the cache until it is recorded.
+    pub async fn begin_write(&self, id: u64, tags: &BTreeSet<String>) -> bool {
+        // The rules the proxy planned it by (it plans by the store's).
+        let rules = self.rules.load(Ordering::Acquire);
+        let mut fenced_in = None;
+        let mut link = self.link_for_write().await;
+        for second in [false, true] {
+            let Some(l) = link.take() else { break };
+            if self.fence(&l, id, tags, rules).await {
+                fenced_in = Some(l.epoch);
+                break;
+            }
+            if !second {
+                link = self.second_chance(&l).await;
+            }
+        }
+        // Owed from now until its lift is recorded. (Entered after the
+        // attempt, so that reads do not bypass the cache while a fence that
+        // is about to be recorded is on its way.)
+        self.owed(|o| {
+            o.writes.insert(
+                id,
+                OwedWrite {
+                    tags: tags.clone(),
+                    rules,
+                    fenced_in,
+                    end: None,
+                },
+            )
+        });
+        if fenced_in.is_none() {
+            METRICS.invalidation_failures.inc();
+        }
+        fenced_in.is_some()
+    }
+
+    /// A write that was never forwarded: nothing to record. (Had its fence
+    /// reached Redis after all, unanswered, the sweep lifts it.)
+    pub fn forget(&self, id: u64) {
+        self.owed(|o| o.writes.remove(&id));
+    }
+
+    /// A write given up on without a runtime to lift it from (process
+    /// teardown): leave its lift to the maintainer.
+    pub fn mark_ended(&self, id: u64) {
+        self.owed(|o| {
+            if let Some(w) = o.writes.get_mut(&id) {
+                w.end.get_or_insert(End {
+                    extra: BTreeSet::new(),
+                    invalidate: true,
+                });
+            }
+        });
+    }
+
+    /// Phase 2 of a write (its outcome known, or given up on): lift its
+    /// fence, invalidating its tags and `extra` unless `invalidate` is false.
+    /// False when that could not be recorded yet; it stays owed.
+    pub async fn end_write(&self, id: u64, extra: BTreeSet<String>, invalidate: bool) -> Ended {
+        let (tags, fenced_in, rules) = match self.owed.lock().writes.get(&id) {
+            Some(w) => (w.tags.clone(), w.fenced_in, w.rules),
+            None => (BTreeSet::new(), None, self.rules.load(Ordering::Acquire)),
+        };
+        let mut recorded = false;
+        let mut link = self.link_for_write().await;
+        let mut stands = false;
+        for second in [false, true] {
+            let Some(l) = link.take() else { break };
+            let attempts = attempts(fenced_in, &l);
+            if self
+                .lift(&l, id, &tags, &extra, invalidate, rules, attempts)
+                .await
+            {
+                recorded = true;
+                break;
+            }
+            // Its fence still protects every replica while its link is the
+            // current one in the run it was recorded in: the lift only
+            // failed, Redis did not restart (and it is not reachable only
+            // through another connection).
+            stands = fenced_in == Some(l.epoch) && self.is_current(&l);
+            if !second {
+                link = self.second_chance(&l).await;
+            }
+        }
+        // Marked ended only when it could not be recorded: reads bypass the
+        // cache while anything is owed, and a lift on its way is not owed.
+        self.owed(|o| {
+            if recorded {
+                o.writes.remove(&id);
+            } else {
+                o.writes
+                    .entry(id)
+                    .or_insert_with(|| OwedWrite {
+                        tags: tags.clone(),
+                        rules,
+                        fenced_in: None,
+                        end: None,
+                    })
+                    .end = Some(End {
+                    extra: extra.clone(),
+                    invalidate,
+                });
+            }
+        });
+        if recorded {
+            return Ended::Recorded;
+        }
+        METRICS.invalidation_failures.inc();
+        // The fence covers what it fenced, not what only the answer named.
+        Ended::Owed {
+            fence_stands: stands && extra.is_subset(&tags),
+        }
+    }
+
+    /// Invalidate `tags` now (no write in flight: a purge).
+    pub async fn invalidate(&self, tags: &BTreeSet<String>) -> bool {
+        if tags.is_empty() {
+            return true;
+        }
+        self.end_write(rand::random::<u64>() | 1, tags.clone(), true)
+            .await
+            == Ended::Recorded
+    }
+
+    pub(super) async fn fence(
+        &self,
+        link: &Arc<Link>,
+        id: u64,
+        tags: &BTreeSet<String>,
+        rules: u64,
+    ) -> bool {
+        if tags.is_empty() {
+            return true;
+        }
+        let mut inv = self.fence_script.prepare_invoke();
+        inv.key(Keys::fences(&link.run))
+            .key(Keys::fence(&link.run, id));
+        for t in tags {
+            inv.key(Keys::tag(&link.run, t));
+        }
+        inv.arg(id)
+            .arg(self.fence_ttl.as_millis() as u64)
+            .arg(self.inv_ttl.as_millis() as u64)
+            .arg(joined(tags))
+            .arg(Keys::fence_channel(&link.run))
+            .arg(FENCE_UNIT)
+            .arg(format!("{rules:016x}"));
+        self.record::<i64>(link, "fence", &inv, 1).await.is_some()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn lift(
+        &self,
+        link: &Arc<Link>,
+        id: u64,
+        fenced: &BTreeSet<String>,
+        extra: &BTreeSet<String>,
+        invalidate: bool,
+        rules: u64,
+        attempts: u32,
+    ) -> bool {
+        let extra: BTreeSet<String> = extra.difference(fenced).cloned().collect();
+        if fenced.is_empty() && (extra.is_empty() || !invalidate) {
+            return true;
+        }
+        let mut inv = self.lift_script.prepare_invoke();
+        inv.key(Keys::clock(&link.run))
+            .key(Keys::fences(&link.run))
+            .key(Keys::fence(&link.run, id))
+            .key(Keys::active_rules(&link.run))
+            .key(Keys::tag(&link.run, ALL_TAG));
+        for t in fenced.iter().chain(&extra) {
+            inv.key(Keys::tag(&link.run, t));
+        }
+        let all: BTreeSet<String> = fenced.union(&extra).cloned().collect();
+        inv.arg(id)
+            .arg(fenced.len())
+            .arg(self.inv_ttl.as_millis() as u64)
+            .arg(FENCE_UNIT)
+            .arg(if invalidate { "1" } else { "0" })
+            .arg(Keys::inv_channel(&link.run))
+            .arg(now_millis())
+            .arg(joined(&all))
+            .arg(Keys::fence_channel(&link.run))
+            .arg(joined(fenced))
+            .arg(format!("{rules:016x}"))
+            .arg(ALL_TAG);
+        let Some(s) = self.record::<u64>(link, "invalidate", &inv, attempts).await else {
+            return false;
+        };
+        if invalidate {
+            // Read-your-writes on this replica in bounded mode, before the
+            // message comes back.
+            self.followed.learn(s, all);
+        }
+        true
+    }
+
+    /// Record what this replica owes the log in `link`'s run: lifts not yet
+    /// recorded, and fences of writes still in flight that this run has no
+    /// record of. True when nothing is owed any more.
+    pub(super) async fn reconcile(&self, link: &Arc<Link>) -> bool {
+        let due = self.owed.lock().due(link.epoch);
+        self.owed(|_| ());
+        if due.is_empty() {
+            return true;
+        }
+        for (id, w) in due {
+            if let Some(end) = w.end {
+                let attempts = attempts(w.fenced_in, link);
+                if !self
+                    .lift(
+                        link,
+                        id,
+                        &w.tags,
+                        &end.extra,
+                        end.invalidate,
+                        w.rules,
+                        attempts,
+                    )
+                    .await
+                {
+                    return false;
+                }
+                self.owed(|o| o.writes.remove(&id));
+                info!(
+                    tags = w.tags.len() + end.extra.len(),
+                    "recorded an owed invalidation"
+                );
+                continue;
+            }
+            if !self.fence(link, id, &w.tags, w.rules).await {
+                return false;
+            }
+            let ended_meanwhile = self.owed(|o| match o.writes.get_mut(&id) {
+                Some(w) if w.end.is_none() => {
+                    w.fenced_in = Some(link.epoch);
+                    false
+                }
+                _ => true,
+            });
+            // Its own lift may have run before this fence: lift it again
+            // rather than leave it to the sweep.
+            if ended_meanwhile {
+                self.lift(link, id, &w.tags, &BTreeSet::new(), true, w.rules, 1)
+                    .await;
+            }
+        }
+        !self.owes()
+    }
+
+    /// Lift fences whose deadline passed (their writer died or lost Redis).
+    pub(super) async fn sweep(&self, link: &Arc<Link>) {
+        let mut inv = self.sweep_script.prepare_invoke();
+        inv.key(Keys::clock(&link.run))
+            .key(Keys::fences(&link.run))
+            .arg(Keys::prefix(&link.run))
+            .arg(self.inv_ttl.as_millis() as u64)
+            .arg(FENCE_UNIT)
+            .arg(Keys::inv_channel(&link.run))
+            .arg(Keys::fence_channel(&link.run))
+            .arg(now_millis())
+            .arg(SWEEP_BATCH)
+            .arg(ALL_TAG);
+        let mut conn = link.conn.clone();
+        match tokio::time::timeout(self.timeout * 4, inv.invoke_async::<u64>(&mut conn)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => warn!(
+                fences = n,
+                "lifted fences whose writer never did (a replica died or lost redis mid-write)"
+            ),
+            Ok(Err(e)) => self.failed(link, "sweep", Some(&e)),
+            Err(_) => self.failed(link, "sweep", None),
+        }
+    }
+}
