@@ -343,6 +343,30 @@ mod tests {
     }
 
     #[test]
+    fn a_problem_is_located_at_the_value_not_at_a_comment_naming_it() {
+        // The comment names the same bad value first; the error points at
+        // the key's line. A `#` inside a value is not a comment.
+        let text = "# was: upstream: ftp://x\nroutes:\n  - name: a # the first\n    match: /a/**/b\nupstream: ftp://x\n";
+        let e = Config::from_str(text, None, &Overrides::default()).unwrap_err();
+        let lines: Vec<_> = e.problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, vec![Some(5), Some(4)], "{e}");
+        use validate::without_comment as code;
+        assert_eq!(code("upstream: x # old: y"), "upstream: x ");
+        assert_eq!(code("# all of it"), "");
+        assert_eq!(code("purge: [/a#b]"), "purge: [/a#b]");
+        assert_eq!(code(r#"on: "x # y" # z"#), r#"on: "x # y" "#);
+    }
+
+    #[test]
+    fn every_problem_of_an_invalidation_rule_is_reported() {
+        let text = "invalidate:\n  - on: PATCH /a/:id/**/b\n    purge: [/c/**/d]\n";
+        let e = Config::from_str(text, None, &Overrides::default()).unwrap_err();
+        assert_eq!(e.problems.len(), 2, "{e}");
+        assert_eq!(e.problems[0].line, Some(2), "{e}");
+        assert_eq!(e.problems[1].line, Some(3), "{e}");
+    }
+
+    #[test]
     fn a_namespace_is_visible_ascii_and_the_environment_wins() {
         let c = Config::from_str(
             "cache:\n  namespace: build-41\n",

@@ -71,11 +71,29 @@ fn locate(text: &str, needle: &str) -> (Option<usize>, Option<usize>) {
         return (None, None);
     }
     for (i, line) in text.lines().enumerate() {
-        if let Some(col) = line.find(needle) {
+        if let Some(col) = without_comment(line).find(needle) {
             return (Some(i + 1), Some(col + 1));
         }
     }
     (None, None)
+}
+
+/// A YAML line without its comment: from a `#` that starts the line or
+/// follows a space or tab, outside quotes (a `#` inside a value, as in
+/// `/a#b` or `"x # y"`, is not a comment).
+pub(super) fn without_comment(line: &str) -> &str {
+    let mut quote = None;
+    let mut previous = ' ';
+    for (i, c) in line.char_indices() {
+        match (quote, c) {
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), _) if c == q => quote = None,
+            (None, '#') if previous == ' ' || previous == '\t' => return &line[..i],
+            _ => {}
+        }
+        previous = c;
+    }
+    line
 }
 
 fn validate_monitoring(

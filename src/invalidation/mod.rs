@@ -167,26 +167,18 @@ impl Invalidation {
         let mut errors = Vec::new();
         for (i, r) in raw.into_iter().enumerate() {
             let name = r.name.clone().unwrap_or_else(|| format!("rule-{}", i + 1));
-            let (methods, pattern) = match parse_on(&r.on) {
-                Ok(x) => x,
-                Err(message) => {
-                    errors.push(RuleError {
-                        at: r.on.clone(),
-                        message,
-                    });
-                    continue;
-                }
-            };
-            let on_router = match single(&pattern, paths) {
-                Ok((_, router)) => router,
-                Err(e) => {
-                    errors.push(RuleError {
-                        at: r.on.clone(),
-                        message: e.to_string(),
-                    });
-                    continue;
-                }
-            };
+            // Every problem of the rule is reported, its targets' too, even
+            // when its `on:` is already wrong.
+            let on = parse_on(&r.on).and_then(|(methods, pattern)| {
+                let (_, router) = single(&pattern, paths).map_err(|e| e.to_string())?;
+                Ok((methods, pattern, router))
+            });
+            if let Err(message) = &on {
+                errors.push(RuleError {
+                    at: r.on.clone(),
+                    message: message.clone(),
+                });
+            }
             if r.purge.is_empty() {
                 errors.push(RuleError {
                     at: r.on.clone(),
@@ -203,6 +195,9 @@ impl Invalidation {
                     }),
                 }
             }
+            let Ok((methods, pattern, on_router)) = on else {
+                continue;
+            };
             inv.rules.push(InvalidationRule {
                 name,
                 methods,
@@ -599,8 +594,11 @@ mod tests {
             &PathPolicy::default(),
         )
         .unwrap_err();
-        assert_eq!(e.len(), 1, "{e:?}");
+        // Both of the rule's problems, each with the text to point at (the
+        // bad `on:` no longer hides the bad target).
+        assert_eq!(e.len(), 2, "{e:?}");
         assert_eq!(e[0].at, "GET /a/:id");
+        assert_eq!(e[1].at, "/a/**/b");
     }
 
     #[test]
