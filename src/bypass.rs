@@ -31,7 +31,8 @@ pub enum Bypass {
     ConnectionListed,
     /// The client's `Cache-Control: no-store` (`cache.request_cache_control`).
     RequestNoStore,
-    /// The shared tier cannot be trusted now (Redis unreachable or behind).
+    /// The shared tier cannot be trusted now (`Store::usable`: Redis
+    /// unreachable, the breaker open, writes owed, the fleet's rules mixed).
     StoreUnavailable,
 }
 
@@ -120,6 +121,10 @@ mod tests {
         Config::from_str(text, None, &Overrides::default()).unwrap()
     }
 
+    fn honoured_config() -> Config {
+        config("cache:\n  request_cache_control: true\n")
+    }
+
     #[test]
     fn each_reason_in_its_order() {
         let c = config("cache:\n  ignore_cookies: [_ga]\n");
@@ -165,6 +170,37 @@ mod tests {
                 true
             ),
             Some(Bypass::RequestNoStore)
+        );
+        // When several apply, the first in this order is the one reported.
+        assert_eq!(
+            why(&[("cookie", "sid=1"), ("content-length", "3")]),
+            Some(Bypass::Cookie)
+        );
+        assert_eq!(
+            why(&[
+                ("content-length", "3"),
+                ("connection", "x-user"),
+                ("x-user", "b")
+            ]),
+            Some(Bypass::RequestBody)
+        );
+        assert_eq!(
+            decide(
+                &req(&[("connection", "x-user"), ("x-user", "b")]),
+                None,
+                &c,
+                false
+            ),
+            Some(Bypass::ConnectionListed)
+        );
+        assert_eq!(
+            decide(
+                &req(&[("cache-control", "no-store")]),
+                None,
+                &honoured_config(),
+                false
+            ),
+            Some(Bypass::StoreUnavailable)
         );
         let shared = config("cache:\n  share_authorized: true\n");
         assert_eq!(

@@ -54,7 +54,7 @@ pub(super) fn refine_location(
         .map(|(q, _)| q);
     if let (Some((line, _)), Some(q)) = (parser, quoted) {
         for (i, l) in text.lines().enumerate().skip(line.saturating_sub(1)) {
-            if let Some(col) = l.find(q) {
+            if let Some(col) = without_comment(l).find(q) {
                 return (Some(i + 1), Some(col + 1));
             }
         }
