@@ -556,7 +556,7 @@ mod tests {
     }
 
     #[test]
-    fn a_date_is_usable_only_alone_and_well_formed() {
+    fn a_date_is_usable_only_when_single_and_well_formed() {
         let with = |dates: &[&str]| {
             let pairs: Vec<(&str, &str)> = dates.iter().map(|d| ("date", *d)).collect();
             has_valid_date(&resp(200, &pairs).headers)
