@@ -399,6 +399,29 @@ async fn rfc9213_a_targeted_field_takes_precedence_over_cache_control() {
     );
 }
 
+/// An app that compresses for anyone whose `Accept-Encoding` mentions gzip
+/// (as many do, `q=0` or not): `GZ` coded gzip, else `PLAIN`, both cacheable
+/// and varying on `Accept-Encoding`.
+fn gzip_when_mentioned() -> ScriptedOrigin {
+    ScriptedOrigin::start(|_, headers| {
+        let gzip = headers
+            .iter()
+            .any(|(k, v)| k == "accept-encoding" && v.contains("gzip"));
+        let mut h = vec![
+            ("cache-control".to_string(), "max-age=60".to_string()),
+            ("vary".to_string(), "Accept-Encoding".to_string()),
+        ];
+        if gzip {
+            h.push(("content-encoding".into(), "gzip".into()));
+        }
+        Scripted {
+            status: 200,
+            headers: h,
+            body: if gzip { "GZ".into() } else { "PLAIN".into() },
+        }
+    })
+}
+
 #[tokio::test]
 async fn accept_encoding_variants_share_what_they_can() {
     // Vary: Accept-Encoding: one entry per set of accepted codings, not
@@ -427,23 +450,7 @@ async fn accept_encoding_variants_share_what_they_can() {
 
     // An app that compresses for those who accept it: a gzip body only ever
     // reaches clients that accept gzip, and they keep getting it.
-    let scripted = ScriptedOrigin::start(|_, headers| {
-        let gzip = headers
-            .iter()
-            .any(|(k, v)| k == "accept-encoding" && v.contains("gzip"));
-        let mut h = vec![
-            ("cache-control".to_string(), "max-age=60".to_string()),
-            ("vary".to_string(), "Accept-Encoding".to_string()),
-        ];
-        if gzip {
-            h.push(("content-encoding".into(), "gzip".into()));
-        }
-        Scripted {
-            status: 200,
-            headers: h,
-            body: if gzip { "GZ".into() } else { "PLAIN".into() },
-        }
-    });
+    let scripted = gzip_when_mentioned();
     let fg = Freshgate::start(&scripted.url(), None, TEST_CONFIG);
     let url = fg.url("/x");
     let no_ae = reqwest::Client::builder().no_gzip().build().unwrap();
@@ -671,23 +678,7 @@ async fn a_client_cannot_plant_a_coded_body_in_another_variant() {
     // The app reads `gzip, gzip;q=0` as "gzip" (any mention); freshgate's
     // variant key says it does not accept gzip. The gzip answer must not
     // land where clients that cannot decode it look.
-    let origin = ScriptedOrigin::start(|_, headers| {
-        let gzip = headers
-            .iter()
-            .any(|(k, v)| k == "accept-encoding" && v.contains("gzip"));
-        let mut h = vec![
-            ("cache-control".to_string(), "max-age=60".to_string()),
-            ("vary".to_string(), "Accept-Encoding".to_string()),
-        ];
-        if gzip {
-            h.push(("content-encoding".into(), "gzip".into()));
-        }
-        Scripted {
-            status: 200,
-            headers: h,
-            body: if gzip { "GZ".into() } else { "PLAIN".into() },
-        }
-    });
+    let origin = gzip_when_mentioned();
     let fg = Freshgate::start(&origin.url(), None, TEST_CONFIG);
     let c = reqwest::Client::builder().no_gzip().build().unwrap();
     let url = fg.url("/plant");
