@@ -64,9 +64,10 @@ pub fn run(start: Start) {
         threads,
         // pingora closes the listeners as soon as the shutdown signal
         // returns, then waits this long for requests in flight: our
-        // `shutdown.timeout`. (`TermOrInt` keeps serving for the grace
+        // `shutdown.timeout`, in whole seconds rounded up (a 500ms timeout
+        // must not become none). (`TermOrInt` keeps serving for the grace
         // period before it returns.)
-        grace_period_seconds: Some(config.shutdown_timeout.as_secs()),
+        grace_period_seconds: Some(config.shutdown_timeout.as_secs_f64().ceil() as u64),
         // Then the runtimes are dropped (whatever still runs is cancelled).
         graceful_shutdown_timeout_seconds: Some(1),
         // Enough idle connections to the app for a busy sidecar.
