@@ -48,8 +48,9 @@ pub struct Metrics {
     /// Writes whose answer never reached freshgate (client reset, app
     /// timeout or reset): invalidated after `writes.timeout`.
     pub writes_unanswered: IntCounter,
-    /// Writes answered 503 because their fence could not be recorded
-    /// (`store.redis.on_unrecorded_write: reject`).
+    /// Writes refused because Redis could not record them: 503 before
+    /// forwarding, 502 instead of the app's answer
+    /// (`store.redis.on_unrecorded_write: reject`, or while stopping).
     pub writes_rejected: IntCounter,
     /// 1 while this replica holds fences or invalidations the shared log
     /// does not have (it bypasses the cache and reports not ready).
@@ -239,7 +240,7 @@ impl Metrics {
         .expect("static metric definition");
         let writes_rejected = IntCounter::new(
             "freshgate_writes_rejected_total",
-            "Writes answered 503 because their fence could not be recorded in Redis (on_unrecorded_write: reject).",
+            "Writes refused because Redis could not record them: 503 before forwarding, 502 instead of the app's answer (on_unrecorded_write: reject, or while stopping).",
         )
         .expect("static metric definition");
         let owed_invalidations = IntGauge::new(

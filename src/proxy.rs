@@ -795,9 +795,21 @@ impl Proxy {
         writes::plan(config, rules_on, request)
     }
 
+    /// Whether a write Redis cannot record is refused rather than owed:
+    /// by `on_unrecorded_write: reject`, and always once the process is
+    /// stopping (an owed record would end with it, unrecorded).
+    fn rejects_unrecorded(&self, config: &Config) -> bool {
+        self.store.stopping()
+            || config
+                .redis
+                .as_ref()
+                .is_some_and(|r| r.on_unrecorded_write == UnrecordedWrite::Reject)
+    }
+
     /// Phase 1 of a write, before it is forwarded: fence what it may change
-    /// (see `writes`). With `on_unrecorded_write: reject`, a write whose
-    /// fence Redis could not record is answered 503 instead of forwarded.
+    /// (see `writes`). With `on_unrecorded_write: reject` (or once the
+    /// process is stopping), a write whose fence Redis could not record is
+    /// answered 503 instead of forwarded.
     async fn begin_write(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let Some(request) = &ctx.request else {
             return Ok(true);
@@ -816,11 +828,7 @@ impl Proxy {
         };
         let fence = self.store.begin_write(planned.tags.clone()).await;
         if !fence.recorded() {
-            let reject = config
-                .redis
-                .as_ref()
-                .is_some_and(|r| r.on_unrecorded_write == UnrecordedWrite::Reject);
-            if reject {
+            if self.rejects_unrecorded(&config) {
                 self.store.abandon_write(fence);
                 METRICS.writes_rejected.inc();
                 let body = br#"{"error":"the cache cannot record this write right now; it was not sent to the app. Retry."}"#;
@@ -856,10 +864,10 @@ impl Proxy {
     /// Phase 2: the app answered the write with a final status. Invalidate
     /// what it changed (unless the app refused it) and lift its fence before
     /// the client hears back, so no read that follows can see the old data.
-    /// With `on_unrecorded_write: reject`, a write whose invalidation cannot
-    /// be recorded while no fence of it stands is not acknowledged: the
-    /// client gets an error (the outcome is unknown to it), not the app's
-    /// answer.
+    /// With `on_unrecorded_write: reject` (or once the process is
+    /// stopping), a write whose invalidation cannot be recorded while no
+    /// fence of it stands is not acknowledged: the client gets an error
+    /// (the outcome is unknown to it), not the app's answer.
     async fn end_write(
         &self,
         session: &Session,
@@ -889,11 +897,7 @@ impl Proxy {
                 path = req.uri.path(),
                 "invalidation not recorded yet: the cache is bypassed until it is"
             );
-            let reject = config
-                .redis
-                .as_ref()
-                .is_some_and(|r| r.on_unrecorded_write == UnrecordedWrite::Reject);
-            if reject && invalidate && !fence_stands {
+            if self.rejects_unrecorded(&config) && invalidate && !fence_stands {
                 METRICS.writes_rejected.inc();
                 return Error::e_explain(
                     ErrorType::HTTPStatus(502),

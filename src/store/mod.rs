@@ -341,6 +341,12 @@ impl Store {
         self.redis.as_ref().is_some_and(|r| r.owes())
     }
 
+    /// The process is stopping: a write whose record cannot be made now is
+    /// refused rather than left owed (see `RedisTier::stopping`).
+    pub fn stopping(&self) -> bool {
+        self.redis.as_ref().is_some_and(|r| r.stopping())
+    }
+
     async fn still_valid(&self, link: Option<&Arc<Link>>, e: &Entry) -> bool {
         match (&self.redis, link) {
             (Some(r), Some(link)) => r.valid(link, e.fetch_seq, &e.tags).await.unwrap_or(false),

@@ -311,6 +311,74 @@ async fn a_replica_that_starts_without_redis_records_its_writes_before_anything_
     assert_eq!(get(&a.admin_url("/readyz")).await.status, 200);
 }
 
+/// A replica told to stop while it owes a write's record (it could not
+/// reach Redis) kept it only in memory, and its maintainer stopped with the
+/// shutdown: the record was lost and other replicas served the old entry.
+/// It must keep trying until the shutdown timeout ends, and refuse to
+/// acknowledge a write it can no longer promise to record.
+#[tokio::test]
+async fn a_stopping_replica_records_what_it_owes_and_acknowledges_nothing_it_cannot_record() {
+    let origin = Origin::start(0);
+    let redis = Redis::start();
+    let gate = Gate::closed(redis.port);
+    let b = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
+    b.wait_redis(true).await;
+    let config = TEST_CONFIG.replacen("  timeout: 1s\n", "  timeout: 8s\n", 1);
+    let mut a = Freshgate::start(&origin.url(), Some(&gate.redis_url()), &config);
+    let (path, late) = ("/studio/api/scenes/322", "/studio/api/scenes/323");
+    b.get_shared(path).await;
+    assert_eq!(b.get_shared(path).await.x_cache, "HIT");
+
+    let w = send(
+        client()
+            .patch(a.url(path))
+            .header("host", "app.test")
+            .body(r#"{"text":"owed when the replica was stopped"}"#),
+    )
+    .await;
+    assert_eq!(w.status, 200, "pass mode forwards and owes it: {w:?}");
+    // Still at the app when the replica is told to stop.
+    let slow = tokio::spawn(send(
+        client()
+            .patch(a.url(late))
+            .header("host", "app.test")
+            .header("x-demo-delay-ms", "1500")
+            .body(r#"{"text":"ended while stopping"}"#),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.proc.signal("TERM");
+    let slow = slow.await.unwrap();
+    assert_eq!(
+        slow.status, 502,
+        "a stopping replica cannot promise to record it later: not acknowledged: {slow:?}"
+    );
+
+    // Redis comes back within the shutdown timeout.
+    gate.open();
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        let r = b.get_shared(path).await;
+        if r.json()["text"] == "owed when the replica was stopped" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b still serves what the acknowledged write changed: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = a
+        .proc
+        .wait_exit(Duration::from_secs(20))
+        .expect("exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        a.log().contains("every owed invalidation is recorded"),
+        "{}",
+        a.log()
+    );
+}
+
 /// Hole 3: a fill whose clock was read before a Redis restart and stored
 /// after it carried an old-run clock value larger than every invalidation
 /// of the new run, so a PATCH acknowledged after the restart left it a hit

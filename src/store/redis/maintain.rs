@@ -23,19 +23,36 @@ impl MemoryStats {
 
 impl RedisTier {
     /// Keep a link, record what is owed, lift abandoned fences, and close
-    /// the breaker when Redis answers. Runs until `shutdown` turns true.
+    /// the breaker when Redis answers. Once `shutdown` turns true it keeps
+    /// recording what is owed until the runtime is torn down: an owed
+    /// record is held nowhere else, and while it is missing other replicas
+    /// may serve what its write changed.
     pub async fn maintain(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        loop {
+        while !*shutdown.borrow() {
             self.check_once().await;
             if self.available() {
                 self.last_up_ms.store(mono_ms(), Ordering::Release);
             }
             tokio::select! {
                 _ = tokio::time::sleep(PING_EVERY) => {}
-                _ = shutdown.changed() => {
-                    if *shutdown.borrow() { return; }
+                // The sender gone is a shutdown too.
+                r = shutdown.changed() => if r.is_err() { break },
+            }
+        }
+        self.stopping.store(true, Ordering::Release);
+        let mut told = false;
+        loop {
+            if self.owes() {
+                self.check_once().await;
+                if self.owes() && !told {
+                    warn!("stopping with invalidations not recorded in redis yet: still trying until the shutdown timeout ends (other replicas may serve what those writes changed until then)");
+                    told = true;
+                } else if !self.owes() && told {
+                    info!("stopping: every owed invalidation is recorded");
+                    told = false;
                 }
             }
+            tokio::time::sleep(PING_EVERY).await;
         }
     }
 

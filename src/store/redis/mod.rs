@@ -180,6 +180,9 @@ pub struct RedisTier {
     /// `owed.owes(current epoch)`, kept up to date on every change of
     /// either, so that the request path reads one atomic.
     owing: AtomicBool,
+    /// The process is stopping (the maintainer heard the shutdown): what
+    /// cannot be recorded now may never be, so nothing more may be owed.
+    stopping: AtomicBool,
     /// The fingerprint of this replica's rules.
     rules: AtomicU64,
     /// Replicas with other rules are alive (a rollout): serve nothing, and
@@ -224,6 +227,7 @@ impl RedisTier {
             evicted: AtomicU64::new(u64::MAX),
             owed: parking_lot::Mutex::new(Owed::default()),
             owing: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             rules: AtomicU64::new(0),
             rules_mixed: AtomicBool::new(true),
             rules_settling: parking_lot::Mutex::new(()),
@@ -271,6 +275,12 @@ impl RedisTier {
     /// does not have yet (then it must not be called ready).
     pub fn owes(&self) -> bool {
         self.owing.load(Ordering::Acquire)
+    }
+
+    /// Whether the process is stopping: a write this replica cannot record
+    /// now must not be acknowledged as if it could record it later.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     /// Change what is owed, and keep `owing` true to it.
