@@ -11,6 +11,7 @@
 //! - [`flags`]: feature flags (kill switch, invalidation, ...) and their layers.
 //! - [`rules`]: route patterns (`/studio/api/scenes/:id`) compiled to one matcher.
 //! - [`proxy`]: the request path, pingora's `ProxyHttp` — start reading here.
+//! - [`hit`]: fresh hits answered from the memory tier, before pingora-cache.
 //! - [`canonical`]: what a request means: the one path and method set that
 //!   the key, route rules, tags and write rules all use.
 //! - [`host`]: the host a request names, validated and normalised (it is keyed).
@@ -48,6 +49,7 @@ pub mod demo;
 pub mod flags;
 pub mod forwarding;
 pub mod health;
+pub mod hit;
 pub mod host;
 pub mod invalidation;
 pub mod metrics;

@@ -37,6 +37,7 @@ use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use http::{header, Method, StatusCode};
+use pingora::cache::key::CacheHashKey;
 use pingora::cache::lock::CacheKeyLockImpl;
 use pingora::cache::{
     CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable, VarianceBuilder,
@@ -51,6 +52,7 @@ use crate::canonical::{self, Canonical};
 use crate::config::{Config, UnrecordedWrite};
 use crate::flags::Flag;
 use crate::forwarding;
+use crate::hit;
 use crate::host::{self, Host};
 use crate::invalidation;
 use crate::metrics::{method_label, status_class, METRICS};
@@ -131,6 +133,8 @@ pub struct Ctx {
     /// Whether the peer is a trusted proxy (its forwarding headers believed).
     peer_trusted: bool,
     rule: Option<Arc<Rule>>,
+    /// The cache may be used (a GET/HEAD with no reason to bypass it).
+    use_cache: bool,
     /// Why a GET/HEAD skipped the cache before lookup.
     bypass: Option<Bypass>,
     /// Why the app's response was not stored.
@@ -169,6 +173,7 @@ impl ProxyHttp for Proxy {
             scheme: "http",
             peer_trusted: false,
             rule: None,
+            use_cache: false,
             bypass: None,
             not_stored: None,
             not_modified: None,
@@ -231,33 +236,15 @@ impl ProxyHttp for Proxy {
         let request = Canonical::new(req, &ctx.config.paths, &ctx.config.method_override);
         ctx.rule = ctx.config.routes.lookup(&request.route).cloned();
         ctx.request = Some(request);
+        ctx.use_cache = self.may_use_cache(session.req_header(), ctx);
+        if ctx.use_cache && self.answer_fresh_hit(session, ctx).await? {
+            return Ok(true);
+        }
         Ok(false)
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        let req = session.req_header();
-        let Some(request) = &ctx.request else {
-            return Ok(());
-        };
-        // A GET that names an unsafe method in an override is a write to the
-        // app: never answered from the cache.
-        if !matches!(req.method, Method::GET | Method::HEAD) || request.methods.is_write() {
-            return Ok(());
-        }
-        if !self.live.flags.get(Flag::Cache, &ctx.config.flags) {
-            ctx.bypass = Some(Bypass::CacheOff);
-            return Ok(());
-        }
-        ctx.bypass = bypass::decide(req, ctx.rule.as_deref(), &ctx.config, self.store.usable());
-        if ctx.bypass == Some(Bypass::Cookie)
-            && self.live.flags.get(Flag::Monitoring, &ctx.config.flags)
-        {
-            let rule = ctx.rule.as_deref();
-            let ignored = rule.map_or(&ctx.config.ignore_cookies[..], |r| &r.ignore_cookies[..]);
-            self.monitor
-                .count_bypassing_cookies(&cachekey::unknown_cookies(req, rule, ignored));
-        }
-        if ctx.bypass.is_some() {
+        if !ctx.use_cache {
             return Ok(());
         }
         let mut overrides = pingora::cache::CacheOptionOverrides::default();
@@ -758,6 +745,63 @@ impl ProxyHttp for Proxy {
 }
 
 impl Proxy {
+    /// Whether the cache may be used for this request at all (GET/HEAD,
+    /// `cache` flag on, no bypass: see `bypass`); sets `ctx.bypass` when not.
+    fn may_use_cache(&self, req: &RequestHeader, ctx: &mut Ctx) -> bool {
+        let Some(request) = &ctx.request else {
+            return false;
+        };
+        // A GET that names an unsafe method in an override is a write to the
+        // app: never answered from the cache.
+        if !matches!(req.method, Method::GET | Method::HEAD) || request.methods.is_write() {
+            return false;
+        }
+        if !self.live.flags.get(Flag::Cache, &ctx.config.flags) {
+            ctx.bypass = Some(Bypass::CacheOff);
+            return false;
+        }
+        ctx.bypass = bypass::decide(req, ctx.rule.as_deref(), &ctx.config, self.store.usable());
+        if ctx.bypass == Some(Bypass::Cookie)
+            && self.live.flags.get(Flag::Monitoring, &ctx.config.flags)
+        {
+            let rule = ctx.rule.as_deref();
+            let ignored = rule.map_or(&ctx.config.ignore_cookies[..], |r| &r.ignore_cookies[..]);
+            self.monitor
+                .count_bypassing_cookies(&cachekey::unknown_cookies(req, rule, ignored));
+        }
+        ctx.bypass.is_none()
+    }
+
+    /// Answer a fresh hit from the memory tier without pingora-cache (see
+    /// `hit`). False: the request takes pingora-cache's path (a miss, a
+    /// stale or `Vary`ing entry, a conditional or range request, …).
+    async fn answer_fresh_hit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // freshgate's own refreshes must reach the app.
+        if ctx.background
+            || !hit::request_allows(session.req_header(), ctx.config.request_cache_control)
+        {
+            return Ok(false);
+        }
+        let key = self.cache_key_callback(session, ctx)?;
+        let now = SystemTime::now();
+        let found = self
+            .store
+            .memory_hit(&key.combined_bin(), |stored| hit::response(stored, now))
+            .await;
+        let Some((resp, body)) = found else {
+            return Ok(false);
+        };
+        ctx.outcome = Outcome::Hit;
+        let header_only = session.req_header().method == Method::HEAD;
+        session
+            .write_response_header(Box::new(resp), header_only)
+            .await?;
+        if !header_only {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(true)
+    }
+
     /// A write whose answer never reached `response_filter` (pingora failed
     /// the request, or it ended some other way): end it now if it never
     /// reached the app, else keep it fenced while the app may still commit.
@@ -1093,9 +1137,9 @@ fn describe(session: &Session, ctx: &Ctx) -> (Outcome, String) {
         );
     }
     match session.cache.phase() {
-        CachePhase::Hit => (Outcome::Hit, format!("{NAME}; hit; ttl={}", ttl(session))),
+        CachePhase::Hit => (Outcome::Hit, hit::cache_status(ttl(session))),
         CachePhase::Stale | CachePhase::StaleUpdating => {
-            (Outcome::Stale, format!("{NAME}; hit; ttl={}", ttl(session)))
+            (Outcome::Stale, hit::cache_status(ttl(session)))
         }
         CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => (
             Outcome::Hit,

@@ -27,7 +27,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::store::redis::RedisTier;
-use crate::time::{now_secs, rfc3339};
+use crate::time::now_secs;
 use alerts::{Alert, Alerts, MonitoringConfig, State, Window};
 use series::{Bucket, Kind, Series};
 
@@ -42,7 +42,9 @@ const HOUR_KEY_TTL: Duration = Duration::from_secs(series::HOURS_KEPT + 86_400);
 #[serde(rename_all = "camelCase")]
 pub struct Operation {
     pub seq: u64,
-    pub timestamp: String,
+    /// Formatted (RFC 3339) only when listed: most are never read.
+    #[serde(serialize_with = "serialize_time")]
+    pub timestamp: SystemTime,
     /// `HIT`, `MISS`, `STALE`, `BYPASS`, `PASS`, `INVALIDATE`, `PURGE`.
     pub op: &'static str,
     pub method: String,
@@ -61,6 +63,10 @@ pub struct Operation {
 
 fn serialize_str<S: serde::Serializer>(v: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(v)
+}
+
+fn serialize_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*t))
 }
 
 /// What one request or write contributes.
@@ -239,7 +245,7 @@ impl Monitor {
         }
         let op = Arc::new(Operation {
             seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
-            timestamp: rfc3339(SystemTime::now()),
+            timestamp: SystemTime::now(),
             op: e.op,
             method: e.method.to_string(),
             route: e.name.to_string(),
@@ -254,8 +260,11 @@ impl Monitor {
             ops.push_front(op.clone());
             ops.truncate(cap);
         }
-        // No subscribers is the normal case: nobody has the page open.
-        let _ = self.live_ops.send(op);
+        // No subscribers is the normal case: nobody has the page open (and
+        // then the channel is not even touched).
+        if self.live_ops.receiver_count() > 0 {
+            let _ = self.live_ops.send(op);
+        }
     }
 
     /// The most recent operations, newest first.

@@ -45,6 +45,7 @@ pub use entry::{DecodeError, Entry};
 use self::clock::LocalClock;
 pub use self::redis::Ended;
 use self::redis::{Link, RedisTier};
+use crate::hit::Prepared;
 use crate::invalidation;
 use crate::metrics::METRICS;
 
@@ -126,7 +127,12 @@ struct Cached {
     /// The Redis run (epoch) the entry was read or written under (0 without Redis).
     epoch: u64,
     keep_until: Instant,
-    /// `entry.weight()`, computed once: eviction reads it often.
+    /// Its response header decoded, once it has been served without
+    /// pingora-cache (see [`Store::memory_hit`]): only entries that are hit
+    /// pay for it.
+    decoded: Option<Arc<Prepared>>,
+    /// `entry.weight()` plus the decoded header's, computed once: eviction
+    /// reads it often, and it must not change while the entry is held.
     weight: u64,
 }
 
@@ -137,8 +143,32 @@ impl Cached {
             entry,
             epoch,
             keep_until,
+            decoded: None,
         })
     }
+
+    /// The same entry with its header decoded, weighed with it.
+    fn with_decoded(&self, decoded: Arc<Prepared>) -> Arc<Cached> {
+        Arc::new(Cached {
+            weight: self.entry.weight() as u64 + decoded.weight(),
+            entry: self.entry.clone(),
+            epoch: self.epoch,
+            keep_until: self.keep_until,
+            decoded: Some(decoded),
+        })
+    }
+}
+
+/// What the memory tier holds for a key.
+enum InMemory {
+    /// An entry that may be served.
+    Valid(Arc<Cached>),
+    /// An entry of the current run and rules that was invalidated: Redis
+    /// holds the same stale copy, so there is nothing to look for there.
+    Invalidated,
+    /// Nothing (or an entry from another run or rules, or expired, now
+    /// removed): Redis may have a newer copy.
+    Absent,
 }
 
 #[derive(Clone)]
@@ -371,27 +401,82 @@ impl Store {
         (self.memory.len() as u64, self.memory.weight())
     }
 
+    /// The memory tier's entry for `key`, checked as every lookup checks it.
+    /// `evict`: remove an entry that may not be served (a lookup does; a
+    /// look before pingora-cache's leaves it to that lookup, so that it too
+    /// sees an invalidated entry as one and does not look in Redis).
+    async fn in_memory(&self, key: &HashBinary, link: Option<&Arc<Link>>, evict: bool) -> InMemory {
+        let Some(c) = self.memory.get(key) else {
+            return InMemory::Absent;
+        };
+        // Entries from before a Redis restart or a rules change may have
+        // been replaced in Redis by another replica: look there. So may an
+        // expired one have been (Redis expires its copy at the same time).
+        let epoch = link.map_or(0, |l| l.epoch);
+        let current =
+            c.epoch == epoch && self.same_rules(&c.entry) && c.keep_until > Instant::now();
+        if current && self.still_valid(link, &c.entry).await {
+            return InMemory::Valid(c);
+        }
+        if evict {
+            // Only this copy: a fill may have replaced it meanwhile.
+            self.memory.remove_if(key, |v| Arc::ptr_eq(v, &c));
+        }
+        if current {
+            InMemory::Invalidated
+        } else {
+            InMemory::Absent
+        }
+    }
+
+    /// A valid entry for `key` in the memory tier alone, with its header
+    /// decoded (kept with the entry after the first time), handed to
+    /// `serve`: what the proxy needs to answer a fresh hit without
+    /// pingora-cache. `None` (nothing valid in memory, or `serve` declined)
+    /// sends the request down pingora-cache's path, which looks again (in
+    /// Redis too). The same checks as every lookup: nothing is served here
+    /// that a lookup would not serve.
+    pub async fn memory_hit<T>(
+        &self,
+        key: &HashBinary,
+        serve: impl FnOnce(&Prepared) -> Option<T>,
+    ) -> Option<(T, Bytes)> {
+        let link = self.redis.as_ref().and_then(|r| r.link());
+        let InMemory::Valid(c) = self.in_memory(key, link.as_ref(), false).await else {
+            return None;
+        };
+        let stored = match &c.decoded {
+            Some(d) => d.clone(),
+            None => {
+                let decoded = Arc::new(Prepared::of(&decode_meta(&c.entry).ok()?));
+                // Kept with the entry, and weighed with it, in place of this
+                // copy only (a fill may have replaced it meanwhile).
+                let with = c.with_decoded(decoded.clone());
+                let _ = self.memory.entry(key, None, |_, v| {
+                    if Arc::ptr_eq(v, &c) {
+                        *v = with;
+                    }
+                    quick_cache::sync::EntryAction::Retain(())
+                });
+                decoded
+            }
+        };
+        let served = serve(&stored)?;
+        METRICS.store_hits.with_label_values(&["memory"]).inc();
+        Some((served, c.entry.body.clone()))
+    }
+
     async fn find(&self, key: &HashBinary) -> Option<Arc<Cached>> {
         // One link for the whole lookup: an entry is checked against the log
         // of the run it belongs to, over a connection to that very Redis.
         let link = self.redis.as_ref().and_then(|r| r.link());
-        let epoch = link.as_ref().map_or(0, |l| l.epoch);
-        if let Some(c) = self.memory.get(key) {
-            // Entries from before a Redis restart or a rules change may have
-            // been replaced in Redis by another replica: look there. So may an
-            // expired one have been (Redis expires its copy at the same time).
-            let current =
-                c.epoch == epoch && self.same_rules(&c.entry) && c.keep_until > Instant::now();
-            if current && self.still_valid(link.as_ref(), &c.entry).await {
+        match self.in_memory(key, link.as_ref(), true).await {
+            InMemory::Valid(c) => {
                 METRICS.store_hits.with_label_values(&["memory"]).inc();
                 return Some(c);
             }
-            // Only this copy: a fill may have replaced it meanwhile.
-            self.memory.remove_if(key, |v| Arc::ptr_eq(v, &c));
-            if current {
-                // Invalidated: Redis holds the same stale copy.
-                return None;
-            }
+            InMemory::Invalidated => return None,
+            InMemory::Absent => {}
         }
         let redis = self.redis.as_ref()?;
         let link = link?;

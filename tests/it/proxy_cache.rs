@@ -467,3 +467,53 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background(
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_ne!(get(&url).await.x_cache, "STALE");
 }
+
+/// Most fresh hits are answered before pingora-cache (`hit.rs`); a
+/// conditional request that does not match takes pingora-cache's path to
+/// the same entry. Both must answer alike: same fields, same values (Age
+/// and the ttl in Cache-Status may tick between them), the same body, and
+/// freshgate's own targeted field on neither. A HEAD hit has no body.
+#[tokio::test]
+async fn a_hit_answered_before_pingora_cache_is_the_hit_pingora_cache_gives() {
+    let (origin, fg) = setup();
+    let url = fg.url(
+        "/knobs/both-paths?cc=max-age%3D60&etag=v1&hdr=freshgate-cache-control:max-age%3D90&hdr=x-app:kept",
+    );
+    assert_eq!(get(&url).await.x_cache, "MISS");
+    let fast = get(&url).await;
+    let full = send(client().get(&url).header("if-none-match", "\"other\"")).await;
+    assert_eq!(origin.requests().await, 1, "both were hits");
+    for r in [&fast, &full] {
+        assert_eq!((r.status, r.x_cache.as_str()), (200, "HIT"), "{r:?}");
+        assert!(r.cache_status.starts_with("freshgate; hit; ttl="), "{r:?}");
+        assert!(!r.headers.contains_key("freshgate-cache-control"), "{r:?}");
+        assert_eq!(r.headers["x-app"], "kept");
+        assert!(r.age.is_some(), "{r:?}");
+    }
+    let fields = |r: &crate::util::Got| {
+        let mut f: Vec<(String, String)> = r
+            .headers
+            .iter()
+            .filter(|(n, _)| !matches!(n.as_str(), "age" | "cache-status"))
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("?").to_string()))
+            .collect();
+        f.sort();
+        f
+    };
+    assert_eq!(fields(&fast), fields(&full));
+    assert_eq!(fast.body, full.body);
+
+    let head = send(client().head(&url)).await;
+    assert_eq!((head.status, head.x_cache.as_str()), (200, "HIT"));
+    assert_eq!(
+        head.headers["content-length"],
+        fast.headers["content-length"]
+    );
+    assert!(head.body.is_empty());
+    // A range and a matching validator still get pingora-cache's answers.
+    let part = send(client().get(&url).header("range", "bytes=0-9")).await;
+    assert_eq!((part.status, part.body.len()), (206, 10), "{part:?}");
+    let same = send(client().get(&url).header("if-none-match", "\"v1\"")).await;
+    assert_eq!(same.status, 304, "{same:?}");
+    assert_eq!(origin.requests().await, 1);
+}

@@ -1,0 +1,237 @@
+//! Fresh hits answered straight from the memory tier, in `request_filter`,
+//! before pingora-cache is involved.
+//!
+//! Why: through pingora-cache a hit pays for its state machine, a cache-lock
+//! check, and decoding the stored response header (zstd and parsing) on
+//! every request — about half of a hit's CPU next to a bare pingora answer
+//! (docs/benchmarks.md). Most hits need none of it: a GET or HEAD for a
+//! fresh entry, with no range, no validators to compare and no `Vary`.
+//! Those are answered here, from a header the store decodes once per entry
+//! (`Store::memory_hit`, which applies the very checks every lookup
+//! applies). Everything else — misses, fills, stale entries, revalidation,
+//! conditional and range requests, `Vary`, entries only in Redis — takes
+//! pingora-cache's path, which looks the key up again.
+
+use std::time::SystemTime;
+
+use http::{header, Method, StatusCode};
+use pingora::http::{RequestHeader, ResponseHeader};
+
+use pingora::cache::CacheMeta;
+
+use crate::storable;
+
+/// An entry's response header as a fresh hit serves it, made once per
+/// entry (the store keeps it with the entry, see `Store::memory_hit`):
+/// decoded, labelled, and stripped of what is for freshgate alone. A hit
+/// then only adds `Age` and `Cache-Status`.
+#[derive(Debug)]
+pub struct Prepared {
+    header: ResponseHeader,
+    /// Fresh until then (inclusive, as pingora-cache counts it).
+    fresh_until: SystemTime,
+    /// What its age counts from (`CacheMeta::epoch`).
+    epoch: SystemTime,
+    /// Why a hit cannot be served from it (`None`: it can while fresh).
+    unservable: Option<&'static str>,
+}
+
+impl Prepared {
+    pub fn of(meta: &CacheMeta) -> Prepared {
+        Prepared::new(
+            meta.response_header_copy(),
+            meta.fresh_until(),
+            meta.epoch(),
+        )
+    }
+
+    pub fn new(mut header: ResponseHeader, fresh_until: SystemTime, epoch: SystemTime) -> Prepared {
+        let unservable = unservable(&header);
+        header.set_version(http::Version::HTTP_11);
+        // freshgate's own targeted field is for freshgate alone (RFC 9213).
+        header.remove_header(storable::OWN_TARGETED_FIELD);
+        if header.status == StatusCode::OK {
+            // As pingora-cache says of every entry it could serve in ranges.
+            let _ = header.insert_header(header::ACCEPT_RANGES, "bytes");
+        }
+        let _ = header.insert_header("x-cache", "HIT");
+        Prepared {
+            header,
+            fresh_until,
+            epoch,
+            unservable,
+        }
+    }
+
+    /// Bytes it holds, roughly: counted against the memory tier's bound.
+    /// Each field costs its name and value plus the map's own slots (hash
+    /// index, bucket, case-preserved name): ~96 bytes on 64-bit.
+    pub fn weight(&self) -> u64 {
+        256 + self
+            .header
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().len() * 2 + v.len() + 96) as u64)
+            .sum::<u64>()
+    }
+}
+
+/// Why a stored header needs pingora-cache's path even while fresh:
+/// `Vary` (the variant is chosen there), or no single readable
+/// `Content-Length` to frame the body by, or a status without a body.
+fn unservable(h: &ResponseHeader) -> Option<&'static str> {
+    let mut lengths = h.headers.get_all(header::CONTENT_LENGTH).iter();
+    let length = lengths
+        .next()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if h.headers.contains_key(header::VARY) {
+        Some("vary")
+    } else if length.is_none() || lengths.next().is_some() {
+        Some("unframed")
+    } else if matches!(h.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
+        || h.status.is_informational()
+    {
+        Some("no-body")
+    } else {
+        None
+    }
+}
+
+/// Request fields that ask for more than "the stored response as it is":
+/// a part of it, a comparison with the client's copy, or (when the config
+/// lets clients ask) something fresher.
+const NEEDS_PINGORA: &[header::HeaderName] = &[
+    header::RANGE,
+    header::IF_RANGE,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+];
+
+/// Whether `req` may be answered here, if its entry allows (see
+/// [`response`]). `request_cache_control`: clients may ask for fresher
+/// than the entry (`cache.request_cache_control`).
+pub fn request_allows(req: &RequestHeader, request_cache_control: bool) -> bool {
+    matches!(req.method, Method::GET | Method::HEAD)
+        && !NEEDS_PINGORA.iter().any(|h| req.headers.contains_key(h))
+        && !(request_cache_control
+            && (req.headers.contains_key(header::CACHE_CONTROL)
+                || req.headers.contains_key(header::PRAGMA)))
+}
+
+/// The answer to a request for `stored` at `now`, as pingora-cache would
+/// give it on a fresh hit (the stored header, `Age`, freshgate's labels),
+/// or `None` when the entry needs pingora-cache: past its freshness, or
+/// unservable here (see [`unservable`]).
+pub fn response(stored: &Prepared, now: SystemTime) -> Option<ResponseHeader> {
+    if stored.unservable.is_some() || stored.fresh_until < now {
+        return None;
+    }
+    let mut resp = stored.header.clone();
+    let age = now.duration_since(stored.epoch).unwrap_or_default();
+    resp.insert_header(header::AGE, age.as_secs()).ok()?;
+    let ttl = stored
+        .fresh_until
+        .duration_since(now)
+        .unwrap_or_default()
+        .as_secs();
+    resp.insert_header("cache-status", cache_status(ttl as i64))
+        .ok()?;
+    Some(resp)
+}
+
+/// The RFC 9211 `Cache-Status` of a hit with `ttl` seconds of freshness
+/// left (negative: stale by that much).
+pub fn cache_status(ttl: i64) -> String {
+    format!("freshgate; hit; ttl={ttl}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn stored(fields: &[(&str, &str)], fresh_for: i64) -> (Prepared, SystemTime) {
+        let now = SystemTime::now();
+        let mut header = ResponseHeader::build(200, None).unwrap();
+        for (n, v) in fields {
+            header.append_header(n.to_string(), *v).unwrap();
+        }
+        let fresh_until = if fresh_for >= 0 {
+            now + Duration::from_secs(fresh_for as u64)
+        } else {
+            now - Duration::from_secs(fresh_for.unsigned_abs())
+        };
+        let epoch = now - Duration::from_secs(7);
+        (Prepared::new(header, fresh_until, epoch), now)
+    }
+
+    fn request(method: &str, fields: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build(method, b"/api/posts/1", None).unwrap();
+        for (n, v) in fields {
+            req.append_header(n.to_string(), *v).unwrap();
+        }
+        req
+    }
+
+    #[test]
+    fn only_plain_reads_are_answered_here() {
+        assert!(request_allows(&request("GET", &[]), false));
+        assert!(request_allows(&request("HEAD", &[]), true));
+        assert!(!request_allows(&request("POST", &[]), false));
+        for f in [
+            "range",
+            "if-range",
+            "if-none-match",
+            "if-modified-since",
+            "if-match",
+        ] {
+            assert!(!request_allows(&request("GET", &[(f, "x")]), false), "{f}");
+        }
+        let no_cache = request("GET", &[("cache-control", "no-cache")]);
+        assert!(
+            request_allows(&no_cache, false),
+            "ignored unless configured"
+        );
+        assert!(!request_allows(&no_cache, true));
+        assert!(!request_allows(
+            &request("GET", &[("pragma", "no-cache")]),
+            true
+        ));
+    }
+
+    #[test]
+    fn a_fresh_framed_entry_is_answered_with_its_age_and_labels() {
+        let (s, now) = stored(
+            &[
+                ("content-length", "2"),
+                ("date", "Mon, 30 Nov 2026 04:00:00 GMT"),
+                ("freshgate-cache-control", "max-age=60"),
+            ],
+            30,
+        );
+        let r = response(&s, now).expect("fresh");
+        assert_eq!(r.headers["age"], "7");
+        assert_eq!(r.headers["x-cache"], "HIT");
+        assert_eq!(r.headers["cache-status"], "freshgate; hit; ttl=30");
+        assert_eq!(r.headers["date"], "Mon, 30 Nov 2026 04:00:00 GMT");
+        assert_eq!(r.headers["accept-ranges"], "bytes");
+        assert!(!r.headers.contains_key("freshgate-cache-control"));
+    }
+
+    #[test]
+    fn stale_varying_or_unframed_entries_go_to_pingora() {
+        let (s, now) = stored(&[("content-length", "2")], -1);
+        assert!(response(&s, now).is_none(), "stale");
+        let (s, now) = stored(&[("content-length", "2"), ("vary", "accept")], 30);
+        assert!(response(&s, now).is_none(), "vary");
+        let (s, now) = stored(&[], 30);
+        assert!(response(&s, now).is_none(), "no content-length");
+        let (s, now) = stored(&[("content-length", "2x")], 30);
+        assert!(response(&s, now).is_none(), "unreadable content-length");
+        let (s, now) = stored(&[("content-length", "2"), ("content-length", "3")], 30);
+        assert!(response(&s, now).is_none(), "two lengths");
+    }
+}
