@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
-use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora::cache::lock::CacheKeyLockImpl;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -24,6 +24,7 @@ use tracing::info;
 use crate::admin::Admin;
 use crate::config::{Config, Overrides};
 use crate::demo::DemoApp;
+use crate::fill_lock::FillLock;
 use crate::flags::{Flag, Flags};
 use crate::monitor::Monitor;
 use crate::prefetch::Prefetcher;
@@ -110,7 +111,7 @@ pub fn run(start: Start) {
         config.max_ttl,
         config.write_timeout,
     )));
-    let lock: &'static CacheKeyLockImpl = Box::leak(Box::new(CacheLock::new(config.lock_timeout)));
+    let lock: &'static CacheKeyLockImpl = Box::leak(Box::new(FillLock::new(config.lock_timeout)));
     monitor_redis = redis.clone();
     if let Some(tier) = redis {
         if tier.consistency() == Consistency::Bounded {

@@ -22,6 +22,7 @@
 //! - [`invalidation`]: invalidation rules → tags; what a write makes stale.
 //! - [`writes`]: a write's two phases: what it fences, which outcomes invalidate.
 //! - [`prefetch`]: refetching what a write purged, so the next read hits.
+//! - [`fill_lock`]: request coalescing: what waiters do when a fill is not stored.
 //! - [`store`]: pingora-cache `Storage` over the memory tier and Redis.
 //! - [`metrics`]: every Prometheus metric, one registry.
 //! - [`monitor`]: counters over time, alerts, recent operations (admin API/page).
@@ -46,6 +47,7 @@ pub mod canonical;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod fill_lock;
 pub mod flags;
 pub mod forwarding;
 pub mod health;

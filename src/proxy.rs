@@ -50,6 +50,7 @@ use crate::bypass::{self, Bypass};
 use crate::cachekey;
 use crate::canonical::{self, Canonical};
 use crate::config::{Config, UnrecordedWrite};
+use crate::fill_lock;
 use crate::flags::Flag;
 use crate::forwarding;
 use crate::hit;
@@ -249,6 +250,7 @@ impl ProxyHttp for Proxy {
         }
         let mut overrides = pingora::cache::CacheOptionOverrides::default();
         overrides.wait_timeout = Some(ctx.config.lock_timeout);
+        overrides.max_lock_retries = Some(fill_lock::MAX_WAITS);
         session
             .cache
             .enable(self.store, None, None, Some(self.lock), Some(overrides));
@@ -1157,6 +1159,10 @@ fn describe(session: &Session, ctx: &Ctx) -> (Outcome, String) {
                     "too-large"
                 }
                 NoCacheReason::NeverEnabled => "disabled",
+                // Waited behind another request's fill, then went alone.
+                NoCacheReason::CacheLockGiveUp => "fill-not-stored",
+                NoCacheReason::CacheLockTimeout => "lock-timeout",
+                NoCacheReason::CacheLockRetryLimit => "lock-retries",
                 _ => "uncacheable",
             });
             (

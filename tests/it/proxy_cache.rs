@@ -517,3 +517,45 @@ async fn a_hit_answered_before_pingora_cache_is_the_hit_pingora_cache_gives() {
     assert_eq!(same.status, 304, "{same:?}");
     assert_eq!(origin.requests().await, 1);
 }
+
+/// Readers that wait behind one fill while a write to the same data is in
+/// flight: the fill is not stored (the write fences it). pingora-cache
+/// sent every waiter to the app on its own, as BYPASS; they must wait for
+/// the next fill instead (one fetch at a time), so that once the write is
+/// done the rest are served by one stored fill.
+#[tokio::test]
+async fn waiters_behind_a_fill_a_write_declined_wait_for_the_next_fill() {
+    let origin = Origin::start(300);
+    let fg = Freshgate::start(&origin.url(), None, TEST_CONFIG);
+    let path = "/studio/api/scenes/133";
+    let before = origin.requests().await;
+    let write = tokio::spawn(send(
+        client()
+            .patch(fg.url(path))
+            .header("host", "app.test")
+            .header("x-demo-delay-ms", "700")
+            .body(r#"{"text":"written while readers waited"}"#),
+    ));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let readers: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(send(client().get(fg.url(path)).header("host", "app.test"))))
+        .collect();
+    let mut replies = Vec::new();
+    for r in readers {
+        replies.push(r.await.unwrap());
+    }
+    assert_eq!(write.await.unwrap().status, 200);
+    let reads = origin.requests().await - before - 1;
+    let served_by_a_fill = replies.iter().filter(|r| r.x_cache == "HIT").count();
+    assert!(
+        reads <= 6 && served_by_a_fill >= 4,
+        "{reads} of 10 readers went to the app, {served_by_a_fill} were served by a stored fill: {:?}",
+        replies
+            .iter()
+            .map(|r| (r.x_cache.as_str(), r.cache_status.as_str()))
+            .collect::<Vec<_>>()
+    );
+    for r in replies.iter().filter(|r| r.x_cache == "HIT") {
+        assert_eq!(r.json()["text"], "written while readers waited", "{r:?}");
+    }
+}
