@@ -123,52 +123,44 @@ impl Drop for WriteFence {
 }
 
 struct Cached {
+    /// Which entry this is, of all ever stored here: a prepared header
+    /// (see `prepared`) belongs to one entry, not to its key.
+    id: u64,
     entry: Entry,
     /// The Redis run (epoch) the entry was read or written under (0 without Redis).
     epoch: u64,
     keep_until: Instant,
-    /// Its response header decoded, once it has been served without
-    /// pingora-cache (see [`Store::memory_hit`]): only entries that are hit
-    /// pay for it.
-    decoded: Option<Arc<Prepared>>,
-    /// `entry.weight()` plus the decoded header's, computed once: eviction
-    /// reads it often, and it must not change while the entry is held.
+    /// `entry.weight()`, computed once: eviction reads it often.
     weight: u64,
 }
 
 impl Cached {
     fn new(entry: Entry, epoch: u64, keep_until: Instant) -> Arc<Cached> {
+        static IDS: AtomicU64 = AtomicU64::new(1);
         Arc::new(Cached {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             weight: entry.weight() as u64,
             entry,
             epoch,
             keep_until,
-            decoded: None,
-        })
-    }
-
-    /// The same entry with its header decoded, weighed with it.
-    fn with_decoded(&self, decoded: Arc<Prepared>) -> Arc<Cached> {
-        Arc::new(Cached {
-            weight: self.entry.weight() as u64 + decoded.weight(),
-            entry: self.entry.clone(),
-            epoch: self.epoch,
-            keep_until: self.keep_until,
-            decoded: Some(decoded),
         })
     }
 }
 
-/// What the memory tier holds for a key.
-enum InMemory {
-    /// An entry that may be served.
-    Valid(Arc<Cached>),
-    /// An entry of the current run and rules that was invalidated: Redis
-    /// holds the same stale copy, so there is nothing to look for there.
-    Invalidated,
-    /// Nothing (or an entry from another run or rules, or expired, now
-    /// removed): Redis may have a newer copy.
-    Absent,
+/// A prepared header (see [`Store::memory_hit`]) and the entry it is of.
+#[derive(Clone)]
+struct ForEntry {
+    entry: u64,
+    prepared: Arc<Prepared>,
+}
+
+#[derive(Clone)]
+struct PreparedWeight;
+
+impl quick_cache::Weighter<HashBinary, ForEntry> for PreparedWeight {
+    fn weight(&self, _: &HashBinary, p: &ForEntry) -> u64 {
+        p.prepared.weight()
+    }
 }
 
 #[derive(Clone)]
@@ -187,6 +179,10 @@ pub struct Store {
     /// Keyed by pingora's 128-bit key hash (`CacheKey::combined_bin`): a
     /// fixed-size key stored inline, no string to allocate or chase.
     memory: quick_cache::sync::Cache<HashBinary, Arc<Cached>, ByWeight>,
+    /// Response headers of entries hit lately, decoded and prepared for
+    /// the answer (`hit.rs`), in a share of the memory budget of their
+    /// own: only entries that are hit pay for one, and a hot set's stay.
+    prepared: quick_cache::sync::Cache<HashBinary, ForEntry, PreparedWeight>,
     redis: Option<Arc<RedisTier>>,
     /// The invalidation clock when there is no Redis (with Redis, it lives there
     /// so that every replica shares it).
@@ -208,11 +204,20 @@ impl Store {
         max_lifetime: Duration,
         write_timeout: Duration,
     ) -> Store {
-        let estimated_entries = (memory_max_bytes / TYPICAL_ENTRY_BYTES).max(1024) as usize;
+        // Prepared headers (about 1 KiB each) get an eighth of the budget.
+        let for_prepared = memory_max_bytes / 8;
+        let for_entries = memory_max_bytes - for_prepared;
+        let estimated_entries = (for_entries / TYPICAL_ENTRY_BYTES).max(1024) as usize;
         let memory =
-            quick_cache::sync::Cache::with_weighter(estimated_entries, memory_max_bytes, ByWeight);
+            quick_cache::sync::Cache::with_weighter(estimated_entries, for_entries, ByWeight);
+        let prepared = quick_cache::sync::Cache::with_weighter(
+            (for_prepared / 1024).max(1024) as usize,
+            for_prepared,
+            PreparedWeight,
+        );
         Store {
             memory,
+            prepared,
             redis,
             local: LocalClock::new(max_lifetime),
             max_lifetime,
@@ -395,73 +400,55 @@ impl Store {
         self.redis.as_ref().is_none_or(|r| r.available())
     }
 
-    /// Entries and bytes in the memory tier (expired entries count until a
-    /// lookup or eviction removes them).
+    /// Entries and bytes in the memory tier, prepared headers included
+    /// (expired entries count until a lookup or eviction removes them).
     pub fn memory_usage(&self) -> (u64, u64) {
-        (self.memory.len() as u64, self.memory.weight())
+        let bytes = self.memory.weight() + self.prepared.weight();
+        (self.memory.len() as u64, bytes)
     }
 
-    /// The memory tier's entry for `key`, checked as every lookup checks it.
-    /// `evict`: remove an entry that may not be served (a lookup does; a
-    /// look before pingora-cache's leaves it to that lookup, so that it too
-    /// sees an invalidated entry as one and does not look in Redis).
-    async fn in_memory(&self, key: &HashBinary, link: Option<&Arc<Link>>, evict: bool) -> InMemory {
-        let Some(c) = self.memory.get(key) else {
-            return InMemory::Absent;
-        };
-        // Entries from before a Redis restart or a rules change may have
-        // been replaced in Redis by another replica: look there. So may an
-        // expired one have been (Redis expires its copy at the same time).
-        let epoch = link.map_or(0, |l| l.epoch);
-        let current =
-            c.epoch == epoch && self.same_rules(&c.entry) && c.keep_until > Instant::now();
-        if current && self.still_valid(link, &c.entry).await {
-            return InMemory::Valid(c);
-        }
-        if evict {
-            // Only this copy: a fill may have replaced it meanwhile.
-            self.memory.remove_if(key, |v| Arc::ptr_eq(v, &c));
-        }
-        if current {
-            InMemory::Invalidated
-        } else {
-            InMemory::Absent
-        }
+    /// Whether `c` belongs to this run and these rules and is not past
+    /// its keeping time (then the invalidation log decides).
+    fn current(&self, c: &Cached, link: Option<&Arc<Link>>) -> bool {
+        c.epoch == link.map_or(0, |l| l.epoch)
+            && self.same_rules(&c.entry)
+            && c.keep_until > Instant::now()
     }
 
-    /// A valid entry for `key` in the memory tier alone, with its header
-    /// decoded (kept with the entry after the first time), handed to
-    /// `serve`: what the proxy needs to answer a fresh hit without
-    /// pingora-cache. `None` (nothing valid in memory, or `serve` declined)
-    /// sends the request down pingora-cache's path, which looks again (in
-    /// Redis too). The same checks as every lookup: nothing is served here
-    /// that a lookup would not serve.
+    /// A hit from the memory tier alone, answered by `serve` from the
+    /// entry's prepared header (see `hit.rs`): what the proxy needs to
+    /// answer a fresh hit without pingora-cache. `serve` is asked before
+    /// the invalidation log (with Redis, strict: a round trip), so an entry
+    /// it declines costs no check here. `None` (nothing current in memory,
+    /// `serve` declined, or the log says no) sends the request down
+    /// pingora-cache's path, which looks again and removes what may not be
+    /// served: nothing is served here that a lookup would not serve.
     pub async fn memory_hit<T>(
         &self,
         key: &HashBinary,
         serve: impl FnOnce(&Prepared) -> Option<T>,
     ) -> Option<(T, Bytes)> {
         let link = self.redis.as_ref().and_then(|r| r.link());
-        let InMemory::Valid(c) = self.in_memory(key, link.as_ref(), false).await else {
+        let c = self.memory.get(key)?;
+        if !self.current(&c, link.as_ref()) {
             return None;
-        };
-        let stored = match &c.decoded {
-            Some(d) => d.clone(),
-            None => {
-                let decoded = Arc::new(Prepared::of(&decode_meta(&c.entry).ok()?));
-                // Kept with the entry, and weighed with it, in place of this
-                // copy only (a fill may have replaced it meanwhile).
-                let with = c.with_decoded(decoded.clone());
-                let _ = self.memory.entry(key, None, |_, v| {
-                    if Arc::ptr_eq(v, &c) {
-                        *v = with;
-                    }
-                    quick_cache::sync::EntryAction::Retain(())
-                });
-                decoded
+        }
+        let prepared = match self.prepared.get(key) {
+            Some(p) if p.entry == c.id => p.prepared,
+            _ => {
+                let prepared = Arc::new(Prepared::of(&decode_meta(&c.entry).ok()?));
+                let for_entry = ForEntry {
+                    entry: c.id,
+                    prepared: prepared.clone(),
+                };
+                self.prepared.insert(*key, for_entry);
+                prepared
             }
         };
-        let served = serve(&stored)?;
+        let served = serve(&prepared)?;
+        if !self.still_valid(link.as_ref(), &c.entry).await {
+            return None;
+        }
         METRICS.store_hits.with_label_values(&["memory"]).inc();
         Some((served, c.entry.body.clone()))
     }
@@ -470,13 +457,21 @@ impl Store {
         // One link for the whole lookup: an entry is checked against the log
         // of the run it belongs to, over a connection to that very Redis.
         let link = self.redis.as_ref().and_then(|r| r.link());
-        match self.in_memory(key, link.as_ref(), true).await {
-            InMemory::Valid(c) => {
+        if let Some(c) = self.memory.get(key) {
+            // Entries from before a Redis restart or a rules change may have
+            // been replaced in Redis by another replica: look there. So may an
+            // expired one have been (Redis expires its copy at the same time).
+            let current = self.current(&c, link.as_ref());
+            if current && self.still_valid(link.as_ref(), &c.entry).await {
                 METRICS.store_hits.with_label_values(&["memory"]).inc();
                 return Some(c);
             }
-            InMemory::Invalidated => return None,
-            InMemory::Absent => {}
+            // Only this copy: a fill may have replaced it meanwhile.
+            self.memory.remove_if(key, |v| Arc::ptr_eq(v, &c));
+            if current {
+                // Invalidated: Redis holds the same stale copy.
+                return None;
+            }
         }
         let redis = self.redis.as_ref()?;
         let link = link?;

@@ -585,7 +585,7 @@ async fn replicas_running_different_rules_never_serve_what_the_others_writes_cha
 }
 
 /// Found by the second review: a write still in flight on a replica that
-/// falls silent (its maintainer stopped: shutting down, or stalled) ends
+/// falls silent (its maintainer stalled, or gone) ends
 /// after the rest of the fleet has moved to new rules and cached by them.
 /// Planned by the old rules, its purge would miss what the new ones tagged:
 /// it invalidates everything instead. Driven at the store level, on a real
@@ -605,9 +605,10 @@ async fn a_write_planned_by_rules_the_fleet_has_left_invalidates_everything() {
     let tier = |rules: u64| {
         let t = Arc::new(RedisTier::new(redis.url(), limits, Consistency::Strict));
         t.set_rules(rules);
+        // The sender is kept: dropped, it would mean a shutdown.
         let (stop, watch) = tokio::sync::watch::channel(false);
-        tokio::spawn(t.clone().maintain(watch));
-        (t, stop)
+        let maintainer = tokio::spawn(t.clone().maintain(watch));
+        (t, maintainer, stop)
     };
     let until = |what: &'static str, ok: Box<dyn Fn() -> bool + Send>| async move {
         let end = Instant::now() + Duration::from_secs(20);
@@ -617,8 +618,8 @@ async fn a_write_planned_by_rules_the_fleet_has_left_invalidates_everything() {
         }
     };
     let (old_rules, new_rules) = (0x01, 0x02);
-    let (a, stop_a) = tier(old_rules);
-    let (b, _stop_b) = tier(old_rules);
+    let (a, maintainer_a, _stop_a) = tier(old_rules);
+    let (b, _maintainer_b, _stop_b) = tier(old_rules);
     let (ac, bc) = (a.clone(), b.clone());
     until(
         "both ready",
@@ -630,7 +631,7 @@ async fn a_write_planned_by_rules_the_fleet_has_left_invalidates_everything() {
     let old_tags = BTreeSet::from(["r:/posts/{postId}|postId=15".to_string()]);
     assert!(a.begin_write(7, &old_tags).await);
     // a falls silent; b moves on to the new rules and, alone, caches by them.
-    stop_a.send(true).unwrap();
+    maintainer_a.abort();
     b.set_rules(new_rules);
     let bc = b.clone();
     until("b alone on the new rules", Box::new(move || bc.available())).await;

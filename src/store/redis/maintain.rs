@@ -23,33 +23,36 @@ impl MemoryStats {
 
 impl RedisTier {
     /// Keep a link, record what is owed, lift abandoned fences, and close
-    /// the breaker when Redis answers. Once `shutdown` turns true it keeps
-    /// recording what is owed until the runtime is torn down: an owed
-    /// record is held nowhere else, and while it is missing other replicas
-    /// may serve what its write changed.
-    pub async fn maintain(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        while !*shutdown.borrow() {
+    /// the breaker when Redis answers. Once `shutdown` turns true it goes
+    /// on until the runtime is torn down: an owed record is held nowhere
+    /// else, and while it is missing other replicas may serve what its write
+    /// changed; and requests still in flight are served from the cache.
+    pub async fn maintain(self: Arc<Self>, shutdown: tokio::sync::watch::Receiver<bool>) {
+        // Told at once, not after a check under way (seconds, when Redis
+        // does not answer): from then on a write it cannot record is
+        // refused rather than acknowledged.
+        let tier = self.clone();
+        let mut told = shutdown;
+        tokio::spawn(async move {
+            while !*told.borrow() {
+                if told.changed().await.is_err() {
+                    break;
+                }
+            }
+            tier.stopping.store(true, Ordering::Release);
+        });
+        let mut waiting = false;
+        loop {
             self.check_once().await;
             if self.available() {
                 self.last_up_ms.store(mono_ms(), Ordering::Release);
             }
-            tokio::select! {
-                _ = tokio::time::sleep(PING_EVERY) => {}
-                // The sender gone is a shutdown too.
-                r = shutdown.changed() => if r.is_err() { break },
-            }
-        }
-        self.stopping.store(true, Ordering::Release);
-        let mut told = false;
-        loop {
-            if self.owes() {
-                self.check_once().await;
-                if self.owes() && !told {
+            if self.stopping() && self.owes() != waiting {
+                waiting = !waiting;
+                if waiting {
                     warn!("stopping with invalidations not recorded in redis yet: still trying until the shutdown timeout ends (other replicas may serve what those writes changed until then)");
-                    told = true;
-                } else if !self.owes() && told {
+                } else {
                     info!("stopping: every owed invalidation is recorded");
-                    told = false;
                 }
             }
             tokio::time::sleep(PING_EVERY).await;
