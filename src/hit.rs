@@ -45,8 +45,17 @@ impl Prepared {
         )
     }
 
-    pub fn new(mut header: ResponseHeader, fresh_until: SystemTime, epoch: SystemTime) -> Prepared {
-        let unservable = unservable(&header);
+    pub fn new(stored: ResponseHeader, fresh_until: SystemTime, epoch: SystemTime) -> Prepared {
+        let unservable = unservable(&stored);
+        // Without the map of the app's spelling of each field name (HTTP
+        // field names are case-insensitive): a copy per hit costs half.
+        let mut header =
+            ResponseHeader::build_no_case(stored.status, Some(stored.headers.len() + 2))
+                .expect("a stored status is valid");
+        for (name, value) in stored.headers.iter() {
+            let _ = header.append_header(name.clone(), value.clone());
+        }
+        let _ = header.set_reason_phrase(stored.get_reason_phrase());
         header.set_version(http::Version::HTTP_11);
         // freshgate's own targeted field is for freshgate alone (RFC 9213).
         header.remove_header(storable::OWN_TARGETED_FIELD);
