@@ -260,7 +260,10 @@ impl Store {
     /// cannot be read (Redis down): the response must then not be stored.
     pub async fn fill_start(&self, tags: &[String]) -> Option<FillStart> {
         match &self.redis {
-            Some(r) => r.fill_start(tags).await,
+            Some(r) => {
+                r.adopt_request_runtime();
+                r.fill_start(tags).await
+            }
             None => Some(FillStart {
                 seq: self.local.now(),
                 epoch: 0,
@@ -275,7 +278,10 @@ impl Store {
     pub async fn begin_write(&'static self, tags: BTreeSet<String>) -> WriteFence {
         let id = rand::random::<u64>() | 1;
         let recorded = match &self.redis {
-            Some(r) => r.begin_write(id, &tags).await,
+            Some(r) => {
+                r.adopt_request_runtime();
+                r.begin_write(id, &tags).await
+            }
             None => {
                 self.local.fence(&tags);
                 true
@@ -428,6 +434,9 @@ impl Store {
         key: &HashBinary,
         serve: impl FnOnce(&Prepared) -> Option<T>,
     ) -> Option<(T, Bytes)> {
+        if let Some(r) = &self.redis {
+            r.adopt_request_runtime();
+        }
         let link = self.redis.as_ref().and_then(|r| r.link());
         let c = self.memory.get(key)?;
         if !self.current(&c, link.as_ref()) {

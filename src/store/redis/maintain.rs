@@ -78,6 +78,7 @@ impl RedisTier {
             self.drop_link(&link);
             return;
         }
+        self.rehome(&link).await;
         self.sweep(&link).await;
         if !self.reconcile(&link).await {
             return;

@@ -39,6 +39,7 @@
 //! scripts of the shared log; `follow` the bounded-mode follower;
 //! `maintain` the background maintainer; `side` flags and monitoring data.
 
+mod checks;
 mod follow;
 mod link;
 mod log;
@@ -114,6 +115,10 @@ pub struct Link {
     run: Arc<str>,
     /// Counts the runs this replica has seen; entries remember it.
     pub epoch: u64,
+    /// Strict hits' checks waiting to go to this Redis together.
+    checks: checks::Checks,
+    /// Its connection is driven on the runtime requests run on.
+    on_request_runtime: bool,
 }
 
 /// How phase 2 of a write ended.
@@ -150,6 +155,9 @@ pub struct RedisTier {
     link: ArcSwapOption<Link>,
     /// Serializes opening links (the maintainer and writes may both try).
     connecting: tokio::sync::Mutex<()>,
+    /// The runtime requests run on, once one has been seen (see
+    /// `adopt_request_runtime`).
+    request_runtime: std::sync::OnceLock<tokio::runtime::Handle>,
     last_connect_ms: AtomicU64,
     /// The run of the last link and its epoch.
     run: parking_lot::Mutex<Option<Arc<str>>>,
@@ -213,6 +221,7 @@ impl RedisTier {
             fence_ttl: limits.fence_ttl,
             link: ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
+            request_runtime: std::sync::OnceLock::new(),
             last_connect_ms: AtomicU64::new(0),
             run: parking_lot::Mutex::new(None),
             epoch: AtomicU64::new(0),
@@ -399,7 +408,12 @@ impl RedisTier {
 
     /// Whether an entry of run `link` fetched at `fetch_seq` with `tags` may
     /// be served. `None` (treat as a miss) when Redis cannot answer.
-    pub async fn valid(&self, link: &Arc<Link>, fetch_seq: u64, tags: &[String]) -> Option<bool> {
+    pub async fn valid(
+        self: &Arc<Self>,
+        link: &Arc<Link>,
+        fetch_seq: u64,
+        tags: &[String],
+    ) -> Option<bool> {
         if tags.is_empty() {
             return Some(true);
         }
@@ -412,12 +426,7 @@ impl RedisTier {
             }
             return Some(self.followed.valid(fetch_seq, tags));
         }
-        let mut cmd = redis::cmd("MGET");
-        for t in tags {
-            cmd.arg(Keys::tag(&link.run, t));
-        }
-        let inv: Vec<Option<u64>> = self.run(link, "last_inv", cmd).await?;
-        Some(inv.into_iter().all(|v| log::allows(v, fetch_seq)))
+        self.check(link, tags, fetch_seq).await
     }
 
     /// Fetch an entry's bytes from `link`'s run. `None` on a miss and on any

@@ -1,0 +1,107 @@
+//! Strict mode's validity checks of concurrent hits, sent to Redis as one
+//! `MGET`.
+//!
+//! A strict hit asks Redis when each of its entry's tags was last
+//! invalidated. Sent one by one, every hit is a command for Redis to parse
+//! and answer and a trip through the client, and concurrent hits mostly ask
+//! for the same keys (`a:all`, their route's family). So checks queue on
+//! their link: while one batch is in flight the next gathers, and goes as
+//! one `MGET` of the distinct tags when the first is answered. There is no
+//! timer: a lone hit waits for nothing but its own round trip.
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use super::log::{self, Keys};
+use super::{Link, RedisTier};
+
+/// One hit's check: whether nothing of `tags` was invalidated (or is
+/// fenced) after `fetch_seq`. `None` when Redis could not say.
+struct Pending {
+    tags: Vec<String>,
+    fetch_seq: u64,
+    reply: oneshot::Sender<Option<bool>>,
+}
+
+/// The checks waiting on one link.
+#[derive(Default)]
+pub(super) struct Checks {
+    state: parking_lot::Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    queue: Vec<Pending>,
+    /// A batch is on its way: what arrives meanwhile waits for the next.
+    sending: bool,
+}
+
+impl RedisTier {
+    /// Whether an entry fetched at `fetch_seq` with `tags` may be served,
+    /// by `link`'s run of the log, checked with the other hits' checks.
+    pub(super) async fn check(
+        self: &Arc<Self>,
+        link: &Arc<Link>,
+        tags: &[String],
+        fetch_seq: u64,
+    ) -> Option<bool> {
+        let (reply, answer) = oneshot::channel();
+        let lead = {
+            let mut state = link.checks.state.lock();
+            state.queue.push(Pending {
+                tags: tags.to_vec(),
+                fetch_seq,
+                reply,
+            });
+            !std::mem::replace(&mut state.sending, true)
+        };
+        if lead {
+            tokio::spawn(self.clone().send_checks(link.clone()));
+        }
+        answer.await.ok().flatten()
+    }
+
+    /// Send the queued checks, a batch at a time, until none are left.
+    async fn send_checks(self: Arc<Self>, link: Arc<Link>) {
+        loop {
+            let batch = {
+                let mut state = link.checks.state.lock();
+                if state.queue.is_empty() {
+                    state.sending = false;
+                    return;
+                }
+                std::mem::take(&mut state.queue)
+            };
+            let mut distinct: Vec<&str> = batch
+                .iter()
+                .flat_map(|p| p.tags.iter().map(String::as_str))
+                .collect();
+            distinct.sort_unstable();
+            distinct.dedup();
+            let mut cmd = redis::cmd("MGET");
+            for t in &distinct {
+                cmd.arg(Keys::tag(&link.run, t));
+            }
+            let inv: Option<Vec<Option<u64>>> = self
+                .run(&link, "last_inv", cmd)
+                .await
+                .filter(|inv: &Vec<Option<u64>>| inv.len() == distinct.len());
+            let answers: Vec<Option<bool>> = batch
+                .iter()
+                .map(|p| {
+                    let inv = inv.as_ref()?;
+                    Some(p.tags.iter().all(|t| {
+                        distinct
+                            .binary_search(&t.as_str())
+                            .is_ok_and(|i| log::allows(inv[i], p.fetch_seq))
+                    }))
+                })
+                .collect();
+            for (p, answer) in batch.into_iter().zip(answers) {
+                // The hit may have gone (its client left): nothing to tell.
+                let _ = p.reply.send(answer);
+            }
+        }
+    }
+}
