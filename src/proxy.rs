@@ -62,7 +62,7 @@ use crate::monitor::{Event, Monitor};
 use crate::prefetch::{self, Prefetcher};
 use crate::reload::Live;
 use crate::rules::Rule;
-use crate::storable;
+use crate::storable::{self, NotStored};
 use crate::store::{Ended, Entry, FillInfo, FillStart, Store};
 use crate::writes::{self, InFlight};
 use tracing::warn;
@@ -139,7 +139,7 @@ pub struct Ctx {
     /// Why a GET/HEAD skipped the cache before lookup.
     bypass: Option<Bypass>,
     /// Why the app's response was not stored.
-    not_stored: Option<&'static str>,
+    not_stored: Option<NotStored>,
     /// The app's 304 to a revalidation, to freshen the stored header with.
     not_modified: Option<ResponseHeader>,
     /// That 304's Date, for the answer when the result is not stored.
@@ -312,8 +312,10 @@ impl ProxyHttp for Proxy {
         // the background (as other caches do), where that GET carries all
         // the key needs: no keyed headers or cookies, and no credentials
         // (an anonymous GET would fill the anonymous entry, not this one).
-        session.cache.disable(NoCacheReason::Custom("head-miss"));
-        ctx.not_stored = Some("head-miss");
+        session
+            .cache
+            .disable(NoCacheReason::Custom(NotStored::HeadMiss.as_str()));
+        ctx.not_stored = Some(NotStored::HeadMiss);
         let keyless = ctx
             .rule
             .as_ref()
@@ -529,7 +531,7 @@ impl ProxyHttp for Proxy {
         if varies_on_coding
             && !cachekey::coding_fits_variant(&session.req_header().headers, &resp.headers)
         {
-            ctx.not_stored = Some("coding-not-accepted");
+            ctx.not_stored = Some(NotStored::CodingNotAccepted);
         }
         let decided = match ctx.not_stored {
             Some(reason) => Err(reason),
@@ -539,14 +541,14 @@ impl ProxyHttp for Proxy {
             match (c, ctx.fill) {
                 // What it fetched may predate the commit of a write in flight.
                 (RespCacheable::Cacheable(_), Some(fill)) if fill.fenced => {
-                    Err("write-in-progress")
+                    Err(NotStored::WriteInProgress)
                 }
                 (RespCacheable::Cacheable(mut meta), Some(fill)) => {
                     let mut tags = ctx.read_tags.clone();
                     tags.extend(invalidation::tags_from_response(&resp.headers));
                     if !Entry::can_hold(&tags) {
                         // Stored without one of them, it would miss its purge.
-                        return Err("too-many-tags");
+                        return Err(NotStored::TooManyTags);
                     }
                     meta.extensions_mut().insert(FillInfo {
                         fetch_seq: fill.seq,
@@ -556,7 +558,7 @@ impl ProxyHttp for Proxy {
                     });
                     Ok(RespCacheable::Cacheable(meta))
                 }
-                (RespCacheable::Cacheable(_), None) => Err("clock-unavailable"),
+                (RespCacheable::Cacheable(_), None) => Err(NotStored::ClockUnavailable),
                 (other, _) => Ok(other),
             }
         });
@@ -564,7 +566,9 @@ impl ProxyHttp for Proxy {
             Ok(c) => Ok(c),
             Err(reason) => {
                 ctx.not_stored = Some(reason);
-                Ok(RespCacheable::Uncacheable(NoCacheReason::Custom(reason)))
+                Ok(RespCacheable::Uncacheable(NoCacheReason::Custom(
+                    reason.as_str(),
+                )))
             }
         }
     }
@@ -588,7 +592,7 @@ impl ProxyHttp for Proxy {
             if forwarding::beyond_framing(&listed) {
                 // The app said some of its fields are for this hop only;
                 // what it stored would not be what it meant to share.
-                ctx.not_stored = Some("connection-listed");
+                ctx.not_stored = Some(NotStored::ConnectionListed);
             }
             forwarding::strip_standard_hop_by_hop(resp);
             if !storable::has_valid_date(&resp.headers) {
@@ -1154,17 +1158,19 @@ fn describe(session: &Session, ctx: &Ctx) -> (Outcome, String) {
             if is_write || !matches!(session.req_header().method, Method::GET | Method::HEAD) {
                 return (Outcome::Pass, format!("{NAME}; fwd=method"));
             }
-            let detail = ctx.not_stored.unwrap_or(match reason {
-                NoCacheReason::ResponseTooLarge | NoCacheReason::PredictedResponseTooLarge => {
-                    "too-large"
-                }
-                NoCacheReason::NeverEnabled => "disabled",
-                // Waited behind another request's fill, then went alone.
-                NoCacheReason::CacheLockGiveUp => "fill-not-stored",
-                NoCacheReason::CacheLockTimeout => "lock-timeout",
-                NoCacheReason::CacheLockRetryLimit => "lock-retries",
-                _ => "uncacheable",
-            });
+            let detail =
+                ctx.not_stored
+                    .map(NotStored::as_str)
+                    .unwrap_or(match reason {
+                        NoCacheReason::ResponseTooLarge
+                        | NoCacheReason::PredictedResponseTooLarge => "too-large",
+                        NoCacheReason::NeverEnabled => "disabled",
+                        // Waited behind another request's fill, then went alone.
+                        NoCacheReason::CacheLockGiveUp => "fill-not-stored",
+                        NoCacheReason::CacheLockTimeout => "lock-timeout",
+                        NoCacheReason::CacheLockRetryLimit => "lock-retries",
+                        _ => "uncacheable",
+                    });
             (
                 Outcome::Bypass,
                 format!("{NAME}; fwd=uri-miss; detail={detail}"),

@@ -98,6 +98,90 @@ pub const OWN_TARGETED_FIELD: &str = "freshgate-cache-control";
 /// lifetime would keep data fresh here that the app has changed.
 pub const DEFAULT_TARGETED: &[&str] = &[OWN_TARGETED_FIELD];
 
+/// Why an answer from the app was not stored: the `Cache-Status` detail
+/// (`…; detail=no-store`), and what waiters behind its fill do next (see
+/// `fill_lock`). The app's own word first, then freshgate's reasons around
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStored {
+    SetCookie,
+    VaryStar,
+    PartialContent,
+    Private,
+    /// An answer to credentials the app did not say may be shared.
+    Authorization,
+    /// A status not stored by default or by the route's `statuses:`.
+    Status,
+    NoStore,
+    NoFreshness,
+    /// A HEAD miss passes through (a GET fills the entry).
+    HeadMiss,
+    /// Coded with something the variant's requests do not accept.
+    CodingNotAccepted,
+    /// The app listed fields in `Connection`: what it meant to share is unclear.
+    ConnectionListed,
+    /// A write in flight fences the fill's tags: what was fetched may
+    /// predate its commit.
+    WriteInProgress,
+    /// More tags than an entry can hold.
+    TooManyTags,
+    /// The invalidation clock could not be read (Redis).
+    ClockUnavailable,
+}
+
+impl NotStored {
+    pub const ALL: [NotStored; 14] = [
+        NotStored::SetCookie,
+        NotStored::VaryStar,
+        NotStored::PartialContent,
+        NotStored::Private,
+        NotStored::Authorization,
+        NotStored::Status,
+        NotStored::NoStore,
+        NotStored::NoFreshness,
+        NotStored::HeadMiss,
+        NotStored::CodingNotAccepted,
+        NotStored::ConnectionListed,
+        NotStored::WriteInProgress,
+        NotStored::TooManyTags,
+        NotStored::ClockUnavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotStored::SetCookie => "set-cookie",
+            NotStored::VaryStar => "vary-star",
+            NotStored::PartialContent => "partial-content",
+            NotStored::Private => "private",
+            NotStored::Authorization => "authorization",
+            NotStored::Status => "status",
+            NotStored::NoStore => "no-store",
+            NotStored::NoFreshness => "no-freshness",
+            NotStored::HeadMiss => "head-miss",
+            NotStored::CodingNotAccepted => "coding-not-accepted",
+            NotStored::ConnectionListed => "connection-listed",
+            NotStored::WriteInProgress => "write-in-progress",
+            NotStored::TooManyTags => "too-many-tags",
+            NotStored::ClockUnavailable => "clock-unavailable",
+        }
+    }
+
+    /// The reason a label names (pingora hands `Custom` reasons back as
+    /// their labels).
+    pub fn from_label(label: &str) -> Option<NotStored> {
+        NotStored::ALL.into_iter().find(|r| r.as_str() == label)
+    }
+
+    /// Whether the next fill of the same key may well be stored: the
+    /// reason is a moment's (a write in flight, Redis), not the answer's.
+    pub fn passes(self) -> bool {
+        matches!(
+            self,
+            NotStored::WriteInProgress | NotStored::ClockUnavailable
+        )
+    }
+}
+
 /// Whether `resp` may be stored under `rule`, with what freshness; if not,
 /// why (the `Cache-Status` detail).
 ///
@@ -112,9 +196,9 @@ pub fn decide(
     rule: Option<&Rule>,
     bounds: Bounds<'_>,
     exchange: Exchange,
-) -> Result<RespCacheable, &'static str> {
+) -> Result<RespCacheable, NotStored> {
     if resp.headers.contains_key(header::SET_COOKIE) {
-        return Err("set-cookie");
+        return Err(NotStored::SetCookie);
     }
     let vary_star = resp
         .headers
@@ -123,11 +207,11 @@ pub fn decide(
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.split(',').any(|n| n.trim() == "*"));
     if vary_star {
-        return Err("vary-star");
+        return Err(NotStored::VaryStar);
     }
     let status = resp.status;
     if status == StatusCode::PARTIAL_CONTENT {
-        return Err("partial-content");
+        return Err(NotStored::PartialContent);
     }
     // RFC 9213 §2.1: the first targeted field with a valid, non-empty
     // value replaces Cache-Control and Expires altogether.
@@ -140,23 +224,23 @@ pub fn decide(
     // Any `private`, also `private="field"` (allowed to be stored without
     // the field, but one user's answer is not worth the risk).
     if cc.as_ref().is_some_and(|c| c.has_key("private")) {
-        return Err("private");
+        return Err(NotStored::Private);
     }
     // RFC 9111 §3.5: an answer to a request with credentials is shared only
     // where the app said it may be.
     if exchange.authorized && !cc.as_ref().is_some_and(shareable_when_authorized) {
-        return Err("authorization");
+        return Err(NotStored::Authorization);
     }
     let explicit = cc.as_ref().is_some_and(|c| {
         c.s_maxage().ok().flatten().is_some() || c.max_age().ok().flatten().is_some()
     }) || expires;
     if !status_storable(status.as_u16(), rule, explicit) {
-        return Err("status");
+        return Err(NotStored::Status);
     }
     let ttl = rule.and_then(|r| r.ttl);
     let overrides = rule.map(|r| r.overrides).unwrap_or_default();
     if cc.as_ref().is_some_and(CacheControl::no_store) && !(ttl.is_some() && overrides.no_store) {
-        return Err("no-store");
+        return Err(NotStored::NoStore);
     }
     let no_cache = cc.as_ref().is_some_and(CacheControl::no_cache);
     let by_rule =
@@ -174,7 +258,7 @@ pub fn decide(
                         .flatten()
                 });
             let Some(lifetime) = lifetime else {
-                return Err("no-freshness");
+                return Err(NotStored::NoFreshness);
             };
             // `no-cache`: validated before every use, so never served stale
             // (a stale-while-revalidate window would skip the validation).
@@ -406,6 +490,18 @@ mod tests {
     use super::*;
     use crate::rules::CacheOverrides;
 
+    #[test]
+    fn every_reason_has_its_own_label() {
+        let mut labels: Vec<&str> = NotStored::ALL.iter().map(|r| r.as_str()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), NotStored::ALL.len());
+        for r in NotStored::ALL {
+            assert_eq!(NotStored::from_label(r.as_str()), Some(r));
+        }
+        assert_eq!(NotStored::from_label("disabled"), None);
+    }
+
     fn resp(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
         let mut r = ResponseHeader::build(status, None).unwrap();
         for (k, v) in headers {
@@ -423,7 +519,7 @@ mod tests {
     }
 
     /// Seconds of freshness, or why not stored.
-    fn fresh(r: &ResponseHeader, rule: Option<&Rule>) -> Result<u64, &'static str> {
+    fn fresh(r: &ResponseHeader, rule: Option<&Rule>) -> Result<u64, NotStored> {
         let now = SystemTime::now();
         match decide(r, rule, BOUNDS, at(now))? {
             // Stored already stale (`no-cache`, `max-age=0`): revalidated
@@ -432,7 +528,7 @@ mod tests {
                 .fresh_until()
                 .duration_since(now)
                 .map_or(0, |d| d.as_secs())),
-            RespCacheable::Uncacheable(_) => Err("uncacheable"),
+            RespCacheable::Uncacheable(_) => unreachable!("decide says why it stores nothing"),
         }
     }
 
@@ -459,7 +555,7 @@ mod tests {
                 ],
             )
         };
-        assert_eq!(fresh(&r(200), None), Err("no-freshness"));
+        assert_eq!(fresh(&r(200), None), Err(NotStored::NoFreshness));
         let on = Bounds {
             heuristic: true,
             ..BOUNDS
@@ -468,7 +564,7 @@ mod tests {
             Ok(RespCacheable::Cacheable(m)) => {
                 Ok(m.fresh_until().duration_since(now).unwrap().as_secs())
             }
-            Ok(_) => Err("uncacheable"),
+            Ok(_) => unreachable!("decide says why it stores nothing"),
             Err(e) => Err(e),
         };
         // A tenth of 1000 s (less the part of a second `Date` cannot say).
@@ -477,10 +573,10 @@ mod tests {
             "{:?}",
             lifetime(&r(200))
         );
-        assert_eq!(lifetime(&r(302)), Err("status"));
+        assert_eq!(lifetime(&r(302)), Err(NotStored::Status));
         let old = resp(200, &[("last-modified", "Thu, 01 Jan 1970 00:00:00 GMT")]);
         assert_eq!(lifetime(&old), Ok(HEURISTIC_MAX.as_secs()));
-        assert_eq!(lifetime(&resp(200, &[])), Err("no-freshness"));
+        assert_eq!(lifetime(&resp(200, &[])), Err(NotStored::NoFreshness));
     }
 
     #[test]
@@ -513,16 +609,19 @@ mod tests {
                 .fresh_until()
                 .duration_since(now)
                 .map_or(0, |d| d.as_secs())),
-            Ok(_) => Err("uncacheable"),
+            Ok(_) => unreachable!("decide says why it stores nothing"),
             Err(e) => Err(e),
         };
         let cdn =
             |cdn: &str, cc: &str| resp(200, &[("cdn-cache-control", cdn), ("cache-control", cc)]);
         assert_eq!(fresh(&cdn("max-age=600", "no-store")), Ok(600));
-        assert_eq!(fresh(&cdn("no-store", "max-age=600")), Err("no-store"));
+        assert_eq!(
+            fresh(&cdn("no-store", "max-age=600")),
+            Err(NotStored::NoStore)
+        );
         assert_eq!(
             fresh(&cdn("private", "public, max-age=600")),
-            Err("private")
+            Err(NotStored::Private)
         );
         assert_eq!(fresh(&cdn("no-cache", "max-age=600")), Ok(0));
         // Freshgate's own field comes first.
@@ -551,7 +650,7 @@ mod tests {
         assert_eq!(DEFAULT_TARGETED, [OWN_TARGETED_FIELD]);
         assert_eq!(
             decide(&cdn("max-age=600", "no-store"), None, BOUNDS, at(now)).err(),
-            Some("no-store")
+            Some(NotStored::NoStore)
         );
     }
 
@@ -587,11 +686,11 @@ mod tests {
             )
             .map(|c| matches!(c, RespCacheable::Cacheable(_)))
         };
-        assert_eq!(stored("max-age=60"), Err("authorization"));
+        assert_eq!(stored("max-age=60"), Err(NotStored::Authorization));
         assert_eq!(stored("max-age=60, public"), Ok(true));
         assert_eq!(stored("s-maxage=60"), Ok(true));
         assert_eq!(stored("max-age=60, must-revalidate"), Ok(true));
-        assert_eq!(stored("public, private"), Err("private"));
+        assert_eq!(stored("public, private"), Err(NotStored::Private));
         // A targeted field replaces Cache-Control here too.
         let targeted = resp(
             200,
@@ -607,7 +706,7 @@ mod tests {
         };
         assert_eq!(
             decide(&targeted, None, bounds, authorized).err(),
-            Some("authorization")
+            Some(NotStored::Authorization)
         );
         // Without credentials, `public` is not needed.
         assert!(decide(
@@ -711,14 +810,20 @@ mod tests {
     fn errors_are_not_stored_for_everyone() {
         for status in [400, 401, 403, 405, 414, 429, 500, 501, 502, 503] {
             let r = resp(status, &[("cache-control", "max-age=600")]);
-            assert_eq!(fresh(&r, None), Err("status"), "{status}");
-            assert_eq!(fresh(&r, Some(&rule(Some(60), ALL))), Err("status"));
+            assert_eq!(fresh(&r, None), Err(NotStored::Status), "{status}");
+            assert_eq!(
+                fresh(&r, Some(&rule(Some(60), ALL))),
+                Err(NotStored::Status)
+            );
         }
         // Unless the route lists them.
         let mut listed = rule(Some(60), CacheOverrides::default());
         listed.statuses = Some(vec![200, 503]);
         assert_eq!(fresh(&resp(503, &[]), Some(&listed)), Ok(60));
-        assert_eq!(fresh(&resp(404, &[]), Some(&listed)), Err("status"));
+        assert_eq!(
+            fresh(&resp(404, &[]), Some(&listed)),
+            Err(NotStored::Status)
+        );
     }
 
     #[test]
@@ -728,14 +833,14 @@ mod tests {
         assert_eq!(fresh(&resp(307, &cc), None), Ok(60));
         assert_eq!(
             fresh(&resp(302, &[]), Some(&rule(Some(60), ALL))),
-            Err("status")
+            Err(NotStored::Status)
         );
         assert_eq!(fresh(&resp(301, &[]), Some(&rule(Some(60), ALL))), Ok(60));
         // `no-cache` is no freshness of its own.
         let no_cache = [("cache-control", "no-cache")];
         assert_eq!(
             fresh(&resp(302, &no_cache), Some(&rule(Some(60), ALL))),
-            Err("status")
+            Err(NotStored::Status)
         );
     }
 
@@ -757,7 +862,7 @@ mod tests {
     #[test]
     fn the_apps_word_wins_unless_the_rule_overrides_it() {
         let plain = rule(Some(300), CacheOverrides::default());
-        type Says = Result<u64, &'static str>;
+        type Says = Result<u64, NotStored>;
         let cases: &[(&str, Says, Says)] = &[
             // (cache-control, with a plain ttl, with every override)
             ("", Ok(300), Ok(300)),
@@ -767,9 +872,13 @@ mod tests {
             ("max-age=0", Ok(0), Ok(300)),
             ("no-cache", Ok(0), Ok(300)),
             ("no-cache, max-age=0, must-revalidate", Ok(0), Ok(300)),
-            ("no-store", Err("no-store"), Ok(300)),
+            ("no-store", Err(NotStored::NoStore), Ok(300)),
             ("must-revalidate", Ok(300), Ok(300)),
-            ("private, max-age=60", Err("private"), Err("private")),
+            (
+                "private, max-age=60",
+                Err(NotStored::Private),
+                Err(NotStored::Private),
+            ),
         ];
         for (cc, plain_says, overridden_says) in cases {
             let r = resp(200, &[("cache-control", cc)]);
@@ -796,7 +905,7 @@ mod tests {
         assert_eq!(fresh(&r, Some(&plain)), Ok(0));
         // Without a rule ttl, overrides mean nothing.
         let r = resp(200, &[("cache-control", "no-store")]);
-        assert_eq!(fresh(&r, Some(&rule(None, ALL))), Err("no-store"));
+        assert_eq!(fresh(&r, Some(&rule(None, ALL))), Err(NotStored::NoStore));
     }
 
     #[test]
@@ -906,16 +1015,16 @@ mod tests {
         }
         assert_eq!(
             fresh(&resp(206, &[]), Some(&rule(Some(60), ALL))),
-            Err("partial-content")
+            Err(NotStored::PartialContent)
         );
     }
 
     #[test]
     fn no_freshness_no_entry() {
-        assert_eq!(fresh(&resp(200, &[]), None), Err("no-freshness"));
+        assert_eq!(fresh(&resp(200, &[]), None), Err(NotStored::NoFreshness));
         assert_eq!(
             fresh(&resp(200, &[("cache-control", "public")]), None),
-            Err("no-freshness")
+            Err(NotStored::NoFreshness)
         );
         assert_eq!(
             fresh(&resp(200, &[("cache-control", "max-age=60")]), None),
