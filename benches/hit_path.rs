@@ -14,13 +14,14 @@
 //!   after 10,000 invalidations of other tags.
 //! - `hit_response`: the answer header of a fresh hit from a prepared entry.
 //!
-//! Run: `cargo bench --bench hit_path` (`-- --quick` for a short run).
+//! Run: `cargo bench --bench hit_path` (`-- --quick` for a short run);
+//! `cargo test --all-targets` runs each piece briefly.
 
 use std::hint::black_box;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::Criterion;
 use freshgate::canonical::Canonical;
 use freshgate::config::{Config, Overrides};
 use freshgate::hit::{self, Prepared};
@@ -146,5 +147,19 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(hit_path, benches);
-criterion_main!(hit_path);
+fn main() {
+    let measuring = std::env::args().any(|a| a == "--bench");
+    let mut c = if measuring {
+        Criterion::default().configure_from_args()
+    } else {
+        // `cargo test --all-targets` runs benches with the test harness's
+        // flags (`--skip …`), which criterion's command line refuses: each
+        // piece is then run briefly, as a smoke test.
+        Criterion::default()
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(1))
+            .measurement_time(Duration::from_millis(10))
+    };
+    benches(&mut c);
+    c.final_summary();
+}

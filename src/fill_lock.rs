@@ -10,17 +10,21 @@
 //! because the next fill will be stored: under write churn behind a real
 //! app, waiters became BYPASS requests in bursts. For those reasons the
 //! waiters compete again (`TransientError`): one fetches, the rest wait for
-//! it, within `cache.lock_timeout` in all.
+//! it, for at most [`MAX_WAITS`] fills and `cache.lock_timeout` in all.
 
 use pingora::cache::key::CacheKey;
 use pingora::cache::lock::{CacheKeyLock, CacheLock, LockStatus, Locked, WritePermit};
 use std::time::Duration;
 
-/// How many fills a waiter may wait for in turn (pingora's default: 2).
-/// Its total wait is bounded by `cache.lock_timeout` whatever this is, so
-/// this only keeps a waiter from bypassing while fills are being declined
-/// or invalidated one after another.
-pub const MAX_WAITS: usize = 16;
+use crate::storable::NotStored;
+
+/// How many fills a waiter may wait for in turn (pingora's default: 2),
+/// within `cache.lock_timeout` in all. A write in flight usually fences for
+/// one trip to the app, so the third or fourth fill is stored; a write
+/// whose answer never came fences for `writes.timeout`, and then a waiter
+/// must not sit through fill after declined fill for seconds: past this
+/// many it goes to the app alone (`Cache-Status: …; detail=lock-retries`).
+pub const MAX_WAITS: usize = 4;
 
 /// pingora's [`CacheLock`], with [`on_declined`] deciding what a declined
 /// fill tells its waiters.
@@ -47,15 +51,15 @@ impl CacheKeyLock for FillLock {
     }
 }
 
-/// What the waiters of a fill declined for `reason` (freshgate's own
-/// "not stored" reasons, see `storable` and the proxy) do: compete again
-/// when the next fill may be stored, go to the app each when it will not.
+/// What the waiters of a fill declined for `reason` (the label of a
+/// [`NotStored`], as pingora hands it back) do: compete again when the next
+/// fill may be stored (a write fenced this one, the clock could not be
+/// read), go to the app each when it will not (the answer said so).
 pub fn on_declined(reason: &str) -> LockStatus {
-    match reason {
-        // A write fenced the fill's tags, or the invalidation clock could
-        // not be read: a moment later the same answer is stored.
-        "write-in-progress" | "clock-unavailable" => LockStatus::TransientError,
-        _ => LockStatus::GiveUp,
+    if NotStored::from_label(reason).is_some_and(NotStored::passes) {
+        LockStatus::TransientError
+    } else {
+        LockStatus::GiveUp
     }
 }
 
@@ -67,14 +71,12 @@ mod tests {
     fn waiters_compete_again_only_when_the_next_fill_may_be_stored() {
         assert_eq!(on_declined("write-in-progress"), LockStatus::TransientError);
         assert_eq!(on_declined("clock-unavailable"), LockStatus::TransientError);
-        for final_word in [
-            "private",
-            "no-store",
-            "status",
-            "set-cookie",
-            "too-many-tags",
-        ] {
-            assert_eq!(on_declined(final_word), LockStatus::GiveUp, "{final_word}");
+        // (The labels pingora hands back, spelled out: a renamed label
+        // must fail here, not quietly send every waiter to the app.)
+        for final_word in NotStored::ALL.into_iter().filter(|r| !r.passes()) {
+            let label = final_word.as_str();
+            assert_eq!(on_declined(label), LockStatus::GiveUp, "{label}");
         }
+        assert_eq!(on_declined("someone else's reason"), LockStatus::GiveUp);
     }
 }

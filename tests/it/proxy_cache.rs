@@ -533,7 +533,7 @@ async fn waiters_behind_a_fill_a_write_declined_wait_for_the_next_fill() {
         client()
             .patch(fg.url(path))
             .header("host", "app.test")
-            .header("x-demo-delay-ms", "700")
+            .header("x-demo-delay-ms", "300")
             .body(r#"{"text":"written while readers waited"}"#),
     ));
     tokio::time::sleep(Duration::from_millis(150)).await;
