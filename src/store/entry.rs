@@ -72,7 +72,20 @@ impl Entry {
                 longest: self.tags.iter().map(String::len).max().unwrap_or(0),
             });
         }
-        let mut b = BytesMut::with_capacity(self.weight());
+        // Exactly its length: the memory tier keeps this very buffer (meta
+        // and body are slices of it), so spare capacity would be kept too.
+        let len = MAGIC.len()
+            + 1
+            + 8
+            + 8
+            + 2
+            + self.tags.iter().map(|t| 2 + t.len()).sum::<usize>()
+            + 4
+            + self.meta_internal.len()
+            + 4
+            + self.meta_header.len()
+            + self.body.len();
+        let mut b = BytesMut::with_capacity(len);
         b.put_slice(MAGIC);
         b.put_u8(VERSION);
         b.put_u64(self.fetch_seq);
@@ -87,6 +100,7 @@ impl Entry {
         b.put_u32(self.meta_header.len() as u32);
         b.put_slice(&self.meta_header);
         b.put_slice(&self.body);
+        debug_assert_eq!(b.len(), len, "the length computed up front");
         Ok(b.freeze())
     }
 
