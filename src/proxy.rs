@@ -136,6 +136,8 @@ pub struct Ctx {
     rule: Option<Arc<Rule>>,
     /// The cache may be used (a GET/HEAD with no reason to bypass it).
     use_cache: bool,
+    /// The cache key, once built (see `cache_key_callback`).
+    key: Option<CacheKey>,
     /// Why a GET/HEAD skipped the cache before lookup.
     bypass: Option<Bypass>,
     /// Why the app's response was not stored.
@@ -175,6 +177,7 @@ impl ProxyHttp for Proxy {
             peer_trusted: false,
             rule: None,
             use_cache: false,
+            key: None,
             bypass: None,
             not_stored: None,
             not_modified: None,
@@ -195,6 +198,7 @@ impl ProxyHttp for Proxy {
         // take the config that is current now.
         ctx.config = self.live.config();
         ctx.started = Instant::now();
+        ctx.key = None;
         // Slow clients hold a connection only so long per stalled read or
         // write (the request header itself: see docs/reliability.md).
         let timeouts = ctx.config.timeouts;
@@ -261,6 +265,10 @@ impl ProxyHttp for Proxy {
     }
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        // Built already when `answer_fresh_hit` looked for a fresh hit.
+        if let Some(key) = ctx.key.take() {
+            return Ok(key);
+        }
         let Some(request) = &ctx.request else {
             return Error::e_explain(ErrorType::InternalError, "no canonical request");
         };
@@ -795,6 +803,8 @@ impl Proxy {
             .memory_hit(&key.combined_bin(), |stored| hit::response(stored, now))
             .await;
         let Some((resp, body)) = found else {
+            // pingora-cache asks for it next: built once per request.
+            ctx.key = Some(key);
             return Ok(false);
         };
         ctx.outcome = Outcome::Hit;

@@ -271,6 +271,17 @@ async fn a_write_answered_with_an_error_or_not_at_all_is_invalidated() {
         .await;
 }
 
+/// Two replicas of `origin`: `b` on Redis, and `a` (with `a_config`) whose
+/// only way to that Redis is `gate`, still closed.
+async fn cut_off_replica(origin: &Origin, a_config: &str) -> (Redis, Gate, Freshgate, Freshgate) {
+    let redis = Redis::start();
+    let gate = Gate::closed(redis.port);
+    let b = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
+    b.wait_redis(true).await;
+    let a = Freshgate::start(&origin.url(), Some(&gate.redis_url()), a_config);
+    (redis, gate, b, a)
+}
+
 /// Hole 2: a replica that had not reached Redis yet kept a write's
 /// invalidation as pending and dropped it on its first connect, so other
 /// replicas kept serving the old entry. It must record it first, and say
@@ -278,12 +289,7 @@ async fn a_write_answered_with_an_error_or_not_at_all_is_invalidated() {
 #[tokio::test]
 async fn a_replica_that_starts_without_redis_records_its_writes_before_anything_else() {
     let origin = Origin::start(0);
-    let redis = Redis::start();
-    let gate = Gate::closed(redis.port);
-    let b = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
-    b.wait_redis(true).await;
-    // a's only way to Redis is the gate, still closed.
-    let a = Freshgate::start(&origin.url(), Some(&gate.redis_url()), TEST_CONFIG);
+    let (_redis, gate, b, a) = cut_off_replica(&origin, TEST_CONFIG).await;
     let path = "/studio/api/scenes/211";
     b.get_shared(path).await;
     assert_eq!(b.get_shared(path).await.x_cache, "HIT");
@@ -319,12 +325,8 @@ async fn a_replica_that_starts_without_redis_records_its_writes_before_anything_
 #[tokio::test]
 async fn a_stopping_replica_records_what_it_owes_and_acknowledges_nothing_it_cannot_record() {
     let origin = Origin::start(0);
-    let redis = Redis::start();
-    let gate = Gate::closed(redis.port);
-    let b = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
-    b.wait_redis(true).await;
     let config = TEST_CONFIG.replacen("  timeout: 1s\n", "  timeout: 8s\n", 1);
-    let mut a = Freshgate::start(&origin.url(), Some(&gate.redis_url()), &config);
+    let (_redis, gate, b, mut a) = cut_off_replica(&origin, &config).await;
     let (path, late) = ("/studio/api/scenes/322", "/studio/api/scenes/323");
     b.get_shared(path).await;
     assert_eq!(b.get_shared(path).await.x_cache, "HIT");
