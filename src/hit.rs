@@ -135,7 +135,7 @@ pub fn request_allows(req: &RequestHeader, request_cache_control: bool) -> bool 
 /// or `None` when the entry needs pingora-cache: past its freshness, or
 /// unservable here (see [`unservable`]).
 pub fn response(stored: &Prepared, now: SystemTime) -> Option<ResponseHeader> {
-    if stored.unservable.is_some() || stored.fresh_until < now {
+    if !servable(stored, now) {
         return None;
     }
     let mut resp = stored.header.clone();
@@ -149,6 +149,11 @@ pub fn response(stored: &Prepared, now: SystemTime) -> Option<ResponseHeader> {
     resp.insert_header("cache-status", cache_status(ttl as i64))
         .ok()?;
     Some(resp)
+}
+
+/// Whether `stored` can answer a hit here at `now` (see [`response`]).
+pub fn servable(stored: &Prepared, now: SystemTime) -> bool {
+    stored.unservable.is_none() && stored.fresh_until >= now
 }
 
 /// The RFC 9211 `Cache-Status` of a hit with `ttl` seconds of freshness

@@ -797,23 +797,35 @@ impl Proxy {
             return Ok(false);
         }
         let key = self.cache_key_callback(session, ctx)?;
-        let now = SystemTime::now();
         let found = self
             .store
-            .memory_hit(&key.combined_bin(), |stored| hit::response(stored, now))
+            .memory_hit(&key.combined_bin(), |stored| {
+                hit::servable(stored, SystemTime::now())
+            })
             .await;
-        let Some((resp, body)) = found else {
+        // Fresh as of now, after the invalidation log's answer (with Redis,
+        // a round trip later), as pingora-cache judges it after its lookup.
+        let answer = found.and_then(|(stored, body)| {
+            hit::response(&stored, SystemTime::now()).map(|resp| (resp, body))
+        });
+        let Some((resp, body)) = answer else {
             // pingora-cache asks for it next: built once per request.
             ctx.key = Some(key);
             return Ok(false);
         };
         ctx.outcome = Outcome::Hit;
         let header_only = session.req_header().method == Method::HEAD;
+        // A client that leaves mid-answer is the client's doing (as on
+        // pingora-cache's hit path): no 500, no error response to write.
         session
             .write_response_header(Box::new(resp), header_only)
-            .await?;
+            .await
+            .map_err(|e| e.into_down())?;
         if !header_only {
-            session.write_response_body(Some(body), true).await?;
+            session
+                .write_response_body(Some(body), true)
+                .await
+                .map_err(|e| e.into_down())?;
         }
         Ok(true)
     }

@@ -421,19 +421,19 @@ impl Store {
             && c.keep_until > Instant::now()
     }
 
-    /// A hit from the memory tier alone, answered by `serve` from the
-    /// entry's prepared header (see `hit.rs`): what the proxy needs to
-    /// answer a fresh hit without pingora-cache. `serve` is asked before
-    /// the invalidation log (with Redis, strict: a round trip), so an entry
-    /// it declines costs no check here. `None` (nothing current in memory,
-    /// `serve` declined, or the log says no) sends the request down
-    /// pingora-cache's path, which looks again and removes what may not be
-    /// served: nothing is served here that a lookup would not serve.
-    pub async fn memory_hit<T>(
+    /// A hit from the memory tier alone: the entry's prepared header (see
+    /// `hit.rs`) and body, what the proxy needs to answer a fresh hit
+    /// without pingora-cache. `servable` is asked before the invalidation
+    /// log (with Redis, strict: a round trip), so an entry it declines costs
+    /// no check here. `None` (nothing current in memory, not servable, or
+    /// the log says no) sends the request down pingora-cache's path, which
+    /// looks again and removes what may not be served: nothing is served
+    /// here that a lookup would not serve.
+    pub async fn memory_hit(
         &self,
         key: &HashBinary,
-        serve: impl FnOnce(&Prepared) -> Option<T>,
-    ) -> Option<(T, Bytes)> {
+        servable: impl FnOnce(&Prepared) -> bool,
+    ) -> Option<(Arc<Prepared>, Bytes)> {
         if let Some(r) = &self.redis {
             r.adopt_request_runtime();
         }
@@ -454,12 +454,11 @@ impl Store {
                 prepared
             }
         };
-        let served = serve(&prepared)?;
-        if !self.still_valid(link.as_ref(), &c.entry).await {
+        if !servable(&prepared) || !self.still_valid(link.as_ref(), &c.entry).await {
             return None;
         }
         METRICS.store_hits.with_label_values(&["memory"]).inc();
-        Some((served, c.entry.body.clone()))
+        Some((prepared, c.entry.body.clone()))
     }
 
     async fn find(&self, key: &HashBinary) -> Option<Arc<Cached>> {
