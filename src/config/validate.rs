@@ -345,10 +345,17 @@ pub(super) fn validate(
     // `max_ttl` too: it bounds how long `last_inv` is kept, so an entry
     // stored under a longer one could outlive its invalidations.
     // And how overrides are read: replicas that read them differently plan
-    // the same write differently.
+    // the same write differently. And freshgate's own version: another
+    // version may tag or plan the same write differently, so replicas of two
+    // versions in one fleet (a rolling upgrade) count as mixed rules (the
+    // cache is bypassed until one version runs alone).
     let rules_fingerprint = hash_of(&format!(
-        "{:?} {:?} {:?} {:?}",
-        raw.invalidate, paths, raw.cache.max_ttl, method_override
+        "{:?} {:?} {:?} {:?} {}",
+        raw.invalidate,
+        paths,
+        raw.cache.max_ttl,
+        method_override,
+        env!("CARGO_PKG_VERSION")
     ));
     let cookie_names = |list: &[String], problem: &mut dyn FnMut(&str, String)| {
         list.iter()

@@ -323,9 +323,9 @@ impl Monitor {
             self.flush().await;
             let hourly = to - from > series::MINUTES_KEPT;
             let (unit, prefix) = if hourly {
-                (series::HOUR, "fg:mon:h:")
+                (series::HOUR, "mon:h:")
             } else {
-                (series::MINUTE, "fg:mon:m:")
+                (series::MINUTE, "mon:m:")
             };
             let starts: Vec<u64> = (from - from % unit..to).step_by(unit as usize).collect();
             let keys: Vec<String> = starts.iter().map(|t| format!("{prefix}{t}")).collect();
@@ -363,11 +363,11 @@ impl Monitor {
             let fields = series::fields(bucket);
             let hour = t - t % series::HOUR;
             writes
-                .entry(format!("fg:mon:h:{hour}"))
+                .entry(format!("mon:h:{hour}"))
                 .or_insert_with(|| (Vec::new(), HOUR_KEY_TTL))
                 .0
                 .extend(fields.iter().cloned());
-            writes.insert(format!("fg:mon:m:{t}"), (fields, MINUTE_KEY_TTL));
+            writes.insert(format!("mon:m:{t}"), (fields, MINUTE_KEY_TTL));
         }
         if !redis.monitor_add(writes).await {
             if let Some(p) = self.counters.lock().pending.as_mut() {

@@ -11,7 +11,8 @@
 //! Attacks, all concurrent:
 //! - both replicas start while Redis is down; Redis comes up, is killed and
 //!   restarted empty repeatedly, while fills are in flight (some reads ask the
-//!   app to take 400 ms);
+//!   app to take 400 ms) — or, on a Redis Cluster of three masters, the master
+//!   holding the log and another are killed and restarted empty in turn;
 //! - reads and writes through encoded and aliased spellings of each path
 //!   (`%3N`, case, trailing slash, `//`, `./`, `x/../`);
 //! - method-override writes (`X-HTTP-Method-Override: PATCH`, `?_method=`);
@@ -26,7 +27,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::util::{client, get, send_and_leave, Freshgate, Leave, Origin, Redis, TEST_CONFIG};
+use crate::util::{
+    client, get, send_and_leave, Freshgate, Leave, Origin, Redis, RedisCluster, TEST_CONFIG,
+};
 
 /// Posts 1..=SHARED are written by several writers in every form; posts
 /// SHARED+1..=POSTS only by the aborting writer, so the app's version of
@@ -103,9 +106,65 @@ struct Run {
     limit: Duration,
 }
 
-/// The checker against two replicas (their URLs) on one Redis, which the
+/// What the chaos task does to Redis while the checker runs.
+trait Faults {
+    /// Redis comes up, if it is not up yet.
+    fn start(&mut self);
+    /// Kill a Redis process (the `round`th time).
+    fn kill(&mut self, round: usize);
+    /// Start again, empty, what `kill` killed.
+    fn restart(&mut self, round: usize);
+}
+
+/// One Redis, down at the start.
+impl Faults for Redis {
+    fn start(&mut self) {
+        self.restart();
+    }
+    fn kill(&mut self, _round: usize) {
+        self.stop();
+    }
+    fn restart(&mut self, _round: usize) {
+        Redis::restart(self);
+    }
+}
+
+/// A Redis Cluster of three masters: the one holding the log, then
+/// another, in turn.
+struct ClusterFaults {
+    cluster: RedisCluster,
+    /// The master holding the log.
+    log: usize,
+}
+
+impl ClusterFaults {
+    fn victim(&self, round: usize) -> usize {
+        if round % 2 == 0 {
+            self.log
+        } else {
+            (self.log + 1 + round / 2 % 2) % 3
+        }
+    }
+}
+
+impl Faults for ClusterFaults {
+    fn start(&mut self) {}
+    fn kill(&mut self, round: usize) {
+        self.cluster.stop(self.victim(round));
+    }
+    fn restart(&mut self, round: usize) {
+        self.cluster.restart(self.victim(round));
+    }
+}
+
+/// The checker against two replicas (their URLs) sharing a Redis, which the
 /// chaos task controls. Returns the counts.
-async fn attack(origin: &Origin, bases: [String; 2], redis: &mut Redis, run: Run) -> Arc<Checker> {
+async fn attack(
+    origin: &Origin,
+    bases: [String; 2],
+    redis: &mut dyn Faults,
+    run: Run,
+) -> Arc<Checker> {
     let chk = Arc::new(Checker {
         done: (0..=POSTS).map(|_| AtomicU64::new(0)).collect(),
         counts: Counts::default(),
@@ -282,15 +341,15 @@ async fn attack(origin: &Origin, bases: [String; 2], redis: &mut Redis, run: Run
     // again, while all of the above runs.
     let started = Instant::now();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    redis.restart();
-    while !chk.stop.load(Ordering::Relaxed) {
+    redis.start();
+    for round in 0.. {
         tokio::time::sleep(Duration::from_secs(5)).await;
         if chk.stop.load(Ordering::Relaxed) {
             break;
         }
-        redis.stop();
+        redis.kill(round);
         tokio::time::sleep(Duration::from_millis(1200)).await;
-        redis.restart();
+        redis.restart(round);
         chk.counts.redis_restarts.fetch_add(1, Ordering::Relaxed);
     }
     for t in tasks {
@@ -359,6 +418,55 @@ async fn no_stale_read_under_attack_across_two_replicas() {
     ] {
         assert!(n(count) >= 2, "too few {what}: {}", n(count));
     }
+    assert_eq!(
+        n(&c.violations),
+        0,
+        "stale reads: {:#?}",
+        chk.examples.lock()
+    );
+}
+
+/// The same attack on two replicas sharing a Redis Cluster of three
+/// masters, one pointed at the master that holds the log and one at
+/// another; the chaos task kills and restarts (empty) the log's master and
+/// the others in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_stale_read_through_a_redis_cluster_whose_masters_are_killed_and_restarted() {
+    let origin = Origin::start(2);
+    let cluster = RedisCluster::start();
+    cluster.wait_ok().await;
+    let log = cluster.owner_of(crate::cluster::LOG_SLOT).await;
+    let a = Freshgate::start(&origin.url(), Some(&cluster.url(log)), TEST_CONFIG);
+    let b = Freshgate::start(
+        &origin.url(),
+        Some(&cluster.url((log + 1) % 3)),
+        TEST_CONFIG,
+    );
+    let mut faults = ClusterFaults { cluster, log };
+    let chk = attack(
+        &origin,
+        [a.url(""), b.url("")],
+        &mut faults,
+        Run {
+            reads: 20_000,
+            limit: Duration::from_secs(300),
+        },
+    )
+    .await;
+    let c = &chk.counts;
+    let n = |a: &AtomicUsize| a.load(Ordering::Relaxed);
+    assert!(n(&c.reads) >= 20_000, "only {} reads", n(&c.reads));
+    assert!(
+        n(&c.hits) > 500,
+        "the cache was barely used: {} hits",
+        n(&c.hits)
+    );
+    // Kills alternate: at least two of the log's master, two of others.
+    assert!(
+        n(&c.redis_restarts) >= 4,
+        "too few kills: {}",
+        n(&c.redis_restarts)
+    );
     assert_eq!(
         n(&c.violations),
         0,

@@ -7,6 +7,7 @@ mod admin;
 mod browser;
 mod checker;
 mod cli;
+mod cluster;
 mod conformance;
 mod cookies;
 mod deploy;

@@ -307,13 +307,143 @@ impl Redis {
     }
 }
 
-pub fn redis_server() -> String {
-    for p in ["/usr/bin/redis-server", "/usr/local/bin/redis-server"] {
-        if std::path::Path::new(p).exists() {
-            return p.to_string();
+/// A real Redis Cluster: three masters (no replicas) on ephemeral ports,
+/// without persistence. A node killed and started again keeps its place in
+/// the cluster (its `nodes.conf`) and its slots, and loses its data, as a
+/// master restarted without persistence does.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    procs: Vec<Option<Proc>>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let mut c = RedisCluster {
+            ports: (0..3).map(|_| free_port()).collect(),
+            procs: (0..3).map(|_| None).collect(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        for i in 0..3 {
+            c.restart(i);
+        }
+        let nodes: Vec<String> = c.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new(redis_program("redis-cli"))
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        c
+    }
+
+    /// The URL of node `i` (any node leads freshgate to the others).
+    pub fn url(&self, i: usize) -> String {
+        format!("redis://127.0.0.1:{}", self.ports[i])
+    }
+
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut p) = self.procs[i].take() {
+            p.signal("KILL");
+            p.wait_exit(Duration::from_secs(5));
         }
     }
-    panic!("redis-server is not installed: run ./scripts/test, which installs it");
+
+    /// Start node `i` (again): a new process, a new `run_id`, no data.
+    pub fn restart(&mut self, i: usize) {
+        self.stop(i);
+        let port = self.ports[i];
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let conf = self.dir.path().join(format!("nodes-{port}.conf"));
+        let mut proc = Proc::spawn(
+            "redis-server (cluster)",
+            Command::new(redis_server())
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                .arg("--cluster-config-file")
+                .arg(&conf)
+                .args(["--save", "", "--appendonly", "no"])
+                .current_dir(self.dir.path()),
+        );
+        assert!(
+            wait_port(addr, &mut proc),
+            "redis-server did not start on {addr}"
+        );
+        self.procs[i] = Some(proc);
+    }
+
+    async fn connection(&self, i: usize) -> redis::aio::MultiplexedConnection {
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(10)))
+            .set_response_timeout(Some(Duration::from_secs(10)));
+        redis::Client::open(self.url(i))
+            .unwrap()
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+            .unwrap()
+    }
+
+    /// Wait until every node says the cluster is whole again.
+    pub async fn wait_ok(&self) {
+        for _ in 0..400 {
+            let mut ok = 0;
+            for i in 0..self.ports.len() {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut self.connection(i).await)
+                    .await
+                    .unwrap_or_default();
+                ok += usize::from(info.contains("cluster_state:ok"));
+            }
+            if ok == self.ports.len() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the cluster never became whole");
+    }
+
+    /// The node that serves `key` (the others answer MOVED).
+    pub async fn owner_of(&self, key: &str) -> usize {
+        for i in 0..self.ports.len() {
+            let r: redis::RedisResult<i64> = redis::cmd("EXISTS")
+                .arg(key)
+                .query_async(&mut self.connection(i).await)
+                .await;
+            if r.is_ok() {
+                return i;
+            }
+        }
+        panic!("no node serves {key}");
+    }
+
+    /// Keys on node `i` whose name matches `pattern`.
+    pub async fn keys(&self, i: usize, pattern: &str) -> Vec<String> {
+        redis::cmd("KEYS")
+            .arg(pattern)
+            .query_async(&mut self.connection(i).await)
+            .await
+            .unwrap()
+    }
+}
+
+pub fn redis_server() -> String {
+    redis_program("redis-server")
+}
+
+fn redis_program(name: &str) -> String {
+    for dir in ["/usr/bin", "/usr/local/bin"] {
+        let p = format!("{dir}/{name}");
+        if std::path::Path::new(&p).exists() {
+            return p;
+        }
+    }
+    panic!("{name} is not installed: run ./scripts/test, which installs it");
 }
 
 /// A freshgate process.

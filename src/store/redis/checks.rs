@@ -81,7 +81,7 @@ impl RedisTier {
             distinct.dedup();
             let mut cmd = redis::cmd("MGET");
             for t in &distinct {
-                cmd.arg(Keys::tag(&link.run, t));
+                cmd.arg(Keys::tag(&link.log, t));
             }
             let inv: Option<Vec<Option<u64>>> = self
                 .run(&link, "last_inv", cmd)

@@ -132,14 +132,16 @@ impl RedisTier {
         let Some(link) = self.link.load_full() else {
             return Ok(());
         };
-        let client = redis::Client::open(self.url.as_str())?;
+        // The node that holds the log (on a cluster, messages reach every
+        // node; this one is as good as any and known to be up).
+        let client = redis::Client::open(link.node.clone())?;
         let mut pubsub = tokio::time::timeout(
             self.timeout.max(Duration::from_millis(500)),
             client.get_async_pubsub(),
         )
         .await
         .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timed out")))??;
-        let (inv, fence) = (Keys::inv_channel(&link.run), Keys::fence_channel(&link.run));
+        let (inv, fence) = (Keys::inv_channel(&link.log), Keys::fence_channel(&link.log));
         pubsub.subscribe(&[&inv, &fence]).await?;
         // What was published before the subscription was not heard: trust
         // only entries fetched from now on. SUBSCRIBE was answered before

@@ -16,6 +16,109 @@ pub(super) fn mono_ms() -> u64 {
 }
 
 impl RedisTier {
+    /// One command of the log on `link` with the request-path timeout,
+    /// unless the breaker is open.
+    pub(super) async fn run<T: redis::FromRedisValue>(
+        &self,
+        link: &Arc<Link>,
+        op: &'static str,
+        cmd: redis::Cmd,
+    ) -> Option<T> {
+        self.call(link, op, cmd, false).await
+    }
+
+    /// One command on an entry (or the flags): to its own master on a Redis
+    /// Cluster, else like [`Self::run`].
+    pub(super) async fn run_data<T: redis::FromRedisValue>(
+        &self,
+        link: &Arc<Link>,
+        op: &'static str,
+        cmd: redis::Cmd,
+    ) -> Option<T> {
+        self.call(link, op, cmd, true).await
+    }
+
+    pub(super) async fn call<T: redis::FromRedisValue>(
+        &self,
+        link: &Arc<Link>,
+        op: &'static str,
+        cmd: redis::Cmd,
+        data: bool,
+    ) -> Option<T> {
+        if self.breaker_open() {
+            return None;
+        }
+        let started = std::time::Instant::now();
+        let cluster = link.cluster.as_ref().filter(|_| data);
+        let res = match cluster {
+            Some(c) => {
+                let mut c = c.clone();
+                tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut c)).await
+            }
+            None => {
+                let mut conn = link.conn.clone();
+                tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await
+            }
+        };
+        METRICS
+            .store_op_seconds
+            .with_label_values(&["redis", op])
+            .observe(started.elapsed().as_secs_f64());
+        match res {
+            Ok(Ok(v)) => {
+                self.record_success();
+                Some(v)
+            }
+            // The cluster connection reconnects by itself, and what it
+            // carries is checked against the log: its failures count
+            // against the breaker but leave the link to the log alone.
+            Ok(Err(e)) if cluster.is_some() => {
+                self.record_failure(op, &e);
+                None
+            }
+            Ok(Err(e)) => {
+                self.failed(link, op, Some(&e));
+                None
+            }
+            Err(_) => {
+                self.failed(link, op, None);
+                None
+            }
+        }
+    }
+
+    /// A script invocation that correctness depends on (fences, lifts): it
+    /// may be tried several times (a doubling timeout), and it is tried even
+    /// while the read breaker is open.
+    pub(super) async fn record<T: redis::FromRedisValue>(
+        &self,
+        link: &Arc<Link>,
+        op: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+        attempts: u32,
+    ) -> Option<T> {
+        let mut timeout = self.timeout;
+        for _ in 0..attempts {
+            let mut conn = link.conn.clone();
+            match tokio::time::timeout(timeout, invocation.invoke_async::<T>(&mut conn)).await {
+                Ok(Ok(v)) => {
+                    self.record_success();
+                    return Some(v);
+                }
+                Ok(Err(e)) => {
+                    let gone = e.is_connection_dropped() || e.is_io_error();
+                    self.failed(link, op, Some(&e));
+                    if gone {
+                        return None;
+                    }
+                }
+                Err(_) => self.failed(link, op, None),
+            }
+            timeout *= 2;
+        }
+        None
+    }
+
     /// True when connected, the breaker is closed, and this replica owes the
     /// current run nothing.
     pub fn available(&self) -> bool {
@@ -93,7 +196,13 @@ impl RedisTier {
         match err {
             Some(e) => {
                 self.record_failure(op, e);
-                if e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error() {
+                // A redirect: the cluster moved the log's slot to another
+                // master (a failover, a reshard), whose log is another one.
+                if e.is_connection_dropped()
+                    || e.is_io_error()
+                    || e.is_unrecoverable_error()
+                    || e.redirect_node().is_some()
+                {
                     self.drop_link(link);
                 }
             }
@@ -139,8 +248,9 @@ impl RedisTier {
             })
     }
 
-    /// Open a link: connect, learn the run, note a restart. Returns the
-    /// current link if another task opened one meanwhile.
+    /// Open a link: reach the node that holds the log, learn its run, note
+    /// a restart. Returns the current link if another task opened one
+    /// meanwhile.
     pub(super) async fn connect(&self, throttle: bool) -> Option<Arc<Link>> {
         let _one_at_a_time = self.connecting.lock().await;
         if let Some(link) = self.link.load_full() {
@@ -153,22 +263,8 @@ impl RedisTier {
             return None;
         }
         self.last_connect_ms.store(now_millis(), Ordering::Relaxed);
-        let (conn, on_request_runtime) = match self.open_connection().await {
-            Ok(c) => c,
-            Err(e) => {
-                self.record_failure("connect", &e);
-                return None;
-            }
-        };
-        let provisional = Link {
-            conn,
-            run: Arc::from(""),
-            epoch: 0,
-            checks: Default::default(),
-            on_request_runtime,
-        };
-        let run = match self.run_id(&provisional).await {
-            Ok(run) => run,
+        let reached = match self.reach_log().await {
+            Ok(r) => r,
             Err(e) => {
                 match e {
                     Some(e) => self.record_failure("connect", &e),
@@ -177,6 +273,7 @@ impl RedisTier {
                 return None;
             }
         };
+        let run = reached.run.clone();
         let epoch = {
             let mut known = self.run.lock();
             if known.as_deref() != Some(&*run) {
@@ -196,13 +293,7 @@ impl RedisTier {
                 self.epoch.load(Ordering::Acquire)
             }
         };
-        let link = Arc::new(Link {
-            conn: provisional.conn,
-            run,
-            epoch,
-            checks: Default::default(),
-            on_request_runtime,
-        });
+        let link = Arc::new(Link { epoch, ..reached });
         self.link.store(Some(link.clone()));
         self.owed(|_| ());
         self.check_eviction_policy(&link).await;
@@ -221,12 +312,13 @@ impl RedisTier {
         }
     }
 
-    /// A connection, driven on the request runtime when one is known (the
-    /// bool says so).
+    /// A connection to `node`, driven on the request runtime when one is
+    /// known (the bool says so).
     pub(super) async fn open_connection(
         &self,
+        node: redis::ConnectionInfo,
     ) -> redis::RedisResult<(MultiplexedConnection, bool)> {
-        let client = redis::Client::open(self.url.as_str())?;
+        let client = redis::Client::open(node)?;
         let cfg = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(200))))
             .set_response_timeout(Some(self.timeout.max(Duration::from_millis(200)) * 8));
@@ -263,12 +355,15 @@ impl RedisTier {
             return;
         }
         let _one_at_a_time = self.connecting.lock().await;
-        let Ok((conn, true)) = self.open_connection().await else {
+        let Ok((conn, true)) = self.open_connection(link.node.clone()).await else {
             return;
         };
         let moved = Link {
             conn,
+            node: link.node.clone(),
+            cluster: link.cluster.clone(),
             run: link.run.clone(),
+            log: link.log.clone(),
             epoch: link.epoch,
             checks: Default::default(),
             on_request_runtime: true,

@@ -4,6 +4,16 @@
 //! Every key belongs to one Redis run (`run_id`): a restarted Redis starts a
 //! new, empty log, and nothing stored under another run is ever read.
 //!
+//! **Placement.** On one Redis the log's keys begin `fg:2:<run>:` (the 2
+//! is the entry format the log began with, frozen since: builds that store
+//! entries differently still share one log; what a build tags differently is
+//! handled as a rules change, see `config::Config::rules_fingerprint`). On a
+//! Redis Cluster they begin `{fg}:2:<run>:`, and monitoring keys
+//! `{fg}:mon:`: the hash tag puts them all in one slot, on one master, so each
+//! script below touches keys of one slot only, and the run is that master's.
+//! Entries carry no hash tag there and spread over the masters; each is
+//! checked against the log, so where it lives does not matter to freshness.
+//!
 //! A tag's value packs two numbers: `fences * FENCE_UNIT + last_inv`. A fenced
 //! tag (a write in flight may change what it names) therefore reads as a huge
 //! `last_inv`, which makes every entry carrying it invalid — also to a replica
@@ -38,45 +48,61 @@ pub(super) fn fenced(v: Option<u64>) -> bool {
     v.unwrap_or(0) >= FENCE_UNIT
 }
 
-/// Key names. The format version is the entries' (see `entry`): replicas of
-/// the same version share a log.
+/// Key names. The log's take the prefix of its run ([`Keys::log`]).
 pub(super) struct Keys;
 
 impl Keys {
-    pub(super) fn prefix(run: &str) -> String {
-        format!("fg:{}:{}:", super::super::entry::VERSION, run)
+    /// The prefix of the log's keys in run `run`, on a cluster or not.
+    pub(super) fn log(run: &str, cluster: bool) -> String {
+        format!("{}2:{run}:", Self::side(cluster))
     }
+    /// The prefix of flags and monitoring keys.
+    pub(super) fn side(cluster: bool) -> &'static str {
+        if cluster {
+            "{fg}:"
+        } else {
+            "fg:"
+        }
+    }
+    /// A key of the log's slot on a cluster that nothing stores: asking for
+    /// it tells whether a node serves that slot (it answers `MOVED` if not).
+    pub(super) fn probe() -> &'static str {
+        "{fg}:probe"
+    }
+    /// An entry: the entry format's version (see `entry`), and the run of
+    /// the log it is checked against. No hash tag: on a cluster, entries
+    /// spread over the masters.
     pub(super) fn entry(run: &str, cache_key: &str) -> String {
-        format!("{}e:{cache_key}", Self::prefix(run))
+        format!("fg:{}:{run}:e:{cache_key}", super::super::entry::VERSION)
     }
-    pub(super) fn clock(run: &str) -> String {
-        format!("{}clock", Self::prefix(run))
+    pub(super) fn clock(log: &str) -> String {
+        format!("{log}clock")
     }
-    pub(super) fn tag(run: &str, tag: &str) -> String {
-        format!("{}i:{tag}", Self::prefix(run))
+    pub(super) fn tag(log: &str, tag: &str) -> String {
+        format!("{log}i:{tag}")
     }
-    pub(super) fn fences(run: &str) -> String {
-        format!("{}fences", Self::prefix(run))
+    pub(super) fn fences(log: &str) -> String {
+        format!("{log}fences")
     }
-    pub(super) fn fence(run: &str, id: u64) -> String {
-        format!("{}fence:{id}", Self::prefix(run))
+    pub(super) fn fence(log: &str, id: u64) -> String {
+        format!("{log}fence:{id}")
     }
     /// Fingerprint (hex) -> when a replica running those rules last said so
     /// (Redis's clock, ms).
-    pub(super) fn rules(run: &str) -> String {
-        format!("{}rules", Self::prefix(run))
+    pub(super) fn rules(log: &str) -> String {
+        format!("{log}rules")
     }
     /// The fingerprint of the rules the fleet last ran alone.
-    pub(super) fn active_rules(run: &str) -> String {
-        format!("{}rules:active", Self::prefix(run))
+    pub(super) fn active_rules(log: &str) -> String {
+        format!("{log}rules:active")
     }
     /// Invalidations: `"<seq> <writer's ms>\n<tag>\n..."`.
-    pub(super) fn inv_channel(run: &str) -> String {
-        format!("{}inv", Self::prefix(run))
+    pub(super) fn inv_channel(log: &str) -> String {
+        format!("{log}inv")
     }
     /// Fences: `"+\n<tag>\n..."` when one is raised, `"-\n..."` when lifted.
-    pub(super) fn fence_channel(run: &str) -> String {
-        format!("{}fence", Self::prefix(run))
+    pub(super) fn fence_channel(log: &str) -> String {
+        format!("{log}fence")
     }
 }
 

@@ -118,7 +118,7 @@ impl RedisTier {
             let floor: Option<u64> = tokio::time::timeout(
                 self.timeout.max(Duration::from_millis(250)),
                 redis::cmd("INCR")
-                    .arg(Keys::clock(&link.run))
+                    .arg(Keys::clock(&link.log))
                     .query_async(&mut conn),
             )
             .await
@@ -147,7 +147,7 @@ impl RedisTier {
         let rules = self.rules.load(Ordering::Acquire);
         let mine = format!("{rules:016x}");
         let mut beat = self.heartbeat_script.prepare_invoke();
-        beat.key(Keys::rules(&link.run))
+        beat.key(Keys::rules(&link.log))
             .arg(&mine)
             .arg(RULES_ALIVE.as_millis() as u64)
             .arg(self.inv_ttl.as_millis() as u64);
@@ -171,13 +171,13 @@ impl RedisTier {
         {
             let mut activate = self.activate_script.prepare_invoke();
             activate
-                .key(Keys::active_rules(&link.run))
-                .key(Keys::clock(&link.run))
-                .key(Keys::tag(&link.run, crate::invalidation::ALL_TAG))
+                .key(Keys::active_rules(&link.log))
+                .key(Keys::clock(&link.log))
+                .key(Keys::tag(&link.log, crate::invalidation::ALL_TAG))
                 .arg(&mine)
                 .arg(self.inv_ttl.as_millis() as u64)
                 .arg(FENCE_UNIT)
-                .arg(Keys::inv_channel(&link.run))
+                .arg(Keys::inv_channel(&link.log))
                 .arg(now_millis())
                 .arg(crate::invalidation::ALL_TAG);
             let Some(s) = self.record::<u64>(link, "rules", &activate, 1).await else {

@@ -34,12 +34,15 @@
 //! by any replica is never followed by a stale read on any other. In `bounded`
 //! mode replicas follow the log over pub/sub (see `follow`).
 //!
-//! Files: this one holds the tier, reads and fills; `link` the connection
-//! and the breaker; `writes` a write's fence and lift; `log` the keys and
-//! scripts of the shared log; `follow` the bounded-mode follower;
-//! `maintain` the background maintainer; `side` flags and monitoring data.
+//! Files: this one holds the tier, reads and fills; `link` the connection,
+//! calls over it and the breaker; `cluster` reaching the log's node (on a
+//! Redis Cluster, the master of its slot); `writes` a write's fence and lift;
+//! `log` the keys and scripts of the shared log; `checks` strict hits' batched
+//! checks; `follow` the bounded-mode follower; `maintain` the background
+//! maintainer; `side` flags and monitoring data.
 
 mod checks;
+mod cluster;
 mod follow;
 mod link;
 mod log;
@@ -55,6 +58,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
+use redis::cluster_async::ClusterConnection;
 use tracing::{info, warn};
 
 use self::follow::Followed;
@@ -83,8 +87,6 @@ const SWEEP_BATCH: u32 = 64;
 /// heard within it means the fleet runs mixed rules. (A replica that has
 /// not said its own for half of it stops serving: see `heard_lately`.)
 const RULES_ALIVE: Duration = Duration::from_secs(4);
-/// Hash of runtime flag values (`PUT /api/flags`), shared by all replicas.
-const FLAGS_KEY: &str = "fg:flags";
 /// Timeout for monitoring reads and writes, which are off the request path.
 const SIDE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -109,10 +111,21 @@ impl Consistency {
     }
 }
 
-/// A connection to one Redis process, and which run of Redis that is.
+/// A connection to the Redis process that holds the log, and which run of
+/// Redis that is.
 pub struct Link {
     conn: MultiplexedConnection,
+    /// Where `conn` goes: the configured Redis, or on a Redis Cluster the
+    /// master serving the log's slot.
+    node: redis::ConnectionInfo,
+    /// On a Redis Cluster: a connection that routes each entry (and the
+    /// flags) to the master of its slot, following the cluster as it
+    /// changes. Entries need no pinning (each is checked against the log),
+    /// the log does: it only ever goes over `conn`.
+    cluster: Option<ClusterConnection>,
     run: Arc<str>,
+    /// The prefix of the log's keys in this run (see `log::Keys`).
+    log: Arc<str>,
     /// Counts the runs this replica has seen; entries remember it.
     pub epoch: u64,
     /// Strict hits' checks waiting to go to this Redis together.
@@ -147,6 +160,10 @@ pub struct Limits {
 
 pub struct RedisTier {
     url: String,
+    /// The cluster's nodes last seen (empty unless on a Redis Cluster):
+    /// tried after `url` when connecting, so the log's master is found
+    /// while the node `url` names is down.
+    nodes: parking_lot::Mutex<Vec<redis::ConnectionInfo>>,
     consistency: Consistency,
     followed: Followed,
     timeout: Duration,
@@ -214,6 +231,7 @@ impl RedisTier {
         METRICS.redis_configured.set(1);
         RedisTier {
             url,
+            nodes: Default::default(),
             consistency,
             followed: Followed::default(),
             timeout: limits.timeout,
@@ -302,72 +320,6 @@ impl RedisTier {
         r
     }
 
-    /// One command on `link` with the request-path timeout, unless the
-    /// breaker is open.
-    async fn run<T: redis::FromRedisValue>(
-        &self,
-        link: &Arc<Link>,
-        op: &'static str,
-        cmd: redis::Cmd,
-    ) -> Option<T> {
-        if self.breaker_open() {
-            return None;
-        }
-        let mut conn = link.conn.clone();
-        let started = std::time::Instant::now();
-        let res = tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await;
-        METRICS
-            .store_op_seconds
-            .with_label_values(&["redis", op])
-            .observe(started.elapsed().as_secs_f64());
-        match res {
-            Ok(Ok(v)) => {
-                self.record_success();
-                Some(v)
-            }
-            Ok(Err(e)) => {
-                self.failed(link, op, Some(&e));
-                None
-            }
-            Err(_) => {
-                self.failed(link, op, None);
-                None
-            }
-        }
-    }
-
-    /// A script invocation that correctness depends on (fences, lifts): it
-    /// may be tried several times (a doubling timeout), and it is tried even
-    /// while the read breaker is open.
-    async fn record<T: redis::FromRedisValue>(
-        &self,
-        link: &Arc<Link>,
-        op: &'static str,
-        invocation: &redis::ScriptInvocation<'_>,
-        attempts: u32,
-    ) -> Option<T> {
-        let mut timeout = self.timeout;
-        for _ in 0..attempts {
-            let mut conn = link.conn.clone();
-            match tokio::time::timeout(timeout, invocation.invoke_async::<T>(&mut conn)).await {
-                Ok(Ok(v)) => {
-                    self.record_success();
-                    return Some(v);
-                }
-                Ok(Err(e)) => {
-                    let gone = e.is_connection_dropped() || e.is_io_error();
-                    self.failed(link, op, Some(&e));
-                    if gone {
-                        return None;
-                    }
-                }
-                Err(_) => self.failed(link, op, None),
-            }
-            timeout *= 2;
-        }
-        None
-    }
-
     /// Read the clock, and whether any of `tags` is fenced, before a fetch
     /// begins. `None` when Redis cannot be used: the response is not stored.
     pub async fn fill_start(&self, tags: &[String]) -> Option<FillStart> {
@@ -379,9 +331,9 @@ impl RedisTier {
             Consistency::Bounded => (self.clock_now(&link).await?, self.followed.fenced(tags)),
             Consistency::Strict => {
                 let mut cmd = redis::cmd("MGET");
-                cmd.arg(Keys::clock(&link.run));
+                cmd.arg(Keys::clock(&link.log));
                 for t in tags {
-                    cmd.arg(Keys::tag(&link.run, t));
+                    cmd.arg(Keys::tag(&link.log, t));
                 }
                 let v: Vec<Option<u64>> = self.run(&link, "clock", cmd).await?;
                 let seq = v.first().copied().flatten().unwrap_or(0);
@@ -400,7 +352,7 @@ impl RedisTier {
             .run(
                 link,
                 "clock",
-                redis::cmd("GET").arg(Keys::clock(&link.run)).clone(),
+                redis::cmd("GET").arg(Keys::clock(&link.log)).clone(),
             )
             .await?;
         Some(v.unwrap_or(0))
@@ -433,7 +385,7 @@ impl RedisTier {
     /// error (an error is a miss, never a failed request).
     pub async fn get(&self, link: &Arc<Link>, cache_key: &str) -> Option<Bytes> {
         let v: Option<Vec<u8>> = self
-            .run(
+            .run_data(
                 link,
                 "get",
                 redis::cmd("GET")
@@ -460,7 +412,7 @@ impl RedisTier {
             .arg(value)
             .arg("PX")
             .arg(ms);
-        self.run::<()>(link, "set", cmd).await.is_some()
+        self.run_data::<()>(link, "set", cmd).await.is_some()
     }
 
     pub async fn delete(&self, cache_key: &str) -> bool {
@@ -468,7 +420,7 @@ impl RedisTier {
             return false;
         };
         let n: Option<i64> = self
-            .run(
+            .run_data(
                 &link,
                 "del",
                 redis::cmd("DEL")

@@ -1,8 +1,13 @@
 //! What other modules keep in Redis besides the cache: runtime flag flips
-//! (`fg:flags`) and monitoring buckets. Off the request path: its own,
-//! longer timeout, and never a reason to mark Redis down.
+//! (`fg:flags`) and monitoring buckets (`fg:mon:…`; `{fg}:…` on a Redis
+//! Cluster, in the log's slot, so one pipeline reaches them all). Off the
+//! request path: its own, longer timeout, and never a reason to mark Redis
+//! down.
 
 use super::*;
+
+/// Hash of runtime flag values (`PUT /api/flags`), shared by all replicas.
+const FLAGS_KEY: &str = "fg:flags";
 
 impl RedisTier {
     /// Write runtime flag values (None clears one) for every replica to read.
@@ -20,7 +25,7 @@ impl RedisTier {
                     .clone(),
                 None => redis::cmd("HDEL").arg(FLAGS_KEY).arg(*name).clone(),
             };
-            if self.run::<i64>(&link, "flags", cmd).await.is_none() {
+            if self.run_data::<i64>(&link, "flags", cmd).await.is_none() {
                 return false;
             }
         }
@@ -30,7 +35,7 @@ impl RedisTier {
     /// The runtime flag values shared by all replicas; `None` if unreachable.
     pub async fn flags(&self) -> Option<std::collections::HashMap<String, String>> {
         let link = self.link.load_full()?;
-        self.run(&link, "flags", redis::cmd("HGETALL").arg(FLAGS_KEY).clone())
+        self.run_data(&link, "flags", redis::cmd("HGETALL").arg(FLAGS_KEY).clone())
             .await
     }
 
@@ -39,10 +44,11 @@ impl RedisTier {
     /// turning cache hits into misses for).
     pub(super) async fn side_query<T: redis::FromRedisValue>(
         &self,
+        link: &Link,
         op: &'static str,
         pipe: redis::Pipeline,
     ) -> Option<T> {
-        let mut conn = self.link.load_full()?.conn.clone();
+        let mut conn = link.conn.clone();
         let started = std::time::Instant::now();
         let res = tokio::time::timeout(SIDE_TIMEOUT, pipe.query_async::<T>(&mut conn)).await;
         METRICS
@@ -64,32 +70,43 @@ impl RedisTier {
     }
 
     /// Add counters to monitoring hashes (`HINCRBY`), each key with its TTL.
+    /// Keys are named without a prefix (`mon:m:<minute>`).
     pub async fn monitor_add(
         &self,
         writes: std::collections::HashMap<String, (Vec<(String, u64)>, Duration)>,
     ) -> bool {
+        let Some(link) = self.link.load_full() else {
+            return false;
+        };
+        let side = Keys::side(link.cluster.is_some());
         let mut pipe = redis::pipe();
-        for (key, (fields, ttl)) in &writes {
+        for (name, (fields, ttl)) in &writes {
+            let key = format!("{side}{name}");
             for (field, n) in fields {
-                pipe.cmd("HINCRBY").arg(key).arg(field).arg(*n).ignore();
+                pipe.cmd("HINCRBY").arg(&key).arg(field).arg(*n).ignore();
             }
             pipe.cmd("PEXPIRE")
-                .arg(key)
+                .arg(&key)
                 .arg(ttl.as_millis() as u64)
                 .ignore();
         }
-        self.side_query::<()>("monitor_add", pipe).await.is_some()
+        self.side_query::<()>(&link, "monitor_add", pipe)
+            .await
+            .is_some()
     }
 
-    /// Read monitoring hashes, one map per key (empty when missing).
+    /// Read monitoring hashes, one map per key (empty when missing), named
+    /// as for [`Self::monitor_add`].
     pub async fn monitor_read(
         &self,
-        keys: &[String],
+        names: &[String],
     ) -> Option<Vec<std::collections::HashMap<String, u64>>> {
+        let link = self.link.load_full()?;
+        let side = Keys::side(link.cluster.is_some());
         let mut pipe = redis::pipe();
-        for key in keys {
-            pipe.cmd("HGETALL").arg(key);
+        for name in names {
+            pipe.cmd("HGETALL").arg(format!("{side}{name}"));
         }
-        self.side_query("monitor_read", pipe).await
+        self.side_query(&link, "monitor_read", pipe).await
     }
 }

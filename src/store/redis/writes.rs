@@ -184,16 +184,16 @@ impl RedisTier {
             return true;
         }
         let mut inv = self.fence_script.prepare_invoke();
-        inv.key(Keys::fences(&link.run))
-            .key(Keys::fence(&link.run, id));
+        inv.key(Keys::fences(&link.log))
+            .key(Keys::fence(&link.log, id));
         for t in tags {
-            inv.key(Keys::tag(&link.run, t));
+            inv.key(Keys::tag(&link.log, t));
         }
         inv.arg(id)
             .arg(self.fence_ttl.as_millis() as u64)
             .arg(self.inv_ttl.as_millis() as u64)
             .arg(joined(tags))
-            .arg(Keys::fence_channel(&link.run))
+            .arg(Keys::fence_channel(&link.log))
             .arg(FENCE_UNIT)
             .arg(format!("{rules:016x}"));
         self.record::<i64>(link, "fence", &inv, 1).await.is_some()
@@ -215,13 +215,13 @@ impl RedisTier {
             return true;
         }
         let mut inv = self.lift_script.prepare_invoke();
-        inv.key(Keys::clock(&link.run))
-            .key(Keys::fences(&link.run))
-            .key(Keys::fence(&link.run, id))
-            .key(Keys::active_rules(&link.run))
-            .key(Keys::tag(&link.run, ALL_TAG));
+        inv.key(Keys::clock(&link.log))
+            .key(Keys::fences(&link.log))
+            .key(Keys::fence(&link.log, id))
+            .key(Keys::active_rules(&link.log))
+            .key(Keys::tag(&link.log, ALL_TAG));
         for t in fenced.iter().chain(&extra) {
-            inv.key(Keys::tag(&link.run, t));
+            inv.key(Keys::tag(&link.log, t));
         }
         let all: BTreeSet<String> = fenced.union(&extra).cloned().collect();
         inv.arg(id)
@@ -229,10 +229,10 @@ impl RedisTier {
             .arg(self.inv_ttl.as_millis() as u64)
             .arg(FENCE_UNIT)
             .arg(if invalidate { "1" } else { "0" })
-            .arg(Keys::inv_channel(&link.run))
+            .arg(Keys::inv_channel(&link.log))
             .arg(now_millis())
             .arg(joined(&all))
-            .arg(Keys::fence_channel(&link.run))
+            .arg(Keys::fence_channel(&link.log))
             .arg(joined(fenced))
             .arg(format!("{rules:016x}"))
             .arg(ALL_TAG);
@@ -303,13 +303,13 @@ impl RedisTier {
     /// Lift fences whose deadline passed (their writer died or lost Redis).
     pub(super) async fn sweep(&self, link: &Arc<Link>) {
         let mut inv = self.sweep_script.prepare_invoke();
-        inv.key(Keys::clock(&link.run))
-            .key(Keys::fences(&link.run))
-            .arg(Keys::prefix(&link.run))
+        inv.key(Keys::clock(&link.log))
+            .key(Keys::fences(&link.log))
+            .arg(&*link.log)
             .arg(self.inv_ttl.as_millis() as u64)
             .arg(FENCE_UNIT)
-            .arg(Keys::inv_channel(&link.run))
-            .arg(Keys::fence_channel(&link.run))
+            .arg(Keys::inv_channel(&link.log))
+            .arg(Keys::fence_channel(&link.log))
             .arg(now_millis())
             .arg(SWEEP_BATCH)
             .arg(ALL_TAG);

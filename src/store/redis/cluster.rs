@@ -1,0 +1,158 @@
+//! Reaching the Redis process that holds the log: on one Redis, the one the
+//! URL names; on a Redis Cluster, the master serving the log's slot (every
+//! log key carries the hash tag `{fg}`, see `log`), found by following
+//! `MOVED` from the first node that answers. There, entries go over a second,
+//! cluster-aware connection: each is checked against the log before it is
+//! served, so it may live on any master and follow the cluster as it changes.
+
+use redis::IntoConnectionInfo;
+
+use super::*;
+
+impl RedisTier {
+    /// Connect to the node that holds the log, and learn its run. On a
+    /// Redis Cluster that is the master serving the log's slot: the first
+    /// node reachable (`url`, then the nodes last seen) redirects there. A
+    /// link whose run is not known yet (`epoch` 0) is returned.
+    pub(super) async fn reach_log(&self) -> Result<Link, Option<redis::RedisError>> {
+        let mut candidates = vec![self.url.as_str().into_connection_info().map_err(Some)?];
+        candidates.extend(self.nodes.lock().iter().cloned());
+        let mut first_error = None;
+        let mut reached = None;
+        for node in candidates {
+            match self.open_connection(node.clone()).await {
+                Ok((conn, on_request_runtime)) => {
+                    reached = Some((conn, node, on_request_runtime));
+                    break;
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let Some((mut conn, mut node, mut on_request_runtime)) = reached else {
+            return Err(first_error);
+        };
+        let timeout = self.timeout.max(Duration::from_millis(250));
+        let info: String = tokio::time::timeout(
+            timeout,
+            redis::cmd("INFO").arg("cluster").query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| None)?
+        .map_err(Some)?;
+        let in_cluster = info.lines().any(|l| l.trim() == "cluster_enabled:1");
+        if in_cluster {
+            // Follow redirects to the log's master (one, unless the cluster
+            // is changing under us).
+            for hop in 0.. {
+                let probe = tokio::time::timeout(
+                    timeout,
+                    redis::cmd("EXISTS")
+                        .arg(Keys::probe())
+                        .query_async::<i64>(&mut conn),
+                )
+                .await
+                .map_err(|_| None)?;
+                let Err(e) = probe else { break };
+                let Some((addr, _slot)) = e.redirect_node().filter(|_| hop < 3) else {
+                    return Err(Some(e));
+                };
+                node = node.set_addr(tcp_addr(addr).ok_or(Some(e.clone()))?);
+                (conn, on_request_runtime) =
+                    self.open_connection(node.clone()).await.map_err(Some)?;
+            }
+        }
+        let mut link = Link {
+            conn,
+            node,
+            cluster: None,
+            run: Arc::from(""),
+            log: Arc::from(""),
+            epoch: 0,
+            checks: Default::default(),
+            on_request_runtime,
+        };
+        link.run = self.run_id(&link).await?;
+        link.log = Keys::log(&link.run, in_cluster).into();
+        if in_cluster {
+            link.cluster = Some(self.open_cluster(&link).await.map_err(Some)?);
+        }
+        Ok(link)
+    }
+
+    /// A connection to every master of the cluster `link` reached, routing
+    /// each command by its key; and the cluster's nodes, remembered.
+    async fn open_cluster(&self, link: &Link) -> redis::RedisResult<ClusterConnection> {
+        let mut conn = link.conn.clone();
+        let listing: String = tokio::time::timeout(
+            self.timeout.max(Duration::from_millis(250)),
+            redis::cmd("CLUSTER").arg("NODES").query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| {
+            redis::RedisError::from((redis::ErrorKind::Io, "CLUSTER NODES timed out"))
+        })??;
+        let nodes: Vec<redis::ConnectionInfo> = cluster_nodes(&listing)
+            .filter_map(|addr| Some(link.node.clone().set_addr(tcp_addr(addr)?)))
+            .collect();
+        let mut seeds = vec![link.node.clone()];
+        seeds.extend(nodes.iter().cloned());
+        *self.nodes.lock() = nodes;
+        let limit = self.timeout.max(Duration::from_millis(200));
+        let client = redis::cluster::ClusterClientBuilder::new(seeds)
+            .connection_timeout(limit)
+            .response_timeout(limit * 8)
+            // Requests give up after `timeout` anyway: a retry may move an
+            // entry's read to a new master, never more than that.
+            .retries(2)
+            .build()?;
+        tokio::time::timeout(limit * 8, client.get_async_connection())
+            .await
+            .map_err(|_| {
+                redis::RedisError::from((redis::ErrorKind::Io, "cluster connection timed out"))
+            })?
+    }
+}
+
+/// `host:port` (as a cluster names its nodes) as an address to connect to.
+fn tcp_addr(addr: &str) -> Option<redis::ConnectionAddr> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some(redis::ConnectionAddr::Tcp(
+        host.to_string(),
+        port.parse().ok()?,
+    ))
+}
+
+/// The addresses `CLUSTER NODES` lists (`<id> <ip:port@cport[,host]> …`),
+/// without nodes that have none.
+fn cluster_nodes(listing: &str) -> impl Iterator<Item = &str> {
+    listing.lines().filter_map(|line| {
+        let addr = line.split(' ').nth(1)?.split(['@', ',']).next()?;
+        let flags = line.split(' ').nth(2)?;
+        (!flags.contains("noaddr") && !addr.starts_with(':')).then_some(addr)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_node_addresses_are_read_from_its_listing() {
+        let listing = "\
+07c3 127.0.0.1:30004@40004 myself,master - 0 0 1 connected 0-5460
+67ed 127.0.0.1:30002@40002,node-2.example master - 0 1426238316232 2 connected 5461-10922
+292f :0@0 master,fail,noaddr - 0 0 3 disconnected
+e7d1 [::1]:30003@40003 slave 292f 0 0 3 connected
+";
+        let addrs: Vec<&str> = cluster_nodes(listing).collect();
+        assert_eq!(addrs, ["127.0.0.1:30004", "127.0.0.1:30002", "[::1]:30003"]);
+        assert_eq!(
+            tcp_addr("[::1]:30003"),
+            Some(redis::ConnectionAddr::Tcp("::1".into(), 30003))
+        );
+        assert_eq!(tcp_addr("nonsense"), None);
+    }
+}
