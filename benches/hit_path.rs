@@ -27,7 +27,7 @@ use freshgate::config::{Config, Overrides};
 use freshgate::hit::{self, Prepared};
 use freshgate::host;
 use freshgate::store::clock::LocalClock;
-use freshgate::store::Entry;
+use freshgate::store::{Entry, Tags};
 use freshgate::{cachekey, writes};
 use pingora::cache::key::CacheHashKey;
 use pingora::cache::CacheKey;
@@ -110,13 +110,13 @@ fn benches(c: &mut Criterion) {
     let entry = Entry {
         fetch_seq: 42,
         rules: config.rules_fingerprint,
-        tags: tags.clone(),
+        tags: Tags::new(&tags).expect("a few tags"),
         meta_internal: Bytes::from(vec![7u8; 48]),
         meta_header: Bytes::from(vec![9u8; 160]),
         body: Bytes::from(vec![b'x'; 1024]),
     };
     c.bench_function("entry_encode", |b| b.iter(|| black_box(&entry).encode()));
-    let encoded = entry.encode().unwrap();
+    let encoded = entry.encode();
     c.bench_function("entry_decode", |b| {
         b.iter(|| Entry::decode(black_box(encoded.clone())))
     });
@@ -127,7 +127,7 @@ fn benches(c: &mut Criterion) {
         clock.invalidate([&format!("p:/other/{i}")]);
     }
     c.bench_function("validity", |b| {
-        b.iter(|| clock.valid(black_box(fetched), &tags))
+        b.iter(|| clock.valid(black_box(fetched), entry.tags.iter()))
     });
 
     let mut stored = ResponseHeader::build(200, None).unwrap();

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use freshgate::config::{Config, Overrides};
 use freshgate::store::redis::{Consistency, Limits, RedisTier};
-use freshgate::store::{Ended, FillInfo, FillStart, Store};
+use freshgate::store::{Ended, FillInfo, FillStart, Store, Tags};
 use pingora::cache::trace::Span;
 use pingora::cache::{CacheKey, CacheMeta, Storage};
 use pingora::http::ResponseHeader;
@@ -156,9 +156,12 @@ async fn measure(config: &Config, redis: Option<Arc<RedisTier>>, entries: u64, o
             fetch_seq: start.seq,
             epoch: start.epoch,
             rules: config.rules_fingerprint,
-            tags: config
-                .invalidation
-                .tags_for_read(&config.paths.route_path(&path(i))),
+            tags: Tags::new(
+                &config
+                    .invalidation
+                    .tags_for_read(&config.paths.route_path(&path(i))),
+            )
+            .expect("a few tags"),
         });
         let mut miss = store
             .get_miss_handler(&key(i), &meta, &span)

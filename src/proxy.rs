@@ -63,7 +63,7 @@ use crate::prefetch::{self, Prefetcher};
 use crate::reload::Live;
 use crate::rules::Rule;
 use crate::storable::{self, NotStored};
-use crate::store::{Ended, Entry, FillInfo, FillStart, Store};
+use crate::store::{Ended, FillInfo, FillStart, Store, Tags};
 use crate::writes::{self, InFlight};
 use tracing::warn;
 
@@ -554,10 +554,8 @@ impl ProxyHttp for Proxy {
                 (RespCacheable::Cacheable(mut meta), Some(fill)) => {
                     let mut tags = ctx.read_tags.clone();
                     tags.extend(invalidation::tags_from_response(&resp.headers));
-                    if !Entry::can_hold(&tags) {
-                        // Stored without one of them, it would miss its purge.
-                        return Err(NotStored::TooManyTags);
-                    }
+                    // Stored without one of them, it would miss its purge.
+                    let tags = Tags::new(&tags).map_err(|_| NotStored::TooManyTags)?;
                     meta.extensions_mut().insert(FillInfo {
                         fetch_seq: fill.seq,
                         epoch: fill.epoch,

@@ -127,12 +127,12 @@ impl LocalClock {
     }
 
     /// Whether a write in flight fences any of `tags`.
-    pub fn fenced(&self, tags: &[String]) -> bool {
+    pub fn fenced<'a>(&self, tags: impl IntoIterator<Item = &'a str>) -> bool {
         if self.fenced.load(Ordering::Acquire) == 0 {
             return false;
         }
         let f = self.fences.lock();
-        tags.iter().any(|t| f.contains_key(t.as_str()))
+        tags.into_iter().any(|t| f.contains_key(t))
     }
 
     /// Read the clock before a fetch begins.
@@ -182,12 +182,17 @@ impl LocalClock {
     }
 
     /// Whether an entry fetched at `fetch_seq` with `tags` may be served.
-    pub fn valid(&self, fetch_seq: u64, tags: &[String]) -> bool {
-        if self.fenced(tags) {
+    pub fn valid<'a>(
+        &self,
+        fetch_seq: u64,
+        tags: impl IntoIterator<Item = &'a str, IntoIter: Clone>,
+    ) -> bool {
+        let tags = tags.into_iter();
+        if self.fenced(tags.clone()) {
             return false;
         }
         let now = Instant::now();
-        tags.iter().all(|t| match self.last_inv.get(t.as_str()) {
+        tags.into_iter().all(|t| match self.last_inv.get(t) {
             Some(inv) if now.duration_since(inv.at) < self.remember_for => inv.seq <= fetch_seq,
             // Evicted (or never invalidated): `floor`, read only now, after
             // the lookup — read before it, it could predate the eviction of
@@ -201,26 +206,27 @@ impl LocalClock {
 mod tests {
     use super::*;
 
+    fn strs(tags: &[String]) -> impl Iterator<Item = &str> + Clone {
+        tags.iter().map(String::as_str)
+    }
+
     #[test]
     fn invalidated_after_fetch_began_is_invalid() {
         let c = LocalClock::new(Duration::from_secs(60));
         let tags = vec!["a".to_string(), "b".to_string()];
         let fetch = c.now();
-        assert!(c.valid(fetch, &tags));
+        assert!(c.valid(fetch, strs(&tags)));
         c.invalidate([&"b".to_string()]);
         assert!(
-            !c.valid(fetch, &tags),
+            !c.valid(fetch, strs(&tags)),
             "b was invalidated after the fetch began"
         );
         let refetch = c.now();
         assert!(
-            c.valid(refetch, &tags),
+            c.valid(refetch, strs(&tags)),
             "a fetch that began after it is fine"
         );
-        assert!(
-            c.valid(fetch, &["c".to_string()]),
-            "other tags are untouched"
-        );
+        assert!(c.valid(fetch, ["c"]), "other tags are untouched");
     }
 
     #[test]
@@ -230,8 +236,8 @@ mod tests {
         let s1 = c.invalidate([&t]);
         let s2 = c.invalidate([&t]);
         assert!(s2 > s1);
-        assert!(!c.valid(s2 - 1, std::slice::from_ref(&t)));
-        assert!(c.valid(s2, std::slice::from_ref(&t)));
+        assert!(!c.valid(s2 - 1, [t.as_str()]));
+        assert!(c.valid(s2, [t.as_str()]));
     }
 
     #[test]
@@ -245,9 +251,12 @@ mod tests {
         assert!(c.last_inv.len() <= 100, "the map is bounded");
         // Whichever tags were evicted, none may make the old fetch valid.
         for t in &tags {
-            assert!(!c.valid(fetch, std::slice::from_ref(t)), "{t}");
+            assert!(!c.valid(fetch, [t.as_str()]), "{t}");
         }
-        assert!(c.valid(c.now(), &tags), "a fetch after all of them is fine");
+        assert!(
+            c.valid(c.now(), strs(&tags)),
+            "a fetch after all of them is fine"
+        );
     }
 
     #[test]
@@ -281,7 +290,7 @@ mod tests {
                         continue;
                     };
                     let fetch = seqs[i as usize].load(Ordering::Acquire) - 1;
-                    if c.valid(fetch, std::slice::from_ref(&tags[i as usize])) {
+                    if c.valid(fetch, [tags[i as usize].as_str()]) {
                         stale.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -296,20 +305,32 @@ mod tests {
         let tags = vec!["t".to_string(), "u".to_string()];
         let before = c.now();
         c.fence(&tags[..1]);
-        assert!(!c.valid(before, &tags), "an entry from before the write");
+        assert!(
+            !c.valid(before, strs(&tags)),
+            "an entry from before the write"
+        );
         let during = c.now();
         assert!(
-            !c.valid(during, &tags),
+            !c.valid(during, strs(&tags)),
             "a fill that began during the write"
         );
         // Two writes on one tag: the first lift leaves the second's fence.
         c.fence(&tags[..1]);
         c.lift(&tags[..1], true);
-        assert!(!c.valid(c.now(), &tags), "still fenced by the second write");
+        assert!(
+            !c.valid(c.now(), strs(&tags)),
+            "still fenced by the second write"
+        );
         c.lift(&tags[..1], true);
-        assert!(!c.valid(during, &tags), "began before the lift: stale");
-        assert!(c.valid(c.now(), &tags), "begins after the lift: fresh");
-        assert!(c.valid(before, &tags[1..]), "other tags untouched");
+        assert!(
+            !c.valid(during, strs(&tags)),
+            "began before the lift: stale"
+        );
+        assert!(
+            c.valid(c.now(), strs(&tags)),
+            "begins after the lift: fresh"
+        );
+        assert!(c.valid(before, strs(&tags[1..])), "other tags untouched");
     }
 
     #[test]
@@ -318,9 +339,9 @@ mod tests {
         let tags = vec!["t".to_string()];
         let before = c.now();
         c.fence(&tags);
-        assert!(!c.valid(before, &tags));
+        assert!(!c.valid(before, strs(&tags)));
         assert_eq!(c.lift(&tags, false), None);
-        assert!(c.valid(before, &tags), "the app changed nothing");
+        assert!(c.valid(before, strs(&tags)), "the app changed nothing");
     }
 
     #[test]
@@ -329,10 +350,10 @@ mod tests {
         let t = "x".to_string();
         let fetch = c.now();
         c.invalidate([&t]);
-        assert!(!c.valid(fetch, std::slice::from_ref(&t)));
+        assert!(!c.valid(fetch, [t.as_str()]));
         std::thread::sleep(Duration::from_millis(30));
         // Only entries younger than `remember_for` exist by then, and this
         // fetch is not one of them; what matters is that the map forgets.
-        assert!(c.valid(fetch, std::slice::from_ref(&t)));
+        assert!(c.valid(fetch, [t.as_str()]));
     }
 }

@@ -23,7 +23,7 @@ pub struct Entry {
     /// under the same rules (see `config::Config::rules_fingerprint`).
     pub rules: u64,
     /// Invalidation tags this response belongs to.
-    pub tags: Vec<String>,
+    pub tags: Tags,
     pub meta_internal: Bytes,
     pub meta_header: Bytes,
     pub body: Bytes,
@@ -50,28 +50,93 @@ pub enum DecodeError {
     BadTag,
 }
 
-impl Entry {
-    /// Whether `tags` fit the format whole (at most 65,535 tags of at most
-    /// 65,535 bytes): an entry must never be stored without one of its tags.
-    pub fn can_hold(tags: &[String]) -> bool {
-        tags.len() <= u16::MAX as usize && tags.iter().all(|t| t.len() <= u16::MAX as usize)
+/// An entry's invalidation tags, laid out as the format holds them (`u16`
+/// length + UTF-8 each) in one buffer: a decoded entry's tags are a slice
+/// of the entry's own buffer. Held as separate strings, they were most of
+/// an entry's bookkeeping in memory (an allocation per tag and one for the
+/// list); cloning this is a reference count.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Tags {
+    raw: Bytes,
+    count: u16,
+}
+
+impl Tags {
+    /// `tags` laid out, or refused if the format cannot hold them whole (at
+    /// most 65,535 tags of at most 65,535 bytes): an entry must never be
+    /// stored without one of its tags.
+    pub fn new<S: AsRef<str>>(tags: &[S]) -> Result<Tags, TooManyTags> {
+        let longest = tags.iter().map(|t| t.as_ref().len()).max().unwrap_or(0);
+        if tags.len() > u16::MAX as usize || longest > u16::MAX as usize {
+            return Err(TooManyTags {
+                count: tags.len(),
+                longest,
+            });
+        }
+        let len = tags.iter().map(|t| 2 + t.as_ref().len()).sum();
+        let mut raw = BytesMut::with_capacity(len);
+        for t in tags {
+            raw.put_u16(t.as_ref().len() as u16);
+            raw.put_slice(t.as_ref().as_bytes());
+        }
+        Ok(Tags {
+            raw: raw.freeze(),
+            count: tags.len() as u16,
+        })
     }
 
+    pub fn len(&self) -> usize {
+        usize::from(self.count)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> + Clone {
+        let mut rest: &[u8] = &self.raw;
+        std::iter::from_fn(move || {
+            let (len, after) = rest.split_first_chunk::<2>()?;
+            let (tag, after) = after.split_at_checked(usize::from(u16::from_be_bytes(*len)))?;
+            rest = after;
+            // UTF-8 was checked when these bytes were laid out or decoded.
+            std::str::from_utf8(tag).ok()
+        })
+    }
+
+    /// `count` tags from the front of `buf`, checked whole.
+    fn decode(buf: &mut Bytes, count: u16) -> Result<Tags, DecodeError> {
+        let mut len = 0;
+        for _ in 0..count {
+            need_at(buf, len, 2)?;
+            let n = usize::from(u16::from_be_bytes([buf[len], buf[len + 1]]));
+            need_at(buf, len + 2, n)?;
+            std::str::from_utf8(&buf[len + 2..len + 2 + n]).map_err(|_| DecodeError::BadTag)?;
+            len += 2 + n;
+        }
+        Ok(Tags {
+            raw: buf.split_to(len),
+            count,
+        })
+    }
+}
+
+impl std::fmt::Debug for Tags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl Entry {
     /// Bytes this entry occupies, for the memory tier's byte bound.
     pub fn weight(&self) -> usize {
         64 + self.meta_internal.len()
             + self.meta_header.len()
             + self.body.len()
-            + self.tags.iter().map(|t| t.len() + 24).sum::<usize>()
+            + self.tags.raw.len()
     }
 
-    pub fn encode(&self) -> Result<Bytes, TooManyTags> {
-        if !Entry::can_hold(&self.tags) {
-            return Err(TooManyTags {
-                count: self.tags.len(),
-                longest: self.tags.iter().map(String::len).max().unwrap_or(0),
-            });
-        }
+    pub fn encode(&self) -> Bytes {
         // Exactly its length: the memory tier keeps this very buffer (meta
         // and body are slices of it), so spare capacity would be kept too.
         let len = MAGIC.len()
@@ -79,7 +144,7 @@ impl Entry {
             + 8
             + 8
             + 2
-            + self.tags.iter().map(|t| 2 + t.len()).sum::<usize>()
+            + self.tags.raw.len()
             + 4
             + self.meta_internal.len()
             + 4
@@ -90,18 +155,15 @@ impl Entry {
         b.put_u8(VERSION);
         b.put_u64(self.fetch_seq);
         b.put_u64(self.rules);
-        b.put_u16(self.tags.len() as u16);
-        for t in &self.tags {
-            b.put_u16(t.len() as u16);
-            b.put_slice(t.as_bytes());
-        }
+        b.put_u16(self.tags.count);
+        b.put_slice(&self.tags.raw);
         b.put_u32(self.meta_internal.len() as u32);
         b.put_slice(&self.meta_internal);
         b.put_u32(self.meta_header.len() as u32);
         b.put_slice(&self.meta_header);
         b.put_slice(&self.body);
         debug_assert_eq!(b.len(), len, "the length computed up front");
-        Ok(b.freeze())
+        b.freeze()
     }
 
     pub fn decode(mut buf: Bytes) -> Result<Entry, DecodeError> {
@@ -116,15 +178,8 @@ impl Entry {
         need(&buf, 18)?;
         let fetch_seq = buf.get_u64();
         let rules = buf.get_u64();
-        let ntags = buf.get_u16() as usize;
-        let mut tags = Vec::with_capacity(ntags);
-        for _ in 0..ntags {
-            need(&buf, 2)?;
-            let len = buf.get_u16() as usize;
-            need(&buf, len)?;
-            let t = buf.split_to(len);
-            tags.push(String::from_utf8(t.to_vec()).map_err(|_| DecodeError::BadTag)?);
-        }
+        let count = buf.get_u16();
+        let tags = Tags::decode(&mut buf, count)?;
         let meta_internal = take_u32_prefixed(&mut buf)?;
         let meta_header = take_u32_prefixed(&mut buf)?;
         Ok(Entry {
@@ -139,7 +194,12 @@ impl Entry {
 }
 
 fn need(buf: &Bytes, n: usize) -> Result<(), DecodeError> {
-    if buf.remaining() < n {
+    need_at(buf, 0, n)
+}
+
+/// Whether `buf` holds `n` bytes after its first `at`.
+fn need_at(buf: &Bytes, at: usize, n: usize) -> Result<(), DecodeError> {
+    if buf.remaining().saturating_sub(at) < n {
         Err(DecodeError::Truncated)
     } else {
         Ok(())
@@ -161,7 +221,7 @@ mod tests {
         Entry {
             fetch_seq: 42,
             rules: 7,
-            tags: vec!["scene:id=7".into(), "stories".into()],
+            tags: Tags::new(&["scene:id=7", "stories"]).unwrap(),
             meta_internal: Bytes::from_static(b"internal"),
             meta_header: Bytes::from_static(b"HTTP/1.1 200 OK\r\n"),
             body: Bytes::from_static(b"{\"text\":\"hello\"}"),
@@ -171,7 +231,12 @@ mod tests {
     #[test]
     fn round_trip() {
         let e = sample();
-        assert_eq!(Entry::decode(e.encode().unwrap()).unwrap(), e);
+        let back = Entry::decode(e.encode()).unwrap();
+        assert_eq!(back, e);
+        assert_eq!(
+            back.tags.iter().collect::<Vec<_>>(),
+            ["scene:id=7", "stories"]
+        );
     }
 
     #[test]
@@ -201,24 +266,38 @@ mod tests {
 
     #[test]
     fn tags_that_do_not_fit_are_refused_not_cut() {
-        let mut long = sample();
-        long.tags.push("x".repeat(u16::MAX as usize + 1));
+        let long = [
+            "a".to_string(),
+            "b".into(),
+            "x".repeat(u16::MAX as usize + 1),
+        ];
         assert_eq!(
-            long.encode(),
+            Tags::new(&long),
             Err(TooManyTags {
                 count: 3,
                 longest: u16::MAX as usize + 1
             })
         );
-        let mut many = sample();
-        many.tags = vec!["t".into(); u16::MAX as usize + 1];
-        assert!(many.encode().is_err());
-        many.tags.pop();
-        let whole = Entry::decode(many.encode().unwrap()).unwrap();
+        let mut many = vec!["t"; u16::MAX as usize + 1];
+        assert!(Tags::new(&many).is_err());
+        many.pop();
+        let mut e = sample();
+        e.tags = Tags::new(&many).unwrap();
+        let whole = Entry::decode(e.encode()).unwrap();
         assert_eq!(whole.tags.len(), u16::MAX as usize);
+        assert_eq!(whole.tags.iter().count(), u16::MAX as usize);
+    }
+
+    #[test]
+    fn a_tag_that_is_not_utf8_is_refused() {
+        let mut raw = e_bytes();
+        // The first tag's first byte (after magic, version, seq, rules,
+        // count and the tag's length).
+        raw[2 + 1 + 8 + 8 + 2 + 2] = 0xff;
+        assert_eq!(Entry::decode(Bytes::from(raw)), Err(DecodeError::BadTag));
     }
 
     fn e_bytes() -> Vec<u8> {
-        sample().encode().unwrap().to_vec()
+        sample().encode().to_vec()
     }
 }

@@ -40,7 +40,7 @@ use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheKey, CacheMeta, Storage};
 use pingora::{Error, ErrorType, Result};
 
-pub use entry::{DecodeError, Entry};
+pub use entry::{DecodeError, Entry, Tags};
 
 use self::clock::LocalClock;
 pub use self::redis::Ended;
@@ -76,7 +76,7 @@ pub struct FillInfo {
     pub epoch: u64,
     /// Fingerprint of the rules that computed `tags`.
     pub rules: u64,
-    pub tags: Vec<String>,
+    pub tags: Tags,
 }
 
 /// A write in flight, fenced in the invalidation log by
@@ -267,7 +267,7 @@ impl Store {
             None => Some(FillStart {
                 seq: self.local.now(),
                 epoch: 0,
-                fenced: self.local.fenced(tags),
+                fenced: self.local.fenced(tags.iter().map(String::as_str)),
             }),
         }
     }
@@ -392,7 +392,7 @@ impl Store {
         match (&self.redis, link) {
             (Some(r), Some(link)) => r.valid(link, e.fetch_seq, &e.tags).await.unwrap_or(false),
             (Some(_), None) => false,
-            (None, _) => self.local.valid(e.fetch_seq, &e.tags),
+            (None, _) => self.local.valid(e.fetch_seq, e.tags.iter()),
         }
     }
 
@@ -506,14 +506,7 @@ impl Store {
     async fn put(&self, key: HashBinary, entry: Entry, meta: &CacheMeta, epoch: u64) {
         let keep = keep_until(meta, self.max_lifetime);
         let ttl = keep.saturating_duration_since(Instant::now());
-        let encoded = match entry.encode() {
-            Ok(e) => e,
-            Err(e) => {
-                // The proxy refuses these before storing (`Entry::can_hold`).
-                tracing::warn!(error = %e, "entry not stored");
-                return;
-            }
-        };
+        let encoded = entry.encode();
         if let Some(redis) = &self.redis {
             // Its `fetch_seq` is a clock value of that run: in any other run
             // it would compare with unrelated invalidations.

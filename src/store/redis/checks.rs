@@ -15,11 +15,12 @@ use tokio::sync::oneshot;
 
 use super::log::{self, Keys};
 use super::{Link, RedisTier};
+use crate::store::entry::Tags;
 
 /// One hit's check: whether nothing of `tags` was invalidated (or is
 /// fenced) after `fetch_seq`. `None` when Redis could not say.
 struct Pending {
-    tags: Vec<String>,
+    tags: Tags,
     fetch_seq: u64,
     reply: oneshot::Sender<Option<bool>>,
 }
@@ -43,14 +44,14 @@ impl RedisTier {
     pub(super) async fn check(
         self: &Arc<Self>,
         link: &Arc<Link>,
-        tags: &[String],
+        tags: &Tags,
         fetch_seq: u64,
     ) -> Option<bool> {
         let (reply, answer) = oneshot::channel();
         let lead = {
             let mut state = link.checks.state.lock();
             state.queue.push(Pending {
-                tags: tags.to_vec(),
+                tags: tags.clone(),
                 fetch_seq,
                 reply,
             });
@@ -73,10 +74,7 @@ impl RedisTier {
                 }
                 std::mem::take(&mut state.queue)
             };
-            let mut distinct: Vec<&str> = batch
-                .iter()
-                .flat_map(|p| p.tags.iter().map(String::as_str))
-                .collect();
+            let mut distinct: Vec<&str> = batch.iter().flat_map(|p| p.tags.iter()).collect();
             distinct.sort_unstable();
             distinct.dedup();
             let mut cmd = redis::cmd("MGET");
@@ -93,7 +91,7 @@ impl RedisTier {
                     let inv = inv.as_ref()?;
                     Some(p.tags.iter().all(|t| {
                         distinct
-                            .binary_search(&t.as_str())
+                            .binary_search(&t)
                             .is_ok_and(|i| log::allows(inv[i], p.fetch_seq))
                     }))
                 })

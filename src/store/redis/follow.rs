@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use super::log::Keys;
 use super::{RedisTier, PING_EVERY};
 use crate::metrics::METRICS;
+use crate::store::entry::Tags;
 use crate::time::now_millis;
 
 /// What this replica has heard of one tag.
@@ -70,7 +71,7 @@ impl Followed {
         });
     }
 
-    pub(super) fn valid(&self, fetch_seq: u64, tags: &[String]) -> bool {
+    pub(super) fn valid(&self, fetch_seq: u64, tags: &Tags) -> bool {
         let map = self.map.lock();
         tags.iter().all(|t| {
             map.get(t)
@@ -222,14 +223,15 @@ mod tests {
     fn heard_fences_and_invalidations_decide_validity() {
         let f = Followed::default();
         let tags = vec!["t".to_string()];
-        assert!(f.valid(0, &tags));
+        let entry_tags = Tags::new(&tags).unwrap();
+        assert!(f.valid(0, &entry_tags));
         f.fence(true, ["t"]);
-        assert!(!f.valid(u64::MAX, &tags) && f.fenced(&tags));
+        assert!(!f.valid(u64::MAX, &entry_tags) && f.fenced(&tags));
         f.learn(9, ["t"]);
         f.fence(false, ["t"]);
-        assert!(!f.valid(8, &tags));
-        assert!(f.valid(9, &tags));
+        assert!(!f.valid(8, &entry_tags));
+        assert!(f.valid(9, &entry_tags));
         f.fence(false, ["t"]);
-        assert!(f.valid(9, &tags), "a lift whose raise was missed");
+        assert!(f.valid(9, &entry_tags), "a lift whose raise was missed");
     }
 }

@@ -64,6 +64,7 @@ use tracing::{info, warn};
 use self::follow::Followed;
 use self::link::mono_ms;
 use self::log::{End, Keys, Owed, OwedWrite, FENCE_UNIT};
+use super::entry::Tags;
 use super::FillStart;
 use crate::invalidation::ALL_TAG;
 use crate::metrics::METRICS;
@@ -364,7 +365,7 @@ impl RedisTier {
         self: &Arc<Self>,
         link: &Arc<Link>,
         fetch_seq: u64,
-        tags: &[String],
+        tags: &Tags,
     ) -> Option<bool> {
         if tags.is_empty() {
             return Some(true);
