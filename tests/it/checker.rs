@@ -104,6 +104,8 @@ fn list_path(n: usize) -> &'static str {
 struct Run {
     reads: usize,
     limit: Duration,
+    /// Redis restarts to have made before stopping (within `limit`).
+    restarts: usize,
 }
 
 /// What the chaos task does to Redis while the checker runs.
@@ -173,6 +175,7 @@ async fn attack(
     });
     let deadline = Instant::now() + run.limit;
     let target = run.reads;
+    let restarts_wanted = run.restarts;
     let mut tasks = Vec::new();
 
     // Writers of the shared posts, every form.
@@ -330,7 +333,8 @@ async fn attack(
                     chk.counts.hits.fetch_add(1, Ordering::Relaxed);
                 }
                 let n = chk.counts.reads.fetch_add(1, Ordering::Relaxed) + 1;
-                if n >= target || Instant::now() >= deadline {
+                let restarts = chk.counts.redis_restarts.load(Ordering::Relaxed);
+                if (n >= target && restarts >= restarts_wanted) || Instant::now() >= deadline {
                     chk.stop.store(true, Ordering::Relaxed);
                 }
             }
@@ -396,6 +400,7 @@ async fn no_stale_read_under_attack_across_two_replicas() {
         Run {
             reads: 50_000,
             limit: Duration::from_secs(600),
+            restarts: 2,
         },
     )
     .await;
@@ -450,6 +455,7 @@ async fn no_stale_read_through_a_redis_cluster_whose_masters_are_killed_and_rest
         Run {
             reads: 20_000,
             limit: Duration::from_secs(300),
+            restarts: 4,
         },
     )
     .await;
@@ -489,6 +495,7 @@ async fn no_stale_read_checker_finds_stale_reads_without_invalidation_rules() {
         Run {
             reads: 10_000,
             limit: Duration::from_secs(120),
+            restarts: 0,
         },
     )
     .await;

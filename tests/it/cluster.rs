@@ -101,3 +101,65 @@ async fn replicas_on_a_redis_cluster_share_entries_and_every_invalidation() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A master that holds the log again after another did (a failover and
+/// back) has the same `run_id` and its old copy of the log, which lacks
+/// what was recorded meanwhile: nothing cached in its earlier tenure may be
+/// served again — by a replica that lived through the moves, nor by one
+/// started after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_master_back_after_a_failover_serves_nothing_cached_before() {
+    let origin = Origin::start(0);
+    let cluster = RedisCluster::with_nodes(4);
+    cluster.wait_ok().await;
+    let log = cluster.owner_of(LOG_SLOT).await;
+    cluster.add_replica(3, log).await;
+    let a = Freshgate::start(
+        &origin.url(),
+        Some(&cluster.url((log + 1) % 3)),
+        TEST_CONFIG,
+    );
+    a.wait_redis(true).await;
+    let scene = "/studio/api/scenes/111";
+    assert_eq!(a.get_shared(scene).await.x_cache, "MISS");
+    assert_eq!(a.get_shared(scene).await.x_cache, "HIT");
+
+    // The replica takes the log over; a write is recorded there.
+    cluster.failover_to(3).await;
+    assert_eq!(cluster.owner_of(LOG_SLOT).await, 3);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    a.wait_redis(true).await;
+    let w = send(
+        client()
+            .patch(a.url(scene))
+            .header("host", "app.test")
+            .body(r#"{"text":"after the failover"}"#),
+    )
+    .await;
+    assert_eq!(w.status, 200, "{w:?}");
+    a.metrics_with(&["freshgate_owed_invalidations 0"]).await;
+
+    // And back: the first master holds the log again.
+    cluster.failover_to(log).await;
+    assert_eq!(cluster.owner_of(LOG_SLOT).await, log);
+    let b = Freshgate::start(&origin.url(), Some(&cluster.url(log)), TEST_CONFIG);
+    for fg in [&a, &b] {
+        let started = Instant::now();
+        loop {
+            let r = fg.get_shared(scene).await;
+            assert_ne!(
+                r.json()["text"],
+                "Scene 1 of chapter 1",
+                "the entry from before the write: {r:?}"
+            );
+            if r.json()["text"] == "after the failover" && r.x_cache != "BYPASS" {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "never served from the cache again: {r:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

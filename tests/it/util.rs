@@ -313,21 +313,39 @@ impl Redis {
 /// master restarted without persistence does.
 pub struct RedisCluster {
     pub ports: Vec<u16>,
+    /// Each node's cluster bus port (by default its port + 10,000, which
+    /// may be in the ephemeral range: a reconnecting client could take it
+    /// while the node is down).
+    bus_ports: Vec<u16>,
     procs: Vec<Option<Proc>>,
+    /// Which nodes are in the cluster.
+    members: parking_lot::Mutex<Vec<bool>>,
     dir: tempfile::TempDir,
 }
 
 impl RedisCluster {
+    /// Three masters.
     pub fn start() -> RedisCluster {
+        RedisCluster::with_nodes(3)
+    }
+
+    /// Three masters, and `nodes - 3` nodes that are not in the cluster
+    /// yet (see `add_replica`).
+    pub fn with_nodes(nodes: usize) -> RedisCluster {
         let mut c = RedisCluster {
-            ports: (0..3).map(|_| free_port()).collect(),
-            procs: (0..3).map(|_| None).collect(),
+            ports: (0..nodes).map(|_| free_port()).collect(),
+            bus_ports: (0..nodes).map(|_| free_port()).collect(),
+            procs: (0..nodes).map(|_| None).collect(),
+            members: parking_lot::Mutex::new((0..nodes).map(|i| i < 3).collect()),
             dir: tempfile::tempdir().unwrap(),
         };
-        for i in 0..3 {
+        for i in 0..nodes {
             c.restart(i);
         }
-        let nodes: Vec<String> = c.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let nodes: Vec<String> = c.ports[..3]
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
         let out = Command::new(redis_program("redis-cli"))
             .args(["--cluster", "create"])
             .args(&nodes)
@@ -340,6 +358,77 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout)
         );
         c
+    }
+
+    /// Make node `node` (not in the cluster yet) a replica of master
+    /// `master`, and wait until it has synced.
+    pub async fn add_replica(&self, node: usize, master: usize) {
+        let id: String = redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query_async(&mut self.connection(master).await)
+            .await
+            .unwrap();
+        let out = Command::new(redis_program("redis-cli"))
+            .args(["--cluster", "add-node"])
+            .arg(format!("127.0.0.1:{}", self.ports[node]))
+            .arg(format!("127.0.0.1:{}", self.ports[master]))
+            .args(["--cluster-slave", "--cluster-master-id", &id])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster add-node: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for _ in 0..400 {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut self.connection(node).await)
+                .await
+                .unwrap_or_default();
+            if info.contains("master_link_status:up") {
+                self.members.lock()[node] = true;
+                self.wait_ok().await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("node {node} never synced with {master}");
+    }
+
+    /// `CLUSTER FAILOVER` on replica `node`: it and its master swap roles,
+    /// without data loss (the master stops until the replica has caught
+    /// up). Waits until `node` is a master serving its slots.
+    pub async fn failover_to(&self, node: usize) {
+        let replication = |i: usize| async move {
+            redis::cmd("INFO")
+                .arg("replication")
+                .query_async::<String>(&mut self.connection(i).await)
+                .await
+                .unwrap_or_default()
+        };
+        let before = replication(node).await;
+        let master_port: u16 = before
+            .lines()
+            .find_map(|l| l.strip_prefix("master_port:")?.trim().parse().ok())
+            .expect("a replica knows its master");
+        let master = self.ports.iter().position(|p| *p == master_port).unwrap();
+        let _: () = redis::cmd("CLUSTER")
+            .arg("FAILOVER")
+            .query_async(&mut self.connection(node).await)
+            .await
+            .unwrap();
+        // Done when both agree: the replica leads, its master follows.
+        for _ in 0..400 {
+            if replication(node).await.contains("role:master")
+                && replication(master).await.contains("role:slave")
+            {
+                self.wait_ok().await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("node {node} never took over from {master}");
     }
 
     /// The URL of node `i` (any node leads freshgate to the others).
@@ -365,6 +454,7 @@ impl RedisCluster {
             Command::new(redis_server())
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                .args(["--cluster-port", &self.bus_ports[i].to_string()])
                 .arg("--cluster-config-file")
                 .arg(&conf)
                 .args(["--save", "", "--appendonly", "no"])
@@ -392,7 +482,11 @@ impl RedisCluster {
     pub async fn wait_ok(&self) {
         for _ in 0..400 {
             let mut ok = 0;
-            for i in 0..self.ports.len() {
+            let members = self.members.lock().clone();
+            let running: Vec<usize> = (0..self.ports.len())
+                .filter(|i| self.procs[*i].is_some() && members[*i])
+                .collect();
+            for &i in &running {
                 let info: String = redis::cmd("CLUSTER")
                     .arg("INFO")
                     .query_async(&mut self.connection(i).await)
@@ -400,7 +494,7 @@ impl RedisCluster {
                     .unwrap_or_default();
                 ok += usize::from(info.contains("cluster_state:ok"));
             }
-            if ok == self.ports.len() {
+            if ok == running.len() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

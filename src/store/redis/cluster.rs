@@ -10,29 +10,39 @@ use redis::IntoConnectionInfo;
 use super::*;
 
 impl RedisTier {
-    /// Connect to the node that holds the log, and learn its run. On a
-    /// Redis Cluster that is the master serving the log's slot: the first
-    /// node reachable (`url`, then the nodes last seen) redirects there. A
-    /// link whose run is not known yet (`epoch` 0) is returned.
-    pub(super) async fn reach_log(&self) -> Result<Link, Option<redis::RedisError>> {
+    /// Connect to the node that holds the log, learn its run, and the floor
+    /// of its tenure (see [`log::TENURE`]). On a Redis Cluster that node is
+    /// the master serving the log's slot: the first node that answers
+    /// (`url`, then the nodes last seen) redirects there. A link whose run is
+    /// not known yet (`epoch` 0) is returned. Bounded in time as a whole:
+    /// writes may be waiting for it.
+    pub(super) async fn reach_log(&self) -> Result<(Link, u64), Option<redis::RedisError>> {
         let mut candidates = vec![self.url.as_str().into_connection_info().map_err(Some)?];
         candidates.extend(self.nodes.lock().iter().cloned());
-        let mut first_error = None;
-        let mut reached = None;
-        for node in candidates {
-            match self.open_connection(node.clone()).await {
-                Ok((conn, on_request_runtime)) => {
-                    reached = Some((conn, node, on_request_runtime));
-                    break;
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
+        let deadline = self.timeout.max(Duration::from_millis(250)) * 8;
+        let attempts = async {
+            let mut first_error = None;
+            for node in candidates {
+                match self.reach_from(node).await {
+                    Ok(reached) => return Ok(reached),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
                 }
             }
-        }
-        let Some((mut conn, mut node, mut on_request_runtime)) = reached else {
-            return Err(first_error);
+            Err(first_error.flatten())
         };
+        tokio::time::timeout(deadline, attempts)
+            .await
+            .map_err(|_| None)?
+    }
+
+    async fn reach_from(
+        &self,
+        mut node: redis::ConnectionInfo,
+    ) -> Result<(Link, u64), Option<redis::RedisError>> {
+        let (mut conn, mut on_request_runtime) =
+            self.open_connection(node.clone()).await.map_err(Some)?;
         let timeout = self.timeout.max(Duration::from_millis(250));
         let info: String = tokio::time::timeout(
             timeout,
@@ -68,17 +78,38 @@ impl RedisTier {
             node,
             cluster: None,
             run: Arc::from(""),
+            tenure: Arc::from(""),
             log: Arc::from(""),
             epoch: 0,
             checks: Default::default(),
             on_request_runtime,
         };
-        link.run = self.run_id(&link).await?;
-        link.log = Keys::log(&link.run, in_cluster).into();
+        let identity = self.identity(&link.conn, in_cluster).await?;
+        link.log = Keys::log(&identity.run, in_cluster).into();
+        (link.run, link.tenure) = (identity.run, identity.tenure);
+        let floor = self.tenure_floor(&link).await?;
         if in_cluster {
             link.cluster = Some(self.open_cluster(&link).await.map_err(Some)?);
         }
-        Ok(link)
+        Ok((link, floor))
+    }
+
+    /// The floor of the log's current tenure on its node: the clock value
+    /// before which nothing in this log may be trusted (see [`log::TENURE`]).
+    async fn tenure_floor(&self, link: &Link) -> Result<u64, Option<redis::RedisError>> {
+        let mut inv = self.tenure_script.prepare_invoke();
+        inv.key(Keys::tenure(&link.log))
+            .key(Keys::clock(&link.log))
+            .key(Keys::floor(&link.log))
+            .arg(&*link.tenure);
+        let mut conn = link.conn.clone();
+        tokio::time::timeout(
+            self.timeout.max(Duration::from_millis(250)),
+            inv.invoke_async::<u64>(&mut conn),
+        )
+        .await
+        .map_err(|_| None)?
+        .map_err(Some)
     }
 
     /// A connection to every master of the cluster `link` reached, routing

@@ -1,7 +1,8 @@
-//! The connection to Redis: a [`Link`] is bound to the run of Redis it
-//! reached and never reconnects by itself (see the module above for why);
-//! the circuit breaker that stops calling a failing Redis; whether the tier
-//! is usable now.
+//! The connection to Redis: a [`Link`]'s connection to the log is bound to
+//! the run (and tenure) of Redis it reached and never reconnects by itself
+//! (see the module above for why; on a cluster, its second connection, for
+//! entries only, does); calls over it; the circuit breaker that stops
+//! calling a failing Redis; whether the tier is usable now.
 
 use super::*;
 
@@ -64,17 +65,24 @@ impl RedisTier {
             .store_op_seconds
             .with_label_values(&["redis", op])
             .observe(started.elapsed().as_secs_f64());
+        if cluster.is_some() {
+            // An entry is checked against the log before it is served, so
+            // its master failing hides no invalidation: a miss, counted,
+            // that neither opens nor closes the breaker (which watches the
+            // log's master) and leaves the link alone (the cluster
+            // connection reconnects by itself).
+            return match res {
+                Ok(Ok(v)) => Some(v),
+                _ => {
+                    METRICS.store_errors.with_label_values(&["redis", op]).inc();
+                    None
+                }
+            };
+        }
         match res {
             Ok(Ok(v)) => {
                 self.record_success();
                 Some(v)
-            }
-            // The cluster connection reconnects by itself, and what it
-            // carries is checked against the log: its failures count
-            // against the breaker but leave the link to the log alone.
-            Ok(Err(e)) if cluster.is_some() => {
-                self.record_failure(op, &e);
-                None
             }
             Ok(Err(e)) => {
                 self.failed(link, op, Some(&e));
@@ -106,7 +114,10 @@ impl RedisTier {
                     return Some(v);
                 }
                 Ok(Err(e)) => {
-                    let gone = e.is_connection_dropped() || e.is_io_error();
+                    // Or the log's slot moved (a cluster's failover, a
+                    // reshard): this link will not record it again.
+                    let gone =
+                        e.is_connection_dropped() || e.is_io_error() || e.redirect_node().is_some();
                     self.failed(link, op, Some(&e));
                     if gone {
                         return None;
@@ -225,27 +236,54 @@ impl RedisTier {
             .is_some_and(|c| Arc::ptr_eq(c, link))
     }
 
-    /// `run_id` from `INFO server`: the identity of the Redis process.
-    pub(super) async fn run_id(&self, link: &Link) -> Result<Arc<str>, Option<redis::RedisError>> {
-        let mut conn = link.conn.clone();
-        let info = tokio::time::timeout(
+    /// Which Redis process `conn` reaches (`run_id`, `INFO server`), and
+    /// its tenure as the log's holder: its replication id (`master_replid`,
+    /// new whenever it is promoted) and, on a cluster, its config epoch
+    /// (`cluster_my_epoch`, new whenever it takes over slots, by failover or
+    /// reshard). A process that holds the log again after another did keeps
+    /// its `run_id` and its old, outdated log; the tenure tells.
+    pub(super) async fn identity(
+        &self,
+        conn: &MultiplexedConnection,
+        in_cluster: bool,
+    ) -> Result<Identity, Option<redis::RedisError>> {
+        let mut conn = conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("INFO")
+            .arg("server")
+            .cmd("INFO")
+            .arg("replication");
+        if in_cluster {
+            pipe.cmd("CLUSTER").arg("INFO");
+        }
+        let infos: Vec<String> = tokio::time::timeout(
             self.timeout.max(Duration::from_millis(250)),
-            redis::cmd("INFO")
-                .arg("server")
-                .query_async::<String>(&mut conn),
+            pipe.query_async(&mut conn),
         )
         .await
         .map_err(|_| None)?
         .map_err(Some)?;
-        info.lines()
-            .find_map(|l| l.strip_prefix("run_id:"))
-            .map(|s| Arc::from(s.trim()))
-            .ok_or_else(|| {
-                Some(redis::RedisError::from((
-                    redis::ErrorKind::Parse,
-                    "INFO has no run_id",
-                )))
-            })
+        let field = |name: &str| {
+            infos
+                .iter()
+                .flat_map(|info| info.lines())
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        let missing =
+            |what: &'static str| Some(redis::RedisError::from((redis::ErrorKind::Parse, what)));
+        let run = field("run_id").ok_or_else(|| missing("INFO has no run_id"))?;
+        let replid = field("master_replid").ok_or_else(|| missing("INFO has no master_replid"))?;
+        let epoch = if in_cluster {
+            field("cluster_my_epoch")
+                .ok_or_else(|| missing("CLUSTER INFO has no cluster_my_epoch"))?
+        } else {
+            "-"
+        };
+        Ok(Identity {
+            run: Arc::from(run),
+            tenure: Arc::from(format!("{replid}/{epoch}")),
+        })
     }
 
     /// Open a link: reach the node that holds the log, learn its run, note
@@ -263,7 +301,7 @@ impl RedisTier {
             return None;
         }
         self.last_connect_ms.store(now_millis(), Ordering::Relaxed);
-        let reached = match self.reach_log().await {
+        let (reached, tenure_floor) = match self.reach_log().await {
             Ok(r) => r,
             Err(e) => {
                 match e {
@@ -293,6 +331,9 @@ impl RedisTier {
                 self.epoch.load(Ordering::Acquire)
             }
         };
+        // Before the link is used: entries of an earlier tenure of this log
+        // are not served.
+        self.floor.fetch_max(tenure_floor, Ordering::AcqRel);
         let link = Arc::new(Link { epoch, ..reached });
         self.link.store(Some(link.clone()));
         self.owed(|_| ());
@@ -363,6 +404,7 @@ impl RedisTier {
             node: link.node.clone(),
             cluster: link.cluster.clone(),
             run: link.run.clone(),
+            tenure: link.tenure.clone(),
             log: link.log.clone(),
             epoch: link.epoch,
             checks: Default::default(),
@@ -370,7 +412,11 @@ impl RedisTier {
         };
         // Only to the same process (a proxy in between may now reach
         // another): the maintainer's next check handles that case.
-        if self.run_id(&moved).await.ok().as_deref() != Some(&*link.run) {
+        let same = self
+            .identity(&moved.conn, moved.cluster.is_some())
+            .await
+            .is_ok_and(|id| id.run == link.run && id.tenure == link.tenure);
+        if !same {
             return;
         }
         self.link.compare_and_swap(link, Some(Arc::new(moved)));

@@ -92,6 +92,15 @@ impl Keys {
     pub(super) fn rules(log: &str) -> String {
         format!("{log}rules")
     }
+    /// The tenure of the node holding this log when a replica last saw it
+    /// (see [`TENURE`]).
+    pub(super) fn tenure(log: &str) -> String {
+        format!("{log}tenure")
+    }
+    /// The clock value at which that tenure began.
+    pub(super) fn floor(log: &str) -> String {
+        format!("{log}floor")
+    }
     /// The fingerprint of the rules the fleet last ran alone.
     pub(super) fn active_rules(log: &str) -> String {
         format!("{log}rules:active")
@@ -257,6 +266,24 @@ local fences = math.floor(tonumber(redis.call('GET', KEYS[3]) or '0') / unit)
 redis.call('SET', KEYS[3], string.format('%.0f', fences * unit + s), 'PX', ARGV[2])
 redis.call('PUBLISH', ARGV[4], s .. ' ' .. ARGV[5] .. '\n' .. ARGV[6])
 return s
+"#;
+
+/// The node holding this log is in tenure `ARGV[1]`. If the log was last
+/// seen in another tenure, it is outdated: the node held it before, another
+/// node held the log meanwhile (a failover and back, a reshard and back)
+/// and recorded invalidations this copy lacks. Nothing fetched before now is
+/// trusted: the clock moves, and the tenure's floor is that value. KEYS:
+/// tenure, clock, floor. Returns the current tenure's floor (the first
+/// replica to see a tenure sets it; a log seen for the first time gets one
+/// too, harmlessly).
+pub(super) const TENURE: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  local s = redis.call('INCR', KEYS[2])
+  redis.call('SET', KEYS[3], s)
+  redis.call('SET', KEYS[1], ARGV[1])
+  return s
+end
+return tonumber(redis.call('GET', KEYS[3]) or '0')
 "#;
 
 /// What one write still needs recorded.

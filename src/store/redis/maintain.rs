@@ -67,14 +67,28 @@ impl RedisTier {
                 None => return,
             },
         };
-        let run = match self.run_id(&link).await {
-            Ok(run) => run,
-            Err(e) => return self.failed(&link, "ping", e.as_ref()),
+        let identity = match self.identity(&link.conn, link.cluster.is_some()).await {
+            Ok(id) => id,
+            Err(e) => {
+                // A node that died without closing its connections (a host
+                // lost, a partition) answers nothing and never breaks the
+                // link: give it up after a few silent checks, so that the
+                // next link can find the log where it is now.
+                if e.is_none()
+                    && self.silent_checks.fetch_add(1, Ordering::AcqRel) + 1 >= SILENT_CHECKS
+                {
+                    warn!("redis has not answered for several checks: reconnecting");
+                    self.drop_link(&link);
+                }
+                return self.failed(&link, "ping", e.as_ref());
+            }
         };
-        if *run != *link.run {
+        self.silent_checks.store(0, Ordering::Release);
+        if identity.run != link.run || identity.tenure != link.tenure {
             // Something between us and Redis (a proxy) now reaches another
-            // process: this link's checks would be answered by the wrong log.
-            warn!(%run, "redis behind the connection changed: reconnecting");
+            // process, or this one holds the log in a new tenure: this
+            // link's checks would be answered by the wrong log.
+            warn!(run = %identity.run, tenure = %identity.tenure, "redis behind the connection changed: reconnecting");
             self.drop_link(&link);
             return;
         }

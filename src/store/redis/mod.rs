@@ -79,6 +79,8 @@ const OPEN_FOR: Duration = Duration::from_secs(1);
 pub const INVALIDATE_ATTEMPTS: u32 = 3;
 /// How often the background task checks on Redis.
 const PING_EVERY: Duration = Duration::from_millis(250);
+/// Checks in a row that Redis leaves unanswered before its link is given up.
+const SILENT_CHECKS: u32 = 4;
 /// A write may open a connection itself (rather than wait for the next
 /// check) at most this often.
 const CONNECT_AT_MOST_EVERY_MS: u64 = 50;
@@ -125,6 +127,8 @@ pub struct Link {
     /// the log does: it only ever goes over `conn`.
     cluster: Option<ClusterConnection>,
     run: Arc<str>,
+    /// The node's tenure as the log's holder (see `identity`).
+    tenure: Arc<str>,
     /// The prefix of the log's keys in this run (see `log::Keys`).
     log: Arc<str>,
     /// Counts the runs this replica has seen; entries remember it.
@@ -133,6 +137,13 @@ pub struct Link {
     checks: checks::Checks,
     /// Its connection is driven on the runtime requests run on.
     on_request_runtime: bool,
+}
+
+/// Which Redis process a connection reaches, and its tenure as the log's
+/// holder (see `RedisTier::identity`).
+pub(super) struct Identity {
+    run: Arc<str>,
+    tenure: Arc<str>,
 }
 
 /// How phase 2 of a write ended.
@@ -185,6 +196,8 @@ pub struct RedisTier {
     /// (re)subscribes.
     floor: AtomicU64,
     failures: AtomicU32,
+    /// The maintainer's checks in a row that timed out.
+    silent_checks: AtomicU32,
     open_until_ms: AtomicU64,
     /// Counts breaker trips (and evictions); `outage_cleared` catches up once
     /// the maintainer has moved the floor past them (see `check_once`).
@@ -225,6 +238,7 @@ pub struct RedisTier {
     sweep_script: redis::Script,
     heartbeat_script: redis::Script,
     activate_script: redis::Script,
+    tenure_script: redis::Script,
 }
 
 impl RedisTier {
@@ -246,6 +260,7 @@ impl RedisTier {
             epoch: AtomicU64::new(0),
             floor: AtomicU64::new(0),
             failures: AtomicU32::new(0),
+            silent_checks: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
             outage_began: AtomicU64::new(0),
             outage_cleared: AtomicU64::new(0),
@@ -265,6 +280,7 @@ impl RedisTier {
             sweep_script: redis::Script::new(log::SWEEP),
             heartbeat_script: redis::Script::new(log::RULES_HEARTBEAT),
             activate_script: redis::Script::new(log::ACTIVATE_RULES),
+            tenure_script: redis::Script::new(log::TENURE),
         }
     }
 

@@ -127,8 +127,10 @@ impl RedisTier {
             // Its fence still protects every replica while its link is the
             // current one in the run it was recorded in: the lift only
             // failed, Redis did not restart (and it is not reachable only
-            // through another connection).
-            stands = fenced_in == Some(l.epoch) && self.is_current(&l);
+            // through another connection). Not on a cluster: its master may
+            // be failing over right now (an unanswered lift is what that
+            // looks like), and the promoted one keeps a log without it.
+            stands = fenced_in == Some(l.epoch) && self.is_current(&l) && l.cluster.is_none();
             if !second {
                 link = self.second_chance(&l).await;
             }
