@@ -5,28 +5,51 @@
 //! length + UTF-8, pingora's meta as two `u32`-length-prefixed blobs
 //! (`CacheMeta::serialize`: internal + header), then the body to the end.
 //!
+//! An [`Entry`] *is* that encoding: built once, when a fill finishes, into a
+//! buffer of exactly its length, and kept as such in memory (what is read
+//! from it are slices of that one buffer: one allocation per entry, nothing
+//! decoded twice) and in Redis.
+//!
 //! The version byte is why a rolling upgrade never misreads an entry: a reader
 //! that does not know the version treats the entry as a miss. The Redis key also
 //! carries the version, so old and new replicas simply do not see each other's
 //! entries while both run.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::ops::Range;
+
+use bytes::{BufMut, Bytes, BytesMut};
 
 pub const MAGIC: &[u8; 2] = b"FG";
 pub const VERSION: u8 = 2;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Magic, version, `fetch_seq`, `rules`, tag count.
+const HEAD: usize = 2 + 1 + 8 + 8 + 2;
+
+/// One cached response as stored (see the layout above).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Entry {
-    /// The invalidation clock read before the fetch began (see invalidation).
-    pub fetch_seq: u64,
-    /// Fingerprint of the rules that computed `tags`: an entry is only served
-    /// under the same rules (see `config::Config::rules_fingerprint`).
-    pub rules: u64,
-    /// Invalidation tags this response belongs to.
-    pub tags: Tags,
-    pub meta_internal: Bytes,
-    pub meta_header: Bytes,
-    pub body: Bytes,
+    /// The encoding; `fetch_seq` and `rules` are read from it (kept only
+    /// there: an entry's bookkeeping in memory is what the memory tier's
+    /// RSS is made of, beyond the bodies).
+    buf: Bytes,
+    tag_count: u16,
+    // Where the parts lie in `buf` (an entry is far below 4 GiB: `new`
+    // refuses one that is not).
+    tags: Range<u32>,
+    meta_internal: Range<u32>,
+    meta_header: Range<u32>,
+    body: u32,
+}
+
+/// An entry's invalidation tags, laid out as the format holds them (`u16`
+/// length + UTF-8 each) in one buffer: an entry's tags are a slice of the
+/// entry's own buffer. Held as separate strings, they were most of an
+/// entry's bookkeeping in memory (an allocation per tag and one for the
+/// list); cloning this is a reference count.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Tags {
+    raw: Bytes,
+    count: u16,
 }
 
 /// An entry the format cannot hold whole. Refused rather than stored
@@ -38,6 +61,12 @@ pub struct TooManyTags {
     pub longest: usize,
 }
 
+/// An entry of 4 GiB or more: refused (the memory tier addresses its parts
+/// with 32-bit offsets; no object that large is cached).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("an entry of {0} bytes is too large to store")]
+pub struct TooLarge(pub usize);
+
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("not a freshgate entry")]
@@ -48,17 +77,8 @@ pub enum DecodeError {
     Truncated,
     #[error("entry tag is not UTF-8")]
     BadTag,
-}
-
-/// An entry's invalidation tags, laid out as the format holds them (`u16`
-/// length + UTF-8 each) in one buffer: a decoded entry's tags are a slice
-/// of the entry's own buffer. Held as separate strings, they were most of
-/// an entry's bookkeeping in memory (an allocation per tag and one for the
-/// list); cloning this is a reference count.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Tags {
-    raw: Bytes,
-    count: u16,
+    #[error(transparent)]
+    TooLarge(#[from] TooLarge),
 }
 
 impl Tags {
@@ -94,30 +114,7 @@ impl Tags {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &str> + Clone {
-        let mut rest: &[u8] = &self.raw;
-        std::iter::from_fn(move || {
-            let (len, after) = rest.split_first_chunk::<2>()?;
-            let (tag, after) = after.split_at_checked(usize::from(u16::from_be_bytes(*len)))?;
-            rest = after;
-            // UTF-8 was checked when these bytes were laid out or decoded.
-            std::str::from_utf8(tag).ok()
-        })
-    }
-
-    /// `count` tags from the front of `buf`, checked whole.
-    fn decode(buf: &mut Bytes, count: u16) -> Result<Tags, DecodeError> {
-        let mut len = 0;
-        for _ in 0..count {
-            need_at(buf, len, 2)?;
-            let n = usize::from(u16::from_be_bytes([buf[len], buf[len + 1]]));
-            need_at(buf, len + 2, n)?;
-            std::str::from_utf8(&buf[len + 2..len + 2 + n]).map_err(|_| DecodeError::BadTag)?;
-            len += 2 + n;
-        }
-        Ok(Tags {
-            raw: buf.split_to(len),
-            count,
-        })
+        tag_names(&self.raw)
     }
 }
 
@@ -127,115 +124,240 @@ impl std::fmt::Debug for Tags {
     }
 }
 
-impl Entry {
-    /// Bytes this entry occupies, for the memory tier's byte bound.
-    pub fn weight(&self) -> usize {
-        64 + self.meta_internal.len()
-            + self.meta_header.len()
-            + self.body.len()
-            + self.tags.raw.len()
-    }
+/// The tags laid out in `raw` (UTF-8 was checked when they were laid out
+/// or decoded).
+fn tag_names(mut raw: &[u8]) -> impl Iterator<Item = &str> + Clone {
+    std::iter::from_fn(move || {
+        let (len, after) = raw.split_first_chunk::<2>()?;
+        let (tag, after) = after.split_at_checked(usize::from(u16::from_be_bytes(*len)))?;
+        raw = after;
+        std::str::from_utf8(tag).ok()
+    })
+}
 
-    pub fn encode(&self) -> Bytes {
-        // Exactly its length: the memory tier keeps this very buffer (meta
-        // and body are slices of it), so spare capacity would be kept too.
-        let len = MAGIC.len()
-            + 1
-            + 8
-            + 8
-            + 2
-            + self.tags.raw.len()
-            + 4
-            + self.meta_internal.len()
-            + 4
-            + self.meta_header.len()
-            + self.body.len();
+impl Entry {
+    /// Encode a response fetched when the clock read `fetch_seq`, tagged by
+    /// rules `rules`, into a buffer of exactly its length.
+    pub fn new(
+        fetch_seq: u64,
+        rules: u64,
+        tags: &Tags,
+        meta_internal: &[u8],
+        meta_header: &[u8],
+        body: &[u8],
+    ) -> Result<Entry, TooLarge> {
+        let len =
+            HEAD + tags.raw.len() + 4 + meta_internal.len() + 4 + meta_header.len() + body.len();
+        if u32::try_from(len).is_err() {
+            return Err(TooLarge(len));
+        }
         let mut b = BytesMut::with_capacity(len);
         b.put_slice(MAGIC);
         b.put_u8(VERSION);
-        b.put_u64(self.fetch_seq);
-        b.put_u64(self.rules);
-        b.put_u16(self.tags.count);
-        b.put_slice(&self.tags.raw);
-        b.put_u32(self.meta_internal.len() as u32);
-        b.put_slice(&self.meta_internal);
-        b.put_u32(self.meta_header.len() as u32);
-        b.put_slice(&self.meta_header);
-        b.put_slice(&self.body);
+        b.put_u64(fetch_seq);
+        b.put_u64(rules);
+        b.put_u16(tags.count);
+        b.put_slice(&tags.raw);
+        b.put_u32(meta_internal.len() as u32);
+        b.put_slice(meta_internal);
+        b.put_u32(meta_header.len() as u32);
+        b.put_slice(meta_header);
+        b.put_slice(body);
         debug_assert_eq!(b.len(), len, "the length computed up front");
-        b.freeze()
+        Ok(Entry::decode(b.freeze()).expect("an entry just encoded decodes"))
     }
 
-    pub fn decode(mut buf: Bytes) -> Result<Entry, DecodeError> {
+    /// The same response with another stored header (a 304 freshened it).
+    pub fn with_meta(&self, meta_internal: &[u8], meta_header: &[u8]) -> Result<Entry, TooLarge> {
+        Entry::new(
+            self.fetch_seq(),
+            self.rules(),
+            &self.tags(),
+            meta_internal,
+            meta_header,
+            &self.buf[self.body as usize..],
+        )
+    }
+
+    /// Read an entry from its encoding, checked whole.
+    pub fn decode(buf: Bytes) -> Result<Entry, DecodeError> {
         if buf.len() < 3 || &buf[..2] != MAGIC {
             return Err(DecodeError::BadMagic);
         }
-        buf.advance(2);
-        let version = buf.get_u8();
-        if version != VERSION {
-            return Err(DecodeError::UnknownVersion(version));
+        if buf[2] != VERSION {
+            return Err(DecodeError::UnknownVersion(buf[2]));
         }
-        need(&buf, 18)?;
-        let fetch_seq = buf.get_u64();
-        let rules = buf.get_u64();
-        let count = buf.get_u16();
-        let tags = Tags::decode(&mut buf, count)?;
-        let meta_internal = take_u32_prefixed(&mut buf)?;
-        let meta_header = take_u32_prefixed(&mut buf)?;
+        let offset = |at: usize| u32::try_from(at).map_err(|_| TooLarge(buf.len()));
+        let mut at = HEAD;
+        let head = buf.get(..HEAD).ok_or(DecodeError::Truncated)?;
+        let tag_count = u16::from_be_bytes([head[HEAD - 2], head[HEAD - 1]]);
+        let tags_start = at;
+        for _ in 0..tag_count {
+            let len = usize::from(u16::from_be_bytes(take::<2>(&buf, &mut at)?));
+            let tag = buf.get(at..at + len).ok_or(DecodeError::Truncated)?;
+            std::str::from_utf8(tag).map_err(|_| DecodeError::BadTag)?;
+            at += len;
+        }
+        let tags = offset(tags_start)?..offset(at)?;
+        let blob = |at: &mut usize| -> Result<Range<u32>, DecodeError> {
+            let len = u32::from_be_bytes(take::<4>(&buf, at)?) as usize;
+            let start = *at;
+            buf.get(start..start + len).ok_or(DecodeError::Truncated)?;
+            *at += len;
+            Ok(offset(start)?..offset(*at)?)
+        };
+        let meta_internal = blob(&mut at)?;
+        let meta_header = blob(&mut at)?;
+        let body = offset(at)?;
         Ok(Entry {
-            fetch_seq,
-            rules,
+            tag_count,
             tags,
             meta_internal,
             meta_header,
-            body: buf,
+            body,
+            buf,
         })
     }
-}
 
-fn need(buf: &Bytes, n: usize) -> Result<(), DecodeError> {
-    need_at(buf, 0, n)
-}
+    /// The encoding, as Redis stores it.
+    pub fn encoded(&self) -> &Bytes {
+        &self.buf
+    }
 
-/// Whether `buf` holds `n` bytes after its first `at`.
-fn need_at(buf: &Bytes, at: usize, n: usize) -> Result<(), DecodeError> {
-    if buf.remaining().saturating_sub(at) < n {
-        Err(DecodeError::Truncated)
-    } else {
-        Ok(())
+    /// The invalidation clock read before the fetch began (see invalidation).
+    pub fn fetch_seq(&self) -> u64 {
+        self.number_at(3)
+    }
+
+    /// Fingerprint of the rules that computed the tags: an entry is only
+    /// served under the same rules (see `config::Config::rules_fingerprint`).
+    pub fn rules(&self) -> u64 {
+        self.number_at(11)
+    }
+
+    fn number_at(&self, at: usize) -> u64 {
+        let bytes = self.buf[at..at + 8]
+            .try_into()
+            .expect("decode checked the head");
+        u64::from_be_bytes(bytes)
+    }
+
+    /// The tags, sharing the entry's buffer.
+    pub fn tags(&self) -> Tags {
+        Tags {
+            raw: self.buf.slice(range(&self.tags)),
+            count: self.tag_count,
+        }
+    }
+
+    /// The tags' names, read in place.
+    pub fn tag_names(&self) -> impl Iterator<Item = &str> + Clone {
+        tag_names(&self.buf[range(&self.tags)])
+    }
+
+    pub fn meta_internal(&self) -> &[u8] {
+        &self.buf[range(&self.meta_internal)]
+    }
+
+    pub fn meta_header(&self) -> &[u8] {
+        &self.buf[range(&self.meta_header)]
+    }
+
+    /// The body, sharing the entry's buffer.
+    pub fn body(&self) -> Bytes {
+        self.buf.slice(self.body as usize..)
+    }
+
+    /// Bytes this entry occupies, for the memory tier's byte bound.
+    pub fn weight(&self) -> usize {
+        64 + self.buf.len()
     }
 }
 
-fn take_u32_prefixed(buf: &mut Bytes) -> Result<Bytes, DecodeError> {
-    need(buf, 4)?;
-    let len = buf.get_u32() as usize;
-    need(buf, len)?;
-    Ok(buf.split_to(len))
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("fetch_seq", &self.fetch_seq())
+            .field("rules", &self.rules())
+            .field("tags", &self.tags())
+            .field("meta_header", &self.meta_header().len())
+            .field("body", &(self.buf.len() - self.body as usize))
+            .finish()
+    }
+}
+
+fn range(r: &Range<u32>) -> Range<usize> {
+    r.start as usize..r.end as usize
+}
+
+/// `N` bytes of `buf` at `*at`, moving past them.
+fn take<const N: usize>(buf: &[u8], at: &mut usize) -> Result<[u8; N], DecodeError> {
+    let bytes = buf
+        .get(*at..*at + N)
+        .ok_or(DecodeError::Truncated)?
+        .try_into()
+        .expect("N bytes");
+    *at += N;
+    Ok(bytes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn sample_with(tags: &Tags) -> Entry {
+        Entry::new(
+            42,
+            7,
+            tags,
+            b"internal",
+            b"HTTP/1.1 200 OK\r\n",
+            b"{\"text\":\"hello\"}",
+        )
+        .unwrap()
+    }
+
     fn sample() -> Entry {
-        Entry {
-            fetch_seq: 42,
-            rules: 7,
-            tags: Tags::new(&["scene:id=7", "stories"]).unwrap(),
-            meta_internal: Bytes::from_static(b"internal"),
-            meta_header: Bytes::from_static(b"HTTP/1.1 200 OK\r\n"),
-            body: Bytes::from_static(b"{\"text\":\"hello\"}"),
-        }
+        sample_with(&Tags::new(&["scene:id=7", "stories"]).unwrap())
     }
 
     #[test]
     fn round_trip() {
         let e = sample();
-        let back = Entry::decode(e.encode()).unwrap();
+        let back = Entry::decode(e.encoded().clone()).unwrap();
         assert_eq!(back, e);
+        assert_eq!((back.fetch_seq(), back.rules()), (42, 7));
         assert_eq!(
-            back.tags.iter().collect::<Vec<_>>(),
+            back.tags().iter().collect::<Vec<_>>(),
             ["scene:id=7", "stories"]
+        );
+        assert_eq!(
+            back.tag_names().collect::<Vec<_>>(),
+            ["scene:id=7", "stories"]
+        );
+        assert_eq!(back.meta_internal(), b"internal");
+        assert_eq!(back.meta_header(), b"HTTP/1.1 200 OK\r\n");
+        assert_eq!(&back.body()[..], b"{\"text\":\"hello\"}");
+        let freshened = back
+            .with_meta(b"i2", b"HTTP/1.1 200 OK\r\nage: 1\r\n")
+            .unwrap();
+        assert_eq!(freshened.meta_header(), b"HTTP/1.1 200 OK\r\nage: 1\r\n");
+        assert_eq!(
+            (freshened.body(), freshened.tags()),
+            (back.body(), back.tags())
+        );
+    }
+
+    #[test]
+    fn an_entry_is_one_buffer_of_exactly_its_length() {
+        let e = sample();
+        let len = HEAD + (2 + 10 + 2 + 7) + (4 + 8) + (4 + 17) + 16;
+        assert_eq!(e.encoded().len(), len);
+        let body = e.body();
+        assert_eq!(
+            body.as_ptr(),
+            e.encoded()[len - 16..].as_ptr(),
+            "the body is a slice of the entry's buffer"
         );
     }
 
@@ -252,7 +374,7 @@ mod tests {
     #[test]
     fn truncation_and_garbage_are_errors() {
         let raw = e_bytes();
-        for cut in [0, 1, 5, 12, 20, 28, 38] {
+        for cut in [0, 1, 5, 12, 20, 28, 38, 50, 60] {
             assert!(
                 Entry::decode(Bytes::copy_from_slice(&raw[..cut])).is_err(),
                 "cut {cut}"
@@ -281,23 +403,20 @@ mod tests {
         let mut many = vec!["t"; u16::MAX as usize + 1];
         assert!(Tags::new(&many).is_err());
         many.pop();
-        let mut e = sample();
-        e.tags = Tags::new(&many).unwrap();
-        let whole = Entry::decode(e.encode()).unwrap();
-        assert_eq!(whole.tags.len(), u16::MAX as usize);
-        assert_eq!(whole.tags.iter().count(), u16::MAX as usize);
+        let whole = sample_with(&Tags::new(&many).unwrap());
+        assert_eq!(whole.tags().len(), u16::MAX as usize);
+        assert_eq!(whole.tag_names().count(), u16::MAX as usize);
     }
 
     #[test]
     fn a_tag_that_is_not_utf8_is_refused() {
         let mut raw = e_bytes();
-        // The first tag's first byte (after magic, version, seq, rules,
-        // count and the tag's length).
-        raw[2 + 1 + 8 + 8 + 2 + 2] = 0xff;
+        // The first tag's first byte (after the head and the tag's length).
+        raw[HEAD + 2] = 0xff;
         assert_eq!(Entry::decode(Bytes::from(raw)), Err(DecodeError::BadTag));
     }
 
     fn e_bytes() -> Vec<u8> {
-        sample().encode().to_vec()
+        sample().encoded().to_vec()
     }
 }

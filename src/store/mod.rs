@@ -130,8 +130,6 @@ struct Cached {
     /// The Redis run (epoch) the entry was read or written under (0 without Redis).
     epoch: u64,
     keep_until: Instant,
-    /// `entry.weight()`, computed once: eviction reads it often.
-    weight: u64,
 }
 
 impl Cached {
@@ -139,7 +137,6 @@ impl Cached {
         static IDS: AtomicU64 = AtomicU64::new(1);
         Arc::new(Cached {
             id: IDS.fetch_add(1, Ordering::Relaxed),
-            weight: entry.weight() as u64,
             entry,
             epoch,
             keep_until,
@@ -168,7 +165,7 @@ struct ByWeight;
 
 impl quick_cache::Weighter<HashBinary, Arc<Cached>> for ByWeight {
     fn weight(&self, _: &HashBinary, c: &Arc<Cached>) -> u64 {
-        c.weight
+        c.entry.weight() as u64
     }
 }
 
@@ -252,7 +249,7 @@ impl Store {
     }
 
     fn same_rules(&self, e: &Entry) -> bool {
-        e.rules == self.rules.load(Ordering::Acquire)
+        e.rules() == self.rules.load(Ordering::Acquire)
     }
 
     /// Read the invalidation log before a fetch begins, for a response that
@@ -390,9 +387,12 @@ impl Store {
 
     async fn still_valid(&self, link: Option<&Arc<Link>>, e: &Entry) -> bool {
         match (&self.redis, link) {
-            (Some(r), Some(link)) => r.valid(link, e.fetch_seq, &e.tags).await.unwrap_or(false),
+            (Some(r), Some(link)) => r
+                .valid(link, e.fetch_seq(), &e.tags())
+                .await
+                .unwrap_or(false),
             (Some(_), None) => false,
-            (None, _) => self.local.valid(e.fetch_seq, e.tags.iter()),
+            (None, _) => self.local.valid(e.fetch_seq(), e.tag_names()),
         }
     }
 
@@ -458,7 +458,7 @@ impl Store {
             return None;
         }
         METRICS.store_hits.with_label_values(&["memory"]).inc();
-        Some((prepared, c.entry.body.clone()))
+        Some((prepared, c.entry.body()))
     }
 
     async fn find(&self, key: &HashBinary) -> Option<Arc<Cached>> {
@@ -506,19 +506,16 @@ impl Store {
     async fn put(&self, key: HashBinary, entry: Entry, meta: &CacheMeta, epoch: u64) {
         let keep = keep_until(meta, self.max_lifetime);
         let ttl = keep.saturating_duration_since(Instant::now());
-        let encoded = entry.encode();
         if let Some(redis) = &self.redis {
             // Its `fetch_seq` is a clock value of that run: in any other run
             // it would compare with unrelated invalidations.
             let Some(link) = redis.link().filter(|l| l.epoch == epoch) else {
                 return;
             };
-            redis.set(&link, &redis_key(&key), &encoded, ttl).await;
+            redis
+                .set(&link, &redis_key(&key), entry.encoded(), ttl)
+                .await;
         }
-        // Kept as slices of its encoding: meta and body in one allocation
-        // (the fill's body buffer has spare capacity, and three buffers are
-        // three cache misses on a hit in a large cache).
-        let entry = Entry::decode(encoded).unwrap_or(entry);
         self.memory.insert(key, Cached::new(entry, epoch, keep));
     }
 
@@ -545,7 +542,7 @@ fn redis_key(key: &HashBinary) -> String {
 }
 
 fn decode_meta(e: &Entry) -> Result<CacheMeta> {
-    CacheMeta::deserialize(&e.meta_internal, &e.meta_header)
+    CacheMeta::deserialize(e.meta_internal(), e.meta_header())
 }
 
 fn keep_until(meta: &CacheMeta, max_lifetime: Duration) -> Instant {
@@ -570,7 +567,7 @@ impl Storage for Store {
             return Ok(None);
         };
         let meta = decode_meta(&c.entry)?;
-        let body = c.entry.body.clone();
+        let body = c.entry.body();
         let end = body.len();
         Ok(Some((
             meta,
@@ -629,10 +626,8 @@ impl Storage for Store {
             return Ok(false);
         };
         let (internal, header) = meta.serialize()?;
-        let entry = Entry {
-            meta_internal: internal.into(),
-            meta_header: header.into(),
-            ..old.entry.clone()
+        let Ok(entry) = old.entry.with_meta(&internal, &header) else {
+            return Ok(false);
         };
         self.put(k, entry, meta, old.epoch).await;
         Ok(true)
@@ -716,13 +711,21 @@ impl HandleMiss for Miss {
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
         let size = self.body.len();
-        let entry = Entry {
-            fetch_seq: self.fill.fetch_seq,
-            rules: self.fill.rules,
-            tags: self.fill.tags,
-            meta_internal: self.meta_internal,
-            meta_header: self.meta_header,
-            body: self.body.freeze(),
+        // Encoded into a buffer of exactly its length, which the memory
+        // tier keeps (the fill's buffer has spare capacity).
+        let entry = match Entry::new(
+            self.fill.fetch_seq,
+            self.fill.rules,
+            &self.fill.tags,
+            &self.meta_internal,
+            &self.meta_header,
+            &self.body,
+        ) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "entry not stored");
+                return Ok(MissFinishType::Created(size));
+            }
         };
         let meta = decode_meta(&entry)?;
         self.store
