@@ -11,7 +11,7 @@ use super::*;
 
 impl RedisTier {
     /// Connect to the node that holds the log, learn its run, and the floor
-    /// of its tenure (see [`log::TENURE`]). On a Redis Cluster that node is
+    /// of its hold on the log (see [`log::HOLDER`]). On a Redis Cluster that node is
     /// the master serving the log's slot: the first node that answers
     /// (`url`, then the nodes last seen) redirects there. A link whose run is
     /// not known yet (`epoch` 0) is returned. Bounded in time as a whole:
@@ -78,30 +78,34 @@ impl RedisTier {
             node,
             cluster: None,
             run: Arc::from(""),
-            tenure: Arc::from(""),
+            generation: 0,
             log: Arc::from(""),
             epoch: 0,
             checks: Default::default(),
             on_request_runtime,
         };
-        let identity = self.identity(&link.conn, in_cluster).await?;
-        link.log = Keys::log(&identity.run, in_cluster).into();
-        (link.run, link.tenure) = (identity.run, identity.tenure);
-        let floor = self.tenure_floor(&link).await?;
+        link.run = self.identity(&link.conn).await?.run;
+        link.log = Keys::log(&link.run, in_cluster).into();
+        let floor = self.hold_floor(&link, in_cluster).await?;
         if in_cluster {
             link.cluster = Some(self.open_cluster(&link).await.map_err(Some)?);
         }
         Ok((link, floor))
     }
 
-    /// The floor of the log's current tenure on its node: the clock value
-    /// before which nothing in this log may be trusted (see [`log::TENURE`]).
-    async fn tenure_floor(&self, link: &Link) -> Result<u64, Option<redis::RedisError>> {
-        let mut inv = self.tenure_script.prepare_invoke();
-        inv.key(Keys::tenure(&link.log))
+    /// The floor of this run's current hold on the log: the clock value
+    /// before which nothing in its log may be trusted (see [`log::HOLDER`]).
+    async fn hold_floor(
+        &self,
+        link: &Link,
+        in_cluster: bool,
+    ) -> Result<u64, Option<redis::RedisError>> {
+        let mut inv = self.holder_script.prepare_invoke();
+        inv.key(Keys::holder(in_cluster))
             .key(Keys::clock(&link.log))
             .key(Keys::floor(&link.log))
-            .arg(&*link.tenure);
+            .arg(&*link.run)
+            .arg(log::HOLDER_GAP);
         let mut conn = link.conn.clone();
         tokio::time::timeout(
             self.timeout.max(Duration::from_millis(250)),

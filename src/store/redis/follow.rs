@@ -174,8 +174,11 @@ impl RedisTier {
                 }
                 _ = tick.tick() => {
                     let current = self.link.load();
-                    if current.as_ref().is_none_or(|l| l.epoch != link.epoch) {
-                        return Ok(()); // Redis restarted or the link was lost.
+                    if current.as_ref().is_none_or(|l| l.generation != link.generation) {
+                        // Redis restarted, or the link was lost (its node
+                        // may have fallen silent, and this subscription
+                        // with it): subscribe again where the log is now.
+                        return Ok(());
                     }
                     self.followed.prune(self.inv_ttl, self.fence_ttl);
                 }

@@ -236,53 +236,42 @@ impl RedisTier {
             .is_some_and(|c| Arc::ptr_eq(c, link))
     }
 
-    /// Which Redis process `conn` reaches (`run_id`, `INFO server`), and
-    /// its tenure as the log's holder: its replication id (`master_replid`,
-    /// new whenever it is promoted) and, on a cluster, its config epoch
-    /// (`cluster_my_epoch`, new whenever it takes over slots, by failover or
-    /// reshard). A process that holds the log again after another did keeps
-    /// its `run_id` and its old, outdated log; the tenure tells.
+    /// Which Redis process `conn` reaches (`run_id`, `INFO server`). An
+    /// error unless it is a primary (`INFO replication`): a demoted one
+    /// still answers reads, from a log no replica writes to any more.
     pub(super) async fn identity(
         &self,
         conn: &MultiplexedConnection,
-        in_cluster: bool,
     ) -> Result<Identity, Option<redis::RedisError>> {
         let mut conn = conn.clone();
-        let mut pipe = redis::pipe();
-        pipe.cmd("INFO")
-            .arg("server")
-            .cmd("INFO")
-            .arg("replication");
-        if in_cluster {
-            pipe.cmd("CLUSTER").arg("INFO");
-        }
-        let infos: Vec<String> = tokio::time::timeout(
+        let (server, replication): (String, String) = tokio::time::timeout(
             self.timeout.max(Duration::from_millis(250)),
-            pipe.query_async(&mut conn),
+            redis::pipe()
+                .cmd("INFO")
+                .arg("server")
+                .cmd("INFO")
+                .arg("replication")
+                .query_async(&mut conn),
         )
         .await
         .map_err(|_| None)?
         .map_err(Some)?;
-        let field = |name: &str| {
-            infos
-                .iter()
-                .flat_map(|info| info.lines())
+        let field = |info: &str, name: &str| {
+            info.lines()
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
                 .map(str::trim)
+                .map(str::to_string)
         };
-        let missing =
+        let refused =
             |what: &'static str| Some(redis::RedisError::from((redis::ErrorKind::Parse, what)));
-        let run = field("run_id").ok_or_else(|| missing("INFO has no run_id"))?;
-        let replid = field("master_replid").ok_or_else(|| missing("INFO has no master_replid"))?;
-        let epoch = if in_cluster {
-            field("cluster_my_epoch")
-                .ok_or_else(|| missing("CLUSTER INFO has no cluster_my_epoch"))?
-        } else {
-            "-"
-        };
+        if field(&replication, "role").as_deref() != Some("master") {
+            return Err(refused(
+                "redis is a replica: the log is held by its primary",
+            ));
+        }
+        let run = field(&server, "run_id").ok_or_else(|| refused("INFO has no run_id"))?;
         Ok(Identity {
             run: Arc::from(run),
-            tenure: Arc::from(format!("{replid}/{epoch}")),
         })
     }
 
@@ -290,7 +279,7 @@ impl RedisTier {
     /// a restart. Returns the current link if another task opened one
     /// meanwhile.
     pub(super) async fn connect(&self, throttle: bool) -> Option<Arc<Link>> {
-        let _one_at_a_time = self.connecting.lock().await;
+        let one_at_a_time = self.connecting.lock().await;
         if let Some(link) = self.link.load_full() {
             return Some(link);
         }
@@ -301,7 +290,7 @@ impl RedisTier {
             return None;
         }
         self.last_connect_ms.store(now_millis(), Ordering::Relaxed);
-        let (reached, tenure_floor) = match self.reach_log().await {
+        let (reached, hold_floor) = match self.reach_log().await {
             Ok(r) => r,
             Err(e) => {
                 match e {
@@ -331,12 +320,20 @@ impl RedisTier {
                 self.epoch.load(Ordering::Acquire)
             }
         };
-        // Before the link is used: entries of an earlier tenure of this log
-        // are not served.
-        self.floor.fetch_max(tenure_floor, Ordering::AcqRel);
-        let link = Arc::new(Link { epoch, ..reached });
+        // Before the link is used: entries fetched before this run's hold
+        // on the log began are not served.
+        self.floor.fetch_max(hold_floor, Ordering::AcqRel);
+        let generation = self.generations.fetch_add(1, Ordering::AcqRel) + 1;
+        let link = Arc::new(Link {
+            epoch,
+            generation,
+            ..reached
+        });
+        self.silent_checks.store(0, Ordering::Release);
         self.link.store(Some(link.clone()));
         self.owed(|_| ());
+        // Writes may be waiting to connect: they have their link now.
+        drop(one_at_a_time);
         self.check_eviction_policy(&link).await;
         Some(link)
     }
@@ -404,7 +401,7 @@ impl RedisTier {
             node: link.node.clone(),
             cluster: link.cluster.clone(),
             run: link.run.clone(),
-            tenure: link.tenure.clone(),
+            generation: link.generation,
             log: link.log.clone(),
             epoch: link.epoch,
             checks: Default::default(),
@@ -413,9 +410,9 @@ impl RedisTier {
         // Only to the same process (a proxy in between may now reach
         // another): the maintainer's next check handles that case.
         let same = self
-            .identity(&moved.conn, moved.cluster.is_some())
+            .identity(&moved.conn)
             .await
-            .is_ok_and(|id| id.run == link.run && id.tenure == link.tenure);
+            .is_ok_and(|id| id.run == link.run);
         if !same {
             return;
         }

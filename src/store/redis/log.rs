@@ -92,12 +92,13 @@ impl Keys {
     pub(super) fn rules(log: &str) -> String {
         format!("{log}rules")
     }
-    /// The tenure of the node holding this log when a replica last saw it
-    /// (see [`TENURE`]).
-    pub(super) fn tenure(log: &str) -> String {
-        format!("{log}tenure")
+    /// The run of the Redis process that last held the log, whichever run
+    /// that was (see [`HOLDER`]): one key for every run, so that it follows
+    /// the data from node to node.
+    pub(super) fn holder(cluster: bool) -> String {
+        format!("{}holder", Self::side(cluster))
     }
-    /// The clock value at which that tenure began.
+    /// The clock value at which this run's current hold on its log began.
     pub(super) fn floor(log: &str) -> String {
         format!("{log}floor")
     }
@@ -268,22 +269,32 @@ redis.call('PUBLISH', ARGV[4], s .. ' ' .. ARGV[5] .. '\n' .. ARGV[6])
 return s
 "#;
 
-/// The node holding this log is in tenure `ARGV[1]`. If the log was last
-/// seen in another tenure, it is outdated: the node held it before, another
-/// node held the log meanwhile (a failover and back, a reshard and back)
-/// and recorded invalidations this copy lacks. Nothing fetched before now is
-/// trusted: the clock moves, and the tenure's floor is that value. KEYS:
-/// tenure, clock, floor. Returns the current tenure's floor (the first
-/// replica to see a tenure sets it; a log seen for the first time gets one
-/// too, harmlessly).
-pub(super) const TENURE: &str = r#"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  local s = redis.call('INCR', KEYS[2])
+/// How far the clock moves when a run takes the log back: more clock
+/// values than a replica's replication could ever have lost (see
+/// [`HOLDER`]); 65,536 such moves still leave the clock far below
+/// `FENCE_UNIT`.
+pub(super) const HOLDER_GAP: u64 = 1 << 24;
+
+/// Run `ARGV[1]` holds the log now. If the holder key names another run (or
+/// no run, or this run's floor is gone), this run's copy of its log may be
+/// outdated: the process held it before, another held the log meanwhile
+/// (a failover and back, a reshard and back, a primary demoted and
+/// promoted again) and recorded there what this copy lacks — the holder
+/// key came back with the data, naming that other run. Nothing fetched
+/// before now is trusted: the clock moves by `ARGV[2]` (past values this
+/// copy may have lost to asynchronous replication), and that value is the
+/// floor of this hold. KEYS: holder, clock, floor. Returns the floor (the
+/// first replica to connect sets it; the others read it). A new log gets
+/// one too, harmlessly.
+pub(super) const HOLDER: &str = r#"
+local floor = redis.call('GET', KEYS[3])
+if redis.call('GET', KEYS[1]) ~= ARGV[1] or not floor then
+  local s = redis.call('INCRBY', KEYS[2], ARGV[2])
   redis.call('SET', KEYS[3], s)
   redis.call('SET', KEYS[1], ARGV[1])
   return s
 end
-return tonumber(redis.call('GET', KEYS[3]) or '0')
+return tonumber(floor)
 "#;
 
 /// What one write still needs recorded.

@@ -67,7 +67,7 @@ impl RedisTier {
                 None => return,
             },
         };
-        let identity = match self.identity(&link.conn, link.cluster.is_some()).await {
+        let identity = match self.identity(&link.conn).await {
             Ok(id) => id,
             Err(e) => {
                 // A node that died without closing its connections (a host
@@ -80,15 +80,19 @@ impl RedisTier {
                     warn!("redis has not answered for several checks: reconnecting");
                     self.drop_link(&link);
                 }
+                if e.is_some() {
+                    // Answered, but not as the log's holder (a demoted
+                    // primary): find the log where it is now.
+                    self.drop_link(&link);
+                }
                 return self.failed(&link, "ping", e.as_ref());
             }
         };
         self.silent_checks.store(0, Ordering::Release);
-        if identity.run != link.run || identity.tenure != link.tenure {
+        if identity.run != link.run {
             // Something between us and Redis (a proxy) now reaches another
-            // process, or this one holds the log in a new tenure: this
-            // link's checks would be answered by the wrong log.
-            warn!(run = %identity.run, tenure = %identity.tenure, "redis behind the connection changed: reconnecting");
+            // process: this link's checks would be answered by the wrong log.
+            warn!(run = %identity.run, "redis behind the connection changed: reconnecting");
             self.drop_link(&link);
             return;
         }
@@ -250,13 +254,12 @@ impl RedisTier {
         let mut conn = link.conn.clone();
         let get = |name: &'static str| {
             let mut conn = conn.clone();
+            let limit = self.timeout.max(Duration::from_millis(250));
             async move {
-                let v: Vec<String> = redis::cmd("CONFIG")
-                    .arg("GET")
-                    .arg(name)
-                    .query_async(&mut conn)
-                    .await
-                    .ok()?;
+                let mut cmd = redis::cmd("CONFIG");
+                cmd.arg("GET").arg(name);
+                let query = cmd.query_async::<Vec<String>>(&mut conn);
+                let v = tokio::time::timeout(limit, query).await.ok()?.ok()?;
                 v.get(1).cloned()
             }
         };

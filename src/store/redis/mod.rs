@@ -127,8 +127,9 @@ pub struct Link {
     /// the log does: it only ever goes over `conn`.
     cluster: Option<ClusterConnection>,
     run: Arc<str>,
-    /// The node's tenure as the log's holder (see `identity`).
-    tenure: Arc<str>,
+    /// Counts the links this replica opened (a rehomed link keeps its
+    /// link's): the bounded follower subscribes again when it changes.
+    generation: u64,
     /// The prefix of the log's keys in this run (see `log::Keys`).
     log: Arc<str>,
     /// Counts the runs this replica has seen; entries remember it.
@@ -139,11 +140,9 @@ pub struct Link {
     on_request_runtime: bool,
 }
 
-/// Which Redis process a connection reaches, and its tenure as the log's
-/// holder (see `RedisTier::identity`).
+/// Which Redis process a connection reaches (see `RedisTier::identity`).
 pub(super) struct Identity {
     run: Arc<str>,
-    tenure: Arc<str>,
 }
 
 /// How phase 2 of a write ended.
@@ -238,7 +237,9 @@ pub struct RedisTier {
     sweep_script: redis::Script,
     heartbeat_script: redis::Script,
     activate_script: redis::Script,
-    tenure_script: redis::Script,
+    holder_script: redis::Script,
+    /// Counts the links opened (see `Link::generation`).
+    generations: AtomicU64,
 }
 
 impl RedisTier {
@@ -280,7 +281,8 @@ impl RedisTier {
             sweep_script: redis::Script::new(log::SWEEP),
             heartbeat_script: redis::Script::new(log::RULES_HEARTBEAT),
             activate_script: redis::Script::new(log::ACTIVATE_RULES),
-            tenure_script: redis::Script::new(log::TENURE),
+            holder_script: redis::Script::new(log::HOLDER),
+            generations: AtomicU64::new(0),
         }
     }
 

@@ -125,12 +125,17 @@ impl RedisTier {
                 break;
             }
             // Its fence still protects every replica while its link is the
-            // current one in the run it was recorded in: the lift only
-            // failed, Redis did not restart (and it is not reachable only
-            // through another connection). Not on a cluster: its master may
-            // be failing over right now (an unanswered lift is what that
-            // looks like), and the promoted one keeps a log without it.
-            stands = fenced_in == Some(l.epoch) && self.is_current(&l) && l.cluster.is_none();
+            // current one in the run it was recorded in and that process
+            // still answers as the log's primary: the lift only failed,
+            // Redis did not restart or fail over (and it is not reachable
+            // only through another connection). Not on a cluster: its
+            // master may be failing over right now (an unanswered lift is
+            // what that looks like), and the promoted one keeps a log
+            // without it.
+            stands = fenced_in == Some(l.epoch)
+                && self.is_current(&l)
+                && l.cluster.is_none()
+                && self.identity(&l.conn).await.is_ok_and(|id| id.run == l.run);
             if !second {
                 link = self.second_chance(&l).await;
             }
