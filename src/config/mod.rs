@@ -21,7 +21,9 @@ use crate::invalidation::Invalidation;
 use crate::rules::{CookieName, RouteTable};
 use crate::store::redis::Consistency;
 
+mod locate;
 mod monitoring;
+mod routes;
 pub mod schema;
 mod validate;
 
@@ -268,8 +270,8 @@ impl Config {
             RawConfig::default()
         } else {
             serde_yaml::from_str(text).map_err(|e| {
-                let message = validate::strip_location(&e.to_string());
-                let (line, column) = validate::refine_location(
+                let message = locate::strip_location(&e.to_string());
+                let (line, column) = locate::refine_location(
                     text,
                     e.location().map(|l| (l.line(), l.column())),
                     &message,
@@ -350,7 +352,7 @@ mod tests {
         let e = Config::from_str(text, None, &Overrides::default()).unwrap_err();
         let lines: Vec<_> = e.problems.iter().map(|p| p.line).collect();
         assert_eq!(lines, vec![Some(5), Some(4)], "{e}");
-        use validate::without_comment as code;
+        use locate::without_comment as code;
         assert_eq!(code("upstream: x # old: y"), "upstream: x ");
         assert_eq!(code("# all of it"), "");
         assert_eq!(code("purge: [/a#b]"), "purge: [/a#b]");

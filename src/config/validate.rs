@@ -1,16 +1,19 @@
 //! Validation: a raw config becomes a [`Config`] snapshot, or the list of
-//! *every* problem in it, each located in the file text.
+//! *every* problem in it, each located in the file text (`locate`). One
+//! function per section, each handed the problem collector; the rules'
+//! sections are in `routes`, monitoring's in `monitoring`.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use super::locate::locate;
+use super::monitoring::validate_monitoring;
+use super::routes::{cookie_names, purged_routes, validate_invalidation, validate_routes};
 use super::schema::*;
 use super::*;
 use crate::canonical::{MethodOverride, PathPolicy};
 use crate::forwarding::{self, TrustedProxies};
-use crate::invalidation::{Invalidation, RawRule};
-use crate::rules::{sample_path, CacheOverrides, CookieName, RouteTable, Rule};
 use crate::store::redis::Consistency;
 
 /// The longest `cache.namespace` (a build id or a commit hash fits easily).
@@ -31,146 +34,6 @@ fn check_namespace(ns: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// yaml_serde appends " at line L column C"; we print the location up front.
-pub(super) fn strip_location(msg: &str) -> String {
-    match msg.find(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg.to_string(),
-    }
-}
-
-/// The parser locates a bad value inside a list item at the item's start;
-/// when the message quotes the value, point at the value itself.
-pub(super) fn refine_location(
-    text: &str,
-    parser: Option<(usize, usize)>,
-    message: &str,
-) -> (Option<usize>, Option<usize>) {
-    let quoted = message
-        .split_once('"')
-        .and_then(|(_, rest)| rest.split_once('"'))
-        .map(|(q, _)| q);
-    if let (Some((line, _)), Some(q)) = (parser, quoted) {
-        for (i, l) in text.lines().enumerate().skip(line.saturating_sub(1)) {
-            if let Some(col) = without_comment(l).find(q) {
-                return (Some(i + 1), Some(col + 1));
-            }
-        }
-    }
-    match parser {
-        Some((l, c)) => (Some(l), Some(c)),
-        None => (None, None),
-    }
-}
-
-/// Find where `needle` is written in the file, to locate a semantic error.
-fn locate(text: &str, needle: &str) -> (Option<usize>, Option<usize>) {
-    if needle.is_empty() {
-        return (None, None);
-    }
-    for (i, line) in text.lines().enumerate() {
-        if let Some(col) = without_comment(line).find(needle) {
-            return (Some(i + 1), Some(col + 1));
-        }
-    }
-    (None, None)
-}
-
-/// A YAML line without its comment: from a `#` that starts the line or
-/// follows a space or tab, outside quotes (a `#` inside a value, as in
-/// `/a#b` or `"x # y"`, is not a comment).
-pub(super) fn without_comment(line: &str) -> &str {
-    let mut quote = None;
-    let mut previous = ' ';
-    for (i, c) in line.char_indices() {
-        match (quote, c) {
-            (None, '"' | '\'') => quote = Some(c),
-            (Some(q), _) if c == q => quote = None,
-            (None, '#') if previous == ' ' || previous == '\t' => return &line[..i],
-            _ => {}
-        }
-        previous = c;
-    }
-    line
-}
-
-fn validate_monitoring(
-    raw: RawMonitoring,
-    problem: &mut impl FnMut(&str, String),
-) -> MonitoringConfig {
-    let d = MonitoringConfig::default();
-    let mut m = MonitoringConfig {
-        window: raw.window.map_or(d.window, |x| x.0),
-        evaluate_every: raw.evaluate_every.map_or(d.evaluate_every, |x| x.0),
-        min_requests: raw.min_requests.unwrap_or(d.min_requests),
-        operations: raw.operations.unwrap_or(d.operations),
-        thresholds: Vec::new(),
-    };
-    if m.window < Duration::from_secs(1) {
-        problem("window", "monitoring.window must be at least 1s".into());
-    }
-    if m.evaluate_every < Duration::from_millis(100) {
-        problem(
-            "evaluate_every",
-            "monitoring.evaluate_every must be at least 100ms".into(),
-        );
-    }
-    if m.operations > 100_000 {
-        problem(
-            "operations",
-            "monitoring.operations must be at most 100000 (it is kept in memory)".into(),
-        );
-    }
-    let a = raw.alerts;
-    let fraction = |l: RawLevels<f64>| (l.critical, l.error, l.warning);
-    let seconds = |l: RawLevels<Dur>| {
-        (
-            l.critical.map(|d| d.0.as_secs_f64()),
-            l.error.map(|d| d.0.as_secs_f64()),
-            l.warning.map(|d| d.0.as_secs_f64()),
-        )
-    };
-    let given = [
-        (Metric::HitRate, a.hit_rate.map(fraction)),
-        (Metric::P95, a.p95.map(seconds)),
-        (Metric::Average, a.average.map(seconds)),
-        (Metric::ErrorRate, a.error_rate.map(fraction)),
-    ];
-    for (metric, levels) in given {
-        let Some((critical, error, warning)) = levels else {
-            m.thresholds.extend(
-                default_thresholds()
-                    .into_iter()
-                    .filter(|t| t.metric == metric),
-            );
-            continue;
-        };
-        for (severity, value) in [
-            (Severity::Critical, critical),
-            (Severity::Error, error),
-            (Severity::Warning, warning),
-        ] {
-            let Some(value) = value else { continue };
-            let is_rate = matches!(metric, Metric::HitRate | Metric::ErrorRate);
-            if is_rate && !(0.0..=1.0).contains(&value) {
-                problem(
-                    metric.name(),
-                    format!(
-                        "monitoring.alerts.{}: {value} is not a fraction between 0 and 1 (0.7 means 70%)",
-                        metric.name()
-                    ),
-                );
-            }
-            m.thresholds.push(Threshold {
-                metric,
-                severity,
-                value,
-            });
-        }
-    }
-    m
 }
 
 pub(super) fn validate(
@@ -197,133 +60,13 @@ pub(super) fn validate(
     if let Err(m) = check_namespace(&namespace) {
         problem(&namespace, m);
     }
-    let listen_s = ov
-        .listen
-        .clone()
-        .or(raw.listen)
-        .unwrap_or_else(|| DEFAULT_LISTEN.into());
-    let listen = parse_addr(&listen_s, "listen").unwrap_or_else(|m| {
-        problem(&listen_s, m);
-        fallback_addr()
-    });
-    let admin_s = ov
-        .admin_listen
-        .clone()
-        .or(raw.admin.listen)
-        .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.into());
-    let admin_listen = parse_addr(&admin_s, "admin.listen").unwrap_or_else(|m| {
-        problem(&admin_s, m);
-        fallback_addr()
-    });
-    let admin_auth = AdminAuth {
-        token: ov.admin_token.clone().or(raw.admin.token.clone()),
-        read_token: ov.admin_read_token.clone().or(raw.admin.read_token.clone()),
-        open: raw
-            .admin
-            .open
-            .clone()
-            .unwrap_or_else(|| vec!["/healthz".to_string()]),
-    };
-    for (name, t) in [
-        ("admin.token", &admin_auth.token),
-        ("admin.read_token", &admin_auth.read_token),
-    ] {
-        if t.as_ref().is_some_and(|t| t.len() < 16) {
-            problem(
-                name.trim_start_matches("admin."),
-                format!("{name} is shorter than 16 characters: use a long random value"),
-            );
-        }
-    }
-    if !admin_listen.ip().is_loopback() && admin_auth.token.is_none() {
-        problem(
-            &admin_s,
-            format!(
-                "admin.listen {admin_listen} is reachable from other hosts: set admin.token \
-                 (or FRESHGATE_ADMIN_TOKEN), or listen on 127.0.0.1"
-            ),
-        );
-    }
-    let upstream_s = ov
-        .upstream
-        .clone()
-        .or(raw.upstream)
-        .unwrap_or_else(|| DEFAULT_UPSTREAM.into());
-    let upstream = parse_upstream(&upstream_s).unwrap_or_else(|m| {
-        problem(&upstream_s, m);
-        Upstream {
-            addr: String::new(),
-            host: String::new(),
-        }
-    });
-
-    let redis_url = ov
-        .redis
-        .clone()
-        .or(raw.store.redis.as_ref().and_then(|r| r.url.clone()));
-    if redis_url.is_none() && raw.store.redis.is_some() {
-        problem(
-            "redis",
-            "store.redis needs a url (or --redis / FRESHGATE_REDIS)".into(),
-        );
-    }
-    let redis = redis_url.map(|url| {
-        if !(url.starts_with("redis://") || url.starts_with("unix://")) {
-            problem(
-                &url,
-                format!("store.redis.url {url:?} must start with redis:// or unix://"),
-            );
-        }
-        let timeout = ov
-            .redis_timeout
-            .or(raw
-                .store
-                .redis
-                .as_ref()
-                .and_then(|r| r.timeout)
-                .map(|d| d.0))
-            .unwrap_or(DEFAULT_REDIS_TIMEOUT);
-        if timeout.is_zero() {
-            problem("timeout", "store.redis.timeout must be more than 0".into());
-        }
-        let consistency = match raw
-            .store
-            .redis
-            .as_ref()
-            .and_then(|r| r.consistency.as_deref())
-        {
-            None => Consistency::Strict,
-            Some(c) => Consistency::parse(c).unwrap_or_else(|| {
-                problem(
-                    c,
-                    format!("store.redis.consistency {c:?}: use strict or bounded"),
-                );
-                Consistency::Strict
-            }),
-        };
-        let on_unrecorded_write = match raw
-            .store
-            .redis
-            .as_ref()
-            .and_then(|r| r.on_unrecorded_write.as_deref())
-        {
-            None | Some("pass") => UnrecordedWrite::Pass,
-            Some("reject") => UnrecordedWrite::Reject,
-            Some(other) => {
-                problem(
-                    other,
-                    format!("store.redis.on_unrecorded_write {other:?}: use pass or reject"),
-                );
-                UnrecordedWrite::Pass
-            }
-        };
-        RedisConfig {
-            url,
-            timeout,
-            consistency,
-            on_unrecorded_write,
-        }
-    });
+    let Listeners {
+        listen,
+        admin_listen,
+        admin_auth,
+        upstream,
+    } = validate_listeners(&raw, ov, &mut problem);
+    let redis = validate_redis(raw.store.redis.as_ref(), ov, &mut problem);
     let write_timeout = raw.writes.timeout.map_or(DEFAULT_WRITE_TIMEOUT, |d| d.0);
     if write_timeout.is_zero() {
         problem("timeout", "writes.timeout must be more than 0".into());
@@ -357,226 +100,19 @@ pub(super) fn validate(
         method_override,
         env!("CARGO_PKG_VERSION")
     ));
-    let cookie_names = |list: &[String], problem: &mut dyn FnMut(&str, String)| {
-        list.iter()
-            .filter_map(|c| {
-                CookieName::parse(c)
-                    .map_err(|m| problem(c, format!("ignore_cookies: {m}")))
-                    .ok()
-            })
-            .collect::<Vec<_>>()
-    };
     let default_ignored = cookie_names(
         raw.cache.ignore_cookies.as_deref().unwrap_or_default(),
         &mut problem,
     );
-    let mut rules = Vec::new();
-    let mut names = std::collections::HashSet::new();
-    for r in raw.routes {
-        if r.name.is_empty()
-            || !r
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            problem(
-                &r.name,
-                format!("route name {:?} must be non-empty and use only letters, digits, '-' and '_' (it becomes a metric label)", r.name),
-            );
-        }
-        if !names.insert(r.name.clone()) {
-            problem(&r.name, format!("route name {:?} is used twice", r.name));
-        }
-        for h in &r.key.headers {
-            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                problem(h, format!("key.headers: {h:?} is not a valid header name"));
-            }
-        }
-        let mut overrides = CacheOverrides {
-            no_store: r.override_no_store,
-            ..CacheOverrides::default()
-        };
-        for o in &r.overrides {
-            if !overrides.add(o) {
-                problem(
-                    o,
-                    format!(
-                        "override: {o:?} is not one of {}",
-                        CacheOverrides::NAMES.join(", ")
-                    ),
-                );
-            }
-        }
-        if !r.overrides.is_empty() && r.ttl.is_none() {
-            problem(
-                &r.name,
-                format!(
-                    "route {:?}: override needs a ttl (it says where the ttl beats the app's headers)",
-                    r.name
-                ),
-            );
-        }
-        for &s in r.statuses.iter().flatten() {
-            if !(200..=599).contains(&s) || s == 206 || s == 304 {
-                problem(
-                    &s.to_string(),
-                    format!(
-                        "route {:?}: status {s} cannot be stored (200-599, except 206 and 304)",
-                        r.name
-                    ),
-                );
-            }
-        }
-        rules.push(Rule {
-            name: r.name,
-            pattern: r.pattern,
-            ttl: r.ttl.map(|d| d.0),
-            overrides,
-            statuses: r.statuses,
-            negative_ttl: r.negative_ttl.map(|d| d.0),
-            key_headers: r
-                .key
-                .headers
-                .iter()
-                .map(|h| h.to_ascii_lowercase())
-                .collect(),
-            ignore_cookies: match &r.ignore_cookies {
-                Some(list) => cookie_names(list, &mut problem),
-                None => default_ignored.clone(),
-            },
-            key_cookies: r.key.cookies,
-            enabled: r.enabled,
-        });
-    }
-    let routes = match RouteTable::new(rules, &paths) {
-        Ok(t) => t,
-        Err(errs) => {
-            for e in errs {
-                problem(&e.pattern, e.to_string());
-            }
-            RouteTable::default()
-        }
-    };
-
-    let invalidation = match Invalidation::new(
-        raw.invalidate
-            .into_iter()
-            .map(|r| RawRule {
-                name: r.name,
-                on: r.on,
-                purge: r.purge,
-            })
-            .collect(),
-        &paths,
-    ) {
-        Ok(i) => i,
-        Err(errs) => {
-            for e in errs {
-                problem(&e.at, e.message);
-            }
-            Invalidation::default()
-        }
-    };
-
+    let routes = validate_routes(raw.routes, &default_ignored, &paths, &mut problem);
+    let invalidation = validate_invalidation(raw.invalidate, &paths, &mut problem);
     let monitoring = validate_monitoring(raw.monitoring, &mut problem);
-    let warm = Warm {
-        host: raw.warm.host.unwrap_or_else(|| listen.to_string()),
-        scheme: match raw.warm.scheme.as_deref() {
-            None | Some("http") => "http",
-            Some("https") => "https",
-            Some(other) => {
-                problem(
-                    other,
-                    format!("warm.scheme {other:?} must be http or https"),
-                );
-                "http"
-            }
-        },
-        paths: raw.warm.paths,
-    };
-    if crate::host::normalize(&warm.host, "http").is_err() {
-        problem(
-            "host",
-            format!(
-                "warm.host {:?} is not a host name (e.g. app.example.com)",
-                warm.host
-            ),
-        );
-    }
-    if warm.paths.len() > MAX_WARM_PATHS {
-        problem(
-            "warm",
-            format!("warm.paths may list at most {MAX_WARM_PATHS} paths"),
-        );
-    }
-    for p in &warm.paths {
-        if !p.starts_with('/') || p.contains(char::is_whitespace) {
-            problem(
-                p,
-                format!("warm path {p:?} must start with / and contain no spaces"),
-            );
-        }
-    }
-    let targeted_fields: Vec<String> = match &raw.cache.targeted_fields {
-        None => crate::storable::DEFAULT_TARGETED
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        Some(list) => list.iter().map(|s| s.to_ascii_lowercase()).collect(),
-    };
-    for f in &targeted_fields {
-        let reserved = ["cache-control", "expires", "pragma"].contains(&f.as_str());
-        if http::HeaderName::from_bytes(f.as_bytes()).is_err() || reserved {
-            problem(
-                f,
-                format!("cache.targeted_fields: {f:?} is not a targeted field name (e.g. cdn-cache-control)"),
-            );
-        }
-    }
-    let trusted_proxies = match raw.trusted_proxies {
-        None => TrustedProxies::default(),
-        Some(list) => TrustedProxies::new(
-            list.iter()
-                .filter_map(|n| {
-                    forwarding::parse_net(n)
-                        .map_err(|m| problem(n, format!("trusted_proxies: {m}")))
-                        .ok()
-                })
-                .collect(),
-        ),
-    };
-    let t = raw.timeouts;
-    let timeouts = Timeouts {
-        upstream_connect: t.upstream_connect.map_or(DEFAULT_UPSTREAM_CONNECT, |d| d.0),
-        upstream_read: t.upstream_read.map_or(DEFAULT_UPSTREAM_READ, |d| d.0),
-        client_read: t.client_read.map_or(DEFAULT_CLIENT_TIMEOUT, |d| d.0),
-        client_write: t.client_write.map_or(DEFAULT_CLIENT_TIMEOUT, |d| d.0),
-    };
-    for (name, d) in [
-        ("upstream_connect", timeouts.upstream_connect),
-        ("upstream_read", timeouts.upstream_read),
-        ("client_read", timeouts.client_read),
-        ("client_write", timeouts.client_write),
-    ] {
-        if d.is_zero() {
-            problem(name, format!("timeouts.{name} must be more than 0"));
-        }
-    }
-    let purged_routes = invalidation
-        .rules
-        .iter()
-        .map(|r| {
-            let mut names: Vec<String> = r
-                .purge
-                .iter()
-                .filter_map(|&ti| sample_path(&invalidation.targets[ti].pattern))
-                .filter_map(|p| routes.lookup(&paths.route_path(&p)).map(|r| r.name.clone()))
-                .collect();
-            names.sort();
-            names.dedup();
-            (r.name.clone(), names)
-        })
-        .collect();
+    let warm = validate_warm(raw.warm, listen, &mut problem);
+    let targeted_fields =
+        validate_targeted_fields(raw.cache.targeted_fields.as_deref(), &mut problem);
+    let trusted_proxies = validate_trusted_proxies(raw.trusted_proxies, &mut problem);
+    let timeouts = validate_timeouts(raw.timeouts, &mut problem);
+    let purged_routes = purged_routes(&invalidation, &routes, &paths);
 
     if !problems.is_empty() {
         return Err(problems);
@@ -640,6 +176,251 @@ pub(super) fn validate(
         trusted_proxies,
         timeouts,
     })
+}
+
+/// `listen`, `admin` and `upstream`, as given or overridden.
+struct Listeners {
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    admin_auth: AdminAuth,
+    upstream: Upstream,
+}
+
+fn validate_listeners(
+    raw: &RawConfig,
+    ov: &Overrides,
+    problem: &mut impl FnMut(&str, String),
+) -> Listeners {
+    let listen_s = ov
+        .listen
+        .clone()
+        .or(raw.listen.clone())
+        .unwrap_or_else(|| DEFAULT_LISTEN.into());
+    let listen = parse_addr(&listen_s, "listen").unwrap_or_else(|m| {
+        problem(&listen_s, m);
+        fallback_addr()
+    });
+    let admin_s = ov
+        .admin_listen
+        .clone()
+        .or(raw.admin.listen.clone())
+        .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.into());
+    let admin_listen = parse_addr(&admin_s, "admin.listen").unwrap_or_else(|m| {
+        problem(&admin_s, m);
+        fallback_addr()
+    });
+    let admin_auth = AdminAuth {
+        token: ov.admin_token.clone().or(raw.admin.token.clone()),
+        read_token: ov.admin_read_token.clone().or(raw.admin.read_token.clone()),
+        open: raw
+            .admin
+            .open
+            .clone()
+            .unwrap_or_else(|| vec!["/healthz".to_string()]),
+    };
+    for (name, t) in [
+        ("admin.token", &admin_auth.token),
+        ("admin.read_token", &admin_auth.read_token),
+    ] {
+        if t.as_ref().is_some_and(|t| t.len() < 16) {
+            problem(
+                name.trim_start_matches("admin."),
+                format!("{name} is shorter than 16 characters: use a long random value"),
+            );
+        }
+    }
+    if !admin_listen.ip().is_loopback() && admin_auth.token.is_none() {
+        problem(
+            &admin_s,
+            format!(
+                "admin.listen {admin_listen} is reachable from other hosts: set admin.token \
+                 (or FRESHGATE_ADMIN_TOKEN), or listen on 127.0.0.1"
+            ),
+        );
+    }
+    let upstream_s = ov
+        .upstream
+        .clone()
+        .or(raw.upstream.clone())
+        .unwrap_or_else(|| DEFAULT_UPSTREAM.into());
+    let upstream = parse_upstream(&upstream_s).unwrap_or_else(|m| {
+        problem(&upstream_s, m);
+        Upstream {
+            addr: String::new(),
+            host: String::new(),
+        }
+    });
+
+    Listeners {
+        listen,
+        admin_listen,
+        admin_auth,
+        upstream,
+    }
+}
+
+/// `store.redis`, as given or overridden.
+fn validate_redis(
+    raw: Option<&RawRedis>,
+    ov: &Overrides,
+    problem: &mut impl FnMut(&str, String),
+) -> Option<RedisConfig> {
+    let redis_url = ov.redis.clone().or(raw.and_then(|r| r.url.clone()));
+    if redis_url.is_none() && raw.is_some() {
+        problem(
+            "redis",
+            "store.redis needs a url (or --redis / FRESHGATE_REDIS)".into(),
+        );
+    }
+    redis_url.map(|url| {
+        if !(url.starts_with("redis://") || url.starts_with("unix://")) {
+            problem(
+                &url,
+                format!("store.redis.url {url:?} must start with redis:// or unix://"),
+            );
+        }
+        let timeout = ov
+            .redis_timeout
+            .or(raw.and_then(|r| r.timeout).map(|d| d.0))
+            .unwrap_or(DEFAULT_REDIS_TIMEOUT);
+        if timeout.is_zero() {
+            problem("timeout", "store.redis.timeout must be more than 0".into());
+        }
+        let consistency = match raw.and_then(|r| r.consistency.as_deref()) {
+            None => Consistency::Strict,
+            Some(c) => Consistency::parse(c).unwrap_or_else(|| {
+                problem(
+                    c,
+                    format!("store.redis.consistency {c:?}: use strict or bounded"),
+                );
+                Consistency::Strict
+            }),
+        };
+        let on_unrecorded_write = match raw.and_then(|r| r.on_unrecorded_write.as_deref()) {
+            None | Some("pass") => UnrecordedWrite::Pass,
+            Some("reject") => UnrecordedWrite::Reject,
+            Some(other) => {
+                problem(
+                    other,
+                    format!("store.redis.on_unrecorded_write {other:?}: use pass or reject"),
+                );
+                UnrecordedWrite::Pass
+            }
+        };
+        RedisConfig {
+            url,
+            timeout,
+            consistency,
+            on_unrecorded_write,
+        }
+    })
+}
+
+/// `warm`: where the warmer sends its requests.
+fn validate_warm(raw: RawWarm, listen: SocketAddr, problem: &mut impl FnMut(&str, String)) -> Warm {
+    let warm = Warm {
+        host: raw.host.unwrap_or_else(|| listen.to_string()),
+        scheme: match raw.scheme.as_deref() {
+            None | Some("http") => "http",
+            Some("https") => "https",
+            Some(other) => {
+                problem(
+                    other,
+                    format!("warm.scheme {other:?} must be http or https"),
+                );
+                "http"
+            }
+        },
+        paths: raw.paths,
+    };
+    if crate::host::normalize(&warm.host, "http").is_err() {
+        problem(
+            "host",
+            format!(
+                "warm.host {:?} is not a host name (e.g. app.example.com)",
+                warm.host
+            ),
+        );
+    }
+    if warm.paths.len() > MAX_WARM_PATHS {
+        problem(
+            "warm",
+            format!("warm.paths may list at most {MAX_WARM_PATHS} paths"),
+        );
+    }
+    for p in &warm.paths {
+        if !p.starts_with('/') || p.contains(char::is_whitespace) {
+            problem(
+                p,
+                format!("warm path {p:?} must start with / and contain no spaces"),
+            );
+        }
+    }
+    warm
+}
+
+/// `cache.targeted_fields` (RFC 9213), lower-cased.
+fn validate_targeted_fields(
+    raw: Option<&[String]>,
+    problem: &mut impl FnMut(&str, String),
+) -> Vec<String> {
+    let targeted_fields: Vec<String> = match raw {
+        None => crate::storable::DEFAULT_TARGETED
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        Some(list) => list.iter().map(|s| s.to_ascii_lowercase()).collect(),
+    };
+    for f in &targeted_fields {
+        let reserved = ["cache-control", "expires", "pragma"].contains(&f.as_str());
+        if http::HeaderName::from_bytes(f.as_bytes()).is_err() || reserved {
+            problem(
+                f,
+                format!("cache.targeted_fields: {f:?} is not a targeted field name (e.g. cdn-cache-control)"),
+            );
+        }
+    }
+    targeted_fields
+}
+
+/// `trusted_proxies`: the peers whose forwarding headers are believed.
+fn validate_trusted_proxies(
+    raw: Option<Vec<String>>,
+    problem: &mut impl FnMut(&str, String),
+) -> TrustedProxies {
+    match raw {
+        None => TrustedProxies::default(),
+        Some(list) => TrustedProxies::new(
+            list.iter()
+                .filter_map(|n| {
+                    forwarding::parse_net(n)
+                        .map_err(|m| problem(n, format!("trusted_proxies: {m}")))
+                        .ok()
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// `timeouts`: each more than zero.
+fn validate_timeouts(t: RawTimeouts, problem: &mut impl FnMut(&str, String)) -> Timeouts {
+    let timeouts = Timeouts {
+        upstream_connect: t.upstream_connect.map_or(DEFAULT_UPSTREAM_CONNECT, |d| d.0),
+        upstream_read: t.upstream_read.map_or(DEFAULT_UPSTREAM_READ, |d| d.0),
+        client_read: t.client_read.map_or(DEFAULT_CLIENT_TIMEOUT, |d| d.0),
+        client_write: t.client_write.map_or(DEFAULT_CLIENT_TIMEOUT, |d| d.0),
+    };
+    for (name, d) in [
+        ("upstream_connect", timeouts.upstream_connect),
+        ("upstream_read", timeouts.upstream_read),
+        ("client_read", timeouts.client_read),
+        ("client_write", timeouts.client_write),
+    ] {
+        if d.is_zero() {
+            problem(name, format!("timeouts.{name} must be more than 0"));
+        }
+    }
+    timeouts
 }
 
 fn validate_method_override(

@@ -62,10 +62,6 @@ const LONG_FILES: &[(&str, &str)] = &[
         "store/mod.rs",
         "not yet split: the tier trait and the invalidation-log trait (issue 18)",
     ),
-    (
-        "config/validate.rs",
-        "one pass over the whole file; per-section functions are next (issue 18)",
-    ),
 ];
 
 fn src() -> PathBuf {
