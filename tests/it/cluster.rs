@@ -104,7 +104,7 @@ async fn replicas_on_a_redis_cluster_share_entries_and_every_invalidation() {
 
 /// A master that holds the log again after another did (a failover and
 /// back) has the same `run_id` and its old copy of the log, which lacks
-/// what was recorded meanwhile: nothing cached in its earlier tenure may be
+/// what was recorded meanwhile: nothing cached in its earlier hold may be
 /// served again — by a replica that lived through the moves, nor by one
 /// started after them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,7 +84,16 @@ impl RedisTier {
             checks: Default::default(),
             on_request_runtime,
         };
-        link.run = self.identity(&link.conn).await?.run;
+        let identity = self.identity(&link.conn).await?;
+        self.replicated
+            .store(identity.replicated || in_cluster, Ordering::Release);
+        if !identity.primary {
+            return Err(Some(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "this redis is a replica: the log is held by its primary",
+            ))));
+        }
+        link.run = identity.run;
         link.log = Keys::log(&link.run, in_cluster).into();
         let floor = self.hold_floor(&link, in_cluster).await?;
         if in_cluster {
@@ -95,17 +104,25 @@ impl RedisTier {
 
     /// The floor of this run's current hold on the log: the clock value
     /// before which nothing in its log may be trusted (see [`log::HOLDER`]).
-    async fn hold_floor(
+    pub(super) async fn hold_floor(
         &self,
         link: &Link,
         in_cluster: bool,
     ) -> Result<u64, Option<redis::RedisError>> {
+        // The highest clock value this replica saw in this run (none if it
+        // has not seen the run yet).
+        let seen = if self.run.lock().as_deref() == Some(&*link.run) {
+            self.clock_seen.load(Ordering::Acquire)
+        } else {
+            0
+        };
         let mut inv = self.holder_script.prepare_invoke();
         inv.key(Keys::holder(in_cluster))
             .key(Keys::clock(&link.log))
             .key(Keys::floor(&link.log))
             .arg(&*link.run)
-            .arg(log::HOLDER_GAP);
+            .arg(log::HOLDER_GAP)
+            .arg(seen);
         let mut conn = link.conn.clone();
         tokio::time::timeout(
             self.timeout.max(Duration::from_millis(250)),

@@ -1,5 +1,5 @@
 //! The connection to Redis: a [`Link`]'s connection to the log is bound to
-//! the run (and tenure) of Redis it reached and never reconnects by itself
+//! the run of Redis it reached and never reconnects by itself
 //! (see the module above for why; on a cluster, its second connection, for
 //! entries only, does); calls over it; the circuit breaker that stops
 //! calling a failing Redis; whether the tier is usable now.
@@ -236,9 +236,8 @@ impl RedisTier {
             .is_some_and(|c| Arc::ptr_eq(c, link))
     }
 
-    /// Which Redis process `conn` reaches (`run_id`, `INFO server`). An
-    /// error unless it is a primary (`INFO replication`): a demoted one
-    /// still answers reads, from a log no replica writes to any more.
+    /// Which Redis process `conn` reaches (`run_id`, `INFO server`), and
+    /// whether it is a primary and has replicas (`INFO replication`).
     pub(super) async fn identity(
         &self,
         conn: &MultiplexedConnection,
@@ -262,16 +261,18 @@ impl RedisTier {
                 .map(str::trim)
                 .map(str::to_string)
         };
-        let refused =
-            |what: &'static str| Some(redis::RedisError::from((redis::ErrorKind::Parse, what)));
-        if field(&replication, "role").as_deref() != Some("master") {
-            return Err(refused(
-                "redis is a replica: the log is held by its primary",
-            ));
-        }
-        let run = field(&server, "run_id").ok_or_else(|| refused("INFO has no run_id"))?;
+        let run = field(&server, "run_id").ok_or_else(|| {
+            Some(redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "INFO has no run_id",
+            )))
+        })?;
         Ok(Identity {
             run: Arc::from(run),
+            // A missing role (a proxy in between that hides it) counts as
+            // not a primary: nothing is trusted that cannot be checked.
+            primary: field(&replication, "role").as_deref() == Some("master"),
+            replicated: field(&replication, "connected_slaves").is_none_or(|n| n != "0"),
         })
     }
 
@@ -308,9 +309,10 @@ impl RedisTier {
                     warn!(%run, "redis restarted: treating everything cached before as invalid");
                 }
                 *known = Some(run.clone());
-                // The new run's clock starts again from zero, and what
-                // bounded mode heard belongs to the old one.
-                self.floor.store(0, Ordering::Release);
+                // The new run's clock starts again (at its hold's floor),
+                // and what bounded mode heard belongs to the old one.
+                self.floor.store(hold_floor, Ordering::Release);
+                self.clock_seen.store(hold_floor, Ordering::Release);
                 self.followed.subscribed.store(false, Ordering::Release);
                 self.followed.clear();
                 self.rules_ok.store(false, Ordering::Release);
@@ -323,6 +325,9 @@ impl RedisTier {
         // Before the link is used: entries fetched before this run's hold
         // on the log began are not served.
         self.floor.fetch_max(hold_floor, Ordering::AcqRel);
+        self.clock_seen.fetch_max(hold_floor, Ordering::AcqRel);
+        // Bounded mode hears nothing until it subscribes on this link.
+        self.followed.subscribed.store(false, Ordering::Release);
         let generation = self.generations.fetch_add(1, Ordering::AcqRel) + 1;
         let link = Arc::new(Link {
             epoch,
@@ -412,7 +417,7 @@ impl RedisTier {
         let same = self
             .identity(&moved.conn)
             .await
-            .is_ok_and(|id| id.run == link.run);
+            .is_ok_and(|id| id.run == link.run && id.primary);
         if !same {
             return;
         }

@@ -269,30 +269,34 @@ redis.call('PUBLISH', ARGV[4], s .. ' ' .. ARGV[5] .. '\n' .. ARGV[6])
 return s
 "#;
 
-/// How far the clock moves when a run takes the log back: more clock
-/// values than a replica's replication could ever have lost (see
-/// [`HOLDER`]); 65,536 such moves still leave the clock far below
-/// `FENCE_UNIT`.
+/// How far the clock moves when a run's log cannot be trusted as it is:
+/// more clock values than its replication could ever have lost (see
+/// [`HOLDER`]). 65,535 such moves in one run would reach `FENCE_UNIT`.
 pub(super) const HOLDER_GAP: u64 = 1 << 24;
 
-/// Run `ARGV[1]` holds the log now. If the holder key names another run (or
-/// no run, or this run's floor is gone), this run's copy of its log may be
-/// outdated: the process held it before, another held the log meanwhile
-/// (a failover and back, a reshard and back, a primary demoted and
-/// promoted again) and recorded there what this copy lacks — the holder
-/// key came back with the data, naming that other run. Nothing fetched
-/// before now is trusted: the clock moves by `ARGV[2]` (past values this
-/// copy may have lost to asynchronous replication), and that value is the
-/// floor of this hold. KEYS: holder, clock, floor. Returns the floor (the
-/// first replica to connect sets it; the others read it). A new log gets
-/// one too, harmlessly.
+/// Run `ARGV[1]` holds the log now; the replica asking has seen its clock
+/// reach `ARGV[3]`. This run's copy of the log cannot be trusted as it is
+/// when the holder key names another run (the process held the log
+/// before, another held it meanwhile — a failover and back, a reshard and
+/// back, a primary demoted and promoted — and recorded there what this
+/// copy lacks; the key came back with the data), when this run's floor is
+/// gone, or when its clock is below what a replica saw (it lost a tail of
+/// records: asynchronous replication, a restore). Then nothing fetched
+/// before now is trusted: the clock moves past both by `ARGV[2]` (past
+/// values the copy may have lost), and that value is the floor of this
+/// hold. KEYS: holder, clock, floor. Returns the floor. Every replica runs
+/// it when it connects and at every check, and adopts the floor. A new log
+/// gets a floor too, harmlessly.
 pub(super) const HOLDER: &str = r#"
 local floor = redis.call('GET', KEYS[3])
-if redis.call('GET', KEYS[1]) ~= ARGV[1] or not floor then
-  local s = redis.call('INCRBY', KEYS[2], ARGV[2])
+local clock = tonumber(redis.call('GET', KEYS[2]) or '0')
+local seen = tonumber(ARGV[3])
+if redis.call('GET', KEYS[1]) ~= ARGV[1] or not floor or clock < seen then
+  local s = string.format('%.0f', math.max(clock, seen) + tonumber(ARGV[2]))
+  redis.call('SET', KEYS[2], s)
   redis.call('SET', KEYS[3], s)
   redis.call('SET', KEYS[1], ARGV[1])
-  return s
+  return tonumber(s)
 end
 return tonumber(floor)
 "#;

@@ -80,21 +80,39 @@ impl RedisTier {
                     warn!("redis has not answered for several checks: reconnecting");
                     self.drop_link(&link);
                 }
-                if e.is_some() {
-                    // Answered, but not as the log's holder (a demoted
-                    // primary): find the log where it is now.
-                    self.drop_link(&link);
-                }
                 return self.failed(&link, "ping", e.as_ref());
             }
         };
         self.silent_checks.store(0, Ordering::Release);
+        self.replicated.store(
+            identity.replicated || link.cluster.is_some(),
+            Ordering::Release,
+        );
+        if !identity.primary {
+            // A demoted primary still answers reads, from a log no replica
+            // writes to any more: find the log where it is now.
+            warn!("redis is no longer a primary: reconnecting");
+            self.drop_link(&link);
+            return;
+        }
         if identity.run != link.run {
             // Something between us and Redis (a proxy) now reaches another
             // process: this link's checks would be answered by the wrong log.
             warn!(run = %identity.run, "redis behind the connection changed: reconnecting");
             self.drop_link(&link);
             return;
+        }
+        // Every check, not only when connecting: another replica may have
+        // found this run's log untrustworthy (or this one may now), and
+        // moved its floor.
+        match self.hold_floor(&link, link.cluster.is_some()).await {
+            Ok(floor) => {
+                if self.floor.fetch_max(floor, Ordering::AcqRel) < floor {
+                    warn!(floor, "redis's log was held by another run or lost records: entries fetched before now will not be served");
+                }
+                self.clock_seen.fetch_max(floor, Ordering::AcqRel);
+            }
+            Err(e) => return self.failed(&link, "holder", e.as_ref()),
         }
         self.rehome(&link).await;
         self.sweep(&link).await;

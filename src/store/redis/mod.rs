@@ -143,6 +143,12 @@ pub struct Link {
 /// Which Redis process a connection reaches (see `RedisTier::identity`).
 pub(super) struct Identity {
     run: Arc<str>,
+    /// It is a primary (`role:master`): a demoted one still answers reads,
+    /// from a log no replica writes to any more.
+    primary: bool,
+    /// Replicas follow it (a cluster's master, a Sentinel primary): a
+    /// failover could promote one that lacks its latest records.
+    replicated: bool,
 }
 
 /// How phase 2 of a write ended.
@@ -240,6 +246,11 @@ pub struct RedisTier {
     holder_script: redis::Script,
     /// Counts the links opened (see `Link::generation`).
     generations: AtomicU64,
+    /// The highest clock value read or written in the current run (see
+    /// `log::HOLDER`): a log whose clock is found below it lost records.
+    clock_seen: AtomicU64,
+    /// The log's node has replicas, or is a cluster's (see `Identity`).
+    replicated: AtomicBool,
 }
 
 impl RedisTier {
@@ -283,6 +294,8 @@ impl RedisTier {
             activate_script: redis::Script::new(log::ACTIVATE_RULES),
             holder_script: redis::Script::new(log::HOLDER),
             generations: AtomicU64::new(0),
+            clock_seen: AtomicU64::new(0),
+            replicated: AtomicBool::new(true),
         }
     }
 
@@ -356,6 +369,7 @@ impl RedisTier {
                 }
                 let v: Vec<Option<u64>> = self.run(&link, "clock", cmd).await?;
                 let seq = v.first().copied().flatten().unwrap_or(0);
+                self.saw_clock(&link, seq);
                 (seq, v.iter().skip(1).any(|v| log::fenced(*v)))
             }
         };
@@ -374,7 +388,16 @@ impl RedisTier {
                 redis::cmd("GET").arg(Keys::clock(&link.log)).clone(),
             )
             .await?;
-        Some(v.unwrap_or(0))
+        let seq = v.unwrap_or(0);
+        self.saw_clock(link, seq);
+        Some(seq)
+    }
+
+    /// Note that `link`'s run showed clock value `seq` (see `clock_seen`).
+    fn saw_clock(&self, link: &Link, seq: u64) {
+        if link.epoch == self.epoch.load(Ordering::Acquire) {
+            self.clock_seen.fetch_max(seq, Ordering::AcqRel);
+        }
     }
 
     /// Whether an entry of run `link` fetched at `fetch_seq` with `tags` may

@@ -125,17 +125,15 @@ impl RedisTier {
                 break;
             }
             // Its fence still protects every replica while its link is the
-            // current one in the run it was recorded in and that process
-            // still answers as the log's primary: the lift only failed,
-            // Redis did not restart or fail over (and it is not reachable
-            // only through another connection). Not on a cluster: its
-            // master may be failing over right now (an unanswered lift is
-            // what that looks like), and the promoted one keeps a log
-            // without it.
+            // current one in the run it was recorded in: the lift only
+            // failed, Redis did not restart (and it is not reachable only
+            // through another connection). Not when the log's node has
+            // replicas (a cluster's master, a Sentinel primary): it may be
+            // failing over right now (an unanswered lift is what that looks
+            // like), and the promoted replica may lack the fence.
             stands = fenced_in == Some(l.epoch)
                 && self.is_current(&l)
-                && l.cluster.is_none()
-                && self.identity(&l.conn).await.is_ok_and(|id| id.run == l.run);
+                && !self.replicated.load(Ordering::Acquire);
             if !second {
                 link = self.second_chance(&l).await;
             }
@@ -246,6 +244,7 @@ impl RedisTier {
         let Some(s) = self.record::<u64>(link, "invalidate", &inv, attempts).await else {
             return false;
         };
+        self.saw_clock(link, s);
         if invalidate {
             // Read-your-writes on this replica in bounded mode, before the
             // message comes back.
