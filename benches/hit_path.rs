@@ -25,7 +25,7 @@ use freshgate::canonical::Canonical;
 use freshgate::config::{Config, Overrides};
 use freshgate::hit::{self, Prepared};
 use freshgate::host;
-use freshgate::store::clock::LocalClock;
+use freshgate::store::clock::LocalLog;
 use freshgate::store::{Entry, Tags};
 use freshgate::{cachekey, writes};
 use pingora::cache::key::CacheHashKey;
@@ -134,7 +134,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| Entry::decode(black_box(encoded.clone())))
     });
 
-    let clock = LocalClock::new(Duration::from_secs(3600));
+    let clock = LocalLog::new(Duration::from_secs(3600));
     let fetched = clock.now();
     for i in 0..10_000 {
         clock.invalidate([&format!("p:/other/{i}")]);

@@ -29,7 +29,7 @@ use crate::flags::{Flag, Flags};
 use crate::monitor::Monitor;
 use crate::prefetch::Prefetcher;
 use crate::proxy::Proxy;
-use crate::reload::Live;
+use crate::reload::LiveConfig;
 use crate::store::redis::{Consistency, Limits, RedisTier};
 use crate::store::Store;
 
@@ -41,7 +41,7 @@ pub struct Demo {
 }
 
 /// Everything `run` needs, validated by `main`.
-pub struct Start {
+pub struct Setup {
     pub config: Config,
     pub flags: Flags,
     /// Command-line values, re-applied on every reload.
@@ -51,14 +51,14 @@ pub struct Start {
     pub demo: Option<Demo>,
 }
 
-pub fn run(start: Start) {
-    let Start {
+pub fn run(setup: Setup) {
+    let Setup {
         config,
         flags,
         overrides,
         watch,
         demo,
-    } = start;
+    } = setup;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let grace = config.grace_period;
     let conf = ServerConf {
@@ -133,7 +133,7 @@ pub fn run(start: Start) {
         config.monitoring.clone(),
         monitor_redis,
     ));
-    let live = Arc::new(Live::new(config, flags, overrides, store));
+    let live = Arc::new(LiveConfig::new(config, flags, overrides, store));
     server.add_service(background_service(
         "monitor",
         MonitorLoop {
@@ -203,7 +203,7 @@ pub fn run(start: Start) {
 }
 
 struct ConfigWatcher {
-    live: Arc<Live>,
+    live: Arc<LiveConfig>,
     watch: bool,
 }
 
@@ -220,7 +220,7 @@ const FLAG_SYNC_EVERY: Duration = Duration::from_millis(250);
 
 /// Follows runtime flag flips made on any replica (stored in Redis).
 struct FlagSync {
-    live: Arc<Live>,
+    live: Arc<LiveConfig>,
     store: &'static Store,
 }
 
@@ -271,7 +271,7 @@ async fn poll_until<F: std::future::Future<Output = bool>>(
 /// Fetches the config's `warm:` paths once, when the proxy listener is up.
 struct Warmer {
     prefetch: Arc<Prefetcher>,
-    live: Arc<Live>,
+    live: Arc<LiveConfig>,
     store: &'static Store,
 }
 
@@ -300,7 +300,7 @@ impl BackgroundService for Warmer {
 /// to Redis, following config reloads.
 struct MonitorLoop {
     monitor: Arc<Monitor>,
-    live: Arc<Live>,
+    live: Arc<LiveConfig>,
     store: &'static Store,
 }
 

@@ -157,14 +157,14 @@ fn run(opts: &RunOpts, demo: Option<Demo>) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    let start = app::Start {
+    let setup = app::Setup {
         config,
         flags,
         overrides,
         watch: opts.watch,
         demo,
     };
-    app::run(start);
+    app::run(setup);
     ExitCode::SUCCESS
 }
 

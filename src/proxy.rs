@@ -60,7 +60,7 @@ use crate::metrics::{method_label, status_class, METRICS};
 use crate::monitor::series::Kind;
 use crate::monitor::{Event, Monitor};
 use crate::prefetch::{self, Prefetcher};
-use crate::reload::Live;
+use crate::reload::LiveConfig;
 use crate::rules::Rule;
 use crate::storable::{self, NotStored};
 use crate::store::{Ended, FillInfo, FillStart, Store, Tags};
@@ -68,7 +68,7 @@ use crate::writes::{self, InFlight};
 use tracing::warn;
 
 pub struct Proxy {
-    pub live: Arc<Live>,
+    pub live: Arc<LiveConfig>,
     pub monitor: Arc<Monitor>,
     pub store: &'static Store,
     pub lock: &'static CacheKeyLockImpl,

@@ -1,7 +1,7 @@
 //! Hot configuration: the live config snapshot and flags, and how a new file
 //! replaces them.
 //!
-//! [`Live`] is what the proxy and the admin listener share. A reload (file
+//! [`LiveConfig`] is what the proxy and the admin listener share. A reload (file
 //! change, `SIGHUP`, or `POST /api/reload`) reads the whole file, parses and
 //! validates all of it, and only then swaps the snapshot in with `arc-swap`:
 //! a request keeps the snapshot it started with, and no request ever sees half
@@ -42,7 +42,9 @@ const SETTLE: Duration = Duration::from_millis(50);
 /// ...but a steady stream of edits still reloads at least this often.
 const SETTLE_AT_MOST: Duration = Duration::from_millis(250);
 
-pub struct Live {
+/// The configuration in force, with its flags, the writes no rule covered
+/// and the reload status: what the proxy and the admin listener share.
+pub struct LiveConfig {
     config: ArcSwap<Config>,
     pub flags: Flags,
     /// Writes no rule covered (runtime observations, kept across reloads).
@@ -76,14 +78,19 @@ pub enum Reloaded {
     Rejected(ConfigError),
 }
 
-impl Live {
-    pub fn new(config: Config, flags: Flags, overrides: Overrides, store: &'static Store) -> Live {
+impl LiveConfig {
+    pub fn new(
+        config: Config,
+        flags: Flags,
+        overrides: Overrides,
+        store: &'static Store,
+    ) -> LiveConfig {
         store.set_rules(config.rules_fingerprint);
         METRICS.config_last_reload_successful.set(1);
         METRICS
             .config_last_success_seconds
             .set(crate::time::unix_secs_f64(SystemTime::now()));
-        Live {
+        LiveConfig {
             config: ArcSwap::from_pointee(config),
             flags,
             unmatched: UnmatchedWrites::default(),
@@ -284,7 +291,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 /// Reload on changes in the config file's directory and on `SIGHUP`, until
 /// `shutdown` turns true.
 pub async fn watch(
-    live: Arc<Live>,
+    live: Arc<LiveConfig>,
     watch_files: bool,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {

@@ -74,13 +74,13 @@ use crate::monitor::alerts::{Severity, State};
 use crate::monitor::report::{GroupBy, Report, TIME_RANGES};
 use crate::monitor::series::Kind;
 use crate::monitor::{Event, Monitor};
-use crate::reload::{Live, Reloaded};
+use crate::reload::{LiveConfig, Reloaded};
 use crate::store::Store;
 use crate::time::rfc3339;
 
 pub struct Admin {
     pub store: &'static Store,
-    pub live: Arc<Live>,
+    pub live: Arc<LiveConfig>,
     pub monitor: Arc<Monitor>,
     pub started: Instant,
     /// The `POST /api/warm` run, current or last.
@@ -255,7 +255,7 @@ pub fn start_draining() {
 const REDIS_DOWN_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Conditions that raise alerts besides traffic thresholds.
-pub fn alert_state(store: &Store, live: &Live) -> State {
+pub fn alert_state(store: &Store, live: &LiveConfig) -> State {
     State {
         redis_down: store
             .redis()

@@ -7,15 +7,15 @@
 //!
 //! `last_inv` must never forget a tag while an entry that carries it may still
 //! be served. Two mechanisms make the map bounded without breaking that:
-//! - a time bound: an entry lives at most `max_lifetime`, so a `last_inv`
+//! - a time bound: an entry lives at most `max_ttl`, so a `last_inv`
 //!   older than that (plus a margin for the fetch itself) can no longer matter;
 //! - a size bound: when a tag is evicted for space, `floor` rises to its value,
 //!   and a tag that is not in the map counts as invalidated at `floor`.
 //!
-//! Writes in flight *fence* their tags ([`LocalClock::fence`]): while a tag is
+//! Writes in flight *fence* their tags ([`LocalLog::fence`]): while a tag is
 //! fenced no entry carrying it is valid, whenever it was fetched, because the
 //! app may commit the write at any moment. Lifting the fence
-//! ([`LocalClock::lift`]) records the invalidation first and then removes the
+//! ([`LocalLog::lift`]) records the invalidation first and then removes the
 //! fence, so every fill that began during the write is older than the new
 //! `last_inv`. Fences live in their own small map: the evicting `last_inv`
 //! map must never drop one.
@@ -30,7 +30,7 @@ use quick_cache::{DefaultHashBuilder, UnitWeighter};
 
 /// Tags remembered at most (each costs ~100 bytes).
 const MAX_TAGS: usize = 2_000_000;
-/// Added to `max_lifetime` for the time a fetch may take before it is stored.
+/// Added to `max_ttl` for the time a fetch may take before it is stored.
 pub const LIFETIME_MARGIN: Duration = Duration::from_secs(3600);
 
 /// The last invalidation of one tag.
@@ -42,7 +42,7 @@ struct Inv {
 
 /// Raises `floor` to the value of every tag evicted for space, *before* the
 /// tag leaves the map: a reader that no longer finds the tag then reads the
-/// raised floor (it reads `floor` after its lookup, see [`LocalClock::valid`]).
+/// raised floor (it reads `floor` after its lookup, see [`LocalLog::valid`]).
 #[derive(Clone)]
 struct RaiseFloor(Arc<AtomicU64>);
 
@@ -54,7 +54,9 @@ impl quick_cache::Lifecycle<String, Inv> for RaiseFloor {
     }
 }
 
-pub struct LocalClock {
+/// The embedded store's invalidation log: the clock, each tag's
+/// `last_inv`, the floor, and the fences of writes in flight.
+pub struct LocalLog {
     clock: AtomicU64,
     floor: Arc<AtomicU64>,
     /// Expiry is checked on read (an expired value counts as absent); the
@@ -67,12 +69,12 @@ pub struct LocalClock {
     fenced: AtomicUsize,
 }
 
-impl LocalClock {
-    pub fn new(max_lifetime: Duration) -> LocalClock {
-        LocalClock::with_limits(max_lifetime + LIFETIME_MARGIN, MAX_TAGS)
+impl LocalLog {
+    pub fn new(max_ttl: Duration) -> LocalLog {
+        LocalLog::with_limits(max_ttl + LIFETIME_MARGIN, MAX_TAGS)
     }
 
-    fn with_limits(remember_for: Duration, max_tags: usize) -> LocalClock {
+    fn with_limits(remember_for: Duration, max_tags: usize) -> LocalLog {
         let floor = Arc::new(AtomicU64::new(0));
         let last_inv = Cache::with(
             max_tags,
@@ -81,7 +83,7 @@ impl LocalClock {
             DefaultHashBuilder::default(),
             RaiseFloor(floor.clone()),
         );
-        LocalClock {
+        LocalLog {
             // Starts at 1 so that 0 can mean "no clock read" in entries.
             clock: AtomicU64::new(1),
             floor,
@@ -93,7 +95,7 @@ impl LocalClock {
     }
 
     /// A write that may change what `tags` name is about to be forwarded:
-    /// nothing carrying them is valid until [`LocalClock::lift`].
+    /// nothing carrying them is valid until [`LocalLog::lift`].
     pub fn fence<'a>(&self, tags: impl IntoIterator<Item = &'a String>) {
         let mut f = self.fences.lock();
         for t in tags {
@@ -212,7 +214,7 @@ mod tests {
 
     #[test]
     fn invalidated_after_fetch_began_is_invalid() {
-        let c = LocalClock::new(Duration::from_secs(60));
+        let c = LocalLog::new(Duration::from_secs(60));
         let tags = vec!["a".to_string(), "b".to_string()];
         let fetch = c.now();
         assert!(c.valid(fetch, strs(&tags)));
@@ -231,7 +233,7 @@ mod tests {
 
     #[test]
     fn racing_writes_never_move_last_inv_backwards() {
-        let c = LocalClock::new(Duration::from_secs(60));
+        let c = LocalLog::new(Duration::from_secs(60));
         let t = "x".to_string();
         let s1 = c.invalidate([&t]);
         let s2 = c.invalidate([&t]);
@@ -242,7 +244,7 @@ mod tests {
 
     #[test]
     fn a_tag_evicted_for_space_still_invalidates_older_entries() {
-        let c = LocalClock::with_limits(Duration::from_secs(60), 100);
+        let c = LocalLog::with_limits(Duration::from_secs(60), 100);
         let fetch = c.now();
         let tags: Vec<String> = (0..1000).map(|i| format!("t{i}")).collect();
         for t in &tags {
@@ -266,7 +268,7 @@ mod tests {
         // recent invalidation: whether a reader finds the tag or the raised
         // floor, such a fetch must never be valid.
         const TAGS: usize = 100_000;
-        let c = LocalClock::with_limits(Duration::from_secs(60), 32);
+        let c = LocalLog::with_limits(Duration::from_secs(60), 32);
         let tags: Vec<String> = (0..TAGS).map(|i| format!("t{i}")).collect();
         let seqs: Vec<AtomicU64> = (0..TAGS).map(|_| AtomicU64::new(0)).collect();
         let recorded = AtomicU64::new(0);
@@ -301,7 +303,7 @@ mod tests {
 
     #[test]
     fn a_fenced_tag_is_invalid_until_lifted_and_fills_during_the_fence_stay_invalid() {
-        let c = LocalClock::new(Duration::from_secs(60));
+        let c = LocalLog::new(Duration::from_secs(60));
         let tags = vec!["t".to_string(), "u".to_string()];
         let before = c.now();
         c.fence(&tags[..1]);
@@ -335,7 +337,7 @@ mod tests {
 
     #[test]
     fn a_refused_write_lifts_its_fence_without_invalidating() {
-        let c = LocalClock::new(Duration::from_secs(60));
+        let c = LocalLog::new(Duration::from_secs(60));
         let tags = vec!["t".to_string()];
         let before = c.now();
         c.fence(&tags);
@@ -346,7 +348,7 @@ mod tests {
 
     #[test]
     fn an_expired_invalidation_counts_as_the_floor() {
-        let c = LocalClock::with_limits(Duration::from_millis(20), 100);
+        let c = LocalLog::with_limits(Duration::from_millis(20), 100);
         let t = "x".to_string();
         let fetch = c.now();
         c.invalidate([&t]);

@@ -8,7 +8,7 @@
 //! - **redis** (optional, see [`redis`]): the shared tier. Lookups try memory
 //!   first, then Redis, and copy Redis hits into memory; fills write both.
 //!
-//! The invalidation log (a local [`clock::LocalClock`], or the one in Redis)
+//! The invalidation log (a local [`clock::LocalLog`], or the one in Redis)
 //! decides what may be served: an entry only if none of its tags was
 //! invalidated after its fetch began and no write in flight fences one of
 //! them. Writes go through it in two phases ([`Store::begin_write`] before
@@ -42,7 +42,7 @@ use pingora::{Error, ErrorType, Result};
 
 pub use entry::{DecodeError, Entry, Tags};
 
-use self::clock::LocalClock;
+use self::clock::LocalLog;
 pub use self::redis::Ended;
 use self::redis::{Link, RedisTier};
 use crate::hit::Prepared;
@@ -183,9 +183,9 @@ pub struct Store {
     redis: Option<Arc<RedisTier>>,
     /// The invalidation clock when there is no Redis (with Redis, it lives there
     /// so that every replica shares it).
-    local: LocalClock,
+    local: LocalLog,
     /// No entry is kept longer than this (bounds how long invalidations must be remembered).
-    max_lifetime: Duration,
+    max_ttl: Duration,
     /// Fingerprint of the rules in force; entries tagged under other rules
     /// are misses (set at start and by every config reload).
     rules: AtomicU64,
@@ -198,7 +198,7 @@ impl Store {
     pub fn new(
         memory_max_bytes: u64,
         redis: Option<Arc<RedisTier>>,
-        max_lifetime: Duration,
+        max_ttl: Duration,
         write_timeout: Duration,
     ) -> Store {
         // Prepared headers (about 1 KiB each) get an eighth of the budget.
@@ -216,8 +216,8 @@ impl Store {
             memory,
             prepared,
             redis,
-            local: LocalClock::new(max_lifetime),
-            max_lifetime,
+            local: LocalLog::new(max_ttl),
+            max_ttl,
             rules: AtomicU64::new(0),
             write_timeout,
         }
@@ -497,14 +497,14 @@ impl Store {
         }
         METRICS.store_hits.with_label_values(&["redis"]).inc();
         let meta = decode_meta(&entry).ok()?;
-        let c = Cached::new(entry, link.epoch, keep_until(&meta, self.max_lifetime));
+        let c = Cached::new(entry, link.epoch, keep_until(&meta, self.max_ttl));
         self.memory.insert(*key, c.clone());
         Some(c)
     }
 
     /// Store an entry whose fetch began in run `epoch` (0 without Redis).
     async fn put(&self, key: HashBinary, entry: Entry, meta: &CacheMeta, epoch: u64) {
-        let keep = keep_until(meta, self.max_lifetime);
+        let keep = keep_until(meta, self.max_ttl);
         let ttl = keep.saturating_duration_since(Instant::now());
         if let Some(redis) = &self.redis {
             // Its `fetch_seq` is a clock value of that run: in any other run
@@ -545,7 +545,7 @@ fn decode_meta(e: &Entry) -> Result<CacheMeta> {
     CacheMeta::deserialize(e.meta_internal(), e.meta_header())
 }
 
-fn keep_until(meta: &CacheMeta, max_lifetime: Duration) -> Instant {
+fn keep_until(meta: &CacheMeta, max_ttl: Duration) -> Instant {
     let stale = meta
         .stale_while_revalidate_sec()
         .max(meta.stale_if_error_sec()) as u64;
@@ -553,7 +553,7 @@ fn keep_until(meta: &CacheMeta, max_lifetime: Duration) -> Instant {
     let left = until
         .duration_since(SystemTime::now())
         .unwrap_or(Duration::ZERO);
-    Instant::now() + left.min(max_lifetime)
+    Instant::now() + left.min(max_ttl)
 }
 
 #[async_trait]
