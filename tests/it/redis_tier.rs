@@ -336,7 +336,7 @@ async fn a_log_that_lost_records_serves_nothing_fetched_before() {
         .unwrap();
     let log_keys: Vec<String> = keys
         .into_iter()
-        .filter(|k| k.ends_with(":clock") || k.contains(":i:"))
+        .filter(|k| k.ends_with(":clock") || k.contains(":i:") || k.contains(":w:"))
         .collect();
     assert!(
         log_keys.iter().any(|k| k.ends_with(":clock")),
@@ -362,37 +362,45 @@ async fn a_log_that_lost_records_serves_nothing_fetched_before() {
     assert_eq!(w.status, 200);
     // Nothing read since: the entry from before the write is still held
     // (in memory and in Redis), invalid by the write's record. Put the log
-    // back as it was: the record is lost.
-    let written: Vec<String> = redis::cmd("KEYS")
-        .arg("fg:2:*:i:*")
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    for k in written {
-        let _: () = redis::cmd("DEL")
-            .arg(&k)
+    // back as it was: the record is lost (its tags, its clock value, this
+    // replica's marker).
+    for pattern in ["fg:2:*:i:*", "fg:2:*:w:*"] {
+        let written: Vec<String> = redis::cmd("KEYS")
+            .arg(pattern)
             .query_async(&mut con)
             .await
             .unwrap();
+        for k in written {
+            let _: () = redis::cmd("DEL")
+                .arg(&k)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+        }
     }
     for (k, v) in &before {
-        let _: () = match v {
-            Some(v) => redis::cmd("SET")
-                .arg(k)
-                .arg(v)
-                .query_async(&mut con)
-                .await
-                .unwrap(),
-            None => redis::cmd("DEL")
-                .arg(k)
-                .query_async(&mut con)
-                .await
-                .unwrap(),
+        let cmd = match v {
+            Some(v) => redis::cmd("SET").arg(k).arg(v).clone(),
+            None => redis::cmd("DEL").arg(k).clone(),
         };
+        let _: () = cmd.query_async(&mut con).await.unwrap();
     }
+    // Other replicas' writes move the clock on meanwhile, past what this
+    // replica saw: only its marker still tells that its record is gone.
+    let clock = log_keys.iter().find(|k| k.ends_with(":clock")).unwrap();
+    let _: u64 = redis::cmd("INCRBY")
+        .arg(clock)
+        .arg(1000)
+        .query_async(&mut con)
+        .await
+        .unwrap();
     // The app has the write; the entry from before it must not come back
-    // (once the replica has checked the log: every 250 ms).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // once the replica has checked the log (every 250 ms).
+    // (A replica that never notices would serve the old entry below.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fg.log().contains("lost records") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for _ in 0..3 {
         let r = fg.get_shared(scene).await;
         assert_eq!(r.json()["text"], "written, then lost", "{r:?}");

@@ -79,14 +79,13 @@ impl RedisTier {
             cluster: None,
             run: Arc::from(""),
             generation: 0,
+            witness: Arc::default(),
             log: Arc::from(""),
             epoch: 0,
             checks: Default::default(),
             on_request_runtime,
         };
         let identity = self.identity(&link.conn).await?;
-        self.replicated
-            .store(identity.replicated || in_cluster, Ordering::Release);
         if !identity.primary {
             return Err(Some(redis::RedisError::from((
                 redis::ErrorKind::Io,
@@ -94,6 +93,15 @@ impl RedisTier {
             ))));
         }
         link.run = identity.run;
+        // The witness of this run, if this replica saw it before (a new
+        // one is kept only once the link is: see `connect`).
+        link.witness = match &*self.witness.lock() {
+            Some((run, w)) if *run == link.run => w.clone(),
+            _ => Arc::default(),
+        };
+        link.witness
+            .replicated
+            .fetch_or(identity.replicated || in_cluster, Ordering::AcqRel);
         link.log = Keys::log(&link.run, in_cluster).into();
         let floor = self.hold_floor(&link, in_cluster).await?;
         if in_cluster {
@@ -109,10 +117,13 @@ impl RedisTier {
         link: &Link,
         in_cluster: bool,
     ) -> Result<u64, Option<redis::RedisError>> {
-        // The highest clock value this replica saw in this run (none if it
-        // has not seen the run yet).
-        let seen = if self.run.lock().as_deref() == Some(&*link.run) {
-            self.clock_seen.load(Ordering::Acquire)
+        let w = &link.witness;
+        // A record older than its marker's life is not asked about (the
+        // tags it set have expired too).
+        let recorded = if mono_ms().saturating_sub(w.recorded_at_ms.load(Ordering::Acquire))
+            < self.inv_ttl.as_millis() as u64
+        {
+            w.recorded.load(Ordering::Acquire)
         } else {
             0
         };
@@ -120,9 +131,13 @@ impl RedisTier {
         inv.key(Keys::holder(in_cluster))
             .key(Keys::clock(&link.log))
             .key(Keys::floor(&link.log))
+            .key(Keys::marker(&link.log, &self.replica_id))
             .arg(&*link.run)
             .arg(log::HOLDER_GAP)
-            .arg(seen);
+            .arg(w.clock.load(Ordering::Acquire))
+            .arg(recorded)
+            .arg(FENCE_UNIT / 2)
+            .arg(self.marker_ttl_ms());
         let mut conn = link.conn.clone();
         tokio::time::timeout(
             self.timeout.max(Duration::from_millis(250)),

@@ -157,6 +157,17 @@ impl RedisTier {
         self.floor
             .fetch_max(clock, std::sync::atomic::Ordering::AcqRel);
         self.followed.subscribed.store(true, Ordering::Release);
+        if self
+            .link
+            .load()
+            .as_ref()
+            .is_none_or(|l| l.generation != link.generation)
+        {
+            // A new link came meanwhile (and reset `subscribed`): this
+            // subscription belongs to the old one.
+            self.followed.subscribed.store(false, Ordering::Release);
+            return Ok(());
+        }
         METRICS.invalidation_subscribed.set(1);
         info!(floor = clock, "following invalidations (bounded mode)");
         let mut messages = pubsub.on_message();

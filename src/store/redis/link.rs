@@ -312,7 +312,6 @@ impl RedisTier {
                 // The new run's clock starts again (at its hold's floor),
                 // and what bounded mode heard belongs to the old one.
                 self.floor.store(hold_floor, Ordering::Release);
-                self.clock_seen.store(hold_floor, Ordering::Release);
                 self.followed.subscribed.store(false, Ordering::Release);
                 self.followed.clear();
                 self.rules_ok.store(false, Ordering::Release);
@@ -325,7 +324,11 @@ impl RedisTier {
         // Before the link is used: entries fetched before this run's hold
         // on the log began are not served.
         self.floor.fetch_max(hold_floor, Ordering::AcqRel);
-        self.clock_seen.fetch_max(hold_floor, Ordering::AcqRel);
+        reached
+            .witness
+            .clock
+            .fetch_max(hold_floor, Ordering::AcqRel);
+        *self.witness.lock() = Some((run.clone(), reached.witness.clone()));
         // Bounded mode hears nothing until it subscribes on this link.
         self.followed.subscribed.store(false, Ordering::Release);
         let generation = self.generations.fetch_add(1, Ordering::AcqRel) + 1;
@@ -407,6 +410,7 @@ impl RedisTier {
             cluster: link.cluster.clone(),
             run: link.run.clone(),
             generation: link.generation,
+            witness: link.witness.clone(),
             log: link.log.clone(),
             epoch: link.epoch,
             checks: Default::default(),

@@ -102,6 +102,11 @@ impl Keys {
     pub(super) fn floor(log: &str) -> String {
         format!("{log}floor")
     }
+    /// The clock value of the last invalidation replica `replica` recorded
+    /// (see [`HOLDER`]).
+    pub(super) fn marker(log: &str, replica: &str) -> String {
+        format!("{log}w:{replica}")
+    }
     /// The fingerprint of the rules the fleet last ran alone.
     pub(super) fn active_rules(log: &str) -> String {
         format!("{log}rules:active")
@@ -138,12 +143,14 @@ return 1
 "#;
 
 /// KEYS: clock, fences set, this fence's record, the fleet's active rules,
-/// the `a:all` tag's key, then the tags: first the `ARGV[2]` the write
-/// fenced, then the ones only its answer named.
+/// the `a:all` tag's key, this replica's marker (see [`HOLDER`]), then the
+/// tags: first the `ARGV[2]` the write fenced, then the ones only its
+/// answer named.
 /// ARGV: id ("0": none), fenced count, tag key TTL (ms), FENCE_UNIT,
 /// invalidate ("1"/"0"), invalidation channel, the writer's ms, all tags
 /// ("\n"-joined), fence channel, fenced tags ("\n"-joined), the fingerprint
-/// of the rules that planned the write, the `a:all` tag.
+/// of the rules that planned the write, the `a:all` tag, the marker's TTL
+/// (ms).
 /// Returns the new clock value (0 when nothing was invalidated).
 ///
 /// `last_inv = s` is a plain SET: `s` is newer than any value in the log.
@@ -158,8 +165,8 @@ local invalidate = ARGV[5] == '1'
 local s = 0
 if invalidate then s = redis.call('INCR', KEYS[1]) end
 local nf = tonumber(ARGV[2])
-for i = 6, #KEYS do
-  local mine = owned and (i - 5) <= nf
+for i = 7, #KEYS do
+  local mine = owned and (i - 6) <= nf
   if invalidate then
     local fences = math.floor(tonumber(redis.call('GET', KEYS[i]) or '0') / unit)
     if mine and fences > 0 then fences = fences - 1 end
@@ -177,6 +184,7 @@ if invalidate then
     tags = tags .. '\n' .. ARGV[12]
   end
   redis.call('PUBLISH', ARGV[6], s .. ' ' .. ARGV[7] .. '\n' .. tags)
+  redis.call('SET', KEYS[6], s, 'PX', ARGV[13])
 end
 if owned and nf > 0 then
   redis.call('PUBLISH', ARGV[9], '-\n' .. ARGV[10])
@@ -274,28 +282,40 @@ return s
 /// [`HOLDER`]). 65,535 such moves in one run would reach `FENCE_UNIT`.
 pub(super) const HOLDER_GAP: u64 = 1 << 24;
 
-/// Run `ARGV[1]` holds the log now; the replica asking has seen its clock
-/// reach `ARGV[3]`. This run's copy of the log cannot be trusted as it is
-/// when the holder key names another run (the process held the log
-/// before, another held it meanwhile — a failover and back, a reshard and
-/// back, a primary demoted and promoted — and recorded there what this
-/// copy lacks; the key came back with the data), when this run's floor is
-/// gone, or when its clock is below what a replica saw (it lost a tail of
-/// records: asynchronous replication, a restore). Then nothing fetched
-/// before now is trusted: the clock moves past both by `ARGV[2]` (past
-/// values the copy may have lost), and that value is the floor of this
-/// hold. KEYS: holder, clock, floor. Returns the floor. Every replica runs
-/// it when it connects and at every check, and adopts the floor. A new log
-/// gets a floor too, harmlessly.
+/// Run `ARGV[1]` holds the log now. The replica asking saw its clock reach
+/// `ARGV[3]`, and recorded an invalidation at clock value `ARGV[4]` (0:
+/// none lately), which its marker in the log (KEYS[4], written by [`LIFT`]
+/// in the same step) must still show. This run's copy of the log cannot be
+/// trusted as it is when the holder key names another run (the process
+/// held the log before, another held it meanwhile — a failover and back, a
+/// reshard and back, a primary demoted and promoted — and recorded there
+/// what this copy lacks; the key came back with the data), when this run's
+/// floor is gone, when its clock is below what the replica saw, or when the
+/// replica's marker is below its last record (the copy lost records:
+/// asynchronous replication, a restore; later increments by others can
+/// hide a lost clock value, not a lost marker). Then nothing fetched before
+/// now is trusted: the clock moves past all of it by `ARGV[2]` (past values
+/// the copy may have lost), that value is the floor of this hold, and the
+/// marker is set again. KEYS: holder, clock, floor, marker. ARGV: run, gap,
+/// clock seen, last record, the clock's limit, the marker's TTL (ms).
+/// Returns the floor. Every replica runs it when it connects and at every
+/// check, and adopts the floor. A new log gets a floor too, harmlessly.
 pub(super) const HOLDER: &str = r#"
 local floor = redis.call('GET', KEYS[3])
 local clock = tonumber(redis.call('GET', KEYS[2]) or '0')
 local seen = tonumber(ARGV[3])
-if redis.call('GET', KEYS[1]) ~= ARGV[1] or not floor or clock < seen then
-  local s = string.format('%.0f', math.max(clock, seen) + tonumber(ARGV[2]))
+local recorded = tonumber(ARGV[4])
+local lost = recorded > 0 and tonumber(redis.call('GET', KEYS[4]) or '0') < recorded
+if redis.call('GET', KEYS[1]) ~= ARGV[1] or not floor or clock < seen or lost then
+  local moved = math.max(clock, seen) + tonumber(ARGV[2])
+  if moved >= tonumber(ARGV[5]) then
+    return redis.error_reply('freshgate: this log clock is near its limit (moved too often): restart this redis')
+  end
+  local s = string.format('%.0f', moved)
   redis.call('SET', KEYS[2], s)
   redis.call('SET', KEYS[3], s)
   redis.call('SET', KEYS[1], ARGV[1])
+  if recorded > 0 then redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[6]) end
   return tonumber(s)
 end
 return tonumber(floor)

@@ -84,9 +84,9 @@ impl RedisTier {
             }
         };
         self.silent_checks.store(0, Ordering::Release);
-        self.replicated.store(
+        link.witness.replicated.fetch_or(
             identity.replicated || link.cluster.is_some(),
-            Ordering::Release,
+            Ordering::AcqRel,
         );
         if !identity.primary {
             // A demoted primary still answers reads, from a log no replica
@@ -107,10 +107,15 @@ impl RedisTier {
         // moved its floor.
         match self.hold_floor(&link, link.cluster.is_some()).await {
             Ok(floor) => {
-                if self.floor.fetch_max(floor, Ordering::AcqRel) < floor {
+                link.witness.clock.fetch_max(floor, Ordering::AcqRel);
+                // Only for the run this replica uses now (a connect may
+                // have moved it to another meanwhile).
+                if link.epoch == self.epoch.load(Ordering::Acquire)
+                    && self.is_current(&link)
+                    && self.floor.fetch_max(floor, Ordering::AcqRel) < floor
+                {
                     warn!(floor, "redis's log was held by another run or lost records: entries fetched before now will not be served");
                 }
-                self.clock_seen.fetch_max(floor, Ordering::AcqRel);
             }
             Err(e) => return self.failed(&link, "holder", e.as_ref()),
         }

@@ -130,6 +130,9 @@ pub struct Link {
     /// Counts the links this replica opened (a rehomed link keeps its
     /// link's): the bounded follower subscribes again when it changes.
     generation: u64,
+    /// What this replica saw of this run's log (shared by its links to the
+    /// run).
+    witness: Arc<Witness>,
     /// The prefix of the log's keys in this run (see `log::Keys`).
     log: Arc<str>,
     /// Counts the runs this replica has seen; entries remember it.
@@ -138,6 +141,22 @@ pub struct Link {
     checks: checks::Checks,
     /// Its connection is driven on the runtime requests run on.
     on_request_runtime: bool,
+}
+
+/// What this replica saw of one Redis run's log, for `log::HOLDER` to
+/// compare the log with, and whether the run's node ever had replicas.
+#[derive(Default)]
+pub(super) struct Witness {
+    /// The highest clock value read or written.
+    clock: AtomicU64,
+    /// The clock value of this replica's last recorded invalidation, and
+    /// when (`mono_ms`): its marker in the log must show it.
+    recorded: AtomicU64,
+    recorded_at_ms: AtomicU64,
+    /// Replicas followed the node (a cluster's master, a Sentinel primary):
+    /// a failover could promote one that lacks its latest records. Once
+    /// seen, kept for the run (a replica reconnecting reads as none).
+    replicated: AtomicBool,
 }
 
 /// Which Redis process a connection reaches (see `RedisTier::identity`).
@@ -246,11 +265,10 @@ pub struct RedisTier {
     holder_script: redis::Script,
     /// Counts the links opened (see `Link::generation`).
     generations: AtomicU64,
-    /// The highest clock value read or written in the current run (see
-    /// `log::HOLDER`): a log whose clock is found below it lost records.
-    clock_seen: AtomicU64,
-    /// The log's node has replicas, or is a cluster's (see `Identity`).
-    replicated: AtomicBool,
+    /// The witness of the run last reached (its links share it).
+    witness: parking_lot::Mutex<Option<(Arc<str>, Arc<Witness>)>>,
+    /// Names this replica's marker in the log (see `log::HOLDER`).
+    replica_id: String,
 }
 
 impl RedisTier {
@@ -294,8 +312,8 @@ impl RedisTier {
             activate_script: redis::Script::new(log::ACTIVATE_RULES),
             holder_script: redis::Script::new(log::HOLDER),
             generations: AtomicU64::new(0),
-            clock_seen: AtomicU64::new(0),
-            replicated: AtomicBool::new(true),
+            witness: Default::default(),
+            replica_id: format!("{:016x}", rand::random::<u64>()),
         }
     }
 
@@ -393,11 +411,9 @@ impl RedisTier {
         Some(seq)
     }
 
-    /// Note that `link`'s run showed clock value `seq` (see `clock_seen`).
+    /// Note that `link`'s run showed clock value `seq` (see `Witness`).
     fn saw_clock(&self, link: &Link, seq: u64) {
-        if link.epoch == self.epoch.load(Ordering::Acquire) {
-            self.clock_seen.fetch_max(seq, Ordering::AcqRel);
-        }
+        link.witness.clock.fetch_max(seq, Ordering::AcqRel);
     }
 
     /// Whether an entry of run `link` fetched at `fetch_seq` with `tags` may

@@ -24,6 +24,12 @@ pub(super) fn joined(tags: &BTreeSet<String>) -> String {
 }
 
 impl RedisTier {
+    /// How long a replica's marker lives in the log: twice as long as it
+    /// is asked about (see `hold_floor`), so a live one never expires.
+    pub(super) fn marker_ttl_ms(&self) -> u64 {
+        self.inv_ttl.as_millis() as u64 * 2
+    }
+
     /// A link to record a write on: the current one, or one opened now
     /// rather than at the maintainer's next check (a write must not go
     /// unrecorded for want of a connection attempt).
@@ -133,7 +139,7 @@ impl RedisTier {
             // like), and the promoted replica may lack the fence.
             stands = fenced_in == Some(l.epoch)
                 && self.is_current(&l)
-                && !self.replicated.load(Ordering::Acquire);
+                && !l.witness.replicated.load(Ordering::Acquire);
             if !second {
                 link = self.second_chance(&l).await;
             }
@@ -224,7 +230,8 @@ impl RedisTier {
             .key(Keys::fences(&link.log))
             .key(Keys::fence(&link.log, id))
             .key(Keys::active_rules(&link.log))
-            .key(Keys::tag(&link.log, ALL_TAG));
+            .key(Keys::tag(&link.log, ALL_TAG))
+            .key(Keys::marker(&link.log, &self.replica_id));
         for t in fenced.iter().chain(&extra) {
             inv.key(Keys::tag(&link.log, t));
         }
@@ -240,11 +247,18 @@ impl RedisTier {
             .arg(Keys::fence_channel(&link.log))
             .arg(joined(fenced))
             .arg(format!("{rules:016x}"))
-            .arg(ALL_TAG);
+            .arg(ALL_TAG)
+            .arg(self.marker_ttl_ms());
         let Some(s) = self.record::<u64>(link, "invalidate", &inv, attempts).await else {
             return false;
         };
         self.saw_clock(link, s);
+        if s > 0 {
+            link.witness.recorded.fetch_max(s, Ordering::AcqRel);
+            link.witness
+                .recorded_at_ms
+                .store(mono_ms(), Ordering::Release);
+        }
         if invalidate {
             // Read-your-writes on this replica in bounded mode, before the
             // message comes back.
