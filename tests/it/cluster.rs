@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::util::{client, send, Freshgate, Origin, RedisCluster, TEST_CONFIG};
+use crate::util::{Freshgate, Origin, RedisCluster, TEST_CONFIG};
 
 /// The hash tag of every key of freshgate's log.
 pub const LOG_SLOT: &str = "{fg}";
@@ -65,13 +65,7 @@ async fn replicas_on_a_redis_cluster_share_entries_and_every_invalidation() {
     // neither does C (bounded) once the message has reached it.
     let scene = &scenes[2];
     assert_eq!(c.get_shared(scene).await.x_cache, "HIT");
-    let w = send(
-        client()
-            .patch(b.url(scene))
-            .header("host", "app.test")
-            .body(r#"{"text":"written on b"}"#),
-    )
-    .await;
+    let w = b.patch_shared(scene, r#"{"text":"written on b"}"#).await;
     assert_eq!(w.status, 200, "{w:?}");
     let on_a = a.get_shared(scene).await;
     assert_eq!(on_a.json()["text"], "written on b", "{on_a:?}");
@@ -129,13 +123,9 @@ async fn a_log_master_back_after_a_failover_serves_nothing_cached_before() {
     assert_eq!(cluster.owner_of(LOG_SLOT).await, 3);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     a.wait_redis(true).await;
-    let w = send(
-        client()
-            .patch(a.url(scene))
-            .header("host", "app.test")
-            .body(r#"{"text":"after the failover"}"#),
-    )
-    .await;
+    let w = a
+        .patch_shared(scene, r#"{"text":"after the failover"}"#)
+        .await;
     assert_eq!(w.status, 200, "{w:?}");
     a.metrics_with(&["freshgate_owed_invalidations 0"]).await;
 

@@ -352,13 +352,9 @@ async fn a_log_that_lost_records_serves_nothing_fetched_before() {
         before.push((k.clone(), v));
     }
 
-    let w = send(
-        client()
-            .patch(fg.url(scene))
-            .header("host", "app.test")
-            .body(r#"{"text":"written, then lost"}"#),
-    )
-    .await;
+    let w = fg
+        .patch_shared(scene, r#"{"text":"written, then lost"}"#)
+        .await;
     assert_eq!(w.status, 200);
     // Nothing read since: the entry from before the write is still held
     // (in memory and in Redis), invalid by the write's record. Put the log

@@ -644,15 +644,8 @@ async fn a_write_planned_by_rules_the_fleet_has_left_invalidates_everything() {
     ];
     let fill = b.fill_start(&entry_tags).await.expect("b reads the log");
     let link = b.link().expect("b is connected");
-    assert_eq!(
-        b.valid(
-            &link,
-            fill.seq,
-            &freshgate::store::Tags::new(&entry_tags).unwrap()
-        )
-        .await,
-        Some(true)
-    );
+    let stored_tags = freshgate::store::Tags::new(&entry_tags).unwrap();
+    assert_eq!(b.valid(&link, fill.seq, &stored_tags).await, Some(true));
 
     // The app commits; a records the write's end, as planned by the old rules.
     assert_eq!(
@@ -660,12 +653,7 @@ async fn a_write_planned_by_rules_the_fleet_has_left_invalidates_everything() {
         freshgate::store::Ended::Recorded
     );
     assert_eq!(
-        b.valid(
-            &link,
-            fill.seq,
-            &freshgate::store::Tags::new(&entry_tags).unwrap()
-        )
-        .await,
+        b.valid(&link, fill.seq, &stored_tags).await,
         Some(false),
         "b's entry, fetched before a's write committed, after it was acknowledged"
     );

@@ -674,6 +674,17 @@ impl Freshgate {
         send(client().get(self.url(path)).header("host", "app.test")).await
     }
 
+    /// A PATCH of `path` with `body`, as `get_shared` asks for it.
+    pub async fn patch_shared(&self, path: &str, body: &str) -> Got {
+        send(
+            client()
+                .patch(self.url(path))
+                .header("host", "app.test")
+                .body(body.to_string()),
+        )
+        .await
+    }
+
     /// Replace the config file in place (truncate and write, as `>` does).
     pub fn write_config(&self, text: &str) {
         std::fs::write(&self.config, text).unwrap();
