@@ -455,4 +455,22 @@ mod tests {
         }
         assert!(parse_duration("soon").is_err());
     }
+
+    #[test]
+    fn an_object_size_an_entry_cannot_hold_is_refused() {
+        let ok = Config::from_str(
+            "cache:\n  max_object_size: 2GiB\n",
+            None,
+            &Overrides::default(),
+        );
+        assert_eq!(ok.unwrap().max_object_bytes, 2 << 30);
+        let e = Config::from_str(
+            "cache:\n  max_object_size: 3GiB\n",
+            None,
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.problems[0].message.contains("at most 2GiB"), "{e}");
+        assert_eq!(e.problems[0].line, Some(2), "{e}");
+    }
 }

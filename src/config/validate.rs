@@ -16,6 +16,10 @@ use crate::canonical::{MethodOverride, PathPolicy};
 use crate::forwarding::{self, TrustedProxies};
 use crate::store::redis::Consistency;
 
+/// The largest `cache.max_object_size`: an entry, header included, must
+/// stay below 4 GiB (see `store::entry`).
+const MAX_OBJECT_LIMIT: u64 = 2 << 30;
+
 /// The longest `cache.namespace` (a build id or a commit hash fits easily).
 const MAX_NAMESPACE: usize = 128;
 
@@ -113,6 +117,17 @@ pub(super) fn validate(
     let trusted_proxies = validate_trusted_proxies(raw.trusted_proxies, &mut problem);
     let timeouts = validate_timeouts(raw.timeouts, &mut problem);
     let purged_routes = purged_routes(&invalidation, &routes, &paths);
+    let max_object_bytes = raw
+        .cache
+        .max_object_size
+        .map(|s| s.0)
+        .unwrap_or(DEFAULT_MAX_OBJECT_BYTES);
+    if max_object_bytes > MAX_OBJECT_LIMIT {
+        problem(
+            "max_object_size",
+            format!("cache.max_object_size is at most 2GiB (an entry is addressed with 32-bit offsets), not {max_object_bytes} bytes"),
+        );
+    }
 
     if !problems.is_empty() {
         return Err(problems);
@@ -130,11 +145,7 @@ pub(super) fn validate(
             .map(|s| s.0)
             .unwrap_or(DEFAULT_MEMORY_BYTES),
         redis,
-        max_object_bytes: raw
-            .cache
-            .max_object_size
-            .map(|s| s.0)
-            .unwrap_or(DEFAULT_MAX_OBJECT_BYTES),
+        max_object_bytes,
         lock_timeout: raw
             .cache
             .lock_timeout

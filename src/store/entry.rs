@@ -131,7 +131,11 @@ fn tag_names(mut raw: &[u8]) -> impl Iterator<Item = &str> + Clone {
         let (len, after) = raw.split_first_chunk::<2>()?;
         let (tag, after) = after.split_at_checked(usize::from(u16::from_be_bytes(*len)))?;
         raw = after;
-        std::str::from_utf8(tag).ok()
+        let name = std::str::from_utf8(tag).ok();
+        // Never: every way to make tags checks them. Were it to happen, an
+        // entry would look valid with a tag missing.
+        debug_assert!(name.is_some(), "tags laid out unchecked");
+        name
     })
 }
 
@@ -414,6 +418,31 @@ mod tests {
         // The first tag's first byte (after the head and the tag's length).
         raw[HEAD + 2] = 0xff;
         assert_eq!(Entry::decode(Bytes::from(raw)), Err(DecodeError::BadTag));
+    }
+
+    #[test]
+    fn any_bytes_decode_to_a_whole_entry_or_an_error_never_a_panic() {
+        let whole = e_bytes();
+        // Every cut of a real entry, and every single-byte change of it.
+        for cut in 0..whole.len() {
+            let _ = Entry::decode(Bytes::copy_from_slice(&whole[..cut]));
+        }
+        for at in 0..whole.len() {
+            for byte in [0x00, 0x01, 0x7f, 0x80, 0xff] {
+                let mut raw = whole.clone();
+                raw[at] = byte;
+                if let Ok(e) = Entry::decode(Bytes::from(raw)) {
+                    assert_eq!(e.tag_names().count(), e.tags().len(), "byte {at} = {byte}");
+                    let _ = (
+                        e.fetch_seq(),
+                        e.rules(),
+                        e.meta_internal(),
+                        e.meta_header(),
+                        e.body(),
+                    );
+                }
+            }
+        }
     }
 
     fn e_bytes() -> Vec<u8> {

@@ -424,11 +424,14 @@ impl RedisTier {
         fetch_seq: u64,
         tags: &Tags,
     ) -> Option<bool> {
-        if tags.is_empty() {
-            return Some(true);
-        }
+        // The floor first: it holds for every entry, also one without tags
+        // (every entry freshgate stores carries `a:all`; one without any was
+        // written by something else).
         if fetch_seq < self.floor.load(Ordering::Acquire) {
             return Some(false);
+        }
+        if tags.is_empty() {
+            return Some(true);
         }
         if self.consistency == Consistency::Bounded {
             if !self.available() || !self.followed.subscribed.load(Ordering::Acquire) {
