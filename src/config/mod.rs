@@ -21,6 +21,7 @@ use crate::invalidation::Invalidation;
 use crate::rules::{CookieName, RouteTable};
 use crate::store::redis::Consistency;
 
+mod listeners;
 mod locate;
 mod monitoring;
 mod routes;

@@ -1,12 +1,14 @@
 //! Validation: a raw config becomes a [`Config`] snapshot, or the list of
 //! *every* problem in it, each located in the file text (`locate`). One
 //! function per section, each handed the problem collector; the rules'
-//! sections are in `routes`, monitoring's in `monitoring`.
+//! sections are in `routes`, the listeners' in `listeners`, monitoring's
+//! in `monitoring`.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use super::listeners::{validate_listeners, Listeners};
 use super::locate::locate;
 use super::monitoring::validate_monitoring;
 use super::routes::{cookie_names, purged_routes, validate_invalidation, validate_routes};
@@ -187,87 +189,6 @@ pub(super) fn validate(
         trusted_proxies,
         timeouts,
     })
-}
-
-/// `listen`, `admin` and `upstream`, as given or overridden.
-struct Listeners {
-    listen: SocketAddr,
-    admin_listen: SocketAddr,
-    admin_auth: AdminAuth,
-    upstream: Upstream,
-}
-
-fn validate_listeners(
-    raw: &RawConfig,
-    ov: &Overrides,
-    problem: &mut impl FnMut(&str, String),
-) -> Listeners {
-    let listen_s = ov
-        .listen
-        .clone()
-        .or(raw.listen.clone())
-        .unwrap_or_else(|| DEFAULT_LISTEN.into());
-    let listen = parse_addr(&listen_s, "listen").unwrap_or_else(|m| {
-        problem(&listen_s, m);
-        fallback_addr()
-    });
-    let admin_s = ov
-        .admin_listen
-        .clone()
-        .or(raw.admin.listen.clone())
-        .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.into());
-    let admin_listen = parse_addr(&admin_s, "admin.listen").unwrap_or_else(|m| {
-        problem(&admin_s, m);
-        fallback_addr()
-    });
-    let admin_auth = AdminAuth {
-        token: ov.admin_token.clone().or(raw.admin.token.clone()),
-        read_token: ov.admin_read_token.clone().or(raw.admin.read_token.clone()),
-        open: raw
-            .admin
-            .open
-            .clone()
-            .unwrap_or_else(|| vec!["/healthz".to_string()]),
-    };
-    for (name, t) in [
-        ("admin.token", &admin_auth.token),
-        ("admin.read_token", &admin_auth.read_token),
-    ] {
-        if t.as_ref().is_some_and(|t| t.len() < 16) {
-            problem(
-                name.trim_start_matches("admin."),
-                format!("{name} is shorter than 16 characters: use a long random value"),
-            );
-        }
-    }
-    if !admin_listen.ip().is_loopback() && admin_auth.token.is_none() {
-        problem(
-            &admin_s,
-            format!(
-                "admin.listen {admin_listen} is reachable from other hosts: set admin.token \
-                 (or FRESHGATE_ADMIN_TOKEN), or listen on 127.0.0.1"
-            ),
-        );
-    }
-    let upstream_s = ov
-        .upstream
-        .clone()
-        .or(raw.upstream.clone())
-        .unwrap_or_else(|| DEFAULT_UPSTREAM.into());
-    let upstream = parse_upstream(&upstream_s).unwrap_or_else(|m| {
-        problem(&upstream_s, m);
-        Upstream {
-            addr: String::new(),
-            host: String::new(),
-        }
-    });
-
-    Listeners {
-        listen,
-        admin_listen,
-        admin_auth,
-        upstream,
-    }
 }
 
 /// `store.redis`, as given or overridden.
@@ -470,39 +391,4 @@ pub fn hash_of(s: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     s.hash(&mut h);
     h.finish()
-}
-
-fn fallback_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
-fn parse_addr(s: &str, what: &str) -> Result<SocketAddr, String> {
-    s.parse()
-        .map_err(|_| format!("{what} {s:?} is not an address such as 127.0.0.1:8080"))
-}
-
-fn parse_upstream(s: &str) -> Result<Upstream, String> {
-    let rest = s.strip_prefix("http://").ok_or_else(|| {
-        format!(
-            "upstream {s:?} must be an http:// URL (freshgate speaks plain HTTP/1.1 to the app)"
-        )
-    })?;
-    let hostport = rest.trim_end_matches('/');
-    if hostport.is_empty() || hostport.contains('/') {
-        return Err(format!(
-            "upstream {s:?} must be http://HOST:PORT with no path"
-        ));
-    }
-    let addr = if hostport
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        hostport.to_string()
-    } else {
-        format!("{hostport}:80")
-    };
-    Ok(Upstream {
-        addr,
-        host: hostport.to_string(),
-    })
 }
