@@ -19,7 +19,7 @@ impl RedisTier {
     pub(super) async fn reach_log(&self) -> Result<(Link, u64), Option<redis::RedisError>> {
         let mut candidates = vec![self.url.as_str().into_connection_info().map_err(Some)?];
         candidates.extend(self.nodes.lock().iter().cloned());
-        let deadline = self.timeout.max(Duration::from_millis(250)) * 8;
+        let deadline = self.check_timeout() * 8;
         let attempts = async {
             let mut first_error = None;
             for node in candidates {
@@ -43,7 +43,7 @@ impl RedisTier {
     ) -> Result<(Link, u64), Option<redis::RedisError>> {
         let (mut conn, mut on_request_runtime) =
             self.open_connection(node.clone()).await.map_err(Some)?;
-        let timeout = self.timeout.max(Duration::from_millis(250));
+        let timeout = self.check_timeout();
         let info: String = tokio::time::timeout(
             timeout,
             redis::cmd("INFO").arg("cluster").query_async(&mut conn),
@@ -103,20 +103,16 @@ impl RedisTier {
             .replicated
             .fetch_or(identity.replicated || in_cluster, Ordering::AcqRel);
         link.log = Keys::log(&link.run, in_cluster).into();
-        let floor = self.hold_floor(&link, in_cluster).await?;
         if in_cluster {
             link.cluster = Some(self.open_cluster(&link).await.map_err(Some)?);
         }
+        let floor = self.hold_floor(&link).await?;
         Ok((link, floor))
     }
 
     /// The floor of this run's current hold on the log: the clock value
     /// before which nothing in its log may be trusted (see [`log::HOLDER`]).
-    pub(super) async fn hold_floor(
-        &self,
-        link: &Link,
-        in_cluster: bool,
-    ) -> Result<u64, Option<redis::RedisError>> {
+    pub(super) async fn hold_floor(&self, link: &Link) -> Result<u64, Option<redis::RedisError>> {
         let w = &link.witness;
         // A record older than its marker's life is not asked about (the
         // tags it set have expired too).
@@ -128,7 +124,7 @@ impl RedisTier {
             0
         };
         let mut inv = self.holder_script.prepare_invoke();
-        inv.key(Keys::holder(in_cluster))
+        inv.key(Keys::holder(link.cluster.is_some()))
             .key(Keys::clock(&link.log))
             .key(Keys::floor(&link.log))
             .key(Keys::marker(&link.log, &self.replica_id))
@@ -139,13 +135,10 @@ impl RedisTier {
             .arg(FENCE_UNIT / 2)
             .arg(self.marker_ttl_ms());
         let mut conn = link.conn.clone();
-        tokio::time::timeout(
-            self.timeout.max(Duration::from_millis(250)),
-            inv.invoke_async::<u64>(&mut conn),
-        )
-        .await
-        .map_err(|_| None)?
-        .map_err(Some)
+        tokio::time::timeout(self.check_timeout(), inv.invoke_async::<u64>(&mut conn))
+            .await
+            .map_err(|_| None)?
+            .map_err(Some)
     }
 
     /// A connection to every master of the cluster `link` reached, routing
@@ -153,7 +146,7 @@ impl RedisTier {
     async fn open_cluster(&self, link: &Link) -> redis::RedisResult<ClusterConnection> {
         let mut conn = link.conn.clone();
         let listing: String = tokio::time::timeout(
-            self.timeout.max(Duration::from_millis(250)),
+            self.check_timeout(),
             redis::cmd("CLUSTER").arg("NODES").query_async(&mut conn),
         )
         .await
@@ -166,7 +159,7 @@ impl RedisTier {
         let mut seeds = vec![link.node.clone()];
         seeds.extend(nodes.iter().cloned());
         *self.nodes.lock() = nodes;
-        let limit = self.timeout.max(Duration::from_millis(200));
+        let limit = self.connect_timeout();
         let client = redis::cluster::ClusterClientBuilder::new(seeds)
             .connection_timeout(limit)
             .response_timeout(limit * 8)

@@ -130,6 +130,18 @@ impl RedisTier {
         None
     }
 
+    /// For calls off the request path (identity, the holder script, the
+    /// maintainer's reads): the request-path timeout, but at least 250 ms.
+    pub(super) fn check_timeout(&self) -> Duration {
+        self.timeout.max(Duration::from_millis(250))
+    }
+
+    /// For opening a connection: the request-path timeout, but at least
+    /// 200 ms.
+    pub(super) fn connect_timeout(&self) -> Duration {
+        self.timeout.max(Duration::from_millis(200))
+    }
+
     /// True when connected, the breaker is closed, and this replica owes the
     /// current run nothing.
     pub fn available(&self) -> bool {
@@ -244,7 +256,7 @@ impl RedisTier {
     ) -> Result<Identity, Option<redis::RedisError>> {
         let mut conn = conn.clone();
         let (server, replication): (String, String) = tokio::time::timeout(
-            self.timeout.max(Duration::from_millis(250)),
+            self.check_timeout(),
             redis::pipe()
                 .cmd("INFO")
                 .arg("server")
@@ -366,8 +378,8 @@ impl RedisTier {
     ) -> redis::RedisResult<(MultiplexedConnection, bool)> {
         let client = redis::Client::open(node)?;
         let cfg = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(200))))
-            .set_response_timeout(Some(self.timeout.max(Duration::from_millis(200)) * 8));
+            .set_connection_timeout(Some(self.connect_timeout()))
+            .set_response_timeout(Some(self.connect_timeout() * 8));
         let Some(rt) = self.request_runtime.get() else {
             let conn = client
                 .get_multiplexed_async_connection_with_config(&cfg)

@@ -105,7 +105,7 @@ impl RedisTier {
         // Every check, not only when connecting: another replica may have
         // found this run's log untrustworthy (or this one may now), and
         // moved its floor.
-        match self.hold_floor(&link, link.cluster.is_some()).await {
+        match self.hold_floor(&link).await {
             Ok(floor) => {
                 link.witness.clock.fetch_max(floor, Ordering::AcqRel);
                 // Only for the run this replica uses now (a connect may
@@ -157,7 +157,7 @@ impl RedisTier {
             // now: move the clock and serve only entries fetched after it.
             let mut conn = link.conn.clone();
             let floor: Option<u64> = tokio::time::timeout(
-                self.timeout.max(Duration::from_millis(250)),
+                self.check_timeout(),
                 redis::cmd("INCR")
                     .arg(Keys::clock(&link.log))
                     .query_async(&mut conn),
@@ -247,7 +247,7 @@ impl RedisTier {
     pub(super) async fn memory_stats(&self, link: &Link) -> Option<MemoryStats> {
         let mut conn = link.conn.clone();
         let (memory, stats): (String, String) = tokio::time::timeout(
-            self.timeout.max(Duration::from_millis(250)),
+            self.check_timeout(),
             redis::pipe()
                 .cmd("INFO")
                 .arg("memory")
@@ -277,7 +277,7 @@ impl RedisTier {
         let mut conn = link.conn.clone();
         let get = |name: &'static str| {
             let mut conn = conn.clone();
-            let limit = self.timeout.max(Duration::from_millis(250));
+            let limit = self.check_timeout();
             async move {
                 let mut cmd = redis::cmd("CONFIG");
                 cmd.arg("GET").arg(name);
