@@ -153,6 +153,16 @@ impl RedisTier {
         let Some(clock) = self.clock_now(&link).await else {
             return Ok(());
         };
+        if self
+            .link
+            .load()
+            .as_ref()
+            .is_none_or(|l| l.generation != link.generation)
+        {
+            // That clock is another run's: it must not become this one's
+            // floor.
+            return Ok(());
+        }
         self.followed.clear();
         self.floor
             .fetch_max(clock, std::sync::atomic::Ordering::AcqRel);

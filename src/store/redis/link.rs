@@ -284,7 +284,10 @@ impl RedisTier {
             // A missing role (a proxy in between that hides it) counts as
             // not a primary: nothing is trusted that cannot be checked.
             primary: field(&replication, "role").as_deref() == Some("master"),
-            replicated: field(&replication, "connected_slaves").is_none_or(|n| n != "0"),
+            // A replica reconnecting right now counts as none, so also a
+            // replication stream that ever started (its offset moved).
+            replicated: field(&replication, "connected_slaves").is_none_or(|n| n != "0")
+                || field(&replication, "master_repl_offset").is_some_and(|n| n != "0"),
         })
     }
 
