@@ -23,7 +23,8 @@
 //! - [`writes`]: a write's two phases: what it fences, which outcomes invalidate.
 //! - [`prefetch`]: refetching what a write purged, so the next read hits.
 //! - [`fill_lock`]: request coalescing: what waiters do when a fill is not stored.
-//! - [`store`]: pingora-cache `Storage` over the memory tier and Redis.
+//! - [`store`]: what may be served (the invalidation log) and where it is kept
+//!   (memory, Redis), and pingora-cache's `Storage` over it.
 //! - [`metrics`]: every Prometheus metric, one registry.
 //! - [`monitor`]: counters over time, alerts, recent operations (admin API/page).
 //! - [`admin`]: the admin listener: health, `/metrics`, the admin API and page.

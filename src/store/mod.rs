@@ -1,71 +1,54 @@
-//! The cache store: pingora-cache's [`Storage`] over two tiers.
+//! The cache store: what may be served, and where it is kept.
 //!
-//! - **memory** (always): a quick_cache map keyed by the 128-bit cache-key
-//!   hash, bounded by *bytes* (a weigher, S3-FIFO eviction). Each entry ends
-//!   at the end of its usefulness (freshness, stale windows, and a little time
-//!   to revalidate with the app's validators), checked on lookup; an expired
-//!   entry is a miss and is removed, and unread ones go first on eviction.
+//! - **memory** (always, [`memory`]): entries by cache-key hash, bounded by
+//!   bytes. Each entry ends at the end of its usefulness (freshness, stale
+//!   windows, and a little time to revalidate with the app's validators),
+//!   checked on lookup; an expired entry is a miss and is removed.
 //! - **redis** (optional, see [`redis`]): the shared tier. Lookups try memory
 //!   first, then Redis, and copy Redis hits into memory; fills write both.
 //!
-//! The invalidation log (a local [`clock::LocalLog`], or the one in Redis)
-//! decides what may be served: an entry only if none of its tags was
+//! The invalidation log ([`log`]: a local [`clock::LocalLog`], or the one in
+//! Redis) decides what may be served: an entry only if none of its tags was
 //! invalidated after its fetch began and no write in flight fences one of
 //! them. Writes go through it in two phases ([`Store::begin_write`] before
 //! the write is forwarded, [`Store::end_write`] once its outcome is known),
 //! so a write is invalidated whatever happens to it, and no fill that began
-//! while it was in flight outlives it.
+//! while it was in flight outlives it. pingora-cache reaches the store
+//! through `storage.rs`.
 //!
 //! Errors never fail a request: a failed lookup is a miss, a failed write just
 //! means the response was not stored.
 
 pub mod clock;
 pub mod entry;
+pub mod log;
+mod memory;
 pub mod redis;
+mod storage;
 
-use std::any::Any;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
-use pingora::cache::key::{CacheHashKey, HashBinary};
-use pingora::cache::storage::{
-    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
-    PurgeType,
-};
-use pingora::cache::trace::SpanHandle;
-use pingora::cache::{CacheKey, CacheMeta, Storage};
-use pingora::{Error, ErrorType, Result};
+use bytes::Bytes;
+use pingora::cache::key::HashBinary;
+use pingora::cache::CacheMeta;
+use pingora::Result;
 
 pub use entry::{DecodeError, Entry, Tags};
+pub use log::{Ended, FillStart};
 
 use self::clock::LocalLog;
-pub use self::redis::Ended;
-use self::redis::{Link, RedisTier};
+use self::log::{InvalidationLog, Log, Run};
+use self::memory::{Cached, MemoryTier};
+use self::redis::RedisTier;
 use crate::hit::Prepared;
-use crate::invalidation;
 use crate::metrics::METRICS;
 
 /// How long an entry is kept after it goes stale, so a conditional request to
 /// the app (304) can refresh it instead of fetching the whole body again.
 const KEEP_FOR_REVALIDATION: Duration = Duration::from_secs(60);
-
-/// What a fill learned from the invalidation log when its fetch began.
-#[derive(Debug, Clone, Copy)]
-pub struct FillStart {
-    /// The clock: the entry is stale once any of its tags is invalidated
-    /// later than this.
-    pub seq: u64,
-    /// The Redis run the clock belongs to (0 without Redis): the entry is
-    /// stored only if the run is still the same when the fetch ends.
-    pub epoch: u64,
-    /// A write in flight fences one of the fill's tags: what it fetches may
-    /// predate the write's commit, so it is not stored.
-    pub fenced: bool,
-}
 
 /// Per-request data from the proxy to the miss handler, carried in the
 /// response's `CacheMeta` extensions (in memory only, never stored by pingora).
@@ -122,68 +105,14 @@ impl Drop for WriteFence {
     }
 }
 
-struct Cached {
-    /// Which entry this is, of all ever stored here: a prepared header
-    /// (see `prepared`) belongs to one entry, not to its key.
-    id: u64,
-    entry: Entry,
-    /// The Redis run (epoch) the entry was read or written under (0 without Redis).
-    epoch: u64,
-    keep_until: Instant,
-}
-
-impl Cached {
-    fn new(entry: Entry, epoch: u64, keep_until: Instant) -> Arc<Cached> {
-        static IDS: AtomicU64 = AtomicU64::new(1);
-        Arc::new(Cached {
-            id: IDS.fetch_add(1, Ordering::Relaxed),
-            entry,
-            epoch,
-            keep_until,
-        })
-    }
-}
-
-/// A prepared header (see [`Store::memory_hit`]) and the entry it is of.
-#[derive(Clone)]
-struct ForEntry {
-    entry: u64,
-    prepared: Arc<Prepared>,
-}
-
-#[derive(Clone)]
-struct PreparedWeight;
-
-impl quick_cache::Weighter<HashBinary, ForEntry> for PreparedWeight {
-    fn weight(&self, _: &HashBinary, p: &ForEntry) -> u64 {
-        p.prepared.weight()
-    }
-}
-
-#[derive(Clone)]
-struct ByWeight;
-
-impl quick_cache::Weighter<HashBinary, Arc<Cached>> for ByWeight {
-    fn weight(&self, _: &HashBinary, c: &Arc<Cached>) -> u64 {
-        c.entry.weight() as u64
-    }
-}
-
-/// A guess at the mean entry size, only to presize the memory tier's tables.
-const TYPICAL_ENTRY_BYTES: u64 = 4096;
-
 pub struct Store {
-    /// Keyed by pingora's 128-bit key hash (`CacheKey::combined_bin`): a
-    /// fixed-size key stored inline, no string to allocate or chase.
-    memory: quick_cache::sync::Cache<HashBinary, Arc<Cached>, ByWeight>,
-    /// Response headers of entries hit lately, decoded and prepared for
-    /// the answer (`hit.rs`), in a share of the memory budget of their
-    /// own: only entries that are hit pay for one, and a hot set's stay.
-    prepared: quick_cache::sync::Cache<HashBinary, ForEntry, PreparedWeight>,
+    memory: MemoryTier,
+    /// What decides whether an entry may be served: a local log, or the one
+    /// in Redis that every replica shares.
+    log: Log,
+    /// The shared entry tier: lookups try memory first, then Redis, and
+    /// copy Redis hits into memory; fills write both.
     redis: Option<Arc<RedisTier>>,
-    /// The invalidation clock when there is no Redis (with Redis, it lives there
-    /// so that every replica shares it).
-    local: LocalLog,
     /// No entry is kept longer than this (bounds how long invalidations must be remembered).
     max_ttl: Duration,
     /// Fingerprint of the rules in force; entries tagged under other rules
@@ -201,22 +130,14 @@ impl Store {
         max_ttl: Duration,
         write_timeout: Duration,
     ) -> Store {
-        // Prepared headers (about 1 KiB each) get an eighth of the budget.
-        let for_prepared = memory_max_bytes / 8;
-        let for_entries = memory_max_bytes - for_prepared;
-        let estimated_entries = (for_entries / TYPICAL_ENTRY_BYTES).max(1024) as usize;
-        let memory =
-            quick_cache::sync::Cache::with_weighter(estimated_entries, for_entries, ByWeight);
-        let prepared = quick_cache::sync::Cache::with_weighter(
-            (for_prepared / 1024).max(1024) as usize,
-            for_prepared,
-            PreparedWeight,
-        );
+        let log = match &redis {
+            Some(r) => Log::Shared(r.clone()),
+            None => Log::Local(LocalLog::new(max_ttl)),
+        };
         Store {
-            memory,
-            prepared,
+            memory: MemoryTier::new(memory_max_bytes),
+            log,
             redis,
-            local: LocalLog::new(max_ttl),
             max_ttl,
             rules: AtomicU64::new(0),
             write_timeout,
@@ -225,27 +146,18 @@ impl Store {
 
     /// The rules are (now) those of `fingerprint`: nothing tagged under
     /// other rules is served from now on (their tags may not be the ones the
-    /// new rules invalidate), and nothing cached before a change is, either:
-    /// writes in between were planned by other rules, and these may be the
-    /// rules of an earlier time (a revert). Embedded, everything is
-    /// invalidated at once; with Redis, the tier does it fleet-wide once every
-    /// replica runs these rules, and serves nothing until then.
+    /// new rules invalidate), and nothing cached before a change is, either
+    /// (see [`InvalidationLog::rules_changed`]).
     pub fn set_rules(&self, fingerprint: u64) {
         let before = self.rules.load(Ordering::Acquire);
-        match &self.redis {
-            Some(r) => r.set_rules(fingerprint),
-            None if before != 0 && before != fingerprint => {
-                self.local.invalidate([&invalidation::ALL_TAG.to_string()]);
-            }
-            None => {}
-        }
+        self.log.rules_changed(before, fingerprint);
         self.rules.store(fingerprint, Ordering::Release);
     }
 
     /// Whether replicas with other rules may be running: a write must then
     /// invalidate everything.
     pub fn rules_mixed(&self) -> bool {
-        self.redis.as_ref().is_some_and(|r| r.rules_mixed())
+        self.log.rules_mixed()
     }
 
     fn same_rules(&self, e: &Entry) -> bool {
@@ -256,17 +168,7 @@ impl Store {
     /// will carry `tags` (those known from the request). `None` when it
     /// cannot be read (Redis down): the response must then not be stored.
     pub async fn fill_start(&self, tags: &[String]) -> Option<FillStart> {
-        match &self.redis {
-            Some(r) => {
-                r.adopt_request_runtime();
-                r.fill_start(tags).await
-            }
-            None => Some(FillStart {
-                seq: self.local.now(),
-                epoch: 0,
-                fenced: self.local.fenced(tags.iter().map(String::as_str)),
-            }),
-        }
+        self.log.fill_start(tags).await
     }
 
     /// Phase 1 of a write, before it is forwarded: from now until it ends,
@@ -274,16 +176,7 @@ impl Store {
     /// can be served after it ends. See [`WriteFence::recorded`].
     pub async fn begin_write(&'static self, tags: BTreeSet<String>) -> WriteFence {
         let id = rand::random::<u64>() | 1;
-        let recorded = match &self.redis {
-            Some(r) => {
-                r.adopt_request_runtime();
-                r.begin_write(id, &tags).await
-            }
-            None => {
-                self.local.fence(&tags);
-                true
-            }
-        };
+        let recorded = self.log.begin_write(id, &tags).await;
         WriteFence {
             id,
             tags,
@@ -308,16 +201,9 @@ impl Store {
                 .invalidated_tags
                 .inc_by((fence.tags.len() + extra.len()) as u64);
         }
-        match &self.redis {
-            Some(r) => r.end_write(fence.id, extra, invalidate).await,
-            None => {
-                if invalidate {
-                    self.local.invalidate(extra.difference(&fence.tags));
-                }
-                self.local.lift(&fence.tags, invalidate);
-                Ended::Recorded
-            }
-        }
+        self.log
+            .end_write(fence.id, &fence.tags, extra, invalidate)
+            .await
     }
 
     /// How long the app may take to finish a write (`writes.timeout`, as
@@ -339,12 +225,7 @@ impl Store {
                 });
             }
             // Only at process teardown: there is no later.
-            Err(_) => match &self.redis {
-                Some(r) => r.mark_ended(fence.id),
-                None => {
-                    self.local.lift(&fence.tags, true);
-                }
-            },
+            Err(_) => self.log.end_write_now(fence.id, &fence.tags),
         }
     }
 
@@ -352,48 +233,26 @@ impl Store {
     /// invalidating nothing.
     pub fn abandon_write(&self, mut fence: WriteFence) {
         let fence = fence.disarm();
-        match &self.redis {
-            Some(r) => r.forget(fence.id),
-            None => {
-                self.local.lift(&fence.tags, false);
-            }
-        }
+        self.log.abandon_write(fence.id, &fence.tags);
     }
 
     /// Invalidate `tags` now (a purge; no write in flight). False when it
     /// could not be recorded; the store then refuses service until it is.
     pub async fn invalidate(&self, tags: &BTreeSet<String>) -> bool {
         METRICS.invalidated_tags.inc_by(tags.len() as u64);
-        match &self.redis {
-            Some(r) => r.invalidate(tags).await,
-            None => {
-                self.local.invalidate(tags);
-                true
-            }
-        }
+        self.log.invalidate(tags).await
     }
 
     /// Whether this replica holds fences or invalidations that the shared
     /// log does not have yet: it must not be called ready meanwhile.
     pub fn owes(&self) -> bool {
-        self.redis.as_ref().is_some_and(|r| r.owes())
+        self.log.owes()
     }
 
     /// The process is stopping: a write whose record cannot be made now is
     /// refused rather than left owed (see `RedisTier::stopping`).
     pub fn stopping(&self) -> bool {
-        self.redis.as_ref().is_some_and(|r| r.stopping())
-    }
-
-    async fn still_valid(&self, link: Option<&Arc<Link>>, e: &Entry) -> bool {
-        match (&self.redis, link) {
-            (Some(r), Some(link)) => r
-                .valid(link, e.fetch_seq(), &e.tags())
-                .await
-                .unwrap_or(false),
-            (Some(_), None) => false,
-            (None, _) => self.local.valid(e.fetch_seq(), e.tag_names()),
-        }
+        self.log.stopping()
     }
 
     pub fn redis(&self) -> Option<&Arc<RedisTier>> {
@@ -403,22 +262,19 @@ impl Store {
     /// False when a shared tier is configured but cannot be used right now:
     /// the proxy then passes requests through.
     pub fn usable(&self) -> bool {
-        self.redis.as_ref().is_none_or(|r| r.available())
+        self.log.usable()
     }
 
     /// Entries and bytes in the memory tier, prepared headers included
     /// (expired entries count until a lookup or eviction removes them).
     pub fn memory_usage(&self) -> (u64, u64) {
-        let bytes = self.memory.weight() + self.prepared.weight();
-        (self.memory.len() as u64, bytes)
+        self.memory.usage()
     }
 
-    /// Whether `c` belongs to this run and these rules and is not past
-    /// its keeping time (then the invalidation log decides).
-    fn current(&self, c: &Cached, link: Option<&Arc<Link>>) -> bool {
-        c.epoch == link.map_or(0, |l| l.epoch)
-            && self.same_rules(&c.entry)
-            && c.keep_until > Instant::now()
+    /// Whether `c` belongs to `run` and these rules and is not past its
+    /// keeping time (then the invalidation log decides).
+    fn current(&self, c: &Cached, run: &Run) -> bool {
+        c.epoch == Log::epoch(run) && self.same_rules(&c.entry) && c.keep_until > Instant::now()
     }
 
     /// A hit from the memory tier alone: the entry's prepared header (see
@@ -434,27 +290,15 @@ impl Store {
         key: &HashBinary,
         servable: impl FnOnce(&Prepared) -> bool,
     ) -> Option<(Arc<Prepared>, Bytes)> {
-        if let Some(r) = &self.redis {
-            r.adopt_request_runtime();
-        }
-        let link = self.redis.as_ref().and_then(|r| r.link());
+        let run = self.log.run()?;
         let c = self.memory.get(key)?;
-        if !self.current(&c, link.as_ref()) {
+        if !self.current(&c, &run) {
             return None;
         }
-        let prepared = match self.prepared.get(key) {
-            Some(p) if p.entry == c.id => p.prepared,
-            _ => {
-                let prepared = Arc::new(Prepared::of(&decode_meta(&c.entry).ok()?));
-                let for_entry = ForEntry {
-                    entry: c.id,
-                    prepared: prepared.clone(),
-                };
-                self.prepared.insert(*key, for_entry);
-                prepared
-            }
-        };
-        if !servable(&prepared) || !self.still_valid(link.as_ref(), &c.entry).await {
+        let prepared = self
+            .memory
+            .prepared(key, &c, |e| Some(Prepared::of(&decode_meta(e).ok()?)))?;
+        if !servable(&prepared) || !self.log.valid(&run, &c.entry).await {
             return None;
         }
         METRICS.store_hits.with_label_values(&["memory"]).inc();
@@ -462,28 +306,26 @@ impl Store {
     }
 
     async fn find(&self, key: &HashBinary) -> Option<Arc<Cached>> {
-        // One link for the whole lookup: an entry is checked against the log
-        // of the run it belongs to, over a connection to that very Redis.
-        let link = self.redis.as_ref().and_then(|r| r.link());
+        // One hold on the log for the whole lookup: an entry is checked
+        // against the run it belongs to, over a connection to that very Redis.
+        let run = self.log.run()?;
         if let Some(c) = self.memory.get(key) {
             // Entries from before a Redis restart or a rules change may have
             // been replaced in Redis by another replica: look there. So may an
             // expired one have been (Redis expires its copy at the same time).
-            let current = self.current(&c, link.as_ref());
-            if current && self.still_valid(link.as_ref(), &c.entry).await {
+            let current = self.current(&c, &run);
+            if current && self.log.valid(&run, &c.entry).await {
                 METRICS.store_hits.with_label_values(&["memory"]).inc();
                 return Some(c);
             }
-            // Only this copy: a fill may have replaced it meanwhile.
-            self.memory.remove_if(key, |v| Arc::ptr_eq(v, &c));
+            self.memory.remove_copy(key, &c);
             if current {
                 // Invalidated: Redis holds the same stale copy.
                 return None;
             }
         }
-        let redis = self.redis.as_ref()?;
-        let link = link?;
-        let bytes = redis.get(&link, &redis_key(key)).await?;
+        let (redis, link) = (self.redis.as_ref()?, run.link()?);
+        let bytes = redis.get(link, &redis_key(key)).await?;
         let entry = match Entry::decode(bytes) {
             Ok(e) => e,
             Err(e) => {
@@ -492,7 +334,7 @@ impl Store {
                 return None;
             }
         };
-        if !self.same_rules(&entry) || !self.still_valid(Some(&link), &entry).await {
+        if !self.same_rules(&entry) || !self.log.valid(&run, &entry).await {
             return None;
         }
         METRICS.store_hits.with_label_values(&["redis"]).inc();
@@ -502,7 +344,7 @@ impl Store {
         Some(c)
     }
 
-    /// Store an entry whose fetch began in run `epoch` (0 without Redis).
+    /// Store an entry whose fetch began in run `epoch` (0 for a local log).
     async fn put(&self, key: HashBinary, entry: Entry, meta: &CacheMeta, epoch: u64) {
         let keep = keep_until(meta, self.max_ttl);
         let ttl = keep.saturating_duration_since(Instant::now());
@@ -520,7 +362,7 @@ impl Store {
     }
 
     async fn remove(&self, key: &HashBinary) -> bool {
-        let in_memory = self.memory.remove(key).is_some();
+        let in_memory = self.memory.remove(key);
         let in_redis = match &self.redis {
             Some(r) => r.delete(&redis_key(key)).await,
             None => false,
@@ -541,7 +383,7 @@ fn redis_key(key: &HashBinary) -> String {
     s
 }
 
-fn decode_meta(e: &Entry) -> Result<CacheMeta> {
+pub(super) fn decode_meta(e: &Entry) -> Result<CacheMeta> {
     CacheMeta::deserialize(e.meta_internal(), e.meta_header())
 }
 
@@ -556,188 +398,10 @@ fn keep_until(meta: &CacheMeta, max_ttl: Duration) -> Instant {
     Instant::now() + left.min(max_ttl)
 }
 
-#[async_trait]
-impl Storage for Store {
-    async fn lookup(
-        &'static self,
-        key: &CacheKey,
-        _trace: &SpanHandle,
-    ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let Some(c) = self.find(&key.combined_bin()).await else {
-            return Ok(None);
-        };
-        let meta = decode_meta(&c.entry)?;
-        let body = c.entry.body();
-        let end = body.len();
-        Ok(Some((
-            meta,
-            Box::new(Hit {
-                body,
-                done: false,
-                start: 0,
-                end,
-            }),
-        )))
-    }
-
-    async fn get_miss_handler(
-        &'static self,
-        key: &CacheKey,
-        meta: &CacheMeta,
-        _trace: &SpanHandle,
-    ) -> Result<MissHandler> {
-        let (internal, header) = meta.serialize()?;
-        // Without the clock value read before the fetch, an entry could not be
-        // checked against invalidations: refuse to store it.
-        let Some(fill) = meta.extensions().get::<FillInfo>().cloned() else {
-            return Error::e_explain(ErrorType::InternalError, "response has no fill info");
-        };
-        Ok(Box::new(Miss {
-            store: self,
-            key: key.combined_bin(),
-            meta_internal: internal.into(),
-            meta_header: header.into(),
-            fill,
-            body: BytesMut::new(),
-        }))
-    }
-
-    async fn purge(
-        &'static self,
-        target: PurgeTarget<'_>,
-        _purge_type: PurgeType,
-        _trace: &SpanHandle,
-    ) -> Result<PurgeOutcome> {
-        if self.remove(&target.key().combined_bin()).await {
-            Ok(PurgeOutcome::Purged(None))
-        } else {
-            Ok(PurgeOutcome::NotFound)
-        }
-    }
-
-    async fn update_meta(
-        &'static self,
-        key: &CacheKey,
-        meta: &CacheMeta,
-        _trace: &SpanHandle,
-    ) -> Result<bool> {
-        let k = key.combined_bin();
-        let Some(old) = self.find(&k).await else {
-            return Ok(false);
-        };
-        let (internal, header) = meta.serialize()?;
-        let Ok(entry) = old.entry.with_meta(&internal, &header) else {
-            return Ok(false);
-        };
-        self.put(k, entry, meta, old.epoch).await;
-        Ok(true)
-    }
-
-    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
-        self
-    }
-}
-
-struct Hit {
-    body: Bytes,
-    done: bool,
-    start: usize,
-    end: usize,
-}
-
-#[async_trait]
-impl HandleHit for Hit {
-    async fn read_body(&mut self) -> Result<Option<Bytes>> {
-        if self.done {
-            return Ok(None);
-        }
-        self.done = true;
-        Ok(Some(self.body.slice(self.start..self.end)))
-    }
-
-    async fn finish(
-        self: Box<Self>,
-        _storage: &'static (dyn Storage + Sync),
-        _key: &CacheKey,
-        _trace: &SpanHandle,
-    ) -> Result<()> {
-        Ok(())
-    }
-
-    fn can_seek(&self) -> bool {
-        true
-    }
-
-    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
-        if start >= self.body.len() {
-            return Error::e_explain(
-                ErrorType::InternalError,
-                format!("seek start {start} beyond body of {}", self.body.len()),
-            );
-        }
-        self.start = start;
-        self.end = end.map_or(self.body.len(), |e| e.min(self.body.len()));
-        Ok(())
-    }
-
-    fn get_eviction_weight(&self) -> usize {
-        self.body.len()
-    }
-
-    fn as_any(&self) -> &(dyn Any + Send + Sync) {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
-        self
-    }
-}
-
-struct Miss {
-    store: &'static Store,
-    key: HashBinary,
-    meta_internal: Bytes,
-    meta_header: Bytes,
-    fill: FillInfo,
-    body: BytesMut,
-}
-
-#[async_trait]
-impl HandleMiss for Miss {
-    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
-        self.body.extend_from_slice(&data);
-        Ok(())
-    }
-
-    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
-        let size = self.body.len();
-        // Encoded into a buffer of exactly its length, which the memory
-        // tier keeps (the fill's buffer has spare capacity).
-        let entry = match Entry::new(
-            self.fill.fetch_seq,
-            self.fill.rules,
-            &self.fill.tags,
-            &self.meta_internal,
-            &self.meta_header,
-            &self.body,
-        ) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(error = %e, "entry not stored");
-                return Ok(MissFinishType::Created(size));
-            }
-        };
-        let meta = decode_meta(&entry)?;
-        self.store
-            .put(self.key, entry, &meta, self.fill.epoch)
-            .await;
-        Ok(MissFinishType::Created(size))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pingora::cache::key::CacheHashKey;
     use pingora::cache::CacheKey;
 
     #[test]

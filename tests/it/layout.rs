@@ -58,10 +58,6 @@ const LONG_FILES: &[(&str, &str)] = &[
         "demo.rs",
         "the demo app: every route and fault knob in one place for newcomers (not product code)",
     ),
-    (
-        "store/mod.rs",
-        "not yet split: the tier trait and the invalidation-log trait (issue 18)",
-    ),
 ];
 
 fn src() -> PathBuf {

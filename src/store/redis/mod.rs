@@ -65,7 +65,7 @@ use self::follow::Followed;
 use self::link::mono_ms;
 use self::log::{End, Keys, Owed, OwedWrite, FENCE_UNIT};
 use super::entry::Tags;
-use super::FillStart;
+use super::log::{Ended, FillStart};
 use crate::invalidation::ALL_TAG;
 use crate::metrics::METRICS;
 use crate::time::now_millis;
@@ -168,18 +168,6 @@ pub(super) struct Identity {
     /// Replicas follow it (a cluster's master, a Sentinel primary): a
     /// failover could promote one that lacks its latest records.
     replicated: bool,
-}
-
-/// How phase 2 of a write ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ended {
-    Recorded,
-    /// Not recorded yet (owed). `fence_stands`: its fence is in the run
-    /// this replica last reached, so until some replica lifts it nothing
-    /// the write changed is served anywhere.
-    Owed {
-        fence_stands: bool,
-    },
 }
 
 /// Timing and bounds of the tier, from the config.
