@@ -188,7 +188,12 @@ impl fmt::Debug for RouteTable {
 }
 
 impl RouteTable {
-    pub fn new(rules: Vec<Rule>, paths: &PathPolicy) -> Result<RouteTable, Vec<PatternError>> {
+    /// The table of `rules`, or each pattern's problem with the index of
+    /// its rule (the first of two that match the same paths is kept).
+    pub fn new(
+        rules: Vec<Rule>,
+        paths: &PathPolicy,
+    ) -> Result<RouteTable, Vec<(usize, PatternError)>> {
         let mut router = matchit::Router::new();
         let mut errors = Vec::new();
         for (i, rule) in rules.iter().enumerate() {
@@ -198,18 +203,24 @@ impl RouteTable {
             }) {
                 Ok(c) => c,
                 Err(reason) => {
-                    errors.push(PatternError {
-                        pattern: rule.pattern.clone(),
-                        reason,
-                    });
+                    errors.push((
+                        i,
+                        PatternError {
+                            pattern: rule.pattern.clone(),
+                            reason,
+                        },
+                    ));
                     continue;
                 }
             };
             if let Err(e) = router.insert(compiled, i) {
-                errors.push(PatternError {
-                    pattern: rule.pattern.clone(),
-                    reason: e.to_string(),
-                });
+                errors.push((
+                    i,
+                    PatternError {
+                        pattern: rule.pattern.clone(),
+                        reason: e.to_string(),
+                    },
+                ));
             }
         }
         if !errors.is_empty() {
@@ -433,9 +444,9 @@ mod tests {
         ] {
             let e = RouteTable::new(vec![rule("r", p)], &paths).unwrap_err();
             assert!(
-                e[0].reason.contains("canonical form"),
+                e[0].1.reason.contains("canonical form"),
                 "{p}: {}",
-                e[0].reason
+                e[0].1.reason
             );
         }
         for p in ["/", "/a/", "/a/%2F/:id", "/a/:id/**"] {
@@ -456,6 +467,7 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.len(), 1);
-        assert_eq!(e[0].pattern, "/x/[other]");
+        assert_eq!(e[0].0, 1);
+        assert_eq!(e[0].1.pattern, "/x/[other]");
     }
 }

@@ -27,7 +27,7 @@ pub(super) fn validate_listeners(
         .or(raw.listen.clone())
         .unwrap_or_else(|| DEFAULT_LISTEN.into());
     let listen = parse_addr(&listen_s, "listen").unwrap_or_else(|m| {
-        problem(&listen_s, m);
+        problem(from_file(&ov.listen, "listen"), m);
         fallback_addr()
     });
     let admin_s = ov
@@ -36,7 +36,7 @@ pub(super) fn validate_listeners(
         .or(raw.admin.listen.clone())
         .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.into());
     let admin_listen = parse_addr(&admin_s, "admin.listen").unwrap_or_else(|m| {
-        problem(&admin_s, m);
+        problem(from_file(&ov.admin_listen, "admin.listen"), m);
         fallback_addr()
     });
     let admin_auth = AdminAuth {
@@ -48,20 +48,24 @@ pub(super) fn validate_listeners(
             .clone()
             .unwrap_or_else(|| vec!["/healthz".to_string()]),
     };
-    for (name, t) in [
-        ("admin.token", &admin_auth.token),
-        ("admin.read_token", &admin_auth.read_token),
+    for (name, t, given) in [
+        ("admin.token", &admin_auth.token, &ov.admin_token),
+        (
+            "admin.read_token",
+            &admin_auth.read_token,
+            &ov.admin_read_token,
+        ),
     ] {
         if t.as_ref().is_some_and(|t| t.len() < 16) {
             problem(
-                name.trim_start_matches("admin."),
+                from_file(given, name),
                 format!("{name} is shorter than 16 characters: use a long random value"),
             );
         }
     }
     if !admin_listen.ip().is_loopback() && admin_auth.token.is_none() {
         problem(
-            &admin_s,
+            from_file(&ov.admin_listen, "admin.listen"),
             format!(
                 "admin.listen {admin_listen} is reachable from other hosts: set admin.token \
                  (or FRESHGATE_ADMIN_TOKEN), or listen on 127.0.0.1"
@@ -74,7 +78,7 @@ pub(super) fn validate_listeners(
         .or(raw.upstream.clone())
         .unwrap_or_else(|| DEFAULT_UPSTREAM.into());
     let upstream = parse_upstream(&upstream_s).unwrap_or_else(|m| {
-        problem(&upstream_s, m);
+        problem(from_file(&ov.upstream, "upstream"), m);
         Upstream {
             addr: String::new(),
             host: String::new(),
@@ -122,4 +126,14 @@ fn parse_upstream(s: &str) -> Result<Upstream, String> {
         addr,
         host: hostport.to_string(),
     })
+}
+
+/// `key`, unless the command line gave the value (then it is nowhere in
+/// the file).
+fn from_file<'a>(overridden: &Option<String>, key: &'a str) -> &'a str {
+    if overridden.is_some() {
+        ""
+    } else {
+        key
+    }
 }

@@ -5,7 +5,7 @@
 //! `deny_unknown_fields`, [`schema`]) catches syntax, unknown keys and wrong
 //! types with the parser's own line and column; validation ([`validate`])
 //! then checks meaning (addresses, URLs, route patterns) and collects *every*
-//! problem, each located in the file text, so one run of `freshgate check`
+//! problem, each located at its key path (`locate`), so one run of `freshgate check`
 //! shows all of them. The snapshot knows nothing of how it is swapped
 //! (`reload`) or how flags are layered (`flags`).
 
@@ -358,6 +358,40 @@ mod tests {
         assert_eq!(code("# all of it"), "");
         assert_eq!(code("purge: [/a#b]"), "purge: [/a#b]");
         assert_eq!(code(r#"on: "x # y" # z"#), r#"on: "x # y" "#);
+    }
+
+    #[test]
+    fn a_problem_is_located_at_its_key_not_at_the_first_text_like_it() {
+        // `timeout` is written first under store.redis, and route b's
+        // pattern is also route a's: each error points at its own key.
+        let text = "store:\n  redis:\n    url: redis://127.0.0.1:6379\n    timeout: 50ms\n\
+                    writes:\n  timeout: 0s\n\
+                    routes:\n  - name: a\n    match: /a/:id\n  - name: a\n    match: /a/:id\n\
+                    warm:\n  paths: [/ok, nope]\n";
+        let e = Config::from_str(text, None, &Overrides::default()).unwrap_err();
+        let at: Vec<_> = e
+            .problems
+            .iter()
+            .map(|p| (p.line, p.column, p.message.split(' ').next().unwrap()))
+            .collect();
+        assert_eq!(
+            at,
+            vec![
+                (Some(6), Some(12), "writes.timeout"),
+                (Some(10), Some(11), "route"),
+                (Some(11), Some(12), "invalid"),
+                (Some(13), Some(16), "warm"),
+            ],
+            "{e}"
+        );
+        // A missing key: at the mapping that lacks it.
+        let e = Config::from_str(
+            "store:\n  redis:\n    timeout: 5s\n",
+            None,
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.problems[0].line, Some(2), "{e}");
     }
 
     #[test]

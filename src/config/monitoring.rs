@@ -104,17 +104,20 @@ pub(super) fn validate_monitoring(
         thresholds: Vec::new(),
     };
     if m.window < Duration::from_secs(1) {
-        problem("window", "monitoring.window must be at least 1s".into());
+        problem(
+            "monitoring.window",
+            "monitoring.window must be at least 1s".into(),
+        );
     }
     if m.evaluate_every < Duration::from_millis(100) {
         problem(
-            "evaluate_every",
+            "monitoring.evaluate_every",
             "monitoring.evaluate_every must be at least 100ms".into(),
         );
     }
     if m.operations > 100_000 {
         problem(
-            "operations",
+            "monitoring.operations",
             "monitoring.operations must be at most 100000 (it is kept in memory)".into(),
         );
     }
@@ -142,16 +145,16 @@ pub(super) fn validate_monitoring(
             );
             continue;
         };
-        for (severity, value) in [
-            (Severity::Critical, critical),
-            (Severity::Error, error),
-            (Severity::Warning, warning),
+        for (severity, key, value) in [
+            (Severity::Critical, "critical", critical),
+            (Severity::Error, "error", error),
+            (Severity::Warning, "warning", warning),
         ] {
             let Some(value) = value else { continue };
             let is_rate = matches!(metric, Metric::HitRate | Metric::ErrorRate);
             if is_rate && !(0.0..=1.0).contains(&value) {
                 problem(
-                    metric.name(),
+                    &format!("monitoring.alerts.{}.{key}", metric.name()),
                     format!(
                         "monitoring.alerts.{}: {value} is not a fraction between 0 and 1 (0.7 means 70%)",
                         metric.name()

@@ -9,15 +9,17 @@ use crate::canonical::PathPolicy;
 use crate::invalidation::{Invalidation, RawRule};
 use crate::rules::{sample_path, CacheOverrides, CookieName, RouteTable, Rule};
 
-/// Cookie names as written in `ignore_cookies` lists.
+/// Cookie names as written in the `ignore_cookies` list at key path `at`.
 pub(super) fn cookie_names(
+    at: &str,
     list: &[String],
     problem: &mut impl FnMut(&str, String),
 ) -> Vec<CookieName> {
     list.iter()
-        .filter_map(|c| {
+        .enumerate()
+        .filter_map(|(i, c)| {
             CookieName::parse(c)
-                .map_err(|m| problem(c, format!("ignore_cookies: {m}")))
+                .map_err(|m| problem(&format!("{at}[{i}]"), format!("ignore_cookies: {m}")))
                 .ok()
         })
         .collect()
@@ -32,7 +34,8 @@ pub(super) fn validate_routes(
 ) -> RouteTable {
     let mut rules = Vec::new();
     let mut names = std::collections::HashSet::new();
-    for r in raw {
+    for (i, r) in raw.into_iter().enumerate() {
+        let at = |key: &str| format!("routes[{i}].{key}");
         if r.name.is_empty()
             || !r
                 .name
@@ -40,26 +43,32 @@ pub(super) fn validate_routes(
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
             problem(
-                &r.name,
+                &at("name"),
                 format!("route name {:?} must be non-empty and use only letters, digits, '-' and '_' (it becomes a metric label)", r.name),
             );
         }
         if !names.insert(r.name.clone()) {
-            problem(&r.name, format!("route name {:?} is used twice", r.name));
+            problem(
+                &at("name"),
+                format!("route name {:?} is used twice", r.name),
+            );
         }
-        for h in &r.key.headers {
+        for (j, h) in r.key.headers.iter().enumerate() {
             if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                problem(h, format!("key.headers: {h:?} is not a valid header name"));
+                problem(
+                    &at(&format!("key.headers[{j}]")),
+                    format!("key.headers: {h:?} is not a valid header name"),
+                );
             }
         }
         let mut overrides = CacheOverrides {
             no_store: r.override_no_store,
             ..CacheOverrides::default()
         };
-        for o in &r.overrides {
+        for (j, o) in r.overrides.iter().enumerate() {
             if !overrides.add(o) {
                 problem(
-                    o,
+                    &at(&format!("override[{j}]")),
                     format!(
                         "override: {o:?} is not one of {}",
                         CacheOverrides::NAMES.join(", ")
@@ -69,17 +78,17 @@ pub(super) fn validate_routes(
         }
         if !r.overrides.is_empty() && r.ttl.is_none() {
             problem(
-                &r.name,
+                &at("override"),
                 format!(
                     "route {:?}: override needs a ttl (it says where the ttl beats the app's headers)",
                     r.name
                 ),
             );
         }
-        for &s in r.statuses.iter().flatten() {
+        for (j, &s) in r.statuses.iter().flatten().enumerate() {
             if !(200..=599).contains(&s) || s == 206 || s == 304 {
                 problem(
-                    &s.to_string(),
+                    &at(&format!("statuses[{j}]")),
                     format!(
                         "route {:?}: status {s} cannot be stored (200-599, except 206 and 304)",
                         r.name
@@ -101,7 +110,7 @@ pub(super) fn validate_routes(
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
             ignore_cookies: match &r.ignore_cookies {
-                Some(list) => cookie_names(list, problem),
+                Some(list) => cookie_names(&at("ignore_cookies"), list, problem),
                 None => default_ignored.to_vec(),
             },
             key_cookies: r.key.cookies,
@@ -111,8 +120,8 @@ pub(super) fn validate_routes(
     match RouteTable::new(rules, paths) {
         Ok(t) => t,
         Err(errs) => {
-            for e in errs {
-                problem(&e.pattern, e.to_string());
+            for (i, e) in errs {
+                problem(&format!("routes[{i}].match"), e.to_string());
             }
             RouteTable::default()
         }
@@ -138,7 +147,7 @@ pub(super) fn validate_invalidation(
         Ok(i) => i,
         Err(errs) => {
             for e in errs {
-                problem(&e.at, e.message);
+                problem(&format!("invalidate{}", e.at), e.message);
             }
             Invalidation::default()
         }

@@ -1,5 +1,5 @@
 //! Validation: a raw config becomes a [`Config`] snapshot, or the list of
-//! *every* problem in it, each located in the file text (`locate`). One
+//! *every* problem in it, each located at its key path (`locate`). One
 //! function per section, each handed the problem collector; the rules'
 //! sections are in `routes`, the listeners' in `listeners`, monitoring's
 //! in `monitoring`.
@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::listeners::{validate_listeners, Listeners};
-use super::locate::locate;
+use super::locate::Spans;
 use super::monitoring::validate_monitoring;
 use super::routes::{cookie_names, purged_routes, validate_invalidation, validate_routes};
 use super::schema::*;
@@ -49,8 +49,12 @@ pub(super) fn validate(
     ov: &Overrides,
 ) -> Result<Config, Vec<Problem>> {
     let mut problems = Vec::new();
-    let mut problem = |needle: &str, message: String| {
-        let (line, column) = locate(text, needle);
+    // Parsed for positions only when there is a problem to locate.
+    let spans = std::cell::OnceCell::new();
+    // `at`: the key path the problem is about (`routes[2].match`); empty
+    // when the value did not come from the file (a command-line override).
+    let mut problem = |at: &str, message: String| {
+        let (line, column) = spans.get_or_init(|| Spans::of(text)).find(at);
         problems.push(Problem {
             line,
             column,
@@ -64,7 +68,12 @@ pub(super) fn validate(
         .or(raw.cache.namespace.clone())
         .unwrap_or_default();
     if let Err(m) = check_namespace(&namespace) {
-        problem(&namespace, m);
+        let at = if ov.namespace.is_some() {
+            ""
+        } else {
+            "cache.namespace"
+        };
+        problem(at, m);
     }
     let Listeners {
         listen,
@@ -75,7 +84,10 @@ pub(super) fn validate(
     let redis = validate_redis(raw.store.redis.as_ref(), ov, &mut problem);
     let write_timeout = raw.writes.timeout.map_or(DEFAULT_WRITE_TIMEOUT, |d| d.0);
     if write_timeout.is_zero() {
-        problem("timeout", "writes.timeout must be more than 0".into());
+        problem(
+            "writes.timeout",
+            "writes.timeout must be more than 0".into(),
+        );
     }
 
     let defaults = PathPolicy::default();
@@ -107,6 +119,7 @@ pub(super) fn validate(
         env!("CARGO_PKG_VERSION")
     ));
     let default_ignored = cookie_names(
+        "cache.ignore_cookies",
         raw.cache.ignore_cookies.as_deref().unwrap_or_default(),
         &mut problem,
     );
@@ -126,7 +139,7 @@ pub(super) fn validate(
         .unwrap_or(DEFAULT_MAX_OBJECT_BYTES);
     if max_object_bytes > MAX_OBJECT_LIMIT {
         problem(
-            "max_object_size",
+            "cache.max_object_size",
             format!("cache.max_object_size is at most 2GiB (an entry is addressed with 32-bit offsets), not {max_object_bytes} bytes"),
         );
     }
@@ -200,14 +213,18 @@ fn validate_redis(
     let redis_url = ov.redis.clone().or(raw.and_then(|r| r.url.clone()));
     if redis_url.is_none() && raw.is_some() {
         problem(
-            "redis",
+            "store.redis",
             "store.redis needs a url (or --redis / FRESHGATE_REDIS)".into(),
         );
     }
     redis_url.map(|url| {
         if !(url.starts_with("redis://") || url.starts_with("unix://")) {
             problem(
-                &url,
+                if ov.redis.is_some() {
+                    ""
+                } else {
+                    "store.redis.url"
+                },
                 format!("store.redis.url {url:?} must start with redis:// or unix://"),
             );
         }
@@ -216,13 +233,20 @@ fn validate_redis(
             .or(raw.and_then(|r| r.timeout).map(|d| d.0))
             .unwrap_or(DEFAULT_REDIS_TIMEOUT);
         if timeout.is_zero() {
-            problem("timeout", "store.redis.timeout must be more than 0".into());
+            problem(
+                if ov.redis_timeout.is_some() {
+                    ""
+                } else {
+                    "store.redis.timeout"
+                },
+                "store.redis.timeout must be more than 0".into(),
+            );
         }
         let consistency = match raw.and_then(|r| r.consistency.as_deref()) {
             None => Consistency::Strict,
             Some(c) => Consistency::parse(c).unwrap_or_else(|| {
                 problem(
-                    c,
+                    "store.redis.consistency",
                     format!("store.redis.consistency {c:?}: use strict or bounded"),
                 );
                 Consistency::Strict
@@ -233,7 +257,7 @@ fn validate_redis(
             Some("reject") => UnrecordedWrite::Reject,
             Some(other) => {
                 problem(
-                    other,
+                    "store.redis.on_unrecorded_write",
                     format!("store.redis.on_unrecorded_write {other:?}: use pass or reject"),
                 );
                 UnrecordedWrite::Pass
@@ -257,7 +281,7 @@ fn validate_warm(raw: RawWarm, listen: SocketAddr, problem: &mut impl FnMut(&str
             Some("https") => "https",
             Some(other) => {
                 problem(
-                    other,
+                    "warm.scheme",
                     format!("warm.scheme {other:?} must be http or https"),
                 );
                 "http"
@@ -267,7 +291,7 @@ fn validate_warm(raw: RawWarm, listen: SocketAddr, problem: &mut impl FnMut(&str
     };
     if crate::host::normalize(&warm.host, "http").is_err() {
         problem(
-            "host",
+            "warm.host",
             format!(
                 "warm.host {:?} is not a host name (e.g. app.example.com)",
                 warm.host
@@ -276,14 +300,14 @@ fn validate_warm(raw: RawWarm, listen: SocketAddr, problem: &mut impl FnMut(&str
     }
     if warm.paths.len() > MAX_WARM_PATHS {
         problem(
-            "warm",
+            "warm.paths",
             format!("warm.paths may list at most {MAX_WARM_PATHS} paths"),
         );
     }
-    for p in &warm.paths {
+    for (i, p) in warm.paths.iter().enumerate() {
         if !p.starts_with('/') || p.contains(char::is_whitespace) {
             problem(
-                p,
+                &format!("warm.paths[{i}]"),
                 format!("warm path {p:?} must start with / and contain no spaces"),
             );
         }
@@ -303,11 +327,11 @@ fn validate_targeted_fields(
             .collect(),
         Some(list) => list.iter().map(|s| s.to_ascii_lowercase()).collect(),
     };
-    for f in &targeted_fields {
+    for (i, f) in targeted_fields.iter().enumerate() {
         let reserved = ["cache-control", "expires", "pragma"].contains(&f.as_str());
         if http::HeaderName::from_bytes(f.as_bytes()).is_err() || reserved {
             problem(
-                f,
+                &format!("cache.targeted_fields[{i}]"),
                 format!("cache.targeted_fields: {f:?} is not a targeted field name (e.g. cdn-cache-control)"),
             );
         }
@@ -324,9 +348,15 @@ fn validate_trusted_proxies(
         None => TrustedProxies::default(),
         Some(list) => TrustedProxies::new(
             list.iter()
-                .filter_map(|n| {
+                .enumerate()
+                .filter_map(|(i, n)| {
                     forwarding::parse_net(n)
-                        .map_err(|m| problem(n, format!("trusted_proxies: {m}")))
+                        .map_err(|m| {
+                            problem(
+                                &format!("trusted_proxies[{i}]"),
+                                format!("trusted_proxies: {m}"),
+                            )
+                        })
                         .ok()
                 })
                 .collect(),
@@ -349,7 +379,10 @@ fn validate_timeouts(t: RawTimeouts, problem: &mut impl FnMut(&str, String)) -> 
         ("client_write", timeouts.client_write),
     ] {
         if d.is_zero() {
-            problem(name, format!("timeouts.{name} must be more than 0"));
+            problem(
+                &format!("timeouts.{name}"),
+                format!("timeouts.{name} must be more than 0"),
+            );
         }
     }
     timeouts
@@ -364,11 +397,12 @@ fn validate_method_override(
         None => defaults.headers,
         Some(hs) => hs
             .into_iter()
-            .filter_map(|h| match http::HeaderName::from_bytes(h.as_bytes()) {
+            .enumerate()
+            .filter_map(|(i, h)| match http::HeaderName::from_bytes(h.as_bytes()) {
                 Ok(name) => Some(name.as_str().to_string()),
                 Err(_) => {
                     problem(
-                        &h,
+                        &format!("method_override.headers[{i}]"),
                         format!("method_override.headers: {h:?} is not a valid header name"),
                     );
                     None

@@ -84,7 +84,7 @@ pub struct RawRule {
 
 #[derive(Debug, Clone)]
 pub struct RuleError {
-    /// The text to point at in the file.
+    /// Where in the `invalidate:` list: `[2].on`, `[2].purge[0]`.
     pub at: String,
     pub message: String,
 }
@@ -175,22 +175,22 @@ impl Invalidation {
             });
             if let Err(message) = &on {
                 errors.push(RuleError {
-                    at: r.on.clone(),
+                    at: format!("[{i}].on"),
                     message: message.clone(),
                 });
             }
             if r.purge.is_empty() {
                 errors.push(RuleError {
-                    at: r.on.clone(),
+                    at: format!("[{i}].purge"),
                     message: format!("rule {name:?} has no purge targets"),
                 });
             }
             let mut purge = Vec::new();
-            for p in &r.purge {
+            for (j, p) in r.purge.iter().enumerate() {
                 match inv.target_index(p) {
                     Ok(idx) => purge.push(idx),
                     Err(e) => errors.push(RuleError {
-                        at: p.clone(),
+                        at: format!("[{i}].purge[{j}]"),
                         message: e.to_string(),
                     }),
                 }
@@ -584,7 +584,7 @@ mod tests {
     }
 
     #[test]
-    fn bad_rules_are_reported_with_the_text_to_locate() {
+    fn bad_rules_are_reported_with_where_they_are() {
         let e = Invalidation::new(
             vec![RawRule {
                 name: None,
@@ -594,11 +594,11 @@ mod tests {
             &PathPolicy::default(),
         )
         .unwrap_err();
-        // Both of the rule's problems, each with the text to point at (the
-        // bad `on:` no longer hides the bad target).
+        // Both of the rule's problems, each with where it is (the bad
+        // `on:` no longer hides the bad target).
         assert_eq!(e.len(), 2, "{e:?}");
-        assert_eq!(e[0].at, "GET /a/:id");
-        assert_eq!(e[1].at, "/a/**/b");
+        assert_eq!(e[0].at, "[0].on");
+        assert_eq!(e[1].at, "[0].purge[0]");
     }
 
     #[test]

@@ -449,7 +449,10 @@ mod tests {
         let tags = set(&["u:/c"]);
         assert!(now(log.begin_write(9, &tags)));
         log.abandon_write(9, &tags);
-        assert!(now(log.valid(&run, &kept)), "an abandoned write invalidates nothing");
+        assert!(
+            now(log.valid(&run, &kept)),
+            "an abandoned write invalidates nothing"
+        );
     }
 
     #[test]
