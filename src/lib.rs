@@ -34,6 +34,7 @@
 //! - [`health`]: `freshgate health`, the container's health check.
 //! - [`demo`]: the bundled demo app, for newcomers, tests and benchmarks.
 //! - [`time`]: wall-clock formats (RFC 3339, Unix seconds and milliseconds).
+//! - [`outcome`]: what happened to one request (`X-Cache`, metric label, monitor kind).
 //! - [`app`]: wiring of the pingora server and its services.
 //! - [`cli`]: the command line.
 
@@ -57,6 +58,7 @@ pub mod host;
 pub mod invalidation;
 pub mod metrics;
 pub mod monitor;
+pub mod outcome;
 pub mod prefetch;
 pub mod proxy;
 pub mod reload;

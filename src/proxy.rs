@@ -59,6 +59,7 @@ use crate::invalidation;
 use crate::metrics::{method_label, status_class, METRICS};
 use crate::monitor::series::Kind;
 use crate::monitor::{Event, Monitor};
+use crate::outcome::Outcome;
 use crate::prefetch::{self, Prefetcher};
 use crate::reload::LiveConfig;
 use crate::rules::Rule;
@@ -73,54 +74,6 @@ pub struct Proxy {
     pub store: &'static Store,
     pub lock: &'static CacheKeyLockImpl,
     pub prefetch: Arc<Prefetcher>,
-}
-
-/// What happened to one request, as reported in `X-Cache`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Served from the cache (also after a 304 revalidation).
-    Hit,
-    /// Looked up, not found (or expired), fetched from the app.
-    Miss,
-    /// Served from the cache after its freshness ran out (app unreachable).
-    Stale,
-    /// A GET/HEAD that did not use the cache (credentials, route disabled,
-    /// store unavailable, or a response that may not be stored).
-    Bypass,
-    /// Not a cacheable request at all (method); passed through untouched.
-    Pass,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Hit => "HIT",
-            Outcome::Miss => "MISS",
-            Outcome::Stale => "STALE",
-            Outcome::Bypass => "BYPASS",
-            Outcome::Pass => "PASS",
-        }
-    }
-
-    pub fn kind(self) -> Kind {
-        match self {
-            Outcome::Hit => Kind::Hit,
-            Outcome::Miss => Kind::Miss,
-            Outcome::Stale => Kind::Stale,
-            Outcome::Bypass => Kind::Bypass,
-            Outcome::Pass => Kind::Pass,
-        }
-    }
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Outcome::Hit => "hit",
-            Outcome::Miss => "miss",
-            Outcome::Stale => "stale",
-            Outcome::Bypass => "bypass",
-            Outcome::Pass => "pass",
-        }
-    }
 }
 
 pub struct Ctx {
@@ -721,7 +674,7 @@ impl ProxyHttp for Proxy {
                 .with_label_values(&[route, reason.as_str()])
                 .inc();
         }
-        if matches!(ctx.outcome, Outcome::Hit | Outcome::Stale) {
+        if ctx.outcome.from_cache() {
             METRICS
                 .cache_served_bytes
                 .with_label_values(&[route])
@@ -744,7 +697,7 @@ impl ProxyHttp for Proxy {
             let req = session.req_header();
             self.monitor.record(Event {
                 op: ctx.outcome.as_str(),
-                kind: ctx.outcome.kind(),
+                kind: Kind::Request(ctx.outcome),
                 name: route,
                 method: req.method.as_str(),
                 path: req.uri.path(),

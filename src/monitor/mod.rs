@@ -26,6 +26,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::outcome::Outcome;
 use crate::store::redis::RedisTier;
 use crate::time::now_secs;
 use alerts::{Alert, Alerts, MonitoringConfig, State, Window};
@@ -289,8 +290,10 @@ impl Monitor {
                 }
                 w.all.merge(s);
                 match kind {
-                    Kind::Hit | Kind::Stale => w.hits += s.count,
-                    Kind::Miss => w.misses += s.count,
+                    Kind::Request(Outcome::Hit) | Kind::Request(Outcome::Stale) => {
+                        w.hits += s.count
+                    }
+                    Kind::Request(Outcome::Miss) => w.misses += s.count,
                     _ => {}
                 }
             }

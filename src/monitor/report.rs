@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use super::series::{entries, Bucket, Kind, Stat};
 use super::Scope;
+use crate::outcome::Outcome;
 use crate::time::rfc3339;
 
 /// `timeRange` values: (name, length, bucket size), seconds.
@@ -83,11 +84,11 @@ impl Agg {
     }
 
     pub fn hits(&self) -> u64 {
-        self.n(Kind::Hit) + self.n(Kind::Stale)
+        self.n(Kind::Request(Outcome::Hit)) + self.n(Kind::Request(Outcome::Stale))
     }
 
     pub fn misses(&self) -> u64 {
-        self.n(Kind::Miss)
+        self.n(Kind::Request(Outcome::Miss))
     }
 
     /// Hits (and stale hits) over lookups; `None` without lookups.
@@ -99,11 +100,11 @@ impl Agg {
     fn json(&self) -> Value {
         json!({
             "requests": self.all.count,
-            "hits": self.n(Kind::Hit),
+            "hits": self.n(Kind::Request(Outcome::Hit)),
             "misses": self.misses(),
-            "stale": self.n(Kind::Stale),
-            "bypass": self.n(Kind::Bypass),
-            "pass": self.n(Kind::Pass),
+            "stale": self.n(Kind::Request(Outcome::Stale)),
+            "bypass": self.n(Kind::Request(Outcome::Bypass)),
+            "pass": self.n(Kind::Request(Outcome::Pass)),
             "hitRate": self.hit_rate(),
             "averageDuration": round(self.all.mean_ms()),
             "p95Duration": round(self.all.quantile_ms(0.95)),
@@ -237,11 +238,11 @@ impl Report {
                     ts.clone(),
                     name.clone(),
                     a.all.count.to_string(),
-                    a.n(Kind::Hit).to_string(),
+                    a.n(Kind::Request(Outcome::Hit)).to_string(),
                     a.misses().to_string(),
-                    a.n(Kind::Stale).to_string(),
-                    a.n(Kind::Bypass).to_string(),
-                    a.n(Kind::Pass).to_string(),
+                    a.n(Kind::Request(Outcome::Stale)).to_string(),
+                    a.n(Kind::Request(Outcome::Bypass)).to_string(),
+                    a.n(Kind::Request(Outcome::Pass)).to_string(),
                     a.hit_rate().map_or(String::new(), |r| format!("{r:.4}")),
                     format!("{:.3}", a.all.mean_ms()),
                     format!("{:.3}", a.all.quantile_ms(0.95)),
@@ -267,10 +268,14 @@ mod tests {
     fn groups_and_csv() {
         let mut b = Bucket::new();
         for _ in 0..7 {
-            update(&mut b, "scene", Kind::Hit, |s| s.observe(1000, false));
+            update(&mut b, "scene", Kind::Request(Outcome::Hit), |s| {
+                s.observe(1000, false)
+            });
         }
         for _ in 0..3 {
-            update(&mut b, "scene", Kind::Miss, |s| s.observe(30_000, false));
+            update(&mut b, "scene", Kind::Request(Outcome::Miss), |s| {
+                s.observe(30_000, false)
+            });
         }
         update(&mut b, "scene", Kind::Invalidated, |s| s.count += 2);
         update(&mut b, "edit-scene", Kind::Write, |s| s.count += 2);

@@ -12,6 +12,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::outcome::Outcome;
+
 /// Upper bounds of the latency buckets, in microseconds; one more bucket
 /// catches everything above the last.
 pub const LATENCY_BOUNDS_US: [u64; 20] = [
@@ -31,11 +33,7 @@ pub const HOURS_KEPT: u64 = 30 * 24 * HOUR;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     /// Proxied requests, by route rule, with their `X-Cache` result.
-    Hit,
-    Miss,
-    Stale,
-    Bypass,
-    Pass,
+    Request(Outcome),
     /// A successful write, by the invalidation rule that matched it
     /// (`(unmatched)` when none did).
     Write,
@@ -46,11 +44,11 @@ pub enum Kind {
 }
 
 pub const KINDS: [Kind; 8] = [
-    Kind::Hit,
-    Kind::Miss,
-    Kind::Stale,
-    Kind::Bypass,
-    Kind::Pass,
+    Kind::Request(Outcome::Hit),
+    Kind::Request(Outcome::Miss),
+    Kind::Request(Outcome::Stale),
+    Kind::Request(Outcome::Bypass),
+    Kind::Request(Outcome::Pass),
     Kind::Write,
     Kind::Invalidated,
     Kind::Purge,
@@ -59,11 +57,7 @@ pub const KINDS: [Kind; 8] = [
 impl Kind {
     pub fn code(self) -> &'static str {
         match self {
-            Kind::Hit => "hit",
-            Kind::Miss => "miss",
-            Kind::Stale => "stale",
-            Kind::Bypass => "bypass",
-            Kind::Pass => "pass",
+            Kind::Request(o) => o.label(),
             Kind::Write => "write",
             Kind::Invalidated => "invalidated",
             Kind::Purge => "purge",
@@ -76,14 +70,17 @@ impl Kind {
 
     /// A proxied request (as opposed to an invalidation event).
     pub fn is_request(self) -> bool {
-        matches!(
-            self,
-            Kind::Hit | Kind::Miss | Kind::Stale | Kind::Bypass | Kind::Pass
-        )
+        matches!(self, Kind::Request(_))
     }
 
+    /// Its place in [`KINDS`] (and in a bucket's stats).
     fn index(self) -> usize {
-        self as usize
+        match self {
+            Kind::Request(o) => o as usize,
+            Kind::Write => Outcome::ALL.len(),
+            Kind::Invalidated => Outcome::ALL.len() + 1,
+            Kind::Purge => Outcome::ALL.len() + 2,
+        }
     }
 }
 
@@ -339,8 +336,12 @@ mod tests {
     #[test]
     fn redis_fields_round_trip() {
         let mut b = Bucket::new();
-        update(&mut b, "a|b", Kind::Hit, |s| s.observe(1234, false));
-        update(&mut b, "a|b", Kind::Miss, |s| s.observe(50_000, true));
+        update(&mut b, "a|b", Kind::Request(Outcome::Hit), |s| {
+            s.observe(1234, false)
+        });
+        update(&mut b, "a|b", Kind::Request(Outcome::Miss), |s| {
+            s.observe(50_000, true)
+        });
         update(&mut b, "rule", Kind::Write, |s| s.count += 3);
         let map: HashMap<String, u64> = fields(&b).into_iter().collect();
         assert_eq!(from_fields(&map), b);
@@ -350,16 +351,22 @@ mod tests {
     fn old_minutes_fold_into_hours_and_queries_see_both() {
         let mut s = Series::default();
         let t0 = 1_000 * HOUR;
-        update(s.at(t0), "r", Kind::Hit, |s| s.observe(100, false));
-        update(s.at(t0 + 61), "r", Kind::Hit, |s| s.observe(100, false));
+        update(s.at(t0), "r", Kind::Request(Outcome::Hit), |s| {
+            s.observe(100, false)
+        });
+        update(s.at(t0 + 61), "r", Kind::Request(Outcome::Hit), |s| {
+            s.observe(100, false)
+        });
         // A day later the first minutes are folded into their hour.
         let later = t0 + MINUTES_KEPT + 2 * MINUTE;
-        update(s.at(later), "r", Kind::Miss, |s| s.observe(100, false));
+        update(s.at(later), "r", Kind::Request(Outcome::Miss), |s| {
+            s.observe(100, false)
+        });
         assert_eq!(s.minutes.len(), 1);
         assert_eq!(s.hours.len(), 1);
         let all = s.query(t0, later + 1, HOURS_KEPT);
         let b = all.values().next().expect("one bucket");
-        assert_eq!(b["r"][Kind::Hit.index()].count, 2);
-        assert_eq!(b["r"][Kind::Miss.index()].count, 1);
+        assert_eq!(b["r"][Kind::Request(Outcome::Hit).index()].count, 2);
+        assert_eq!(b["r"][Kind::Request(Outcome::Miss).index()].count, 1);
     }
 }
