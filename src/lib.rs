@@ -28,7 +28,8 @@
 //! - [`metrics`]: every Prometheus metric, one registry.
 //! - [`monitor`]: counters over time, alerts, recent operations (admin API/page).
 //! - [`admin`]: the admin listener: health, `/metrics`, the admin API and page.
-//! - [`tooling`]: `freshgate check` warnings and `freshgate explain`.
+//! - [`explain`]: what a config will do, without running it: `freshgate check`
+//!   warnings and `freshgate explain`.
 //! - [`warm`]: `freshgate warm`, filling the cache through a running freshgate.
 //! - [`analyze`]: `freshgate analyze`, a terminal report from the admin API.
 //! - [`health`]: `freshgate health`, the container's health check.
@@ -49,6 +50,7 @@ pub mod canonical;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod explain;
 pub mod fill_lock;
 pub mod flags;
 pub mod forwarding;
@@ -66,6 +68,5 @@ pub mod rules;
 pub mod storable;
 pub mod store;
 pub mod time;
-pub mod tooling;
 pub mod warm;
 pub mod writes;

@@ -6,8 +6,8 @@ use clap::Parser;
 use freshgate::app::{self, Demo};
 use freshgate::cli::{Cli, Command, RunOpts};
 use freshgate::config::{Config, Overrides};
+use freshgate::explain;
 use freshgate::flags::Flags;
-use freshgate::tooling;
 
 /// Exit code for a config that cannot be used (BSD `EX_USAGE` is for flags;
 /// `check` uses 1 as documented).
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match Config::load(Some(&config), &Overrides::default()) {
             Ok(c) => {
-                for w in tooling::warnings(&c) {
+                for w in explain::warnings(&c) {
                     eprintln!("{}: warning: {w}", config.display());
                 }
                 println!(
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_BAD_CONFIG);
                 }
             };
-            match tooling::explain(&c, &request) {
+            match explain::request(&c, &request) {
                 Ok(text) => {
                     print!("{text}");
                     ExitCode::SUCCESS

@@ -695,7 +695,7 @@ impl ProxyHttp for Proxy {
             .observe(elapsed.as_secs_f64());
         if self.live.flags.get(Flag::Monitoring, &ctx.config.flags) {
             let req = session.req_header();
-            self.monitor.record(Event {
+            self.monitor.observe(Event {
                 op: ctx.outcome.as_str(),
                 kind: Kind::Request(ctx.outcome),
                 name: route,
@@ -987,7 +987,7 @@ impl Proxy {
                 .request
                 .as_ref()
                 .map_or(req.uri.path(), |r| r.path.as_str());
-            self.live.unmatched.record(&req.method, path, route);
+            self.live.unmatched.note(&req.method, path, route);
             METRICS
                 .unmatched_writes
                 .with_label_values(&[route.unwrap_or("-")])

@@ -216,7 +216,7 @@ impl LiveConfig {
         json!({
             "version": st.version,
             "hash": format!("{:016x}", c.text_hash),
-            "rulesFingerprint": format!("{:016x}", c.rules_fingerprint),
+            "rulesFingerprint": c.rules_fingerprint.to_string(),
             "file": c.source.as_ref().map(|p| p.display().to_string()),
             "loadedAt": crate::time::rfc3339(st.loaded_at),
             "lastReload": st.last_attempt.map(|(at, ok)| json!({

@@ -20,6 +20,7 @@ use crate::forwarding::TrustedProxies;
 use crate::invalidation::Invalidation;
 use crate::rules::{CookieName, RouteTable};
 use crate::store::redis::Consistency;
+use crate::store::RulesFingerprint;
 
 mod listeners;
 mod locate;
@@ -101,7 +102,7 @@ pub struct Config {
     /// Hash of the invalidation rules: entries are only served
     /// under the rules that tagged them, so a rules edit can never leave an
     /// entry without a tag that the new rules would invalidate.
-    pub rules_fingerprint: u64,
+    pub rules_fingerprint: RulesFingerprint,
     /// Hash of the whole file text, to tell versions apart in the admin API.
     pub text_hash: u64,
     pub monitoring: MonitoringConfig,

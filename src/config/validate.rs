@@ -17,6 +17,7 @@ use super::*;
 use crate::canonical::{MethodOverride, PathPolicy};
 use crate::forwarding::{self, TrustedProxies};
 use crate::store::redis::Consistency;
+use crate::store::RulesFingerprint;
 
 /// The largest `cache.max_object_size`: an entry, header included, must
 /// stay below 4 GiB (see `store::entry`).
@@ -110,14 +111,14 @@ pub(super) fn validate(
     // version may tag or plan the same write differently, so replicas of two
     // versions in one fleet (a rolling upgrade) count as mixed rules (the
     // cache is bypassed until one version runs alone).
-    let rules_fingerprint = hash_of(&format!(
+    let rules_fingerprint = RulesFingerprint(hash_of(&format!(
         "{:?} {:?} {:?} {:?} {}",
         raw.invalidate,
         paths,
         raw.cache.max_ttl,
         method_override,
         env!("CARGO_PKG_VERSION")
-    ));
+    )));
     let default_ignored = cookie_names(
         "cache.ignore_cookies",
         raw.cache.ignore_cookies.as_deref().unwrap_or_default(),

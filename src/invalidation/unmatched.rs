@@ -29,7 +29,7 @@ pub struct Unmatched {
 const UNMATCHED_KEPT: usize = 200;
 
 impl UnmatchedWrites {
-    pub fn record(&self, method: &Method, path: &str, route: Option<&str>) {
+    pub fn note(&self, method: &Method, path: &str, route: Option<&str>) {
         let shape = path_shape(path);
         let key = format!("{method} {shape}");
         let now = std::time::SystemTime::now();
@@ -99,9 +99,9 @@ mod tests {
         );
         assert_eq!(path_shape("/studio/api/scenes"), "/studio/api/scenes");
         let u = UnmatchedWrites::default();
-        u.record(&Method::POST, "/a/1/like", None);
-        u.record(&Method::POST, "/a/2/like", Some("a"));
-        u.record(&Method::DELETE, "/b/9", None);
+        u.note(&Method::POST, "/a/1/like", None);
+        u.note(&Method::POST, "/a/2/like", Some("a"));
+        u.note(&Method::DELETE, "/b/9", None);
         let l = u.list();
         assert_eq!(l[0].shape, "/a/:id/like");
         assert_eq!(l[0].count, 2);
@@ -113,7 +113,7 @@ mod tests {
     fn bounded() {
         let u = UnmatchedWrites::default();
         for i in 0..(UNMATCHED_KEPT + 50) {
-            u.record(&Method::POST, &format!("/x{i}"), None);
+            u.note(&Method::POST, &format!("/x{i}"), None);
         }
         assert_eq!(u.list().len(), UNMATCHED_KEPT);
     }

@@ -201,7 +201,7 @@ impl Monitor {
     }
 
     /// Count one event and add it to the recent operations.
-    pub fn record(&self, e: Event<'_>) {
+    pub fn observe(&self, e: Event<'_>) {
         let now = now_secs();
         let micros = e.duration.as_micros() as u64;
         let error = e.status >= 500;

@@ -151,7 +151,7 @@ impl LocalLog {
         let s = self.clock.fetch_add(1, Ordering::AcqRel) + 1;
         let now = Instant::now();
         for t in tags {
-            if !self.record(t, s, now) {
+            if !self.raise(t, s, now) {
                 // Never observed (the map would have to drop the tag's
                 // placeholder under us), but if it were: invalidating
                 // everything older is always safe.
@@ -162,7 +162,7 @@ impl LocalLog {
     }
 
     /// `last_inv[tag] = max(last_inv[tag], s)`, atomically per tag.
-    fn record(&self, tag: &str, s: u64, now: Instant) -> bool {
+    fn raise(&self, tag: &str, s: u64, now: Instant) -> bool {
         for _ in 0..3 {
             let raise = |_: &String, inv: &mut Inv| {
                 inv.seq = inv.seq.max(s);

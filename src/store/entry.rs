@@ -139,12 +139,24 @@ fn tag_names(mut raw: &[u8]) -> impl Iterator<Item = &str> + Clone {
     })
 }
 
+/// Which invalidation rules tagged an entry or planned a write: a hash of
+/// what decides tags (`config::Config::rules_fingerprint`); 0 before any
+/// rules are known. Shown (and kept in Redis) as 16 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct RulesFingerprint(pub u64);
+
+impl std::fmt::Display for RulesFingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
 impl Entry {
     /// Encode a response fetched when the clock read `fetch_seq`, tagged by
     /// rules `rules`, into a buffer of exactly its length.
     pub fn new(
         fetch_seq: u64,
-        rules: u64,
+        rules: RulesFingerprint,
         tags: &Tags,
         meta_internal: &[u8],
         meta_header: &[u8],
@@ -159,7 +171,7 @@ impl Entry {
         b.put_slice(MAGIC);
         b.put_u8(VERSION);
         b.put_u64(fetch_seq);
-        b.put_u64(rules);
+        b.put_u64(rules.0);
         b.put_u16(tags.count);
         b.put_slice(&tags.raw);
         b.put_u32(meta_internal.len() as u32);
@@ -235,8 +247,8 @@ impl Entry {
 
     /// Fingerprint of the rules that computed the tags: an entry is only
     /// served under the same rules (see `config::Config::rules_fingerprint`).
-    pub fn rules(&self) -> u64 {
-        self.number_at(11)
+    pub fn rules(&self) -> RulesFingerprint {
+        RulesFingerprint(self.number_at(11))
     }
 
     fn number_at(&self, at: usize) -> u64 {
@@ -312,7 +324,7 @@ mod tests {
     fn sample_with(tags: &Tags) -> Entry {
         Entry::new(
             42,
-            7,
+            RulesFingerprint(7),
             tags,
             b"internal",
             b"HTTP/1.1 200 OK\r\n",
@@ -330,7 +342,7 @@ mod tests {
         let e = sample();
         let back = Entry::decode(e.encoded().clone()).unwrap();
         assert_eq!(back, e);
-        assert_eq!((back.fetch_seq(), back.rules()), (42, 7));
+        assert_eq!((back.fetch_seq(), back.rules()), (42, RulesFingerprint(7)));
         assert_eq!(
             back.tags().iter().collect::<Vec<_>>(),
             ["scene:id=7", "stories"]

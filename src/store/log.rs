@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use super::clock::LocalLog;
-use super::entry::Entry;
+use super::entry::{Entry, RulesFingerprint};
 use super::redis::{Link, RedisTier};
 use crate::invalidation;
 
@@ -93,8 +93,8 @@ pub trait InvalidationLog {
     /// Invalidate `tags` now (a purge). False when it could not be recorded.
     async fn invalidate(&self, tags: &BTreeSet<String>) -> bool;
 
-    /// The rules changed from fingerprint `from` (0: none yet) to `to`.
-    fn rules_changed(&self, from: u64, to: u64);
+    /// The rules changed from `from` (0: none yet) to `to`.
+    fn rules_changed(&self, from: RulesFingerprint, to: RulesFingerprint);
 
     /// Whether replicas with other rules may be running: a write must then
     /// invalidate everything.
@@ -170,8 +170,8 @@ impl InvalidationLog for LocalLog {
     /// Everything cached before a change is invalidated at once: writes in
     /// between were planned by other rules, and these may be the rules of
     /// an earlier time (a revert).
-    fn rules_changed(&self, from: u64, to: u64) {
-        if from != 0 && from != to {
+    fn rules_changed(&self, from: RulesFingerprint, to: RulesFingerprint) {
+        if from != RulesFingerprint::default() && from != to {
             LocalLog::invalidate(self, [&invalidation::ALL_TAG.to_string()]);
         }
     }
@@ -246,7 +246,7 @@ impl InvalidationLog for Arc<RedisTier> {
 
     /// The tier settles a change fleet-wide once every replica runs the
     /// new rules, and serves nothing until then.
-    fn rules_changed(&self, _from: u64, to: u64) {
+    fn rules_changed(&self, _from: RulesFingerprint, to: RulesFingerprint) {
         self.set_rules(to);
     }
 
@@ -361,7 +361,7 @@ impl InvalidationLog for Log {
         }
     }
 
-    fn rules_changed(&self, from: u64, to: u64) {
+    fn rules_changed(&self, from: RulesFingerprint, to: RulesFingerprint) {
         match self {
             Log::Local(l) => l.rules_changed(from, to),
             Log::Shared(r) => r.rules_changed(from, to),
@@ -413,7 +413,15 @@ mod tests {
     }
 
     fn entry(fetch_seq: u64, tags: &[&str]) -> Entry {
-        Entry::new(fetch_seq, 1, &Tags::new(tags).unwrap(), b"", b"", b"body").unwrap()
+        Entry::new(
+            fetch_seq,
+            RulesFingerprint(1),
+            &Tags::new(tags).unwrap(),
+            b"",
+            b"",
+            b"body",
+        )
+        .unwrap()
     }
 
     fn set(tags: &[&str]) -> BTreeSet<String> {
@@ -461,10 +469,10 @@ mod tests {
         let run = log.run().unwrap();
         let seq = now(log.fill_start(&[])).unwrap().seq;
         let e = entry(seq, &[invalidation::ALL_TAG, "u:/a"]);
-        log.rules_changed(0, 5);
-        log.rules_changed(5, 5);
+        log.rules_changed(RulesFingerprint(0), RulesFingerprint(5));
+        log.rules_changed(RulesFingerprint(5), RulesFingerprint(5));
         assert!(now(log.valid(&run, &e)));
-        log.rules_changed(5, 6);
+        log.rules_changed(RulesFingerprint(5), RulesFingerprint(6));
         assert!(!now(log.valid(&run, &e)));
     }
 

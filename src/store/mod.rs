@@ -36,7 +36,7 @@ use pingora::cache::key::HashBinary;
 use pingora::cache::CacheMeta;
 use pingora::Result;
 
-pub use entry::{DecodeError, Entry, Tags};
+pub use entry::{DecodeError, Entry, RulesFingerprint, Tags};
 pub use log::{Ended, FillStart};
 
 use self::clock::LocalLog;
@@ -57,8 +57,8 @@ pub struct FillInfo {
     pub fetch_seq: u64,
     /// See [`FillStart::epoch`].
     pub epoch: u64,
-    /// Fingerprint of the rules that computed `tags`.
-    pub rules: u64,
+    /// The rules that computed `tags`.
+    pub rules: RulesFingerprint,
     pub tags: Tags,
 }
 
@@ -115,8 +115,9 @@ pub struct Store {
     redis: Option<Arc<RedisTier>>,
     /// No entry is kept longer than this (bounds how long invalidations must be remembered).
     max_ttl: Duration,
-    /// Fingerprint of the rules in force; entries tagged under other rules
-    /// are misses (set at start and by every config reload).
+    /// The rules in force ([`RulesFingerprint`], kept as its number);
+    /// entries tagged under other rules are misses (set at start and by
+    /// every config reload).
     rules: AtomicU64,
     /// How long a write may take the app (see `writes.timeout`): a write
     /// whose outcome is unknown is invalidated this long after.
@@ -148,10 +149,10 @@ impl Store {
     /// other rules is served from now on (their tags may not be the ones the
     /// new rules invalidate), and nothing cached before a change is, either
     /// (see [`InvalidationLog::rules_changed`]).
-    pub fn set_rules(&self, fingerprint: u64) {
-        let before = self.rules.load(Ordering::Acquire);
+    pub fn set_rules(&self, fingerprint: RulesFingerprint) {
+        let before = RulesFingerprint(self.rules.load(Ordering::Acquire));
         self.log.rules_changed(before, fingerprint);
-        self.rules.store(fingerprint, Ordering::Release);
+        self.rules.store(fingerprint.0, Ordering::Release);
     }
 
     /// Whether replicas with other rules may be running: a write must then
@@ -161,7 +162,7 @@ impl Store {
     }
 
     fn same_rules(&self, e: &Entry) -> bool {
-        e.rules() == self.rules.load(Ordering::Acquire)
+        e.rules().0 == self.rules.load(Ordering::Acquire)
     }
 
     /// Read the invalidation log before a fetch begins, for a response that

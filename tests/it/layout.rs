@@ -29,7 +29,7 @@ const FORBIDDEN: &[(&str, &str, &str)] = &[
         "monitor reads the snapshot it is handed",
     ),
     (
-        "tooling",
+        "explain",
         "proxy",
         "check/explain use the rules, never the request path",
     ),

@@ -606,7 +606,7 @@ async fn a_write_planned_by_rules_the_fleet_has_left_invalidates_everything() {
     };
     let tier = |rules: u64| {
         let t = Arc::new(RedisTier::new(redis.url(), limits, Consistency::Strict));
-        t.set_rules(rules);
+        t.set_rules(freshgate::store::RulesFingerprint(rules));
         // The sender is kept: dropped, it would mean a shutdown.
         let (stop, watch) = tokio::sync::watch::channel(false);
         let maintainer = tokio::spawn(t.clone().maintain(watch));
@@ -634,7 +634,7 @@ async fn a_write_planned_by_rules_the_fleet_has_left_invalidates_everything() {
     assert!(a.begin_write(7, &old_tags).await);
     // a falls silent; b moves on to the new rules and, alone, caches by them.
     maintainer_a.abort();
-    b.set_rules(new_rules);
+    b.set_rules(freshgate::store::RulesFingerprint(new_rules));
     let bc = b.clone();
     until("b alone on the new rules", Box::new(move || bc.available())).await;
     let entry_tags = vec![

@@ -81,7 +81,7 @@ impl RedisTier {
         }
         match res {
             Ok(Ok(v)) => {
-                self.record_success();
+                self.count_success();
                 Some(v)
             }
             Ok(Err(e)) => {
@@ -110,7 +110,7 @@ impl RedisTier {
             let mut conn = link.conn.clone();
             match tokio::time::timeout(timeout, invocation.invoke_async::<T>(&mut conn)).await {
                 Ok(Ok(v)) => {
-                    self.record_success();
+                    self.count_success();
                     return Some(v);
                 }
                 Ok(Err(e)) => {
@@ -183,7 +183,7 @@ impl RedisTier {
         now_millis() < self.open_until_ms.load(Ordering::Relaxed)
     }
 
-    pub(super) fn record_failure(&self, op: &'static str, err: &dyn std::fmt::Display) {
+    pub(super) fn count_failure(&self, op: &'static str, err: &dyn std::fmt::Display) {
         METRICS.store_errors.with_label_values(&["redis", op]).inc();
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= TRIP_AFTER {
@@ -200,7 +200,7 @@ impl RedisTier {
         }
     }
 
-    pub(super) fn record_success(&self) {
+    pub(super) fn count_success(&self) {
         if self.failures.swap(0, Ordering::Relaxed) >= TRIP_AFTER {
             info!("redis reachable again: circuit closed");
         }
@@ -218,7 +218,7 @@ impl RedisTier {
     ) {
         match err {
             Some(e) => {
-                self.record_failure(op, e);
+                self.count_failure(op, e);
                 // A redirect: the cluster moved the log's slot to another
                 // master (a failover, a reshard), whose log is another one.
                 if e.is_connection_dropped()
@@ -229,7 +229,7 @@ impl RedisTier {
                     self.drop_link(link);
                 }
             }
-            None => self.record_failure(op, &"timed out"),
+            None => self.count_failure(op, &"timed out"),
         }
     }
 
@@ -310,8 +310,8 @@ impl RedisTier {
             Ok(r) => r,
             Err(e) => {
                 match e {
-                    Some(e) => self.record_failure("connect", &e),
-                    None => self.record_failure("connect", &"timed out"),
+                    Some(e) => self.count_failure("connect", &e),
+                    None => self.count_failure("connect", &"timed out"),
                 }
                 return None;
             }

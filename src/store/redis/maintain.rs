@@ -166,7 +166,7 @@ impl RedisTier {
             .ok()
             .and_then(|r| r.ok());
             let Some(floor) = floor else {
-                return self.record_failure("ping", &"cannot move the clock after an outage");
+                return self.count_failure("ping", &"cannot move the clock after an outage");
             };
             self.floor.fetch_max(floor, Ordering::AcqRel);
             // Only the trips counted before the floor moved: one during the
@@ -177,7 +177,7 @@ impl RedisTier {
                 "entries fetched before the redis outage will not be served"
             );
         }
-        self.record_success();
+        self.count_success();
     }
 
     /// Say which rules this replica runs, learn whether others run other

@@ -66,6 +66,7 @@ use self::link::mono_ms;
 use self::log::{End, Keys, Owed, OwedWrite, FENCE_UNIT};
 use super::entry::Tags;
 use super::log::{Ended, FillStart};
+use super::RulesFingerprint;
 use crate::invalidation::ALL_TAG;
 use crate::metrics::METRICS;
 use crate::time::now_millis;
@@ -318,7 +319,7 @@ impl RedisTier {
     /// checked that no replica runs others and recorded their activation,
     /// it serves nothing from the cache and its writes invalidate
     /// everything.
-    pub fn set_rules(&self, fingerprint: u64) {
+    pub fn set_rules(&self, RulesFingerprint(fingerprint): RulesFingerprint) {
         // Under the lock `check_rules` decides under: it cannot declare the
         // old rules settled after this.
         let _settle = self.rules_settling.lock();

@@ -1,5 +1,5 @@
-//! Tools for people editing rules: `freshgate check` warnings and
-//! `freshgate explain`.
+//! What a config will do, for people editing rules: `freshgate check`
+//! warnings and `freshgate explain`.
 //!
 //! Both work on a validated [`Config`] and answer "what will this config do",
 //! without running anything.
@@ -61,7 +61,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
 
 /// `freshgate explain`: what a request does to the cache under `config`.
 /// `request` is `"PATCH /studio/api/scenes/42"` (or a path: `GET`).
-pub fn explain(config: &Config, request: &str) -> Result<String, String> {
+pub fn request(config: &Config, request: &str) -> Result<String, String> {
     let request = request.trim();
     let (method, target) = match request.split_once(char::is_whitespace) {
         Some((m, p)) => (m.trim().to_ascii_uppercase(), p.trim()),
@@ -208,22 +208,22 @@ invalidate:
             &crate::config::Overrides::default(),
         )
         .unwrap();
-        let me = explain(&c, "GET /me").unwrap();
+        let me = request(&c, "GET /me").unwrap();
         assert!(
             me.contains(
                 "cookies: ignored [_ga, _hj*] (never forwarded on cached reads), keyed [session]"
             ),
             "{me}"
         );
-        let own = explain(&c, "/own").unwrap();
+        let own = request(&c, "/own").unwrap();
         assert!(own.contains("ignored [consent]"), "{own}");
-        let none = explain(&c, "/elsewhere").unwrap();
+        let none = request(&c, "/elsewhere").unwrap();
         assert!(none.contains("ignored [_ga, _hj*]"), "{none}");
     }
 
     #[test]
     fn explains_a_write() {
-        let out = explain(&cfg(), "PATCH /studio/api/scenes/42").unwrap();
+        let out = request(&cfg(), "PATCH /studio/api/scenes/42").unwrap();
         assert!(out.contains("route rule: \"scene\""), "{out}");
         assert!(out.contains("rule \"scene-write\""), "{out}");
         assert!(out.contains("binds id=42"), "{out}");
@@ -237,11 +237,11 @@ invalidate:
 
     #[test]
     fn explains_an_unmatched_write_and_a_read() {
-        let out = explain(&cfg(), "POST /studio/api/stories/1").unwrap();
+        let out = request(&cfg(), "POST /studio/api/stories/1").unwrap();
         assert!(out.contains("no invalidate rule matches"), "{out}");
-        let out = explain(&cfg(), "/studio/api/chapters/3").unwrap();
+        let out = request(&cfg(), "/studio/api/chapters/3").unwrap();
         assert!(out.contains("not a write"), "{out}");
         assert!(out.contains("r:/studio/api/chapters/{_1}"), "{out}");
-        assert!(explain(&cfg(), "PATCH scenes").is_err());
+        assert!(request(&cfg(), "PATCH scenes").is_err());
     }
 }
