@@ -31,8 +31,10 @@ pub(super) fn refine_location(
         .map(|(q, _)| q);
     if let (Some((line, _)), Some(q)) = (parser, quoted) {
         for (i, l) in text.lines().enumerate().skip(line.saturating_sub(1)) {
-            if let Some(col) = without_comment(l).find(q) {
-                return (Some(i + 1), Some(col + 1));
+            let code = without_comment(l);
+            if let Some(at) = code.find(q) {
+                // Columns count characters, as the parsers' do.
+                return (Some(i + 1), Some(code[..at].chars().count() + 1));
             }
         }
     }
@@ -57,6 +59,9 @@ impl Spans {
     /// locates).
     pub(super) fn of(text: &str) -> Spans {
         let mut walk = Walk::default();
+        // yaml_serde skips a byte-order mark; this parser would read it as
+        // part of the first key.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let _ = Parser::new_from_str(text).load(&mut walk, false);
         Spans { at: walk.at }
     }
@@ -223,6 +228,12 @@ mod tests {
         assert_eq!(s.find("nowhere"), (None, None));
         assert_eq!(s.find(""), (None, None));
         assert_eq!(s.find("d"), (Some(7), Some(1)));
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_key() {
+        let s = Spans::of("\u{feff}routes:\n  - name: a\n");
+        assert_eq!(s.find("routes[0].name"), (Some(2), Some(11)));
     }
 
     #[test]

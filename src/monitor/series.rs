@@ -367,6 +367,10 @@ mod tests {
         let all = s.query(t0, later + 1, HOURS_KEPT);
         let b = all.values().next().expect("one bucket");
         assert_eq!(b["r"][Kind::Request(Outcome::Hit).index()].count, 2);
+        // `entries` and the Redis copy pair KINDS with stats by position.
+        for (i, k) in KINDS.iter().enumerate() {
+            assert_eq!(k.index(), i, "{k:?}");
+        }
         assert_eq!(b["r"][Kind::Request(Outcome::Miss).index()].count, 1);
     }
 }

@@ -3,8 +3,10 @@
 //!
 //! Two logs keep it: [`LocalLog`] in one process, and the Redis tier
 //! ([`RedisTier`]) for replicas that share a cache. [`Log`] is the one a
-//! store was started with; the store talks to it only through
-//! [`InvalidationLog`], so this file is the one place that tells them apart.
+//! store was started with; the store asks the log only through
+//! [`InvalidationLog`], so this file is the one place that tells the two
+//! logs apart. (The shared *entry* tier is another matter: the store reads
+//! and writes entries in Redis itself, over the link of the log's run.)
 //!
 //! Static dispatch (an enum, not `dyn`): `valid` runs on every hit, and a
 //! boxed future per hit is an allocation the hit path does not need.
@@ -295,13 +297,16 @@ impl InvalidationLog for Log {
 
     fn run(&self) -> Option<Run> {
         match self {
-            Log::Local(_) => Some(Run::Local),
+            Log::Local(l) => l.run().map(|()| Run::Local),
             Log::Shared(r) => r.run().map(Run::Shared),
         }
     }
 
     fn epoch(run: &Run) -> u64 {
-        run.link().map_or(0, |l| l.epoch)
+        match run {
+            Run::Local => LocalLog::epoch(&()),
+            Run::Shared(link) => <Arc<RedisTier>>::epoch(link),
+        }
     }
 
     async fn fill_start(&self, tags: &[String]) -> Option<FillStart> {

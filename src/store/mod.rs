@@ -309,13 +309,14 @@ impl Store {
     async fn find(&self, key: &HashBinary) -> Option<Arc<Cached>> {
         // One hold on the log for the whole lookup: an entry is checked
         // against the run it belongs to, over a connection to that very Redis.
-        let run = self.log.run()?;
+        // None (Redis configured, not reached): nothing in memory is current.
+        let run = self.log.run();
         if let Some(c) = self.memory.get(key) {
             // Entries from before a Redis restart or a rules change may have
             // been replaced in Redis by another replica: look there. So may an
             // expired one have been (Redis expires its copy at the same time).
-            let current = self.current(&c, &run);
-            if current && self.log.valid(&run, &c.entry).await {
+            let current = run.as_ref().is_some_and(|r| self.current(&c, r));
+            if current && self.log.valid(run.as_ref()?, &c.entry).await {
                 METRICS.store_hits.with_label_values(&["memory"]).inc();
                 return Some(c);
             }
@@ -325,6 +326,7 @@ impl Store {
                 return None;
             }
         }
+        let run = run?;
         let (redis, link) = (self.redis.as_ref()?, run.link()?);
         let bytes = redis.get(link, &redis_key(key)).await?;
         let entry = match Entry::decode(bytes) {
