@@ -214,10 +214,6 @@ impl BackgroundService for ConfigWatcher {
     }
 }
 
-/// How often a replica reads the runtime flags from Redis: a flip on any
-/// replica reaches all of them well within a second.
-const FLAG_SYNC_EVERY: Duration = Duration::from_millis(250);
-
 /// Follows runtime flag flips made on any replica (stored in Redis).
 struct FlagSync {
     live: Arc<LiveConfig>,
@@ -226,21 +222,9 @@ struct FlagSync {
 
 #[async_trait]
 impl BackgroundService for FlagSync {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(redis) = self.store.redis() else {
-            return;
-        };
-        loop {
-            // While Redis is unreachable the last known values stay.
-            if let Some(values) = redis.flags().await {
-                for f in self.live.flags.replace_runtime(&values) {
-                    info!(flag = f.name(), "runtime flag changed on another replica");
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(FLAG_SYNC_EVERY) => {}
-                _ = shutdown.changed() => return,
-            }
+    async fn start(&self, shutdown: ShutdownWatch) {
+        if let Some(redis) = self.store.redis() {
+            self.live.flags.follow(redis, shutdown).await;
         }
     }
 }

@@ -3,8 +3,9 @@
 //! Every flag has four layers; the first one that is set wins:
 //!
 //! 1. **runtime** — `PUT /api/flags` on the admin listener. With Redis, the
-//!    flip is written to Redis and every replica picks it up within a second
-//!    (see `app::FlagSync`); without Redis it is local to this process.
+//!    flip is written to Redis ([`share`]) and every replica picks it up
+//!    within a second ([`Flags::follow`]); without Redis it is local to this
+//!    process.
 //! 2. **env** — read once at start: the rollout guide's names
 //!    (`ENABLE_CACHE_INVALIDATION`, ...) and `FRESHGATE_<FLAG>` for all.
 //! 3. **file** — the `flags:` section of the YAML, hot-reloaded with it.
@@ -21,7 +22,17 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use std::time::Duration;
+
 use crate::config::FileFlags;
+use crate::store::redis::RedisTier;
+
+/// Hash of runtime flag values (`PUT /api/flags`), shared by all replicas.
+const SHARED_KEY: &str = "fg:flags";
+
+/// How often a replica reads the runtime flags from Redis: a flip on any
+/// replica reaches all of them well within a second.
+const FOLLOW_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flag {
@@ -150,6 +161,16 @@ pub fn parse_bool(s: &str) -> Option<bool> {
     }
 }
 
+/// Write runtime values (None clears one) to Redis for every replica to
+/// read. False when Redis could not take them all.
+pub async fn share(redis: &RedisTier, changes: &[(Flag, Option<bool>)]) -> bool {
+    let fields: Vec<(&str, Option<&str>)> = changes
+        .iter()
+        .map(|(f, v)| (f.name(), v.map(|b| if b { "true" } else { "false" })))
+        .collect();
+    redis.hash_set("flags", SHARED_KEY, &fields).await
+}
+
 /// Runtime values are stored as 0 = unset, 1 = off, 2 = on.
 const UNSET: u8 = 0;
 
@@ -244,6 +265,26 @@ impl Flags {
             }
         }
         changed
+    }
+
+    /// Follow runtime flips made on any replica (shared in Redis) until
+    /// `shutdown`. While Redis is unreachable the last known values stay.
+    pub async fn follow(
+        &self,
+        redis: &RedisTier,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            if let Some(values) = redis.hash_get("flags", SHARED_KEY).await {
+                for f in self.replace_runtime(&values) {
+                    tracing::info!(flag = f.name(), "runtime flag changed on another replica");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 
     /// Every flag with its value and where it came from, for the admin API.

@@ -421,9 +421,7 @@ impl Admin {
             changes.push((flag, value));
         }
         if let Some(redis) = self.store.redis() {
-            let named: Vec<(&str, Option<bool>)> =
-                changes.iter().map(|(f, v)| (f.name(), *v)).collect();
-            if !redis.set_flags(&named).await {
+            if !crate::flags::share(redis, &changes).await {
                 return json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "Redis is unavailable: runtime flags are shared through it, nothing changed",

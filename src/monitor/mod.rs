@@ -332,7 +332,7 @@ impl Monitor {
             };
             let starts: Vec<u64> = (from - from % unit..to).step_by(unit as usize).collect();
             let keys: Vec<String> = starts.iter().map(|t| format!("{prefix}{t}")).collect();
-            if let Some(maps) = redis.monitor_read(&keys).await {
+            if let Some(maps) = redis.hashes_read(&keys).await {
                 let mut out: BTreeMap<u64, Bucket> = BTreeMap::new();
                 for (t, map) in starts.iter().zip(maps) {
                     if map.is_empty() {
@@ -372,7 +372,7 @@ impl Monitor {
                 .extend(fields.iter().cloned());
             writes.insert(format!("mon:m:{t}"), (fields, MINUTE_KEY_TTL));
         }
-        if !redis.monitor_add(writes).await {
+        if !redis.hashes_add(writes).await {
             if let Some(p) = self.counters.lock().pending.as_mut() {
                 p.restore(pending);
             }

@@ -1,45 +1,49 @@
-//! What other modules keep in Redis besides the cache: runtime flag flips
-//! (`fg:flags`) and monitoring buckets (`fg:mon:…`; `{fg}:…` on a Redis
-//! Cluster, in the log's slot, so one pipeline reaches them all). Off the
-//! request path: its own, longer timeout, and never a reason to mark Redis
-//! down.
+//! Redis for other modules' data, which they name and shape themselves:
+//! single hashes over the entry connection (runtime flags, `flags.rs`), and
+//! batches of counter hashes in the log's slot (monitoring buckets,
+//! `monitor/`: `fg:mon:…`, `{fg}:mon:…` on a Redis Cluster, so one pipeline
+//! reaches them all). Off the request path: a longer timeout, and never a
+//! reason to mark Redis down.
 
 use super::*;
 
-/// Hash of runtime flag values (`PUT /api/flags`), shared by all replicas.
-const FLAGS_KEY: &str = "fg:flags";
-
 impl RedisTier {
-    /// Write runtime flag values (None clears one) for every replica to read.
-    /// Flags are not tied to `run_id`: they are operator intent, not cache data.
-    pub async fn set_flags(&self, values: &[(&str, Option<bool>)]) -> bool {
+    /// Set (Some) or clear (None) fields of hash `key`, named in full. Not
+    /// tied to `run_id`: what other modules keep here is not cache data.
+    /// `op` labels the calls in metrics.
+    pub async fn hash_set(
+        &self,
+        op: &'static str,
+        key: &str,
+        fields: &[(&str, Option<&str>)],
+    ) -> bool {
         let Some(link) = self.link.load_full() else {
             return false;
         };
-        for (name, v) in values {
+        for (field, v) in fields {
             let cmd = match v {
-                Some(b) => redis::cmd("HSET")
-                    .arg(FLAGS_KEY)
-                    .arg(*name)
-                    .arg(if *b { "true" } else { "false" })
-                    .clone(),
-                None => redis::cmd("HDEL").arg(FLAGS_KEY).arg(*name).clone(),
+                Some(v) => redis::cmd("HSET").arg(key).arg(*field).arg(*v).clone(),
+                None => redis::cmd("HDEL").arg(key).arg(*field).clone(),
             };
-            if self.run_data::<i64>(&link, "flags", cmd).await.is_none() {
+            if self.run_data::<i64>(&link, op, cmd).await.is_none() {
                 return false;
             }
         }
         true
     }
 
-    /// The runtime flag values shared by all replicas; `None` if unreachable.
-    pub async fn flags(&self) -> Option<std::collections::HashMap<String, String>> {
+    /// Every field of hash `key`; `None` if Redis cannot be read.
+    pub async fn hash_get(
+        &self,
+        op: &'static str,
+        key: &str,
+    ) -> Option<std::collections::HashMap<String, String>> {
         let link = self.link.load_full()?;
-        self.run_data(&link, "flags", redis::cmd("HGETALL").arg(FLAGS_KEY).clone())
+        self.run_data(&link, op, redis::cmd("HGETALL").arg(key).clone())
             .await
     }
 
-    /// Run a monitoring pipeline: a longer timeout than the request path's,
+    /// Run a pipeline of other modules' data: a longer timeout than the request path's,
     /// and failures never open the breaker (monitoring data is not worth
     /// turning cache hits into misses for).
     pub(super) async fn side_query<T: redis::FromRedisValue>(
@@ -59,7 +63,7 @@ impl RedisTier {
             Ok(Ok(v)) => Some(v),
             Ok(Err(e)) => {
                 METRICS.store_errors.with_label_values(&["redis", op]).inc();
-                warn!(error = %e, op, "redis monitoring call failed");
+                warn!(error = %e, op, "redis call for monitoring or flags failed");
                 None
             }
             Err(_) => {
@@ -69,9 +73,9 @@ impl RedisTier {
         }
     }
 
-    /// Add counters to monitoring hashes (`HINCRBY`), each key with its TTL.
-    /// Keys are named without a prefix (`mon:m:<minute>`).
-    pub async fn monitor_add(
+    /// Add counters to hashes (`HINCRBY`), each key with its TTL, in one
+    /// pipeline. Keys are named without the prefix (`mon:m:<minute>`).
+    pub async fn hashes_add(
         &self,
         writes: std::collections::HashMap<String, (Vec<(String, u64)>, Duration)>,
     ) -> bool {
@@ -95,9 +99,9 @@ impl RedisTier {
             .is_some()
     }
 
-    /// Read monitoring hashes, one map per key (empty when missing), named
-    /// as for [`Self::monitor_add`].
-    pub async fn monitor_read(
+    /// Read hashes, one map per key (empty when missing), named as for
+    /// [`Self::hashes_add`].
+    pub async fn hashes_read(
         &self,
         names: &[String],
     ) -> Option<Vec<std::collections::HashMap<String, u64>>> {
