@@ -292,6 +292,17 @@ impl Run {
     }
 }
 
+/// `$call` on whichever log `$log` is, bound as `$l` (the two arms are the
+/// same text over two types).
+macro_rules! on_either {
+    ($log:expr, $l:ident => $call:expr) => {
+        match $log {
+            Log::Local($l) => $call,
+            Log::Shared($l) => $call,
+        }
+    };
+}
+
 impl InvalidationLog for Log {
     type Run = Run;
 
@@ -310,10 +321,7 @@ impl InvalidationLog for Log {
     }
 
     async fn fill_start(&self, tags: &[String]) -> Option<FillStart> {
-        match self {
-            Log::Local(l) => InvalidationLog::fill_start(l, tags).await,
-            Log::Shared(r) => InvalidationLog::fill_start(r, tags).await,
-        }
+        on_either!(self, log => InvalidationLog::fill_start(log, tags).await)
     }
 
     async fn valid(&self, run: &Run, entry: &Entry) -> bool {
@@ -326,10 +334,7 @@ impl InvalidationLog for Log {
     }
 
     async fn begin_write(&self, id: u64, tags: &BTreeSet<String>) -> bool {
-        match self {
-            Log::Local(l) => InvalidationLog::begin_write(l, id, tags).await,
-            Log::Shared(r) => InvalidationLog::begin_write(r, id, tags).await,
-        }
+        on_either!(self, log => InvalidationLog::begin_write(log, id, tags).await)
     }
 
     async fn end_write(
@@ -339,66 +344,39 @@ impl InvalidationLog for Log {
         extra: BTreeSet<String>,
         invalidate: bool,
     ) -> Ended {
-        match self {
-            Log::Local(l) => InvalidationLog::end_write(l, id, tags, extra, invalidate).await,
-            Log::Shared(r) => InvalidationLog::end_write(r, id, tags, extra, invalidate).await,
-        }
+        on_either!(self, log => InvalidationLog::end_write(log, id, tags, extra, invalidate).await)
     }
 
     fn end_write_now(&self, id: u64, tags: &BTreeSet<String>) {
-        match self {
-            Log::Local(l) => l.end_write_now(id, tags),
-            Log::Shared(r) => r.end_write_now(id, tags),
-        }
+        on_either!(self, log => log.end_write_now(id, tags))
     }
 
     fn abandon_write(&self, id: u64, tags: &BTreeSet<String>) {
-        match self {
-            Log::Local(l) => l.abandon_write(id, tags),
-            Log::Shared(r) => r.abandon_write(id, tags),
-        }
+        on_either!(self, log => log.abandon_write(id, tags))
     }
 
     async fn invalidate(&self, tags: &BTreeSet<String>) -> bool {
-        match self {
-            Log::Local(l) => InvalidationLog::invalidate(l, tags).await,
-            Log::Shared(r) => InvalidationLog::invalidate(r, tags).await,
-        }
+        on_either!(self, log => InvalidationLog::invalidate(log, tags).await)
     }
 
     fn rules_changed(&self, from: RulesFingerprint, to: RulesFingerprint) {
-        match self {
-            Log::Local(l) => l.rules_changed(from, to),
-            Log::Shared(r) => r.rules_changed(from, to),
-        }
+        on_either!(self, log => log.rules_changed(from, to))
     }
 
     fn rules_mixed(&self) -> bool {
-        match self {
-            Log::Local(l) => InvalidationLog::rules_mixed(l),
-            Log::Shared(r) => InvalidationLog::rules_mixed(r),
-        }
+        on_either!(self, log => InvalidationLog::rules_mixed(log))
     }
 
     fn owes(&self) -> bool {
-        match self {
-            Log::Local(l) => InvalidationLog::owes(l),
-            Log::Shared(r) => InvalidationLog::owes(r),
-        }
+        on_either!(self, log => InvalidationLog::owes(log))
     }
 
     fn stopping(&self) -> bool {
-        match self {
-            Log::Local(l) => InvalidationLog::stopping(l),
-            Log::Shared(r) => InvalidationLog::stopping(r),
-        }
+        on_either!(self, log => InvalidationLog::stopping(log))
     }
 
     fn usable(&self) -> bool {
-        match self {
-            Log::Local(l) => l.usable(),
-            Log::Shared(r) => r.usable(),
-        }
+        on_either!(self, log => log.usable())
     }
 }
 
