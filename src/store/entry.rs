@@ -284,10 +284,6 @@ impl Entry {
         self.buf.slice(self.body as usize..)
     }
 
-    /// Bytes this entry occupies, for the memory tier's byte bound.
-    pub fn weight(&self) -> usize {
-        64 + self.buf.len()
-    }
 }
 
 impl std::fmt::Debug for Entry {

@@ -10,12 +10,26 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use pingora::cache::key::HashBinary;
+use quick_cache::Weighter;
 
 use super::entry::Entry;
 use crate::hit::Prepared;
 
 /// A guess at the mean entry size, only to presize the tables.
 const TYPICAL_ENTRY_BYTES: u64 = 4096;
+
+/// What keeping an entry costs besides its encoding, so that the byte bound
+/// bounds memory and not only payload: the `Cached` in its `Arc` (two
+/// counts), the map's slot (key, pointer, its own word of bookkeeping), and
+/// glibc's header on each of the two allocations (encoding, `Arc`). About
+/// 170 B on 64-bit; `scripts/bench-memory` measures the real figure
+/// (docs/benchmarks.md, run 8: RSS 1,515 B per 1 KiB entry).
+const PER_ENTRY: u64 = (std::mem::size_of::<Cached>()
+    + 2 * std::mem::size_of::<usize>()
+    + std::mem::size_of::<HashBinary>()
+    + std::mem::size_of::<Arc<Cached>>()
+    + std::mem::size_of::<usize>()
+    + 2 * 16) as u64;
 
 /// An entry as the memory tier keeps it.
 pub(super) struct Cached {
@@ -51,7 +65,7 @@ struct ForEntry {
 #[derive(Clone)]
 struct PreparedWeight;
 
-impl quick_cache::Weighter<HashBinary, ForEntry> for PreparedWeight {
+impl Weighter<HashBinary, ForEntry> for PreparedWeight {
     fn weight(&self, _: &HashBinary, p: &ForEntry) -> u64 {
         p.prepared.weight()
     }
@@ -60,9 +74,9 @@ impl quick_cache::Weighter<HashBinary, ForEntry> for PreparedWeight {
 #[derive(Clone)]
 struct ByWeight;
 
-impl quick_cache::Weighter<HashBinary, Arc<Cached>> for ByWeight {
+impl Weighter<HashBinary, Arc<Cached>> for ByWeight {
     fn weight(&self, _: &HashBinary, c: &Arc<Cached>) -> u64 {
-        c.entry.weight() as u64
+        c.entry.encoded().len() as u64 + PER_ENTRY
     }
 }
 
@@ -140,5 +154,22 @@ impl MemoryTier {
     pub fn usage(&self) -> (u64, u64) {
         let bytes = self.entries.weight() + self.prepared.weight();
         (self.entries.len() as u64, bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_weighs_its_encoding_and_what_keeping_it_costs() {
+        let tags = super::super::Tags::new(&["u:/a"]).unwrap();
+        let e = Entry::new(1, Default::default(), &tags, b"i", b"h", &[7; 1024]).unwrap();
+        let len = e.encoded().len() as u64;
+        let c = Cached::new(e, 0, Instant::now());
+        let w = ByWeight.weight(&[0; 16], &c);
+        assert_eq!(w, len + PER_ENTRY);
+        // The bookkeeping is real: well over the old flat 64 bytes.
+        assert!((120..400).contains(&PER_ENTRY), "{PER_ENTRY}");
     }
 }
