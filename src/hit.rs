@@ -6,8 +6,8 @@
 //! every request — about half of a hit's CPU next to a bare pingora answer
 //! (docs/benchmarks.md). Most hits need none of it: a GET or HEAD for a
 //! fresh entry, with no range, no validators to compare and no `Vary`.
-//! Those are answered here, from a header the store decodes once per entry
-//! (`Store::memory_hit`, which applies the very checks every lookup
+//! Those are answered here, from a header the store decodes when an entry
+//! is hit and keeps (`Store::memory_hit`, which applies the very checks every lookup
 //! applies). Everything else — misses, fills, stale entries, revalidation,
 //! conditional and range requests, `Vary`, entries only in Redis — takes
 //! pingora-cache's path, which looks the key up again.
@@ -21,8 +21,9 @@ use pingora::cache::CacheMeta;
 
 use crate::storable;
 
-/// An entry's response header as a fresh hit serves it, made once per
-/// entry (the store keeps it with the entry, see `Store::memory_hit`):
+/// An entry's response header as a fresh hit serves it, made when the entry
+/// is hit and kept beside it in the memory tier's own map of prepared
+/// headers (see `Store::memory_hit`; evicted on its own, rebuilt if needed):
 /// decoded, labelled, and stripped of what is for freshgate alone. A hit
 /// then only adds `Age` and `Cache-Status`.
 #[derive(Debug)]

@@ -6,9 +6,11 @@
 //! 1. `request_filter` takes the config snapshot this request will use and
 //!    the request's canonical form (see `canonical`): the one path and method
 //!    set that the key, route rules, tags and write rules all read.
-//! 2. `request_cache_filter` decides whether the cache may be used at all
-//!    (GET/HEAD, `cache` flag on, route enabled, no credentials the rule does
-//!    not key, store usable). Anything else goes straight to the app.
+//!    It also decides whether the cache may be used at all (`may_use_cache`:
+//!    GET/HEAD, `cache` flag on, route enabled, no credentials the rule does
+//!    not key, store usable) and answers a fresh memory hit itself (`hit`).
+//! 2. `request_cache_filter` then enables pingora-cache for the rest;
+//!    anything that may not use the cache goes straight to the app.
 //! 3. `cache_key_callback` / `cache_vary_filter` build the key: scheme, host,
 //!    normalized path, sorted query, the rule's keyed headers and cookies, and
 //!    the request headers the response `Vary`s on.

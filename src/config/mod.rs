@@ -99,9 +99,10 @@ pub struct Config {
     pub namespace: String,
     /// The `flags:` section (one layer of [`crate::flags::Flags`]).
     pub flags: FileFlags,
-    /// Hash of the invalidation rules: entries are only served
-    /// under the rules that tagged them, so a rules edit can never leave an
-    /// entry without a tag that the new rules would invalidate.
+    /// Hash of what decides tags and write plans (invalidation rules, path
+    /// folding, `max_ttl`, method override, freshgate's version): entries
+    /// are only served under the rules that tagged them, so a rules edit can
+    /// never leave an entry without a tag that the new rules would invalidate.
     pub rules_fingerprint: RulesFingerprint,
     /// Hash of the whole file text, to tell versions apart in the admin API.
     pub text_hash: u64,

@@ -154,8 +154,8 @@ pub(super) fn validate_invalidation(
     }
 }
 
-/// The routes each invalidation rule purges (for the admin page and
-/// `explain`), by sample paths of its targets.
+/// The routes each invalidation rule purges (for monitoring's per-route
+/// invalidation counts), by sample paths of its targets.
 pub(super) fn purged_routes(
     invalidation: &Invalidation,
     routes: &RouteTable,

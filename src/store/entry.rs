@@ -283,7 +283,6 @@ impl Entry {
     pub fn body(&self) -> Bytes {
         self.buf.slice(self.body as usize..)
     }
-
 }
 
 impl std::fmt::Debug for Entry {

@@ -3,9 +3,9 @@
 //!
 //! Two logs keep it: [`LocalLog`] in one process, and the Redis tier
 //! ([`RedisTier`]) for replicas that share a cache. [`Log`] is the one a
-//! store was started with; the store asks the log only through
-//! [`InvalidationLog`], so this file is the one place that tells the two
-//! logs apart. (The shared *entry* tier is another matter: the store reads
+//! store was started with (`Store::new` picks it); the store asks the log
+//! only through [`InvalidationLog`], so this file is the one place that
+//! tells the two logs apart after that. (The shared *entry* tier is another matter: the store reads
 //! and writes entries in Redis itself, over the link of the log's run.)
 //!
 //! Static dispatch (an enum, not `dyn`): `valid` runs on every hit, and a

@@ -142,8 +142,9 @@ impl RedisTier {
         self.timeout.max(Duration::from_millis(200))
     }
 
-    /// True when connected, the breaker is closed, and this replica owes the
-    /// current run nothing.
+    /// True when connected, the breaker is closed, no outage is being
+    /// cleared, this replica owes the current run nothing, its rules are
+    /// settled fleet-wide, and the rules heartbeat is recent.
     pub fn available(&self) -> bool {
         self.link.load().is_some()
             && !self.breaker_open()

@@ -56,7 +56,8 @@ impl Keys {
     pub(super) fn log(run: &str, cluster: bool) -> String {
         format!("{}2:{run}:", Self::side(cluster))
     }
-    /// The prefix of flags and monitoring keys.
+    /// The prefix of monitoring keys (`fg:`, or `{fg}:` on a cluster: the
+    /// log's slot). Flags use a key of their own, `fg:flags` (`flags.rs`).
     pub(super) fn side(cluster: bool) -> &'static str {
         if cluster {
             "{fg}:"

@@ -3,7 +3,8 @@
 //!
 //! Redis sits on the request path, so this module decides up front how a Redis
 //! problem degrades: reads have a tight timeout and are never retried (a slow
-//! read is a miss; fences and invalidations are retried, see `writes`), and a circuit
+//! read is a miss; an invalidation no fence protects is retried, a fence is
+//! tried once, again on a new link if the connection died, see `writes`), and a circuit
 //! breaker stops calling Redis at all after a few consecutive failures. While
 //! the tier is unavailable ([`RedisTier::available`]) the proxy passes
 //! requests straight through to the app (no 5xx is ever caused by Redis, and no
@@ -39,7 +40,8 @@
 //! Redis Cluster, the master of its slot); `writes` a write's fence and lift;
 //! `log` the keys and scripts of the shared log; `checks` strict hits' batched
 //! checks; `follow` the bounded-mode follower; `maintain` the background
-//! maintainer; `side` flags and monitoring data.
+//! maintainer; `side` hashes that other modules (flags, monitoring) name and
+//! keep in Redis.
 
 mod checks;
 mod cluster;

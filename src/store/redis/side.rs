@@ -2,8 +2,10 @@
 //! single hashes over the entry connection (runtime flags, `flags.rs`), and
 //! batches of counter hashes in the log's slot (monitoring buckets,
 //! `monitor/`: `fg:mon:…`, `{fg}:mon:…` on a Redis Cluster, so one pipeline
-//! reaches them all). Off the request path: a longer timeout, and never a
-//! reason to mark Redis down.
+//! reaches them all). Monitoring batches are off the request path (a longer
+//! timeout, and never a reason to mark Redis down); the flag hashes are
+//! plain calls (the request timeout, and off a cluster their failures count
+//! towards the breaker, as any call's).
 
 use super::*;
 
@@ -63,7 +65,7 @@ impl RedisTier {
             Ok(Ok(v)) => Some(v),
             Ok(Err(e)) => {
                 METRICS.store_errors.with_label_values(&["redis", op]).inc();
-                warn!(error = %e, op, "redis call for monitoring or flags failed");
+                warn!(error = %e, op, "redis monitoring call failed");
                 None
             }
             Err(_) => {
