@@ -10,11 +10,14 @@
 //! `GET /api/config`.
 //!
 //! What a reload does to the cache: entries carry the fingerprint of the
-//! invalidation rules that tagged them, and the store serves only entries with
-//! the current fingerprint. Editing `invalidate:` therefore makes everything
-//! cached before a miss (an edit may add the very rule whose absence made
-//! something stale); editing only `routes:` or `flags:` keeps the cache.
-//! Listen addresses, the store and shutdown timing are read at start only:
+//! rules that tagged them (`invalidate:`, path folding, `cache.max_ttl`, the
+//! method override, freshgate's version), and the store serves only entries
+//! with the current fingerprint. Editing any of those therefore makes
+//! everything cached before a miss (an edit may add the very rule whose
+//! absence made something stale); editing only `routes:` or `flags:` keeps
+//! the cache. Listen addresses, the admin listener, the store,
+//! `cache.max_ttl`, `writes.timeout`, shutdown timing and `warm` are read at
+//! start only:
 //! a reload that changes them is applied for everything else and reports them
 //! under `restartRequired`.
 //!

@@ -39,9 +39,10 @@ pub const DEFAULT_STATUSES: &[u16] = &[200, 203, 204, 300, 301, 308, 404, 410];
 /// Default lifetime of a stored 404 or 410 (`cache.negative_ttl`).
 pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(10);
 
-/// No heuristic freshness: without explicit freshness from the app (or a
-/// rule's TTL) nothing is stored. Heuristics are how caches end up serving
-/// stale data.
+/// pingora's defaults without heuristics, used only to read the app's
+/// `stale-while-revalidate` / `stale-if-error` windows. Heuristic freshness
+/// is freshgate's own and opt-in (`cache.heuristic_freshness`, see
+/// `heuristic_lifetime`): heuristics are how caches end up serving stale data.
 static NO_HEURISTICS: CacheMetaDefaults = CacheMetaDefaults::new(|_| None, 0, 0);
 
 /// The exchange the response came from: when it was asked for and

@@ -8,7 +8,7 @@
 //!
 //! | outcome | invalidates | why |
 //! |---|---|---|
-//! | 1xx | not yet | informational: the final answer (and the commit) may still come |
+//! | 1xx (but 101) | not yet | informational: the final answer (and the commit) may still come |
 //! | 2xx, 3xx | yes | the app did what was asked (RFC 9111 §4.4) |
 //! | 4xx | no | the app refused the request: nothing changed (a write that changes data and then answers 4xx is an app bug) |
 //! | 5xx | yes | an error may follow a commit (a crash after the database write, a failing post-commit step) |

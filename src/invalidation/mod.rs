@@ -11,14 +11,16 @@
 //!   invalidates, per target, the bound tag when the write binds every
 //!   parameter the target names, and the family tag otherwise (a wider purge
 //!   is always safe; a narrower one would serve stale data).
-//! - Always (RFC 9111 §4.4): a successful write invalidates its own path
+//! - Always (RFC 9111 §4.4): a write the app did not refuse (any final
+//!   answer but 4xx, see `writes`) invalidates its own path
 //!   (`u:` tag, every query and variant of it) and same-origin `Location` /
 //!   `Content-Location`.
 //! - Tags the app names: `Surrogate-Key` / `Cache-Tag` on responses (`k:`),
 //!   RFC 9875 `Cache-Groups` on responses and `Cache-Group-Invalidation` on
 //!   write responses (`g:`).
 //!
-//! The store (see `store::clock`) keeps, per tag, the clock value of its last
+//! The invalidation log (`store::log`: `store::clock` in one process, the
+//! Redis tier for a fleet) keeps, per tag, the clock value of its last
 //! invalidation, and serves an entry only if none of its tags was invalidated
 //! after the entry's fetch began.
 //!

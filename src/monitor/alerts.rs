@@ -43,7 +43,9 @@ impl Window {
 /// Conditions that are not thresholds on traffic.
 #[derive(Debug, Default, Clone)]
 pub struct State {
-    /// Redis is configured and unreachable (requests pass through).
+    /// Redis is configured and the shared tier has been unusable
+    /// (`RedisTier::available` false: unreachable, breaker open, owing, rules
+    /// unsettled) for a few seconds: requests pass through.
     pub redis_down: bool,
     /// The last config reload was rejected (the old config keeps serving).
     pub reload_failed: Option<String>,

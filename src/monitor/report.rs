@@ -60,7 +60,9 @@ pub struct Agg {
     /// Every proxied request: count, errors, latency.
     pub all: Stat,
     pub by_kind: BTreeMap<&'static str, u64>,
-    /// Writes (by rule) or invalidations of the route (by route).
+    /// Times the route's entries were invalidated by writes
+    /// (`Kind::Invalidated`): in the summary and by route (none by rule;
+    /// writes are in `writes`).
     pub invalidations: u64,
     pub writes: u64,
     pub purges: u64,

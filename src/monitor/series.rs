@@ -34,10 +34,13 @@ pub const HOURS_KEPT: u64 = 30 * 24 * HOUR;
 pub enum Kind {
     /// Proxied requests, by route rule, with their `X-Cache` result.
     Request(Outcome),
-    /// A successful write, by the invalidation rule that matched it
-    /// (`(unmatched)` when none did).
+    /// A write whose answer invalidated (any final status but 4xx; writes
+    /// left unanswered are not counted), by the invalidation rule it matched
+    /// (`(unmatched)` when none did, `(all)` when rules are off or mixed).
     Write,
-    /// A route's entries were invalidated (by a write or a purge), by route rule.
+    /// A route's entries were invalidated by a write (its own route and the
+    /// routes its rules purge), by route rule; admin purges count only as
+    /// `Purge`.
     Invalidated,
     /// An admin purge.
     Purge,

@@ -13,8 +13,8 @@ impl RedisTier {
     /// Connect to the node that holds the log, learn its run, and the floor
     /// of its hold on the log (see [`log::HOLDER`]). On a Redis Cluster that node is
     /// the master serving the log's slot: the first node that answers
-    /// (`url`, then the nodes last seen) redirects there. A link whose run is
-    /// not known yet (`epoch` 0) is returned. Bounded in time as a whole:
+    /// (`url`, then the nodes last seen) redirects there. The link is
+    /// returned without its epoch and generation (0): `connect` sets them. Bounded in time as a whole:
     /// writes may be waiting for it.
     pub(super) async fn reach_log(&self) -> Result<(Link, u64), Option<redis::RedisError>> {
         let mut candidates = vec![self.url.as_str().into_connection_info().map_err(Some)?];
@@ -114,8 +114,8 @@ impl RedisTier {
     /// before which nothing in its log may be trusted (see [`log::HOLDER`]).
     pub(super) async fn hold_floor(&self, link: &Link) -> Result<u64, Option<redis::RedisError>> {
         let w = &link.witness;
-        // A record older than its marker's life is not asked about (the
-        // tags it set have expired too).
+        // A record older than `inv_ttl` (half its marker's life) is not
+        // asked about (the tags it set have expired too).
         let recorded = if mono_ms().saturating_sub(w.recorded_at_ms.load(Ordering::Acquire))
             < self.inv_ttl.as_millis() as u64
         {

@@ -208,7 +208,8 @@ impl RedisTier {
         }
     }
 
-    /// `"<seq> <published ms>\n<tag>\n<tag>..."` from the lift and sweep scripts.
+    /// `"<seq> <published ms>\n<tag>\n<tag>..."` from the lift, sweep and
+    /// rules-activation scripts.
     fn apply_invalidation(&self, payload: &str) {
         let mut lines = payload.split('\n');
         let head = lines.next().unwrap_or("");

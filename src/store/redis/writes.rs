@@ -41,8 +41,8 @@ impl RedisTier {
     }
 
     /// After `link` failed a write's call: a link to try once more on, if
-    /// the failure was its connection dying (Redis restarted, the connection
-    /// broke) — opened at once, so the write is recorded in the new run
+    /// the failure dropped the link (connection gone, Redis restarted, or on
+    /// a cluster the log's slot moved) — opened at once, so the write is recorded in the new run
     /// before it is acknowledged. `None` when Redis merely answered badly or
     /// slowly (no second try: the write waits long enough already).
     pub(super) async fn second_chance(&self, link: &Arc<Link>) -> Option<Arc<Link>> {
