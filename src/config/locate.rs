@@ -30,7 +30,14 @@ pub(super) fn refine_location(
         .and_then(|(_, rest)| rest.split_once('"'))
         .map(|(q, _)| q);
     if let (Some((line, _)), Some(q)) = (parser, quoted) {
-        for (i, l) in text.lines().enumerate().skip(line.saturating_sub(1)) {
+        // Lines as YAML counts them, the parser's numbering: a lone CR
+        // breaks a line too.
+        let text = text.replace("\r\n", "\n");
+        for (i, l) in text
+            .split(['\n', '\r'])
+            .enumerate()
+            .skip(line.saturating_sub(1))
+        {
             let code = without_comment(l);
             if let Some(at) = code.find(q) {
                 // Columns count characters, as the parsers' do.
@@ -234,6 +241,17 @@ mod tests {
     fn a_byte_order_mark_is_not_part_of_the_first_key() {
         let s = Spans::of("\u{feff}routes:\n  - name: a\n");
         assert_eq!(s.find("routes[0].name"), (Some(2), Some(11)));
+    }
+
+    #[test]
+    fn a_refined_location_counts_lines_as_yaml_does() {
+        // The parser puts the bad value at the list item's line (3); the
+        // value is on line 4, after a lone CR.
+        let text = "warm:\r\n  paths:\r  - /ok\r    - \"x\"\n";
+        assert_eq!(
+            refine_location(text, Some((3, 3)), "bad value \"x\""),
+            (Some(4), Some(8))
+        );
     }
 
     #[test]
