@@ -3,7 +3,9 @@
 //! Services, each on its own runtime: the proxy, the admin listener, the Redis
 //! maintainer (when Redis is configured) and, in bounded mode, its follower;
 //! background tasks for monitoring, config reload, flag sync (with Redis)
-//! and start-up warming; and, for `freshgate demo`, the demo app. Shutdown comes from SIGTERM or SIGINT (both graceful): keep accepting
+//! and start-up warming; and, for `freshgate demo`, the demo app.
+//!
+//! Shutdown comes from SIGTERM or SIGINT (both graceful): keep accepting
 //! and serving for `shutdown.grace_period` while `/readyz` says "draining"
 //! (the load balancer takes the replica out), then close the listeners and
 //! give requests in flight `shutdown.timeout`. A second signal cuts the first

@@ -21,7 +21,6 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
-
 use std::time::Duration;
 
 use crate::config::FileFlags;

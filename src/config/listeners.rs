@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use super::locate::from_file;
 use super::schema::RawConfig;
 use super::{
     AdminAuth, Overrides, Upstream, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, DEFAULT_UPSTREAM,
@@ -126,14 +127,4 @@ fn parse_upstream(s: &str) -> Result<Upstream, String> {
         addr,
         host: hostport.to_string(),
     })
-}
-
-/// `key`, unless the command line gave the value (then it is nowhere in
-/// the file).
-fn from_file<'a>(overridden: &Option<String>, key: &'a str) -> &'a str {
-    if overridden.is_some() {
-        ""
-    } else {
-        key
-    }
 }

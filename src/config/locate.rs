@@ -10,6 +10,16 @@ use std::collections::HashMap;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
 
+/// The key path of a value, or none (`""`) when the command line gave it:
+/// then it is nowhere in the file.
+pub(super) fn from_file<'a, T>(overridden: &Option<T>, key: &'a str) -> &'a str {
+    if overridden.is_some() {
+        ""
+    } else {
+        key
+    }
+}
+
 /// yaml_serde appends " at line L column C"; we print the location up front.
 pub(super) fn strip_location(msg: &str) -> String {
     match msg.find(" at line ") {

@@ -397,6 +397,18 @@ mod tests {
     }
 
     #[test]
+    fn a_value_from_the_command_line_is_not_located_in_the_file() {
+        let ov = Overrides {
+            upstream: Some("ftp://x".into()),
+            ..Default::default()
+        };
+        // The file says the same wrong thing: it is not what is in force.
+        let e = Config::from_str("upstream: ftp://x\n", None, &ov).unwrap_err();
+        assert_eq!(e.problems.len(), 1, "{e}");
+        assert_eq!((e.problems[0].line, e.problems[0].column), (None, None));
+    }
+
+    #[test]
     fn every_problem_of_an_invalidation_rule_is_reported() {
         let text = "invalidate:\n  - on: PATCH /a/:id/**/b\n    purge: [/c/**/d]\n";
         let e = Config::from_str(text, None, &Overrides::default()).unwrap_err();

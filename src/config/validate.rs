@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::listeners::{validate_listeners, Listeners};
-use super::locate::Spans;
+use super::locate::{from_file, Spans};
 use super::monitoring::validate_monitoring;
 use super::routes::{cookie_names, purged_routes, validate_invalidation, validate_routes};
 use super::schema::*;
@@ -69,12 +69,7 @@ pub(super) fn validate(
         .or(raw.cache.namespace.clone())
         .unwrap_or_default();
     if let Err(m) = check_namespace(&namespace) {
-        let at = if ov.namespace.is_some() {
-            ""
-        } else {
-            "cache.namespace"
-        };
-        problem(at, m);
+        problem(from_file(&ov.namespace, "cache.namespace"), m);
     }
     let Listeners {
         listen,
@@ -221,11 +216,7 @@ fn validate_redis(
     redis_url.map(|url| {
         if !(url.starts_with("redis://") || url.starts_with("unix://")) {
             problem(
-                if ov.redis.is_some() {
-                    ""
-                } else {
-                    "store.redis.url"
-                },
+                from_file(&ov.redis, "store.redis.url"),
                 format!("store.redis.url {url:?} must start with redis:// or unix://"),
             );
         }
@@ -235,11 +226,7 @@ fn validate_redis(
             .unwrap_or(DEFAULT_REDIS_TIMEOUT);
         if timeout.is_zero() {
             problem(
-                if ov.redis_timeout.is_some() {
-                    ""
-                } else {
-                    "store.redis.timeout"
-                },
+                from_file(&ov.redis_timeout, "store.redis.timeout"),
                 "store.redis.timeout must be more than 0".into(),
             );
         }
