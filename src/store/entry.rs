@@ -180,7 +180,21 @@ impl Entry {
         b.put_slice(meta_header);
         b.put_slice(body);
         debug_assert_eq!(b.len(), len, "the length computed up front");
-        Ok(Entry::decode(b.freeze()).expect("an entry just encoded decodes"))
+        // Where the parts lie, known from the lengths (`len` fits a u32, so
+        // every offset does): the buffer need not be read back.
+        let tags_end = (HEAD + tags.raw.len()) as u32;
+        let internal = tags_end + 4..tags_end + 4 + meta_internal.len() as u32;
+        let header = internal.end + 4..internal.end + 4 + meta_header.len() as u32;
+        let entry = Entry {
+            buf: b.freeze(),
+            tag_count: tags.count,
+            tags: HEAD as u32..tags_end,
+            meta_internal: internal,
+            body: header.end,
+            meta_header: header,
+        };
+        debug_assert_eq!(Entry::decode(entry.buf.clone()).as_ref(), Ok(&entry));
+        Ok(entry)
     }
 
     /// The same response with another stored header (a 304 freshened it).

@@ -110,9 +110,6 @@ pub struct Store {
     /// What decides whether an entry may be served: a local log, or the one
     /// in Redis that every replica shares.
     log: Log,
-    /// The shared entry tier: lookups try memory first, then Redis, and
-    /// copy Redis hits into memory; fills write both.
-    redis: Option<Arc<RedisTier>>,
     /// No entry is kept longer than this (bounds how long invalidations must be remembered).
     max_ttl: Duration,
     /// The rules in force ([`RulesFingerprint`], kept as its number);
@@ -131,14 +128,13 @@ impl Store {
         max_ttl: Duration,
         write_timeout: Duration,
     ) -> Store {
-        let log = match &redis {
-            Some(r) => Log::Shared(r.clone()),
+        let log = match redis {
+            Some(r) => Log::Shared(r),
             None => Log::Local(LocalLog::new(max_ttl)),
         };
         Store {
             memory: MemoryTier::new(memory_max_bytes),
             log,
-            redis,
             max_ttl,
             rules: AtomicU64::new(0),
             write_timeout,
@@ -256,8 +252,14 @@ impl Store {
         self.log.stopping()
     }
 
+    /// The shared tier, when there is one: its log is the store's log,
+    /// and lookups try memory first, then its entries (copied into
+    /// memory); fills write both.
     pub fn redis(&self) -> Option<&Arc<RedisTier>> {
-        self.redis.as_ref()
+        match &self.log {
+            Log::Shared(r) => Some(r),
+            Log::Local(_) => None,
+        }
     }
 
     /// False when a shared tier is configured but cannot be used right now:
@@ -327,7 +329,7 @@ impl Store {
             }
         }
         let run = run?;
-        let (redis, link) = (self.redis.as_ref()?, run.link()?);
+        let (redis, link) = (self.redis()?, run.link()?);
         let bytes = redis.get(link, &redis_key(key)).await?;
         let entry = match Entry::decode(bytes) {
             Ok(e) => e,
@@ -341,17 +343,18 @@ impl Store {
             return None;
         }
         METRICS.store_hits.with_label_values(&["redis"]).inc();
-        let meta = decode_meta(&entry).ok()?;
-        let c = Cached::new(entry, link.epoch, keep_until(&meta, self.max_ttl));
+        let until = usable_until(&decode_meta(&entry).ok()?);
+        let c = Cached::new(entry, link.epoch, keep_until(until, self.max_ttl));
         self.memory.insert(*key, c.clone());
         Some(c)
     }
 
-    /// Store an entry whose fetch began in run `epoch` (0 for a local log).
-    async fn put(&self, key: HashBinary, entry: Entry, meta: &CacheMeta, epoch: u64) {
-        let keep = keep_until(meta, self.max_ttl);
+    /// Store an entry whose fetch began in run `epoch` (0 for a local
+    /// log), of use until `until` (see [`usable_until`]).
+    async fn put(&self, key: HashBinary, entry: Entry, until: SystemTime, epoch: u64) {
+        let keep = keep_until(until, self.max_ttl);
         let ttl = keep.saturating_duration_since(Instant::now());
-        if let Some(redis) = &self.redis {
+        if let Some(redis) = self.redis() {
             // Its `fetch_seq` is a clock value of that run: in any other run
             // it would compare with unrelated invalidations.
             let Some(link) = redis.link().filter(|l| l.epoch == epoch) else {
@@ -366,7 +369,7 @@ impl Store {
 
     async fn remove(&self, key: &HashBinary) -> bool {
         let in_memory = self.memory.remove(key);
-        let in_redis = match &self.redis {
+        let in_redis = match self.redis() {
             Some(r) => r.delete(&redis_key(key)).await,
             None => false,
         };
@@ -390,11 +393,18 @@ pub(super) fn decode_meta(e: &Entry) -> Result<CacheMeta> {
     CacheMeta::deserialize(e.meta_internal(), e.meta_header())
 }
 
-fn keep_until(meta: &CacheMeta, max_ttl: Duration) -> Instant {
+/// Until when a response with `meta` is of use: fresh, then its stale
+/// windows, then a little time to revalidate.
+pub(super) fn usable_until(meta: &CacheMeta) -> SystemTime {
     let stale = meta
         .stale_while_revalidate_sec()
         .max(meta.stale_if_error_sec()) as u64;
-    let until = meta.fresh_until() + Duration::from_secs(stale) + KEEP_FOR_REVALIDATION;
+    meta.fresh_until() + Duration::from_secs(stale) + KEEP_FOR_REVALIDATION
+}
+
+/// When the memory tier lets go of an entry of use until `until`: then, or
+/// `max_ttl` from now if sooner.
+fn keep_until(until: SystemTime, max_ttl: Duration) -> Instant {
     let left = until
         .duration_since(SystemTime::now())
         .unwrap_or(Duration::ZERO);

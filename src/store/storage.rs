@@ -15,7 +15,7 @@ use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheKey, CacheMeta, Storage};
 use pingora::{Error, ErrorType, Result};
 
-use super::{decode_meta, Entry, FillInfo, Store};
+use super::{decode_meta, usable_until, Entry, FillInfo, Store};
 
 #[async_trait]
 impl Storage for Store {
@@ -58,6 +58,7 @@ impl Storage for Store {
             key: key.combined_bin(),
             meta_internal: internal.into(),
             meta_header: header.into(),
+            until: usable_until(meta),
             fill,
             body: BytesMut::new(),
         }))
@@ -90,7 +91,7 @@ impl Storage for Store {
         let Ok(entry) = old.entry.with_meta(&internal, &header) else {
             return Ok(false);
         };
-        self.put(k, entry, meta, old.epoch).await;
+        self.put(k, entry, usable_until(meta), old.epoch).await;
         Ok(true)
     }
 
@@ -159,6 +160,9 @@ struct Miss {
     key: HashBinary,
     meta_internal: Bytes,
     meta_header: Bytes,
+    /// From the response's meta, read here so that it need not be decoded
+    /// again when the fill ends.
+    until: std::time::SystemTime,
     fill: FillInfo,
     body: BytesMut,
 }
@@ -188,9 +192,8 @@ impl HandleMiss for Miss {
                 return Ok(MissFinishType::Created(size));
             }
         };
-        let meta = decode_meta(&entry)?;
         self.store
-            .put(self.key, entry, &meta, self.fill.epoch)
+            .put(self.key, entry, self.until, self.fill.epoch)
             .await;
         Ok(MissFinishType::Created(size))
     }
