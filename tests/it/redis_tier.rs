@@ -402,3 +402,46 @@ async fn a_log_that_lost_records_serves_nothing_fetched_before() {
         assert_eq!(r.json()["text"], "written, then lost", "{r:?}");
     }
 }
+
+/// A floor another replica raised in the log (it found the log had lost
+/// records) holds for a strict hit at once, not only from this replica's
+/// next maintenance check (up to 250 ms later).
+#[tokio::test]
+async fn a_raised_floor_holds_for_the_very_next_strict_hit() {
+    let origin = Origin::start(0);
+    let redis = Redis::start();
+    let fg = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
+    fg.wait_redis(true).await;
+    let scene = "/studio/api/scenes/132";
+    fg.get_shared(scene).await;
+    assert_eq!(fg.get_shared(scene).await.x_cache, "HIT");
+
+    let mut con = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("fg:2:*:clock")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let floor_key = keys[0].replace(":clock", ":floor");
+    // What the holder script does for a log that lost records: the clock
+    // moves on and the floor follows it.
+    let clock: u64 = redis::cmd("INCRBY")
+        .arg(&keys[0])
+        .arg(1 << 24)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&floor_key)
+        .arg(clock)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let r = fg.get_shared(scene).await;
+    assert_ne!(r.x_cache, "HIT", "an entry from below the floor was served");
+}

@@ -2,7 +2,7 @@
 //! `MGET`.
 //!
 //! A strict hit asks Redis when each of its entry's tags was last
-//! invalidated. Sent one by one, every hit is a command for Redis to parse
+//! invalidated, and the log's floor (see `log::HOLDER`). Sent one by one, every hit is a command for Redis to parse
 //! and answer and a trip through the client, and concurrent hits mostly ask
 //! for the same keys (`a:all`, their route's family). So checks queue on
 //! their link: while one batch is in flight the next gathers, and goes as
@@ -81,19 +81,27 @@ impl RedisTier {
             for t in &distinct {
                 cmd.arg(Keys::tag(&link.log, t));
             }
+            // And the log's floor, last: one another replica raised (a log
+            // that lost records) counts from this very check, not from this
+            // replica's next maintenance check.
+            cmd.arg(Keys::floor(&link.log));
             let inv: Option<Vec<Option<u64>>> = self
                 .run(&link, "last_inv", cmd)
                 .await
-                .filter(|inv: &Vec<Option<u64>>| inv.len() == distinct.len());
+                .filter(|inv: &Vec<Option<u64>>| inv.len() == distinct.len() + 1);
             let answers: Vec<Option<bool>> = batch
                 .iter()
                 .map(|p| {
                     let inv = inv.as_ref()?;
-                    Some(p.tags.iter().all(|t| {
-                        distinct
-                            .binary_search(&t)
-                            .is_ok_and(|i| log::allows(inv[i], p.fetch_seq))
-                    }))
+                    let floor = inv[distinct.len()].unwrap_or(0);
+                    Some(
+                        p.fetch_seq >= floor
+                            && p.tags.iter().all(|t| {
+                                distinct
+                                    .binary_search(&t)
+                                    .is_ok_and(|i| log::allows(inv[i], p.fetch_seq))
+                            }),
+                    )
                 })
                 .collect();
             for (p, answer) in batch.into_iter().zip(answers) {

@@ -280,7 +280,8 @@ return s
 
 /// How far the clock moves when a run's log cannot be trusted as it is:
 /// more clock values than its replication could ever have lost (see
-/// [`HOLDER`]). 65,535 such moves in one run would reach `FENCE_UNIT`.
+/// [`HOLDER`]). 32,768 such moves in one run reach half of `FENCE_UNIT`,
+/// where the holder script refuses to go on.
 pub(super) const HOLDER_GAP: u64 = 1 << 24;
 
 /// Run `ARGV[1]` holds the log now. The replica asking saw its clock reach
