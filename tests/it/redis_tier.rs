@@ -443,5 +443,42 @@ async fn a_raised_floor_holds_for_the_very_next_strict_hit() {
         .await
         .unwrap();
     let r = fg.get_shared(scene).await;
-    assert_ne!(r.x_cache, "HIT", "an entry from below the floor was served");
+    assert_eq!(
+        (r.status, r.x_cache.as_str()),
+        (200, "MISS"),
+        "an entry from below the floor was served"
+    );
+    // What was fetched at the floor is served again.
+    assert_eq!(fg.get_shared(scene).await.x_cache, "HIT");
+}
+
+/// A log whose floor is gone (a flush, a restore) vouches for nothing until
+/// the holder script has put it back.
+#[tokio::test]
+async fn a_missing_floor_serves_nothing_until_it_is_back() {
+    let origin = Origin::start(0);
+    let redis = Redis::start();
+    let fg = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
+    fg.wait_redis(true).await;
+    let scene = "/studio/api/scenes/133";
+    fg.get_shared(scene).await;
+    assert_eq!(fg.get_shared(scene).await.x_cache, "HIT");
+    let mut con = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("fg:2:*:floor")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let _: () = redis::cmd("DEL")
+        .arg(&keys[0])
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let r = fg.get_shared(scene).await;
+    assert_eq!((r.status, r.x_cache.as_str()), (200, "MISS"));
 }

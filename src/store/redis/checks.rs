@@ -93,7 +93,12 @@ impl RedisTier {
                 .iter()
                 .map(|p| {
                     let inv = inv.as_ref()?;
-                    let floor = inv[distinct.len()].unwrap_or(0);
+                    // Missing, it was lost (a flush, a restore): the holder
+                    // script puts it back at its next check; until then the
+                    // log vouches for nothing.
+                    let Some(floor) = inv[distinct.len()] else {
+                        return Some(false);
+                    };
                     Some(
                         p.fetch_seq >= floor
                             && p.tags.iter().all(|t| {
