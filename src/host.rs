@@ -17,7 +17,7 @@
 //! With an absolute-form target (`GET http://a.example/x`), the target's
 //! authority is the host and `Host` is ignored (RFC 9112 §3.2.2).
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::net::Ipv6Addr;
 
 use http::Version;
@@ -119,7 +119,7 @@ pub fn normalize(raw: &str, scheme: &str) -> Result<Host, HostError> {
             "" => None,
             p => Some(p.strip_prefix(':').ok_or_else(invalid)?),
         };
-        (format!("[{ip}]"), port)
+        (Name::V6(ip), port)
     } else {
         let (name, port) = match raw.rsplit_once(':') {
             Some((n, p)) => (n, Some(p)),
@@ -133,7 +133,7 @@ pub fn normalize(raw: &str, scheme: &str) -> Result<Host, HostError> {
         if name.is_empty() || name.len() > MAX_NAME || empty_label || !is_reg_name(name) {
             return Err(invalid());
         }
-        (name.to_ascii_lowercase(), port)
+        (Name::Reg(name), port)
     };
     let port = match port {
         None | Some("") => None,
@@ -146,10 +146,27 @@ pub fn normalize(raw: &str, scheme: &str) -> Result<Host, HostError> {
         }
         Some(_) => return Err(invalid()),
     };
-    Ok(Host(match port {
-        Some(p) => format!("{name}:{p}"),
-        None => name,
-    }))
+    // Built in one allocation: this runs on every request.
+    let mut host = String::with_capacity(raw.len() + 2);
+    match name {
+        Name::V6(ip) => {
+            let _ = write!(host, "[{ip}]");
+        }
+        Name::Reg(name) => {
+            host.push_str(name);
+            host.make_ascii_lowercase();
+        }
+    }
+    if let Some(p) = port {
+        let _ = write!(host, ":{p}");
+    }
+    Ok(Host(host))
+}
+
+/// A host's name part, checked, before it is written in normal form.
+enum Name<'a> {
+    V6(Ipv6Addr),
+    Reg(&'a str),
 }
 
 fn default_port(scheme: &str) -> u16 {

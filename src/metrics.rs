@@ -5,11 +5,13 @@
 //! common owner to pass a handle through. Labels are route-rule names and other
 //! bounded sets, never raw paths or ids.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
+
+use crate::outcome::Outcome;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -397,6 +399,30 @@ impl Metrics {
     }
 }
 
+/// `request_seconds` for requests with `outcome`. Every request observes
+/// one: its series is looked up once, not by hashing its label (and taking
+/// the vector's lock) each time.
+pub fn request_seconds(outcome: Outcome) -> &'static Histogram {
+    static BY_OUTCOME: [OnceLock<Histogram>; Outcome::ALL.len()] =
+        [const { OnceLock::new() }; Outcome::ALL.len()];
+    BY_OUTCOME[outcome as usize].get_or_init(|| {
+        METRICS
+            .request_seconds
+            .with_label_values(&[outcome.label()])
+    })
+}
+
+/// `responses` for a response with `status`, looked up once per class (as
+/// [`request_seconds`]).
+pub fn responses(status: u16) -> &'static IntCounter {
+    const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+    static BY_CLASS: [OnceLock<IntCounter>; CLASSES.len()] =
+        [const { OnceLock::new() }; CLASSES.len()];
+    let class = status_class(status);
+    let i = CLASSES.iter().position(|c| *c == class).unwrap_or(5);
+    BY_CLASS[i].get_or_init(|| METRICS.responses.with_label_values(&[class]))
+}
+
 /// A request method as a label: the standard ones by name, anything else
 /// `OTHER`. Clients choose the method: as a label it must come from a closed
 /// set, or each invented method would add series until the process ends.
@@ -425,5 +451,26 @@ pub fn status_class(status: u16) -> &'static str {
         400..=499 => "4xx",
         500..=599 => "5xx",
         _ => "none",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resolved_series_is_the_one_its_label_names() {
+        for o in Outcome::ALL {
+            let named = METRICS.request_seconds.with_label_values(&[o.label()]);
+            let before = named.get_sample_count();
+            request_seconds(o).observe(0.001);
+            assert_eq!(named.get_sample_count(), before + 1, "{o:?}");
+        }
+        for status in [0, 101, 200, 304, 404, 503, 999] {
+            let named = METRICS.responses.with_label_values(&[status_class(status)]);
+            let before = named.get();
+            responses(status).inc();
+            assert_eq!(named.get(), before + 1, "{status}");
+        }
     }
 }

@@ -35,7 +35,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use http::{header, Method, StatusCode};
@@ -58,7 +58,7 @@ use crate::forwarding;
 use crate::hit;
 use crate::host::{self, Host};
 use crate::invalidation;
-use crate::metrics::{method_label, status_class, METRICS};
+use crate::metrics::{self, method_label, METRICS};
 use crate::monitor::series::Kind;
 use crate::monitor::{Event, Monitor};
 use crate::outcome::Outcome;
@@ -105,7 +105,9 @@ pub struct Ctx {
     /// write has been ended with them.
     hop_listed: Vec<String>,
     outcome: Outcome,
-    started: Instant,
+    /// When `request_filter` began (not `new_ctx`: that may run before a
+    /// keep-alive connection's next request arrives).
+    started: Option<Instant>,
     upstream_started: Option<Instant>,
     /// A miss: the invalidation log, read before the fetch went to the app,
     /// and the tags the request alone gives the response.
@@ -139,7 +141,7 @@ impl ProxyHttp for Proxy {
             revalidated_date: None,
             hop_listed: Vec::new(),
             outcome: Outcome::Pass,
-            started: Instant::now(),
+            started: None,
             upstream_started: None,
             fill: None,
             read_tags: Vec::new(),
@@ -152,7 +154,7 @@ impl ProxyHttp for Proxy {
         // new_ctx may run before a keep-alive connection's next request arrives;
         // take the config that is current now.
         ctx.config = self.live.config();
-        ctx.started = Instant::now();
+        ctx.started = Some(Instant::now());
         ctx.key = None;
         // Slow clients hold a connection only so long per stalled read or
         // write (the request header itself: see docs/reliability.md).
@@ -660,7 +662,7 @@ impl ProxyHttp for Proxy {
         }
         let route = ctx.rule.as_ref().map(|r| r.name.as_str()).unwrap_or("-");
         let label = ctx.outcome.label();
-        let elapsed = ctx.started.elapsed();
+        let elapsed = ctx.started.map_or(Duration::ZERO, |t| t.elapsed());
         // With an error and nothing written, pingora answered 502 (or dropped
         // the connection): either way an error to the client.
         let status = match (session.response_written(), e) {
@@ -687,14 +689,8 @@ impl ProxyHttp for Proxy {
         if session.cache.lock_duration().is_some() && !session.cache.upstream_used() {
             METRICS.coalesced.with_label_values(&[route]).inc();
         }
-        METRICS
-            .responses
-            .with_label_values(&[status_class(status)])
-            .inc();
-        METRICS
-            .request_seconds
-            .with_label_values(&[label])
-            .observe(elapsed.as_secs_f64());
+        metrics::responses(status).inc();
+        metrics::request_seconds(ctx.outcome).observe(elapsed.as_secs_f64());
         if self.live.flags.get(Flag::Monitoring, &ctx.config.flags) {
             let req = session.req_header();
             self.monitor.observe(Event {

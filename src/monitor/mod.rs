@@ -28,7 +28,7 @@ use tokio::sync::broadcast;
 
 use crate::outcome::Outcome;
 use crate::store::redis::RedisTier;
-use crate::time::now_secs;
+use crate::time::{now_secs, unix_secs};
 use alerts::{Alert, Alerts, MonitoringConfig, State, Window};
 use series::{Bucket, Kind, Series};
 
@@ -202,7 +202,8 @@ impl Monitor {
 
     /// Count one event and add it to the recent operations.
     pub fn observe(&self, e: Event<'_>) {
-        let now = now_secs();
+        let at = SystemTime::now();
+        let now = unix_secs(at);
         let micros = e.duration.as_micros() as u64;
         let error = e.status >= 500;
         {
@@ -219,7 +220,7 @@ impl Monitor {
                 series::update(p.at(now), e.name, e.kind, observe);
             }
         }
-        self.operation(e);
+        self.operation_at(e, at);
     }
 
     /// Count a kind for several names (the routes a write invalidated).
@@ -240,13 +241,17 @@ impl Monitor {
 
     /// Add to the recent operations (and the live stream) without counting.
     pub fn operation(&self, e: Event<'_>) {
+        self.operation_at(e, SystemTime::now());
+    }
+
+    fn operation_at(&self, e: Event<'_>, at: SystemTime) {
         let cap = self.config.load().operations;
         if cap == 0 {
             return;
         }
         let op = Arc::new(Operation {
             seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
-            timestamp: SystemTime::now(),
+            timestamp: at,
             op: e.op,
             method: e.method.to_string(),
             route: e.name.to_string(),

@@ -193,9 +193,10 @@ impl LocalLog {
         if self.fenced(tags.clone()) {
             return false;
         }
-        let now = Instant::now();
         tags.into_iter().all(|t| match self.last_inv.get(t) {
-            Some(inv) if now.duration_since(inv.at) < self.remember_for => inv.seq <= fetch_seq,
+            // The clock is read only for a tag that was invalidated: a hit
+            // on an entry whose tags never were reads none.
+            Some(inv) if inv.at.elapsed() < self.remember_for => inv.seq <= fetch_seq,
             // Evicted (or never invalidated): `floor`, read only now, after
             // the lookup — read before it, it could predate the eviction of
             // this very tag. Expired: older than every entry still alive.
