@@ -40,7 +40,7 @@
 
 use std::fmt;
 
-use http::Method;
+use http::{HeaderName, Method};
 use pingora::http::RequestHeader;
 
 /// How the app's router compares paths (the `paths:` section).
@@ -150,8 +150,9 @@ impl PathPolicy {
 /// `method_override:` section).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct MethodOverride {
-    /// Lower-case header names, e.g. `x-http-method-override`.
-    pub headers: Vec<String>,
+    /// Header names, e.g. `x-http-method-override` (parsed once: every
+    /// request looks them up).
+    pub headers: Vec<HeaderName>,
     /// The query (and form body) parameter, e.g. `_method`.
     pub param: Option<String>,
 }
@@ -169,7 +170,7 @@ impl Default for MethodOverride {
         MethodOverride {
             headers: USUAL_OVERRIDE_HEADERS
                 .iter()
-                .map(|h| h.to_string())
+                .map(|h| HeaderName::from_static(h))
                 .collect(),
             param: Some("_method".into()),
         }
@@ -283,12 +284,15 @@ fn methods(req: &RequestHeader, policy: &MethodOverride) -> Methods {
     let mut m = Methods::only(req.method.clone());
     let mut listed = true;
     for name in &policy.headers {
-        for v in req.headers.get_all(name.as_str()) {
+        for v in req.headers.get_all(name) {
             listed &= push_method(&mut m.overrides, v.as_bytes());
         }
     }
     if let Some(param) = &policy.param {
-        if let Some(q) = req.uri.query() {
+        // Without `%` or `+` a name is spelled as it reads: a query that
+        // does not contain the parameter's name cannot name it.
+        let may_name = |q: &&str| q.contains(['%', '+']) || q.contains(param.as_str());
+        if let Some(q) = req.uri.query().filter(may_name) {
             for (k, v) in form_urlencoded::parse(q.as_bytes()) {
                 if k == param.as_str() {
                     listed &= push_method(&mut m.overrides, v.as_bytes());

@@ -14,12 +14,15 @@
 
 use std::time::SystemTime;
 
-use http::{header, Method, StatusCode};
+use http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use pingora::cache::CacheMeta;
 
 use crate::storable;
+
+/// RFC 9211's field, as every hit carries it.
+const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// An entry's response header as a fresh hit serves it, made when the entry
 /// is hit and kept beside it in the memory tier's own map of prepared
@@ -65,6 +68,11 @@ impl Prepared {
             let _ = header.insert_header(header::ACCEPT_RANGES, "bytes");
         }
         let _ = header.insert_header("x-cache", "HIT");
+        // Held in place for each hit's own values: a hit then replaces two
+        // values instead of growing a copied map by two fields (which
+        // reallocates it, and was a tenth of freshgate's own work on a hit).
+        let _ = header.insert_header(header::AGE, 0);
+        let _ = header.insert_header(CACHE_STATUS, "");
         Prepared {
             header,
             fresh_until,
@@ -139,15 +147,23 @@ pub fn response(stored: &Prepared, now: SystemTime) -> Option<ResponseHeader> {
     if !servable(stored, now) {
         return None;
     }
-    let mut resp = stored.header.clone();
     let age = now.duration_since(stored.epoch).unwrap_or_default();
-    resp.insert_header(header::AGE, age.as_secs()).ok()?;
     let ttl = stored
         .fresh_until
         .duration_since(now)
         .unwrap_or_default()
         .as_secs();
-    resp.insert_header("cache-status", cache_status(ttl as i64))
+    // Built from its parts, with names known at compile time: pingora's
+    // `insert_header` would parse each name again on every hit.
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = stored.header.status;
+    parts.version = stored.header.version;
+    parts.headers = stored.header.headers.clone();
+    parts.headers.insert(header::AGE, age.as_secs().into());
+    let status = HeaderValue::try_from(cache_status(ttl as i64)).ok()?;
+    parts.headers.insert(CACHE_STATUS, status);
+    let mut resp = ResponseHeader::from(parts);
+    resp.set_reason_phrase(stored.header.get_reason_phrase())
         .ok()?;
     Some(resp)
 }
@@ -224,11 +240,16 @@ mod tests {
                 ("content-length", "2"),
                 ("date", "Mon, 30 Nov 2026 04:00:00 GMT"),
                 ("freshgate-cache-control", "max-age=60"),
+                // The app's own Age is replaced, not repeated.
+                ("age", "100"),
             ],
             30,
         );
         let r = response(&s, now).expect("fresh");
         assert_eq!(r.headers["age"], "7");
+        for field in ["age", "cache-status", "x-cache"] {
+            assert_eq!(r.headers.get_all(field).iter().count(), 1, "{field}");
+        }
         assert_eq!(r.headers["x-cache"], "HIT");
         assert_eq!(r.headers["cache-status"], "freshgate; hit; ttl=30");
         assert_eq!(r.headers["date"], "Mon, 30 Nov 2026 04:00:00 GMT");

@@ -140,7 +140,9 @@ pub fn normalize(raw: &str, scheme: &str) -> Result<Host, HostError> {
         Some(p) if p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
             match p.parse::<u16>() {
                 Ok(n) if n == default_port(scheme) => None,
-                Ok(n) => Some(n),
+                // Its digits without leading zeros: the number as written.
+                Ok(0) => Some("0"),
+                Ok(_) => Some(p.trim_start_matches('0')),
                 Err(_) => return Err(invalid()),
             }
         }
@@ -158,7 +160,8 @@ pub fn normalize(raw: &str, scheme: &str) -> Result<Host, HostError> {
         }
     }
     if let Some(p) = port {
-        let _ = write!(host, ":{p}");
+        host.push(':');
+        host.push_str(p);
     }
     Ok(Host(host))
 }
@@ -224,6 +227,13 @@ mod tests {
         }
         assert_eq!(host("example.com:8080").unwrap(), "example.com:8080");
         assert_eq!(host("example.com:08080").unwrap(), "example.com:8080");
+        assert_eq!(host("example.com:00000").unwrap(), "example.com:0");
+        assert_eq!(host("example.com:0").unwrap(), "example.com:0");
+        assert_eq!(
+            host("example.com:065535").unwrap_err(),
+            HostError::Invalid("example.com:065535".into())
+        );
+        assert!(host("example.com:65536").is_err());
         assert_eq!(host("127.0.0.1:3000").unwrap(), "127.0.0.1:3000");
         assert_eq!(host("[0:0::1]:80").unwrap(), "[::1]");
         assert_eq!(normalize("[::1]:8080", "http").unwrap().name(), "::1");

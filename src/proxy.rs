@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use http::{header, Method, StatusCode};
+use http::{header, HeaderName, Method, StatusCode};
 use pingora::cache::key::CacheHashKey;
 use pingora::cache::lock::CacheKeyLockImpl;
 use pingora::cache::{
@@ -424,7 +424,7 @@ impl ProxyHttp for Proxy {
                     .method_override
                     .headers
                     .iter()
-                    .map(String::as_str),
+                    .map(HeaderName::as_str),
             );
             for h in unkeyed {
                 if !keyed(h) {

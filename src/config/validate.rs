@@ -387,7 +387,7 @@ fn validate_method_override(
             .into_iter()
             .enumerate()
             .filter_map(|(i, h)| match http::HeaderName::from_bytes(h.as_bytes()) {
-                Ok(name) => Some(name.as_str().to_string()),
+                Ok(name) => Some(name),
                 Err(_) => {
                     problem(
                         &format!("method_override.headers[{i}]"),

@@ -17,6 +17,7 @@ pub mod alerts;
 pub mod report;
 pub mod series;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,7 +49,7 @@ pub struct Operation {
     pub timestamp: SystemTime,
     /// `HIT`, `MISS`, `STALE`, `BYPASS`, `PASS`, `INVALIDATE`, `PURGE`.
     pub op: &'static str,
-    pub method: String,
+    pub method: Cow<'static, str>,
     /// Route rule (or invalidation rule for writes); `-` for none.
     pub route: String,
     /// The path (without query), shortened.
@@ -117,6 +118,17 @@ pub fn replica_name(listen_port: u16) -> String {
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "freshgate".into());
     format!("{host}:{listen_port}")
+}
+
+/// A standard method's name without a copy (one per request otherwise).
+fn method_name(method: &str) -> Cow<'static, str> {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+    ];
+    match STANDARD.iter().find(|m| **m == method) {
+        Some(m) => Cow::Borrowed(m),
+        None => Cow::Owned(method.to_owned()),
+    }
 }
 
 fn shorten(path: &str) -> String {
@@ -253,7 +265,7 @@ impl Monitor {
             seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
             timestamp: at,
             op: e.op,
-            method: e.method.to_string(),
+            method: method_name(e.method),
             route: e.name.to_string(),
             key: shorten(e.path),
             status: e.status,
