@@ -12,6 +12,7 @@
 //! conditional and range requests, `Vary`, entries only in Redis — takes
 //! pingora-cache's path, which looks the key up again.
 
+use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use http::{header, HeaderName, HeaderValue, Method, StatusCode};
@@ -159,8 +160,13 @@ pub fn response(stored: &Prepared, now: SystemTime) -> Option<ResponseHeader> {
     parts.status = stored.header.status;
     parts.version = stored.header.version;
     parts.headers = stored.header.headers.clone();
-    parts.headers.insert(header::AGE, age.as_secs().into());
-    let status = HeaderValue::try_from(cache_status(ttl as i64)).ok()?;
+    parts
+        .headers
+        .insert(header::AGE, remembered(&AGES, age.as_secs(), |s| s.into()));
+    let status = remembered(&STATUSES, ttl, |ttl| {
+        HeaderValue::try_from(cache_status(ttl as i64))
+            .unwrap_or(HeaderValue::from_static("freshgate; hit"))
+    });
     parts.headers.insert(CACHE_STATUS, status);
     let mut resp = ResponseHeader::from(parts);
     resp.set_reason_phrase(stored.header.get_reason_phrase())
@@ -171,6 +177,27 @@ pub fn response(stored: &Prepared, now: SystemTime) -> Option<ResponseHeader> {
 /// Whether `stored` can answer a hit here at `now` (see [`response`]).
 pub fn servable(stored: &Prepared, now: SystemTime) -> bool {
     stored.unservable.is_none() && stored.fresh_until >= now
+}
+
+/// How many seconds of `Age` and of `Cache-Status` ttl have their value
+/// made once and shared (an hour: most entries' lifetimes).
+const REMEMBERED: usize = 3600;
+
+static AGES: [OnceLock<HeaderValue>; REMEMBERED] = [const { OnceLock::new() }; REMEMBERED];
+static STATUSES: [OnceLock<HeaderValue>; REMEMBERED] = [const { OnceLock::new() }; REMEMBERED];
+
+/// The value for `secs` from `made`, made once per second below
+/// [`REMEMBERED`]: a copy of a shared value is a reference count, not an
+/// allocation and the formatting of a number on every hit.
+fn remembered(
+    values: &[OnceLock<HeaderValue>],
+    secs: u64,
+    made: impl Fn(u64) -> HeaderValue,
+) -> HeaderValue {
+    match values.get(secs as usize) {
+        Some(v) => v.get_or_init(|| made(secs)).clone(),
+        None => made(secs),
+    }
 }
 
 /// The RFC 9211 `Cache-Status` of a hit with `ttl` seconds of freshness
@@ -231,6 +258,16 @@ mod tests {
             &request("GET", &[("pragma", "no-cache")]),
             true
         ));
+    }
+
+    #[test]
+    fn remembered_values_are_the_ones_made_for_that_second() {
+        let values: Vec<OnceLock<HeaderValue>> = (0..60).map(|_| OnceLock::new()).collect();
+        let made = |s: u64| HeaderValue::from(s * 10);
+        for secs in [0, 1, 59, 0, 60, 10_000, 59, 1] {
+            assert_eq!(remembered(&values, secs, made), made(secs), "{secs}");
+        }
+        assert_eq!(values.iter().filter(|v| v.get().is_some()).count(), 3);
     }
 
     #[test]
