@@ -179,6 +179,7 @@ pub fn run(setup: Setup) {
             store,
             lock,
             prefetch: prefetch.clone(),
+            upstream: Default::default(),
         },
         "proxy",
     );

@@ -16,6 +16,7 @@
 //!   the key, route rules, tags and write rules all use.
 //! - [`host`]: the host a request names, validated and normalised (it is keyed).
 //! - [`forwarding`]: client facts told to the app; headers never passed on.
+//! - [`upstream`]: the app's address, resolved off the request path.
 //! - [`bypass`]: why a read does not use the cache (one typed reason).
 //! - [`cachekey`]: what makes two requests the same for the cache.
 //! - [`storable`]: which of the app's answers may be stored, and how long.
@@ -68,5 +69,6 @@ pub mod rules;
 pub mod storable;
 pub mod store;
 pub mod time;
+pub mod upstream;
 pub mod warm;
 pub mod writes;

@@ -67,6 +67,7 @@ use crate::reload::LiveConfig;
 use crate::rules::Rule;
 use crate::storable::{self, NotStored};
 use crate::store::{Ended, FillInfo, FillStart, Store, Tags};
+use crate::upstream::Resolver;
 use crate::writes::{self, InFlight};
 use tracing::warn;
 
@@ -76,6 +77,8 @@ pub struct Proxy {
     pub store: &'static Store,
     pub lock: &'static CacheKeyLockImpl,
     pub prefetch: Arc<Prefetcher>,
+    /// The app's address, resolved off the request path.
+    pub upstream: Resolver,
 }
 
 pub struct Ctx {
@@ -360,7 +363,8 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         ctx.upstream_started = Some(Instant::now());
-        let mut peer = HttpPeer::new(ctx.config.upstream.addr.as_str(), false, String::new());
+        let addr = self.upstream.addr(&ctx.config.upstream.addr).await?;
+        let mut peer = HttpPeer::new(addr, false, String::new());
         let timeouts = ctx.config.timeouts;
         peer.options.connection_timeout = Some(timeouts.upstream_connect);
         peer.options.read_timeout = Some(if ctx.write.is_some() {

@@ -345,6 +345,28 @@ async fn a_slow_or_absent_app_gets_a_clear_json_error() {
 }
 
 #[tokio::test]
+async fn an_app_named_by_host_name_is_reached_and_a_name_that_does_not_resolve_is_a_502() {
+    let origin = Origin::start(0);
+    let port = origin.url().rsplit(':').next().unwrap().to_string();
+    // A name, as Compose and Kubernetes give the app.
+    let named = Freshgate::start(&format!("http://localhost:{port}"), None, CONFIG);
+    let ok = get(&named.url("/knobs/named")).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    // A name that does not resolve (an app container being replaced):
+    // pingora resolved the text on each request and panicked, the client
+    // got an empty reply. Now a 502 saying so, for reads and writes alike.
+    let gone = Freshgate::start(&format!("http://app.invalid:{port}"), None, CONFIG);
+    for _ in 0..2 {
+        let read = get(&gone.url("/knobs/gone")).await;
+        assert_eq!(read.status, 502, "{}", read.body);
+        assert_eq!(read.json()["error"], "the app could not be reached");
+        let write = send(client().post(gone.url("/community/api/posts/1/like"))).await;
+        assert_eq!(write.status, 502, "{}", write.body);
+    }
+    assert!(!gone.log().contains("panicked"), "{}", gone.log());
+}
+
+#[tokio::test]
 async fn the_tokenless_admin_listener_refuses_other_sites() {
     let (_origin, fg) = setup();
     // DNS rebinding: a page on evil.example, its name pointed at 127.0.0.1.
