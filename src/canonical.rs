@@ -252,7 +252,15 @@ impl Canonical {
     /// Whether the request target to forward differs from the one the
     /// client sent (another path, or absolute-form).
     pub fn rewrites(&self, req: &RequestHeader) -> bool {
-        req.raw_path() != self.forward_target(req).as_bytes()
+        // `forward_target` compared without building it (every request).
+        let raw = req.raw_path();
+        let Some(rest) = raw.strip_prefix(self.path.as_bytes()) else {
+            return true;
+        };
+        match req.uri.query() {
+            Some(q) => rest.strip_prefix(b"?") != Some(q.as_bytes()),
+            None => !rest.is_empty(),
+        }
     }
 
     /// The request target to forward: the canonical path and the query as sent.
@@ -596,6 +604,29 @@ mod tests {
         assert_eq!(c.forward_target(&r), "/x/y?q=1");
         let plain = RequestHeader::build("GET", b"/x/y?q=1", None).unwrap();
         assert!(!c.rewrites(&plain));
+        // Whether it rewrites is whether the forwarded target differs.
+        for t in [
+            "/a",
+            "/a?",
+            "/a?b=1&a=2",
+            "/a/",
+            "//a",
+            "/a/./b",
+            "/a/../b?x",
+            "/%61?q",
+            "/A",
+            "http://h/a",
+            "http://h/a?q",
+            "http://h",
+            "/a?q#f",
+            "*",
+            "/a%2Fb",
+        ] {
+            let r = RequestHeader::build("GET", t.as_bytes(), None).unwrap();
+            let c = Canonical::new(&r, &PathPolicy::default(), &MethodOverride::default());
+            let differs = r.raw_path() != c.forward_target(&r).as_bytes();
+            assert_eq!(c.rewrites(&r), differs, "{t}");
+        }
     }
 
     #[test]

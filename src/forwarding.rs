@@ -15,9 +15,10 @@
 //!   that redirects `http` to `https` must not have that redirect served to
 //!   `https` clients (a redirect loop, cached).
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
 
@@ -104,7 +105,16 @@ pub fn strip_listed(resp: &mut pingora::http::ResponseHeader, listed: &[String])
 /// Remove the hop-by-hop fields every proxy removes (not the ones a
 /// `Connection` header lists: see [`strip_listed`]).
 pub fn strip_standard_hop_by_hop(resp: &mut pingora::http::ResponseHeader) {
-    for name in HOP_BY_HOP {
+    // One pass over the answer's names, then only those present removed
+    // (each removal parses and looks up its name, in two maps): this runs
+    // on every answer from the app, most of which carry one or none.
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in resp.headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name.as_str()) {
+            present[i] = true;
+        }
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         resp.remove_header(*name);
     }
 }
@@ -176,18 +186,20 @@ pub fn forwarded_for(
     peer: IpAddr,
     peer_trusted: bool,
 ) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
-    let chain: Vec<&str> = req
-        .headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    if peer_trusted && !chain.is_empty() {
-        HeaderValue::from_str(&format!("{}, {peer}", chain.join(", ")))
-    } else {
-        HeaderValue::from_str(&peer.to_string())
+    let mut value = String::with_capacity(64);
+    if peer_trusted {
+        for hop in req.headers.get_all(X_FORWARDED_FOR).iter() {
+            if let Ok(hop) = hop.to_str() {
+                value.push_str(hop);
+                value.push_str(", ");
+            }
+        }
     }
+    let _ = write!(value, "{peer}");
+    HeaderValue::try_from(value)
 }
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 #[cfg(test)]
 mod tests {
@@ -260,6 +272,29 @@ mod tests {
         r.append_header("x-kept", "1").unwrap();
         let listed = connection_listed(&r.headers);
         strip_listed(&mut r, &listed);
+        strip_standard_hop_by_hop(&mut r);
+        let left: Vec<&str> = r.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn every_standard_hop_by_hop_field_goes_and_nothing_else() {
+        let mut r = pingora::http::ResponseHeader::build(200, None).unwrap();
+        r.append_header("x-kept", "1").unwrap();
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            r.append_header(name.to_ascii_uppercase(), "a").unwrap();
+            if i % 2 == 0 {
+                r.append_header(*name, "b").unwrap();
+            }
+        }
+        r.append_header("x-kept-too", "1").unwrap();
+        strip_standard_hop_by_hop(&mut r);
+        let left: Vec<&str> = r.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept", "x-kept-too"]);
+        // Only some present: only those go.
+        let mut r = pingora::http::ResponseHeader::build(200, None).unwrap();
+        r.append_header("Connection", "keep-alive").unwrap();
+        r.append_header("x-kept", "1").unwrap();
         strip_standard_hop_by_hop(&mut r);
         let left: Vec<&str> = r.headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-kept"]);
