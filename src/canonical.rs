@@ -643,6 +643,24 @@ mod tests {
         assert!(patch.may_be_any_of(&[Method::PUT]));
         assert!(!patch.may_be_any_of(&[Method::DELETE]));
         assert!(m("POST", "/a?_method=DELETE", &[]).may_be_any_of(&[Method::DELETE]));
+        // However the query spells the parameter's name, a GET naming an
+        // unsafe method is a write (the query is only skipped when it
+        // cannot name it).
+        for q in [
+            "_method=DELETE",
+            "a=1&_method=DELETE",
+            "%5Fmethod=DELETE",
+            "_meth%6Fd=DELETE",
+            "_method=DEL%45TE",
+            "_method=DELETE+",
+        ] {
+            let get = m("GET", &format!("/a?{q}"), &[]);
+            assert!(
+                get.is_write() && get.may_be_any_of(&[Method::DELETE]),
+                "{q}"
+            );
+        }
+        assert!(!m("GET", "/a?method=DELETE&x=_metho", &[]).is_write());
         // A GET that names an unsafe method is not a read to cache.
         assert!(m("GET", "/a", &[("x-method-override", "DELETE")]).is_write());
         assert!(!m("GET", "/a", &[]).is_write());

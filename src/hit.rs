@@ -194,7 +194,7 @@ fn remembered(
     secs: u64,
     made: impl Fn(u64) -> HeaderValue,
 ) -> HeaderValue {
-    match values.get(secs as usize) {
+    match usize::try_from(secs).ok().and_then(|i| values.get(i)) {
         Some(v) => v.get_or_init(|| made(secs)).clone(),
         None => made(secs),
     }

@@ -405,7 +405,14 @@ impl Metrics {
 pub fn request_seconds(outcome: Outcome) -> &'static Histogram {
     static BY_OUTCOME: [OnceLock<Histogram>; Outcome::ALL.len()] =
         [const { OnceLock::new() }; Outcome::ALL.len()];
-    BY_OUTCOME[outcome as usize].get_or_init(|| {
+    let slot = match outcome {
+        Outcome::Hit => 0,
+        Outcome::Miss => 1,
+        Outcome::Stale => 2,
+        Outcome::Bypass => 3,
+        Outcome::Pass => 4,
+    };
+    BY_OUTCOME[slot].get_or_init(|| {
         METRICS
             .request_seconds
             .with_label_values(&[outcome.label()])

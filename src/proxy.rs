@@ -47,6 +47,7 @@ use pingora::cache::{
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
+use pingora::upstreams::peer::Peer;
 
 use crate::bypass::{self, Bypass};
 use crate::cachekey;
@@ -78,7 +79,7 @@ pub struct Proxy {
     pub lock: &'static CacheKeyLockImpl,
     pub prefetch: Arc<Prefetcher>,
     /// The app's address, resolved off the request path.
-    pub upstream: Resolver,
+    pub upstream: Arc<Resolver>,
 }
 
 pub struct Ctx {
@@ -112,6 +113,8 @@ pub struct Ctx {
     /// keep-alive connection's next request arrives).
     started: Option<Instant>,
     upstream_started: Option<Instant>,
+    /// Connects tried again (see `fail_to_connect`).
+    connect_retries: u8,
     /// A miss: the invalidation log, read before the fetch went to the app,
     /// and the tags the request alone gives the response.
     fill: Option<FillStart>,
@@ -146,6 +149,7 @@ impl ProxyHttp for Proxy {
             outcome: Outcome::Pass,
             started: None,
             upstream_started: None,
+            connect_retries: 0,
             fill: None,
             read_tags: Vec::new(),
             write: None,
@@ -363,9 +367,11 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         ctx.upstream_started = Some(Instant::now());
-        let addr = self.upstream.addr(&ctx.config.upstream.addr).await?;
-        let mut peer = HttpPeer::new(addr, false, String::new());
         let timeouts = ctx.config.timeouts;
+        let addr = (self.upstream)
+            .addr(&ctx.config.upstream.addr, timeouts.upstream_connect)
+            .await?;
+        let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(timeouts.upstream_connect);
         peer.options.read_timeout = Some(if ctx.write.is_some() {
             // Past this the write's answer is given up on (and the write
@@ -375,6 +381,28 @@ impl ProxyHttp for Proxy {
             timeouts.upstream_read
         });
         Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // The app named by a host name: its next address, or the name looked
+        // up again (see `upstream`), at most twice per request. Nothing was
+        // sent to the app, so a write may try again too.
+        if ctx.connect_retries < 2 {
+            if let Some(addr) = peer.address().as_inet() {
+                let timed_out = e.etype() == &ErrorType::ConnectTimedout;
+                if (self.upstream).connect_failed(&ctx.config.upstream.addr, *addr, timed_out) {
+                    ctx.connect_retries += 1;
+                    e.set_retry(true);
+                }
+            }
+        }
+        e
     }
 
     async fn connected_to_upstream(
