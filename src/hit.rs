@@ -71,7 +71,7 @@ impl Prepared {
         let _ = header.insert_header("x-cache", "HIT");
         // Held in place for each hit's own values: a hit then replaces two
         // values instead of growing a copied map by two fields (which
-        // reallocates it, and was a tenth of freshgate's own work on a hit).
+        // reallocates the copy).
         let _ = header.insert_header(header::AGE, 0);
         let _ = header.insert_header(CACHE_STATUS, "");
         Prepared {

@@ -405,6 +405,33 @@ impl ProxyHttp for Proxy {
         e
     }
 
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        // pingora sends an idempotent request again when a reused connection
+        // to the app fails mid-exchange. A write may have been applied by
+        // then: a PUT or DELETE done twice answers differently (a DELETE's
+        // second answer is a 404), and a GET that names POST in an override
+        // is not idempotent at all. A write is sent once, as a POST is.
+        let is_write =
+            ctx.write.is_some() || ctx.request.as_ref().is_some_and(|r| r.methods.is_write());
+        if is_write
+            || !session.req_header().method.is_idempotent()
+            || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,

@@ -2,6 +2,9 @@
 //! worked on the old code, over real sockets against a real freshgate and
 //! the demo app.
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::util::*;
@@ -364,6 +367,76 @@ async fn an_app_named_by_host_name_is_reached_and_a_name_that_does_not_resolve_i
         assert_eq!(write.status, 502, "{}", write.body);
     }
     assert!(!gone.log().contains("panicked"), "{}", gone.log());
+}
+
+/// An app that answers GETs on kept-alive connections, reads the first
+/// PUT whole and then drops that connection without answering (a worker
+/// killed after it committed), and answers later PUTs. Counts the PUTs.
+fn app_that_dies_after_the_first_put() -> (SocketAddr, Arc<AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let puts = Arc::new(AtomicUsize::new(0));
+    let seen = puts.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut conn = conn;
+                loop {
+                    let mut head = String::new();
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                        head.push_str(&line);
+                        line.clear();
+                    }
+                    if head.is_empty() {
+                        return;
+                    }
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    let mut body = vec![0; length];
+                    let _ = reader.read_exact(&mut body);
+                    if head.starts_with("PUT") && seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                        let _ = socket2::SockRef::from(&conn).set_linger(Some(Duration::ZERO));
+                        return;
+                    }
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: no-store\r\n\r\nok",
+                    );
+                }
+            });
+        }
+    });
+    (addr, puts)
+}
+
+#[tokio::test]
+async fn a_write_is_sent_to_the_app_at_most_once() {
+    let (app, puts) = app_that_dies_after_the_first_put();
+    let fg = Freshgate::start(&format!("http://{app}"), None, CONFIG);
+    let c = client();
+    // A read leaves a kept-alive connection to the app in the pool.
+    let read = send(c.get(fg.url("/knobs/once"))).await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    // The PUT goes on it; the app commits and drops the connection.
+    // pingora sent an idempotent request again on a new connection: the
+    // app saw the write twice and the client was told it succeeded.
+    let write = send(c.put(fg.url("/knobs/once")).body("v2")).await;
+    assert_eq!(write.status, 502, "{}", write.body);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        puts.load(Ordering::SeqCst),
+        1,
+        "the app saw the write more than once"
+    );
 }
 
 #[tokio::test]
