@@ -390,13 +390,19 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        // The app named by a host name: its next address, or the name looked
-        // up again (see `upstream`), at most twice per request. Nothing was
-        // sent to the app, so a write may try again too.
-        if ctx.connect_retries < 2 {
+        // The app named by a host name with several addresses: the next one
+        // (see `upstream`), at most twice per request, and only after a
+        // connect that failed at once. Nothing was sent to the app, so a
+        // write may try again too.
+        let failed_at_once = matches!(
+            e.etype(),
+            ErrorType::ConnectRefused | ErrorType::ConnectNoRoute
+        );
+        let timed_out = e.etype() == &ErrorType::ConnectTimedout;
+        if (failed_at_once || timed_out) && ctx.connect_retries < 2 {
             if let Some(addr) = peer.address().as_inet() {
-                let timed_out = e.etype() == &ErrorType::ConnectTimedout;
-                if (self.upstream).connect_failed(&ctx.config.upstream.addr, *addr, timed_out) {
+                let target = &ctx.config.upstream.addr;
+                if (self.upstream).connect_failed(target, *addr, failed_at_once) {
                     ctx.connect_retries += 1;
                     e.set_retry(true);
                 }

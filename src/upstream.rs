@@ -8,15 +8,17 @@
 //! client then got an empty reply instead of a 502.
 //!
 //! Here an IP literal is parsed once. A name is looked up on tokio's
-//! blocking pool, within the connect timeout: by the first request, then
-//! again in the background once its addresses are [`RESOLVE_EVERY`] old
-//! (requests meanwhile use the ones they have; a lookup that fails keeps
-//! them — the app may well still be there). When connecting to an address
-//! fails, the request tries the name's next address (`localhost` is often
-//! `::1` first while the app listens on `127.0.0.1`), and once every
-//! address failed, the name is looked up again before the next connect (an
-//! app container replaced has a new address). A name that never resolved
-//! is an upstream error: 502, with the reason in the log.
+//! blocking pool, within the connect timeout: while a request waits only
+//! when nothing is known of it yet (one lookup at a time, and a failed one
+//! answered from memory for [`RETRY_AFTER`]), otherwise in the background
+//! once its addresses are [`RESOLVE_EVERY`] old, or [`RETRY_AFTER`] after
+//! connecting to each of them failed (an app container replaced has a new
+//! address); requests meanwhile use the addresses there are, and a lookup
+//! that fails keeps them (the app may well still be there). A connect
+//! refused at once is tried again with the name's next address
+//! (`localhost` is often `::1` first while the app listens on
+//! `127.0.0.1`). A name that never resolved is an upstream error: 502,
+//! with the reason in the log.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -30,12 +32,19 @@ use tracing::warn;
 /// How long a name's addresses are used before it is looked up again.
 pub const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 
+/// How soon a name is looked up again after a lookup, however it went,
+/// when connecting to its addresses failed or it has none yet: an app
+/// that is down must not turn every request into a DNS query.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
 /// The app's addresses, as last resolved (see the module's doc).
 #[derive(Default)]
 pub struct Resolver {
     last: ArcSwapOption<Resolved>,
     /// A background lookup is running: no other starts.
     looking_up: AtomicBool,
+    /// Lookups a request waits for (a name not resolved yet) go one at a time.
+    first: tokio::sync::Mutex<Option<Failed>>,
 }
 
 struct Resolved {
@@ -45,10 +54,18 @@ struct Resolved {
     addrs: Vec<SocketAddr>,
     /// The one connected to (the next, after a connect to it failed).
     current: AtomicUsize,
-    /// `None` for an IP literal: it never needs looking up again.
+    /// When it was looked up; `None` for an IP literal, never looked up.
     at: Option<Instant>,
-    /// Connecting to every address failed: look the name up again first.
+    /// Connecting to every address failed: look the name up again.
     exhausted: AtomicBool,
+}
+
+/// A name not resolved yet whose last lookup failed.
+struct Failed {
+    target: String,
+    at: Instant,
+    /// What the failed lookup said.
+    message: String,
 }
 
 impl Resolved {
@@ -65,68 +82,98 @@ impl Resolved {
     fn current(&self) -> SocketAddr {
         self.addrs[self.current.load(Ordering::Acquire) % self.addrs.len()]
     }
+
+    /// Whether the name is due another lookup.
+    fn due(&self) -> bool {
+        self.at.is_some_and(|at| {
+            let age = at.elapsed();
+            age >= RESOLVE_EVERY || (age >= RETRY_AFTER && self.exhausted.load(Ordering::Acquire))
+        })
+    }
 }
 
 impl Resolver {
-    /// The address to connect to for `target` (`host:port`); a lookup
-    /// this request waits for gives up after `within`.
+    /// The address to connect to for `target` (`host:port`). Only a name
+    /// not resolved yet is looked up while the request waits (within
+    /// `within`, one lookup at a time, and not again for [`RETRY_AFTER`]
+    /// after one failed); otherwise the request takes the address there is
+    /// and a lookup that is due runs in the background.
     pub async fn addr(self: &Arc<Self>, target: &str, within: Duration) -> Result<SocketAddr> {
-        let last = self.last.load_full().filter(|r| r.target == target);
-        if let Some(r) = &last {
-            let Some(at) = r.at else {
-                return Ok(r.current());
-            };
-            if !r.exhausted.load(Ordering::Acquire) {
-                if at.elapsed() >= RESOLVE_EVERY && !self.looking_up.swap(true, Ordering::AcqRel) {
-                    let me = self.clone();
-                    let target = target.to_string();
-                    tokio::spawn(async move {
-                        me.look_up(&target, within).await.ok();
-                        me.looking_up.store(false, Ordering::Release);
-                    });
-                }
-                return Ok(r.current());
+        if let Some(r) = self.known(target) {
+            if r.due() && !self.looking_up.swap(true, Ordering::AcqRel) {
+                let me = self.clone();
+                let target = target.to_string();
+                tokio::spawn(async move {
+                    me.look_up(&target, within).await.ok();
+                    me.looking_up.store(false, Ordering::Release);
+                });
+            }
+            return Ok(r.current());
+        }
+        let mut failed = self.first.lock().await;
+        // Resolved while this request waited its turn.
+        if let Some(r) = self.known(target) {
+            return Ok(r.current());
+        }
+        if let Some(f) = failed.as_ref() {
+            if f.target == target && f.at.elapsed() < RETRY_AFTER {
+                let again = Error::explain(ErrorType::ConnectNoRoute, f.message.clone());
+                return Err(again.into_up());
             }
         }
         match self.look_up(target, within).await {
-            Ok(addr) => Ok(addr),
-            Err(e) => match last {
-                Some(last) => Ok(last.current()),
-                None => Err(e),
-            },
+            Ok(addr) => {
+                *failed = None;
+                Ok(addr)
+            }
+            Err(error) => {
+                *failed = Some(Failed {
+                    target: target.to_string(),
+                    at: Instant::now(),
+                    message: error
+                        .context
+                        .as_ref()
+                        .map(|c| c.as_str().to_string())
+                        .unwrap_or_default(),
+                });
+                Err(error)
+            }
         }
+    }
+
+    fn known(&self, target: &str) -> Option<Arc<Resolved>> {
+        self.last.load_full().filter(|r| r.target == target)
     }
 
     /// Connecting to `addr` for `target` failed: whether the request should
-    /// try again (with the name's next address, or after looking it up
-    /// again). An IP literal has nothing else to try; after a connect that
-    /// `timed_out` only another address is worth the wait.
-    pub fn connect_failed(&self, target: &str, addr: SocketAddr, timed_out: bool) -> bool {
-        let Some(r) = self.last.load_full().filter(|r| r.target == target) else {
+    /// try again, with the name's next address. Only a connect that failed
+    /// at once (refused, no route) is tried again: after one that timed out
+    /// the client has waited long enough. Once every address failed, the
+    /// name is looked up again (in the background, see [`Resolver::addr`]).
+    pub fn connect_failed(&self, target: &str, addr: SocketAddr, at_once: bool) -> bool {
+        let Some(r) = self.known(target).filter(|r| r.at.is_some()) else {
             return false;
         };
-        if r.at.is_none() {
-            return false;
-        }
         let i = r.current.load(Ordering::Acquire) % r.addrs.len();
         if r.addrs[i] != addr {
             // Another request moved on already: try where it moved to.
-            return true;
+            return at_once;
         }
         if i + 1 < r.addrs.len() {
             r.current.store(i + 1, Ordering::Release);
-            return true;
+            return at_once;
         }
         r.current.store(0, Ordering::Release);
         r.exhausted.store(true, Ordering::Release);
-        !timed_out
+        false
     }
 
     /// Look `target` up now and keep what it gives; a failure keeps what
-    /// there was (and is not retried before [`RESOLVE_EVERY`]).
+    /// there was (and counts as a lookup: the next is not due before
+    /// [`RETRY_AFTER`] or [`RESOLVE_EVERY`]).
     async fn look_up(&self, target: &str, within: Duration) -> Result<SocketAddr> {
         let found = resolve(target, within).await;
-        let last = self.last.load_full().filter(|r| r.target == target);
+        let last = self.known(target);
         let resolved = match (found, &last) {
             (Ok(r), Some(last)) => {
                 // Keep connecting where connecting worked, if it is still listed.
@@ -156,13 +203,7 @@ async fn resolve(target: &str, within: Duration) -> Result<Resolved> {
     if let Ok(addr) = target.parse::<SocketAddr>() {
         return Ok(Resolved::new(target, vec![addr], None));
     }
-    let failed = |why: String| {
-        Error::explain(
-            ErrorType::ConnectNoRoute,
-            format!("upstream {target:?} did not resolve: {why}"),
-        )
-        .into_up()
-    };
+    let failed = |why: String| unresolved(target, why);
     let addrs: Vec<SocketAddr> = tokio::time::timeout(within, tokio::net::lookup_host(target))
         .await
         .map_err(|_| failed(format!("no answer within {within:?}")))?
@@ -174,31 +215,25 @@ async fn resolve(target: &str, within: Duration) -> Result<Resolved> {
     Ok(Resolved::new(target, addrs, Some(Instant::now())))
 }
 
+/// The error of a name that does not resolve: the app could not be reached (502).
+fn unresolved(target: &str, why: String) -> Box<Error> {
+    Error::explain(
+        ErrorType::ConnectNoRoute,
+        format!("upstream {target:?} did not resolve: {why}"),
+    )
+    .into_up()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const WITHIN: Duration = Duration::from_secs(5);
+    /// Short: `.invalid` fails at once where DNS answers, and a resolver
+    /// that does not answer must not hold a test up.
+    const WITHIN: Duration = Duration::from_millis(500);
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
-    }
-
-    #[tokio::test]
-    async fn a_literal_is_parsed_and_a_name_that_does_not_resolve_is_an_upstream_error() {
-        let r = Arc::new(Resolver::default());
-        assert_eq!(
-            r.addr("127.0.0.1:3000", WITHIN).await.unwrap(),
-            addr("127.0.0.1:3000")
-        );
-        assert!(!r.connect_failed("127.0.0.1:3000", addr("127.0.0.1:3000"), false));
-        assert_eq!(r.addr("[::1]:80", WITHIN).await.unwrap(), addr("[::1]:80"));
-        // RFC 6761: `.invalid` never resolves.
-        let e = r.addr("app.invalid:3000", WITHIN).await.unwrap_err();
-        assert_eq!(e.esource(), &pingora::ErrorSource::Upstream);
-        assert!(e.to_string().contains("app.invalid"), "{e}");
-        let local = r.addr("localhost:3000", WITHIN).await.unwrap();
-        assert!(local.ip().is_loopback(), "{local}");
     }
 
     /// As if `target` had been resolved to `addrs`, `age` ago.
@@ -209,67 +244,91 @@ mod tests {
             .store(Some(Arc::new(Resolved::new(target, addrs, Some(at)))));
     }
 
-    #[tokio::test]
-    async fn a_failed_connect_moves_on_to_the_next_address_then_looks_up_again() {
-        let r = Arc::new(Resolver::default());
-        resolved(
-            &r,
-            "localhost:3000",
-            &["[::1]:3000", "127.0.0.1:3000"],
-            Duration::ZERO,
-        );
-        assert_eq!(
-            r.addr("localhost:3000", WITHIN).await.unwrap(),
-            addr("[::1]:3000")
-        );
-        assert!(r.connect_failed("localhost:3000", addr("[::1]:3000"), true));
-        assert_eq!(
-            r.addr("localhost:3000", WITHIN).await.unwrap(),
-            addr("127.0.0.1:3000")
-        );
-        assert!(r.connect_failed("localhost:3000", addr("127.0.0.1:3000"), false));
-        // Every address failed: the next connect looks the name up first.
-        let last = r.last.load_full().unwrap();
-        assert!(last.exhausted.load(Ordering::Acquire));
-        r.addr("localhost:3000", WITHIN).await.unwrap();
-        let again = r.last.load_full().unwrap();
-        assert!(!Arc::ptr_eq(&last, &again), "looked up again");
-        assert!(!again.exhausted.load(Ordering::Acquire));
+    /// Until no background lookup runs (or 5 s).
+    async fn settled(r: &Resolver) {
+        for _ in 0..250 {
+            if !r.looking_up.load(Ordering::Acquire) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("a background lookup did not end");
     }
 
     #[tokio::test]
-    async fn a_name_that_stops_resolving_keeps_its_last_addresses() {
+    async fn a_literal_is_parsed_and_a_name_that_does_not_resolve_is_an_upstream_error() {
+        let r = Arc::new(Resolver::default());
+        let literal = r.addr("127.0.0.1:3000", WITHIN).await.unwrap();
+        assert_eq!(literal, addr("127.0.0.1:3000"));
+        assert!(!r.connect_failed("127.0.0.1:3000", literal, true));
+        assert_eq!(r.addr("[::1]:80", WITHIN).await.unwrap(), addr("[::1]:80"));
+        // RFC 6761: `.invalid` never resolves.
+        let e = r.addr("app.invalid:3000", WITHIN).await.unwrap_err();
+        assert_eq!(e.esource(), &pingora::ErrorSource::Upstream);
+        assert!(e.to_string().contains("app.invalid"), "{e}");
+        // Not looked up again at once: the same answer, from memory.
+        let at = r.first.lock().await.as_ref().map(|f| f.at);
+        let again = r.addr("app.invalid:3000", WITHIN).await.unwrap_err();
+        assert_eq!(again.to_string(), e.to_string());
+        assert_eq!(r.first.lock().await.as_ref().map(|f| f.at), at);
+    }
+
+    #[tokio::test]
+    async fn a_failed_connect_moves_on_to_the_next_address_then_the_name_is_due() {
+        let r = Arc::new(Resolver::default());
+        let (v6, v4) = (addr("[::1]:3000"), addr("127.0.0.1:3000"));
+        resolved(
+            &r,
+            "app.invalid:3000",
+            &["[::1]:3000", "127.0.0.1:3000"],
+            RETRY_AFTER,
+        );
+        assert_eq!(r.addr("app.invalid:3000", WITHIN).await.unwrap(), v6);
+        // Refused at once: the request tries the next address.
+        assert!(r.connect_failed("app.invalid:3000", v6, true));
+        assert_eq!(r.addr("app.invalid:3000", WITHIN).await.unwrap(), v4);
+        // The last one too: no retry; the name is due another lookup.
+        assert!(!r.connect_failed("app.invalid:3000", v4, true));
+        let last = r.known("app.invalid:3000").unwrap();
+        assert!(last.due());
+        // The next request starts it in the background and connects meanwhile.
+        assert_eq!(r.addr("app.invalid:3000", WITHIN).await.unwrap(), v6);
+        settled(&r).await;
+        // It failed: the addresses are kept, and not due again for a while.
+        let after = r.known("app.invalid:3000").unwrap();
+        assert!(!Arc::ptr_eq(&last, &after), "looked up again");
+        assert_eq!(after.addrs, last.addrs);
+        assert!(!after.due());
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_connect_is_not_tried_again() {
         let r = Arc::new(Resolver::default());
         resolved(
             &r,
             "app.invalid:3000",
-            &["10.0.0.7:3000"],
-            RESOLVE_EVERY * 2,
+            &["10.0.0.7:3000", "10.0.0.8:3000"],
+            Duration::ZERO,
         );
-        // Old: looked up again in the background, the old address meanwhile.
+        assert!(!r.connect_failed("app.invalid:3000", addr("10.0.0.7:3000"), false));
+        // The next request takes the next address all the same.
         assert_eq!(
             r.addr("app.invalid:3000", WITHIN).await.unwrap(),
-            addr("10.0.0.7:3000")
+            addr("10.0.0.8:3000")
         );
-        // Exhausted: looked up now, which fails; the old address is kept.
-        r.last
-            .load_full()
-            .unwrap()
-            .exhausted
-            .store(true, Ordering::Release);
+    }
+
+    #[tokio::test]
+    async fn a_name_is_looked_up_again_every_few_seconds_in_the_background() {
+        let r = Arc::new(Resolver::default());
+        resolved(&r, "localhost:3000", &["10.0.0.7:3000"], RESOLVE_EVERY * 2);
+        // Old: this request keeps the old address; the lookup runs beside it.
         assert_eq!(
-            r.addr("app.invalid:3000", WITHIN).await.unwrap(),
+            r.addr("localhost:3000", WITHIN).await.unwrap(),
             addr("10.0.0.7:3000")
         );
-        for _ in 0..100 {
-            if !r.looking_up.load(Ordering::Acquire) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(
-            !r.looking_up.load(Ordering::Acquire),
-            "the background lookup ended"
-        );
+        settled(&r).await;
+        let now = r.addr("localhost:3000", WITHIN).await.unwrap();
+        assert!(now.ip().is_loopback(), "{now}");
     }
 }
