@@ -72,6 +72,11 @@ use crate::upstream::Resolver;
 use crate::writes::{self, InFlight};
 use tracing::warn;
 
+/// How long a connection to the app may wait in the pool: under common
+/// app servers' keep-alive timeouts (Node: 5 s; gunicorn: 2 s is its
+/// shortest default).
+const UPSTREAM_IDLE: Duration = Duration::from_millis(1500);
+
 pub struct Proxy {
     pub live: Arc<LiveConfig>,
     pub monitor: Arc<Monitor>,
@@ -373,6 +378,10 @@ impl ProxyHttp for Proxy {
             .await?;
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(timeouts.upstream_connect);
+        // Pooled connections are closed before the app's own keep-alive
+        // timer can (Node's, Next.js's, is 5 s): a write sent on a connection
+        // the app is closing is not sent again (see `error_while_proxy`).
+        peer.options.idle_timeout = Some(UPSTREAM_IDLE);
         peer.options.read_timeout = Some(if ctx.write.is_some() {
             // Past this the write's answer is given up on (and the write
             // invalidated once the app can no longer commit it).
@@ -391,18 +400,15 @@ impl ProxyHttp for Proxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         // The app named by a host name with several addresses: the next one
-        // (see `upstream`), at most twice per request, and only after a
-        // connect that failed at once. Nothing was sent to the app, so a
-        // write may try again too.
-        let failed_at_once = matches!(
-            e.etype(),
-            ErrorType::ConnectRefused | ErrorType::ConnectNoRoute
-        );
-        let timed_out = e.etype() == &ErrorType::ConnectTimedout;
-        if (failed_at_once || timed_out) && ctx.connect_retries < 2 {
+        // (see `upstream`), at most twice per request, and not after a
+        // connect that timed out (the client has waited long enough).
+        // Whatever the error (refused, no route, an address this host cannot
+        // use), nothing was sent to the app, so a write may try again too.
+        let at_once = e.etype() != &ErrorType::ConnectTimedout;
+        if ctx.connect_retries < 2 {
             if let Some(addr) = peer.address().as_inet() {
                 let target = &ctx.config.upstream.addr;
-                if (self.upstream).connect_failed(target, *addr, failed_at_once) {
+                if (self.upstream).connect_failed(target, *addr, at_once) {
                     ctx.connect_retries += 1;
                     e.set_retry(true);
                 }

@@ -147,9 +147,10 @@ impl Resolver {
 
     /// Connecting to `addr` for `target` failed: whether the request should
     /// try again, with the name's next address. Only a connect that failed
-    /// at once (refused, no route) is tried again: after one that timed out
-    /// the client has waited long enough. Once every address failed, the
-    /// name is looked up again (in the background, see [`Resolver::addr`]).
+    /// `at_once` (refused, no route, an address this host cannot use) is
+    /// tried again: after one that timed out the client has waited long
+    /// enough. Once every address failed, the name is looked up again (in
+    /// the background, see [`Resolver::addr`]).
     pub fn connect_failed(&self, target: &str, addr: SocketAddr, at_once: bool) -> bool {
         let Some(r) = self.known(target).filter(|r| r.at.is_some()) else {
             return false;
