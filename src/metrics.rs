@@ -422,12 +422,10 @@ pub fn request_seconds(outcome: Outcome) -> &'static Histogram {
 /// `responses` for a response with `status`, looked up once per class (as
 /// [`request_seconds`]).
 pub fn responses(status: u16) -> &'static IntCounter {
-    const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
     static BY_CLASS: [OnceLock<IntCounter>; CLASSES.len()] =
         [const { OnceLock::new() }; CLASSES.len()];
-    let class = status_class(status);
-    let i = CLASSES.iter().position(|c| *c == class).unwrap_or(5);
-    BY_CLASS[i].get_or_init(|| METRICS.responses.with_label_values(&[class]))
+    let i = class_index(status);
+    BY_CLASS[i].get_or_init(|| METRICS.responses.with_label_values(&[CLASSES[i]]))
 }
 
 /// A request method as a label: the standard ones by name, anything else
@@ -449,16 +447,23 @@ pub fn method_label(method: &http::Method) -> &'static str {
     }
 }
 
+/// The `responses` label of each status class, in [`class_index`] order.
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+fn class_index(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        500..=599 => 4,
+        _ => 5,
+    }
+}
+
 /// `2xx`, `5xx`, ... for a status code; `none` for 0 (nothing was sent).
 pub fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "none",
-    }
+    CLASSES[class_index(status)]
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@
 //! connecting to each of them failed (an app container replaced has a new
 //! address); requests meanwhile use the addresses there are, and a lookup
 //! that fails keeps them (the app may well still be there). A connect
-//! refused at once is tried again with the name's next address
+//! that failed other than by timing out is tried again with the name's
+//! next address
 //! (`localhost` is often `::1` first while the app listens on
 //! `127.0.0.1`). A name that never resolved is an upstream error: 502,
 //! with the reason in the log.

@@ -474,7 +474,7 @@ impl Admin {
                 op: "PURGE",
                 kind: Kind::Purge,
                 name: "-",
-                method: "POST",
+                method: &http::Method::POST,
                 path: what,
                 status: if recorded { 200 } else { 503 },
                 duration: started.elapsed(),

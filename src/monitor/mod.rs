@@ -27,6 +27,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::metrics;
 use crate::outcome::Outcome;
 use crate::store::redis::RedisTier;
 use crate::time::{now_secs, unix_secs};
@@ -76,7 +77,7 @@ pub struct Event<'a> {
     pub op: &'static str,
     pub kind: Kind,
     pub name: &'a str,
-    pub method: &'a str,
+    pub method: &'a http::Method,
     pub path: &'a str,
     pub status: u16,
     pub duration: Duration,
@@ -121,13 +122,10 @@ pub fn replica_name(listen_port: u16) -> String {
 }
 
 /// A standard method's name without a copy (one per request otherwise).
-fn method_name(method: &str) -> Cow<'static, str> {
-    const STANDARD: [&str; 9] = [
-        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
-    ];
-    match STANDARD.iter().find(|m| **m == method) {
-        Some(m) => Cow::Borrowed(m),
-        None => Cow::Owned(method.to_owned()),
+fn method_name(method: &http::Method) -> Cow<'static, str> {
+    match metrics::method_label(method) {
+        "OTHER" => Cow::Owned(method.as_str().to_owned()),
+        name => Cow::Borrowed(name),
     }
 }
 

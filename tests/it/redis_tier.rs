@@ -312,21 +312,9 @@ async fn warming_fills_the_shared_tier_for_every_replica() {
 /// says, and moves the log past it.
 #[tokio::test]
 async fn a_log_that_lost_records_serves_nothing_fetched_before() {
-    let origin = Origin::start(0);
-    let redis = Redis::start();
-    let fg = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
-    fg.wait_redis(true).await;
     let scene = "/studio/api/scenes/131";
-    fg.get_shared(scene).await;
-    assert_eq!(fg.get_shared(scene).await.x_cache, "HIT");
-
-    let rc = redis::Client::open(redis.url()).unwrap();
-    let cfg =
-        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
-    let mut con = rc
-        .get_multiplexed_async_connection_with_config(&cfg)
-        .await
-        .unwrap();
+    let (_origin, redis, fg) = hit_through_redis(scene).await;
+    let mut con = redis.connection().await;
     // The log's clock and tags (not the entries, not the holder) as they
     // are before the write.
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -403,35 +391,42 @@ async fn a_log_that_lost_records_serves_nothing_fetched_before() {
     }
 }
 
+/// freshgate in front of a fresh app and Redis, `scene` cached and hit.
+async fn hit_through_redis(scene: &str) -> (Origin, Redis, Freshgate) {
+    let origin = Origin::start(0);
+    let redis = Redis::start();
+    let fg = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
+    fg.wait_redis(true).await;
+    fg.get_shared(scene).await;
+    assert_eq!(fg.get_shared(scene).await.x_cache, "HIT");
+    (origin, redis, fg)
+}
+
+/// The one key of this run's log matching `pattern` (`fg:2:*:floor`).
+async fn log_key(con: &mut redis::aio::MultiplexedConnection, pattern: &str) -> String {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(con)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    keys.into_iter().next().unwrap()
+}
+
 /// A floor another replica raised in the log (it found the log had lost
 /// records) holds for a strict hit at once, not only from this replica's
 /// next maintenance check (up to 250 ms later).
 #[tokio::test]
 async fn a_raised_floor_holds_for_the_very_next_strict_hit() {
-    let origin = Origin::start(0);
-    let redis = Redis::start();
-    let fg = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
-    fg.wait_redis(true).await;
     let scene = "/studio/api/scenes/132";
-    fg.get_shared(scene).await;
-    assert_eq!(fg.get_shared(scene).await.x_cache, "HIT");
-
-    let mut con = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("fg:2:*:clock")
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    assert_eq!(keys.len(), 1, "{keys:?}");
-    let floor_key = keys[0].replace(":clock", ":floor");
+    let (_origin, redis, fg) = hit_through_redis(scene).await;
+    let mut con = redis.connection().await;
+    let clock_key = log_key(&mut con, "fg:2:*:clock").await;
+    let floor_key = clock_key.replace(":clock", ":floor");
     // What the holder script does for a log that lost records: the clock
     // moves on and the floor follows it.
     let clock: u64 = redis::cmd("INCRBY")
-        .arg(&keys[0])
+        .arg(&clock_key)
         .arg(1 << 24)
         .query_async(&mut con)
         .await
@@ -456,26 +451,12 @@ async fn a_raised_floor_holds_for_the_very_next_strict_hit() {
 /// the holder script has put it back.
 #[tokio::test]
 async fn a_missing_floor_serves_nothing_until_it_is_back() {
-    let origin = Origin::start(0);
-    let redis = Redis::start();
-    let fg = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
-    fg.wait_redis(true).await;
     let scene = "/studio/api/scenes/133";
-    fg.get_shared(scene).await;
-    assert_eq!(fg.get_shared(scene).await.x_cache, "HIT");
-    let mut con = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("fg:2:*:floor")
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    assert_eq!(keys.len(), 1, "{keys:?}");
+    let (_origin, redis, fg) = hit_through_redis(scene).await;
+    let mut con = redis.connection().await;
+    let floor_key = log_key(&mut con, "fg:2:*:floor").await;
     let _: () = redis::cmd("DEL")
-        .arg(&keys[0])
+        .arg(&floor_key)
         .query_async(&mut con)
         .await
         .unwrap();

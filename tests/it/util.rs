@@ -244,18 +244,23 @@ impl Redis {
         }
     }
 
-    /// How many times Redis has run `command` (from `INFO commandstats`).
-    pub async fn calls(&self, command: &str) -> u64 {
+    /// A connection of the test's own to this Redis.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
         let client = redis::Client::open(self.url()).unwrap();
         // The client's default 500 ms response timeout is too short for a
         // loaded 2-core CI runner.
         let cfg = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(10)))
             .set_response_timeout(Some(Duration::from_secs(10)));
-        let mut con = client
+        client
             .get_multiplexed_async_connection_with_config(&cfg)
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// How many times Redis has run `command` (from `INFO commandstats`).
+    pub async fn calls(&self, command: &str) -> u64 {
+        let mut con = self.connection().await;
         let info: String = redis::cmd("INFO")
             .arg("commandstats")
             .query_async(&mut con)

@@ -2,9 +2,10 @@
 //! `MGET`.
 //!
 //! A strict hit asks Redis when each of its entry's tags was last
-//! invalidated, and the log's floor (see `log::HOLDER`). Sent one by one, every hit is a command for Redis to parse
-//! and answer and a trip through the client, and concurrent hits mostly ask
-//! for the same keys (`a:all`, their route's family). So checks queue on
+//! invalidated, and the log's floor (see `log::HOLDER`). Sent one by one,
+//! every hit is a command for Redis to parse and answer and a trip through
+//! the client, and concurrent hits mostly ask for the same keys (`a:all`,
+//! their route's family). So checks queue on
 //! their link: while one batch is in flight the next gathers, and goes as
 //! one `MGET` of the distinct tags when the first is answered, after the
 //! requests ready to run have had their turn (`gather`). There is no
