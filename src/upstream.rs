@@ -9,7 +9,8 @@
 //!
 //! Here an IP literal is parsed once. A name is looked up on tokio's
 //! blocking pool, within the connect timeout: while a request waits only
-//! when nothing is known of it yet (one lookup at a time, and a failed one
+//! when nothing is known of it yet (one lookup at a time, in a task of its
+//! own, and a failed one
 //! answered from memory for [`RETRY_AFTER`]), otherwise in the background
 //! once its addresses are [`RESOLVE_EVERY`] old, or [`RETRY_AFTER`] after
 //! connecting to each of them failed (an app container replaced has a new
@@ -111,6 +112,18 @@ impl Resolver {
             }
             return Ok(r.current());
         }
+        // In a task of its own: a client that leaves does not cancel the
+        // lookup (nor its remembered failure) for the requests behind it.
+        let me = self.clone();
+        let name = target.to_string();
+        match tokio::spawn(async move { me.first_look_up(&name, within).await }).await {
+            Ok(found) => found,
+            Err(e) => Err(unresolved(target, format!("lookup task ended: {e}"))),
+        }
+    }
+
+    /// The lookup of a name not resolved yet, one at a time.
+    async fn first_look_up(&self, target: &str, within: Duration) -> Result<SocketAddr> {
         let mut failed = self.first.lock().await;
         // Resolved while this request waited its turn.
         if let Some(r) = self.known(target) {
