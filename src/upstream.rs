@@ -10,17 +10,15 @@
 //! Here an IP literal is parsed once. A name is looked up on tokio's
 //! blocking pool, within the connect timeout: while a request waits only
 //! when nothing is known of it yet (one lookup at a time, in a task of its
-//! own, and a failed one
-//! answered from memory for [`RETRY_AFTER`]), otherwise in the background
-//! once its addresses are [`RESOLVE_EVERY`] old, or [`RETRY_AFTER`] after
-//! connecting to each of them failed (an app container replaced has a new
-//! address); requests meanwhile use the addresses there are, and a lookup
-//! that fails keeps them (the app may well still be there). A connect
-//! that failed other than by timing out is tried again with the name's
-//! next address
-//! (`localhost` is often `::1` first while the app listens on
-//! `127.0.0.1`). A name that never resolved is an upstream error: 502,
-//! with the reason in the log.
+//! own, and a failed one answered from memory for [`RETRY_AFTER`]),
+//! otherwise in the background once its addresses are [`RESOLVE_EVERY`]
+//! old, or [`RETRY_AFTER`] after connecting to each of them failed (an app
+//! container replaced has a new address); requests meanwhile use the
+//! addresses there are, and a lookup that fails keeps them (the app may
+//! well still be there). A connect that failed other than by timing out is
+//! tried again with the name's next address (`localhost` is often `::1`
+//! first while the app listens on `127.0.0.1`). A name that never resolved
+//! is an upstream error: 502, with the reason in the log.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
