@@ -147,6 +147,12 @@ async fn metrics_over_time_operations_and_the_live_stream() {
     let w = send(c.patch(fg.url(scene)).body(r#"{"text":"edited"}"#)).await;
     assert_eq!(w.status, 200);
     gets(&fg, &[scene]).await; // miss after the write
+                               // A request is listed by pingora's logging phase, after its answer has
+                               // gone: wait until all eight are, so the purge is listed after them.
+    wait_json(&fg, "/api/operations?limit=20", "8 operations", |v| {
+        v["operations"].as_array().is_some_and(|o| o.len() == 8)
+    })
+    .await;
     let p = send(
         c.post(fg.admin_url("/api/purge"))
             .header("content-type", "application/json")
