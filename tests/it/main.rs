@@ -20,4 +20,5 @@ mod monitoring;
 mod proxy_cache;
 mod redis_tier;
 mod stale_holes;
+mod vendored;
 mod warm;
