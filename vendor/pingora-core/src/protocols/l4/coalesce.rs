@@ -11,9 +11,10 @@
 //! held bytes and the new write go out in one `writev`; what the kernel took of the
 //! new write is reported as written, and held bytes it did not take stay held.
 //!
-//! Everything else is `BufWriter`'s behaviour: writes that fit are held until they
-//! do not or until a flush; a write as large as the buffer with nothing held goes
-//! straight through; `flush` and `shutdown` send what is held first.
+//! Otherwise it holds and sends as `BufWriter` does: a write smaller than the
+//! buffer that fits is held until one does not or until a flush; a write as large
+//! as the buffer, with nothing held, goes straight through; `flush` and `shutdown`
+//! send what is held first.
 //!
 //! Self-contained (tokio and std only) so that freshgate's test suite can compile
 //! and test this file as it is (`tests/it/vendored.rs`).
@@ -145,7 +146,12 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for CoalescingWriter<W> {
         let total = data
             .iter()
             .fold(0usize, |sum, s| sum.saturating_add(s.len()));
-        if total <= this.room() {
+        if total == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        // What fits is held, as `BufWriter` holds it (a write as large as the
+        // buffer is not).
+        if total <= this.room() && total < this.capacity {
             data.iter().for_each(|s| this.buf.extend_from_slice(s));
             return Poll::Ready(Ok(total));
         }
@@ -165,10 +171,30 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for CoalescingWriter<W> {
         this.clear();
         if total < this.capacity {
             data.iter().for_each(|s| this.buf.extend_from_slice(s));
-            Poll::Ready(Ok(total))
-        } else {
-            Pin::new(&mut this.inner).poll_write_vectored(cx, data)
+            return Poll::Ready(Ok(total));
         }
+        if this.inner.is_write_vectored() {
+            return Pin::new(&mut this.inner).poll_write_vectored(cx, data);
+        }
+        // A writer that takes one slice per call (`BufWriter`'s way): hold the
+        // leading slices that fit, or send the first one if it is as large as
+        // the buffer.
+        let mut slices = data.iter().filter(|s| !s.is_empty());
+        let first = slices
+            .next()
+            .expect("a write of some bytes has a non-empty slice");
+        if first.len() >= this.capacity {
+            return Pin::new(&mut this.inner).poll_write(cx, first);
+        }
+        let mut held = 0;
+        for s in std::iter::once(first).chain(slices) {
+            if s.len() > this.room() {
+                break;
+            }
+            this.buf.extend_from_slice(s);
+            held += s.len();
+        }
+        Poll::Ready(Ok(held))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -215,6 +241,8 @@ mod tests {
 
     /// A writer that records each call it takes, takes at most `limit` bytes per
     /// call, and answers `Pending` (waking itself) on every `pending_every`th call.
+    /// Not vectored, it takes only the first non-empty slice of a vectored
+    /// write, as tokio's default `poll_write_vectored` does.
     #[derive(Default)]
     struct Recorder {
         calls: Vec<Vec<u8>>,
@@ -222,6 +250,8 @@ mod tests {
         pending_every: usize,
         polls: usize,
         vectored: bool,
+        /// An error for the first call.
+        fail_first: Option<io::ErrorKind>,
     }
 
     impl Recorder {
@@ -240,11 +270,20 @@ mod tests {
 
         fn take(&mut self, cx: &mut Context<'_>, data: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
             self.polls += 1;
+            if let Some(kind) = self.fail_first.take() {
+                return Poll::Ready(Err(kind.into()));
+            }
             if self.pending_every > 0 && self.polls % self.pending_every == 0 {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
             let mut call = Vec::new();
+            let data = if self.vectored {
+                data
+            } else {
+                let first = data.iter().position(|s| !s.is_empty()).unwrap_or(0);
+                &data[first..data.len().min(first + 1)]
+            };
             for s in data {
                 let room = self.limit - call.len();
                 call.extend_from_slice(&s[..s.len().min(room)]);
@@ -377,10 +416,80 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_write_as_large_as_the_buffer_is_not_held() {
+        let mut w = CoalescingWriter::with_capacity(8, Recorder::new(usize::MAX, 0));
+        w.write_all(b"12345678").await.unwrap();
+        assert_eq!(w.get_ref().calls, vec![b"12345678".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn a_write_of_many_slices_sends_fifteen_with_the_held_bytes() {
+        let mut w = CoalescingWriter::with_capacity(16, Recorder::new(usize::MAX, 0));
+        w.write_all(b"HEAD").await.unwrap();
+        let parts: Vec<Vec<u8>> = (0..20u8).map(|i| vec![b'a' + i; 5]).collect();
+        let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let n = w.write_vectored(&slices).await.unwrap();
+        assert_eq!(n, 75);
+        assert_eq!(
+            w.get_ref().calls,
+            vec![[b"HEAD".to_vec(), parts[..15].concat()].concat()]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_call_that_takes_exactly_the_held_bytes_goes_on_with_the_write() {
+        let mut w = CoalescingWriter::with_capacity(16, Recorder::new(4, 0));
+        w.write_all(b"HEAD").await.unwrap();
+        let n = w.write(&[b'x'; 32]).await.unwrap();
+        assert_eq!(n, 4, "a write that took bytes reports them, never 0");
+        assert_eq!(w.get_ref().calls, vec![b"HEAD".to_vec(), b"xxxx".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_call_is_made_again() {
+        let mut inner = Recorder::new(usize::MAX, 0);
+        inner.fail_first = Some(io::ErrorKind::Interrupted);
+        let mut w = CoalescingWriter::with_capacity(16, inner);
+        w.write_all(b"HEAD").await.unwrap();
+        w.write_all(&[b'x'; 32]).await.unwrap();
+        assert_eq!(
+            w.get_ref().calls,
+            vec![[b"HEAD".to_vec(), vec![b'x'; 32]].concat()]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_writer_of_one_slice_per_call_gets_the_small_slices_held() {
+        let mut inner = Recorder::new(usize::MAX, 0);
+        inner.vectored = false;
+        let mut w = CoalescingWriter::with_capacity(16, inner);
+        let frame = [
+            IoSlice::new(b"14\r\n"),
+            IoSlice::new(b"twenty bytes of body"),
+            IoSlice::new(b"\r\n"),
+        ];
+        assert_eq!(
+            w.write_vectored(&frame).await.unwrap(),
+            4,
+            "the chunk size is held"
+        );
+        assert!(w.get_ref().calls.is_empty());
+        assert_eq!(w.write_vectored(&frame[1..]).await.unwrap(), 20);
+        assert_eq!(
+            w.get_ref().calls,
+            vec![b"14\r\n".to_vec(), b"twenty bytes of body".to_vec()]
+        );
+    }
+
+    #[tokio::test]
     async fn a_writer_that_takes_nothing_is_an_error_not_a_loop() {
         let mut w = CoalescingWriter::with_capacity(8, Recorder::new(0, 0));
         w.write_all(b"held").await.unwrap();
-        let err = w.write_all(&[0; 64]).await.unwrap_err();
+        let write = w.write_all(&[0; 64]);
+        let err = tokio::time::timeout(std::time::Duration::from_secs(5), write)
+            .await
+            .expect("an answer, not a loop")
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WriteZero);
     }
 }
