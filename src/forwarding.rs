@@ -119,6 +119,22 @@ pub fn strip_standard_hop_by_hop(resp: &mut pingora::http::ResponseHeader) {
     }
 }
 
+/// Remove every field of `req` that `doomed` names (given its lower-case
+/// name), found in one pass over the names the request has. Each
+/// `remove_header` by text parses the name and looks it up; a request to the
+/// app is checked against some thirty names, and most carry none of them.
+pub fn remove_fields(req: &mut RequestHeader, doomed: impl Fn(&str) -> bool) {
+    let found: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|name| doomed(name.as_str()))
+        .cloned()
+        .collect();
+    for name in &found {
+        req.remove_header(name);
+    }
+}
+
 /// Peers whose forwarding headers are believed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrustedProxies(Vec<IpNet>);
@@ -232,6 +248,35 @@ mod tests {
         }
         let none = TrustedProxies::new(vec![]);
         assert!(!none.contains("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn fields_are_removed_in_any_spelling_and_every_value_of_them() {
+        let mut r = req(&[
+            ("X-Real-IP", "6.6.6.6"),
+            ("Accept", "*/*"),
+            ("x-client-ip", "6.6.6.6"),
+            ("X-Client-IP", "7.7.7.7"),
+            ("Forwarded", "for=6.6.6.6"),
+            ("Cookie", "a=1"),
+        ]);
+        remove_fields(&mut r, |h| CLAIMS.contains(&h));
+        let mut names: Vec<&str> = r.headers.keys().map(|n| n.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["accept", "cookie"]);
+        // The wire form (from the map that keeps the client's spelling) has
+        // none of them either.
+        let mut wire = Vec::new();
+        r.header_to_h1_wire(&mut wire);
+        let mut wire: Vec<&str> = std::str::from_utf8(&wire)
+            .unwrap()
+            .split_inclusive("\r\n")
+            .collect();
+        wire.sort();
+        assert_eq!(wire, ["Accept: */*\r\n", "Cookie: a=1\r\n"]);
+        // Nothing to remove: nothing changes.
+        remove_fields(&mut r, |h| CLAIMS.contains(&h));
+        assert_eq!(r.headers.len(), 2);
     }
 
     #[test]

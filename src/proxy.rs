@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use http::{header, HeaderName, Method, StatusCode};
+use http::{header, Method, StatusCode};
 use pingora::cache::key::CacheHashKey;
 use pingora::cache::lock::CacheKeyLockImpl;
 use pingora::cache::{
@@ -471,37 +471,26 @@ impl ProxyHttp for Proxy {
             upstream.insert_header("x-forwarded-for", xff)?;
         }
         upstream.insert_header("x-forwarded-proto", ctx.scheme)?;
-        // The refetch marker carries a secret: the app has no use for it.
-        upstream.remove_header(prefetch::HEADER);
         // The host the key holds, in the same normalised form (also when
         // the client sent an absolute-form target, forwarded in origin form).
         if let Some(host) = &ctx.host {
             upstream.insert_header(header::HOST, host.as_str())?;
         }
-        for h in forwarding::ROUTING_OVERRIDES {
-            upstream.remove_header(*h);
-        }
-        if !ctx.peer_trusted {
-            for h in forwarding::CLAIMS {
-                upstream.remove_header(*h);
-            }
-        }
-        if session.cache.enabled() {
-            // What the app reads to answer must be in the key, or absent.
-            let rule = ctx.rule.as_deref();
-            let keyed = |h: &str| rule.is_some_and(|r| r.key_headers.iter().any(|k| k == h));
-            let unkeyed = forwarding::unkeyed().chain(
-                ctx.config
-                    .method_override
-                    .headers
-                    .iter()
-                    .map(HeaderName::as_str),
-            );
-            for h in unkeyed {
-                if !keyed(h) {
-                    upstream.remove_header(h);
-                }
-            }
+        let cached = session.cache.enabled();
+        let rule = ctx.rule.as_deref();
+        let keyed = |h: &str| rule.is_some_and(|r| r.key_headers.iter().any(|k| k == h));
+        let overrides = &ctx.config.method_override.headers;
+        forwarding::remove_fields(upstream, |h| {
+            // The refetch marker carries a secret: the app has no use for it.
+            h == prefetch::HEADER
+                || forwarding::ROUTING_OVERRIDES.contains(&h)
+                || (!ctx.peer_trusted && forwarding::CLAIMS.contains(&h))
+                // What the app reads to answer must be in the key, or absent.
+                || (cached
+                    && (forwarding::unkeyed().any(|u| u == h) || overrides.iter().any(|o| o == h))
+                    && !keyed(h))
+        });
+        if cached {
             // Only the keyed cookies reach the app (ignored ones never
             // may shape an answer stored for everyone).
             if upstream.headers.contains_key(header::COOKIE) && !keyed("cookie") {
