@@ -33,6 +33,14 @@ pub use server::{ReusableHttpStream, Session as ServerSession};
 /// The Pingora server name string
 pub const SERVER_NAME: &[u8; 7] = b"Pingora";
 
+/// freshgate patch: how many more fields than it arrived with a parsed HTTP/1
+/// header has room for. A proxy adds some to what it forwards (X-Forwarded-For
+/// and -Proto to a request; Connection, Date and cache status to a response);
+/// built to the exact count, each insert grew and rehashed both of the header's
+/// maps (the values and the original spellings): eight rehashes per proxied
+/// request.
+pub const HEADER_HEADROOM: usize = 4;
+
 /// An enum to hold all possible HTTP response events.
 #[derive(Debug)]
 pub enum HttpTask {

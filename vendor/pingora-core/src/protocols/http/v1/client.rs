@@ -286,7 +286,9 @@ impl HttpSession {
 
                         let mut response_header = match ResponseHeader::build(
                             resp.code.unwrap(),
-                            Some(resp.headers.len()),
+                            // freshgate patch: room for the fields a proxy adds
+                            // (see `HEADER_HEADROOM`).
+                            Some(resp.headers.len() + crate::protocols::http::HEADER_HEADROOM),
                         ) {
                             Ok(header) => Box::new(header),
                             Err(e) => return self.fail_response_header_read(e),
