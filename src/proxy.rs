@@ -136,6 +136,11 @@ pub struct Ctx {
 impl ProxyHttp for Proxy {
     type CTX = Ctx;
 
+    /// None. pingora's default adds a response-compression module, disabled,
+    /// that is still built and called for every request; freshgate does not
+    /// compress (the app's encoding is stored as sent, keyed by its `Vary`).
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> Ctx {
         Ctx {
             config: self.live.config(),
