@@ -484,6 +484,17 @@ mod tests {
             c.rules_fingerprint, d.rules_fingerprint,
             "folding decides tags: entries of the other policy are not served"
         );
+        for field in ["Host", "x-forwarded-for", "content-length", "cookie"] {
+            let text = format!("method_override:\n  headers: [x-http-method, {field}]\n");
+            let e = Config::from_str(&text, None, &Overrides::default()).unwrap_err();
+            assert!(
+                e.problems[0]
+                    .message
+                    .contains("cannot carry a method override"),
+                "{e}"
+            );
+            assert_eq!(e.problems[0].line, Some(2), "{e}");
+        }
         let bad = "store:\n  redis:\n    url: redis://x:1/0\n    on_unrecorded_write: maybe\n";
         let e = Config::from_str(bad, None, &Overrides::default()).unwrap_err();
         assert_eq!(e.problems[0].line, Some(4), "{e}");

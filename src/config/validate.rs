@@ -376,6 +376,18 @@ fn validate_timeouts(t: RawTimeouts, problem: &mut impl FnMut(&str, String)) -> 
     timeouts
 }
 
+/// Fields that cannot be method-override headers: freshgate sets them on the
+/// request to the app, or the message cannot do without them.
+const NOT_AN_OVERRIDE: &[&str] = &[
+    "host",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "cookie",
+    "connection",
+    "content-length",
+    "transfer-encoding",
+];
+
 fn validate_method_override(
     raw: RawMethodOverride,
     problem: &mut impl FnMut(&str, String),
@@ -387,6 +399,18 @@ fn validate_method_override(
             .into_iter()
             .enumerate()
             .filter_map(|(i, h)| match http::HeaderName::from_bytes(h.as_bytes()) {
+                // A request to the app is sent without its override headers
+                // when it uses the cache: not without its host or framing.
+                Ok(name) if NOT_AN_OVERRIDE.contains(&name.as_str()) => {
+                    problem(
+                        &format!("method_override.headers[{i}]"),
+                        format!(
+                            "method_override.headers: {h:?} is a field freshgate sets or \
+                             the message needs; it cannot carry a method override"
+                        ),
+                    );
+                    None
+                }
                 Ok(name) => Some(name),
                 Err(_) => {
                     problem(

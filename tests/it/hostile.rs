@@ -292,6 +292,75 @@ async fn unkeyed_forwarding_headers_never_reach_the_app_on_cached_reads() {
     );
 }
 
+/// What the app saw of each field `echo` names ("" when it was absent).
+async fn fields_seen(fg: &Freshgate, path: &str, sent: &[(&str, &str)]) -> Vec<(String, String)> {
+    let echo: Vec<&str> = sent.iter().map(|(n, _)| *n).collect();
+    let mut req = client().get(fg.url(&format!("{path}?echo={}", echo.join(","))));
+    for (n, v) in sent {
+        req = req.header(*n, *v);
+    }
+    let seen = send(req).await.json()["echo"].clone();
+    echo.iter()
+        .map(|n| (n.to_string(), seen[*n].as_str().unwrap_or("?").to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_fields_freshgate_strips_never_reach_the_app_and_the_others_do() {
+    let origin = Origin::start(0);
+    let sent = [
+        ("x-original-url", "/admin"),
+        ("x-rewrite-url", "/admin"),
+        ("x-freshgate-prefetch", "forged"),
+        ("x-forwarded-host", "evil.example"),
+        ("x-real-ip", "6.6.6.6"),
+        ("accept-language", "nl"),
+    ];
+    let config = format!(
+        "{CONFIG}  - name: keyed-host\n    match: /knobs/keyed/**\n    ttl: 60s\n    key:\n      headers: [x-forwarded-host]\n"
+    );
+    // (path, cache on, peer trusted) -> the fields that reach the app.
+    let cases: [(&str, bool, bool, &[&str]); 4] = [
+        // A cached read: routing overrides, the marker and every unkeyed
+        // claim (also a trusted peer's) go.
+        ("/knobs/strip", true, true, &["accept-language"]),
+        // A route that keys one of them gets it.
+        (
+            "/knobs/keyed/a",
+            true,
+            true,
+            &["x-forwarded-host", "accept-language"],
+        ),
+        // Cache off: a trusted peer's claims pass, the rest still goes.
+        (
+            "/knobs/strip",
+            false,
+            true,
+            &["x-forwarded-host", "x-real-ip", "accept-language"],
+        ),
+        // Cache off, a peer that is not trusted: its claims go too.
+        ("/knobs/strip", false, false, &["accept-language"]),
+    ];
+    for (path, cache, trusted, reach) in cases {
+        let mut cfg = format!("{config}flags:\n  cache: {cache}\n");
+        if !trusted {
+            cfg.push_str("trusted_proxies: [10.9.9.9/32]\n");
+        }
+        let fg = Freshgate::start(&origin.url(), None, &cfg);
+        for (name, value) in fields_seen(&fg, path, &sent).await {
+            let expected = if reach.contains(&name.as_str()) {
+                sent.iter().find(|(n, _)| *n == name).unwrap().1
+            } else {
+                ""
+            };
+            assert_eq!(
+                value, expected,
+                "{name} (cache {cache}, trusted {trusted}, {path})"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_scheme_comes_from_a_trusted_proxy_and_is_keyed() {
     let (origin, fg) = setup();
