@@ -36,9 +36,8 @@ pub const SERVER_NAME: &[u8; 7] = b"Pingora";
 /// freshgate patch: how many more fields than it arrived with a parsed HTTP/1
 /// header has room for. A proxy adds some to what it forwards (X-Forwarded-For
 /// and -Proto to a request; Connection, Date and cache status to a response);
-/// built to the exact count, each insert grew and rehashed both of the header's
-/// maps (the values and the original spellings): eight rehashes per proxied
-/// request.
+/// built to the exact count, those inserts grew and rehashed the header's maps
+/// (values and original spellings), about eight times per proxied request.
 pub const HEADER_HEADROOM: usize = 4;
 
 /// An enum to hold all possible HTTP response events.
