@@ -227,11 +227,9 @@ impl Admin {
                 let limit = query_param(&query, "limit")
                     .and_then(|l| l.parse::<usize>().ok())
                     .unwrap_or(100);
-                let recent = self.monitor.operations(limit);
-                let ops: Vec<&crate::monitor::Operation> = recent.iter().map(|o| &**o).collect();
                 json_ok(serde_json::json!({
                     "replica": self.monitor.replica(),
-                    "operations": ops,
+                    "operations": self.monitor.operations(limit),
                 }))
             }
             ("GET", "/api/metrics") => self.metrics_over_time(&query).await,

@@ -95,7 +95,7 @@ struct Counters {
 pub struct Monitor {
     replica: Arc<str>,
     counters: Mutex<Counters>,
-    ops: Mutex<VecDeque<Arc<Operation>>>,
+    ops: Mutex<VecDeque<Operation>>,
     seq: AtomicU64,
     live_ops: broadcast::Sender<Arc<Operation>>,
     alerts: Mutex<Alerts>,
@@ -129,15 +129,19 @@ fn method_name(method: &http::Method) -> Cow<'static, str> {
     }
 }
 
-fn shorten(path: &str) -> String {
+/// `path` into `out` (emptied first), cut to `MAX_SHOWN_PATH` bytes.
+fn shorten_into(path: &str, out: &mut String) {
+    out.clear();
     if path.len() <= MAX_SHOWN_PATH {
-        return path.to_string();
+        out.push_str(path);
+        return;
     }
     let mut end = MAX_SHOWN_PATH;
     while !path.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}…", &path[..end])
+    out.push_str(&path[..end]);
+    out.push('…');
 }
 
 impl Monitor {
@@ -259,32 +263,51 @@ impl Monitor {
         if cap == 0 {
             return;
         }
-        let op = Arc::new(Operation {
-            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
-            timestamp: at,
-            op: e.op,
-            method: method_name(e.method),
-            route: e.name.to_string(),
-            key: shorten(e.path),
-            status: e.status,
-            duration_ms: e.duration.as_secs_f64() * 1000.0,
-            replica: self.replica.clone(),
-            tags: e.tags,
-        });
-        {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let live = {
             let mut ops = self.ops.lock();
-            ops.push_front(op.clone());
+            // Once the ring is full its oldest operation is written over,
+            // strings included: a request allocates nothing here.
+            let mut op = match ops.len() >= cap {
+                true => ops.pop_back().expect("a full ring has an oldest"),
+                false => Operation {
+                    seq: 0,
+                    timestamp: at,
+                    op: "",
+                    method: Cow::Borrowed(""),
+                    route: String::new(),
+                    key: String::new(),
+                    status: 0,
+                    duration_ms: 0.0,
+                    replica: self.replica.clone(),
+                    tags: None,
+                },
+            };
+            op.seq = seq;
+            op.timestamp = at;
+            op.op = e.op;
+            op.method = method_name(e.method);
+            op.route.clear();
+            op.route.push_str(e.name);
+            shorten_into(e.path, &mut op.key);
+            op.status = e.status;
+            op.duration_ms = e.duration.as_secs_f64() * 1000.0;
+            op.tags = e.tags;
+            // No subscribers is the normal case: nobody has the page open
+            // (and then nothing is copied).
+            let live = (self.live_ops.receiver_count() > 0).then(|| Arc::new(op.clone()));
+            ops.push_front(op);
             ops.truncate(cap);
-        }
-        // No subscribers is the normal case: nobody has the page open (and
-        // then the channel is not even touched).
-        if self.live_ops.receiver_count() > 0 {
+            live
+        };
+        if let Some(op) = live {
             let _ = self.live_ops.send(op);
         }
     }
 
-    /// The most recent operations, newest first.
-    pub fn operations(&self, limit: usize) -> Vec<Arc<Operation>> {
+    /// The most recent operations, newest first (copies: the ring's own
+    /// are written over).
+    pub fn operations(&self, limit: usize) -> Vec<Operation> {
         self.ops.lock().iter().take(limit).cloned().collect()
     }
 
@@ -408,5 +431,82 @@ impl Scope {
             Scope::AllReplicas => "all replicas",
             Scope::ThisReplica => "this replica",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event<'a>(route: &'a str, path: &'a str, method: &'a http::Method) -> Event<'a> {
+        Event {
+            op: "HIT",
+            kind: Kind::Request(Outcome::Hit),
+            name: route,
+            method,
+            path,
+            status: 200,
+            duration: Duration::from_millis(2),
+            tags: None,
+        }
+    }
+
+    fn monitor(operations: usize) -> Monitor {
+        let config = MonitoringConfig {
+            operations,
+            ..Default::default()
+        };
+        Monitor::new("host:8080".into(), config, None)
+    }
+
+    #[test]
+    fn the_ring_keeps_the_newest_and_writes_over_the_oldest_entirely() {
+        let m = monitor(3);
+        let get = http::Method::GET;
+        let long = format!("/{}", "é".repeat(200));
+        m.operation(event("a-much-longer-route-name", &long, &get));
+        m.operation(event(
+            "b",
+            "/b",
+            &http::Method::from_bytes(b"PURGE").unwrap(),
+        ));
+        for i in 0..3 {
+            m.operation(event("r", &format!("/p/{i}"), &get));
+        }
+        let ops = m.operations(10);
+        let listed: Vec<(u64, &str, &str, &str)> = ops
+            .iter()
+            .map(|o| (o.seq, o.route.as_str(), o.key.as_str(), &*o.method))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                (5, "r", "/p/2", "GET"),
+                (4, "r", "/p/1", "GET"),
+                (3, "r", "/p/0", "GET")
+            ]
+        );
+        assert!(ops.iter().all(|o| &*o.replica == "host:8080"));
+        assert_eq!(m.operations(1).len(), 1);
+    }
+
+    #[test]
+    fn a_long_path_is_cut_on_a_character_boundary() {
+        let m = monitor(1);
+        let long = format!("/{}", "é".repeat(200));
+        m.operation(event("r", &long, &http::Method::GET));
+        let key = m.operations(1)[0].key.clone();
+        let shown = key.strip_suffix('…').expect("marked as cut");
+        assert!(
+            long.starts_with(shown) && shown.len() <= MAX_SHOWN_PATH,
+            "{key}"
+        );
+        assert!(
+            shown.len() > MAX_SHOWN_PATH - 2,
+            "cut no shorter than needed"
+        );
+        // The next one, short, leaves nothing of it behind.
+        m.operation(event("r", "/s", &http::Method::GET));
+        assert_eq!(m.operations(1)[0].key, "/s");
     }
 }
