@@ -105,34 +105,30 @@ pub fn strip_listed(resp: &mut pingora::http::ResponseHeader, listed: &[String])
 /// Remove the hop-by-hop fields every proxy removes (not the ones a
 /// `Connection` header lists: see [`strip_listed`]).
 pub fn strip_standard_hop_by_hop(resp: &mut pingora::http::ResponseHeader) {
-    // One pass over the answer's names, then only those present removed
-    // (each removal parses and looks up its name, in two maps): this runs
-    // on every answer from the app, most of which carry one or none.
-    let mut present = [false; HOP_BY_HOP.len()];
-    for name in resp.headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name.as_str()) {
-            present[i] = true;
-        }
-    }
-    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
-        resp.remove_header(*name);
+    for name in named(&resp.headers, |h| HOP_BY_HOP.contains(&h)) {
+        resp.remove_header(&name);
     }
 }
 
 /// Remove every field of `req` that `doomed` names (given its lower-case
-/// name), found in one pass over the names the request has. Each
-/// `remove_header` by text parses the name and looks it up; a request to the
-/// app is checked against some thirty names, and most carry none of them.
+/// name).
 pub fn remove_fields(req: &mut RequestHeader, doomed: impl Fn(&str) -> bool) {
-    let found: Vec<HeaderName> = req
-        .headers
+    for name in named(&req.headers, doomed) {
+        req.remove_header(&name);
+    }
+}
+
+/// The field names of `headers` that `doomed` names, found in one pass over
+/// the names a message has. Removing by text instead parses each name and
+/// looks it up in two maps (values, and the client's spelling): a request is
+/// checked against some thirty names and an answer against seven, on every
+/// message, and most carry one or none of them.
+fn named(headers: &http::HeaderMap, doomed: impl Fn(&str) -> bool) -> Vec<HeaderName> {
+    headers
         .keys()
         .filter(|name| doomed(name.as_str()))
         .cloned()
-        .collect();
-    for name in &found {
-        req.remove_header(name);
-    }
+        .collect()
 }
 
 /// Peers whose forwarding headers are believed.
