@@ -484,7 +484,14 @@ mod tests {
             c.rules_fingerprint, d.rules_fingerprint,
             "folding decides tags: entries of the other policy are not served"
         );
-        for field in ["Host", "x-forwarded-for", "content-length", "cookie"] {
+        for field in [
+            "Host",
+            "x-forwarded-for",
+            "content-length",
+            "cookie",
+            "authorization",
+            "x-freshgate-prefetch",
+        ] {
             let text = format!("method_override:\n  headers: [x-http-method, {field}]\n");
             let e = Config::from_str(&text, None, &Overrides::default()).unwrap_err();
             assert!(

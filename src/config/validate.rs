@@ -377,9 +377,12 @@ fn validate_timeouts(t: RawTimeouts, problem: &mut impl FnMut(&str, String)) -> 
 }
 
 /// Fields that cannot be method-override headers: freshgate sets them on the
-/// request to the app, or the message cannot do without them.
+/// request to the app or reads them itself (the refetch marker), or the
+/// request cannot do without them.
 const NOT_AN_OVERRIDE: &[&str] = &[
     "host",
+    "authorization",
+    crate::prefetch::HEADER,
     "x-forwarded-for",
     "x-forwarded-proto",
     "cookie",

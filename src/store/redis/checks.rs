@@ -92,12 +92,17 @@ impl RedisTier {
 
     /// Send the queued checks, a batch at a time, until none are left.
     async fn send_checks(self: Arc<Self>, link: Arc<Link>) {
+        let mut sender = Sender {
+            checks: &link.checks,
+            done: false,
+        };
         loop {
             self.gather(&link).await;
             let batch = {
                 let mut state = link.checks.state.lock();
                 if state.queue.is_empty() {
                     state.sending = false;
+                    sender.done = true;
                     return;
                 }
                 std::mem::take(&mut state.queue)
@@ -142,5 +147,70 @@ impl RedisTier {
                 let _ = p.reply.send(answer);
             }
         }
+    }
+}
+
+/// The one sender of a link's checks. Dropped before it is done (its runtime
+/// shut down under it), it leaves no sender marked, which would hold every
+/// later check on the link forever: the checks it leaves behind are answered
+/// "cannot say" (a miss) and the next check starts a sender again.
+struct Sender<'a> {
+    checks: &'a Checks,
+    done: bool,
+}
+
+impl Drop for Sender<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut state = self.checks.state.lock();
+            state.sending = false;
+            state.queue.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(checks: &Checks) -> oneshot::Receiver<Option<bool>> {
+        let (reply, answer) = oneshot::channel();
+        let mut state = checks.state.lock();
+        state.queue.push(Pending {
+            tags: Tags::new(&["a:all"]).unwrap(),
+            fetch_seq: 1,
+            reply,
+        });
+        state.sending = true;
+        answer
+    }
+
+    #[test]
+    fn a_sender_dropped_before_it_is_done_frees_the_link() {
+        let checks = Checks::default();
+        let mut answer = queued(&checks);
+        drop(Sender {
+            checks: &checks,
+            done: false,
+        });
+        let state = checks.state.lock();
+        assert!(!state.sending && state.queue.is_empty());
+        // The waiting check hears "cannot say" (a miss), not nothing ever.
+        assert!(matches!(
+            answer.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        ));
+    }
+
+    #[test]
+    fn a_sender_that_finished_leaves_the_next_one_alone() {
+        let checks = Checks::default();
+        let _answer = queued(&checks);
+        drop(Sender {
+            checks: &checks,
+            done: true,
+        });
+        let state = checks.state.lock();
+        assert!(state.sending && state.queue.len() == 1);
     }
 }
