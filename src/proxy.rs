@@ -107,7 +107,9 @@ pub struct Ctx {
     /// Why the app's response was not stored.
     not_stored: Option<NotStored>,
     /// The app's 304 to a revalidation, to freshen the stored header with.
-    not_modified: Option<ResponseHeader>,
+    /// Boxed, as `write` is: both are rare, and a `Ctx` is moved with every
+    /// request's future (pingora boxes it whole per request: ~7 KB).
+    not_modified: Option<Box<ResponseHeader>>,
     /// That 304's Date, for the answer when the result is not stored.
     revalidated_date: Option<http::HeaderValue>,
     /// Fields a write's answer listed in `Connection`: removed once the
@@ -125,7 +127,7 @@ pub struct Ctx {
     fill: Option<FillStart>,
     read_tags: Vec<String>,
     /// A write, from before it is forwarded until its outcome is known.
-    write: Option<InFlight>,
+    write: Option<Box<InFlight>>,
     /// Made by freshgate itself — a refetch or warming fetch (see
     /// `prefetch`) or pingora's stale-while-revalidate refresh — not by a
     /// client: not counted as client traffic.
@@ -257,7 +259,13 @@ impl ProxyHttp for Proxy {
             ctx.rule.as_deref(),
             &ctx.config.namespace,
         );
-        Ok(CacheKey::new(primary, ""))
+        let mut key = CacheKey::new(primary, "");
+        // Hashed once: pingora-cache hashes a key (BLAKE2b over all of it)
+        // each time it asks for the hash — to look up, lock, unlock and
+        // store — four or more times for a miss. The override is that same
+        // hash, so every lookup finds what it found before.
+        key.set_primary_bin_override(key.primary_bin());
+        Ok(key)
     }
 
     async fn cache_hit_filter(
@@ -641,7 +649,7 @@ impl ProxyHttp for Proxy {
         if resp.status == StatusCode::NOT_MODIFIED && session.cache.enabled() {
             // A revalidation: pingora merges only a few of its fields into
             // the stored response; `response_cache_filter` merges them all.
-            ctx.not_modified = Some(resp.clone());
+            ctx.not_modified = Some(Box::new(resp.clone()));
             ctx.revalidated_date = resp.headers.get(header::DATE).cloned();
         }
         Ok(())
@@ -655,7 +663,7 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         if let Some(invalidate) = writes::invalidates(resp.status.as_u16()) {
             if let Some(write) = ctx.write.take() {
-                self.end_write(session, resp, ctx, write, invalidate)
+                self.end_write(session, resp, ctx, *write, invalidate)
                     .await?;
             }
         }
@@ -938,12 +946,12 @@ impl Proxy {
         // A client that closes its side after sending the write still gets
         // the answer, and the write is ended by it (not abandoned midway).
         session.as_downstream_mut().set_abort_on_close(false);
-        ctx.write = Some(InFlight {
+        ctx.write = Some(Box::new(InFlight {
             fence,
             planned,
             config,
             reached_app: false,
-        });
+        }));
         Ok(true)
     }
 

@@ -855,12 +855,13 @@ impl HttpSession {
                 header.insert_header(header::DATE, date::get_cached_date())?;
             }
 
-            // TODO: make these lazy static
-            let connection_value = if self.will_keepalive() {
+            // freshgate patch: a static value (0.9.1 built and validated a new
+            // `HeaderValue`, an allocation, for every response).
+            let connection_value = HeaderValue::from_static(if self.will_keepalive() {
                 "keep-alive"
             } else {
                 "close"
-            };
+            });
             header.insert_header(header::CONNECTION, connection_value)?;
         }
 
