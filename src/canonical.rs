@@ -19,7 +19,10 @@
 //!    can never read a spelling differently from the key: an alias cannot
 //!    poison the canonical entry with its own answer.
 //! 2. **The route path** ([`RoutePath`]), for route rules, tags and write
-//!    rules only: the path with a trailing `/` dropped and ASCII case folded,
+//!    rules only: the escapes step 1 kept decoded, but for `%2F` and `%25`
+//!    (`%40` is `@`, `%C3%AB` is `ë`: frameworks decode route parameters, so
+//!    `/users/%40al` and `/users/@al` are one user to the app), then a
+//!    trailing `/` dropped and ASCII case folded,
 //!    each when the config says the app's router does so (`paths.ignore_trailing_slash`,
 //!    `paths.ignore_case`; both on by default, as Express routes). Folding more
 //!    than the app does only merges the invalidations of paths the app keeps
@@ -28,7 +31,8 @@
 //!    and `/posts/abc` are different keys (parameter values keep their case in
 //!    the app), sharing their tags.
 //!
-//! Kept apart: reserved escapes (`%2F` is not `/`), the query (a key part,
+//! Kept apart: `%2F` (it is not `/`; in the key every reserved escape is
+//! kept as sent, so `/a/%40` and `/a/@` are two entries sharing their tags), the query (a key part,
 //! its pairs sorted by name with equal names kept in order; never part of a
 //! tag, since a write purges every query of a path), and everything an app
 //! may do on its own (`parseInt("7abc")` is 7 in JavaScript: no proxy can know).
@@ -42,6 +46,8 @@ use std::fmt;
 
 use http::{HeaderName, Method};
 use pingora::http::RequestHeader;
+
+use crate::escapes;
 
 /// How the app's router compares paths (the `paths:` section).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -65,6 +71,14 @@ impl Default for PathPolicy {
     }
 }
 
+/// Which way of making route paths this build has: part of the rules
+/// fingerprint, so replicas that would tag one request differently (a
+/// rolling upgrade across a change here) count as running mixed rules and
+/// bypass the cache until one build runs alone. Bumped with every change to
+/// what a path's route path is (2: escapes other than `%2F` and `%25`
+/// decoded).
+pub const ROUTE_PATH_REVISION: u32 = 2;
+
 /// A path as route rules, tags and write rules see it. Only [`PathPolicy`]
 /// makes one, so nothing can match a rule against a path it did not fold.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -85,7 +99,8 @@ impl fmt::Display for RoutePath {
 impl PathPolicy {
     /// The route path of an already canonical path (step 2).
     fn fold(&self, path: &str) -> RoutePath {
-        let mut p = path;
+        let decoded = escapes::decode_for_routes(path, false);
+        let mut p: &str = &decoded;
         if self.ignore_trailing_slash {
             while p.len() > 1 && p.ends_with('/') {
                 p = &p[..p.len() - 1];
@@ -98,6 +113,18 @@ impl PathPolicy {
         })
     }
 
+    /// A parameter's value as it is bound from a route path (for a purge
+    /// request that names one): decoded as route paths are, case folded
+    /// when they are.
+    pub fn fold_value(&self, value: &str) -> String {
+        let decoded = escapes::decode_for_routes(value, false);
+        if self.ignore_case {
+            decoded.to_ascii_lowercase()
+        } else {
+            decoded.into_owned()
+        }
+    }
+
     /// Both steps, for a path that did not come with a request: a
     /// `Location` header, a purge request, a pattern's sample path.
     pub fn route_path(&self, path: &str) -> RoutePath {
@@ -107,7 +134,8 @@ impl PathPolicy {
     /// A route pattern in matchit syntax as the router must hold it: its
     /// literal text folded like paths are (parameter names are kept).
     pub fn fold_pattern(&self, canonical: &str) -> String {
-        let mut p = canonical;
+        let decoded = escapes::decode_for_routes(canonical, true);
+        let mut p: &str = &decoded;
         if self.ignore_trailing_slash {
             while p.len() > 1 && p.ends_with('/') {
                 p = &p[..p.len() - 1];
@@ -361,7 +389,7 @@ pub fn normalize_path(path: &str, merge_slashes: bool) -> String {
 
 /// [`normalize_path`] the long way, for a path that starts with `/`.
 fn rebuild_path(path: &str, merge_slashes: bool) -> String {
-    let decoded = decode_unreserved(path);
+    let decoded = escapes::decode_unreserved(path);
     let mut out: Vec<&str> = Vec::new();
     let segments: Vec<&str> = decoded[1..].split('/').collect();
     let mut ends_with_slash = false;
@@ -407,40 +435,6 @@ fn is_normal(path: &str, merge_slashes: bool) -> bool {
         }
     }
     true
-}
-
-/// Decode percent-encoded unreserved characters, upper-case the hex of the
-/// other escapes; malformed escapes and every other byte are left as they are.
-fn decode_unreserved(path: &str) -> String {
-    let b = path.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                let c = h * 16 + l;
-                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
-                    out.push(c);
-                } else {
-                    out.extend([
-                        b'%',
-                        b[i + 1].to_ascii_uppercase(),
-                        b[i + 2].to_ascii_uppercase(),
-                    ]);
-                }
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    // Only ASCII escapes were replaced by ASCII bytes: still UTF-8.
-    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-}
-
-fn hex(c: u8) -> Option<u8> {
-    (c as char).to_digit(16).map(|d| d as u8)
 }
 
 /// Query pairs ordered by name, pairs with the same name kept in the order
@@ -563,6 +557,56 @@ mod tests {
         };
         assert_eq!(strict.route_path("/Studio/x/").as_str(), "/Studio/x/");
         assert_eq!(canon("/").route.as_str(), "/");
+    }
+
+    #[test]
+    fn spellings_frameworks_decode_alike_share_their_route_path_but_not_their_key() {
+        for (a, b) in [
+            ("/users/%40alice", "/users/@alice"),
+            ("/tags/c%2B%2B", "/tags/c++"),
+            ("/t/a%3Ab", "/t/a:b"),
+            ("/t/a%3ab", "/t/a:b"),
+            ("/u/zo%C3%AB", "/u/zoë"),
+            ("/u/ZO%C3%AB/", "/u/zoë"),
+            ("/q/a%2Cb", "/q/a,b"),
+        ] {
+            let (ca, cb) = (canon(a), canon(b));
+            assert_eq!(ca.route, cb.route, "{a} and {b}");
+            assert_ne!(ca.path, cb.path, "{a} and {b} stay two entries");
+        }
+        for (a, b) in [
+            ("/a%2Fb", "/a/b"),
+            ("/a/%2541", "/a/A"),
+            ("/a/%2541", "/a/%41"),
+            ("/u/x%0Ay", "/u/x"),
+        ] {
+            assert_ne!(canon(a).route, canon(b).route, "{a} and {b} stay apart");
+        }
+        assert_eq!(canon("/a%2fb").route.as_str(), "/a%2fb");
+        // No control character in a route path: tags are sent newline-separated.
+        for raw in ["/u/x%0Ay", "/u/%0d%00%7f%1F"] {
+            let route = canon(raw).route;
+            assert!(
+                !route.as_str().chars().any(|c| c.is_control()),
+                "{raw}: {route}"
+            );
+        }
+        // Bytes that are not UTF-8 once decoded: folded together (wider).
+        assert_eq!(canon("/x/%FF").route, canon("/x/%FE").route);
+        // A route path is its own route path (purges of `Location`s, samples).
+        let p = PathPolicy::default();
+        for raw in ["/a/%2541", "/a%2Fb/%40", "/x/%FF", "/a/%25%32%35"] {
+            let once = canon(raw).route;
+            assert_eq!(p.route_path(once.as_str()), once, "{raw}");
+        }
+    }
+
+    #[test]
+    fn a_pattern_matches_the_paths_its_escapes_spell() {
+        let p = PathPolicy::default();
+        assert_eq!(p.fold_pattern("/users/%40me"), "/users/@me");
+        assert_eq!(p.fold_pattern("/a/%7Bx%7D/{id}"), "/a/{{x}}/{id}");
+        assert_eq!(p.fold_pattern("/a%2Fb"), "/a%2fb");
     }
 
     #[test]

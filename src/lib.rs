@@ -14,6 +14,7 @@
 //! - [`hit`]: fresh hits answered from the memory tier, before pingora-cache.
 //! - [`canonical`]: what a request means: the one path and method set that
 //!   the key, route rules, tags and write rules all use.
+//! - [`escapes`]: percent-escapes in a path, and which each spelling decodes.
 //! - [`host`]: the host a request names, validated and normalised (it is keyed).
 //! - [`forwarding`]: client facts told to the app; headers never passed on.
 //! - [`upstream`]: the app's address, resolved off the request path.
@@ -51,6 +52,7 @@ pub mod canonical;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod escapes;
 pub mod explain;
 pub mod fill_lock;
 pub mod flags;

@@ -69,7 +69,7 @@ use crate::rules::Rule;
 use crate::storable::{self, NotStored};
 use crate::store::{Ended, FillInfo, FillStart, Store, Tags};
 use crate::upstream::Resolver;
-use crate::writes::{self, InFlight};
+use crate::writes::{self, Answering, InFlight};
 use tracing::warn;
 
 /// How long a connection to the app may wait in the pool: under common
@@ -108,7 +108,7 @@ pub struct Ctx {
     not_stored: Option<NotStored>,
     /// The app's 304 to a revalidation, to freshen the stored header with.
     /// Boxed, as `write` is: both are rare, and a `Ctx` is moved with every
-    /// request's future (pingora boxes it whole per request: ~7 KB).
+    /// request's future (which pingora boxes whole, several KB, per request).
     not_modified: Option<Box<ResponseHeader>>,
     /// That 304's Date, for the answer when the result is not stored.
     revalidated_date: Option<http::HeaderValue>,
@@ -128,6 +128,9 @@ pub struct Ctx {
     read_tags: Vec<String>,
     /// A write, from before it is forwarded until its outcome is known.
     write: Option<Box<InFlight>>,
+    /// A write whose answer's body is still being forwarded, fenced until
+    /// it has been (see `writes::Answering`).
+    answering: Option<Box<Answering>>,
     /// Made by freshgate itself — a refetch or warming fetch (see
     /// `prefetch`) or pingora's stale-while-revalidate refresh — not by a
     /// client: not counted as client traffic.
@@ -165,6 +168,7 @@ impl ProxyHttp for Proxy {
             fill: None,
             read_tags: Vec::new(),
             write: None,
+            answering: None,
             background: false,
         }
     }
@@ -663,8 +667,10 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         if let Some(invalidate) = writes::invalidates(resp.status.as_u16()) {
             if let Some(write) = ctx.write.take() {
-                self.end_write(session, resp, ctx, *write, invalidate)
-                    .await?;
+                ctx.answering = self
+                    .end_write(session, resp, ctx, *write, invalidate)
+                    .await?
+                    .map(Box::new);
             }
         }
         forwarding::strip_listed(resp, &std::mem::take(&mut ctx.hop_listed));
@@ -726,6 +732,10 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if let Some(answering) = ctx.answering.take() {
+            self.end_answer(*answering, session.req_header(), e, ctx)
+                .await;
+        }
         self.end_unanswered_write(session, e, ctx).await;
         if ctx.background {
             // Counted by their own metrics (`freshgate_prefetches_total`,
@@ -957,7 +967,9 @@ impl Proxy {
 
     /// Phase 2: the app answered the write with a final status. Invalidate
     /// what it changed (unless the app refused it) and lift its fence before
-    /// the client hears back, so no read that follows can see the old data.
+    /// the client hears back, so no read that follows can see the old data;
+    /// when a body follows, the same tags stay fenced until it has been
+    /// forwarded (the `Answering` returned, ended by `end_answer`).
     /// With `on_unrecorded_write: reject` (or once the process is
     /// stopping), a write whose invalidation cannot be recorded while no
     /// fence of it stands is not acknowledged: the client gets an error
@@ -969,7 +981,7 @@ impl Proxy {
         ctx: &Ctx,
         write: InFlight,
         invalidate: bool,
-    ) -> Result<()> {
+    ) -> Result<Option<Answering>> {
         let req = session.req_header();
         let config = self.live.config();
         let mut extra = BTreeSet::new();
@@ -984,6 +996,26 @@ impl Proxy {
         }
         let started = Instant::now();
         let tags = write.fence.tags().len() + extra.len();
+        // Taken before the first fence is lifted: no moment between them is
+        // unfenced while the app may still commit.
+        let body_fence = if invalidate && writes::answer_has_body(req, resp) {
+            let mut fenced = write.fence.tags().clone();
+            fenced.extend(extra.iter().cloned());
+            let fence = self.store.begin_write(fenced).await;
+            if !fence.recorded() && self.rejects_unrecorded(&config) {
+                // Unrecorded, it fences nothing on other replicas while the
+                // body streams: not acknowledged, as an unrecorded first fence
+                // (both fences, dropped, stay until `writes.timeout`).
+                METRICS.writes_rejected.inc();
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(502),
+                    "the write's answer cannot be fenced while it streams: not acknowledged",
+                );
+            }
+            Some(fence)
+        } else {
+            None
+        };
         let ended = self.store.end_write(write.fence, extra, invalidate).await;
         let recorded = ended == Ended::Recorded;
         if let Ended::Owed { fence_stands } = ended {
@@ -1000,7 +1032,7 @@ impl Proxy {
             }
         }
         if !invalidate {
-            return Ok(());
+            return Ok(None);
         }
         let planned = write.planned;
         // A redirect (Next.js answers `PATCH /x/` with 308) invalidated like
@@ -1008,14 +1040,19 @@ impl Proxy {
         // count, list as unmatched, or refetch after.
         let succeeded = resp.status.is_success();
         self.count_write(ctx, req, &planned, succeeded);
+        let mut refetch = Vec::new();
         if recorded
             && succeeded
             && self.live.flags.get(Flag::Prefetch, &config.flags)
             && self.live.flags.get(Flag::Cache, &config.flags)
         {
             // Only now: a refetch must begin after the invalidation is
-            // recorded, so that the clock it reads makes its fill current.
-            self.refetch(&config, ctx, planned.refetch);
+            // recorded, so that the clock it reads makes its fill current
+            // (and after the body's fence, or its fill is not stored).
+            refetch = planned.refetch;
+            if body_fence.is_none() {
+                self.refetch(&config, ctx, std::mem::take(&mut refetch));
+            }
         }
         if self.live.flags.get(Flag::Monitoring, &config.flags) {
             self.monitor.count(Kind::Write, &planned.rules);
@@ -1040,7 +1077,41 @@ impl Proxy {
                 tags: Some(tags),
             });
         }
-        Ok(())
+        Ok(body_fence.map(|fence| Answering {
+            fence,
+            refetch,
+            config,
+        }))
+    }
+
+    /// The body of a write's answer has been forwarded (or not: `e`). Lift
+    /// the fence that covered it, invalidating once more; when the body was
+    /// cut off the app may still be committing, so it stays fenced for
+    /// `writes.timeout`, as any write whose outcome is unknown.
+    async fn end_answer(
+        &self,
+        answering: Answering,
+        req: &RequestHeader,
+        e: Option<&Error>,
+        ctx: &Ctx,
+    ) {
+        if e.is_some() {
+            self.store
+                .end_write_later(answering.fence, self.store.write_timeout());
+            return;
+        }
+        let config = self.live.config();
+        let mut extra = BTreeSet::new();
+        if !Arc::ptr_eq(&config, &answering.config) {
+            // The rules changed while the body streamed: what the new ones
+            // say it changed goes too (as in `end_write`).
+            let request = Canonical::new(req, &config.paths, &config.method_override);
+            extra = self.plan_write(&config, &request).tags;
+        }
+        let ended = self.store.end_write(answering.fence, extra, true).await;
+        if ended == Ended::Recorded && !answering.refetch.is_empty() {
+            self.refetch(&config, ctx, answering.refetch);
+        }
     }
 
     /// Invalidation metrics of a write that invalidated; a successful one

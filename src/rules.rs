@@ -378,6 +378,24 @@ mod tests {
     }
 
     #[test]
+    fn a_pattern_spelled_with_escapes_matches_the_paths_they_decode_to() {
+        let p = PathPolicy::default();
+        let t = RouteTable::new(
+            vec![rule("me", "/users/%40me"), rule("brace", "/a/%7Bx%7D/:id")],
+            &p,
+        )
+        .expect("valid patterns");
+        let name = |path: &str| t.lookup(&p.route_path(path)).map(|r| r.name.clone());
+        for path in ["/users/@me", "/users/%40me", "/Users/%40ME/"] {
+            assert_eq!(name(path).as_deref(), Some("me"), "{path}");
+        }
+        for path in ["/a/{x}/1", "/a/%7Bx%7D/1", "/a/%7bx%7d/1"] {
+            assert_eq!(name(path).as_deref(), Some("brace"), "{path}");
+        }
+        assert_eq!(name("/users/%2540me"), None);
+    }
+
+    #[test]
     fn pattern_forms() {
         assert_eq!(to_matchit("/a/:id").unwrap(), "/a/{id}");
         assert_eq!(to_matchit("/a/[id]/b").unwrap(), "/a/{id}/b");

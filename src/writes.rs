@@ -111,6 +111,39 @@ pub fn answer_tags(
     tags
 }
 
+/// A write whose answer has a body still to come when its phase 2 runs
+/// (at the answer's header). An app may commit after it sent its status —
+/// a streamed or chunked answer, progress written while a bulk write runs —
+/// so a fill made while the body streams could read the old data and, with
+/// the fence lifted, be stored after the invalidation. Its tags stay fenced
+/// under this second fence, taken before the first is lifted, until the
+/// body has reached the client whole.
+pub struct Answering {
+    pub fence: WriteFence,
+    /// Paths to refetch once it is lifted (a fill inside a fence is not
+    /// stored, so a refetch before would be wasted).
+    pub refetch: Vec<String>,
+    /// The config its first fence was lifted under (a rules swap before the
+    /// body ends adds the new rules' tags).
+    pub config: std::sync::Arc<Config>,
+}
+
+/// Whether the answer to a write has a body after its header: every
+/// answer but one to HEAD, a 1xx, 204 or 304, or one framed by
+/// `Content-Length: 0` alone (no `Transfer-Encoding`, which would win).
+pub fn answer_has_body(req: &RequestHeader, resp: &ResponseHeader) -> bool {
+    let status = resp.status.as_u16();
+    let mut lengths = resp
+        .headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .peekable();
+    let empty = !resp.headers.contains_key(header::TRANSFER_ENCODING)
+        && lengths.peek().is_some()
+        && lengths.all(|v| v.as_bytes() == b"0");
+    req.method != http::Method::HEAD && !matches!(status, 100..=199 | 204 | 304) && !empty
+}
+
 /// A write between its two phases.
 pub struct InFlight {
     pub fence: WriteFence,
@@ -158,6 +191,57 @@ fn same_origin_path(req: &RequestHeader, host: Option<&Host>, location: &str) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn which_answers_have_a_body_to_wait_for() {
+        let req = |m: &str| RequestHeader::build(m, b"/x", None).unwrap();
+        let resp = |status: u16, fields: &[(&str, &str)]| {
+            let mut r = ResponseHeader::build(status, None).unwrap();
+            for (n, v) in fields {
+                r.append_header(n.to_string(), *v).unwrap();
+            }
+            r
+        };
+        let patch = req("PATCH");
+        assert!(
+            answer_has_body(&patch, &resp(200, &[])),
+            "unframed: until close"
+        );
+        assert!(answer_has_body(
+            &patch,
+            &resp(200, &[("content-length", "2")])
+        ));
+        assert!(answer_has_body(
+            &patch,
+            &resp(500, &[("transfer-encoding", "chunked")])
+        ));
+        assert!(!answer_has_body(
+            &patch,
+            &resp(200, &[("content-length", "0")])
+        ));
+        assert!(answer_has_body(
+            &patch,
+            &resp(
+                200,
+                &[("content-length", "0"), ("transfer-encoding", "chunked")]
+            )
+        ));
+        assert!(answer_has_body(
+            &patch,
+            &resp(200, &[("content-length", "0"), ("content-length", "5")])
+        ));
+        assert!(
+            answer_has_body(&patch, &resp(200, &[("content-length", "00")])),
+            "odd: wait"
+        );
+        for status in [101, 204, 304] {
+            assert!(!answer_has_body(&patch, &resp(status, &[])), "{status}");
+        }
+        assert!(!answer_has_body(
+            &req("HEAD"),
+            &resp(200, &[("content-length", "9")])
+        ));
+    }
 
     #[test]
     fn which_answers_invalidate() {

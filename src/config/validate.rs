@@ -14,7 +14,7 @@ use super::monitoring::validate_monitoring;
 use super::routes::{cookie_names, purged_routes, validate_invalidation, validate_routes};
 use super::schema::*;
 use super::*;
-use crate::canonical::{MethodOverride, PathPolicy};
+use crate::canonical::{MethodOverride, PathPolicy, ROUTE_PATH_REVISION};
 use crate::forwarding::{self, TrustedProxies};
 use crate::store::redis::Consistency;
 use crate::store::RulesFingerprint;
@@ -105,14 +105,17 @@ pub(super) fn validate(
     // the same write differently. And freshgate's own version: another
     // version may tag or plan the same write differently, so replicas of two
     // versions in one fleet (a rolling upgrade) count as mixed rules (the
-    // cache is bypassed until one version runs alone).
+    // cache is bypassed until one version runs alone); the version number
+    // is not bumped with every build, so the revision of how route paths
+    // are made is in it too.
     let rules_fingerprint = RulesFingerprint(hash_of(&format!(
-        "{:?} {:?} {:?} {:?} {}",
+        "{:?} {:?} {:?} {:?} {} {}",
         raw.invalidate,
         paths,
         raw.cache.max_ttl,
         method_override,
-        env!("CARGO_PKG_VERSION")
+        env!("CARGO_PKG_VERSION"),
+        ROUTE_PATH_REVISION,
     )));
     let default_ignored = cookie_names(
         "cache.ignore_cookies",

@@ -28,6 +28,7 @@
 //! that `canonical` gives every alias of it, and writes by every method the
 //! app may execute for them ([`Methods`]: overrides included).
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -382,7 +383,14 @@ impl Invalidation {
         let values: Option<Vec<(String, String)>> = t
             .params
             .iter()
-            .map(|p| params.iter().find(|(k, _)| k == p).cloned())
+            .map(|p| {
+                // As a request's route path spells it (decoded, case folded):
+                // `%40alice` purges what `/users/@alice` cached.
+                params
+                    .iter()
+                    .find(|(k, _)| k == p)
+                    .map(|(k, v)| (k.clone(), self.paths.fold_value(v)))
+            })
             .collect();
         Ok(match values {
             Some(v) if !t.params.is_empty() => vec![bound_tag(t, &v)],
@@ -422,16 +430,18 @@ fn named_params(canonical: &str) -> Vec<String> {
 /// `t` with its parameters replaced by `values`; `None` if a segment stays
 /// open (a wildcard, or a parameter without a value).
 fn concrete_path(t: &Target, values: &[(String, String)]) -> Option<String> {
-    let segments: Option<Vec<&str>> = t
+    let segments: Option<Vec<Cow<str>>> = t
         .canonical
         .split('/')
         .map(
             |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                // Bound values are decoded (route paths are): escaped
+                // again, or a `?` or `#` in one would end the path.
                 Some(name) => values
                     .iter()
                     .find(|(k, _)| k == name)
-                    .map(|(_, v)| v.as_str()),
-                None => Some(seg),
+                    .map(|(_, v)| crate::escapes::encode_segment(v)),
+                None => Some(Cow::Borrowed(seg)),
             },
         )
         .collect();
@@ -478,6 +488,22 @@ mod tests {
         assert!(!read(&inv, "/studio/api/scenes/43")
             .iter()
             .any(|t| t.starts_with("r:") && by_pattern.contains(t)));
+        // A value as typed, escaped or in capitals, names what a read of
+        // any spelling of it carries.
+        for typed in ["%40Al", "@al", "@AL"] {
+            let id = [("id".to_string(), typed.to_string())];
+            let by_pattern = inv
+                .purge_tags(false, None, Some(("/studio/api/scenes/:id", &id)))
+                .unwrap();
+            for read_as in ["/studio/api/scenes/@al", "/studio/api/scenes/%40AL"] {
+                assert!(
+                    read(&inv, read_as)
+                        .iter()
+                        .any(|t| t.starts_with("r:") && by_pattern.contains(t)),
+                    "purge {typed} vs read {read_as}"
+                );
+            }
+        }
         assert!(inv
             .purge_tags(false, None, None)
             .unwrap_err()
@@ -565,6 +591,9 @@ mod tests {
             plan.refetch,
             vec!["/studio/api/scenes/42", "/studio/api/stories/42"]
         );
+        // A value decoded in the route path is escaped again for the URL.
+        let plan = write(&inv, Method::PATCH, "/studio/api/scenes/a%3Fb%20%C3%AB@");
+        assert_eq!(plan.refetch[0], "/studio/api/scenes/a%3Fb%20%C3%AB@");
     }
 
     #[test]

@@ -658,3 +658,157 @@ async fn a_write_planned_by_rules_the_fleet_has_left_invalidates_everything() {
         "b's entry, fetched before a's write committed, after it was acknowledged"
     );
 }
+
+/// Found in session 16's review: the route path decoded only unreserved
+/// escapes, so `@`, `+`, `:` and non-ASCII spelled with escapes were other
+/// tags than spelled plain — yet frameworks decode route parameters, so
+/// `PATCH /users/%40alice` changed the user `GET /users/@alice` reads, and
+/// left it a hit.
+#[tokio::test]
+async fn a_write_through_an_escaped_spelling_purges_what_the_plain_one_cached() {
+    let origin = Origin::start(0);
+    let config = r#"
+routes:
+  - name: user
+    match: /knobs/users/:handle
+    ttl: 5m
+invalidate:
+  - name: user-write
+    on: "[PATCH, PUT, DELETE] /knobs/users/:handle"
+    purge: [/knobs/users/:handle]
+"#;
+    let fg = Freshgate::start(&origin.url(), None, config);
+    for (read, write) in [
+        ("/knobs/users/@alice", "/knobs/users/%40alice"),
+        ("/knobs/users/%40bob", "/knobs/users/@bob"),
+        ("/knobs/users/c++", "/knobs/users/c%2B%2B"),
+        ("/knobs/users/a:b", "/knobs/users/a%3ab"),
+        ("/knobs/users/zo%C3%AB", "/knobs/users/ZO%C3%AB/"),
+    ] {
+        cached(&fg.url(read)).await;
+        let w = send(client().patch(fg.url(write))).await;
+        assert_eq!(w.status, 200, "{write}: {w:?}");
+        let r = get(&fg.url(read)).await;
+        assert_ne!(r.x_cache, "HIT", "{read} after PATCH {write}: {r:?}");
+    }
+    // `%2F` is not `/` to a router: the write names another resource.
+    cached(&fg.url("/knobs/users/a")).await;
+    send(client().patch(fg.url("/knobs/users/a%2Fb"))).await;
+    assert_eq!(get(&fg.url("/knobs/users/a")).await.x_cache, "HIT");
+}
+
+/// An app that answers a write with its status first and commits while it
+/// streams the body (chunked progress, a streamed JSON answer): `GET`
+/// serves the item's version, `PATCH` sends `200` and its header, waits,
+/// commits, then sends the body.
+fn streaming_writer_app() -> String {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let version = std::sync::Arc::new(AtomicU64::new(1));
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let version = version.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut conn = conn;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    // The header (no request here has a body).
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if h.trim_end().is_empty() {
+                            break;
+                        }
+                    }
+                    let ok = if line.starts_with("PATCH") {
+                        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+                            .and_then(|()| conn.flush())
+                            .map(|()| std::thread::sleep(Duration::from_millis(800)))
+                            .and_then(|()| {
+                                let body = format!(
+                                    "{{\"version\":{}}}",
+                                    version.fetch_add(1, Ordering::SeqCst) + 1
+                                );
+                                write!(conn, "{:x}\r\n{body}\r\n0\r\n\r\n", body.len())
+                            })
+                    } else {
+                        let body = format!("{{\"version\":{}}}", version.load(Ordering::SeqCst));
+                        write!(
+                            conn,
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncache-control: max-age=60\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                    };
+                    if ok.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+/// Found in session 16's review: phase 2 of a write (invalidate, lift the
+/// fence) ran at the answer's header. An app that commits while it streams
+/// the body let a read made meanwhile fill the old data after the lift, and
+/// every read after the client had the whole answer was that stale hit.
+#[tokio::test]
+async fn a_read_while_a_write_answer_streams_is_not_stored_over_the_write() {
+    let app = streaming_writer_app();
+    let fg = Freshgate::start(&app, None, STREAMED_WRITES);
+    write_while_reading(&fg, &fg, 1).await;
+}
+
+/// The same across two replicas sharing Redis: the write through one, the
+/// reads through the other.
+#[tokio::test]
+async fn a_read_on_another_replica_while_a_write_answer_streams_is_not_stored_over_it() {
+    let app = streaming_writer_app();
+    let redis = Redis::start();
+    let a = Freshgate::start(&app, Some(&redis.url()), STREAMED_WRITES);
+    let b = Freshgate::start(&app, Some(&redis.url()), STREAMED_WRITES);
+    write_while_reading(&a, &b, 1).await;
+}
+
+const STREAMED_WRITES: &str = r#"
+routes:
+  - name: item
+    match: /items/:id
+    ttl: 60s
+invalidate:
+  - name: item-write
+    on: "[PATCH] /items/:id"
+    purge: [/items/:id]
+"#;
+
+/// PATCH item `id` through `writer` while reading it through `reader`
+/// during the answer's body, then read it after the answer.
+async fn write_while_reading(writer: &Freshgate, reader: &Freshgate, id: u64) {
+    let path = format!("/items/{id}");
+    let (w_url, r_url) = (writer.url(&path), reader.url(&path));
+    assert_eq!(cached(&r_url).await.json()["version"], 1);
+    let write = tokio::spawn(send(client().patch(&w_url)));
+    // The app has sent its status, not yet committed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let during = get(&r_url).await;
+    assert_eq!(during.json()["version"], 1, "not committed yet: {during:?}");
+    let written = write.await.unwrap();
+    assert_eq!(written.json()["version"], 2, "{written:?}");
+    for _ in 0..3 {
+        let after = get(&r_url).await;
+        assert_eq!(
+            after.json()["version"],
+            2,
+            "after the write's answer: {after:?}"
+        );
+    }
+}

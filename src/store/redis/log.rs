@@ -361,12 +361,18 @@ impl Owed {
     }
 
     /// Writes with something to record in run `epoch`.
+    /// Fences come first: a write's answer is fenced again before its
+    /// first fence is lifted (a body to come), and recorded after an outage
+    /// in another order the two would leave a moment unfenced.
     pub(super) fn due(&self, epoch: u64) -> Vec<(u64, OwedWrite)> {
-        self.writes
+        let mut due: Vec<_> = self
+            .writes
             .iter()
             .filter(|(_, w)| w.end.is_some() || w.fenced_in != Some(epoch))
             .map(|(id, w)| (*id, w.clone()))
-            .collect()
+            .collect();
+        due.sort_by_key(|(_, w)| w.end.is_some());
+        due
     }
 }
 
@@ -410,5 +416,14 @@ mod tests {
         );
         assert!(o.owes(Some(3)), "a lift not yet recorded");
         assert_eq!(o.due(3).len(), 1);
+        // In a new run both are due, the fence before the lift, whatever
+        // order the map keeps them in.
+        for id in 3..40 {
+            o.writes.insert(id, w(None, None));
+        }
+        let due = o.due(4);
+        let first_lift = due.iter().position(|(_, w)| w.end.is_some()).unwrap();
+        assert!(due[first_lift..].iter().all(|(_, w)| w.end.is_some()));
+        assert_eq!(due.len(), 39);
     }
 }

@@ -1,0 +1,110 @@
+//! Percent-escapes in a path, and which of them each spelling of it
+//! decodes: the canonical path (the key, and what the app is sent) decodes
+//! only unreserved characters, as RFC 3986 §6.2.2 allows; the route path
+//! (rules and tags) decodes every escape a framework decodes in a route
+//! parameter. Apart from `canonical.rs`, which says when each is used, so
+//! the byte-level rules can be read (and fuzzed) on their own.
+
+use std::borrow::Cow;
+
+/// Decode, for the route path (rules and tags, never the key), the escapes
+/// step 1 kept: reserved characters (`%40` is `@`, `%3A` is `:`, `%2B` is
+/// `+`) and non-ASCII bytes (`%C3%AB` is `ë`, as a client that sends it raw
+/// spells it). Frameworks decode them in route parameters, so the app takes
+/// both spellings for one resource: a write through either must purge what
+/// a read through the other cached. Folding more than the app only widens a
+/// purge. Kept: `%2F` (a slash inside a segment is not a separator),
+/// `%25` (decoded, it would start an escape of its own: the route path of a
+/// route path is itself) and control characters (`%0A` decoded would put a
+/// newline in a tag, and the log separates tags by newlines in Redis). In a pattern, `{` and `}` become matchit's `{{`
+/// and `}}`. Bytes that are not UTF-8 once decoded become U+FFFD (which
+/// only widens).
+pub fn decode_for_routes(path: &str, pattern: bool) -> Cow<'_, str> {
+    if !path.contains('%') {
+        return Cow::Borrowed(path);
+    }
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                match h * 16 + l {
+                    c @ (b'/' | b'%' | 0..=0x1F | 0x7F) => out.extend([
+                        b'%',
+                        HEX_DIGITS[(c >> 4) as usize],
+                        HEX_DIGITS[(c & 15) as usize],
+                    ]),
+                    b'{' if pattern => out.extend(b"{{"),
+                    b'}' if pattern => out.extend(b"}}"),
+                    c => out.push(c),
+                }
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    match String::from_utf8(out) {
+        Ok(s) => Cow::Owned(s),
+        Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    }
+}
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+
+/// `value` fit to stand as one path segment again (a route path's bound
+/// value, for a URL freshgate fetches itself): every byte but RFC 3986's
+/// `pchar`s (unreserved, sub-delims, `:`, `@`) escaped, `%` included.
+pub fn encode_segment(value: &str) -> Cow<'_, str> {
+    let keep = |c: u8| c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&c);
+    if value.bytes().all(keep) {
+        return Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + 8);
+    for c in value.bytes() {
+        if keep(c) {
+            out.push(c as char);
+        } else {
+            out.push('%');
+            out.push(HEX_DIGITS[(c >> 4) as usize] as char);
+            out.push(HEX_DIGITS[(c & 15) as usize] as char);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Decode percent-encoded unreserved characters, upper-case the hex of the
+/// other escapes; malformed escapes and every other byte are left as they are.
+pub fn decode_unreserved(path: &str) -> String {
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                let c = h * 16 + l;
+                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                    out.push(c);
+                } else {
+                    out.extend([
+                        b'%',
+                        b[i + 1].to_ascii_uppercase(),
+                        b[i + 2].to_ascii_uppercase(),
+                    ]);
+                }
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    // Only ASCII escapes were replaced by ASCII bytes: still UTF-8.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+fn hex(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
+}
