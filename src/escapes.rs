@@ -23,77 +23,69 @@ pub fn decode_for_routes(path: &str, pattern: bool) -> Cow<'_, str> {
     if !path.contains('%') {
         return Cow::Borrowed(path);
     }
-    let b = path.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                match h * 16 + l {
-                    c @ (b'/' | b'%' | 0..=0x1F | 0x7F) => out.extend([
-                        b'%',
-                        HEX_DIGITS[(c >> 4) as usize],
-                        HEX_DIGITS[(c & 15) as usize],
-                    ]),
-                    b'{' if pattern => out.extend(b"{{"),
-                    b'}' if pattern => out.extend(b"}}"),
-                    c => out.push(c),
-                }
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    match String::from_utf8(out) {
-        Ok(s) => Cow::Owned(s),
-        Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
-    }
+    Cow::Owned(rewrite_escapes(path, |c, out| match c {
+        b'/' | b'%' | 0..=0x1F | 0x7F => push_escape(out, c),
+        b'{' if pattern => out.extend(b"{{"),
+        b'}' if pattern => out.extend(b"}}"),
+        c => out.push(c),
+    }))
 }
 
-const HEX_DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+/// Decode percent-encoded unreserved characters, upper-case the hex of the
+/// other escapes; malformed escapes and every other byte are left as they are.
+pub fn decode_unreserved(path: &str) -> String {
+    rewrite_escapes(path, |c, out| {
+        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+            out.push(c);
+        } else {
+            push_escape(out, c);
+        }
+    })
+}
 
 /// `value` fit to stand as one path segment again (a route path's bound
 /// value, for a URL freshgate fetches itself): every byte but RFC 3986's
 /// `pchar`s (unreserved, sub-delims, `:`, `@`) escaped, `%` included.
 pub fn encode_segment(value: &str) -> Cow<'_, str> {
     let keep = |c: u8| c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&c);
-    if value.bytes().all(keep) {
+    let b = value.as_bytes();
+    // An escape a route path kept (`%2F`, `%25`, controls) stands as it is.
+    let escape_at = |i: usize| {
+        b[i] == b'%' && i + 2 < b.len() && hex(b[i + 1]).is_some() && hex(b[i + 2]).is_some()
+    };
+    if (0..b.len()).all(|i| keep(b[i]) || escape_at(i)) {
         return Cow::Borrowed(value);
     }
-    let mut out = String::with_capacity(value.len() + 8);
-    for c in value.bytes() {
-        if keep(c) {
-            out.push(c as char);
-        } else {
-            out.push('%');
-            out.push(HEX_DIGITS[(c >> 4) as usize] as char);
-            out.push(HEX_DIGITS[(c & 15) as usize] as char);
+    let mut out = Vec::with_capacity(b.len() + 8);
+    let mut i = 0;
+    while i < b.len() {
+        if escape_at(i) {
+            out.extend(&b[i..i + 3]);
+            i += 3;
+            continue;
         }
+        if keep(b[i]) {
+            out.push(b[i]);
+        } else {
+            push_escape(&mut out, b[i]);
+        }
+        i += 1;
     }
-    Cow::Owned(out)
+    // Only ASCII was written.
+    Cow::Owned(String::from_utf8(out).unwrap_or_default())
 }
 
-/// Decode percent-encoded unreserved characters, upper-case the hex of the
-/// other escapes; malformed escapes and every other byte are left as they are.
-pub fn decode_unreserved(path: &str) -> String {
+/// `path` with each well-formed escape replaced by what `decoded` writes
+/// for its byte; malformed escapes and every other byte kept. Bytes that
+/// are not UTF-8 once written become U+FFFD.
+fn rewrite_escapes(path: &str, mut decoded: impl FnMut(u8, &mut Vec<u8>)) -> String {
     let b = path.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
             if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                let c = h * 16 + l;
-                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
-                    out.push(c);
-                } else {
-                    out.extend([
-                        b'%',
-                        b[i + 1].to_ascii_uppercase(),
-                        b[i + 2].to_ascii_uppercase(),
-                    ]);
-                }
+                decoded(h * 16 + l, &mut out);
                 i += 3;
                 continue;
             }
@@ -101,8 +93,17 @@ pub fn decode_unreserved(path: &str) -> String {
         out.push(b[i]);
         i += 1;
     }
-    // Only ASCII escapes were replaced by ASCII bytes: still UTF-8.
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// `c` as an escape, its hex upper-cased.
+fn push_escape(out: &mut Vec<u8>, c: u8) {
+    const HEX_DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+    out.extend([
+        b'%',
+        HEX_DIGITS[(c >> 4) as usize],
+        HEX_DIGITS[(c & 15) as usize],
+    ]);
 }
 
 fn hex(c: u8) -> Option<u8> {

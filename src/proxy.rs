@@ -733,7 +733,8 @@ impl ProxyHttp for Proxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         if let Some(answering) = ctx.answering.take() {
-            self.end_answer(*answering, session.req_header(), e, ctx)
+            let resp = session.response_written();
+            self.end_answer(*answering, session.req_header(), resp, e, ctx)
                 .await;
         }
         self.end_unanswered_write(session, e, ctx).await;
@@ -1092,6 +1093,7 @@ impl Proxy {
         &self,
         answering: Answering,
         req: &RequestHeader,
+        resp: Option<&ResponseHeader>,
         e: Option<&Error>,
         ctx: &Ctx,
     ) {
@@ -1104,9 +1106,18 @@ impl Proxy {
         let mut extra = BTreeSet::new();
         if !Arc::ptr_eq(&config, &answering.config) {
             // The rules changed while the body streamed: what the new ones
-            // say it changed goes too (as in `end_write`).
+            // say it changed goes too (as in `end_write`), and the paths its
+            // answer named, folded as the new config folds paths.
             let request = Canonical::new(req, &config.paths, &config.method_override);
             extra = self.plan_write(&config, &request).tags;
+            if let Some(resp) = resp {
+                extra.extend(writes::answer_tags(
+                    req,
+                    ctx.host.as_ref(),
+                    resp,
+                    &config.paths,
+                ));
+            }
         }
         let ended = self.store.end_write(answering.fence, extra, true).await;
         if ended == Ended::Recorded && !answering.refetch.is_empty() {

@@ -131,6 +131,7 @@ pub struct Answering {
 /// Whether the answer to a write has a body after its header: every
 /// answer but one to HEAD, a 1xx, 204 or 304, or one framed by
 /// `Content-Length: 0` alone (no `Transfer-Encoding`, which would win).
+/// A `101` counts: the tunnel after it is the app's to use, until it closes.
 pub fn answer_has_body(req: &RequestHeader, resp: &ResponseHeader) -> bool {
     let status = resp.status.as_u16();
     let mut lengths = resp
@@ -141,7 +142,7 @@ pub fn answer_has_body(req: &RequestHeader, resp: &ResponseHeader) -> bool {
     let empty = !resp.headers.contains_key(header::TRANSFER_ENCODING)
         && lengths.peek().is_some()
         && lengths.all(|v| v.as_bytes() == b"0");
-    req.method != http::Method::HEAD && !matches!(status, 100..=199 | 204 | 304) && !empty
+    req.method != http::Method::HEAD && !matches!(status, 100 | 102..=199 | 204 | 304) && !empty
 }
 
 /// A write between its two phases.
@@ -234,9 +235,10 @@ mod tests {
             answer_has_body(&patch, &resp(200, &[("content-length", "00")])),
             "odd: wait"
         );
-        for status in [101, 204, 304] {
+        for status in [204, 304] {
             assert!(!answer_has_body(&patch, &resp(status, &[])), "{status}");
         }
+        assert!(answer_has_body(&patch, &resp(101, &[])), "a tunnel follows");
         assert!(!answer_has_body(
             &req("HEAD"),
             &resp(200, &[("content-length", "9")])

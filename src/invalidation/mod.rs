@@ -594,6 +594,12 @@ mod tests {
         // A value decoded in the route path is escaped again for the URL.
         let plan = write(&inv, Method::PATCH, "/studio/api/scenes/a%3Fb%20%C3%AB@");
         assert_eq!(plan.refetch[0], "/studio/api/scenes/a%3Fb%20%C3%AB@");
+        // An escape the route path kept is not escaped twice.
+        let plan = write(&inv, Method::PATCH, "/studio/api/scenes/a%2Fb%25");
+        assert_eq!(
+            plan.refetch[0].to_ascii_uppercase(),
+            "/STUDIO/API/SCENES/A%2FB%25"
+        );
     }
 
     #[test]
