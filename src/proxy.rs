@@ -988,12 +988,7 @@ impl Proxy {
         let mut extra = BTreeSet::new();
         if invalidate {
             extra = writes::answer_tags(req, ctx.host.as_ref(), resp, &config.paths);
-            if !Arc::ptr_eq(&config, &write.config) {
-                // The rules changed while it was in flight: what the new ones
-                // say it changed goes too.
-                let request = Canonical::new(req, &config.paths, &config.method_override);
-                extra.extend(self.plan_write(&config, &request).tags);
-            }
+            extra.extend(self.replanned(&config, &write.config, req));
         }
         let started = Instant::now();
         let tags = write.fence.tags().len() + extra.len();
@@ -1085,6 +1080,22 @@ impl Proxy {
         }))
     }
 
+    /// What the rules in `config` say a write planned under `planned_under`
+    /// changed, when they are other rules (a reload while it was in flight):
+    /// those tags go too. Empty when the rules are the same.
+    fn replanned(
+        &self,
+        config: &Arc<Config>,
+        planned_under: &Arc<Config>,
+        req: &RequestHeader,
+    ) -> BTreeSet<String> {
+        if Arc::ptr_eq(config, planned_under) {
+            return BTreeSet::new();
+        }
+        let request = Canonical::new(req, &config.paths, &config.method_override);
+        self.plan_write(config, &request).tags
+    }
+
     /// The body of a write's answer has been forwarded (or not: `e`). Lift
     /// the fence that covered it, invalidating once more; when the body was
     /// cut off the app may still be committing, so it stays fenced for
@@ -1103,21 +1114,16 @@ impl Proxy {
             return;
         }
         let config = self.live.config();
-        let mut extra = BTreeSet::new();
-        if !Arc::ptr_eq(&config, &answering.config) {
-            // The rules changed while the body streamed: what the new ones
-            // say it changed goes too (as in `end_write`), and the paths its
-            // answer named, folded as the new config folds paths.
-            let request = Canonical::new(req, &config.paths, &config.method_override);
-            extra = self.plan_write(&config, &request).tags;
-            if let Some(resp) = resp {
-                extra.extend(writes::answer_tags(
-                    req,
-                    ctx.host.as_ref(),
-                    resp,
-                    &config.paths,
-                ));
-            }
+        // The paths its answer named, folded again when the config (how
+        // paths fold) changed while the body streamed.
+        let mut extra = self.replanned(&config, &answering.config, req);
+        if let Some(resp) = resp.filter(|_| !Arc::ptr_eq(&config, &answering.config)) {
+            extra.extend(writes::answer_tags(
+                req,
+                ctx.host.as_ref(),
+                resp,
+                &config.paths,
+            ));
         }
         let ended = self.store.end_write(answering.fence, extra, true).await;
         if ended == Ended::Recorded && !answering.refetch.is_empty() {

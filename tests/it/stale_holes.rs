@@ -10,8 +10,8 @@
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    client, get, send, send_and_leave, until_app, Freshgate, Gate, Got, Leave, Origin, Redis,
-    TEST_CONFIG,
+    client, get, read_head, send, send_and_leave, until_app, Freshgate, Gate, Got, Leave, Origin,
+    Redis, TEST_CONFIG,
 };
 
 /// Post `id` as the collection `/community/api/posts` lists it.
@@ -702,7 +702,7 @@ invalidate:
 /// serves the item's version, `PATCH` sends `200` and its header, waits,
 /// commits, then sends the body.
 fn streaming_writer_app() -> String {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufReader, Write};
     use std::sync::atomic::{AtomicU64, Ordering};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -713,21 +713,8 @@ fn streaming_writer_app() -> String {
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(conn.try_clone().unwrap());
                 let mut conn = conn;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    // The header (no request here has a body).
-                    loop {
-                        let mut h = String::new();
-                        if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if h.trim_end().is_empty() {
-                            break;
-                        }
-                    }
+                // No request here has a body.
+                while let Some((line, _)) = read_head(&mut reader) {
                     let ok = if line.starts_with("PATCH") {
                         conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
                             .and_then(|()| conn.flush())

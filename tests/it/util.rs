@@ -1077,6 +1077,29 @@ type Script = dyn Fn(&str, &[(String, String)]) -> Scripted + Send + Sync;
 /// An origin that answers every request with what `script` returns for its
 /// target and header lines, byte for byte — for headers a real server would
 /// rewrite (`Date`, `Connection`). Counts the requests it answered.
+/// A request's head as a test origin reads it: the request line and the
+/// fields (names lower-cased). `None` once the connection is closed.
+pub fn read_head(reader: &mut impl std::io::BufRead) -> Option<(String, Vec<(String, String)>)> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+            return None;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            return Some((line, headers));
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+}
+
 pub struct ScriptedOrigin {
     pub addr: SocketAddr,
     pub requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -1086,7 +1109,7 @@ impl ScriptedOrigin {
     pub fn start(
         script: impl Fn(&str, &[(String, String)]) -> Scripted + Send + Sync + 'static,
     ) -> ScriptedOrigin {
-        use std::io::{BufRead, BufReader};
+        use std::io::BufReader;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1098,26 +1121,8 @@ impl ScriptedOrigin {
                 std::thread::spawn(move || {
                     let mut reader = BufReader::new(conn.try_clone().unwrap());
                     let mut conn = conn;
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
+                    while let Some((line, headers)) = read_head(&mut reader) {
                         let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-                        let mut headers = Vec::new();
-                        loop {
-                            let mut h = String::new();
-                            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                                return;
-                            }
-                            let h = h.trim_end();
-                            if h.is_empty() {
-                                break;
-                            }
-                            if let Some((k, v)) = h.split_once(':') {
-                                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-                            }
-                        }
                         count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         let r = script(&target, &headers);
                         let mut out = format!("HTTP/1.1 {} X\r\n", r.status);
