@@ -733,8 +733,7 @@ impl ProxyHttp for Proxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         if let Some(answering) = ctx.answering.take() {
-            let resp = session.response_written();
-            self.end_answer(*answering, session.req_header(), resp, e, ctx)
+            self.end_answer(*answering, session.req_header(), e, ctx)
                 .await;
         }
         self.end_unanswered_write(session, e, ctx).await;
@@ -1008,7 +1007,16 @@ impl Proxy {
                     "the write's answer cannot be fenced while it streams: not acknowledged",
                 );
             }
-            Some(fence)
+            if resp.status == StatusCode::SWITCHING_PROTOCOLS {
+                // A tunnel may stay open for ever: fenced for as long as
+                // any write whose end is unknown (other replicas' sweeps
+                // would drop a longer fence anyway), then invalidated.
+                self.store
+                    .end_write_later(fence, self.store.write_timeout());
+                None
+            } else {
+                Some(fence)
+            }
         } else {
             None
         };
@@ -1077,6 +1085,9 @@ impl Proxy {
             fence,
             refetch,
             config,
+            // As the app sent it: `response_filter` strips fields it listed
+            // in `Connection`, a `Location` among them.
+            answer: resp.clone(),
         }))
     }
 
@@ -1104,7 +1115,6 @@ impl Proxy {
         &self,
         answering: Answering,
         req: &RequestHeader,
-        resp: Option<&ResponseHeader>,
         e: Option<&Error>,
         ctx: &Ctx,
     ) {
@@ -1117,11 +1127,11 @@ impl Proxy {
         // The paths its answer named, folded again when the config (how
         // paths fold) changed while the body streamed.
         let mut extra = self.replanned(&config, &answering.config, req);
-        if let Some(resp) = resp.filter(|_| !Arc::ptr_eq(&config, &answering.config)) {
+        if !Arc::ptr_eq(&config, &answering.config) {
             extra.extend(writes::answer_tags(
                 req,
                 ctx.host.as_ref(),
-                resp,
+                &answering.answer,
                 &config.paths,
             ));
         }

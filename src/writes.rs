@@ -126,12 +126,15 @@ pub struct Answering {
     /// The config its first fence was lifted under (a rules swap before the
     /// body ends adds the new rules' tags).
     pub config: std::sync::Arc<Config>,
+    /// The answer's header as the app sent it (the paths it names are
+    /// folded again if the config changes before the body ends).
+    pub answer: ResponseHeader,
 }
 
 /// Whether the answer to a write has a body after its header: every
 /// answer but one to HEAD, a 1xx, 204 or 304, or one framed by
 /// `Content-Length: 0` alone (no `Transfer-Encoding`, which would win).
-/// A `101` counts: the tunnel after it is the app's to use, until it closes.
+/// A `101` counts: a tunnel follows (fenced for `writes.timeout`, not until it closes).
 pub fn answer_has_body(req: &RequestHeader, resp: &ResponseHeader) -> bool {
     let status = resp.status.as_u16();
     let mut lengths = resp
