@@ -162,6 +162,7 @@ async fn measure(config: &Config, redis: Option<Arc<RedisTier>>, entries: u64, o
                     .tags_for_read(&config.paths.route_path(&path(i))),
             )
             .expect("a few tags"),
+            began: start.began,
         });
         let mut miss = store
             .get_miss_handler(&key(i), &meta, &span)

@@ -213,8 +213,10 @@ pub struct Methods {
     /// Methods named by override headers or the query parameter.
     pub overrides: Vec<Method>,
     /// A POST (its body may name any method, and freshgate does not read
-    /// bodies), or a request that names too many methods to list.
-    pub any_from_body: bool,
+    /// bodies), a request that names too many methods to list, or a write
+    /// whose method no rule can name (WebDAV's `MOVE`, `COPY`, …): every
+    /// write rule may apply.
+    pub any_method: bool,
 }
 
 impl Methods {
@@ -223,20 +225,20 @@ impl Methods {
         Methods {
             sent,
             overrides: Vec::new(),
-            any_from_body: false,
+            any_method: false,
         }
     }
 
     /// Whether the app may change data for this request: then it is never
     /// served from (nor stored in) the cache, and it invalidates.
     pub fn is_write(&self) -> bool {
-        self.any_from_body || is_unsafe(&self.sent) || self.overrides.iter().any(is_unsafe)
+        self.any_method || is_unsafe(&self.sent) || self.overrides.iter().any(is_unsafe)
     }
 
     /// Whether a rule for `methods` (empty: every write) may apply.
     pub fn may_be_any_of(&self, methods: &[Method]) -> bool {
         methods.is_empty()
-            || self.any_from_body
+            || self.any_method
             || methods.contains(&self.sent)
             || self.overrides.iter().any(|m| methods.contains(m))
     }
@@ -261,6 +263,10 @@ pub struct Canonical {
     /// The path route rules, tags and write rules match.
     pub route: RoutePath,
     pub methods: Methods,
+    /// A write's WebDAV `Destination` (RFC 4918 §10.3), as a route path:
+    /// the resource a `MOVE` or `COPY` creates or replaces. Its host is not
+    /// compared (a tag names a path on every host: only wider).
+    pub destination: Option<RoutePath>,
 }
 
 impl Canonical {
@@ -269,11 +275,18 @@ impl Canonical {
         let path = normalize_path(raw, paths.merge_slashes);
         let route = paths.fold(&path);
         let query = req.uri.query().map(sorted_query).filter(|q| !q.is_empty());
+        let methods = methods(req, overrides);
+        let destination = if methods.is_write() {
+            destination(req).map(|d| paths.route_path(&d))
+        } else {
+            None
+        };
         Canonical {
-            methods: methods(req, overrides),
+            methods,
             path,
             query,
             route,
+            destination,
         }
     }
 
@@ -316,8 +329,25 @@ pub fn target_is_usable(req: &RequestHeader) -> bool {
                 .is_some_and(|s| s.eq_ignore_ascii_case(b"https://")))
 }
 
+/// The path of `req`'s `Destination` field, absolute URI or absolute path.
+fn destination(req: &RequestHeader) -> Option<String> {
+    let value = req.headers.get("destination")?.to_str().ok()?;
+    let uri: http::Uri = value.trim().parse().ok()?;
+    let path = uri.path();
+    path.starts_with('/').then(|| path.to_string())
+}
+
 fn methods(req: &RequestHeader, policy: &MethodOverride) -> Methods {
     let mut m = Methods::only(req.method.clone());
+    // Methods are case-sensitive (RFC 9110 §9.1), but apps that route by
+    // method upper-case it first (Werkzeug, Django, Symfony), and browsers
+    // send `fetch(url, {method: "patch"})` as typed: `patch` is matched as
+    // the PATCH it becomes. (`sent` stays as sent: `get` is not a read.)
+    let named = upper_case(&req.method);
+    if named != req.method {
+        m.overrides.push(named.clone());
+    }
+    m.any_method = is_unsafe(&named) && !RULE_METHODS.contains(&named);
     let mut listed = true;
     for name in &policy.headers {
         for v in req.headers.get_all(name) {
@@ -338,12 +368,24 @@ fn methods(req: &RequestHeader, policy: &MethodOverride) -> Methods {
         // The body may name one: a form (Rails, Symfony), JSON (Laravel
         // reads `_method` from a JSON body), or a body without a content
         // type (Rack reads it as a form). freshgate does not read bodies.
-        m.any_from_body = req.method == Method::POST;
+        m.any_method |= named == Method::POST;
     }
     if !listed {
-        m.any_from_body = true;
+        m.any_method = true;
     }
     m
+}
+
+/// The methods invalidation rules name (`on:`).
+pub const RULE_METHODS: [Method; 4] = [Method::POST, Method::PUT, Method::PATCH, Method::DELETE];
+
+/// `m` in upper case (the same method when it is already).
+fn upper_case(m: &Method) -> Method {
+    let name = m.as_str();
+    if !name.bytes().any(|b| b.is_ascii_lowercase()) {
+        return m.clone();
+    }
+    Method::from_bytes(name.to_ascii_uppercase().as_bytes()).unwrap_or_else(|_| m.clone())
 }
 
 /// Overrides listed at most; a request that names more may be anything
@@ -718,8 +760,21 @@ mod tests {
         assert!(many.is_write() && many.may_be_any_of(&[Method::DELETE]));
         // Any POST body may name one (form, JSON, no content type).
         let body = m("POST", "/a", &[("content-type", "application/json")]);
-        assert!(body.any_from_body && body.may_be_any_of(&[Method::PUT]));
+        assert!(body.any_method && body.may_be_any_of(&[Method::PUT]));
         assert!(!m("PUT", "/a", &[]).may_be_any_of(&[Method::PATCH]));
+        // A method in lower case is the one apps upper-case it to, and
+        // stays a write whatever it names.
+        let lower = m("patch", "/a", &[]);
+        assert!(lower.is_write() && lower.may_be_any_of(&[Method::PATCH]));
+        assert!(!lower.may_be_any_of(&[Method::DELETE]));
+        assert!(m("post", "/a", &[]).any_method);
+        assert!(m("get", "/a", &[]).is_write());
+        // A write no rule can name (WebDAV) may be any of them.
+        for dav in ["MOVE", "COPY", "PROPPATCH", "mkcol"] {
+            let w = m(dav, "/a", &[]);
+            assert!(w.is_write() && w.may_be_any_of(&[Method::DELETE]), "{dav}");
+        }
+        assert!(!m("DELETE", "/a", &[]).any_method);
         // Switched off by config.
         let none = MethodOverride {
             headers: vec![],
@@ -735,7 +790,7 @@ mod tests {
             &none,
         );
         assert!(!off.methods.may_be_any_of(&[Method::PUT]));
-        assert!(!off.methods.any_from_body);
+        assert!(!off.methods.any_method);
     }
 
     /// Properties over generated paths, against the shipped rules.

@@ -10,7 +10,9 @@
 //! what freshgate must do for such apps: case-insensitive, with or without a
 //! trailing slash, parameters percent-decoded (`/posts/%39` is post 9), and
 //! method overrides on POST (`X-HTTP-Method-Override`, `X-HTTP-Method`,
-//! `X-Method-Override`, `?_method=`), as method-override middleware does.
+//! `X-Method-Override`, `?_method=`), as method-override middleware does;
+//! and a method in lower case is the one upper-cased, as Werkzeug, Django
+//! and Symfony take it.
 //!
 //! Fault knobs, per request (headers): `x-demo-delay-ms` waits before doing
 //! anything (a write commits after it), `x-demo-status` answers a committed
@@ -495,7 +497,9 @@ fn knob_write(query: &str) -> Response<Vec<u8>> {
 /// The method the app acts on: a POST may name another one, as
 /// method-override middleware allows.
 fn effective_method(req: &pingora::http::RequestHeader) -> String {
-    let sent = req.method.as_str().to_string();
+    // Upper-cased first, as Werkzeug, Django and Symfony do (a browser
+    // sends `fetch(url, {method: "patch"})` as typed).
+    let sent = req.method.as_str().to_ascii_uppercase();
     if sent != "POST" {
         return sent;
     }

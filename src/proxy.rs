@@ -595,6 +595,7 @@ impl ProxyHttp for Proxy {
                         epoch: fill.epoch,
                         rules: ctx.config.rules_fingerprint,
                         tags,
+                        began: fill.began,
                     });
                     Ok(RespCacheable::Cacheable(meta))
                 }
@@ -667,8 +668,11 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         if let Some(invalidate) = writes::invalidates(resp.status.as_u16()) {
             if let Some(write) = ctx.write.take() {
+                // An answer before the whole write was read from the client:
+                // the app cannot have committed what it has not received.
+                let early = !session.is_body_done();
                 ctx.answering = self
-                    .end_write(session, resp, ctx, *write, invalidate)
+                    .end_write(session, resp, ctx, *write, invalidate, early)
                     .await?
                     .map(Box::new);
             }
@@ -981,6 +985,7 @@ impl Proxy {
         ctx: &Ctx,
         write: InFlight,
         invalidate: bool,
+        early: bool,
     ) -> Result<Option<Answering>> {
         let req = session.req_header();
         let config = self.live.config();
@@ -992,8 +997,9 @@ impl Proxy {
         let started = Instant::now();
         let tags = write.fence.tags().len() + extra.len();
         // Taken before the first fence is lifted: no moment between them is
-        // unfenced while the app may still commit.
-        let body_fence = if invalidate && writes::answer_has_body(req, resp) {
+        // unfenced while the app may still commit — while the answer's body
+        // streams, or the write's own body is still being forwarded.
+        let body_fence = if invalidate && (early || writes::answer_has_body(req, resp)) {
             let mut fenced = write.fence.tags().clone();
             fenced.extend(extra.iter().cloned());
             let fence = self.store.begin_write(fenced).await;
@@ -1088,6 +1094,7 @@ impl Proxy {
             // As the app sent it: `response_filter` strips fields it listed
             // in `Connection`, a `Location` among them.
             answer: resp.clone(),
+            early,
         }))
     }
 
@@ -1109,8 +1116,9 @@ impl Proxy {
 
     /// The body of a write's answer has been forwarded (or not: `e`). Lift
     /// the fence that covered it, invalidating once more; when the body was
-    /// cut off the app may still be committing, so it stays fenced for
-    /// `writes.timeout`, as any write whose outcome is unknown.
+    /// cut off, or the app answered before it had the write's body, the app
+    /// may still be committing, so it stays fenced for `writes.timeout`, as
+    /// any write whose outcome is unknown.
     async fn end_answer(
         &self,
         answering: Answering,
@@ -1118,7 +1126,7 @@ impl Proxy {
         e: Option<&Error>,
         ctx: &Ctx,
     ) {
-        if e.is_some() {
+        if e.is_some() || answering.early {
             self.store
                 .end_write_later(answering.fence, self.store.write_timeout());
             return;

@@ -10,16 +10,17 @@
 //! `GET /api/config`.
 //!
 //! What a reload does to the cache: entries carry the fingerprint of the
-//! rules that tagged them (`invalidate:`, path folding, `cache.max_ttl`, the
-//! method override, freshgate's version), and the store serves only entries
-//! with the current fingerprint. Editing any of those therefore makes
-//! everything cached before a miss (an edit may add the very rule whose
-//! absence made something stale); editing only `routes:` or `flags:` keeps
-//! the cache. Listen addresses, the admin listener, the store,
-//! `cache.max_ttl`, `writes.timeout`, shutdown timing and `warm` are read at
-//! start only:
-//! a reload that changes them is applied for everything else and reports them
-//! under `restartRequired`.
+//! rules that tagged them (`invalidate:`, path folding, the method override,
+//! freshgate's version, and the `cache.max_ttl` the store runs with), and
+//! the store serves only entries with the current fingerprint. Editing any
+//! of the first four therefore makes everything cached before a miss (an
+//! edit may add the very rule whose absence made something stale); editing
+//! only `routes:` or `flags:` keeps the cache. Listen addresses, the admin
+//! listener, the store, `cache.max_ttl`, `writes.timeout`, shutdown timing
+//! and `warm` are read at start only: a reload that changes them is applied
+//! for everything else and reports them under `restartRequired`; the live
+//! snapshot keeps the running `cache.max_ttl` (`Config::beside`), so that
+//! the fleet sees the value this replica's store runs with.
 //!
 //! The watcher watches the file's *directory*, so editors that write a temp
 //! file and rename it over the original, and Kubernetes ConfigMap volumes
@@ -156,6 +157,7 @@ impl LiveConfig {
         match Config::from_str(&text, Some(&path), &self.overrides) {
             Ok(new) => {
                 let restart_required = needs_restart(&old, &new);
+                let new = new.beside(&old);
                 let rules_changed = new.rules_fingerprint != old.rules_fingerprint;
                 let fingerprint = new.rules_fingerprint;
                 // The store first: writes planned by the new rules must find

@@ -62,12 +62,16 @@ pub fn plan(config: &Config, rules_on: bool, request: &Canonical) -> Planned {
     if rules.is_empty() {
         rules.push(UNMATCHED.to_string());
     }
+    let mut tags = plan.tags;
+    if let Some(d) = &request.destination {
+        tags.insert(invalidation::own_tag(d));
+    }
     let mut refetch = plan.refetch;
     if !refetch.contains(&request.path) {
         refetch.insert(0, request.path.clone());
     }
     Planned {
-        tags: plan.tags,
+        tags,
         rules,
         matched,
         refetch,
@@ -129,6 +133,10 @@ pub struct Answering {
     /// The answer's header as the app sent it (the paths it names are
     /// folded again if the config changes before the body ends).
     pub answer: ResponseHeader,
+    /// The app answered before it had the write's whole body: it commits
+    /// after it answered, when freshgate cannot see. Ended as a write
+    /// whose outcome is unknown (invalidated after `writes.timeout`).
+    pub early: bool,
 }
 
 /// Whether the answer to a write has a body after its header: every
@@ -195,6 +203,41 @@ fn same_origin_path(req: &RequestHeader, host: Option<&Host>, location: &str) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_in_lower_case_or_by_webdav_plans_what_it_may_change() {
+        let config = Config::from_str(
+            "invalidate:\n  - on: PATCH /posts/:id\n    purge: [/posts]\n",
+            None,
+            &crate::config::Overrides::default(),
+        )
+        .unwrap();
+        let plan_of = |method: &str, path: &str, fields: &[(&str, &str)]| {
+            let mut req = RequestHeader::build(method, path.as_bytes(), None).unwrap();
+            for (n, v) in fields {
+                req.append_header(n.to_string(), *v).unwrap();
+            }
+            let request = Canonical::new(&req, &config.paths, &config.method_override);
+            plan(&config, true, &request)
+        };
+        let list = invalidation::own_tag(&config.paths.route_path("/posts"));
+        // `fetch(url, {method: "patch"})`: the PATCH the app routes it as.
+        assert!(plan_of("patch", "/posts/1", &[]).tags.contains(&list));
+        // A method no rule can name may be any of them.
+        assert!(plan_of("PROPPATCH", "/posts/1", &[]).tags.contains(&list));
+        // MOVE and COPY change what `Destination` names.
+        let moved = plan_of("MOVE", "/files/a", &[("destination", "http://h/Files/b?x")]);
+        let b = invalidation::own_tag(&config.paths.route_path("/files/b"));
+        assert!(moved.tags.contains(&b), "{:?}", moved.tags);
+        let copied = plan_of("COPY", "/files/a", &[("destination", "/files/c")]);
+        assert!(copied
+            .tags
+            .contains(&invalidation::own_tag(&config.paths.route_path("/files/c"))));
+        assert!(!plan_of("DELETE", "/posts/1", &[])
+            .tags
+            .iter()
+            .any(|t| t.contains("files")));
+    }
 
     #[test]
     fn which_answers_have_a_body_to_wait_for() {

@@ -100,10 +100,13 @@ pub struct Config {
     /// The `flags:` section (one layer of [`crate::flags::Flags`]).
     pub flags: FileFlags,
     /// Hash of what decides tags and write plans (invalidation rules, path
-    /// folding, `max_ttl`, method override, freshgate's version): entries
+    /// folding, the `max_ttl` the store runs with, method override,
+    /// freshgate's version): entries
     /// are only served under the rules that tagged them, so a rules edit can
     /// never leave an entry without a tag that the new rules would invalidate.
     pub rules_fingerprint: RulesFingerprint,
+    /// The same hash without `max_ttl` (see [`Config::beside`]).
+    rules_basis: u64,
     /// Hash of the whole file text, to tell versions apart in the admin API.
     pub text_hash: u64,
     pub monitoring: MonitoringConfig,
@@ -292,6 +295,21 @@ impl Config {
         validate::validate(raw, text, path, overrides)
             .map_err(|problems| ConfigError { file, problems })
     }
+
+    /// This config, read by a reload, as it runs beside `running`: with
+    /// `running`'s `cache.max_ttl`, which is read at start only (it sizes
+    /// how long the store keeps entries and remembers invalidations, see
+    /// `store::clock`), and the rules fingerprint that goes with it. A
+    /// fingerprint of the file's value would tell the fleet that this
+    /// replica runs the same rules as one started with that value, while
+    /// its store still keeps entries, or forgets invalidations, by the old
+    /// one: a replica that forgets a tag's invalidation before the other's
+    /// entry expires would make that entry valid again.
+    pub fn beside(mut self, running: &Config) -> Config {
+        self.max_ttl = running.max_ttl;
+        self.rules_fingerprint = validate::rules_fingerprint(self.rules_basis, self.max_ttl);
+        self
+    }
 }
 
 #[cfg(test)]
@@ -415,6 +433,32 @@ mod tests {
         assert_eq!(e.problems.len(), 2, "{e}");
         assert_eq!(e.problems[0].line, Some(2), "{e}");
         assert_eq!(e.problems[1].line, Some(3), "{e}");
+    }
+
+    #[test]
+    fn a_reload_keeps_the_running_max_ttl_and_its_fingerprint() {
+        let load = |text: &str| Config::from_str(text, None, &Overrides::default()).unwrap();
+        let rules = "invalidate:\n  - on: PATCH /a/:id\n    purge: [/a/:id]\n";
+        let short = load(&format!("cache:\n  max_ttl: 1h\n{rules}"));
+        let long = load(&format!("cache:\n  max_ttl: 2h\n{rules}"));
+        assert_ne!(
+            short.rules_fingerprint, long.rules_fingerprint,
+            "replicas started with two max_ttl run different rules"
+        );
+        let reloaded = long.beside(&short);
+        assert_eq!(reloaded.max_ttl, Duration::from_secs(3600));
+        assert_eq!(reloaded.rules_fingerprint, short.rules_fingerprint);
+        // Other rules still change it.
+        let other =
+            load("cache:\n  max_ttl: 2h\ninvalidate:\n  - on: PATCH /b/:id\n    purge: [/b/:id]\n");
+        assert_ne!(
+            other.beside(&short).rules_fingerprint,
+            short.rules_fingerprint
+        );
+        // The same value spelled otherwise (or left to its default) is the same.
+        let default = load(rules);
+        let spelled = load(&format!("cache:\n  max_ttl: 1d\n{rules}"));
+        assert_eq!(default.rules_fingerprint, spelled.rules_fingerprint);
     }
 
     #[test]

@@ -108,15 +108,17 @@ pub(super) fn validate(
     // cache is bypassed until one version runs alone); the version number
     // is not bumped with every build, so the revision of how route paths
     // are made is in it too.
-    let rules_fingerprint = RulesFingerprint(hash_of(&format!(
-        "{:?} {:?} {:?} {:?} {} {}",
+    // (`max_ttl` joins it in `rules_fingerprint`: a reload keeps the
+    // running one, see `Config::beside`.)
+    let rules_basis = hash_of(&format!(
+        "{:?} {:?} {:?} {} {}",
         raw.invalidate,
         paths,
-        raw.cache.max_ttl,
         method_override,
         env!("CARGO_PKG_VERSION"),
         ROUTE_PATH_REVISION,
-    )));
+    ));
+    let max_ttl = raw.cache.max_ttl.map(|d| d.0).unwrap_or(DEFAULT_MAX_TTL);
     let default_ignored = cookie_names(
         "cache.ignore_cookies",
         raw.cache.ignore_cookies.as_deref().unwrap_or_default(),
@@ -177,7 +179,7 @@ pub(super) fn validate(
             .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
         routes,
         invalidation,
-        max_ttl: raw.cache.max_ttl.map(|d| d.0).unwrap_or(DEFAULT_MAX_TTL),
+        max_ttl,
         negative_ttl: raw
             .cache
             .negative_ttl
@@ -190,7 +192,8 @@ pub(super) fn validate(
         share_authorized: raw.cache.share_authorized.unwrap_or(false),
         namespace,
         flags: raw.flags,
-        rules_fingerprint,
+        rules_fingerprint: rules_fingerprint(rules_basis, max_ttl),
+        rules_basis,
         monitoring,
         purged_routes,
         warm,
@@ -434,6 +437,12 @@ fn validate_method_override(
         Some(p) => Some(p),
     };
     MethodOverride { headers, param }
+}
+
+/// The rules fingerprint of rules hashed to `basis` (`Config::rules_basis`)
+/// run with entries that live at most `max_ttl`.
+pub fn rules_fingerprint(basis: u64, max_ttl: Duration) -> RulesFingerprint {
+    RulesFingerprint(hash_of(&format!("{basis} {}", max_ttl.as_millis())))
 }
 
 /// A stable-enough hash (SipHash with fixed keys): the same text gives the

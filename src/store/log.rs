@@ -31,6 +31,9 @@ pub struct FillStart {
     /// A write in flight fences one of the fill's tags: what it fetches may
     /// predate the write's commit, so it is not stored.
     pub fenced: bool,
+    /// When, before the clock was read: a fill that takes longer than
+    /// `clock::LIFETIME_MARGIN` is not stored (see `FillInfo::began`).
+    pub began: std::time::Instant,
 }
 
 /// How phase 2 of a write ended.
@@ -130,6 +133,7 @@ impl InvalidationLog for LocalLog {
             seq: self.now(),
             epoch: 0,
             fenced: self.fenced(tags.iter().map(String::as_str)),
+            began: std::time::Instant::now(),
         })
     }
 

@@ -52,7 +52,7 @@ const KEEP_FOR_REVALIDATION: Duration = Duration::from_secs(60);
 
 /// Per-request data from the proxy to the miss handler, carried in the
 /// response's `CacheMeta` extensions (in memory only, never stored by pingora).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct FillInfo {
     pub fetch_seq: u64,
     /// See [`FillStart::epoch`].
@@ -60,6 +60,12 @@ pub struct FillInfo {
     /// The rules that computed `tags`.
     pub rules: RulesFingerprint,
     pub tags: Tags,
+    /// When the fetch began ([`FillStart::began`]). The log remembers an
+    /// invalidation for `max_ttl` + [`clock::LIFETIME_MARGIN`] and an entry
+    /// lives `max_ttl` from when it is stored, so one stored later than the
+    /// margin after its fetch began could outlive an invalidation made
+    /// while it was fetched (a body trickling in for over an hour).
+    pub began: Instant,
 }
 
 /// A write in flight, fenced in the invalidation log by

@@ -176,6 +176,10 @@ impl HandleMiss for Miss {
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
         let size = self.body.len();
+        if self.fill.began.elapsed() >= super::clock::LIFETIME_MARGIN {
+            tracing::warn!("a fill that took longer than the log's margin is not stored");
+            return Ok(MissFinishType::Created(size));
+        }
         // Encoded into a buffer of exactly its length, which the memory
         // tier keeps (the fill's buffer has spare capacity).
         let entry = match Entry::new(

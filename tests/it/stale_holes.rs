@@ -111,6 +111,29 @@ async fn a_write_through_an_alias_the_app_routes_alike_invalidates_the_canonical
     assert_eq!(listed(&get(&list).await, 3)["likes"], 1);
 }
 
+/// Found by review: a method sent in lower case (`fetch(url, {method:
+/// "patch"})` sends it as typed, and Werkzeug, Django and Symfony upper-case
+/// it before routing) matched no `PATCH` rule: only its own path was purged,
+/// and the collection stayed stale.
+#[tokio::test]
+async fn a_write_sent_in_lower_case_invalidates_what_its_rule_purges() {
+    let origin = Origin::start(0);
+    let fg = Freshgate::start(&origin.url(), None, TEST_CONFIG);
+    let list = fg.url("/community/api/posts");
+    cached(&list).await;
+    let patch = reqwest::Method::from_bytes(b"patch").unwrap();
+    let w = send(
+        client()
+            .request(patch, fg.url("/community/api/posts/17"))
+            .body(r#"{"title":"lower case"}"#),
+    )
+    .await;
+    assert_eq!(w.status, 200, "{w:?}");
+    assert_eq!(w.json()["title"], "lower case", "the app took it as PATCH");
+    let r = get(&list).await;
+    assert_eq!(listed(&r, 17)["title"], "lower case", "{r:?}");
+}
+
 /// Hole 5: a POST that the app executes as a PATCH (method-override
 /// middleware) matched no `[PATCH, ...]` rule: only its own path was purged,
 /// and the collection stayed stale.
@@ -586,6 +609,64 @@ async fn replicas_running_different_rules_never_serve_what_the_others_writes_cha
     assert_eq!(r.json()["likes"], 1, "after the revert: {r:?}");
 }
 
+/// Found by review: `cache.max_ttl` is read at start — a replica's store
+/// keeps entries, and remembers a tag's invalidation, by the value it
+/// started with — but a reload put the file's new value into the rules
+/// fingerprint. A replica started with `1h` and reloaded to `2h`, and one
+/// started with `2h`, then counted as one fleet: the first forgets an
+/// invalidation after 1 h (+ a margin) while the second keeps entries for
+/// 2 h, so an entry fetched before a write through the first would be valid
+/// again before it expires. (The stale read itself takes over an hour; what
+/// is checked is the fleet's agreement that guards against it.) The
+/// reloaded replica now tells the fleet the value it runs with, until it
+/// restarts.
+#[tokio::test]
+async fn a_replica_reloaded_to_another_max_ttl_counts_as_running_other_rules_until_it_restarts() {
+    let with_max_ttl =
+        |ttl: &str| TEST_CONFIG.replace("cache:\n", &format!("cache:\n  max_ttl: {ttl}\n"));
+    let (short, long) = (with_max_ttl("1h"), with_max_ttl("2h"));
+    assert_ne!(short, TEST_CONFIG);
+    let origin = Origin::start(0);
+    let redis = Redis::start();
+    let a = Freshgate::start(&origin.url(), Some(&redis.url()), &short);
+    a.wait_redis(true).await;
+    a.write_config(&long);
+    a.wait_config("a longer max_ttl", |v| {
+        v["version"] == 2
+            && v["restartRequired"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|f| f == "cache.max_ttl"))
+    })
+    .await;
+    // What a said before the reload is forgotten after 4 s (`RULES_ALIVE`):
+    // b must not see that, but what a says now.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let b = Freshgate::start(&origin.url(), Some(&redis.url()), &long);
+    // (Neither reports Redis up while they disagree: that is the point.)
+    for fg in [&a, &b] {
+        fg.metrics_with(&["freshgate_rules_mixed 1"]).await;
+    }
+    let post = "/community/api/posts/15";
+    for _ in 0..3 {
+        let r = b.get_shared(post).await;
+        assert_ne!(
+            r.x_cache, "HIT",
+            "b serves while a runs another max_ttl: {r:?}"
+        );
+    }
+
+    // a restarts with the value in its file: one fleet again.
+    drop(a);
+    let a = Freshgate::start(&origin.url(), Some(&redis.url()), &long);
+    a.wait_redis(true).await;
+    let end = Instant::now() + Duration::from_secs(15);
+    while b.get_shared(post).await.x_cache != "HIT" {
+        assert!(Instant::now() < end, "caching never resumed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.metrics_with(&["freshgate_rules_mixed 0"]).await;
+}
+
 /// Found by the second review: a write still in flight on a replica that
 /// falls silent (its maintainer stalled, or gone) ends
 /// after the rest of the fleet has moved to new rules and cached by them.
@@ -764,6 +845,95 @@ async fn a_read_on_another_replica_while_a_write_answer_streams_is_not_stored_ov
     let a = Freshgate::start(&app, Some(&redis.url()), STREAMED_WRITES);
     let b = Freshgate::start(&app, Some(&redis.url()), STREAMED_WRITES);
     write_while_reading(&a, &b, 1).await;
+}
+
+/// An app that answers a `PATCH` before it reads the write's body (an
+/// early `200`, as a server may before a large upload is in), then reads the
+/// body and commits: `GET` serves the item's version.
+fn early_answering_app() -> String {
+    use std::io::{BufReader, Read, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let version = std::sync::Arc::new(AtomicU64::new(1));
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let version = version.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut conn = conn;
+                while let Some((line, headers)) = read_head(&mut reader) {
+                    let ok = if line.starts_with("PATCH") {
+                        let length = headers
+                            .iter()
+                            .find(|(k, _)| k == "content-length")
+                            .and_then(|(_, v)| v.parse().ok())
+                            .unwrap_or(0);
+                        let mut body = vec![0; length];
+                        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .and_then(|()| conn.flush())
+                            .and_then(|()| reader.read_exact(&mut body))
+                            .map(|()| {
+                                version.fetch_add(1, Ordering::SeqCst);
+                            })
+                    } else {
+                        let body = format!("{{\"version\":{}}}", version.load(Ordering::SeqCst));
+                        write!(
+                            conn,
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncache-control: max-age=60\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                    };
+                    if ok.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+/// Found by review: the app may answer a write before it has its body, and
+/// commit once it has. freshgate lifted the write's fence at that answer
+/// while it still forwarded the body, so a read in between stored the old
+/// data, and it stayed a hit after the commit.
+#[tokio::test]
+async fn a_read_while_a_write_body_is_still_forwarded_is_not_stored_over_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = early_answering_app();
+    let fg = Freshgate::start(&app, None, STREAMED_WRITES);
+    let url = fg.url("/items/1");
+    assert_eq!(cached(&url).await.json()["version"], 1);
+    let mut conn = tokio::net::TcpStream::connect(fg.addr).await.unwrap();
+    conn.write_all(b"PATCH /items/1 HTTP/1.1\r\nhost: app.test\r\ncontent-length: 10\r\n\r\n12345")
+        .await
+        .unwrap();
+    // The whole answer arrives while half the body is still to come.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            conn.read(&mut byte).await.unwrap(),
+            1,
+            "no answer: {head:?}"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let during = get(&url).await;
+    assert_eq!(during.json()["version"], 1, "not committed yet: {during:?}");
+    conn.write_all(b"67890").await.unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while get(&format!("{app}/items/1")).await.json()["version"] != 2 {
+        assert!(Instant::now() < end, "the app never committed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..3 {
+        let after = get(&url).await;
+        assert_eq!(after.json()["version"], 2, "after the commit: {after:?}");
+    }
 }
 
 const STREAMED_WRITES: &str = r#"

@@ -1074,9 +1074,6 @@ pub struct Scripted {
 
 type Script = dyn Fn(&str, &[(String, String)]) -> Scripted + Send + Sync;
 
-/// An origin that answers every request with what `script` returns for its
-/// target and header lines, byte for byte — for headers a real server would
-/// rewrite (`Date`, `Connection`). Counts the requests it answered.
 /// A request's head as a test origin reads it: the request line and the
 /// fields (names lower-cased). `None` once the connection is closed.
 pub fn read_head(reader: &mut impl std::io::BufRead) -> Option<(String, Vec<(String, String)>)> {
@@ -1100,6 +1097,9 @@ pub fn read_head(reader: &mut impl std::io::BufRead) -> Option<(String, Vec<(Str
     }
 }
 
+/// An origin that answers every request with what `script` returns for its
+/// target and header lines, byte for byte — for headers a real server would
+/// rewrite (`Date`, `Connection`). Counts the requests it answered.
 pub struct ScriptedOrigin {
     pub addr: SocketAddr,
     pub requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,

@@ -368,6 +368,7 @@ impl RedisTier {
         if !self.available() {
             return None;
         }
+        let began = std::time::Instant::now();
         let (seq, fenced) = match self.consistency {
             Consistency::Bounded => (self.clock_now(&link).await?, self.followed.fenced(tags)),
             Consistency::Strict => {
@@ -386,6 +387,7 @@ impl RedisTier {
             seq,
             epoch: link.epoch,
             fenced,
+            began,
         })
     }
 
