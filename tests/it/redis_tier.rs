@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::util::{client, get, send, two_replicas, Freshgate, Origin, Redis, TEST_CONFIG};
+use crate::util::{client, get, send, two_replicas, Freshgate, Gate, Origin, Redis, TEST_CONFIG};
 
 #[tokio::test]
 async fn two_replicas_share_entries() {
@@ -239,6 +239,51 @@ async fn bounded_mode_follows_invalidations_without_a_round_trip_per_hit() {
         redis.calls("mget").await >= before + 5,
         "strict hits check Redis"
     );
+}
+
+/// Found by review: a bounded replica whose subscription died without a
+/// word (a NAT or load balancer dropping an idle connection sends no FIN;
+/// the link the maintainer pings is another connection) stayed "subscribed"
+/// and served what other replicas' writes had changed, for ever. It now
+/// hears its own heartbeat through the subscription, and subscribes again
+/// (bypassing the cache meanwhile) when that falls silent.
+#[tokio::test]
+async fn a_bounded_replica_whose_subscription_dies_silently_stops_serving_what_it_misses() {
+    let origin = Origin::start(0);
+    let redis = Redis::start();
+    let gate = Gate::closed(redis.port);
+    gate.open();
+    let bounded = format!("{TEST_CONFIG}store:\n  redis:\n    consistency: bounded\n");
+    let a = Freshgate::start(&origin.url(), Some(&redis.url()), &bounded);
+    let b = Freshgate::start(&origin.url(), Some(&gate.redis_url()), &bounded);
+    for fg in [&a, &b] {
+        fg.wait_redis(true).await;
+        fg.metrics_with(&["freshgate_invalidation_subscribed 1"])
+            .await;
+    }
+    let scene = "/studio/api/scenes/113";
+    let end = Instant::now() + Duration::from_secs(10);
+    while b.get_shared(scene).await.x_cache != "HIT" {
+        assert!(Instant::now() < end, "b never cached {scene}");
+    }
+    gate.mute_subscribers();
+    let w = send(
+        client()
+            .patch(a.url(scene))
+            .header("host", "app.test")
+            .body(r#"{"text":"unheard"}"#),
+    )
+    .await;
+    assert_eq!(w.status, 200, "{w:?}");
+    // Within the bound (a silent second or three), b stops serving it.
+    let end = Instant::now() + Duration::from_secs(15);
+    while b.get_shared(scene).await.json()["text"] != "unheard" {
+        assert!(Instant::now() < end, "b kept serving the old scene");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..3 {
+        assert_eq!(b.get_shared(scene).await.json()["text"], "unheard");
+    }
 }
 
 #[tokio::test]

@@ -896,6 +896,9 @@ pub struct Gate {
     target: u16,
     open: std::sync::Arc<std::sync::atomic::AtomicBool>,
     conns: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+    /// Connections that sent `SUBSCRIBE` pass nothing on, either way, and
+    /// stay open: a NAT that dropped an idle connection without a word.
+    mute_subscribers: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Gate {
@@ -906,7 +909,15 @@ impl Gate {
             target,
             open: Default::default(),
             conns: Default::default(),
+            mute_subscribers: Default::default(),
         }
+    }
+
+    /// From now on, Redis subscriptions through the gate hear nothing (and
+    /// their connections stay open).
+    pub fn mute_subscribers(&self) {
+        self.mute_subscribers
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn redis_url(&self) -> String {
@@ -915,11 +926,13 @@ impl Gate {
 
     /// Start listening and forwarding.
     pub fn open(&self) {
+        use std::io::Read;
         use std::sync::atomic::Ordering;
         let listener = TcpListener::bind(("127.0.0.1", self.port)).expect("gate port");
         listener.set_nonblocking(true).unwrap();
         self.open.store(true, Ordering::SeqCst);
         let (open, conns, target) = (self.open.clone(), self.conns.clone(), self.target);
+        let mute = self.mute_subscribers.clone();
         std::thread::spawn(move || {
             while open.load(Ordering::SeqCst) {
                 let Ok((client, _)) = listener.accept() else {
@@ -933,12 +946,34 @@ impl Gate {
                 let mut held = conns.lock().unwrap();
                 held.push(client.try_clone().unwrap());
                 held.push(server.try_clone().unwrap());
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
+                let subscriber = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                for (mut from, mut to, upstream) in [
+                    (
+                        client.try_clone().unwrap(),
+                        server.try_clone().unwrap(),
+                        true,
+                    ),
+                    (server, client, false),
                 ] {
+                    let (mute, subscriber) = (mute.clone(), subscriber.clone());
                     std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
+                        let mut buf = [0u8; 16 * 1024];
+                        while let Ok(n @ 1..) = from.read(&mut buf) {
+                            let data = &buf[..n];
+                            if upstream
+                                && data
+                                    .windows(9)
+                                    .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
+                            {
+                                subscriber.store(true, Ordering::SeqCst);
+                            }
+                            if subscriber.load(Ordering::SeqCst) && mute.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            if to.write_all(data).is_err() {
+                                break;
+                            }
+                        }
                         let _ = to.shutdown(std::net::Shutdown::Both);
                     });
                 }

@@ -8,6 +8,13 @@
 //! replica serves nothing from the cache; after (re)subscribing it serves only
 //! entries fetched after that moment, so a lost message can never make an
 //! entry servable.
+//!
+//! A subscription can die without a word: a NAT or load balancer that drops
+//! an idle connection sends no FIN, and the link the maintainer pings is
+//! another connection. So the follower publishes a heartbeat to itself each
+//! second, over the link, and gives the subscription up (serving nothing
+//! from the cache until it has subscribed again) when none has come back
+//! for [`SILENT_AFTER`]: a message can be missed for that long at most.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +29,10 @@ use super::{RedisTier, PING_EVERY};
 use crate::metrics::METRICS;
 use crate::store::entry::Tags;
 use crate::time::now_millis;
+
+/// A subscription that has not heard its own heartbeat for this long is
+/// taken for dead.
+pub(super) const SILENT_AFTER: Duration = Duration::from_secs(3);
 
 /// What this replica has heard of one tag.
 #[derive(Debug, Clone, Copy)]
@@ -143,7 +154,8 @@ impl RedisTier {
         .await
         .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timed out")))??;
         let (inv, fence) = (Keys::inv_channel(&link.log), Keys::fence_channel(&link.log));
-        pubsub.subscribe(&[&inv, &fence]).await?;
+        let heartbeat = Keys::heartbeat_channel(&link.log, &self.replica_id);
+        pubsub.subscribe(&[&inv, &fence, &heartbeat]).await?;
         // What was published before the subscription was not heard: trust
         // only entries fetched from now on. SUBSCRIBE was answered before
         // this read was sent, so every later message reaches us. (The
@@ -182,12 +194,18 @@ impl RedisTier {
         info!(floor = clock, "following invalidations (bounded mode)");
         let mut messages = pubsub.on_message();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut heard = Instant::now();
         loop {
             tokio::select! {
                 msg = messages.next() => {
                     let Some(msg) = msg else { return Ok(()) };
+                    let channel = msg.get_channel_name();
+                    if channel == heartbeat {
+                        heard = Instant::now();
+                        continue;
+                    }
                     let payload: String = msg.get_payload().unwrap_or_default();
-                    if msg.get_channel_name() == fence {
+                    if channel == fence {
                         self.apply_fence(&payload);
                     } else {
                         self.apply_invalidation(&payload);
@@ -201,6 +219,15 @@ impl RedisTier {
                         // with it): subscribe again where the log is now.
                         return Ok(());
                     }
+                    if heard.elapsed() >= SILENT_AFTER {
+                        // Its connection died unseen, or it reached another
+                        // Redis than the link: what it missed is unknown.
+                        warn!(silent_for = ?heard.elapsed(), "the invalidation channel fell silent: subscribing again (bounded mode bypasses the cache until then)");
+                        return Ok(());
+                    }
+                    let mut beat = redis::cmd("PUBLISH");
+                    beat.arg(&heartbeat).arg(1);
+                    self.run::<i64>(&link, "heartbeat", beat).await;
                     self.followed.prune(self.inv_ttl, self.fence_ttl);
                 }
                 _ = shutdown.changed() => return Ok(()),

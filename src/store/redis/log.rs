@@ -120,6 +120,11 @@ impl Keys {
     pub(super) fn fence_channel(log: &str) -> String {
         format!("{log}fence")
     }
+    /// What replica `replica` publishes to itself to tell that its
+    /// subscription still hears the log (see `follow`).
+    pub(super) fn heartbeat_channel(log: &str, replica: &str) -> String {
+        format!("{log}hb:{replica}")
+    }
 }
 
 /// KEYS: fences set, this fence's record, then the tags.
