@@ -263,10 +263,20 @@ pub struct Canonical {
     /// The path route rules, tags and write rules match.
     pub route: RoutePath,
     pub methods: Methods,
-    /// A write's WebDAV `Destination` (RFC 4918 §10.3), as a route path:
-    /// the resource a `MOVE` or `COPY` creates or replaces. Its host is not
-    /// compared (a tag names a path on every host: only wider).
-    pub destination: Option<RoutePath>,
+    /// A write's WebDAV `Destination` (RFC 4918 §10.3): the resource a
+    /// `MOVE` or `COPY` creates or replaces.
+    pub destination: Option<Destination>,
+}
+
+/// Where a write's `Destination` points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// Its path, as a route path. Its host is not compared (a tag names a
+    /// path on every host: only wider).
+    Path(RoutePath),
+    /// A value freshgate cannot read a path from, which the app may read
+    /// one from: anything may change.
+    Unreadable,
 }
 
 impl Canonical {
@@ -276,10 +286,12 @@ impl Canonical {
         let route = paths.fold(&path);
         let query = req.uri.query().map(sorted_query).filter(|q| !q.is_empty());
         let methods = methods(req, overrides);
-        let destination = if methods.is_write() {
-            destination(req).map(|d| paths.route_path(&d))
-        } else {
-            None
+        let destination = match req.headers.get("destination") {
+            Some(v) if methods.is_write() => Some(match destination_path(v.as_bytes()) {
+                Some(d) => Destination::Path(paths.route_path(&d)),
+                None => Destination::Unreadable,
+            }),
+            _ => None,
         };
         Canonical {
             methods,
@@ -329,10 +341,19 @@ pub fn target_is_usable(req: &RequestHeader) -> bool {
                 .is_some_and(|s| s.eq_ignore_ascii_case(b"https://")))
 }
 
-/// The path of `req`'s `Destination` field, absolute URI or absolute path.
-fn destination(req: &RequestHeader) -> Option<String> {
-    let value = req.headers.get("destination")?.to_str().ok()?;
-    let uri: http::Uri = value.trim().parse().ok()?;
+/// The path a `Destination` value names (an absolute URI or an absolute
+/// path). Bytes a URI may not hold (non-ASCII, spaces: servers read them
+/// anyway) are escaped first; `None` if no path can be read from it.
+fn destination_path(value: &[u8]) -> Option<String> {
+    let mut escaped = String::with_capacity(value.len());
+    for &b in value.trim_ascii() {
+        if b.is_ascii_graphic() && !b"\"<>\\^`{|}".contains(&b) {
+            escaped.push(b as char);
+        } else {
+            escaped.push_str(&format!("%{b:02X}"));
+        }
+    }
+    let uri: http::Uri = escaped.parse().ok()?;
     let path = uri.path();
     path.starts_with('/').then(|| path.to_string())
 }
@@ -347,7 +368,7 @@ fn methods(req: &RequestHeader, policy: &MethodOverride) -> Methods {
     if named != req.method {
         m.overrides.push(named.clone());
     }
-    m.any_method = is_unsafe(&named) && !RULE_METHODS.contains(&named);
+    m.any_method = may_be_any_write(&named);
     let mut listed = true;
     for name in &policy.headers {
         for v in req.headers.get_all(name) {
@@ -370,10 +391,22 @@ fn methods(req: &RequestHeader, policy: &MethodOverride) -> Methods {
         // type (Rack reads it as a form). freshgate does not read bodies.
         m.any_method |= named == Method::POST;
     }
-    if !listed {
+    if !listed || m.overrides.iter().any(may_be_any_write) {
         m.any_method = true;
     }
     m
+}
+
+/// A method that may change data but that no rule can name (WebDAV's
+/// `MOVE`, `COPY`, `PROPPATCH`, `LOCK`, any unknown one): every write rule
+/// may apply. Not the extensions defined as safe (`PROPFIND`, `REPORT`,
+/// `SEARCH`, `QUERY`): still writes of their own path (freshgate does not
+/// cache them), without purging what every rule names each time a client
+/// polls with them.
+fn may_be_any_write(m: &Method) -> bool {
+    is_unsafe(m)
+        && !RULE_METHODS.contains(m)
+        && !matches!(m.as_str(), "PROPFIND" | "REPORT" | "SEARCH" | "QUERY")
 }
 
 /// The methods invalidation rules name (`on:`).
@@ -773,6 +806,17 @@ mod tests {
         for dav in ["MOVE", "COPY", "PROPPATCH", "mkcol"] {
             let w = m(dav, "/a", &[]);
             assert!(w.is_write() && w.may_be_any_of(&[Method::DELETE]), "{dav}");
+        }
+        // Or whose override names one.
+        let moved = m("PUT", "/a", &[("x-http-method-override", "MOVE")]);
+        assert!(moved.may_be_any_of(&[Method::DELETE]));
+        // Safe extensions stay writes of their own path only.
+        for safe in ["PROPFIND", "REPORT", "QUERY"] {
+            let w = m(safe, "/a", &[]);
+            assert!(
+                w.is_write() && !w.may_be_any_of(&[Method::DELETE]),
+                "{safe}"
+            );
         }
         assert!(!m("DELETE", "/a", &[]).any_method);
         // Switched off by config.

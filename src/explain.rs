@@ -7,8 +7,9 @@
 use std::fmt::Write as _;
 
 use http::Method;
+use pingora::http::RequestHeader;
 
-use crate::canonical::{self, Methods};
+use crate::canonical::{self, Canonical, Methods};
 use crate::config::Config;
 use crate::invalidation::own_tag;
 use crate::rules::sample_path;
@@ -123,9 +124,12 @@ pub fn request(config: &Config, request: &str) -> Result<String, String> {
         }
         return Ok(s);
     }
-    let plan = config
-        .invalidation
-        .plan_write(&Methods::only(method), &path);
+    // The methods as the proxy reads them: an extension method (WebDAV's
+    // `MOVE`) may be any rule.
+    let methods = RequestHeader::build(method.clone(), target.as_bytes(), None)
+        .map(|req| Canonical::new(&req, &config.paths, &config.method_override).methods)
+        .unwrap_or_else(|_| Methods::only(method.clone()));
+    let plan = config.invalidation.plan_write(&methods, &path);
     let _ = writeln!(
         s,
         "  always (RFC 9111 section 4.4): its own URI, every query and variant\n    {}",

@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use crate::canonical::{Canonical, PathPolicy};
+use crate::canonical::{Canonical, Destination, Methods, PathPolicy};
 use crate::config::Config;
 use crate::host::Host;
 use crate::invalidation::{self, ALL_TAG};
@@ -63,8 +63,20 @@ pub fn plan(config: &Config, rules_on: bool, request: &Canonical) -> Planned {
         rules.push(UNMATCHED.to_string());
     }
     let mut tags = plan.tags;
-    if let Some(d) = &request.destination {
-        tags.insert(invalidation::own_tag(d));
+    match &request.destination {
+        // What a write of that path may change: a `MOVE` or `COPY` is a
+        // `PUT` there, of whatever the rules say.
+        Some(Destination::Path(d)) => {
+            let there = Methods {
+                any_method: true,
+                ..request.methods.clone()
+            };
+            tags.extend(config.invalidation.plan_write(&there, d).tags);
+        }
+        Some(Destination::Unreadable) => {
+            tags.insert(ALL_TAG.to_string());
+        }
+        None => {}
     }
     let mut refetch = plan.refetch;
     if !refetch.contains(&request.path) {
@@ -220,11 +232,17 @@ mod tests {
             let request = Canonical::new(&req, &config.paths, &config.method_override);
             plan(&config, true, &request)
         };
-        let list = invalidation::own_tag(&config.paths.route_path("/posts"));
+        // What a cached `GET /posts` carries: a plan purges it if it names any.
+        let list_tags = config
+            .invalidation
+            .tags_for_read(&config.paths.route_path("/posts"));
+        let purges_list = |p: &Planned| list_tags.iter().any(|t| p.tags.contains(t));
         // `fetch(url, {method: "patch"})`: the PATCH the app routes it as.
-        assert!(plan_of("patch", "/posts/1", &[]).tags.contains(&list));
+        assert!(purges_list(&plan_of("patch", "/posts/1", &[])));
+        assert!(!purges_list(&plan_of("PUT", "/posts/1", &[])));
         // A method no rule can name may be any of them.
-        assert!(plan_of("PROPPATCH", "/posts/1", &[]).tags.contains(&list));
+        assert!(purges_list(&plan_of("PROPPATCH", "/posts/1", &[])));
+        assert!(!purges_list(&plan_of("PROPFIND", "/posts/1", &[])));
         // MOVE and COPY change what `Destination` names.
         let moved = plan_of("MOVE", "/files/a", &[("destination", "http://h/Files/b?x")]);
         let b = invalidation::own_tag(&config.paths.route_path("/files/b"));
@@ -237,6 +255,16 @@ mod tests {
             .tags
             .iter()
             .any(|t| t.contains("files")));
+        // What the rules purge for the destination goes too.
+        let onto = plan_of("MOVE", "/drafts/1", &[("destination", "http://h/posts/9")]);
+        assert!(purges_list(&onto), "{:?}", onto.tags);
+        // A destination read as servers read it (raw UTF-8, a space), or
+        // not at all: then everything.
+        let raw = plan_of("COPY", "/a", &[("destination", "/files/a b")]);
+        let spaced = invalidation::own_tag(&config.paths.route_path("/files/a%20b"));
+        assert!(raw.tags.contains(&spaced), "{:?}", raw.tags);
+        let bad = plan_of("COPY", "/a", &[("destination", "http://[::1")]);
+        assert!(bad.tags.contains(ALL_TAG), "{:?}", bad.tags);
     }
 
     #[test]
