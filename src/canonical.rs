@@ -235,6 +235,12 @@ impl Methods {
         self.any_method || is_unsafe(&self.sent) || self.overrides.iter().any(is_unsafe)
     }
 
+    /// Whether a method it names is one no rule can name (WebDAV's `MOVE`,
+    /// `COPY`): then its `Destination` is a write too.
+    pub fn may_move(&self) -> bool {
+        may_be_any_write(&upper_case(&self.sent)) || self.overrides.iter().any(may_be_any_write)
+    }
+
     /// Whether a rule for `methods` (empty: every write) may apply.
     pub fn may_be_any_of(&self, methods: &[Method]) -> bool {
         methods.is_empty()
@@ -271,9 +277,10 @@ pub struct Canonical {
 /// Where a write's `Destination` points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
-    /// Its path, as a route path. Its host is not compared (a tag names a
-    /// path on every host: only wider).
-    Path(RoutePath),
+    /// Its path as route paths: every way an app may read it (`\` as
+    /// `/`, `%2F` decoded). Its host is not compared (a tag names a path on
+    /// every host: only wider).
+    Paths(Vec<RoutePath>),
     /// A value freshgate cannot read a path from, which the app may read
     /// one from: anything may change.
     Unreadable,
@@ -286,12 +293,10 @@ impl Canonical {
         let route = paths.fold(&path);
         let query = req.uri.query().map(sorted_query).filter(|q| !q.is_empty());
         let methods = methods(req, overrides);
-        let destination = match req.headers.get("destination") {
-            Some(v) if methods.is_write() => Some(match destination_path(v.as_bytes()) {
-                Some(d) => Destination::Path(paths.route_path(&d)),
-                None => Destination::Unreadable,
-            }),
-            _ => None,
+        let destination = if methods.may_move() {
+            destination(req, paths)
+        } else {
+            None
         };
         Canonical {
             methods,
@@ -341,21 +346,50 @@ pub fn target_is_usable(req: &RequestHeader) -> bool {
                 .is_some_and(|s| s.eq_ignore_ascii_case(b"https://")))
 }
 
-/// The path a `Destination` value names (an absolute URI or an absolute
-/// path). Bytes a URI may not hold (non-ASCII, spaces: servers read them
-/// anyway) are escaped first; `None` if no path can be read from it.
+/// `req`'s `Destination`, if it has one. Two of them are unreadable:
+/// apps take the first, the last, or both joined.
+fn destination(req: &RequestHeader, paths: &PathPolicy) -> Option<Destination> {
+    let mut values = req.headers.get_all("destination").iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return Some(Destination::Unreadable);
+    }
+    let Some(path) = destination_path(value.as_bytes()) else {
+        return Some(Destination::Unreadable);
+    };
+    // WHATWG URL parsers (Node) read `\` as `/`; WebDAV servers decode
+    // `%2F` (Go's `url.Path`, sabre/dav, wsgidav): each spelling is planned.
+    let mut spellings = vec![path.clone(), path.replace('\\', "/")];
+    spellings.push(spellings[1].replace("%2F", "/").replace("%2f", "/"));
+    let mut routes: Vec<RoutePath> = spellings.iter().map(|p| paths.route_path(p)).collect();
+    routes.dedup();
+    Some(Destination::Paths(routes))
+}
+
+/// The path a `Destination` value names (an absolute URI, `//host/path`,
+/// or an absolute path). Bytes a URI may not hold (non-ASCII, spaces:
+/// servers read them anyway) are escaped first; `None` if no path can be
+/// read from it.
 fn destination_path(value: &[u8]) -> Option<String> {
-    let mut escaped = String::with_capacity(value.len());
-    for &b in value.trim_ascii() {
+    let value = value.trim_ascii();
+    let mut escaped = Vec::with_capacity(value.len() + 5);
+    if value.starts_with(b"//") {
+        // A network-path reference: a host, then the path (RFC 3986 §4.2).
+        escaped.extend_from_slice(b"http:");
+    }
+    for &b in value {
         if b.is_ascii_graphic() && !b"\"<>\\^`{|}".contains(&b) {
-            escaped.push(b as char);
+            escaped.push(b);
+        } else if b == b'\\' {
+            // Kept as typed: `Destination::Paths` plans it both ways.
+            escaped.extend_from_slice(b"%5C");
         } else {
-            escaped.push_str(&format!("%{b:02X}"));
+            escapes::push_escape(&mut escaped, b);
         }
     }
-    let uri: http::Uri = escaped.parse().ok()?;
-    let path = uri.path();
-    path.starts_with('/').then(|| path.to_string())
+    let uri: http::Uri = std::str::from_utf8(&escaped).ok()?.parse().ok()?;
+    let path = uri.path().replace("%5C", "\\");
+    path.starts_with('/').then_some(path)
 }
 
 fn methods(req: &RequestHeader, policy: &MethodOverride) -> Methods {

@@ -97,7 +97,7 @@ fn rewrite_escapes(path: &str, mut decoded: impl FnMut(u8, &mut Vec<u8>)) -> Str
 }
 
 /// `c` as an escape, its hex upper-cased.
-fn push_escape(out: &mut Vec<u8>, c: u8) {
+pub fn push_escape(out: &mut Vec<u8>, c: u8) {
     const HEX_DIGITS: &[u8; 16] = b"0123456789ABCDEF";
     out.extend([
         b'%',

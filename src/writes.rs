@@ -66,12 +66,14 @@ pub fn plan(config: &Config, rules_on: bool, request: &Canonical) -> Planned {
     match &request.destination {
         // What a write of that path may change: a `MOVE` or `COPY` is a
         // `PUT` there, of whatever the rules say.
-        Some(Destination::Path(d)) => {
+        Some(Destination::Paths(spellings)) => {
             let there = Methods {
                 any_method: true,
                 ..request.methods.clone()
             };
-            tags.extend(config.invalidation.plan_write(&there, d).tags);
+            for d in spellings {
+                tags.extend(config.invalidation.plan_write(&there, d).tags);
+            }
         }
         Some(Destination::Unreadable) => {
             tags.insert(ALL_TAG.to_string());
@@ -265,6 +267,27 @@ mod tests {
         assert!(raw.tags.contains(&spaced), "{:?}", raw.tags);
         let bad = plan_of("COPY", "/a", &[("destination", "http://[::1")]);
         assert!(bad.tags.contains(ALL_TAG), "{:?}", bad.tags);
+        let two = plan_of(
+            "COPY",
+            "/a",
+            &[("destination", "/x"), ("destination", "/y")],
+        );
+        assert!(two.tags.contains(ALL_TAG), "{:?}", two.tags);
+        // Read as apps read it: `//host/path`, `\`, `%2F`.
+        let b = |p: &str| invalidation::own_tag(&config.paths.route_path(p));
+        for (value, path) in [
+            ("//example.com/files/n", "/files/n"),
+            ("http://h/files\\m", "/files/m"),
+            ("http://h/files%2Fk", "/files/k"),
+        ] {
+            let p = plan_of("MOVE", "/a", &[("destination", value)]);
+            assert!(p.tags.contains(&b(path)), "{value}: {:?}", p.tags);
+        }
+        // Only a method that may move reads it: not a POST, nor PROPFIND.
+        for method in ["POST", "PROPFIND", "PATCH"] {
+            let p = plan_of(method, "/a", &[("destination", "http://[")]);
+            assert!(!p.tags.contains(ALL_TAG), "{method}");
+        }
     }
 
     #[test]
