@@ -198,7 +198,7 @@ async fn measure(config: &Config, redis: Option<Arc<RedisTier>>, entries: u64, o
     for _ in 0..ops {
         let p = path(rng.next(entries));
         let plan = config.invalidation.plan_write(
-            &freshgate::canonical::Methods::only(http::Method::PATCH),
+            &freshgate::methods::Methods::only(http::Method::PATCH),
             &config.paths.route_path(&p),
         );
         let t = Instant::now();

@@ -319,7 +319,8 @@ pub fn cookie_problem(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::canonical::{MethodOverride, PathPolicy};
+    use crate::canonical::PathPolicy;
+    use crate::methods::MethodOverride;
 
     fn req(uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();

@@ -9,9 +9,10 @@ use std::fmt::Write as _;
 use http::Method;
 use pingora::http::RequestHeader;
 
-use crate::canonical::{self, Canonical, Methods};
+use crate::canonical::Canonical;
 use crate::config::Config;
 use crate::invalidation::own_tag;
+use crate::methods::{self, Methods};
 use crate::rules::sample_path;
 
 /// Things that are valid but probably not what the author meant.
@@ -102,7 +103,7 @@ pub fn request(config: &Config, request: &str) -> Result<String, String> {
             );
         }
     }
-    if !canonical::is_unsafe(&method) {
+    if !methods::is_unsafe(&method) {
         let rule = config.routes.lookup(&path);
         let ignored = rule.map_or(&config.ignore_cookies[..], |r| &r.ignore_cookies[..]);
         let keyed = rule.map(|r| r.key_cookies.join(", ")).unwrap_or_default();

@@ -22,7 +22,7 @@ use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
 
-use crate::canonical::USUAL_OVERRIDE_HEADERS;
+use crate::methods::USUAL_OVERRIDE_HEADERS;
 
 /// Headers in which a proxy states facts about the client or the URL it
 /// used. Believed only from a trusted peer: from anyone else they are

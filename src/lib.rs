@@ -15,6 +15,7 @@
 //! - [`canonical`]: what a request means: the one path and method set that
 //!   the key, route rules, tags and write rules all use.
 //! - [`escapes`]: percent-escapes in a path, and which each spelling decodes.
+//! - [`methods`]: which methods the app may execute for a request (overrides).
 //! - [`host`]: the host a request names, validated and normalised (it is keyed).
 //! - [`forwarding`]: client facts told to the app; headers never passed on.
 //! - [`upstream`]: the app's address, resolved off the request path.
@@ -61,6 +62,7 @@ pub mod health;
 pub mod hit;
 pub mod host;
 pub mod invalidation;
+pub mod methods;
 pub mod metrics;
 pub mod monitor;
 pub mod outcome;

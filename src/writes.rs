@@ -20,10 +20,11 @@ use std::collections::BTreeSet;
 use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use crate::canonical::{Canonical, Destination, Methods, PathPolicy};
+use crate::canonical::{Canonical, Destination, PathPolicy};
 use crate::config::Config;
 use crate::host::Host;
 use crate::invalidation::{self, ALL_TAG};
+use crate::methods::Methods;
 use crate::store::WriteFence;
 
 /// The rule name monitoring uses for writes no invalidation rule matched.

@@ -15,9 +15,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::canonical::{MethodOverride, PathPolicy};
+use crate::canonical::PathPolicy;
 use crate::forwarding::TrustedProxies;
 use crate::invalidation::Invalidation;
+use crate::methods::MethodOverride;
 use crate::rules::{CookieName, RouteTable};
 use crate::store::redis::Consistency;
 use crate::store::RulesFingerprint;

@@ -14,8 +14,9 @@ use super::monitoring::validate_monitoring;
 use super::routes::{cookie_names, purged_routes, validate_invalidation, validate_routes};
 use super::schema::*;
 use super::*;
-use crate::canonical::{MethodOverride, PathPolicy, ROUTE_PATH_REVISION};
+use crate::canonical::{PathPolicy, ROUTE_PATH_REVISION};
 use crate::forwarding::{self, TrustedProxies};
+use crate::methods::MethodOverride;
 use crate::store::redis::Consistency;
 use crate::store::RulesFingerprint;
 

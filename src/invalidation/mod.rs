@@ -34,7 +34,8 @@ use std::fmt;
 
 use http::Method;
 
-use crate::canonical::{Methods, PathPolicy, RoutePath};
+use crate::canonical::{PathPolicy, RoutePath};
+use crate::methods::Methods;
 use crate::rules::{fill_canonical, in_canonical_form, to_matchit, PatternError};
 
 mod tags;
