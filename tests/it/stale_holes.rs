@@ -7,6 +7,10 @@
 //! without a trailing slash, percent-decoded parameters, method overrides on
 //! POST. That is what makes these spellings real aliases.
 
+use std::io::BufReader;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::util::{
@@ -778,35 +782,34 @@ invalidate:
     assert_eq!(get(&fg.url("/knobs/users/a")).await.x_cache, "HIT");
 }
 
-/// An app that answers a write with its status first and commits while it
-/// streams the body (chunked progress, a streamed JSON answer): `GET`
-/// serves the item's version, `PATCH` sends `200` and its header, waits,
-/// commits, then sends the body.
-fn streaming_writer_app() -> String {
-    use std::io::{BufReader, Write};
-    use std::sync::atomic::{AtomicU64, Ordering};
+/// An app that serves `GET /items/:id` as `{"version":N}` (cacheable) and
+/// answers a `PATCH` with `on_patch`, which commits by bumping the version.
+fn item_app<F>(on_patch: F) -> String
+where
+    F: Fn(
+            &mut TcpStream,
+            &mut BufReader<TcpStream>,
+            &[(String, String)],
+            &AtomicU64,
+        ) -> std::io::Result<()>
+        + Send
+        + Sync
+        + 'static,
+{
+    use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let version = std::sync::Arc::new(AtomicU64::new(1));
+    let version = Arc::new(AtomicU64::new(1));
+    let on_patch = Arc::new(on_patch);
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
-            let version = version.clone();
+            let (version, on_patch) = (version.clone(), on_patch.clone());
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(conn.try_clone().unwrap());
                 let mut conn = conn;
-                // No request here has a body.
-                while let Some((line, _)) = read_head(&mut reader) {
+                while let Some((line, headers)) = read_head(&mut reader) {
                     let ok = if line.starts_with("PATCH") {
-                        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
-                            .and_then(|()| conn.flush())
-                            .map(|()| std::thread::sleep(Duration::from_millis(800)))
-                            .and_then(|()| {
-                                let body = format!(
-                                    "{{\"version\":{}}}",
-                                    version.fetch_add(1, Ordering::SeqCst) + 1
-                                );
-                                write!(conn, "{:x}\r\n{body}\r\n0\r\n\r\n", body.len())
-                            })
+                        on_patch(&mut conn, &mut reader, &headers, &version)
                     } else {
                         let body = format!("{{\"version\":{}}}", version.load(Ordering::SeqCst));
                         write!(
@@ -823,6 +826,24 @@ fn streaming_writer_app() -> String {
         }
     });
     url
+}
+
+/// An app that answers a write with its status first and commits while it
+/// streams the body (chunked progress, a streamed JSON answer): `PATCH`
+/// sends `200` and its header, waits, commits, then sends the body.
+fn streaming_writer_app() -> String {
+    use std::io::Write;
+    // (No PATCH here has a body.)
+    item_app(|conn, _, _, version| {
+        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")?;
+        conn.flush()?;
+        std::thread::sleep(Duration::from_millis(800));
+        let body = format!(
+            "{{\"version\":{}}}",
+            version.fetch_add(1, Ordering::SeqCst) + 1
+        );
+        write!(conn, "{:x}\r\n{body}\r\n0\r\n\r\n", body.len())
+    })
 }
 
 /// Found in session 16's review: phase 2 of a write (invalidate, lift the
@@ -849,49 +870,21 @@ async fn a_read_on_another_replica_while_a_write_answer_streams_is_not_stored_ov
 
 /// An app that answers a `PATCH` before it reads the write's body (an
 /// early `200`, as a server may before a large upload is in), then reads the
-/// body and commits: `GET` serves the item's version.
+/// body and commits.
 fn early_answering_app() -> String {
-    use std::io::{BufReader, Read, Write};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let version = std::sync::Arc::new(AtomicU64::new(1));
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let version = version.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut conn = conn;
-                while let Some((line, headers)) = read_head(&mut reader) {
-                    let ok = if line.starts_with("PATCH") {
-                        let length = headers
-                            .iter()
-                            .find(|(k, _)| k == "content-length")
-                            .and_then(|(_, v)| v.parse().ok())
-                            .unwrap_or(0);
-                        let mut body = vec![0; length];
-                        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                            .and_then(|()| conn.flush())
-                            .and_then(|()| reader.read_exact(&mut body))
-                            .map(|()| {
-                                version.fetch_add(1, Ordering::SeqCst);
-                            })
-                    } else {
-                        let body = format!("{{\"version\":{}}}", version.load(Ordering::SeqCst));
-                        write!(
-                            conn,
-                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncache-control: max-age=60\r\ncontent-length: {}\r\n\r\n{body}",
-                            body.len()
-                        )
-                    };
-                    if ok.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    url
+    use std::io::{Read, Write};
+    item_app(|conn, reader, headers, version| {
+        let length = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")?;
+        conn.flush()?;
+        reader.read_exact(&mut vec![0; length])?;
+        version.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    })
 }
 
 /// Found by review: the app may answer a write before it has its body, and
