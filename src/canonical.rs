@@ -193,9 +193,9 @@ pub struct Canonical {
 /// Where a write's `Destination` points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
-    /// Its path as route paths: every way an app may read it (`\` as
-    /// `/`, `%2F` decoded). Its host is not compared (a tag names a path on
-    /// every host: only wider).
+    /// Its path as route paths, each way apps read it (`//host/path` as
+    /// a host and a path, and as a path). Its host is not compared (a tag
+    /// names a path on every host: only wider).
     Paths(Vec<RoutePath>),
     /// A value freshgate cannot read a path from, which the app may read
     /// one from: anything may change.
@@ -262,50 +262,58 @@ pub fn target_is_usable(req: &RequestHeader) -> bool {
                 .is_some_and(|s| s.eq_ignore_ascii_case(b"https://")))
 }
 
-/// `req`'s `Destination`, if it has one. Two of them are unreadable:
-/// apps take the first, the last, or both joined.
+/// `req`'s `Destination`, if it has one, as apps read it — or
+/// [`Destination::Unreadable`] where they read it differently from one
+/// another: two fields (apps take the first, the last, or both joined), a
+/// `\` (WHATWG parsers, Node's, read it as `/`), or an escaped `/`, `\`,
+/// `?` or `#` (Go, sabre/dav, wsgidav decode escapes, some before they
+/// parse). Such values are rare; planning every reading of them is not
+/// worth the risk of missing one.
 fn destination(req: &RequestHeader, paths: &PathPolicy) -> Option<Destination> {
     let mut values = req.headers.get_all("destination").iter();
-    let value = values.next()?;
-    if values.next().is_some() {
+    let raw = values.next()?.as_bytes().trim_ascii();
+    let ambiguous = raw.contains(&b'\\')
+        || raw.windows(3).any(|w| {
+            w[0] == b'%'
+                && matches!(
+                    [w[1], w[2].to_ascii_uppercase()],
+                    [b'2', b'F'] | [b'5', b'C'] | [b'3', b'F'] | [b'2', b'3']
+                )
+        });
+    if values.next().is_some() || ambiguous {
         return Some(Destination::Unreadable);
     }
-    let Some(path) = destination_path(value.as_bytes()) else {
-        return Some(Destination::Unreadable);
-    };
-    // WHATWG URL parsers (Node) read `\` as `/`; WebDAV servers decode
-    // `%2F` (Go's `url.Path`, sabre/dav, wsgidav): each spelling is planned.
-    let mut spellings = vec![path.clone(), path.replace('\\', "/")];
-    spellings.push(spellings[1].replace("%2F", "/").replace("%2f", "/"));
-    let mut routes: Vec<RoutePath> = spellings.iter().map(|p| paths.route_path(p)).collect();
-    routes.dedup();
+    // `//host/path` is a host and a path to most (RFC 3986 §4.2), a path
+    // to some (sabre/dav): both.
+    let mut readings = vec![destination_path(raw)];
+    if raw.starts_with(b"//") {
+        readings.push(destination_path(&[b"http:", raw].concat()));
+    }
+    let mut routes = Vec::new();
+    for path in readings {
+        let Some(path) = path else {
+            return Some(Destination::Unreadable);
+        };
+        routes.push(paths.route_path(&path));
+    }
     Some(Destination::Paths(routes))
 }
 
-/// The path a `Destination` value names (an absolute URI, `//host/path`,
-/// or an absolute path). Bytes a URI may not hold (non-ASCII, spaces:
-/// servers read them anyway) are escaped first; `None` if no path can be
-/// read from it.
+/// The path a `Destination` value names (an absolute URI or an absolute
+/// path). Bytes a URI may not hold (non-ASCII, spaces: servers read them
+/// anyway) are escaped first; `None` if no path can be read from it.
 fn destination_path(value: &[u8]) -> Option<String> {
-    let value = value.trim_ascii();
-    let mut escaped = Vec::with_capacity(value.len() + 5);
-    if value.starts_with(b"//") {
-        // A network-path reference: a host, then the path (RFC 3986 §4.2).
-        escaped.extend_from_slice(b"http:");
-    }
+    let mut escaped = Vec::with_capacity(value.len());
     for &b in value {
         if b.is_ascii_graphic() && !b"\"<>\\^`{|}".contains(&b) {
             escaped.push(b);
-        } else if b == b'\\' {
-            // Kept as typed: `Destination::Paths` plans it both ways.
-            escaped.extend_from_slice(b"%5C");
         } else {
             escapes::push_escape(&mut escaped, b);
         }
     }
     let uri: http::Uri = std::str::from_utf8(&escaped).ok()?.parse().ok()?;
-    let path = uri.path().replace("%5C", "\\");
-    path.starts_with('/').then_some(path)
+    let path = uri.path();
+    path.starts_with('/').then(|| path.to_string())
 }
 
 /// Step 1: the RFC 3986 §6.2.2 normal form of a path (plus merged slashes).

@@ -50,6 +50,9 @@ pub struct Methods {
     /// whose method no rule can name (WebDAV's `MOVE`, `COPY`, …): every
     /// write rule may apply.
     pub any_method: bool,
+    /// It named more methods than are listed (`overrides` is cut short):
+    /// one of the others may be a `MOVE`.
+    pub unlisted: bool,
 }
 
 impl Methods {
@@ -59,6 +62,7 @@ impl Methods {
             sent,
             overrides: Vec::new(),
             any_method: false,
+            unlisted: false,
         }
     }
 
@@ -71,7 +75,9 @@ impl Methods {
     /// Whether a method it names is one no rule can name (WebDAV's `MOVE`,
     /// `COPY`): then its `Destination` is a write too.
     pub fn may_move(&self) -> bool {
-        may_be_any_write(&upper_case(&self.sent)) || self.overrides.iter().any(may_be_any_write)
+        self.unlisted
+            || may_be_any_write(&upper_case(&self.sent))
+            || self.overrides.iter().any(may_be_any_write)
     }
 
     /// Whether a rule for `methods` (empty: every write) may apply.
@@ -125,6 +131,7 @@ pub fn read(req: &RequestHeader, policy: &MethodOverride) -> Methods {
         // type (Rack reads it as a form). freshgate does not read bodies.
         m.any_method |= named == Method::POST;
     }
+    m.unlisted = !listed;
     if !listed || m.overrides.iter().any(may_be_any_write) {
         m.any_method = true;
     }

@@ -274,16 +274,37 @@ mod tests {
             &[("destination", "/x"), ("destination", "/y")],
         );
         assert!(two.tags.contains(ALL_TAG), "{:?}", two.tags);
-        // Read as apps read it: `//host/path`, `\`, `%2F`.
+        // Read as apps read it: `//host/path` both ways; spellings apps
+        // read differently (`\`, escaped `/`, `\`, `?`, `#`): everything.
         let b = |p: &str| invalidation::own_tag(&config.paths.route_path(p));
-        for (value, path) in [
-            ("//example.com/files/n", "/files/n"),
-            ("http://h/files\\m", "/files/m"),
-            ("http://h/files%2Fk", "/files/k"),
+        let net = plan_of("MOVE", "/a", &[("destination", "//example.com/files/n")]);
+        assert!(net.tags.contains(&b("/files/n")), "{:?}", net.tags);
+        assert!(
+            net.tags.contains(&b("/example.com/files/n")),
+            "{:?}",
+            net.tags
+        );
+        for value in [
+            "http://h/files\\m",
+            "/files%2fk",
+            "/x%5Cy",
+            "/what%3F.txt",
+            "/a%23b",
         ] {
             let p = plan_of("MOVE", "/a", &[("destination", value)]);
-            assert!(p.tags.contains(&b(path)), "{value}: {:?}", p.tags);
+            assert!(p.tags.contains(ALL_TAG), "{value}: {:?}", p.tags);
         }
+        // A MOVE among more overrides than are listed is still read.
+        let many: Vec<String> = (0..20).map(|i| format!("M{i}")).collect();
+        let hidden = plan_of(
+            "POST",
+            "/files/src?_method=MOVE",
+            &[
+                ("x-http-method", &many.join(",")),
+                ("destination", "http://["),
+            ],
+        );
+        assert!(hidden.tags.contains(ALL_TAG), "{:?}", hidden.tags);
         // Only a method that may move reads it: not a POST, nor PROPFIND.
         for method in ["POST", "PROPFIND", "PATCH"] {
             let p = plan_of(method, "/a", &[("destination", "http://[")]);
