@@ -19,6 +19,10 @@ pub enum Bypass {
     CacheOff,
     /// The route rule says `enabled: false`.
     RouteDisabled,
+    /// The path has `;params`, which some apps drop before routing and
+    /// others keep: its route rule is not certain
+    /// (`Canonical::param_routes`).
+    PathParams,
     /// Credentials the key does not hold (`cache.share_authorized` off).
     Authorization,
     /// A cookie neither ignored nor keyed: it may be a session.
@@ -41,6 +45,7 @@ impl Bypass {
         match self {
             Bypass::CacheOff => "cache-off",
             Bypass::RouteDisabled => "route-disabled",
+            Bypass::PathParams => "path-params",
             Bypass::Authorization => "authorization",
             Bypass::Cookie => "cookie",
             Bypass::AmbiguousCookie => "ambiguous-cookie",

@@ -131,6 +131,40 @@ impl PathPolicy {
         self.fold(&normalize_path(path, self.merge_slashes))
     }
 
+    /// Every route path an app may read `path` as: its [`route_path`]
+    /// first, then any [`PathPolicy::param_readings`].
+    ///
+    /// [`route_path`]: PathPolicy::route_path
+    pub fn route_paths(&self, path: &str) -> Vec<RoutePath> {
+        let path = normalize_path(path, self.merge_slashes);
+        let route = self.fold(&path);
+        let mut all = self.param_readings(&path, &route);
+        all.insert(0, route);
+        all
+    }
+
+    /// The route paths other than `route` that apps may read the canonical
+    /// `path` as when it has `;params`: Java servlet containers and Spring
+    /// drop each segment's (`/posts/1;jsessionid=x` is post 1 there, and so
+    /// is `/posts/x/..;/1`), Tomcat before decoding (`%3B` stays a `;`),
+    /// others after; Express and most others keep them (`1;x` is an id).
+    /// Empty for a path without `;` or `%3B` — nearly every one.
+    pub fn param_readings(&self, path: &str, route: &RoutePath) -> Vec<RoutePath> {
+        if !path.contains(';') && !path.contains("%3B") {
+            return Vec::new();
+        }
+        let mut readings = Vec::new();
+        for escaped_too in [false, true] {
+            if let Some(p) = without_path_params(path, escaped_too) {
+                let reading = self.fold(&p);
+                if reading != *route && !readings.contains(&reading) {
+                    readings.push(reading);
+                }
+            }
+        }
+        readings
+    }
+
     /// A route pattern in matchit syntax as the router must hold it: its
     /// literal text folded like paths are (parameter names are kept).
     pub fn fold_pattern(&self, canonical: &str) -> String {
@@ -184,6 +218,11 @@ pub struct Canonical {
     pub query: Option<String>,
     /// The path route rules, tags and write rules match.
     pub route: RoutePath,
+    /// How other apps read the path, when it has `;params`
+    /// ([`PathPolicy::param_readings`]): such a read is not cached (its
+    /// readings may fall under other rules: a private one, or one whose
+    /// writes purge other things), and a write plans every reading.
+    pub param_routes: Vec<RoutePath>,
     pub methods: Methods,
     /// A write's WebDAV `Destination` (RFC 4918 §10.3): the resource a
     /// `MOVE` or `COPY` creates or replaces.
@@ -197,8 +236,8 @@ pub enum Destination {
     /// a host and a path, and as a path). Its host is not compared (a tag
     /// names a path on every host: only wider).
     Paths(Vec<RoutePath>),
-    /// A value freshgate cannot read a path from, which the app may read
-    /// one from: anything may change.
+    /// Two of them, a value apps read differently from one another, or
+    /// one freshgate cannot read a path from: anything may change.
     Unreadable,
 }
 
@@ -207,6 +246,7 @@ impl Canonical {
         let raw = req.uri.path();
         let path = normalize_path(raw, paths.merge_slashes);
         let route = paths.fold(&path);
+        let param_routes = paths.param_readings(&path, &route);
         let query = req.uri.query().map(sorted_query).filter(|q| !q.is_empty());
         let methods = methods::read(req, overrides);
         let destination = if methods.may_move() {
@@ -219,6 +259,7 @@ impl Canonical {
             path,
             query,
             route,
+            param_routes,
             destination,
         }
     }
@@ -264,23 +305,13 @@ pub fn target_is_usable(req: &RequestHeader) -> bool {
 
 /// `req`'s `Destination`, if it has one, as apps read it — or
 /// [`Destination::Unreadable`] where they read it differently from one
-/// another: two fields (apps take the first, the last, or both joined), a
-/// `\` (WHATWG parsers, Node's, read it as `/`), or an escaped `/`, `\`,
-/// `?` or `#` (Go, sabre/dav, wsgidav decode escapes, some before they
-/// parse). Such values are rare; planning every reading of them is not
-/// worth the risk of missing one.
+/// another: two fields (apps take the first, the last, or both joined), or
+/// a value [`read_alike`] doubts. Such values are rare; planning every
+/// reading of them is not worth the risk of missing one.
 fn destination(req: &RequestHeader, paths: &PathPolicy) -> Option<Destination> {
     let mut values = req.headers.get_all("destination").iter();
     let raw = values.next()?.as_bytes().trim_ascii();
-    let ambiguous = raw.contains(&b'\\')
-        || raw.windows(3).any(|w| {
-            w[0] == b'%'
-                && matches!(
-                    [w[1], w[2].to_ascii_uppercase()],
-                    [b'2', b'F'] | [b'5', b'C'] | [b'3', b'F'] | [b'2', b'3']
-                )
-        });
-    if values.next().is_some() || ambiguous {
+    if values.next().is_some() || !read_alike(raw) {
         return Some(Destination::Unreadable);
     }
     // `//host/path` is a host and a path to most (RFC 3986 §4.2), a path
@@ -297,6 +328,21 @@ fn destination(req: &RequestHeader, paths: &PathPolicy) -> Option<Destination> {
         routes.push(paths.route_path(&path));
     }
     Some(Destination::Paths(routes))
+}
+
+/// Whether apps read the path of `value` alike: not when it holds a `\`
+/// (WHATWG parsers, Node's, read it as `/`), a `;` (Python's `urlparse`
+/// cuts `;params` off), a control byte (WHATWG and recent Python parsers
+/// drop tabs and line breaks), or any of those, or `/`, `?`, `#`, escaped
+/// (Go, sabre/dav, wsgidav decode escapes, some before they parse).
+fn read_alike(value: &[u8]) -> bool {
+    let differs = |b: u8| b == b'\\' || b == b';' || b.is_ascii_control();
+    !value.iter().any(|&b| differs(b))
+        && !value.windows(3).any(|w| {
+            w[0] == b'%'
+                && escapes::escaped_byte(w[1], w[2])
+                    .is_some_and(|b| differs(b) || matches!(b, b'/' | b'?' | b'#'))
+        })
 }
 
 /// The path a `Destination` value names (an absolute URI or an absolute
@@ -364,6 +410,39 @@ fn rebuild_path(path: &str, merge_slashes: bool) -> String {
         p.push('/');
     }
     p
+}
+
+/// The canonical `path` with each segment cut at its first `;` (and at
+/// its first `%3B` if `escaped_too`), then dot segments removed and empty
+/// segments merged, as servlet containers route it (`..;` is `..`). `None`
+/// for a path that does not start with `/`.
+fn without_path_params(path: &str, escaped_too: bool) -> Option<String> {
+    let segments: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
+    let mut kept: Vec<&str> = Vec::new();
+    let mut ends_with_slash = false;
+    for (i, seg) in segments.iter().enumerate() {
+        let mut cut = seg.split(';').next().unwrap_or_default();
+        if escaped_too {
+            cut = cut.split("%3B").next().unwrap_or_default();
+        }
+        let last = i + 1 == segments.len();
+        match cut {
+            "." | "" => ends_with_slash = last,
+            ".." => {
+                kept.pop();
+                ends_with_slash = last;
+            }
+            s => {
+                kept.push(s);
+                ends_with_slash = false;
+            }
+        }
+    }
+    let mut p = format!("/{}", kept.join("/"));
+    if ends_with_slash && !kept.is_empty() {
+        p.push('/');
+    }
+    Some(p)
 }
 
 /// Whether [`normalize_path`] would return `path` (which starts with `/`)
@@ -507,6 +586,40 @@ mod tests {
         };
         assert_eq!(strict.route_path("/Studio/x/").as_str(), "/Studio/x/");
         assert_eq!(canon("/").route.as_str(), "/");
+    }
+
+    #[test]
+    fn a_path_with_params_is_also_read_as_servlet_containers_route_it() {
+        for (raw, readings) in [
+            ("/posts/1;jsessionid=AB12", &["/posts/1"][..]),
+            ("/posts;v=2/1;x", &["/posts/1"]),
+            ("/posts/x/..;/1", &["/posts/1"]),
+            ("/posts/.;x/1", &["/posts/1"]),
+            ("/posts/;x/title", &["/posts/title"]),
+            ("/admin/..;/reports", &["/reports"]),
+            ("/posts/1/;x", &["/posts/1"]),
+            ("/..;/posts/1", &["/posts/1"]),
+            ("/;x", &["/"]),
+            // Tomcat keeps `%3B` a `;` (then the route path itself), others
+            // decode first.
+            ("/posts/1%3bx", &["/posts/1"]),
+            ("/a;x/b%3By", &["/a/b;y", "/a/b"]),
+        ] {
+            let c = canon(raw);
+            let got: Vec<&str> = c.param_routes.iter().map(|r| r.as_str()).collect();
+            assert_eq!(got, readings, "{raw}");
+            assert!(!got.contains(&c.route.as_str()), "{raw}: {}", c.route);
+            assert_eq!(c.path, normalize_path(raw, true), "{raw} keeps its own key");
+        }
+        for plain in ["/posts/1", "/a%2Fb", "/x/%3A"] {
+            assert!(canon(plain).param_routes.is_empty(), "{plain}");
+        }
+        let p = PathPolicy::default();
+        let all = p.route_paths("/A/b;x/");
+        assert_eq!(all, [p.route_path("/a/b;x"), p.route_path("/a/b")]);
+        // A target that is not a path has no other reading.
+        assert!(canon("*").param_routes.is_empty());
+        assert_eq!(without_path_params("é;x", false), None);
     }
 
     #[test]

@@ -106,6 +106,11 @@ pub fn push_escape(out: &mut Vec<u8>, c: u8) {
     ]);
 }
 
+/// The byte `%hl` stands for, if `h` and `l` are hex digits.
+pub fn escaped_byte(h: u8, l: u8) -> Option<u8> {
+    Some(hex(h)? << 4 | hex(l)?)
+}
+
 fn hex(c: u8) -> Option<u8> {
     (c as char).to_digit(16).map(|d| d as u8)
 }

@@ -50,9 +50,6 @@ pub struct Methods {
     /// whose method no rule can name (WebDAV's `MOVE`, `COPY`, …): every
     /// write rule may apply.
     pub any_method: bool,
-    /// It named more methods than are listed (`overrides` is cut short):
-    /// one of the others may be a `MOVE`.
-    pub unlisted: bool,
 }
 
 impl Methods {
@@ -62,7 +59,6 @@ impl Methods {
             sent,
             overrides: Vec::new(),
             any_method: false,
-            unlisted: false,
         }
     }
 
@@ -73,11 +69,16 @@ impl Methods {
     }
 
     /// Whether a method it names is one no rule can name (WebDAV's `MOVE`,
-    /// `COPY`): then its `Destination` is a write too.
+    /// `COPY`): then its `Destination` is a write too. An override counts
+    /// on a POST only, the one method override middleware honours them on
+    /// (Express's, Rack, Symfony, Laravel, ASP.NET): else any client's GET
+    /// with `X-HTTP-Method-Override: MOVE` and a `Destination` apps read
+    /// differently would invalidate everything. (A POST that names more
+    /// than [`MAX_OVERRIDES`] lists some of those: only 13 methods are not.)
     pub fn may_move(&self) -> bool {
-        self.unlisted
-            || may_be_any_write(&upper_case(&self.sent))
-            || self.overrides.iter().any(may_be_any_write)
+        let sent = upper_case(&self.sent);
+        may_be_any_write(&sent)
+            || (sent == Method::POST && self.overrides.iter().any(may_be_any_write))
     }
 
     /// Whether a rule for `methods` (empty: every write) may apply.
@@ -131,7 +132,6 @@ pub fn read(req: &RequestHeader, policy: &MethodOverride) -> Methods {
         // type (Rack reads it as a form). freshgate does not read bodies.
         m.any_method |= named == Method::POST;
     }
-    m.unlisted = !listed;
     if !listed || m.overrides.iter().any(may_be_any_write) {
         m.any_method = true;
     }

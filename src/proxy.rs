@@ -810,6 +810,10 @@ impl Proxy {
             ctx.bypass = Some(Bypass::CacheOff);
             return false;
         }
+        if !request.param_routes.is_empty() {
+            ctx.bypass = Some(Bypass::PathParams);
+            return false;
+        }
         ctx.bypass = bypass::decide(req, ctx.rule.as_deref(), &ctx.config, self.store.usable());
         if ctx.bypass == Some(Bypass::Cookie)
             && self.live.flags.get(Flag::Monitoring, &ctx.config.flags)

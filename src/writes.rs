@@ -64,6 +64,18 @@ pub fn plan(config: &Config, rules_on: bool, request: &Canonical) -> Planned {
         rules.push(UNMATCHED.to_string());
     }
     let mut tags = plan.tags;
+    let mut refetch = plan.refetch;
+    // A path with `;params` is another path to some apps: what a write of
+    // that one may change too.
+    for other in &request.param_routes {
+        let also = config.invalidation.plan_write(&request.methods, other);
+        tags.extend(also.tags);
+        for path in also.refetch {
+            if !refetch.contains(&path) {
+                refetch.push(path);
+            }
+        }
+    }
     match &request.destination {
         // What a write of that path may change: a `MOVE` or `COPY` is a
         // `PUT` there, of whatever the rules say.
@@ -81,7 +93,6 @@ pub fn plan(config: &Config, rules_on: bool, request: &Canonical) -> Planned {
         }
         None => {}
     }
-    let mut refetch = plan.refetch;
     if !refetch.contains(&request.path) {
         refetch.insert(0, request.path.clone());
     }
@@ -123,7 +134,9 @@ pub fn answer_tags(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| same_origin_path(req, host, v))
         {
-            tags.insert(invalidation::own_tag(&paths.route_path(&p)));
+            for route in paths.route_paths(&p) {
+                tags.insert(invalidation::own_tag(&route));
+            }
         }
     }
     tags.extend(invalidation::groups_invalidated(&resp.headers));
@@ -290,11 +303,16 @@ mod tests {
             "/x%5Cy",
             "/what%3F.txt",
             "/a%23b",
+            "/files/b;v=2",
+            "/files/b%3bv=2",
+            "/fi%09les/x",
+            "/fi\tles/x",
         ] {
             let p = plan_of("MOVE", "/a", &[("destination", value)]);
             assert!(p.tags.contains(ALL_TAG), "{value}: {:?}", p.tags);
         }
-        // A MOVE among more overrides than are listed is still read.
+        // A MOVE among more overrides than are listed is still read (some
+        // of those listed may move).
         let many: Vec<String> = (0..20).map(|i| format!("M{i}")).collect();
         let hidden = plan_of(
             "POST",
@@ -305,11 +323,65 @@ mod tests {
             ],
         );
         assert!(hidden.tags.contains(ALL_TAG), "{:?}", hidden.tags);
-        // Only a method that may move reads it: not a POST, nor PROPFIND.
+        // Only a method that may move reads it: not a POST, nor PROPFIND;
+        // and an override only on a POST (a GET naming `MOVE` is no MOVE to
+        // any middleware, and must not let any client wipe the cache).
         for method in ["POST", "PROPFIND", "PATCH"] {
             let p = plan_of(method, "/a", &[("destination", "http://[")]);
             assert!(!p.tags.contains(ALL_TAG), "{method}");
         }
+        let fields = [("x-http-method-override", "MOVE"), ("destination", "/a;b")];
+        assert!(!plan_of("GET", "/a", &fields).tags.contains(ALL_TAG));
+        assert!(plan_of("POST", "/a", &fields).tags.contains(ALL_TAG));
+    }
+
+    #[test]
+    fn a_write_through_a_path_with_params_plans_every_reading_of_it() {
+        let config = Config::from_str(
+            "invalidate:\n  - on: PATCH /posts/:id/title\n    purge: [/feed]\n  - on: PATCH /posts/:id\n    purge: [/posts]\n",
+            None,
+            &crate::config::Overrides::default(),
+        )
+        .unwrap();
+        let tags_of = |path: &str| {
+            let req = RequestHeader::build("PATCH", path.as_bytes(), None).unwrap();
+            let request = Canonical::new(&req, &config.paths, &config.method_override);
+            plan(&config, true, &request).tags
+        };
+        let read = |path: &str| {
+            config
+                .invalidation
+                .tags_for_read(&config.paths.route_path(path))
+        };
+        let purges =
+            |tags: &BTreeSet<String>, path: &str| read(path).iter().any(|t| tags.contains(t));
+        // Express reads `;x` as part of the id, a servlet container drops
+        // it (and `..;` pops a segment there): both readings are planned.
+        for (write, list) in [
+            ("/posts/;x/title", "/feed"),
+            ("/posts/%3Bx/title", "/feed"),
+            ("/posts/1;v=2", "/posts"),
+            ("/posts/2/x/..;/..;/1", "/posts"),
+        ] {
+            let tags = tags_of(write);
+            assert!(purges(&tags, list), "{write}: {tags:?}");
+        }
+        let servlet = tags_of("/posts/1;jsessionid=x");
+        assert!(servlet.contains(&invalidation::own_tag(&config.paths.route_path("/posts/1"))));
+        // An answer's `Location` with params names both paths too.
+        let req = RequestHeader::build("POST", b"/posts", None).unwrap();
+        let mut resp = ResponseHeader::build(201, None).unwrap();
+        resp.append_header("location", "/posts/7;v=1").unwrap();
+        let named = answer_tags(&req, None, &resp, &config.paths);
+        for path in ["/posts/7;v=1", "/posts/7"] {
+            let own = invalidation::own_tag(&config.paths.route_path(path));
+            assert!(named.contains(&own), "{path}: {named:?}");
+        }
+        // A relative one against a target that is no path (found by review:
+        // it panicked cutting params from `é;x`).
+        let star = RequestHeader::build("POST", b"*", None).unwrap();
+        resp.insert_header("location", "%C3%A9;x").unwrap();
+        answer_tags(&star, None, &resp, &config.paths);
     }
 
     #[test]

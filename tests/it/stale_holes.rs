@@ -115,6 +115,58 @@ async fn a_write_through_an_alias_the_app_routes_alike_invalidates_the_canonical
     assert_eq!(listed(&get(&list).await, 3)["likes"], 1);
 }
 
+/// Found by review: Java servlet containers and Spring drop a segment's
+/// `;params` before routing (`/items/1;jsessionid=x` is item 1, and so is
+/// `/items/x/..;/1`), so a write through such a spelling changed the plain
+/// entry but purged only its own spelling's. Now a write plans both
+/// readings, and a read with params is not cached (its readings may fall
+/// under different rules, a private one among them).
+#[tokio::test]
+async fn a_write_through_a_path_parameter_spelling_invalidates_what_a_servlet_app_routes_alike() {
+    // Like a servlet app for item 1: every spelling here is the same item.
+    let app = committing_app();
+    let fg = Freshgate::start(&app, None, STREAMED_WRITES);
+    let item = fg.url("/items/1");
+    for write in [
+        "/items/1;jsessionid=AB12",
+        "/items/x/..;/1",
+        "/items;v=2/1",
+        "/items/1%3Bv=2",
+    ] {
+        cached(&item).await;
+        let w = send(client().patch(fg.url(write)).body("{}")).await;
+        assert_eq!(w.status, 204, "{write}: {w:?}");
+        let now = get(&format!("{app}/items/1")).await.json()["version"].clone();
+        let r = get(&item).await;
+        assert_eq!(r.json()["version"], now, "after a PATCH of {write}: {r:?}");
+    }
+    for read in ["/items/1;jsessionid=AB12", "/items/x/..;/1"] {
+        for _ in 0..2 {
+            let r = get(&fg.url(read)).await;
+            assert_eq!(r.x_cache, "BYPASS", "{read}: {r:?}");
+            assert!(
+                r.cache_status.contains("detail=path-params"),
+                "{read}: {r:?}"
+            );
+        }
+    }
+}
+
+/// An app that commits a `PATCH` once it has read its body, then answers.
+fn committing_app() -> String {
+    use std::io::{Read, Write};
+    item_app(|conn, reader, headers, version| {
+        let length = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        reader.read_exact(&mut vec![0; length])?;
+        version.fetch_add(1, Ordering::SeqCst);
+        conn.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+    })
+}
+
 /// Found by review: a method sent in lower case (`fetch(url, {method:
 /// "patch"})` sends it as typed, and Werkzeug, Django and Symfony upper-case
 /// it before routing) matched no `PATCH` rule: only its own path was purged,
