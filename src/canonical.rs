@@ -12,7 +12,8 @@
 //!
 //! 1. **The path** ([`Canonical::path`]): the RFC 3986 §6.2.2 equivalences —
 //!    percent-encoded unreserved characters decoded (`%39` → `9`, `%7e` → `~`),
-//!    the hex of other escapes upper-cased (`%2f` → `%2F`), dot segments
+//!    the hex of other escapes upper-cased (`%2f` → `%2F`), a `%` that
+//!    starts no escape escaped (`%zz` → `%25zz`), dot segments
 //!    removed after that decoding (`/a/./b`, `/a/x/../b`, `/a/%2e%2e/b` → `/a/b`)
 //!    — and, when `paths.merge_slashes` is on (the default), runs of `/`
 //!    merged. **This path is what freshgate forwards to the app**, so the app
@@ -76,8 +77,8 @@ impl Default for PathPolicy {
 /// rolling upgrade across a change here) count as running mixed rules and
 /// bypass the cache until one build runs alone. Bumped with every change to
 /// what a path's route path is (2: escapes other than `%2F` and `%25`
-/// decoded).
-pub const ROUTE_PATH_REVISION: u32 = 2;
+/// decoded; 3: a `%` that starts no escape is `%25`).
+pub const ROUTE_PATH_REVISION: u32 = 3;
 
 /// A path as route rules, tags and write rules see it. Only [`PathPolicy`]
 /// makes one, so nothing can match a rule against a path it did not fold.
@@ -563,8 +564,9 @@ mod tests {
             ("/a//b///c", "/a/b/c"),
             ("//", "/"),
             ("/a/", "/a/"),
-            ("/a%", "/a%"),
-            ("/a%zz", "/a%zz"),
+            ("/a%", "/a%25"),
+            ("/a%zz", "/a%25zz"),
+            ("/a/%%%3341", "/a/%25%25341"),
             ("/", "/"),
             ("/caf%C3%A9/é", "/caf%C3%A9/é"),
         ] {

@@ -32,7 +32,8 @@ pub fn decode_for_routes(path: &str, pattern: bool) -> Cow<'_, str> {
 }
 
 /// Decode percent-encoded unreserved characters, upper-case the hex of the
-/// other escapes; malformed escapes and every other byte are left as they are.
+/// other escapes, escape a `%` that starts none; every other byte is left
+/// as it is.
 pub fn decode_unreserved(path: &str) -> String {
     rewrite_escapes(path, |c, out| {
         if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
@@ -76,8 +77,11 @@ pub fn encode_segment(value: &str) -> Cow<'_, str> {
 }
 
 /// `path` with each well-formed escape replaced by what `decoded` writes
-/// for its byte; malformed escapes and every other byte kept. Bytes that
-/// are not UTF-8 once written become U+FFFD.
+/// for its byte, and a `%` that starts none escaped as `%25` (kept, it
+/// could start one once a later escape is decoded: `%%3341` would read as
+/// `%41` the second time, to freshgate and to lenient decoders alike);
+/// every other byte kept. Bytes that are not UTF-8 once written become
+/// U+FFFD.
 fn rewrite_escapes(path: &str, mut decoded: impl FnMut(u8, &mut Vec<u8>)) -> String {
     let b = path.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -90,7 +94,11 @@ fn rewrite_escapes(path: &str, mut decoded: impl FnMut(u8, &mut Vec<u8>)) -> Str
                 continue;
             }
         }
-        out.push(b[i]);
+        if b[i] == b'%' {
+            out.extend(b"%25");
+        } else {
+            out.push(b[i]);
+        }
         i += 1;
     }
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
