@@ -19,10 +19,9 @@ pub enum Bypass {
     CacheOff,
     /// The route rule says `enabled: false`.
     RouteDisabled,
-    /// The path has `;params`, which some apps drop before routing and
-    /// others keep: its route rule is not certain
-    /// (`Canonical::param_routes`).
-    PathParams,
+    /// Apps read the path differently (`;params`, `\`): its route rule is
+    /// not certain (`Canonical::other_routes`).
+    AmbiguousPath,
     /// Credentials the key does not hold (`cache.share_authorized` off).
     Authorization,
     /// A cookie neither ignored nor keyed: it may be a session.
@@ -45,7 +44,7 @@ impl Bypass {
         match self {
             Bypass::CacheOff => "cache-off",
             Bypass::RouteDisabled => "route-disabled",
-            Bypass::PathParams => "path-params",
+            Bypass::AmbiguousPath => "ambiguous-path",
             Bypass::Authorization => "authorization",
             Bypass::Cookie => "cookie",
             Bypass::AmbiguousCookie => "ambiguous-cookie",

@@ -49,6 +49,7 @@ use pingora::http::RequestHeader;
 
 use crate::escapes;
 use crate::methods::{self, MethodOverride, Methods};
+use crate::spelling::{self, normalize_path, sorted_query};
 
 /// How the app's router compares paths (the `paths:` section).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -133,34 +134,26 @@ impl PathPolicy {
     }
 
     /// Every route path an app may read `path` as: its [`route_path`]
-    /// first, then any [`PathPolicy::param_readings`].
+    /// first, then any [`PathPolicy::other_readings`].
     ///
     /// [`route_path`]: PathPolicy::route_path
     pub fn route_paths(&self, path: &str) -> Vec<RoutePath> {
         let path = normalize_path(path, self.merge_slashes);
         let route = self.fold(&path);
-        let mut all = self.param_readings(&path, &route);
+        let mut all = self.other_readings(&path, &route);
         all.insert(0, route);
         all
     }
 
     /// The route paths other than `route` that apps may read the canonical
-    /// `path` as when it has `;params`: Java servlet containers and Spring
-    /// drop each segment's (`/posts/1;jsessionid=x` is post 1 there, and so
-    /// is `/posts/x/..;/1`), Tomcat before decoding (`%3B` stays a `;`),
-    /// others after; Express and most others keep them (`1;x` is an id).
-    /// Empty for a path without `;` or `%3B` — nearly every one.
-    pub fn param_readings(&self, path: &str, route: &RoutePath) -> Vec<RoutePath> {
-        if !path.contains(';') && !path.contains("%3B") {
-            return Vec::new();
-        }
+    /// `path` as, where apps disagree on it ([`spelling::other_spellings`]:
+    /// `;params`, `\`). Empty for nearly every path.
+    pub fn other_readings(&self, path: &str, route: &RoutePath) -> Vec<RoutePath> {
         let mut readings = Vec::new();
-        for escaped_too in [false, true] {
-            if let Some(p) = without_path_params(path, escaped_too) {
-                let reading = self.fold(&p);
-                if reading != *route && !readings.contains(&reading) {
-                    readings.push(reading);
-                }
+        for spelling in spelling::other_spellings(path, self.merge_slashes) {
+            let reading = self.fold(&spelling);
+            if reading != *route && !readings.contains(&reading) {
+                readings.push(reading);
             }
         }
         readings
@@ -219,11 +212,11 @@ pub struct Canonical {
     pub query: Option<String>,
     /// The path route rules, tags and write rules match.
     pub route: RoutePath,
-    /// How other apps read the path, when it has `;params`
-    /// ([`PathPolicy::param_readings`]): such a read is not cached (its
-    /// readings may fall under other rules: a private one, or one whose
-    /// writes purge other things), and a write plans every reading.
-    pub param_routes: Vec<RoutePath>,
+    /// How other apps read the path, where apps disagree on it (`;params`,
+    /// `\`: [`PathPolicy::other_readings`]): such a read is not cached
+    /// (its readings may fall under other rules: a private one, or one
+    /// whose writes purge other things), and a write plans every reading.
+    pub other_routes: Vec<RoutePath>,
     pub methods: Methods,
     /// A write's WebDAV `Destination` (RFC 4918 §10.3): the resource a
     /// `MOVE` or `COPY` creates or replaces.
@@ -247,11 +240,12 @@ impl Canonical {
         let raw = req.uri.path();
         let path = normalize_path(raw, paths.merge_slashes);
         let route = paths.fold(&path);
-        let param_routes = paths.param_readings(&path, &route);
+        let other_routes = paths.other_readings(&path, &route);
         let query = req.uri.query().map(sorted_query).filter(|q| !q.is_empty());
         let methods = methods::read(req, overrides);
         let destination = if methods.may_move() {
             destination(req, paths)
+                .filter(|d| methods.plainly_moves() || *d != Destination::Unreadable)
         } else {
             None
         };
@@ -260,7 +254,7 @@ impl Canonical {
             path,
             query,
             route,
-            param_routes,
+            other_routes,
             destination,
         }
     }
@@ -363,137 +357,6 @@ fn destination_path(value: &[u8]) -> Option<String> {
     path.starts_with('/').then(|| path.to_string())
 }
 
-/// Step 1: the RFC 3986 §6.2.2 normal form of a path (plus merged slashes).
-/// Idempotent. A path that does not start with `/` (`*`, an authority) is
-/// returned as is.
-pub fn normalize_path(path: &str, merge_slashes: bool) -> String {
-    if !path.starts_with('/') {
-        return if path.is_empty() {
-            "/".into()
-        } else {
-            path.into()
-        };
-    }
-    if is_normal(path, merge_slashes) {
-        // Most paths: nothing to decode or remove (one copy, not five
-        // allocations on every request).
-        return path.to_owned();
-    }
-    rebuild_path(path, merge_slashes)
-}
-
-/// [`normalize_path`] the long way, for a path that starts with `/`.
-fn rebuild_path(path: &str, merge_slashes: bool) -> String {
-    let decoded = escapes::decode_unreserved(path);
-    let mut out: Vec<&str> = Vec::new();
-    let segments: Vec<&str> = decoded[1..].split('/').collect();
-    let mut ends_with_slash = false;
-    for (i, seg) in segments.iter().enumerate() {
-        let last = i + 1 == segments.len();
-        match *seg {
-            "." => ends_with_slash = last,
-            ".." => {
-                out.pop();
-                ends_with_slash = last;
-            }
-            "" if last => ends_with_slash = true,
-            "" if merge_slashes => {}
-            s => {
-                out.push(s);
-                ends_with_slash = false;
-            }
-        }
-    }
-    let mut p = String::with_capacity(decoded.len());
-    p.push('/');
-    p.push_str(&out.join("/"));
-    if ends_with_slash && !out.is_empty() {
-        p.push('/');
-    }
-    p
-}
-
-/// The canonical `path` with each segment cut at its first `;` (and at
-/// its first `%3B` if `escaped_too`), then dot segments removed and empty
-/// segments merged, as servlet containers route it (`..;` is `..`). `None`
-/// for a path that does not start with `/`.
-fn without_path_params(path: &str, escaped_too: bool) -> Option<String> {
-    let segments: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
-    let mut kept: Vec<&str> = Vec::new();
-    let mut ends_with_slash = false;
-    for (i, seg) in segments.iter().enumerate() {
-        let mut cut = seg.split(';').next().unwrap_or_default();
-        if escaped_too {
-            cut = cut.split("%3B").next().unwrap_or_default();
-        }
-        let last = i + 1 == segments.len();
-        match cut {
-            "." | "" => ends_with_slash = last,
-            ".." => {
-                kept.pop();
-                ends_with_slash = last;
-            }
-            s => {
-                kept.push(s);
-                ends_with_slash = false;
-            }
-        }
-    }
-    let mut p = format!("/{}", kept.join("/"));
-    if ends_with_slash && !kept.is_empty() {
-        p.push('/');
-    }
-    Some(p)
-}
-
-/// Whether [`normalize_path`] would return `path` (which starts with `/`)
-/// unchanged: no escape to decode or upper-case, no `.` or `..` segment,
-/// and, when slashes are merged, no empty segment but the last.
-fn is_normal(path: &str, merge_slashes: bool) -> bool {
-    if path.contains('%') {
-        return false;
-    }
-    let mut segments = path[1..].split('/').peekable();
-    while let Some(seg) = segments.next() {
-        let last = segments.peek().is_none();
-        match seg {
-            "." | ".." => return false,
-            "" if merge_slashes && !last => return false,
-            _ => {}
-        }
-    }
-    true
-}
-
-/// Query pairs ordered by name, pairs with the same name kept in the order
-/// sent (apps read `?a=1&a=2` as the list `[1, 2]`); empty pairs dropped.
-pub fn sorted_query(q: &str) -> String {
-    let pairs = q.split('&');
-    let in_order = pairs.clone().all(|p| !p.is_empty())
-        && pairs
-            .clone()
-            .zip(pairs.clone().skip(1))
-            .all(|(a, b)| pair_name(a) <= pair_name(b));
-    if in_order {
-        // Most queries: one pair, or already in order (one copy).
-        return q.to_owned();
-    }
-    sort_pairs(q)
-}
-
-/// A query pair's name (`a` of `a=1`).
-fn pair_name(pair: &str) -> &str {
-    pair.split('=').next().unwrap_or_default()
-}
-
-/// [`sorted_query`] the long way.
-fn sort_pairs(q: &str) -> String {
-    let mut pairs: Vec<&str> = q.split('&').filter(|p| !p.is_empty()).collect();
-    // `sort_by` is stable: equal names keep their order.
-    pairs.sort_by(|a, b| pair_name(a).cmp(pair_name(b)));
-    pairs.join("&")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -506,39 +369,6 @@ mod tests {
             r.append_header(k.to_string(), *v).unwrap();
         }
         r
-    }
-
-    /// Every string of up to `len` characters from `alphabet`.
-    fn all_strings(alphabet: &[char], len: usize) -> Vec<String> {
-        let mut all = vec![String::new()];
-        let mut last = vec![String::new()];
-        for _ in 0..len {
-            last = last
-                .iter()
-                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
-                .collect();
-            all.extend(last.iter().cloned());
-        }
-        all
-    }
-
-    #[test]
-    fn the_short_cuts_give_what_the_long_way_gives() {
-        // Every path of up to six characters over the characters that
-        // matter (slashes, dots, escapes, case), both slash policies.
-        for tail in all_strings(&['/', '.', 'a', '%', '2', 'e', 'E'], 6) {
-            let path = format!("/{tail}");
-            for merge in [false, true] {
-                assert_eq!(
-                    normalize_path(&path, merge),
-                    rebuild_path(&path, merge),
-                    "{path:?} merge={merge}"
-                );
-            }
-        }
-        for q in all_strings(&['a', 'b', '=', '&', '1'], 7) {
-            assert_eq!(sorted_query(&q), sort_pairs(&q), "{q:?}");
-        }
     }
 
     fn canon(uri: &str) -> Canonical {
@@ -591,37 +421,41 @@ mod tests {
     }
 
     #[test]
-    fn a_path_with_params_is_also_read_as_servlet_containers_route_it() {
+    fn a_path_apps_read_differently_has_each_reading() {
+        // Servlet containers drop each segment's params (and `..;` is `..`
+        // there); Puma ends the path at the first `;`.
         for (raw, readings) in [
             ("/posts/1;jsessionid=AB12", &["/posts/1"][..]),
-            ("/posts;v=2/1;x", &["/posts/1"]),
-            ("/posts/x/..;/1", &["/posts/1"]),
-            ("/posts/.;x/1", &["/posts/1"]),
-            ("/posts/;x/title", &["/posts/title"]),
-            ("/admin/..;/reports", &["/reports"]),
+            ("/posts;v=2/1;x", &["/posts/1", "/posts"]),
+            ("/posts/x/..;/1", &["/posts/1", "/posts"]),
+            ("/posts/.;x/1", &["/posts/1", "/posts"]),
+            ("/posts/;x/title", &["/posts/title", "/posts"]),
+            ("/admin/..;/reports", &["/reports", "/"]),
             ("/posts/1/;x", &["/posts/1"]),
-            ("/..;/posts/1", &["/posts/1"]),
+            ("/..;/posts/1", &["/posts/1", "/"]),
             ("/;x", &["/"]),
             // Tomcat keeps `%3B` a `;` (then the route path itself), others
             // decode first.
             ("/posts/1%3bx", &["/posts/1"]),
-            ("/a;x/b%3By", &["/a/b;y", "/a/b"]),
+            ("/a;x/b%3By", &["/a/b;y", "/a/b", "/a"]),
+            // WHATWG parsers read `\` as `/`.
+            ("/posts\\1", &["/posts/1"]),
+            ("/a\\..\\b", &["/b"]),
         ] {
             let c = canon(raw);
-            let got: Vec<&str> = c.param_routes.iter().map(|r| r.as_str()).collect();
+            let got: Vec<&str> = c.other_routes.iter().map(|r| r.as_str()).collect();
             assert_eq!(got, readings, "{raw}");
             assert!(!got.contains(&c.route.as_str()), "{raw}: {}", c.route);
             assert_eq!(c.path, normalize_path(raw, true), "{raw} keeps its own key");
         }
         for plain in ["/posts/1", "/a%2Fb", "/x/%3A"] {
-            assert!(canon(plain).param_routes.is_empty(), "{plain}");
+            assert!(canon(plain).other_routes.is_empty(), "{plain}");
         }
         let p = PathPolicy::default();
         let all = p.route_paths("/A/b;x/");
         assert_eq!(all, [p.route_path("/a/b;x"), p.route_path("/a/b")]);
         // A target that is not a path has no other reading.
-        assert!(canon("*").param_routes.is_empty());
-        assert_eq!(without_path_params("é;x", false), None);
+        assert!(canon("*").other_routes.is_empty());
     }
 
     #[test]

@@ -545,7 +545,10 @@ fn pct_decode(s: &str) -> String {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                // Two hex digits (`from_str_radix` alone takes `+1`).
+                let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()));
                 match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                     Some(c) => {
                         out.push(c);

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::invalidation::own_tag;
 use crate::methods::{self, Methods};
 use crate::rules::sample_path;
+use crate::writes;
 
 /// Things that are valid but probably not what the author meant.
 pub fn warnings(config: &Config) -> Vec<String> {
@@ -78,10 +79,27 @@ pub fn request(config: &Config, request: &str) -> Result<String, String> {
     }
     let raw_path = target.split(['?', '#']).next().unwrap_or(target);
     let path = config.paths.route_path(raw_path);
+    // The request as the proxy reads it: its methods (an extension method,
+    // WebDAV's `MOVE`, may be any rule) and the other readings of its path.
+    let request = RequestHeader::build(method.clone(), target.as_bytes(), None)
+        .ok()
+        .map(|req| Canonical::new(&req, &config.paths, &config.method_override));
     let mut s = String::new();
     let _ = writeln!(s, "{method} {target}");
     if path.as_str() != raw_path {
         let _ = writeln!(s, "  matched as: {path}");
+    }
+    if let Some(r) = request.as_ref().filter(|r| !r.other_routes.is_empty()) {
+        let others: Vec<&str> = r.other_routes.iter().map(|p| p.as_str()).collect();
+        let _ = writeln!(
+            s,
+            "  apps read this path differently (`;params`, `\\`): also as {}. A read is \
+             never cached (detail=ambiguous-path); a write plans every reading.",
+            others.join(", ")
+        );
+        if !methods::is_unsafe(&method) {
+            return Ok(s);
+        }
     }
     match config.routes.lookup(&path) {
         Some(r) => {
@@ -125,11 +143,10 @@ pub fn request(config: &Config, request: &str) -> Result<String, String> {
         }
         return Ok(s);
     }
-    // The methods as the proxy reads them: an extension method (WebDAV's
-    // `MOVE`) may be any rule.
-    let methods = RequestHeader::build(method.clone(), target.as_bytes(), None)
-        .map(|req| Canonical::new(&req, &config.paths, &config.method_override).methods)
-        .unwrap_or_else(|_| Methods::only(method.clone()));
+    let methods = request
+        .as_ref()
+        .map(|r| r.methods.clone())
+        .unwrap_or_else(|| Methods::only(method.clone()));
     let plan = config.invalidation.plan_write(&methods, &path);
     let _ = writeln!(
         s,
@@ -166,10 +183,15 @@ pub fn request(config: &Config, request: &str) -> Result<String, String> {
             let _ = writeln!(s, "    purges {why}\n      {tag}");
         }
     }
+    // Every reading of its path, as the proxy plans it.
+    let tags = match &request {
+        Some(r) => writes::plan(config, true, r).tags,
+        None => plan.tags,
+    };
     let _ = writeln!(
         s,
         "  tags invalidated: {}",
-        plan.tags.iter().cloned().collect::<Vec<_>>().join(" ")
+        tags.into_iter().collect::<Vec<_>>().join(" ")
     );
     Ok(s)
 }
@@ -248,5 +270,17 @@ invalidate:
         assert!(out.contains("not a write"), "{out}");
         assert!(out.contains("r:/studio/api/chapters/{_1}"), "{out}");
         assert!(request(&cfg(), "PATCH scenes").is_err());
+    }
+
+    #[test]
+    fn explains_a_path_apps_read_differently_as_the_proxy_does() {
+        let read = request(&cfg(), "GET /studio/api/scenes/42;jsessionid=x").unwrap();
+        assert!(read.contains("also as /studio/api/scenes/42."), "{read}");
+        assert!(read.contains("never cached"), "{read}");
+        assert!(!read.contains("not a write"), "{read}");
+        let write = request(&cfg(), "PATCH /studio/api/scenes/42;jsessionid=x").unwrap();
+        let tags = write.lines().last().unwrap();
+        assert!(tags.contains("r:/studio/api/scenes/{id}|id=42 "), "{tags}");
+        assert!(tags.contains("u:/studio/api/scenes/42 "), "{tags}");
     }
 }

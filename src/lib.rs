@@ -16,6 +16,8 @@
 //!   the key, route rules, tags and write rules all use.
 //! - [`escapes`]: percent-escapes in a path, and which each spelling decodes.
 //! - [`methods`]: which methods the app may execute for a request (overrides).
+//! - [`spelling`]: a request target's normal form, the other paths apps may
+//!   read it as (`;params`, `\`), and its query in key order.
 //! - [`host`]: the host a request names, validated and normalised (it is keyed).
 //! - [`forwarding`]: client facts told to the app; headers never passed on.
 //! - [`upstream`]: the app's address, resolved off the request path.
@@ -70,6 +72,7 @@ pub mod prefetch;
 pub mod proxy;
 pub mod reload;
 pub mod rules;
+pub mod spelling;
 pub mod storable;
 pub mod store;
 pub mod time;

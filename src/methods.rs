@@ -50,6 +50,9 @@ pub struct Methods {
     /// whose method no rule can name (WebDAV's `MOVE`, `COPY`, …): every
     /// write rule may apply.
     pub any_method: bool,
+    /// It named more methods than are listed (`overrides` is cut short):
+    /// one of the others may be a `MOVE`.
+    pub unlisted: bool,
 }
 
 impl Methods {
@@ -59,6 +62,7 @@ impl Methods {
             sent,
             overrides: Vec::new(),
             any_method: false,
+            unlisted: false,
         }
     }
 
@@ -68,17 +72,23 @@ impl Methods {
         self.any_method || is_unsafe(&self.sent) || self.overrides.iter().any(is_unsafe)
     }
 
-    /// Whether a method it names is one no rule can name (WebDAV's `MOVE`,
-    /// `COPY`): then its `Destination` is a write too. An override counts
-    /// on a POST only, the one method override middleware honours them on
-    /// (Express's, Rack, Symfony, Laravel, ASP.NET): else any client's GET
-    /// with `X-HTTP-Method-Override: MOVE` and a `Destination` apps read
-    /// differently would invalidate everything. (A POST that names more
-    /// than [`MAX_OVERRIDES`] lists some of those: only 13 methods are not.)
+    /// Whether the app may take it as a WebDAV `MOVE` or `COPY` (RFC 4918
+    /// §9.8, §9.9), the methods whose `Destination` names a resource they
+    /// create or replace: named by the method line or an override, or
+    /// among more overrides than are listed.
     pub fn may_move(&self) -> bool {
+        is_move(&upper_case(&self.sent)) || self.unlisted || self.overrides.iter().any(is_move)
+    }
+
+    /// Whether it moves wherever the app honours what it names: named by
+    /// the method line, or by an override on a POST — the one method the
+    /// usual override middleware honours them on (Express's, Rack, Symfony,
+    /// Laravel, ASP.NET; Slim and CakePHP honour them on any). Only then
+    /// may a `Destination` apps read differently invalidate everything:
+    /// else any client's GET could empty the cache.
+    pub fn plainly_moves(&self) -> bool {
         let sent = upper_case(&self.sent);
-        may_be_any_write(&sent)
-            || (sent == Method::POST && self.overrides.iter().any(may_be_any_write))
+        is_move(&sent) || (sent == Method::POST && self.may_move())
     }
 
     /// Whether a rule for `methods` (empty: every write) may apply.
@@ -132,6 +142,7 @@ pub fn read(req: &RequestHeader, policy: &MethodOverride) -> Methods {
         // type (Rack reads it as a form). freshgate does not read bodies.
         m.any_method |= named == Method::POST;
     }
+    m.unlisted = !listed;
     if !listed || m.overrides.iter().any(may_be_any_write) {
         m.any_method = true;
     }
@@ -148,6 +159,11 @@ fn may_be_any_write(m: &Method) -> bool {
     is_unsafe(m)
         && !RULE_METHODS.contains(m)
         && !matches!(m.as_str(), "PROPFIND" | "REPORT" | "SEARCH" | "QUERY")
+}
+
+/// WebDAV's `MOVE` and `COPY`, which write where `Destination` says.
+fn is_move(m: &Method) -> bool {
+    matches!(m.as_str(), "MOVE" | "COPY")
 }
 
 /// The methods invalidation rules name (`on:`).

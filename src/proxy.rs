@@ -810,8 +810,8 @@ impl Proxy {
             ctx.bypass = Some(Bypass::CacheOff);
             return false;
         }
-        if !request.param_routes.is_empty() {
-            ctx.bypass = Some(Bypass::PathParams);
+        if !request.other_routes.is_empty() {
+            ctx.bypass = Some(Bypass::AmbiguousPath);
             return false;
         }
         ctx.bypass = bypass::decide(req, ctx.rule.as_deref(), &ctx.config, self.store.usable());

@@ -15,7 +15,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::canonical::{normalize_path, PathPolicy, RoutePath};
+use crate::canonical::{PathPolicy, RoutePath};
+use crate::spelling::normalize_path;
 
 /// One route rule, as validated from the config.
 #[derive(Debug, Clone)]
@@ -244,7 +245,7 @@ impl RouteTable {
 }
 
 /// Whether a pattern (in matchit syntax) can match requests at all: they
-/// are matched in canonical form (see `canonical::normalize_path`), so a
+/// are matched in canonical form (see `spelling::normalize_path`), so a
 /// pattern whose literal text is not (`/a//b`, `/a/./b`, `/%7Euser`) never
 /// would. Refused, with the form to write instead.
 pub fn in_canonical_form(matchit: &str, paths: &PathPolicy) -> Result<(), String> {

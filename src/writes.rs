@@ -10,8 +10,8 @@
 //! |---|---|---|
 //! | 1xx (but 101) | not yet | informational: the final answer (and the commit) may still come |
 //! | 2xx, 3xx | yes | the app did what was asked (RFC 9111 §4.4) |
-//! | 4xx | no | the app refused the request: nothing changed (a write that changes data and then answers 4xx is an app bug) |
-//! | 5xx | yes | an error may follow a commit (a crash after the database write, a failing post-commit step) |
+//! | 4xx, 501 | no | the app refused the request (501: it does not implement the method): nothing changed (a write that changes data and then answers 4xx is an app bug) |
+//! | other 5xx | yes | an error may follow a commit (a crash after the database write, a failing post-commit step) |
 //! | no answer | yes, after `writes.timeout` | the client went away (RST), or the app timed out or reset: the app may still commit, so the write stays fenced until it no longer can |
 //! | never sent | no | no connection to the app was ever made for it (the app is down): nothing can have changed |
 
@@ -58,23 +58,28 @@ pub fn plan(config: &Config, rules_on: bool, request: &Canonical) -> Planned {
     let plan = config
         .invalidation
         .plan_write(&request.methods, &request.route);
-    let matched = !plan.matched.is_empty();
     let mut rules: Vec<String> = plan.matched.into_iter().map(|m| m.name).collect();
-    if rules.is_empty() {
-        rules.push(UNMATCHED.to_string());
-    }
     let mut tags = plan.tags;
     let mut refetch = plan.refetch;
-    // A path with `;params` is another path to some apps: what a write of
-    // that one may change too.
-    for other in &request.param_routes {
+    // A path some apps read otherwise (`;params`, `\`) is another path to
+    // them: what a write of that one may change too.
+    for other in &request.other_routes {
         let also = config.invalidation.plan_write(&request.methods, other);
         tags.extend(also.tags);
+        for name in also.matched.into_iter().map(|m| m.name) {
+            if !rules.contains(&name) {
+                rules.push(name);
+            }
+        }
         for path in also.refetch {
             if !refetch.contains(&path) {
                 refetch.push(path);
             }
         }
+    }
+    let matched = !rules.is_empty();
+    if rules.is_empty() {
+        rules.push(UNMATCHED.to_string());
     }
     match &request.destination {
         // What a write of that path may change: a `MOVE` or `COPY` is a
@@ -111,7 +116,9 @@ pub fn invalidates(status: u16) -> Option<bool> {
         // 101 Switching Protocols is a final answer; the others announce one.
         101 => Some(true),
         100..=199 => None,
-        400..=499 => Some(false),
+        // 501: the app does not know the method, so did not execute it
+        // (else any client's unknown method would invalidate).
+        400..=499 | 501 => Some(false),
         _ => Some(true),
     }
 }
@@ -333,6 +340,18 @@ mod tests {
         let fields = [("x-http-method-override", "MOVE"), ("destination", "/a;b")];
         assert!(!plan_of("GET", "/a", &fields).tags.contains(ALL_TAG));
         assert!(plan_of("POST", "/a", &fields).tags.contains(ALL_TAG));
+        // A readable one is still planned there (Slim and CakePHP honour
+        // overrides on any method).
+        let readable = [
+            ("x-http-method-override", "MOVE"),
+            ("destination", "/posts/2"),
+        ];
+        assert!(purges_list(&plan_of("GET", "/a", &readable)));
+        // Only MOVE and COPY have one (RFC 4918): not any unknown method.
+        for method in ["FOO", "PROPPATCH", "LOCK"] {
+            let p = plan_of(method, "/a", &[("destination", "/a;b")]);
+            assert!(!p.tags.contains(ALL_TAG), "{method}");
+        }
     }
 
     #[test]
@@ -453,6 +472,7 @@ mod tests {
         assert_eq!(invalidates(409), Some(false));
         assert_eq!(invalidates(500), Some(true), "an error may follow a commit");
         assert_eq!(invalidates(503), Some(true));
+        assert_eq!(invalidates(501), Some(false), "a method it does not know");
     }
 
     #[test]

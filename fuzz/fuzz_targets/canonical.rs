@@ -3,7 +3,8 @@
 //! again, means the same request) and a key, without a panic.
 #![no_main]
 
-use freshgate::canonical::{self, Canonical, MethodOverride, PathPolicy};
+use freshgate::canonical::{self, Canonical, PathPolicy};
+use freshgate::methods::MethodOverride;
 use freshgate::{cachekey, host};
 use libfuzzer_sys::fuzz_target;
 use pingora::http::RequestHeader;

@@ -1,0 +1,221 @@
+//! A request target's spellings, byte by byte: its path's RFC 3986 §6.2.2
+//! normal form (the canonical path: what the key holds and the app is
+//! sent), the other paths apps may read it as, and its query in key order.
+//! Apart from `canonical.rs`, which says when
+//! each is used, like `escapes.rs`, so the byte-level rules can be read
+//! (and fuzzed) on their own.
+
+use crate::escapes;
+
+/// Step 1: the RFC 3986 §6.2.2 normal form of a path (plus merged slashes).
+/// Idempotent. A path that does not start with `/` (`*`, an authority) is
+/// returned as is.
+pub fn normalize_path(path: &str, merge_slashes: bool) -> String {
+    if !path.starts_with('/') {
+        return if path.is_empty() {
+            "/".into()
+        } else {
+            path.into()
+        };
+    }
+    if is_normal(path, merge_slashes) {
+        // Most paths: nothing to decode or remove (one copy, not five
+        // allocations on every request).
+        return path.to_owned();
+    }
+    rebuild_path(path, merge_slashes)
+}
+
+/// [`normalize_path`] the long way, for a path that starts with `/`.
+fn rebuild_path(path: &str, merge_slashes: bool) -> String {
+    let decoded = escapes::decode_unreserved(path);
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded[1..].split('/').collect();
+    let mut ends_with_slash = false;
+    for (i, seg) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *seg {
+            "." => ends_with_slash = last,
+            ".." => {
+                out.pop();
+                ends_with_slash = last;
+            }
+            "" if last => ends_with_slash = true,
+            "" if merge_slashes => {}
+            s => {
+                out.push(s);
+                ends_with_slash = false;
+            }
+        }
+    }
+    let mut p = String::with_capacity(decoded.len());
+    p.push('/');
+    p.push_str(&out.join("/"));
+    if ends_with_slash && !out.is_empty() {
+        p.push('/');
+    }
+    p
+}
+
+/// The canonical `path` with each segment cut at its first `;` (and at
+/// its first `%3B` if `escaped_too`), then dot segments removed and empty
+/// segments merged, as servlet containers route it (`..;` is `..`). `None`
+/// for a path that does not start with `/`.
+fn without_path_params(path: &str, escaped_too: bool) -> Option<String> {
+    let segments: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
+    let mut kept: Vec<&str> = Vec::new();
+    let mut ends_with_slash = false;
+    for (i, seg) in segments.iter().enumerate() {
+        let mut cut = seg.split(';').next().unwrap_or_default();
+        if escaped_too {
+            cut = cut.split("%3B").next().unwrap_or_default();
+        }
+        let last = i + 1 == segments.len();
+        match cut {
+            "." | "" => ends_with_slash = last,
+            ".." => {
+                kept.pop();
+                ends_with_slash = last;
+            }
+            s => {
+                kept.push(s);
+                ends_with_slash = false;
+            }
+        }
+    }
+    let mut p = format!("/{}", kept.join("/"));
+    if ends_with_slash && !kept.is_empty() {
+        p.push('/');
+    }
+    Some(p)
+}
+
+/// Whether [`normalize_path`] would return `path` (which starts with `/`)
+/// unchanged: no escape to decode or upper-case, no `.` or `..` segment,
+/// and, when slashes are merged, no empty segment but the last.
+fn is_normal(path: &str, merge_slashes: bool) -> bool {
+    if path.contains('%') {
+        return false;
+    }
+    let mut segments = path[1..].split('/').peekable();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        match seg {
+            "." | ".." => return false,
+            "" if merge_slashes && !last => return false,
+            _ => {}
+        }
+    }
+    true
+}
+
+/// The paths other than the canonical `path` itself that apps may read it
+/// as, where they disagree on it; empty for a path without `;`, `%3B` or
+/// `\` — nearly every one. Each is canonical (not folded for routes).
+/// - `;params`: Java servlet containers and Spring drop each segment's
+///   (`/posts/1;jsessionid=x` is post 1 there, and so is `/posts/x/..;/1`),
+///   Tomcat before decoding (`%3B` stays a `;`), others after; Puma
+///   (Rails) ends the path at the first `;`; Express and most others keep
+///   them (`1;x` is an id).
+/// - `\`: WHATWG URL parsers (Remix, SvelteKit, Hono's Node server) read
+///   it as `/`, others as a character of the segment.
+pub fn other_spellings(path: &str, merge_slashes: bool) -> Vec<String> {
+    if !path.contains([';', '\\']) && !path.contains("%3B") {
+        return Vec::new();
+    }
+    let mut spellings = vec![path.to_string()];
+    if path.contains('\\') {
+        spellings.push(normalize_path(&path.replace('\\', "/"), merge_slashes));
+    }
+    let mut out = Vec::new();
+    for spelling in &spellings {
+        let up_to_params = spelling.split(';').next().unwrap_or_default();
+        let candidates = [
+            Some(spelling.clone()),
+            without_path_params(spelling, false),
+            without_path_params(spelling, true),
+            Some(normalize_path(up_to_params, merge_slashes)),
+        ];
+        for p in candidates.into_iter().flatten() {
+            if p != path && !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Query pairs ordered by name, pairs with the same name kept in the order
+/// sent (apps read `?a=1&a=2` as the list `[1, 2]`); empty pairs dropped.
+pub fn sorted_query(q: &str) -> String {
+    let pairs = q.split('&');
+    let in_order = pairs.clone().all(|p| !p.is_empty())
+        && pairs
+            .clone()
+            .zip(pairs.clone().skip(1))
+            .all(|(a, b)| pair_name(a) <= pair_name(b));
+    if in_order {
+        // Most queries: one pair, or already in order (one copy).
+        return q.to_owned();
+    }
+    sort_pairs(q)
+}
+
+/// A query pair's name (`a` of `a=1`).
+fn pair_name(pair: &str) -> &str {
+    pair.split('=').next().unwrap_or_default()
+}
+
+/// [`sorted_query`] the long way.
+fn sort_pairs(q: &str) -> String {
+    let mut pairs: Vec<&str> = q.split('&').filter(|p| !p.is_empty()).collect();
+    // `sort_by` is stable: equal names keep their order.
+    pairs.sort_by(|a, b| pair_name(a).cmp(pair_name(b)));
+    pairs.join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every string of up to `len` characters from `alphabet`.
+    fn all_strings(alphabet: &[char], len: usize) -> Vec<String> {
+        let mut all = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..len {
+            last = last
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .collect();
+            all.extend(last.iter().cloned());
+        }
+        all
+    }
+
+    #[test]
+    fn the_short_cuts_give_what_the_long_way_gives() {
+        // Every path of up to six characters over the characters that
+        // matter (slashes, dots, escapes, case), both slash policies.
+        for tail in all_strings(&['/', '.', 'a', '%', '2', 'e', 'E'], 6) {
+            let path = format!("/{tail}");
+            for merge in [false, true] {
+                assert_eq!(
+                    normalize_path(&path, merge),
+                    rebuild_path(&path, merge),
+                    "{path:?} merge={merge}"
+                );
+            }
+        }
+        for q in all_strings(&['a', 'b', '=', '&', '1'], 7) {
+            assert_eq!(sorted_query(&q), sort_pairs(&q), "{q:?}");
+        }
+    }
+
+    #[test]
+    fn a_target_that_is_no_path_has_no_path_params_to_drop() {
+        // Found by review: cutting `é;x` (a relative `Location` against
+        // `*`) at byte 1 panicked.
+        assert_eq!(without_path_params("é;x", false), None);
+        assert_eq!(other_spellings("é;x", true), ["é"]);
+    }
+}
