@@ -245,7 +245,6 @@ impl Canonical {
         let methods = methods::read(req, overrides);
         let destination = if methods.may_move() {
             destination(req, paths)
-                .filter(|d| methods.plainly_moves() || *d != Destination::Unreadable)
         } else {
             None
         };
@@ -440,7 +439,14 @@ mod tests {
             ("/a;x/b%3By", &["/a/b;y", "/a/b", "/a"]),
             // WHATWG parsers read `\` as `/`.
             ("/posts\\1", &["/posts/1"]),
-            ("/a\\..\\b", &["/b"]),
+            ("/a\\..\\b", &["/a\\", "/b"]),
+            // Rails and Spring read a format suffix apart.
+            ("/posts/7.json", &["/posts/7"]),
+            ("/posts/7.json;x", &["/posts/7.json", "/posts/7"]),
+            // Servers that decode before routing read `%2F` as `/`.
+            ("/posts/2%2F", &["/posts/2"]),
+            ("/posts%2f2", &["/posts/2"]),
+            ("/posts/x%2F..%2F2", &["/posts/x%2f", "/posts/2"]),
         ] {
             let c = canon(raw);
             let got: Vec<&str> = c.other_routes.iter().map(|r| r.as_str()).collect();
@@ -448,7 +454,14 @@ mod tests {
             assert!(!got.contains(&c.route.as_str()), "{raw}: {}", c.route);
             assert_eq!(c.path, normalize_path(raw, true), "{raw} keeps its own key");
         }
-        for plain in ["/posts/1", "/a%2Fb", "/x/%3A"] {
+        for plain in [
+            "/posts/1",
+            "/a%40b",
+            "/x/%3A",
+            "/.well-known",
+            "/a.b/c",
+            "/a/b.",
+        ] {
             assert!(canon(plain).other_routes.is_empty(), "{plain}");
         }
         let p = PathPolicy::default();

@@ -148,6 +148,8 @@ pub fn request(config: &Config, request: &str) -> Result<String, String> {
         .map(|r| r.methods.clone())
         .unwrap_or_else(|| Methods::only(method.clone()));
     let plan = config.invalidation.plan_write(&methods, &path);
+    // As the proxy plans it: every reading of its path, its `Destination`.
+    let planned = request.as_ref().map(|r| writes::plan(config, true, r));
     let _ = writeln!(
         s,
         "  always (RFC 9111 section 4.4): its own URI, every query and variant\n    {}",
@@ -158,7 +160,23 @@ pub fn request(config: &Config, request: &str) -> Result<String, String> {
         "  also: same-origin Location/Content-Location of the response, and the \
          groups in its Cache-Group-Invalidation header"
     );
-    if plan.matched.is_empty() {
+    if let Some(p) = &planned {
+        let others: Vec<&str> = (p.rules.iter())
+            .filter(|name| p.matched && !plan.matched.iter().any(|m| &m.name == *name))
+            .map(String::as_str)
+            .collect();
+        if !others.is_empty() {
+            let _ = writeln!(
+                s,
+                "  rules matched by another reading of its path: {}",
+                others.join(", ")
+            );
+        }
+    }
+    if !planned
+        .as_ref()
+        .map_or(!plan.matched.is_empty(), |p| p.matched)
+    {
         let _ = writeln!(
             s,
             "  no invalidate rule matches: nothing else is invalidated. If other cached \
@@ -183,11 +201,7 @@ pub fn request(config: &Config, request: &str) -> Result<String, String> {
             let _ = writeln!(s, "    purges {why}\n      {tag}");
         }
     }
-    // Every reading of its path, as the proxy plans it.
-    let tags = match &request {
-        Some(r) => writes::plan(config, true, r).tags,
-        None => plan.tags,
-    };
+    let tags = planned.map_or(plan.tags, |p| p.tags);
     let _ = writeln!(
         s,
         "  tags invalidated: {}",
@@ -282,5 +296,13 @@ invalidate:
         let tags = write.lines().last().unwrap();
         assert!(tags.contains("r:/studio/api/scenes/{id}|id=42 "), "{tags}");
         assert!(tags.contains("u:/studio/api/scenes/42 "), "{tags}");
+        // Matched only through the servlet reading (found by review: it
+        // said no rule matched).
+        let popped = request(&cfg(), "PATCH /x/..;/studio/api/scenes/42").unwrap();
+        assert!(!popped.contains("no invalidate rule matches"), "{popped}");
+        assert!(
+            popped.contains("another reading of its path: scene-write"),
+            "{popped}"
+        );
     }
 }

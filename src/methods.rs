@@ -80,17 +80,6 @@ impl Methods {
         is_move(&upper_case(&self.sent)) || self.unlisted || self.overrides.iter().any(is_move)
     }
 
-    /// Whether it moves wherever the app honours what it names: named by
-    /// the method line, or by an override on a POST — the one method the
-    /// usual override middleware honours them on (Express's, Rack, Symfony,
-    /// Laravel, ASP.NET; Slim and CakePHP honour them on any). Only then
-    /// may a `Destination` apps read differently invalidate everything:
-    /// else any client's GET could empty the cache.
-    pub fn plainly_moves(&self) -> bool {
-        let sent = upper_case(&self.sent);
-        is_move(&sent) || (sent == Method::POST && self.may_move())
-    }
-
     /// Whether a rule for `methods` (empty: every write) may apply.
     pub fn may_be_any_of(&self, methods: &[Method]) -> bool {
         methods.is_empty()

@@ -219,6 +219,13 @@ impl ProxyHttp for Proxy {
         }
         let req = session.req_header();
         let request = Canonical::new(req, &ctx.config.paths, &ctx.config.method_override);
+        if let Some(reason) = writes::refused(&request) {
+            // Forwarded, it could only be planned as "everything": a 400
+            // changes nothing, where that would let one request empty the
+            // cache.
+            respond_bad_request(session, reason).await?;
+            return Ok(true);
+        }
         ctx.rule = ctx.config.routes.lookup(&request.route).cloned();
         ctx.request = Some(request);
         ctx.use_cache = self.may_use_cache(session.req_header(), ctx);
@@ -382,6 +389,14 @@ impl ProxyHttp for Proxy {
         // this point makes what we are about to store unservable.
         if session.cache.enabled() {
             ctx.read_tags = ctx.config.invalidation.tags_for_read(&request.route);
+            // Every reading's: a write through any of them purges it.
+            for other in &request.other_routes {
+                for tag in ctx.config.invalidation.tags_for_read(other) {
+                    if !ctx.read_tags.contains(&tag) {
+                        ctx.read_tags.push(tag);
+                    }
+                }
+            }
             ctx.fill = self.store.fill_start(&ctx.read_tags).await;
         }
         Ok(true)
@@ -810,7 +825,15 @@ impl Proxy {
             ctx.bypass = Some(Bypass::CacheOff);
             return false;
         }
-        if !request.other_routes.is_empty() {
+        // A path apps read differently is cached only if every reading
+        // falls under the same rule (the same settings, none private); its
+        // entry then carries every reading's tags (`proxy_upstream_filter`).
+        let same_rule = |route| match (ctx.config.routes.lookup(route), &ctx.rule) {
+            (None, None) => true,
+            (Some(other), Some(rule)) => Arc::ptr_eq(other, rule),
+            _ => false,
+        };
+        if !request.other_routes.iter().all(same_rule) {
             ctx.bypass = Some(Bypass::AmbiguousPath);
             return false;
         }

@@ -110,8 +110,8 @@ fn is_normal(path: &str, merge_slashes: bool) -> bool {
 }
 
 /// The paths other than the canonical `path` itself that apps may read it
-/// as, where they disagree on it; empty for a path without `;`, `%3B` or
-/// `\` — nearly every one. Each is canonical (not folded for routes).
+/// as, where they disagree on it; empty for a path without `;`, `%3B`,
+/// `\`, `%2F` or a `.` in its last segment — most API paths. Each is canonical (not folded for routes).
 /// - `;params`: Java servlet containers and Spring drop each segment's
 ///   (`/posts/1;jsessionid=x` is post 1 there, and so is `/posts/x/..;/1`),
 ///   Tomcat before decoding (`%3B` stays a `;`), others after; Puma
@@ -119,23 +119,38 @@ fn is_normal(path: &str, merge_slashes: bool) -> bool {
 ///   them (`1;x` is an id).
 /// - `\`: WHATWG URL parsers (Remix, SvelteKit, Hono's Node server) read
 ///   it as `/`, others as a character of the segment.
+/// - a format suffix: Rails and Spring route `/posts/7.json` as post 7
+///   (`without_format`), others as an id `7.json`.
+/// - `%2F`: servers that decode the path before routing read it as `/`
+///   (WSGI and ASGI servers, so Django, Flask, FastAPI; Laravel, Symfony;
+///   gin, gorilla/mux), others as a character of the segment (Express,
+///   Rails, Spring).
 pub fn other_spellings(path: &str, merge_slashes: bool) -> Vec<String> {
-    if !path.contains([';', '\\']) && !path.contains("%3B") {
+    let params = path.contains(';') || path.contains("%3B");
+    if !params && !path.contains('\\') && !path.contains("%2F") && without_format(path).is_none() {
         return Vec::new();
     }
     let mut spellings = vec![path.to_string()];
-    if path.contains('\\') {
-        spellings.push(normalize_path(&path.replace('\\', "/"), merge_slashes));
+    for sent in ["\\", "%2F"] {
+        for i in 0..spellings.len() {
+            if spellings[i].contains(sent) {
+                let other = normalize_path(&spellings[i].replace(sent, "/"), merge_slashes);
+                spellings.push(other);
+            }
+        }
     }
     let mut out = Vec::new();
     for spelling in &spellings {
-        let up_to_params = spelling.split(';').next().unwrap_or_default();
-        let candidates = [
-            Some(spelling.clone()),
-            without_path_params(spelling, false),
-            without_path_params(spelling, true),
-            Some(normalize_path(up_to_params, merge_slashes)),
-        ];
+        let mut candidates = vec![Some(spelling.clone())];
+        if params {
+            let up_to_params = spelling.split(';').next().unwrap_or_default();
+            candidates.extend([
+                without_path_params(spelling, false),
+                without_path_params(spelling, true),
+                Some(normalize_path(up_to_params, merge_slashes)),
+            ]);
+        }
+        candidates.push(without_format(spelling).map(str::to_string));
         for p in candidates.into_iter().flatten() {
             if p != path && !out.contains(&p) {
                 out.push(p);
@@ -143,6 +158,16 @@ pub fn other_spellings(path: &str, merge_slashes: bool) -> Vec<String> {
         }
     }
     out
+}
+
+/// `path` without the format suffix of its last segment (`/posts/7.json`
+/// is `/posts/7`), as Rails routes `resources` (`/posts/:id(.:format)`)
+/// and Spring its suffix patterns: `None` when the last segment has no
+/// `.` after its first character, or nothing after it.
+fn without_format(path: &str) -> Option<&str> {
+    let last = path.rfind('/')? + 1;
+    let dot = path[last..].find('.').filter(|&d| d > 0)? + last;
+    (dot + 1 < path.len()).then(|| &path[..dot])
 }
 
 /// Query pairs ordered by name, pairs with the same name kept in the order

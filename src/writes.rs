@@ -109,6 +109,20 @@ pub fn plan(config: &Config, rules_on: bool, request: &Canonical) -> Planned {
     }
 }
 
+/// Why a request is refused before anything else: a `MOVE`'s `Destination`
+/// that apps read differently (or no path can be read from), or more
+/// override methods than are listed — a write freshgate could plan only as
+/// "everything", which would let one request empty the cache.
+pub fn refused(request: &Canonical) -> Option<&'static str> {
+    if request.destination == Some(Destination::Unreadable) {
+        return Some("a Destination that apps read differently: one field, a plain path or URI");
+    }
+    request
+        .methods
+        .unlisted
+        .then_some("more method overrides than are read")
+}
+
 /// Whether a write answered with `status` invalidates what it planned
 /// (`None`: not a final answer yet). See the table above.
 pub fn invalidates(status: u16) -> Option<bool> {
@@ -337,16 +351,31 @@ mod tests {
             let p = plan_of(method, "/a", &[("destination", "http://[")]);
             assert!(!p.tags.contains(ALL_TAG), "{method}");
         }
-        let fields = [("x-http-method-override", "MOVE"), ("destination", "/a;b")];
-        assert!(!plan_of("GET", "/a", &fields).tags.contains(ALL_TAG));
-        assert!(plan_of("POST", "/a", &fields).tags.contains(ALL_TAG));
-        // A readable one is still planned there (Slim and CakePHP honour
-        // overrides on any method).
+        // Named by an override on any method (Slim and CakePHP honour them
+        // on any), a readable one is planned there; one that is not is
+        // refused (400) — planned as everything, any client could empty the
+        // cache with one request.
         let readable = [
             ("x-http-method-override", "MOVE"),
             ("destination", "/posts/2"),
         ];
         assert!(purges_list(&plan_of("GET", "/a", &readable)));
+        let canonical = |method: &str, fields: &[(&str, &str)]| {
+            let mut req = RequestHeader::build(method, b"/a", None).unwrap();
+            for (n, v) in fields {
+                req.append_header(n.to_string(), *v).unwrap();
+            }
+            Canonical::new(&req, &config.paths, &config.method_override)
+        };
+        assert!(refused(&canonical("GET", &readable)).is_none());
+        for method in ["GET", "POST", "PUT", "MOVE"] {
+            let junk = [("x-http-method-override", "MOVE"), ("destination", "/a;b")];
+            assert!(refused(&canonical(method, &junk)).is_some(), "{method}");
+        }
+        assert!(refused(&canonical("MOVE", &[("destination", "/a/b")])).is_none());
+        assert!(refused(&canonical("PATCH", &[("destination", "/a;b")])).is_none());
+        let many: Vec<String> = (0..20).map(|i| format!("M{i}")).collect();
+        assert!(refused(&canonical("POST", &[("x-http-method", &many.join(","))])).is_some());
         // Only MOVE and COPY have one (RFC 4918): not any unknown method.
         for method in ["FOO", "PROPPATCH", "LOCK"] {
             let p = plan_of(method, "/a", &[("destination", "/a;b")]);

@@ -119,38 +119,59 @@ async fn a_write_through_an_alias_the_app_routes_alike_invalidates_the_canonical
 /// containers and Spring drop a segment's `;params` before routing
 /// (`/items/1;jsessionid=x` is item 1, and so is `/items/x/..;/1`), Puma
 /// (Rails) ends the path at the first `;` (`/items/1;x/title` is item 1),
-/// and WHATWG URL parsers (Remix, SvelteKit) read `\` as `/`. A write
-/// through such a spelling changed the plain entry but purged only its own
-/// spelling's. Now a write plans every reading, and such a read is not
-/// cached (its readings may fall under different rules, a private one).
+/// WHATWG URL parsers (Remix, SvelteKit) read `\` as `/`, and servers that
+/// decode the path before routing (WSGI, ASGI, Laravel, gin) read `%2F` as
+/// `/`, and Rails routes `/items/1.json` as item 1 (`(.:format)`). A write through such a spelling changed the plain entry but purged
+/// only its own spelling's, and the reverse. Now a write plans every
+/// reading; a read is cached with every reading's tags when they all fall
+/// under one rule, and not at all when not (one may be private).
 #[tokio::test]
 async fn a_write_through_a_spelling_another_app_reads_as_the_item_invalidates_it() {
     // Like any of those apps for item 1: every spelling here is the item.
     let app = committing_app();
     let fg = Freshgate::start(&app, None, STREAMED_WRITES);
-    let item = fg.url("/items/1");
     let raw = |method: &str, target: &str| {
         raw_exchange(
             fg.addr,
             format!("{method} {target} HTTP/1.1\r\nhost: app.test\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}").as_bytes(),
         )
     };
-    for write in [
+    let writes = [
+        "/items/1",
         "/items/1;jsessionid=AB12",
         "/items/x/..;/1",
         "/items;v=2/1",
         "/items/1%3Bv=2",
         "/items/1;x/title",
         "/items\\1",
+        "/items%2F1",
+        "/items/1%2F",
+        "/items/1.json",
+    ];
+    // Spellings whose every reading is an item: cached, and purged by a
+    // write through any other spelling.
+    for read in [
+        "/items/1",
+        "/items/1;jsessionid=AB12",
+        "/items/1%2F",
+        "/items/1.json",
     ] {
-        cached(&item).await;
-        let w = raw("PATCH", write);
-        assert_eq!(raw_status(&w), 204, "{write}: {w}");
-        let now = get(&format!("{app}/items/1")).await.json()["version"].clone();
-        let r = get(&item).await;
-        assert_eq!(r.json()["version"], now, "after a PATCH of {write}: {r:?}");
+        for write in writes.iter().filter(|w| **w != read) {
+            cached(&fg.url(read)).await;
+            let w = raw("PATCH", write);
+            assert_eq!(raw_status(&w), 204, "{write}: {w}");
+            let now = get(&format!("{app}/items/1")).await.json()["version"].clone();
+            let r = get(&fg.url(read)).await;
+            assert_eq!(
+                r.json()["version"],
+                now,
+                "{read} after a PATCH of {write}: {r:?}"
+            );
+        }
     }
-    for read in ["/items/1;jsessionid=AB12", "/items/x/..;/1", "/items\\1"] {
+    // Spellings one app reads as no item at all (no rule, or another):
+    // never cached.
+    for read in ["/items/x/..;/1", "/items\\1", "/items%2F1"] {
         for _ in 0..2 {
             let r = raw("GET", read).to_ascii_lowercase();
             assert!(r.contains("x-cache: bypass"), "{read}: {r}");
