@@ -93,8 +93,9 @@ pub fn request(config: &Config, request: &str) -> Result<String, String> {
         let others: Vec<&str> = r.other_routes.iter().map(|p| p.as_str()).collect();
         let _ = writeln!(
             s,
-            "  apps read this path differently (`;params`, `\\`): also as {}. A read is \
-             never cached (detail=ambiguous-path); a write plans every reading.",
+            "  apps read this path differently: also as {}. A write plans every reading; a \
+             read is cached with every reading's tags if all fall under its route rule, \
+             else not (detail=ambiguous-path).",
             others.join(", ")
         );
         if !methods::is_unsafe(&method) {
@@ -290,7 +291,7 @@ invalidate:
     fn explains_a_path_apps_read_differently_as_the_proxy_does() {
         let read = request(&cfg(), "GET /studio/api/scenes/42;jsessionid=x").unwrap();
         assert!(read.contains("also as /studio/api/scenes/42."), "{read}");
-        assert!(read.contains("never cached"), "{read}");
+        assert!(read.contains("every reading's tags"), "{read}");
         assert!(!read.contains("not a write"), "{read}");
         let write = request(&cfg(), "PATCH /studio/api/scenes/42;jsessionid=x").unwrap();
         let tags = write.lines().last().unwrap();

@@ -154,6 +154,12 @@ impl Rule {
     pub fn keys_cookies(&self) -> bool {
         !self.key_cookies.is_empty() || self.key_headers.iter().any(|h| h == "cookie")
     }
+
+    /// Whether its pattern names one path (no parameter or wildcard: a
+    /// segment with text cannot hold one, `to_matchit` refuses it).
+    pub fn is_literal(&self) -> bool {
+        !self.pattern.contains([':', '[', '*'])
+    }
 }
 
 /// A pattern that cannot be compiled, with the pattern and the reason.
@@ -476,6 +482,16 @@ mod tests {
             ..PathPolicy::default()
         };
         assert!(RouteTable::new(vec![rule("r", "/a//b")], &keep).is_ok());
+    }
+
+    #[test]
+    fn a_literal_pattern_names_one_path() {
+        for p in ["/sitemap.xml", "/", "/a/b.c/d"] {
+            assert!(Rule::new("r", p).is_literal(), "{p}");
+        }
+        for p in ["/a/:id", "/a/[id]", "/a/*", "/a/**", "/a/[...rest]"] {
+            assert!(!Rule::new("r", p).is_literal(), "{p}");
+        }
     }
 
     #[test]

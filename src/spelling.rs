@@ -109,9 +109,19 @@ fn is_normal(path: &str, merge_slashes: bool) -> bool {
     true
 }
 
+/// Most readings of one path. Each rule of [`other_spellings`] removes
+/// what made a path ambiguous and applies to the whole path, so a path has
+/// a handful (no path found has more than a few dozen): a bound against
+/// what was not foreseen. A path with more is refused.
+pub const MAX_READINGS: usize = 64;
+
 /// The paths other than the canonical `path` itself that apps may read it
-/// as, where they disagree on it; empty for a path without `;`, `%3B`,
-/// `\`, `%2F` or a `.` in its last segment — most API paths. Each is canonical (not folded for routes).
+/// as, where they disagree on it — each canonical, not folded for routes —
+/// or `None` if there are more than [`MAX_READINGS`]. Empty for a path
+/// without `;`, `%3B`, `\`, `%2F` or a `.` in its last segment (most API
+/// paths). The readings are closed under the rules: a reading of a reading
+/// is one (`/items;x/1.json/` is `/items/1` to Spring: params dropped, then
+/// the suffix, the trailing `/` aside). The rules:
 /// - `;params`: Java servlet containers and Spring drop each segment's
 ///   (`/posts/1;jsessionid=x` is post 1 there, and so is `/posts/x/..;/1`),
 ///   Tomcat before decoding (`%3B` stays a `;`), others after; Puma
@@ -119,55 +129,67 @@ fn is_normal(path: &str, merge_slashes: bool) -> bool {
 ///   them (`1;x` is an id).
 /// - `\`: WHATWG URL parsers (Remix, SvelteKit, Hono's Node server) read
 ///   it as `/`, others as a character of the segment.
-/// - a format suffix: Rails and Spring route `/posts/7.json` as post 7
-///   (`without_format`), others as an id `7.json`.
 /// - `%2F`: servers that decode the path before routing read it as `/`
 ///   (WSGI and ASGI servers, so Django, Flask, FastAPI; Laravel, Symfony;
 ///   gin, gorilla/mux), others as a character of the segment (Express,
 ///   Rails, Spring).
-pub fn other_spellings(path: &str, merge_slashes: bool) -> Vec<String> {
-    let params = path.contains(';') || path.contains("%3B");
-    if !params && !path.contains('\\') && !path.contains("%2F") && without_format(path).is_none() {
-        return Vec::new();
+/// - a format suffix: Rails (`resources` are `/posts/:id(.:format)`) and
+///   Spring's suffix patterns route `/posts/7.json` as post 7, others as
+///   an id `7.json`.
+pub fn other_spellings(path: &str, merge_slashes: bool) -> Option<Vec<String>> {
+    closed_readings(path, merge_slashes, MAX_READINGS)
+}
+
+/// [`other_spellings`] with at most `max` readings.
+fn closed_readings(path: &str, merge_slashes: bool, max: usize) -> Option<Vec<String>> {
+    if readings_of(path, merge_slashes).is_empty() {
+        return Some(Vec::new());
     }
-    let mut spellings = vec![path.to_string()];
-    for sent in ["\\", "%2F"] {
-        for i in 0..spellings.len() {
-            if spellings[i].contains(sent) {
-                let other = normalize_path(&spellings[i].replace(sent, "/"), merge_slashes);
-                spellings.push(other);
+    let mut all = vec![path.to_string()];
+    let mut next = 0;
+    while next < all.len() {
+        for reading in readings_of(&all[next], merge_slashes) {
+            if !all.contains(&reading) {
+                if all.len() > max {
+                    return None;
+                }
+                all.push(reading);
             }
         }
+        next += 1;
     }
+    all.remove(0);
+    Some(all)
+}
+
+/// What each rule of [`other_spellings`] reads `path` as, once.
+fn readings_of(path: &str, merge_slashes: bool) -> Vec<String> {
     let mut out = Vec::new();
-    for spelling in &spellings {
-        let mut candidates = vec![Some(spelling.clone())];
-        if params {
-            let up_to_params = spelling.split(';').next().unwrap_or_default();
-            candidates.extend([
-                without_path_params(spelling, false),
-                without_path_params(spelling, true),
-                Some(normalize_path(up_to_params, merge_slashes)),
-            ]);
-        }
-        candidates.push(without_format(spelling).map(str::to_string));
-        for p in candidates.into_iter().flatten() {
-            if p != path && !out.contains(&p) {
-                out.push(p);
-            }
+    for sent in ["\\", "%2F"] {
+        if path.contains(sent) {
+            out.push(normalize_path(&path.replace(sent, "/"), merge_slashes));
         }
     }
+    if path.contains(';') || path.contains("%3B") {
+        out.extend(without_path_params(path, false));
+        out.extend(without_path_params(path, true));
+        let up_to_params = path.split(';').next().unwrap_or_default();
+        out.push(normalize_path(up_to_params, merge_slashes));
+    }
+    out.extend(without_format(path).map(str::to_string));
+    out.retain(|p| p != path);
     out
 }
 
-/// `path` without the format suffix of its last segment (`/posts/7.json`
-/// is `/posts/7`), as Rails routes `resources` (`/posts/:id(.:format)`)
-/// and Spring its suffix patterns: `None` when the last segment has no
-/// `.` after its first character, or nothing after it.
+/// `path` without the format suffix of its last segment, a trailing `/`
+/// aside (`/posts/7.json` and `/posts/7.json/` are `/posts/7`): `None`
+/// when that segment has no `.` after its first character, or nothing
+/// after the `.`.
 fn without_format(path: &str) -> Option<&str> {
-    let last = path.rfind('/')? + 1;
-    let dot = path[last..].find('.').filter(|&d| d > 0)? + last;
-    (dot + 1 < path.len()).then(|| &path[..dot])
+    let trimmed = path.trim_end_matches('/');
+    let last = trimmed.rfind('/')? + 1;
+    let dot = trimmed[last..].find('.').filter(|&d| d > 0)? + last;
+    (dot + 1 < trimmed.len()).then(|| &trimmed[..dot])
 }
 
 /// Query pairs ordered by name, pairs with the same name kept in the order
@@ -241,6 +263,15 @@ mod tests {
         // Found by review: cutting `é;x` (a relative `Location` against
         // `*`) at byte 1 panicked.
         assert_eq!(without_path_params("é;x", false), None);
-        assert_eq!(other_spellings("é;x", true), ["é"]);
+        assert_eq!(other_spellings("é;x", true), Some(vec!["é".to_string()]));
+    }
+
+    #[test]
+    fn readings_past_the_bound_are_none() {
+        let path = "/a;x/b\\c%2Fd.e";
+        let all = closed_readings(path, true, MAX_READINGS).unwrap();
+        assert!(all.len() > 2, "{all:?}");
+        assert_eq!(closed_readings(path, true, 2), None);
+        assert_eq!(closed_readings(path, true, all.len()), Some(all));
     }
 }

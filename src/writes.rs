@@ -117,6 +117,9 @@ pub fn refused(request: &Canonical) -> Option<&'static str> {
     if request.destination == Some(Destination::Unreadable) {
         return Some("a Destination that apps read differently: one field, a plain path or URI");
     }
+    if request.too_many_readings {
+        return Some("a path that apps read in too many ways");
+    }
     request
         .methods
         .unlisted
@@ -155,8 +158,12 @@ pub fn answer_tags(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| same_origin_path(req, host, v))
         {
-            for route in paths.route_paths(&p) {
-                tags.insert(invalidation::own_tag(&route));
+            match paths.route_paths(&p) {
+                Some(all) => tags.extend(all.iter().map(invalidation::own_tag)),
+                // More readings than are listed: the app named it.
+                None => {
+                    tags.insert(ALL_TAG.to_string());
+                }
             }
         }
     }

@@ -129,7 +129,7 @@ async fn a_write_through_an_alias_the_app_routes_alike_invalidates_the_canonical
 async fn a_write_through_a_spelling_another_app_reads_as_the_item_invalidates_it() {
     // Like any of those apps for item 1: every spelling here is the item.
     let app = committing_app();
-    let fg = Freshgate::start(&app, None, STREAMED_WRITES);
+    let fg = Freshgate::start(&app, None, SPELLINGS);
     let raw = |method: &str, target: &str| {
         raw_exchange(
             fg.addr,
@@ -147,6 +147,10 @@ async fn a_write_through_a_spelling_another_app_reads_as_the_item_invalidates_it
         "/items%2F1",
         "/items/1%2F",
         "/items/1.json",
+        "/items/1.json/",
+        "/items/1.json;x/title",
+        "/items;x/1.json",
+        "/items/x/..;/1.json",
     ];
     // Spellings whose every reading is an item: cached, and purged by a
     // write through any other spelling.
@@ -155,6 +159,7 @@ async fn a_write_through_a_spelling_another_app_reads_as_the_item_invalidates_it
         "/items/1;jsessionid=AB12",
         "/items/1%2F",
         "/items/1.json",
+        "/items/1.json/",
     ] {
         for write in writes.iter().filter(|w| **w != read) {
             cached(&fg.url(read)).await;
@@ -169,9 +174,18 @@ async fn a_write_through_a_spelling_another_app_reads_as_the_item_invalidates_it
             );
         }
     }
-    // Spellings one app reads as no item at all (no rule, or another):
-    // never cached.
-    for read in ["/items/x/..;/1", "/items\\1", "/items%2F1"] {
+    // A literal route decides for the path it names (its format reading,
+    // `/items`, has no rule): cached.
+    cached(&fg.url("/items.xml")).await;
+    // Spellings one app reads as no item at all (no rule, or another: a
+    // private one): never cached.
+    for read in [
+        "/items/x/..;/1",
+        "/items\\1",
+        "/items%2F1",
+        "/items/me.json/",
+        "/items/me;x",
+    ] {
         for _ in 0..2 {
             let r = raw("GET", read).to_ascii_lowercase();
             assert!(r.contains("x-cache: bypass"), "{read}: {r}");
@@ -179,6 +193,24 @@ async fn a_write_through_a_spelling_another_app_reads_as_the_item_invalidates_it
         }
     }
 }
+
+/// Items, and one private route among them.
+const SPELLINGS: &str = r#"
+routes:
+  - name: feed
+    match: /items.xml
+    ttl: 60s
+  - name: me
+    match: /items/me
+    enabled: false
+  - name: item
+    match: /items/:id
+    ttl: 60s
+invalidate:
+  - name: item-write
+    on: "[PATCH] /items/:id"
+    purge: [/items/:id]
+"#;
 
 /// An app that commits a `PATCH` once it has read its body, then answers.
 fn committing_app() -> String {
