@@ -4,10 +4,13 @@
 //! for the kill switch; `Cache-Status: ...; detail=`;
 //! `freshgate_bypasses_total{reason}`).
 
+use std::sync::Arc;
+
 use http::header;
 use pingora::http::RequestHeader;
 
 use crate::cachekey::{self, CookieProblem};
+use crate::canonical::RoutePath;
 use crate::config::Config;
 use crate::forwarding;
 use crate::rules::Rule;
@@ -54,6 +57,24 @@ impl Bypass {
             Bypass::StoreUnavailable => "store-unavailable",
         }
     }
+}
+
+/// Whether a read whose path apps read differently (`others`: its other
+/// readings, `Canonical::other_routes`) may use the cache: when every
+/// reading falls under its own route rule `rule` (the same settings, none
+/// private) — or under none while `rule` is a literal pattern naming this
+/// very path (`/sitemap.xml`, whose format reading is `/sitemap`). Its entry
+/// then carries every reading's tags.
+pub fn readings_agree(config: &Config, rule: Option<&Arc<Rule>>, others: &[RoutePath]) -> bool {
+    let literal = rule.is_some_and(|r| r.is_literal());
+    others
+        .iter()
+        .all(|route| match (config.routes.lookup(route), rule) {
+            (None, None) => true,
+            (None, Some(_)) => literal,
+            (Some(other), Some(rule)) => Arc::ptr_eq(other, rule),
+            (Some(_), None) => false,
+        })
 }
 
 /// Why `req` (a GET or HEAD, the `cache` flag on) must not use the cache,

@@ -452,6 +452,8 @@ mod tests {
             // WHATWG parsers read `\` as `/`.
             ("/posts\\1", &["/posts/1"]),
             ("/a\\..\\b", &["/b", "/a\\", "/a"]),
+            // WHATWG parsers read `//` or `/\\` as a host, then the path.
+            ("/\\x/items/1", &["/x/items/1", "/items/1"]),
             // Rails and Spring read a format suffix apart.
             ("/posts/7.json", &["/posts/7"]),
             ("/posts/7.json;x", &["/posts/7.json", "/posts/7"]),
@@ -494,6 +496,15 @@ mod tests {
         ] {
             assert!(canon(plain).other_routes.is_empty(), "{plain}");
         }
+        let keep = PathPolicy {
+            merge_slashes: false,
+            ..PathPolicy::default()
+        };
+        let (path, route) = ("//x/items/1", keep.route_path("//x/items/1"));
+        assert_eq!(
+            keep.other_readings(path, &route).unwrap(),
+            [keep.route_path("/items/1")]
+        );
         let p = PathPolicy::default();
         let all = p.route_paths("/A/b;x/").unwrap();
         assert_eq!(all, [p.route_path("/a/b;x"), p.route_path("/a/b")]);

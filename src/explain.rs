@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use http::Method;
 use pingora::http::RequestHeader;
 
+use crate::bypass;
 use crate::canonical::Canonical;
 use crate::config::Config;
 use crate::invalidation::own_tag;
@@ -89,16 +90,21 @@ pub fn request(config: &Config, request: &str) -> Result<String, String> {
     if path.as_str() != raw_path {
         let _ = writeln!(s, "  matched as: {path}");
     }
-    if let Some(r) = request.as_ref().filter(|r| !r.other_routes.is_empty()) {
-        let others: Vec<&str> = r.other_routes.iter().map(|p| p.as_str()).collect();
+    let others = request.as_ref().map_or(&[][..], |r| &r.other_routes[..]);
+    if !others.is_empty() {
+        let names: Vec<&str> = others.iter().map(|p| p.as_str()).collect();
         let _ = writeln!(
             s,
-            "  apps read this path differently: also as {}. A write plans every reading; a \
-             read is cached with every reading's tags if all fall under its route rule, \
-             else not (detail=ambiguous-path).",
-            others.join(", ")
+            "  apps read this path differently: also as {}. A write plans every reading.",
+            names.join(", ")
         );
-        if !methods::is_unsafe(&method) {
+        let rule = config.routes.lookup(&path);
+        if !methods::is_unsafe(&method) && !bypass::readings_agree(config, rule, others) {
+            let _ = writeln!(
+                s,
+                "  not cached: its readings fall under different route rules (one may be \
+                 private): detail=ambiguous-path"
+            );
             return Ok(s);
         }
     }
@@ -133,7 +139,15 @@ pub fn request(config: &Config, request: &str) -> Result<String, String> {
              a request with any other cookie bypasses the cache",
             names.join(", ")
         );
-        let tags = config.invalidation.tags_for_read(&path);
+        // Every reading's, as the proxy tags the fill.
+        let mut tags = config.invalidation.tags_for_read(&path);
+        for other in others {
+            for t in config.invalidation.tags_for_read(other) {
+                if !tags.contains(&t) {
+                    tags.push(t);
+                }
+            }
+        }
         let _ = writeln!(
             s,
             "  not a write. A response cached for it carries these tags; a write that \
@@ -291,8 +305,11 @@ invalidate:
     fn explains_a_path_apps_read_differently_as_the_proxy_does() {
         let read = request(&cfg(), "GET /studio/api/scenes/42;jsessionid=x").unwrap();
         assert!(read.contains("also as /studio/api/scenes/42."), "{read}");
-        assert!(read.contains("every reading's tags"), "{read}");
-        assert!(!read.contains("not a write"), "{read}");
+        assert!(read.contains("not a write"), "{read}");
+        assert!(read.contains("r:/studio/api/scenes/{id}|id=42\n"), "{read}");
+        // A reading under another rule (none, here): not cached.
+        let popped = request(&cfg(), "GET /x/..;/studio/api/scenes/42").unwrap();
+        assert!(popped.contains("detail=ambiguous-path"), "{popped}");
         let write = request(&cfg(), "PATCH /studio/api/scenes/42;jsessionid=x").unwrap();
         let tags = write.lines().last().unwrap();
         assert!(tags.contains("r:/studio/api/scenes/{id}|id=42 "), "{tags}");

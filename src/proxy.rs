@@ -825,19 +825,7 @@ impl Proxy {
             ctx.bypass = Some(Bypass::CacheOff);
             return false;
         }
-        // A path apps read differently is cached only if every reading
-        // falls under the same rule (the same settings, none private) — or
-        // under none, when its own rule names this very path (a literal
-        // pattern: `/sitemap.xml`, whose format reading is `/sitemap`). Its
-        // entry then carries every reading's tags (`proxy_upstream_filter`).
-        let literal = ctx.rule.as_ref().is_some_and(|r| r.is_literal());
-        let same_rule = |route| match (ctx.config.routes.lookup(route), &ctx.rule) {
-            (None, None) => true,
-            (None, Some(_)) => literal,
-            (Some(other), Some(rule)) => Arc::ptr_eq(other, rule),
-            (Some(_), None) => false,
-        };
-        if !request.other_routes.iter().all(same_rule) {
+        if !bypass::readings_agree(&ctx.config, ctx.rule.as_ref(), &request.other_routes) {
             ctx.bypass = Some(Bypass::AmbiguousPath);
             return false;
         }

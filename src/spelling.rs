@@ -5,6 +5,8 @@
 //! each is used, like `escapes.rs`, so the byte-level rules can be read
 //! (and fuzzed) on their own.
 
+use std::collections::HashSet;
+
 use crate::escapes;
 
 /// Step 1: the RFC 3986 §6.2.2 normal form of a path (plus merged slashes).
@@ -133,6 +135,8 @@ pub const MAX_READINGS: usize = 64;
 ///   (WSGI and ASGI servers, so Django, Flask, FastAPI; Laravel, Symfony;
 ///   gin, gorilla/mux), others as a character of the segment (Express,
 ///   Rails, Spring).
+/// - a path that starts with `//` or `/\`: a host and a path to WHATWG
+///   parsers (`new URL(req.url, base)`), a path to others.
 /// - a format suffix: Rails (`resources` are `/posts/:id(.:format)`) and
 ///   Spring's suffix patterns route `/posts/7.json` as post 7, others as
 ///   an id `7.json`.
@@ -146,10 +150,11 @@ fn closed_readings(path: &str, merge_slashes: bool, max: usize) -> Option<Vec<St
         return Some(Vec::new());
     }
     let mut all = vec![path.to_string()];
+    let mut seen = HashSet::from([path.to_string()]);
     let mut next = 0;
     while next < all.len() {
         for reading in readings_of(&all[next], merge_slashes) {
-            if !all.contains(&reading) {
+            if seen.insert(reading.clone()) {
                 if all.len() > max {
                     return None;
                 }
@@ -175,6 +180,17 @@ fn readings_of(path: &str, merge_slashes: bool) -> Vec<String> {
         out.extend(without_path_params(path, true));
         let up_to_params = path.split(';').next().unwrap_or_default();
         out.push(normalize_path(up_to_params, merge_slashes));
+    }
+    // WHATWG parsers read a path that starts with `//` (a `\` is a `/` to
+    // them) as a host and a path: `new URL("/\\x/items/1", base)` is
+    // `/items/1` on host `x` (Node apps that parse `req.url` so, Qwik City).
+    if path.len() > 1 && matches!(path.as_bytes()[1], b'/' | b'\\') {
+        let rest = &path[2..];
+        let after_host = rest.find(['/', '\\']).map_or("/", |i| &rest[i..]);
+        out.push(normalize_path(
+            &after_host.replace('\\', "/"),
+            merge_slashes,
+        ));
     }
     out.extend(without_format(path).map(str::to_string));
     out.retain(|p| p != path);

@@ -121,7 +121,8 @@ async fn a_write_through_an_alias_the_app_routes_alike_invalidates_the_canonical
 /// (Rails) ends the path at the first `;` (`/items/1;x/title` is item 1),
 /// WHATWG URL parsers (Remix, SvelteKit) read `\` as `/`, and servers that
 /// decode the path before routing (WSGI, ASGI, Laravel, gin) read `%2F` as
-/// `/`, and Rails routes `/items/1.json` as item 1 (`(.:format)`). A write through such a spelling changed the plain entry but purged
+/// `/` (and `/\x/items/1` as `/items/1` on host `x`), and Rails routes
+/// `/items/1.json` as item 1 (`(.:format)`). A write through such a spelling changed the plain entry but purged
 /// only its own spelling's, and the reverse. Now a write plans every
 /// reading; a read is cached with every reading's tags when they all fall
 /// under one rule, and not at all when not (one may be private).
@@ -151,6 +152,7 @@ async fn a_write_through_a_spelling_another_app_reads_as_the_item_invalidates_it
         "/items/1.json;x/title",
         "/items;x/1.json",
         "/items/x/..;/1.json",
+        "/\\x/items/1",
     ];
     // Spellings whose every reading is an item: cached, and purged by a
     // write through any other spelling.
@@ -185,6 +187,8 @@ async fn a_write_through_a_spelling_another_app_reads_as_the_item_invalidates_it
         "/items%2F1",
         "/items/me.json/",
         "/items/me;x",
+        "/\\x/items/1",
+        "/\\x/items/me",
     ] {
         for _ in 0..2 {
             let r = raw("GET", read).to_ascii_lowercase();
