@@ -454,6 +454,8 @@ mod tests {
             ("/a\\..\\b", &["/b", "/a\\", "/a"]),
             // WHATWG parsers read `//` or `/\\` as a host, then the path.
             ("/\\x/items/1", &["/x/items/1", "/items/1"]),
+            ("/\\\\x/items/1", &["/x/items/1", "/items/1"]),
+            ("/\\/x/items/1", &["/x/items/1", "/items/1"]),
             // Rails and Spring read a format suffix apart.
             ("/posts/7.json", &["/posts/7"]),
             ("/posts/7.json;x", &["/posts/7.json", "/posts/7"]),
@@ -500,9 +502,15 @@ mod tests {
             merge_slashes: false,
             ..PathPolicy::default()
         };
-        let (path, route) = ("//x/items/1", keep.route_path("//x/items/1"));
+        for path in ["//x/items/1", "///x/items/1"] {
+            let route = keep.route_path(path);
+            let readings = keep.other_readings(path, &route).unwrap();
+            assert!(readings.contains(&keep.route_path("/items/1")), "{path}");
+            assert!(readings.contains(&keep.route_path("/x/items/1")), "{path}");
+        }
+        let doubled = keep.route_path("/items//1");
         assert_eq!(
-            keep.other_readings(path, &route).unwrap(),
+            keep.other_readings("/items//1", &doubled).unwrap(),
             [keep.route_path("/items/1")]
         );
         let p = PathPolicy::default();

@@ -90,6 +90,10 @@ pub fn request(config: &Config, request: &str) -> Result<String, String> {
     if path.as_str() != raw_path {
         let _ = writeln!(s, "  matched as: {path}");
     }
+    if let Some(reason) = request.as_ref().and_then(writes::refused) {
+        let _ = writeln!(s, "  refused (400): {reason}");
+        return Ok(s);
+    }
     let others = request.as_ref().map_or(&[][..], |r| &r.other_routes[..]);
     if !others.is_empty() {
         let names: Vec<&str> = others.iter().map(|p| p.as_str()).collect();

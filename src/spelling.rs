@@ -137,6 +137,8 @@ pub const MAX_READINGS: usize = 64;
 ///   Rails, Spring).
 /// - a path that starts with `//` or `/\`: a host and a path to WHATWG
 ///   parsers (`new URL(req.url, base)`), a path to others.
+/// - `//` with `merge_slashes: false`: one `/` to servlet containers and
+///   Spring.
 /// - a format suffix: Rails (`resources` are `/posts/:id(.:format)`) and
 ///   Spring's suffix patterns route `/posts/7.json` as post 7, others as
 ///   an id `7.json`.
@@ -184,13 +186,22 @@ fn readings_of(path: &str, merge_slashes: bool) -> Vec<String> {
     // WHATWG parsers read a path that starts with `//` (a `\` is a `/` to
     // them) as a host and a path: `new URL("/\\x/items/1", base)` is
     // `/items/1` on host `x` (Node apps that parse `req.url` so, Qwik City).
-    if path.len() > 1 && matches!(path.as_bytes()[1], b'/' | b'\\') {
-        let rest = &path[2..];
+    // They skip every `/` and `\` before the host, however many.
+    if let Some(after) = path
+        .strip_prefix('/')
+        .filter(|r| r.starts_with(['/', '\\']))
+    {
+        let rest = after.trim_start_matches(['/', '\\']);
         let after_host = rest.find(['/', '\\']).map_or("/", |i| &rest[i..]);
         out.push(normalize_path(
             &after_host.replace('\\', "/"),
             merge_slashes,
         ));
+    }
+    // Servlet containers and Spring merge `//` whatever `merge_slashes`
+    // says of the app.
+    if !merge_slashes && path.contains("//") {
+        out.push(normalize_path(path, true));
     }
     out.extend(without_format(path).map(str::to_string));
     out.retain(|p| p != path);

@@ -153,6 +153,7 @@ async fn a_write_through_a_spelling_another_app_reads_as_the_item_invalidates_it
         "/items;x/1.json",
         "/items/x/..;/1.json",
         "/\\x/items/1",
+        "/\\\\x/items/1",
     ];
     // Spellings whose every reading is an item: cached, and purged by a
     // write through any other spelling.
@@ -189,6 +190,8 @@ async fn a_write_through_a_spelling_another_app_reads_as_the_item_invalidates_it
         "/items/me;x",
         "/\\x/items/1",
         "/\\x/items/me",
+        "/\\\\x/items/me",
+        "/\\/x/items/me",
     ] {
         for _ in 0..2 {
             let r = raw("GET", read).to_ascii_lowercase();
