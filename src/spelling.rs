@@ -148,14 +148,16 @@ pub fn other_spellings(path: &str, merge_slashes: bool) -> Option<Vec<String>> {
 
 /// [`other_spellings`] with at most `max` readings.
 fn closed_readings(path: &str, merge_slashes: bool, max: usize) -> Option<Vec<String>> {
-    if readings_of(path, merge_slashes).is_empty() {
+    // Most paths have none: one pass over them, no allocation.
+    let mut found = readings_of(path, merge_slashes);
+    if found.is_empty() {
         return Some(Vec::new());
     }
     let mut all = vec![path.to_string()];
     let mut seen = HashSet::from([path.to_string()]);
     let mut next = 0;
-    while next < all.len() {
-        for reading in readings_of(&all[next], merge_slashes) {
+    loop {
+        for reading in found {
             if seen.insert(reading.clone()) {
                 if all.len() > max {
                     return None;
@@ -164,6 +166,8 @@ fn closed_readings(path: &str, merge_slashes: bool, max: usize) -> Option<Vec<St
             }
         }
         next += 1;
+        let Some(p) = all.get(next) else { break };
+        found = readings_of(p, merge_slashes);
     }
     all.remove(0);
     Some(all)

@@ -219,15 +219,20 @@ invalidate:
     purge: [/items/:id]
 "#;
 
+/// A request's `Content-Length` as `read_head` gives its fields (0 without).
+fn content_length(headers: &[(String, String)]) -> usize {
+    headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// An app that commits a `PATCH` once it has read its body, then answers.
 fn committing_app() -> String {
     use std::io::{Read, Write};
     item_app(|conn, reader, headers, version| {
-        let length = headers
-            .iter()
-            .find(|(k, _)| k == "content-length")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
+        let length = content_length(headers);
         reader.read_exact(&mut vec![0; length])?;
         version.fetch_add(1, Ordering::SeqCst);
         conn.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
@@ -993,11 +998,7 @@ async fn a_read_on_another_replica_while_a_write_answer_streams_is_not_stored_ov
 fn early_answering_app() -> String {
     use std::io::{Read, Write};
     item_app(|conn, reader, headers, version| {
-        let length = headers
-            .iter()
-            .find(|(k, _)| k == "content-length")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
+        let length = content_length(headers);
         conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")?;
         conn.flush()?;
         reader.read_exact(&mut vec![0; length])?;
