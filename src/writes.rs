@@ -10,8 +10,8 @@
 //! |---|---|---|
 //! | 1xx (but 101) | not yet | informational: the final answer (and the commit) may still come |
 //! | 2xx, 3xx | yes | the app did what was asked (RFC 9111 §4.4) |
-//! | 4xx, 501 | no | the app refused the request (501: it does not implement the method): nothing changed (a write that changes data and then answers 4xx is an app bug) |
-//! | other 5xx | yes | an error may follow a commit (a crash after the database write, a failing post-commit step) |
+//! | 4xx | no | the app refused the request: nothing changed (a write that changes data and then answers 4xx is an app bug) |
+//! | 5xx | yes | an error may follow a commit (a crash after the database write, a failing post-commit step) |
 //! | no answer | yes, after `writes.timeout` | the client went away (RST), or the app timed out or reset: the app may still commit, so the write stays fenced until it no longer can |
 //! | never sent | no | no connection to the app was ever made for it (the app is down): nothing can have changed |
 
@@ -133,9 +133,7 @@ pub fn invalidates(status: u16) -> Option<bool> {
         // 101 Switching Protocols is a final answer; the others announce one.
         101 => Some(true),
         100..=199 => None,
-        // 501: the app does not know the method, so did not execute it
-        // (else any client's unknown method would invalidate).
-        400..=499 | 501 => Some(false),
+        400..=499 => Some(false),
         _ => Some(true),
     }
 }
@@ -511,7 +509,7 @@ mod tests {
         assert_eq!(invalidates(409), Some(false));
         assert_eq!(invalidates(500), Some(true), "an error may follow a commit");
         assert_eq!(invalidates(503), Some(true));
-        assert_eq!(invalidates(501), Some(false), "a method it does not know");
+        assert_eq!(invalidates(501), Some(true), "raised after a commit too");
     }
 
     #[test]
