@@ -67,7 +67,7 @@ use crate::prefetch::{self, Prefetcher};
 use crate::reload::LiveConfig;
 use crate::rules::Rule;
 use crate::storable::{self, NotStored};
-use crate::store::{Ended, FillInfo, FillStart, Store, Tags};
+use crate::store::{Ended, FillInfo, FillStart, HandOver, Store, Tags};
 use crate::upstream::Resolver;
 use crate::writes::{self, Answering, InFlight};
 use tracing::warn;
@@ -1018,34 +1018,46 @@ impl Proxy {
         // Taken before the first fence is lifted: no moment between them is
         // unfenced while the app may still commit — while the answer's body
         // streams, or the write's own body is still being forwarded.
-        let body_fence = if invalidate && (early || writes::answer_has_body(req, resp)) {
+        let (body_fence, ended) = if invalidate && (early || writes::answer_has_body(req, resp)) {
             let mut fenced = write.fence.tags().clone();
             fenced.extend(extra.iter().cloned());
-            let fence = self.store.begin_write(fenced).await;
-            if !fence.recorded() && self.rejects_unrecorded(&config) {
-                // Unrecorded, it fences nothing on other replicas while the
-                // body streams: not acknowledged, as an unrecorded first fence
-                // (both fences, dropped, stay until `writes.timeout`).
-                METRICS.writes_rejected.inc();
-                return Error::e_explain(
-                    ErrorType::HTTPStatus(502),
-                    "the write's answer cannot be fenced while it streams: not acknowledged",
-                );
-            }
+            let (fence, ended) = match self.store.hand_over(write.fence, fenced, extra).await {
+                HandOver::Done(fence, ended) => (fence, ended),
+                HandOver::Unfenced {
+                    fence,
+                    first,
+                    extra,
+                } => {
+                    if self.rejects_unrecorded(&config) {
+                        // Unrecorded, it fences nothing on other replicas
+                        // while the body streams: not acknowledged, as an
+                        // unrecorded first fence (both fences, dropped, stay
+                        // until `writes.timeout`).
+                        METRICS.writes_rejected.inc();
+                        return Error::e_explain(
+                            ErrorType::HTTPStatus(502),
+                            "the write's answer cannot be fenced while it streams: not acknowledged",
+                        );
+                    }
+                    (fence, self.store.end_write(first, extra, true).await)
+                }
+            };
             if resp.status == StatusCode::SWITCHING_PROTOCOLS {
                 // A tunnel may stay open for ever: fenced for as long as
                 // any write whose end is unknown (other replicas' sweeps
                 // would drop a longer fence anyway), then invalidated.
                 self.store
                     .end_write_later(fence, self.store.write_timeout());
-                None
+                (None, ended)
             } else {
-                Some(fence)
+                (Some(fence), ended)
             }
         } else {
-            None
+            (
+                None,
+                self.store.end_write(write.fence, extra, invalidate).await,
+            )
         };
-        let ended = self.store.end_write(write.fence, extra, invalidate).await;
         let recorded = ended == Ended::Recorded;
         if let Ended::Owed { fence_stands } = ended {
             warn!(

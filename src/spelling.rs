@@ -175,6 +175,24 @@ fn closed_readings(path: &str, merge_slashes: bool, max: usize) -> Option<Vec<St
 
 /// What each rule of [`other_spellings`] reads `path` as, once.
 fn readings_of(path: &str, merge_slashes: bool) -> Vec<String> {
+    // Every request asks; most paths have nothing a rule reads.
+    if !may_read_otherwise(path, merge_slashes) {
+        return Vec::new();
+    }
+    each_reading_of(path, merge_slashes)
+}
+
+/// Whether a rule of [`readings_of`] may apply to `path`: one pass over
+/// its bytes for what every rule needs (`\`, `%` of `%2F` and `%3B`, `;`,
+/// the `.` of a format suffix, a `//`).
+fn may_read_otherwise(path: &str, merge_slashes: bool) -> bool {
+    let b = path.as_bytes();
+    b.iter().any(|c| matches!(c, b'\\' | b'%' | b';' | b'.'))
+        || b.starts_with(b"//")
+        || (!merge_slashes && path.contains("//"))
+}
+
+fn each_reading_of(path: &str, merge_slashes: bool) -> Vec<String> {
     let mut out = Vec::new();
     for sent in ["\\", "%2F"] {
         if path.contains(sent) {
@@ -268,6 +286,29 @@ mod tests {
             all.extend(last.iter().cloned());
         }
         all
+    }
+
+    #[test]
+    fn a_path_the_quick_scan_passes_has_no_other_reading() {
+        // Every short path from the bytes the rules read and their
+        // neighbours: where the scan says no rule applies, none does.
+        let alphabet = ['/', 'a', '.', ';', '\\', '%', '2', 'F', 'B', '3'];
+        for path in all_strings(&alphabet, 6) {
+            let path = format!("/{path}");
+            for merge in [true, false] {
+                if !may_read_otherwise(&path, merge) {
+                    assert_eq!(
+                        each_reading_of(&path, merge),
+                        Vec::<String>::new(),
+                        "{path} (merge_slashes: {merge})"
+                    );
+                }
+            }
+        }
+        assert!(!may_read_otherwise("/api/posts/1", true));
+        assert!(may_read_otherwise("/api/posts/1.json", true));
+        assert!(may_read_otherwise("/a//b", false));
+        assert!(!may_read_otherwise("/a//b", true));
     }
 
     #[test]

@@ -87,6 +87,25 @@ pub trait InvalidationLog {
         invalidate: bool,
     ) -> Ended;
 
+    /// [`begin_write`] of write `to`, then [`end_write`] of write `from`
+    /// (invalidating), in one step where the log can take it. `None` where
+    /// it cannot, or failed: nothing is then known to be recorded, and the
+    /// caller takes the two steps (each is idempotent per write id; a
+    /// one-step call that ran late, on a replaced connection, can only
+    /// leave a fence without owner, which the sweep lifts).
+    ///
+    /// [`begin_write`]: InvalidationLog::begin_write
+    /// [`end_write`]: InvalidationLog::end_write
+    async fn hand_over(
+        &self,
+        _from: u64,
+        _to: u64,
+        _tags: &BTreeSet<String>,
+        _extra: &BTreeSet<String>,
+    ) -> Option<Ended> {
+        None
+    }
+
     /// Phase 2 with nothing left to wait on (process teardown): invalidate
     /// and lift as soon as the log allows.
     fn end_write_now(&self, id: u64, tags: &BTreeSet<String>);
@@ -238,6 +257,17 @@ impl InvalidationLog for Arc<RedisTier> {
         RedisTier::end_write(self, id, extra, invalidate).await
     }
 
+    async fn hand_over(
+        &self,
+        from: u64,
+        to: u64,
+        tags: &BTreeSet<String>,
+        extra: &BTreeSet<String>,
+    ) -> Option<Ended> {
+        self.adopt_request_runtime();
+        RedisTier::hand_over(self, from, to, tags, extra).await
+    }
+
     fn end_write_now(&self, id: u64, _tags: &BTreeSet<String>) {
         self.mark_ended(id);
     }
@@ -349,6 +379,16 @@ impl InvalidationLog for Log {
         invalidate: bool,
     ) -> Ended {
         on_either!(self, log => InvalidationLog::end_write(log, id, tags, extra, invalidate).await)
+    }
+
+    async fn hand_over(
+        &self,
+        from: u64,
+        to: u64,
+        tags: &BTreeSet<String>,
+        extra: &BTreeSet<String>,
+    ) -> Option<Ended> {
+        on_either!(self, log => InvalidationLog::hand_over(log, from, to, tags, extra).await)
     }
 
     fn end_write_now(&self, id: u64, tags: &BTreeSet<String>) {

@@ -111,6 +111,22 @@ impl Drop for WriteFence {
     }
 }
 
+/// What [`Store::hand_over`] did.
+pub enum HandOver {
+    /// The new fence stands, and the first write ended so.
+    Done(WriteFence, Ended),
+    /// The new fence could not be recorded: the first is to be ended by
+    /// the caller (`extra` is handed back for that). It stands, unless a
+    /// one-step hand-over whose answer was lost ran after all — then the
+    /// first is lifted and invalidated, and the new fence stands in Redis
+    /// (to its deadline), covering the same tags.
+    Unfenced {
+        fence: WriteFence,
+        first: WriteFence,
+        extra: BTreeSet<String>,
+    },
+}
+
 pub struct Store {
     memory: MemoryTier,
     /// What decides whether an entry may be served: a local log, or the one
@@ -207,6 +223,51 @@ impl Store {
         self.log
             .end_write(fence.id, &fence.tags, extra, invalidate)
             .await
+    }
+
+    /// Phase 2 of a write whose answer has a body to come: fence `tags` (its
+    /// own and its answer's) as a new write, then end `first` as
+    /// [`Store::end_write`] does, invalidating — the new fence in the log
+    /// before the first is lifted, so no moment between them is unfenced
+    /// while the app may still commit. One round trip to Redis where it
+    /// can be ([`InvalidationLog::hand_over`]), else the two steps; the
+    /// first is left standing when the new fence could not be recorded
+    /// ([`HandOver::Unfenced`]: the caller decides).
+    pub async fn hand_over(
+        &'static self,
+        mut first: WriteFence,
+        tags: BTreeSet<String>,
+        extra: BTreeSet<String>,
+    ) -> HandOver {
+        let id = rand::random::<u64>() | 1;
+        if let Some(ended) = self.log.hand_over(first.id, id, &tags, &extra).await {
+            let first = first.disarm();
+            METRICS
+                .invalidated_tags
+                .inc_by((first.tags.len() + extra.len()) as u64);
+            let fence = WriteFence {
+                id,
+                tags,
+                recorded: true,
+                armed: Some(self),
+            };
+            return HandOver::Done(fence, ended);
+        }
+        let recorded = self.log.begin_write(id, &tags).await;
+        let fence = WriteFence {
+            id,
+            tags,
+            recorded,
+            armed: Some(self),
+        };
+        if !recorded {
+            return HandOver::Unfenced {
+                fence,
+                first,
+                extra,
+            };
+        }
+        HandOver::Done(fence, self.end_write(first, extra, true).await)
     }
 
     /// How long the app may take to finish a write (`writes.timeout`, as

@@ -508,3 +508,58 @@ async fn a_missing_floor_serves_nothing_until_it_is_back() {
     let r = fg.get_shared(scene).await;
     assert_eq!((r.status, r.x_cache.as_str()), (200, "MISS"));
 }
+
+/// Every command Redis receives from its clients while `during` runs, as
+/// `MONITOR` prints them (not what scripts run inside).
+async fn monitored<F: std::future::Future>(redis: &Redis, during: F) -> (F::Output, Vec<String>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let addr = redis.url().trim_start_matches("redis://").replace("/0", "");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"MONITOR\r\n").await.unwrap();
+    let mut lines = BufReader::new(stream).lines();
+    assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("+OK"));
+    let out = during.await;
+    // A second more: what `during` set going ends (a lift after the
+    // answer's body). Other replicas' and the maintainer's calls never stop.
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    let mut seen = Vec::new();
+    while let Ok(Ok(Some(line))) = tokio::time::timeout_at(until, lines.next_line()).await {
+        if !line.contains(" lua]") {
+            seen.push(line);
+        }
+    }
+    (out, seen)
+}
+
+/// A write whose answer has a body is fenced again before its first fence
+/// is lifted (the app may commit while the answer streams), and that
+/// second fence is lifted once the body is sent. The hand-over is one call
+/// to Redis (`FENCE` and `LIFT` in one script), not two in turn: three
+/// calls name the write's tags, where four did (and the answer's header
+/// waited for three round trips, not two).
+#[tokio::test]
+async fn a_write_whose_answer_has_a_body_takes_three_calls_to_redis() {
+    let origin = Origin::start(0);
+    let redis = Redis::start();
+    let fg = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
+    fg.wait_redis(true).await;
+    // Redis learns each script at its first use (`NOSCRIPT`, then the
+    // same call again): a write before loads them.
+    fg.patch_shared("/studio/api/scenes/132", r#"{"text":"x"}"#)
+        .await;
+    let path = "/studio/api/scenes/131";
+    fg.get_shared(path).await;
+    let (written, commands) = monitored(&redis, fg.patch_shared(path, r#"{"text":"new"}"#)).await;
+    assert_eq!(written.status, 200);
+    assert!(!written.body.is_empty(), "the answer has a body");
+    let tag = format!("i:u:{path}\"");
+    let calls: Vec<&String> = commands
+        .iter()
+        .filter(|c| c.to_ascii_lowercase().contains("\"evalsha\"") && c.contains(&tag))
+        .collect();
+    assert_eq!(calls.len(), 3, "{calls:#?}");
+    // And the write is seen: the next read is the new text, from the app.
+    let after = fg.get_shared(path).await;
+    assert_eq!(after.x_cache, "MISS");
+    assert_eq!(after.json()["text"], "new");
+}

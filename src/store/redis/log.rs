@@ -198,6 +198,36 @@ end
 return s
 "#;
 
+/// [`FENCE`] of one write, then [`LIFT`] of another, in one call: a write
+/// whose answer has a body to come hands its tags to a second fence, which
+/// must be in the log before the first is lifted (`writes::Answering`).
+/// One round trip where the two scripts in turn take two. KEYS: the
+/// lift's, then the fence's. ARGV: how many of KEYS are the lift's, how
+/// many of the rest of ARGV are the lift's, the lift's ARGV, the fence's
+/// ARGV. Returns the lift's answer, or -1 if the fence was already held
+/// (nothing lifted: the caller takes the two steps).
+pub(super) fn hand_over_script() -> String {
+    format!(
+        "local function fence(KEYS, ARGV)\n{FENCE}\nend\n\
+         local function lift(KEYS, ARGV)\n{LIFT}\nend\n{HAND_OVER}"
+    )
+}
+
+const HAND_OVER: &str = r#"
+local nk, na = tonumber(ARGV[1]), tonumber(ARGV[2])
+local lk, la, fk, fa = {}, {}, {}, {}
+for i = 1, #KEYS do
+  if i <= nk then lk[#lk + 1] = KEYS[i] else fk[#fk + 1] = KEYS[i] end
+end
+for i = 3, #ARGV do
+  if i - 2 <= na then la[#la + 1] = ARGV[i] else fa[#fa + 1] = ARGV[i] end
+end
+if fence(fk, fa) == 0 then
+  return -1
+end
+return lift(lk, la)
+"#;
+
 /// Lifts, with invalidation, fences whose deadline passed (their writer died
 /// or lost Redis) — everything, when the rules that planned the write are
 /// not the fleet's any more. KEYS: clock, fences set. ARGV: key prefix, tag

@@ -16,6 +16,25 @@ pub(super) fn attempts(fenced_in: Option<u64>, link: &Link) -> u32 {
     }
 }
 
+/// A script's keys and arguments.
+pub(super) struct Call {
+    keys: Vec<String>,
+    args: Vec<String>,
+}
+
+impl Call {
+    fn invocation<'a>(&self, script: &'a redis::Script) -> redis::ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        for k in &self.keys {
+            inv.key(k);
+        }
+        for a in &self.args {
+            inv.arg(a);
+        }
+        inv
+    }
+}
+
 pub(super) fn joined(tags: &BTreeSet<String>) -> String {
     tags.iter()
         .map(String::as_str)
@@ -194,20 +213,25 @@ impl RedisTier {
         if tags.is_empty() {
             return true;
         }
-        let mut inv = self.fence_script.prepare_invoke();
-        inv.key(Keys::fences(&link.log))
-            .key(Keys::fence(&link.log, id));
-        for t in tags {
-            inv.key(Keys::tag(&link.log, t));
-        }
-        inv.arg(id)
-            .arg(self.fence_ttl.as_millis() as u64)
-            .arg(self.inv_ttl.as_millis() as u64)
-            .arg(joined(tags))
-            .arg(Keys::fence_channel(&link.log))
-            .arg(FENCE_UNIT)
-            .arg(format!("{rules:016x}"));
+        let call = self.fence_call(link, id, tags, rules);
+        let inv = call.invocation(&self.fence_script);
         self.record::<i64>(link, "fence", &inv, 1).await.is_some()
+    }
+
+    /// [`log::FENCE`]'s keys and arguments for write `id`.
+    fn fence_call(&self, link: &Link, id: u64, tags: &BTreeSet<String>, rules: u64) -> Call {
+        let mut keys = vec![Keys::fences(&link.log), Keys::fence(&link.log, id)];
+        keys.extend(tags.iter().map(|t| Keys::tag(&link.log, t)));
+        let args = vec![
+            id.to_string(),
+            self.fence_ttl.as_millis().to_string(),
+            self.inv_ttl.as_millis().to_string(),
+            joined(tags),
+            Keys::fence_channel(&link.log),
+            FENCE_UNIT.to_string(),
+            format!("{rules:016x}"),
+        ];
+        Call { keys, args }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -225,33 +249,56 @@ impl RedisTier {
         if fenced.is_empty() && (extra.is_empty() || !invalidate) {
             return true;
         }
-        let mut inv = self.lift_script.prepare_invoke();
-        inv.key(Keys::clock(&link.log))
-            .key(Keys::fences(&link.log))
-            .key(Keys::fence(&link.log, id))
-            .key(Keys::active_rules(&link.log))
-            .key(Keys::tag(&link.log, ALL_TAG))
-            .key(Keys::marker(&link.log, &self.replica_id));
-        for t in fenced.iter().chain(&extra) {
-            inv.key(Keys::tag(&link.log, t));
-        }
-        let all: BTreeSet<String> = fenced.union(&extra).cloned().collect();
-        inv.arg(id)
-            .arg(fenced.len())
-            .arg(self.inv_ttl.as_millis() as u64)
-            .arg(FENCE_UNIT)
-            .arg(if invalidate { "1" } else { "0" })
-            .arg(Keys::inv_channel(&link.log))
-            .arg(now_millis())
-            .arg(joined(&all))
-            .arg(Keys::fence_channel(&link.log))
-            .arg(joined(fenced))
-            .arg(format!("{rules:016x}"))
-            .arg(ALL_TAG)
-            .arg(self.marker_ttl_ms());
+        let (call, all) = self.lift_call(link, id, fenced, &extra, invalidate, rules);
+        let inv = call.invocation(&self.lift_script);
         let Some(s) = self.record::<u64>(link, "invalidate", &inv, attempts).await else {
             return false;
         };
+        self.lifted(link, s, all, invalidate);
+        true
+    }
+
+    /// [`log::LIFT`]'s keys and arguments for write `id` (`extra`: tags
+    /// its answer named that it did not fence), and every tag it names.
+    fn lift_call(
+        &self,
+        link: &Link,
+        id: u64,
+        fenced: &BTreeSet<String>,
+        extra: &BTreeSet<String>,
+        invalidate: bool,
+        rules: u64,
+    ) -> (Call, BTreeSet<String>) {
+        let mut keys = vec![
+            Keys::clock(&link.log),
+            Keys::fences(&link.log),
+            Keys::fence(&link.log, id),
+            Keys::active_rules(&link.log),
+            Keys::tag(&link.log, ALL_TAG),
+            Keys::marker(&link.log, &self.replica_id),
+        ];
+        keys.extend(fenced.iter().chain(extra).map(|t| Keys::tag(&link.log, t)));
+        let all: BTreeSet<String> = fenced.union(extra).cloned().collect();
+        let args = vec![
+            id.to_string(),
+            fenced.len().to_string(),
+            self.inv_ttl.as_millis().to_string(),
+            FENCE_UNIT.to_string(),
+            if invalidate { "1" } else { "0" }.to_string(),
+            Keys::inv_channel(&link.log),
+            now_millis().to_string(),
+            joined(&all),
+            Keys::fence_channel(&link.log),
+            joined(fenced),
+            format!("{rules:016x}"),
+            ALL_TAG.to_string(),
+            self.marker_ttl_ms().to_string(),
+        ];
+        (Call { keys, args }, all)
+    }
+
+    /// A lift recorded at clock value `s` (0: it invalidated nothing).
+    fn lifted(&self, link: &Link, s: u64, all: BTreeSet<String>, invalidate: bool) {
         self.saw_clock(link, s);
         if s > 0 {
             link.witness.recorded.fetch_max(s, Ordering::AcqRel);
@@ -264,7 +311,62 @@ impl RedisTier {
             // message comes back.
             self.followed.learn(s, all);
         }
-        true
+    }
+
+    /// A write whose answer has a body to come: fence `tags` as write `to`
+    /// and end write `from` as [`RedisTier::end_write`] does (invalidating
+    /// its tags and `extra`), in one call ([`log::hand_over_script`]) —
+    /// the second fence is in the log before the first is lifted, as when
+    /// the two are called in turn, one round trip sooner. Taken only in the
+    /// plain case: `from` fenced in the current run and both recorded at
+    /// once. `None` when it was not taken or failed; nothing is then known
+    /// to be recorded (the call may have run: both steps are idempotent
+    /// per write id), and the caller takes the two steps.
+    pub async fn hand_over(
+        &self,
+        from: u64,
+        to: u64,
+        tags: &BTreeSet<String>,
+        extra: &BTreeSet<String>,
+    ) -> Option<Ended> {
+        let link = self.link.load_full()?;
+        let (fenced, rules_from) = match self.owed.lock().writes.get(&from) {
+            Some(w) if w.fenced_in == Some(link.epoch) && w.end.is_none() => {
+                (w.tags.clone(), w.rules)
+            }
+            _ => return None,
+        };
+        if tags.is_empty() || fenced.is_empty() {
+            return None;
+        }
+        let rules = self.rules.load(Ordering::Acquire);
+        let extra: BTreeSet<String> = extra.difference(&fenced).cloned().collect();
+        let (lift, all) = self.lift_call(&link, from, &fenced, &extra, true, rules_from);
+        let fence = self.fence_call(&link, to, tags, rules);
+        let mut inv = self.hand_over_script.prepare_invoke();
+        inv.arg(lift.keys.len()).arg(lift.args.len());
+        for k in lift.keys.iter().chain(&fence.keys) {
+            inv.key(k);
+        }
+        for a in lift.args.iter().chain(&fence.args) {
+            inv.arg(a);
+        }
+        let s = self.record::<i64>(&link, "hand-over", &inv, 1).await?;
+        let s = u64::try_from(s).ok()?;
+        self.owed(|o| {
+            o.writes.remove(&from);
+            o.writes.insert(
+                to,
+                OwedWrite {
+                    tags: tags.clone(),
+                    rules,
+                    fenced_in: Some(link.epoch),
+                    end: None,
+                },
+            );
+        });
+        self.lifted(&link, s, all, true);
+        Some(Ended::Recorded)
     }
 
     /// Record what this replica owes the log in `link`'s run: lifts not yet
