@@ -35,8 +35,10 @@
 //! Kept apart: `%2F` (it is not `/`; in the key every reserved escape is
 //! kept as sent, so `/a/%40` and `/a/@` are two entries sharing their tags), the query (a key part,
 //! its pairs sorted by name with equal names kept in order; never part of a
-//! tag, since a write purges every query of a path), and everything an app
-//! may do on its own (`parseInt("7abc")` is 7 in JavaScript: no proxy can know).
+//! tag, since a write purges every query of a path), and ids spelled
+//! otherwise (`/posts/07`, `/posts/7abc`: `parseInt` reads 7): the key keeps
+//! them apart, their tags are each value's too ([`Canonical::id_routes`],
+//! `ids.rs`).
 //!
 //! The methods ([`Methods`]): the request's own and any method override the
 //! app may honour (`X-HTTP-Method-Override: PATCH` on a POST, `?_method=PATCH`,
@@ -48,6 +50,7 @@ use std::fmt;
 use pingora::http::RequestHeader;
 
 use crate::escapes;
+use crate::ids;
 use crate::methods::{self, MethodOverride, Methods};
 use crate::spelling::{self, normalize_path, sorted_query};
 
@@ -77,9 +80,10 @@ impl Default for PathPolicy {
 /// fingerprint, so replicas that would tag one request differently (a
 /// rolling upgrade across a change here) count as running mixed rules and
 /// bypass the cache until one build runs alone. Bumped with every change to
-/// what a path's route path is (2: escapes other than `%2F` and `%25`
-/// decoded; 3: a `%` that starts no escape is `%25`).
-pub const ROUTE_PATH_REVISION: u32 = 3;
+/// what a path's route path is, or what it is read as (2: escapes other
+/// than `%2F` and `%25` decoded; 3: a `%` that starts no escape is `%25`;
+/// 4: ids spelled otherwise read as their values, `ids.rs`).
+pub const ROUTE_PATH_REVISION: u32 = 4;
 
 /// A path as route rules, tags and write rules see it. Only [`PathPolicy`]
 /// makes one, so nothing can match a rule against a path it did not fold.
@@ -134,16 +138,37 @@ impl PathPolicy {
     }
 
     /// Every route path an app may read `path` as: its [`route_path`]
-    /// first, then any [`PathPolicy::other_readings`].
+    /// first, then any [`PathPolicy::other_readings`] and
+    /// [`PathPolicy::id_readings`].
     ///
     /// [`route_path`]: PathPolicy::route_path
-    /// `None` when it has more than [`spelling::MAX_READINGS`].
+    /// `None` when it has more than either bound.
     pub fn route_paths(&self, path: &str) -> Option<Vec<RoutePath>> {
         let path = normalize_path(path, self.merge_slashes);
         let route = self.fold(&path);
         let mut all = self.other_readings(&path, &route)?;
         all.insert(0, route);
+        let ids = self.id_readings(&all[0], &all[1..])?;
+        all.extend(ids);
         Some(all)
+    }
+
+    /// The route paths apps that parse ids read a path as, beside its
+    /// `route` path and its `others` readings ([`ids::id_readings`] of
+    /// each: `/scenes/0132` is `/scenes/132` to them); empty for most
+    /// paths, `None` for more than [`ids::MAX_ID_READINGS`] in all.
+    pub fn id_readings(&self, route: &RoutePath, others: &[RoutePath]) -> Option<Vec<RoutePath>> {
+        let mut found: Vec<RoutePath> = Vec::new();
+        for read in std::iter::once(route).chain(others) {
+            let room = ids::MAX_ID_READINGS - found.len();
+            for reading in ids::id_readings(read.as_str(), room)? {
+                let reading = RoutePath(reading);
+                if reading != *route && !others.contains(&reading) && !found.contains(&reading) {
+                    found.push(reading);
+                }
+            }
+        }
+        Some(found)
     }
 
     /// The route paths other than `route` that apps may read the canonical
@@ -222,6 +247,14 @@ pub struct Canonical {
     /// Its path has more readings than are listed: refused (a write could
     /// not be planned but as "everything").
     pub too_many_readings: bool,
+    /// What apps that parse its ids (numbers, UUIDs) read its route paths
+    /// as ([`PathPolicy::id_readings`]): the same handler as `route`, so
+    /// the same route rule, but maybe another record's spelling. Tags only:
+    /// a read carries theirs and a write invalidates them.
+    pub id_routes: Vec<RoutePath>,
+    /// Its ids have more readings than are listed: not cached, and refused
+    /// if a write.
+    pub too_many_ids: bool,
     pub methods: Methods,
     /// A write's WebDAV `Destination` (RFC 4918 §10.3): the resource a
     /// `MOVE` or `COPY` creates or replaces.
@@ -248,6 +281,9 @@ impl Canonical {
         let other_routes = paths.other_readings(&path, &route);
         let too_many_readings = other_routes.is_none();
         let other_routes = other_routes.unwrap_or_default();
+        let id_routes = paths.id_readings(&route, &other_routes);
+        let too_many_ids = id_routes.is_none();
+        let id_routes = id_routes.unwrap_or_default();
         let query = req.uri.query().map(sorted_query).filter(|q| !q.is_empty());
         let methods = methods::read(req, overrides);
         let destination = if methods.may_move() {
@@ -262,8 +298,18 @@ impl Canonical {
             route,
             other_routes,
             too_many_readings,
+            id_routes,
+            too_many_ids,
             destination,
         }
+    }
+
+    /// Every route path whose tags a read carries and a write invalidates:
+    /// `route`, `other_routes`, `id_routes`.
+    pub fn tagged_routes(&self) -> impl Iterator<Item = &RoutePath> {
+        std::iter::once(&self.route)
+            .chain(&self.other_routes)
+            .chain(&self.id_routes)
     }
 
     /// Whether the request target to forward differs from the one the

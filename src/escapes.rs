@@ -44,6 +44,12 @@ pub fn decode_unreserved(path: &str) -> String {
     })
 }
 
+/// Every escape decoded, as an app is given a segment's value (a `%` that
+/// starts no escape is kept, as `%25`).
+pub fn decode_all(path: &str) -> String {
+    rewrite_escapes(path, |c, out| out.push(c))
+}
+
 /// `value` fit to stand as one path segment again (a route path's bound
 /// value, for a URL freshgate fetches itself): every byte but RFC 3986's
 /// `pchar`s (unreserved, sub-delims, `:`, `@`) escaped, `%` included.

@@ -112,6 +112,25 @@ pub fn request(config: &Config, request: &str) -> Result<String, String> {
             return Ok(s);
         }
     }
+    if let Some(r) = &request {
+        if r.too_many_ids {
+            let _ = writeln!(
+                s,
+                "  not cached: apps that parse ids read this path in more ways than are \
+                 listed: detail=ambiguous-path"
+            );
+            return Ok(s);
+        }
+        if !r.id_routes.is_empty() {
+            let names: Vec<&str> = r.id_routes.iter().map(|p| p.as_str()).collect();
+            let _ = writeln!(
+                s,
+                "  apps that parse its ids (numbers, UUIDs) read it also as {}: a read carries \
+                 their tags, a write invalidates them.",
+                names.join(", ")
+            );
+        }
+    }
     match config.routes.lookup(&path) {
         Some(r) => {
             let _ = writeln!(
@@ -144,14 +163,10 @@ pub fn request(config: &Config, request: &str) -> Result<String, String> {
             names.join(", ")
         );
         // Every reading's, as the proxy tags the fill.
-        let mut tags = config.invalidation.tags_for_read(&path);
-        for other in others {
-            for t in config.invalidation.tags_for_read(other) {
-                if !tags.contains(&t) {
-                    tags.push(t);
-                }
-            }
-        }
+        let tags = match &request {
+            Some(r) => config.invalidation.tags_for_reads(r.tagged_routes()),
+            None => config.invalidation.tags_for_read(&path),
+        };
         let _ = writeln!(
             s,
             "  not a write. A response cached for it carries these tags; a write that \

@@ -19,6 +19,8 @@
 //! - [`spelling`]: a request target's normal form, the other paths apps may
 //!   read it as (`;params`, `\`), and its query in key order.
 //! - [`host`]: the host a request names, validated and normalised (it is keyed).
+//! - [`ids`]: the numbers and UUIDs a path's segments name to apps that
+//!   parse them (`/scenes/0132` is scene 132), so every spelling shares tags.
 //! - [`forwarding`]: client facts told to the app; headers never passed on.
 //! - [`upstream`]: the app's address, resolved off the request path.
 //! - [`bypass`]: why a read does not use the cache (one typed reason).
@@ -63,6 +65,7 @@ pub mod forwarding;
 pub mod health;
 pub mod hit;
 pub mod host;
+pub mod ids;
 pub mod invalidation;
 pub mod methods;
 pub mod metrics;

@@ -388,15 +388,11 @@ impl ProxyHttp for Proxy {
         // The log is read *before* the fetch begins: any invalidation after
         // this point makes what we are about to store unservable.
         if session.cache.enabled() {
-            ctx.read_tags = ctx.config.invalidation.tags_for_read(&request.route);
             // Every reading's: a write through any of them purges it.
-            for other in &request.other_routes {
-                for tag in ctx.config.invalidation.tags_for_read(other) {
-                    if !ctx.read_tags.contains(&tag) {
-                        ctx.read_tags.push(tag);
-                    }
-                }
-            }
+            ctx.read_tags = ctx
+                .config
+                .invalidation
+                .tags_for_reads(request.tagged_routes());
             ctx.fill = self.store.fill_start(&ctx.read_tags).await;
         }
         Ok(true)
@@ -825,7 +821,9 @@ impl Proxy {
             ctx.bypass = Some(Bypass::CacheOff);
             return false;
         }
-        if !bypass::readings_agree(&ctx.config, ctx.rule.as_ref(), &request.other_routes) {
+        if request.too_many_ids
+            || !bypass::readings_agree(&ctx.config, ctx.rule.as_ref(), &request.other_routes)
+        {
             ctx.bypass = Some(Bypass::AmbiguousPath);
             return false;
         }

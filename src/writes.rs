@@ -61,9 +61,10 @@ pub fn plan(config: &Config, rules_on: bool, request: &Canonical) -> Planned {
     let mut rules: Vec<String> = plan.matched.into_iter().map(|m| m.name).collect();
     let mut tags = plan.tags;
     let mut refetch = plan.refetch;
-    // A path some apps read otherwise (`;params`, `\`) is another path to
-    // them: what a write of that one may change too.
-    for other in &request.other_routes {
+    // A path some apps read otherwise (`;params`, `\`, an id spelled
+    // otherwise) is another path to them: what a write of that one may
+    // change too.
+    for other in request.tagged_routes().skip(1) {
         let also = config.invalidation.plan_write(&request.methods, other);
         tags.extend(also.tags);
         for name in also.matched.into_iter().map(|m| m.name) {
@@ -119,6 +120,11 @@ pub fn refused(request: &Canonical) -> Option<&'static str> {
     }
     if request.too_many_readings {
         return Some("a path that apps read in too many ways");
+    }
+    if request.too_many_ids && request.methods.is_write() {
+        return Some(
+            "a write to a path whose ids apps read in too many ways (spell its numbers plainly)",
+        );
     }
     request
         .methods

@@ -251,6 +251,27 @@ impl Invalidation {
         tags
     }
 
+    /// The tags of a cached response read as each of `paths` (a path and
+    /// its readings, `Canonical::tagged_routes`), each once.
+    pub fn tags_for_reads<'a>(
+        &self,
+        paths: impl IntoIterator<Item = &'a RoutePath>,
+    ) -> Vec<String> {
+        let mut paths = paths.into_iter();
+        let Some(first) = paths.next() else {
+            return Vec::new();
+        };
+        let mut tags = self.tags_for_read(first);
+        for path in paths {
+            for tag in self.tags_for_read(path) {
+                if !tags.contains(&tag) {
+                    tags.push(tag);
+                }
+            }
+        }
+        tags
+    }
+
     /// The rules a write matches, with what each invalidates. A rule applies
     /// when the write may be any of its methods (an override may make a POST
     /// a PATCH to the app).

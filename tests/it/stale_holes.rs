@@ -219,6 +219,114 @@ invalidate:
     purge: [/items/:id]
 "#;
 
+/// Found by attack: an app that parses an id reads `/scenes/0111` and
+/// `/scenes/%2B111` as scene 111 (the demo's `parse::<u64>`, `parseInt`,
+/// Python's `int`, Rails' `find`), while freshgate tagged them as other
+/// ids: a write through one spelling left the others' entries stale, both
+/// ways, and so did what the write's rule purges.
+#[tokio::test]
+async fn a_write_through_a_number_spelled_otherwise_invalidates_the_item() {
+    let origin = Origin::start(0);
+    let fg = Freshgate::start(&origin.url(), None, TEST_CONFIG);
+    let scene = fg.url("/studio/api/scenes/111");
+    let aliases = [
+        "/studio/api/scenes/0111",
+        "/studio/api/scenes/%2B111",
+        "/studio/api/scenes/%2B00111",
+    ];
+    for (n, alias) in aliases.iter().enumerate() {
+        // Written through the alias, read plainly.
+        cached(&scene).await;
+        let text = format!("edit {n} through {alias}");
+        let w = send(
+            client()
+                .patch(fg.url(alias))
+                .body(serde_json::json!({ "text": text }).to_string()),
+        )
+        .await;
+        assert_eq!(w.status, 200, "{alias}: {w:?}");
+        let r = get(&scene).await;
+        assert_eq!(r.json()["text"], text.as_str(), "after a PATCH of {alias}");
+
+        // Read through the alias, written plainly.
+        cached(&fg.url(alias)).await;
+        let text = format!("plain edit {n}");
+        let w = send(
+            client()
+                .patch(scene.clone())
+                .body(serde_json::json!({ "text": text }).to_string()),
+        )
+        .await;
+        assert_eq!(w.status, 200, "{w:?}");
+        let r = get(&fg.url(alias)).await;
+        assert_eq!(
+            r.json()["text"],
+            text.as_str(),
+            "{alias} after a plain PATCH"
+        );
+    }
+
+    // What the rule purges with the bound id: post 3 and the collection,
+    // through a like on post 003.
+    let (post, list) = (
+        fg.url("/community/api/posts/3"),
+        fg.url("/community/api/posts"),
+    );
+    cached(&post).await;
+    cached(&list).await;
+    let liked = send(client().post(fg.url("/community/api/posts/003/like"))).await;
+    assert_eq!(liked.json()["likes"], 1, "{liked:?}");
+    assert_eq!(get(&post).await.json()["likes"], 1);
+    assert_eq!(listed(&get(&list).await, 3)["likes"], 1);
+}
+
+/// The same for every way of spelling an id the parsers apps use read
+/// alike: an app that takes each of these to be item 1 (or one UUID), and
+/// a write through any spelling purges what a read through any other cached.
+#[tokio::test]
+async fn every_spelling_of_an_id_parsers_read_alike_shares_its_invalidations() {
+    let app = committing_app();
+    let fg = Freshgate::start(&app, None, SPELLINGS);
+    let raw = |method: &str, target: &str| {
+        raw_exchange(
+            fg.addr,
+            format!("{method} {target} HTTP/1.1\r\nhost: app.test\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}").as_bytes(),
+        )
+    };
+    let numbers = [
+        "/items/1",
+        "/items/01",
+        "/items/%2B1",
+        "/items/%201",
+        "/items/1-a-title",
+        "/items/1e0",
+        "/items/0x1",
+        "/items/%D9%A1",
+    ];
+    let uuids = [
+        "/items/a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        "/items/A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11",
+        "/items/%7Ba0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11%7D",
+        "/items/a0eebc999c0b4ef8bb6d6bb9bd380a11",
+    ];
+    for spellings in [&numbers[..], &uuids[..]] {
+        for read in spellings {
+            for write in spellings.iter().filter(|w| *w != read) {
+                cached(&fg.url(read)).await;
+                let w = raw("PATCH", write);
+                assert_eq!(raw_status(&w), 204, "{write}: {w}");
+                let now = get(&format!("{app}/items/1")).await.json()["version"].clone();
+                let r = get(&fg.url(read)).await;
+                assert_eq!(
+                    r.json()["version"],
+                    now,
+                    "{read} after a PATCH of {write}: {r:?}"
+                );
+            }
+        }
+    }
+}
+
 /// A request's `Content-Length` as `read_head` gives its fields (0 without).
 fn content_length(headers: &[(String, String)]) -> usize {
     headers

@@ -1,0 +1,481 @@
+//! An id spelled otherwise: the numbers and UUIDs a path segment names to
+//! apps that parse it, so that every spelling of one record shares its tags.
+//!
+//! An app that routes `/scenes/:id` and parses `id` as an integer reads
+//! `/scenes/0132`, `/scenes/+132`, `/scenes/132-my-title` (`parseInt`,
+//! Rails' `find`) and `/scenes/%20132` as scene 132: another path to
+//! freshgate, the same row to the app. A write through one spelling must
+//! invalidate what the others cached, both ways. So each segment that an
+//! integer or UUID parser reads as something other than itself has
+//! *readings*: the canonical spelling of each value a parser gives it
+//! (`132`, lower-case hyphenated UUIDs). A path's id readings are every
+//! combination of its segments' (any segment may be the one the app
+//! parses, or a slug it compares as text), and a read is tagged, and a
+//! write invalidates, as each of them too.
+//!
+//! Why that meets: if the app reads two spellings `a` and `b` as one value
+//! `v`, then `v`'s canonical spelling is among the readings of both (or is
+//! one of them), so an entry cached through one carries a tag a write
+//! through the other invalidates. A canonical spelling has no readings of
+//! its own, so most paths (`/scenes/132`, `/posts/my-title`) cost one look
+//! at each segment's first byte.
+//!
+//! The parsers read as (each reading is a superset of what one parser
+//! accepts; a reading no app uses only widens a purge):
+//! - decimal: surrounding whitespace, a sign, leading zeros, `_` between
+//!   digits and any Unicode decimal digits (`parseInt`, `Number`, Python's
+//!   `int`, Java's `parseLong`, Go's `Atoi`, Rust's `parse`, Postgres);
+//! - the integer a segment starts with, the rest ignored (`parseInt`,
+//!   Ruby's `to_i` and Rails' `find`, PHP, MySQL's cast, C's `atoi`), with
+//!   and without Ruby's `_` between digits;
+//! - `0x`, `0o`, `0b` prefixes (`Number`, `parseInt` for `0x`, Python's
+//!   `int(s, 0)`, Go's `ParseInt(s, 0, ...)`) and C's and Go's leading-zero
+//!   octal (`0132` is 90 to `strtol(s, 0, 0)`);
+//! - a decimal number with a fraction or exponent, truncated (`Number`
+//!   for `1.32e2`, PHP's `(int)`, MySQL's comparison);
+//! - a UUID with upper-case hex, braces, a `urn:uuid:` prefix, or its
+//!   hyphens moved or left out (Postgres' `uuid`, Python's `UUID`).
+//!
+//! Not read (docs/architecture.md, "What is still not promised"): other
+//! radixes (an app's own hex ids with leading zeros), Java's short UUID
+//! groups (`1-1-1-1-1`), integers past 2^53 that JavaScript rounds, and
+//! whatever an app does with a value on its own.
+
+use std::borrow::Cow;
+
+use crate::escapes;
+
+/// Most id readings of one path (beside the path itself). A path has one
+/// reading per parsed value of each such segment, multiplied over its
+/// segments: a handful for a real path, more only for one built to cost.
+pub const MAX_ID_READINGS: usize = 64;
+
+/// The paths other than `path` (a route path: `/`-separated, its escapes
+/// but `%2F`, `%25` and control bytes decoded) that apps parsing its ids
+/// read it as, at most `max` of them; `None` if there are more. Computed
+/// one segment at a time, and the count checked before any path is built:
+/// a path built to have many costs no more than its length.
+pub fn id_readings(path: &str, max: usize) -> Option<Vec<String>> {
+    // Most paths: no segment is spelled otherwise, nothing allocated.
+    if !path.split('/').any(may_be_spelled_otherwise) {
+        return Some(Vec::new());
+    }
+    let mut choices: Vec<Vec<Cow<str>>> = Vec::new();
+    let mut count: usize = 1;
+    for segment in path.split('/') {
+        let mut these = vec![Cow::Borrowed(segment)];
+        if may_be_spelled_otherwise(segment) {
+            these.extend(segment_readings(segment).into_iter().map(Cow::Owned));
+        }
+        count = count.saturating_mul(these.len());
+        if count > max + 1 {
+            return None;
+        }
+        choices.push(these);
+    }
+    let mut paths = vec![String::new()];
+    for (i, these) in choices.iter().enumerate() {
+        paths = paths
+            .iter()
+            .flat_map(|p| {
+                these.iter().map(move |s| {
+                    let mut p = p.clone();
+                    if i > 0 {
+                        p.push('/');
+                    }
+                    p.push_str(s);
+                    p
+                })
+            })
+            .collect();
+    }
+    paths.retain(|p| p != path);
+    Some(paths)
+}
+
+/// Whether `segment` may have [`segment_readings`]: it is not a plain
+/// decimal (`132`, `0`) and starts as a number, a UUID or whitespace may.
+fn may_be_spelled_otherwise(segment: &str) -> bool {
+    let b = segment.as_bytes();
+    match b.first() {
+        None => false,
+        Some(b'1'..=b'9') => !b.iter().all(u8::is_ascii_digit),
+        Some(b'0') => b.len() > 1,
+        Some(b'+' | b'-' | b'.' | b'{' | b'%' | b' ') => true,
+        Some(c) if !c.is_ascii() => true,
+        Some(b'a'..=b'f' | b'A'..=b'F') => b.len() >= 32,
+        Some(b'u' | b'U') => b.len() > 9 && b[..9].eq_ignore_ascii_case(b"urn:uuid:"),
+        Some(_) => false,
+    }
+}
+
+/// What apps that parse `segment` as an id may read it as, other than
+/// itself: each reading once, canonical (see the module's list).
+pub fn segment_readings(segment: &str) -> Vec<String> {
+    // Apps parse the value they were given, its escapes decoded (a `%09`
+    // is a tab to them, which `Number` trims).
+    let decoded = if segment.contains('%') {
+        Cow::Owned(escapes::decode_all(segment))
+    } else {
+        Cow::Borrowed(segment)
+    };
+    let t = decoded.trim_matches(is_space);
+    let mut out: Vec<String> = [
+        decimal(t),
+        leading_integer(t, false),
+        leading_integer(t, true),
+        radix(t),
+        leading_number(t),
+        uuid(t),
+        // `Number(" ")` is 0.
+        (t.is_empty() && !decoded.is_empty()).then(|| "0".to_string()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    out.sort();
+    out.dedup();
+    out.retain(|r| r != segment);
+    out
+}
+
+/// Whitespace that parsers trim: Unicode's (Python's `strip`, JavaScript's
+/// `trim`), the separators Python counts as space, and the BOM JavaScript does.
+fn is_space(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '\u{1C}'..='\u{1F}' | '\u{FEFF}')
+}
+
+/// The canonical decimal of a sign and ASCII digits: no leading zeros, no
+/// `+`, and no `-` on zero.
+fn canonical_integer(negative: bool, digits: &str) -> String {
+    let digits = digits.trim_start_matches('0');
+    match (digits.is_empty(), negative) {
+        (true, _) => "0".to_string(),
+        (false, true) => format!("-{digits}"),
+        (false, false) => digits.to_string(),
+    }
+}
+
+/// `s` without a leading `+` or `-`, and whether it was `-`.
+fn sign(s: &str) -> (bool, &str) {
+    match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    }
+}
+
+/// The whole of `t` as a decimal integer: a sign, digits of any script,
+/// `_` between two of them.
+fn decimal(t: &str) -> Option<String> {
+    let (negative, rest) = sign(t);
+    let mut digits = String::with_capacity(rest.len());
+    let mut after_digit = false;
+    let mut chars = rest.chars().peekable();
+    while let Some(c) = chars.next() {
+        if let Some(d) = digit_value(c) {
+            digits.push(char::from(b'0' + d));
+            after_digit = true;
+        } else if c == '_' && after_digit && chars.peek().and_then(|&n| digit_value(n)).is_some() {
+            after_digit = false;
+        } else {
+            return None;
+        }
+    }
+    (!digits.is_empty()).then(|| canonical_integer(negative, &digits))
+}
+
+/// The integer `t` starts with, whatever follows: a sign and ASCII digits
+/// (and, with `underscores`, `_` between two of them, as Ruby's `to_i`).
+fn leading_integer(t: &str, underscores: bool) -> Option<String> {
+    let (negative, rest) = sign(t);
+    let b = rest.as_bytes();
+    let mut digits = String::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i].is_ascii_digit() {
+            digits.push(char::from(b[i]));
+        } else if !(underscores
+            && b[i] == b'_'
+            && i > 0
+            && b[i - 1].is_ascii_digit()
+            && b.get(i + 1).is_some_and(u8::is_ascii_digit))
+        {
+            break;
+        }
+        i += 1;
+    }
+    (!digits.is_empty()).then(|| canonical_integer(negative, &digits))
+}
+
+/// `t` as an integer with a radix prefix (`0x84`, `0o204`, `0b…`), or a
+/// leading `0` read as octal (`0204`), as far as its digits go; `_`
+/// between digits skipped. `None` past 128 bits.
+fn radix(t: &str) -> Option<String> {
+    let (negative, rest) = sign(t);
+    let lower = rest.get(..2).map(str::to_ascii_lowercase);
+    let (base, digits) = match lower.as_deref() {
+        Some("0x") => (16, &rest[2..]),
+        Some("0o") => (8, &rest[2..]),
+        Some("0b") => (2, &rest[2..]),
+        _ if rest.len() > 1 && rest.starts_with('0') => (8, &rest[1..]),
+        _ => return None,
+    };
+    let mut value: u128 = 0;
+    let mut any = false;
+    for c in digits.chars() {
+        match c.to_digit(base) {
+            Some(d) => {
+                value = value
+                    .checked_mul(u128::from(base))?
+                    .checked_add(u128::from(d))?;
+                any = true;
+            }
+            None if c == '_' => {}
+            None => break,
+        }
+    }
+    any.then(|| canonical_integer(negative, &value.to_string()))
+}
+
+/// The decimal number `t` starts with (a fraction and an exponent read),
+/// truncated to an integer as the float an app parses it to is: `None` if
+/// it starts with none, or one out of a database integer's range.
+fn leading_number(t: &str) -> Option<String> {
+    let b = t.as_bytes();
+    let i = usize::from(matches!(b.first(), Some(b'+' | b'-')));
+    let digits_from = |mut i: usize| {
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        i
+    };
+    let int_end = digits_from(i);
+    let mut end = int_end;
+    let mut mantissa = int_end > i;
+    if b.get(end) == Some(&b'.') {
+        let frac_end = digits_from(end + 1);
+        mantissa |= frac_end > end + 1;
+        end = frac_end;
+    }
+    if !mantissa {
+        return None;
+    }
+    if matches!(b.get(end), Some(b'e' | b'E')) {
+        let mut e = end + 1;
+        e += usize::from(matches!(b.get(e), Some(b'+' | b'-')));
+        let exp_end = digits_from(e);
+        if exp_end > e {
+            end = exp_end;
+        }
+    }
+    let value: f64 = t[..end].parse().ok()?;
+    let whole = value.trunc();
+    // Past 2^63 no database integer holds it.
+    (whole.abs() < 9.2e18).then(|| format!("{}", whole as i64))
+}
+
+/// `t` as a UUID, in its canonical lower-case hyphenated form: 32 hex
+/// digits, any hyphens, in braces or after `urn:uuid:` or neither.
+fn uuid(t: &str) -> Option<String> {
+    let t = match t.get(..9) {
+        Some(p) if p.eq_ignore_ascii_case("urn:uuid:") => &t[9..],
+        _ => t,
+    };
+    let t = t
+        .strip_prefix('{')
+        .and_then(|x| x.strip_suffix('}'))
+        .unwrap_or(t);
+    let hex: String = t
+        .chars()
+        .filter(|&c| c != '-')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if hex.len() != 32 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    ))
+}
+
+/// The first code point of each run of ten Unicode decimal digits (general
+/// category Nd, Unicode 16 and later: every script's 0, each followed by
+/// its 1 to 9). Python's `int` and Java's `parseLong` read them all.
+const DIGIT_ZEROS: [u32; 77] = [
+    0x30, 0x660, 0x6F0, 0x7C0, 0x966, 0x9E6, 0xA66, 0xAE6, 0xB66, 0xBE6, 0xC66, 0xCE6, 0xD66,
+    0xDE6, 0xE50, 0xED0, 0xF20, 0x1040, 0x1090, 0x17E0, 0x1810, 0x1946, 0x19D0, 0x1A80, 0x1A90,
+    0x1B50, 0x1BB0, 0x1C40, 0x1C50, 0xA620, 0xA8D0, 0xA900, 0xA9D0, 0xA9F0, 0xAA50, 0xABF0, 0xFF10,
+    0x104A0, 0x10D30, 0x10D40, 0x11066, 0x110F0, 0x11136, 0x111D0, 0x112F0, 0x11450, 0x114D0,
+    0x11650, 0x116C0, 0x116D0, 0x116DA, 0x11730, 0x118E0, 0x11950, 0x11BF0, 0x11C50, 0x11D50,
+    0x11DA0, 0x11DE0, 0x11F50, 0x16130, 0x16A60, 0x16AC0, 0x16B50, 0x16D70, 0x1CCF0, 0x1D7CE,
+    0x1D7D8, 0x1D7E2, 0x1D7EC, 0x1D7F6, 0x1E140, 0x1E2F0, 0x1E4F0, 0x1E5F1, 0x1E950, 0x1FBF0,
+];
+
+/// The value of a decimal digit of any script.
+fn digit_value(c: char) -> Option<u8> {
+    let c = u32::from(c);
+    let i = DIGIT_ZEROS
+        .partition_point(|&zero| zero <= c)
+        .checked_sub(1)?;
+    let d = c - DIGIT_ZEROS[i];
+    u8::try_from(d).ok().filter(|&d| d < 10)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn readings(s: &str) -> Vec<String> {
+        segment_readings(s)
+    }
+
+    #[test]
+    fn a_number_spelled_otherwise_reads_as_its_plain_spelling() {
+        for (spelling, value) in [
+            ("0132", "132"),
+            ("+132", "132"),
+            (" 132 ", "132"),
+            ("%09132", "132"),
+            ("\u{a0}132", "132"),
+            ("132-my-title", "132"),
+            ("132.json", "132"),
+            ("1_32", "132"),
+            ("0x84", "132"),
+            ("0X84", "132"),
+            ("0o204", "132"),
+            ("0b10000100", "132"),
+            ("1.32e2", "132"),
+            ("132.0", "132"),
+            ("132.", "132"),
+            ("13.2E1", "132"),
+            ("\u{661}\u{663}\u{662}", "132"),
+            ("\u{ff11}\u{ff13}\u{ff12}", "132"),
+            ("-0", "0"),
+            ("-0132", "-132"),
+            ("00", "0"),
+            (" ", "0"),
+        ] {
+            let r = readings(spelling);
+            assert!(r.iter().any(|x| x == value), "{spelling:?}: {r:?}");
+        }
+        // What parsers disagree on is read every way: parseInt stops at
+        // the `.`, Number reads the exponent; Go's ParseInt base 0 and C's
+        // strtol read a leading zero as octal.
+        assert_eq!(readings("1.32e2"), ["1", "132"]);
+        assert_eq!(readings("0132"), ["132", "90"]);
+        assert_eq!(readings("0x84"), ["0", "132"]);
+    }
+
+    #[test]
+    fn a_canonical_spelling_has_no_readings() {
+        for s in [
+            "132",
+            "0",
+            "-132",
+            "scenes",
+            "my-title",
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            "",
+        ] {
+            assert_eq!(readings(s), Vec::<String>::new(), "{s:?}");
+        }
+        // Canonical readings are fixed points: a reading of a reading is
+        // nothing new.
+        for s in [
+            "0132",
+            "+7",
+            "1.32e2",
+            "0x84",
+            "{A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11}",
+        ] {
+            for r in readings(s) {
+                if r.bytes().all(|c| c.is_ascii_digit() || c == b'-') {
+                    assert_eq!(readings(&r), Vec::<String>::new(), "{s} → {r}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_uuid_spelled_otherwise_reads_as_its_canonical_form() {
+        let canonical = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11";
+        for spelling in [
+            "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11",
+            "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}",
+            "a0eebc999c0b4ef8bb6d6bb9bd380a11",
+            "a0eebc99-9c0b4ef8-bb6d6bb9-bd380a11",
+            "urn:uuid:a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        ] {
+            assert!(may_be_spelled_otherwise(spelling), "{spelling}");
+            assert_eq!(readings(spelling), [canonical], "{spelling}");
+        }
+    }
+
+    #[test]
+    fn the_quick_look_misses_no_segment_with_readings() {
+        // Every segment of up to 4 characters over the bytes the parsers
+        // read: where the first-byte look says none, there are none.
+        let alphabet = [
+            "0", "1", "+", "-", ".", "e", "x", "_", "a", " ", "%", "9", "{",
+        ];
+        let mut all = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..4 {
+            last = last
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .collect();
+            all.extend(last.iter().cloned());
+        }
+        for s in all {
+            if !may_be_spelled_otherwise(&s) {
+                assert_eq!(readings(&s), Vec::<String>::new(), "{s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_path_reads_as_every_combination_of_its_segments() {
+        let all = id_readings("/stories/07/scenes/+9", MAX_ID_READINGS).unwrap();
+        for p in [
+            "/stories/7/scenes/9",
+            "/stories/07/scenes/9",
+            "/stories/7/scenes/+9",
+        ] {
+            assert!(all.iter().any(|x| x == p), "{p}: {all:?}");
+        }
+        assert!(!all.iter().any(|x| x == "/stories/07/scenes/+9"));
+        assert_eq!(
+            id_readings("/studio/api/scenes/132", MAX_ID_READINGS),
+            Some(vec![])
+        );
+    }
+
+    #[test]
+    fn a_path_with_more_readings_than_the_bound_is_none_before_it_is_built() {
+        assert_eq!(id_readings("/00/00/00", 3), None);
+        assert_eq!(id_readings("/00/00", 3).map(|v| v.len()), Some(3));
+        // Thousands of such segments: refused at the seventh, not built.
+        let long = "/+00".repeat(5000);
+        assert_eq!(id_readings(&long, MAX_ID_READINGS), None);
+    }
+
+    #[test]
+    fn digits_of_every_script_have_their_value() {
+        for zero in DIGIT_ZEROS {
+            for d in 0..10u8 {
+                let c = char::from_u32(zero + u32::from(d)).unwrap();
+                assert_eq!(digit_value(c), Some(d), "U+{:X}", zero + u32::from(d));
+            }
+        }
+        assert_eq!(digit_value('a'), None);
+        assert_eq!(digit_value('/'), None);
+        assert!(DIGIT_ZEROS.windows(2).all(|w| w[0] + 10 <= w[1]));
+    }
+}
