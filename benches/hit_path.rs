@@ -70,6 +70,21 @@ fn benches(c: &mut Criterion) {
         b.iter(|| Canonical::new(black_box(&req), &config.paths, &config.method_override))
     });
 
+    // A slug that starts with digits and a zero-padded id: paths with id
+    // readings (`ids.rs`), the cost of the spellings apps read alike.
+    for (name, path) in [
+        ("canonical/slug", "/community/api/posts/2024-my-first-post"),
+        (
+            "canonical/padded_ids",
+            "/studio/api/stories/007/scenes/0123",
+        ),
+    ] {
+        let req = request(path);
+        c.bench_function(name, |b| {
+            b.iter(|| Canonical::new(black_box(&req), &config.paths, &config.method_override))
+        });
+    }
+
     let canonical = Canonical::new(&req, &config.paths, &config.method_override);
     c.bench_function("route_lookup/50_rules", |b| {
         b.iter(|| config.routes.lookup(black_box(&canonical.route)))

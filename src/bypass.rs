@@ -23,7 +23,8 @@ pub enum Bypass {
     /// The route rule says `enabled: false`.
     RouteDisabled,
     /// Apps read the path differently (`;params`, `\`): its route rule is
-    /// not certain (`Canonical::other_routes`).
+    /// not certain (`Canonical::other_routes`); or they read its ids as
+    /// another rule's paths, or in too many ways (`Canonical::id_routes`).
     AmbiguousPath,
     /// Credentials the key does not hold (`cache.share_authorized` off).
     Authorization,
@@ -73,6 +74,23 @@ pub fn readings_agree(config: &Config, rule: Option<&Arc<Rule>>, others: &[Route
             (None, None) => true,
             (None, Some(_)) => literal,
             (Some(other), Some(rule)) => Arc::ptr_eq(other, rule),
+            (Some(_), None) => false,
+        })
+}
+
+/// Whether a read whose ids apps parse otherwise (`ids`:
+/// `Canonical::id_routes`) may use the cache under its route rule `rule`.
+/// The app routes it to the handler `rule` covers (its router compares
+/// text), but that handler serves the record a reading names: where a
+/// reading falls under another rule with other settings (`/reports/02024`
+/// and a literal `/reports/2024` rule that is disabled or keyed by
+/// cookies), that rule's word would be bypassed. A reading under no rule
+/// is no concern (`/api/0.6/node/5` reads as `/api/0/node/5` too).
+pub fn id_readings_agree(config: &Config, rule: Option<&Arc<Rule>>, ids: &[RoutePath]) -> bool {
+    ids.iter()
+        .all(|route| match (config.routes.lookup(route), rule) {
+            (None, _) => true,
+            (Some(other), Some(rule)) => other.same_settings(rule),
             (Some(_), None) => false,
         })
 }
@@ -148,6 +166,27 @@ mod tests {
 
     fn honoured_config() -> Config {
         config("cache:\n  request_cache_control: true\n")
+    }
+
+    #[test]
+    fn an_id_reading_under_a_rule_with_other_settings_is_not_cached() {
+        let c = config(
+            "routes:\n  - name: r2024\n    match: /reports/2024\n    enabled: false\n  - name: reports\n    match: /reports/:year\n    ttl: 60s\n  - name: node\n    match: /api/0.6/node/:id\n    ttl: 60s\n",
+        );
+        let agree = |path: &str| {
+            let r = RequestHeader::build("GET", path.as_bytes(), None).unwrap();
+            let request = crate::canonical::Canonical::new(&r, &c.paths, &c.method_override);
+            let rule = c.routes.lookup(&request.route);
+            id_readings_agree(&c, rule, &request.id_routes)
+        };
+        // The disabled literal's year, spelled otherwise.
+        assert!(!agree("/reports/02024"));
+        assert!(!agree("/reports/%2B2024"));
+        assert!(agree("/reports/02025"));
+        assert!(agree("/reports/2024"));
+        // A literal segment that reads as a number: its readings fall
+        // under no rule, and it stays cached.
+        assert!(agree("/api/0.6/node/5"));
     }
 
     #[test]

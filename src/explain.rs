@@ -129,6 +129,17 @@ pub fn request(config: &Config, request: &str) -> Result<String, String> {
                  their tags, a write invalidates them.",
                 names.join(", ")
             );
+            let rule = config.routes.lookup(&path);
+            if !methods::is_unsafe(&method)
+                && !bypass::id_readings_agree(config, rule, &r.id_routes)
+            {
+                let _ = writeln!(
+                    s,
+                    "  not cached: one of them falls under a route rule with other settings: \
+                     detail=ambiguous-path"
+                );
+                return Ok(s);
+            }
         }
     }
     match config.routes.lookup(&path) {

@@ -17,29 +17,39 @@
 //! `v`, then `v`'s canonical spelling is among the readings of both (or is
 //! one of them), so an entry cached through one carries a tag a write
 //! through the other invalidates. A canonical spelling has no readings of
-//! its own, so most paths (`/scenes/132`, `/posts/my-title`) cost one look
-//! at each segment's first byte.
+//! its own, so most paths (`/scenes/132`, `/posts/my-title`) cost a look at
+//! each segment's first byte and length. The cost of reading every way: a
+//! digit-led slug or a UUID has number readings too (`5f3a…` is 5 to
+//! `parseInt`), so a write through one also purges what other such
+//! spellings of that number cached — wider, never stale.
 //!
 //! The parsers read as (each reading is a superset of what one parser
 //! accepts; a reading no app uses only widens a purge):
-//! - decimal: surrounding whitespace, a sign, leading zeros, `_` between
-//!   digits and any Unicode decimal digits (`parseInt`, `Number`, Python's
-//!   `int`, Java's `parseLong`, Go's `Atoi`, Rust's `parse`, Postgres);
+//! - decimal: surrounding whitespace (and, as Spring binds a number, inner
+//!   whitespace), a sign, leading zeros, `_` between digits and any
+//!   Unicode decimal digits (`parseInt`, `Number`, Python's `int`, Java's
+//!   `parseLong`, Go's `Atoi`, Rust's `parse`, Postgres);
 //! - the integer a segment starts with, the rest ignored (`parseInt`,
 //!   Ruby's `to_i` and Rails' `find`, PHP, MySQL's cast, C's `atoi`), with
 //!   and without Ruby's `_` between digits;
-//! - `0x`, `0o`, `0b` prefixes (`Number`, `parseInt` for `0x`, Python's
-//!   `int(s, 0)`, Go's `ParseInt(s, 0, ...)`) and C's and Go's leading-zero
-//!   octal (`0132` is 90 to `strtol(s, 0, 0)`);
+//! - radix prefixes, as far as their digits go: `0x`, `#`, `&h` (hex to
+//!   `Number`, `parseInt`, Python's `int(s, 0)`, Go's `ParseInt(s, 0, …)`,
+//!   Java's `Long.decode`, .NET's converters), `0o`, `0b`, Ruby's `0d`;
+//!   and a whole segment after a leading `0` as octal (`0132` is 90 to
+//!   Go's `ParseInt(s, 0, …)` and `strtol(s, 0, 0)`);
 //! - a decimal number with a fraction or exponent, truncated (`Number`
 //!   for `1.32e2`, PHP's `(int)`, MySQL's comparison);
-//! - a UUID with upper-case hex, braces, a `urn:uuid:` prefix, or its
-//!   hyphens moved or left out (Postgres' `uuid`, Python's `UUID`).
+//! - a UUID as leniently as Python's `UUID` reads one (Django's
+//!   `UUIDField`; Postgres' `uuid` accepts less): upper-case hex, braces,
+//!   `urn:` and `uuid:` anywhere, hyphens anywhere or none.
 //!
 //! Not read (docs/architecture.md, "What is still not promised"): other
-//! radixes (an app's own hex ids with leading zeros), Java's short UUID
-//! groups (`1-1-1-1-1`), integers past 2^53 that JavaScript rounds, and
-//! whatever an app does with a value on its own.
+//! radixes (an app's own hex or base-36 ids with leading zeros), Java's
+//! short UUID groups (`1-1-1-1-1`), .NET's `Guid` forms in parentheses or
+//! hex lists, a 16-byte segment Ecto takes as a raw UUID, integers past
+//! 2^53 that JavaScript rounds to another, a number rounded rather than
+//! truncated, an id at a slug's end (`my-title-132`), and whatever an app
+//! does with a value on its own.
 
 use std::borrow::Cow;
 
@@ -47,65 +57,106 @@ use crate::escapes;
 
 /// Most id readings of one path (beside the path itself). A path has one
 /// reading per parsed value of each such segment, multiplied over its
-/// segments: a handful for a real path, more only for one built to cost.
-pub const MAX_ID_READINGS: usize = 64;
+/// segments: a handful for a real path (four ids zero-padded, each of
+/// which `strtol` reads as octal too, make 80), more only for one built to
+/// cost.
+pub const MAX_ID_READINGS: usize = 256;
+
+/// The longest path whose id readings are made (longer request lines are
+/// refused by nginx's defaults): each reading is a copy of the path.
+pub const MAX_ID_PATH: usize = 8 * 1024;
 
 /// The paths other than `path` (a route path: `/`-separated, its escapes
 /// but `%2F`, `%25` and control bytes decoded) that apps parsing its ids
-/// read it as, at most `max` of them; `None` if there are more. Computed
-/// one segment at a time, and the count checked before any path is built:
-/// a path built to have many costs no more than its length.
+/// read it as, at most `max` of them; `None` if there are more, or if
+/// `path` may have some and is longer than [`MAX_ID_PATH`]. The count is
+/// taken segment by segment, before any path is built, and each reading
+/// is built once: the work is at most the path's length times the
+/// readings made.
 pub fn id_readings(path: &str, max: usize) -> Option<Vec<String>> {
     // Most paths: no segment is spelled otherwise, nothing allocated.
     if !path.split('/').any(may_be_spelled_otherwise) {
         return Some(Vec::new());
     }
-    let mut choices: Vec<Vec<Cow<str>>> = Vec::new();
+    if path.len() > MAX_ID_PATH {
+        return None;
+    }
+    let mut choices: Vec<(&str, Vec<String>)> = Vec::new();
     let mut count: usize = 1;
     for segment in path.split('/') {
-        let mut these = vec![Cow::Borrowed(segment)];
-        if may_be_spelled_otherwise(segment) {
-            these.extend(segment_readings(segment).into_iter().map(Cow::Owned));
-        }
-        count = count.saturating_mul(these.len());
-        if count > max + 1 {
+        let readings = if may_be_spelled_otherwise(segment) {
+            segment_readings(segment)
+        } else {
+            Vec::new()
+        };
+        count = count.saturating_mul(readings.len() + 1);
+        if count > max.saturating_add(1) {
             return None;
         }
-        choices.push(these);
+        choices.push((segment, readings));
     }
-    let mut paths = vec![String::new()];
-    for (i, these) in choices.iter().enumerate() {
-        paths = paths
+    // Combination `k` takes, from each segment, its choice numbered by
+    // `k`'s digits in the mixed radix of the segments' choice counts;
+    // choice 0 is the segment as sent, so `k = 0` is the path itself.
+    let mut paths = Vec::with_capacity(count - 1);
+    for k in 1..count {
+        let mut p = String::with_capacity(path.len() + 8);
+        let mut rest = k;
+        for (i, (segment, readings)) in choices.iter().enumerate() {
+            let n = readings.len() + 1;
+            if i > 0 {
+                p.push('/');
+            }
+            p.push_str(match rest % n {
+                0 => segment,
+                pick => &readings[pick - 1],
+            });
+            rest /= n;
+        }
+        paths.push(p);
+    }
+    Some(paths)
+}
+
+/// Parameter `values` as an operator names them (`id=0132`), with every
+/// combination of their readings (scene 132 to the app); `None` past
+/// [`MAX_ID_READINGS`].
+pub fn every_reading(values: &[(String, String)]) -> Option<Vec<Vec<(String, String)>>> {
+    let mut all = vec![Vec::new()];
+    for (k, v) in values {
+        let mut choices = vec![v.clone()];
+        choices.extend(segment_readings(v));
+        if all.len() * choices.len() > MAX_ID_READINGS + 1 {
+            return None;
+        }
+        all = all
             .iter()
-            .flat_map(|p| {
-                these.iter().map(move |s| {
-                    let mut p = p.clone();
-                    if i > 0 {
-                        p.push('/');
-                    }
-                    p.push_str(s);
-                    p
+            .flat_map(|done: &Vec<(String, String)>| {
+                choices.iter().map(move |c| {
+                    let mut next = done.clone();
+                    next.push((k.clone(), c.clone()));
+                    next
                 })
             })
             .collect();
     }
-    paths.retain(|p| p != path);
-    Some(paths)
+    Some(all)
 }
 
-/// Whether `segment` may have [`segment_readings`]: it is not a plain
-/// decimal (`132`, `0`) and starts as a number, a UUID or whitespace may.
+/// Whether `segment` may have [`segment_readings`]: 32 bytes or more (a
+/// UUID's 32 hex digits, however spelled), or one that is not a plain
+/// decimal (`132`, `0`) and starts as a number or whitespace may.
 fn may_be_spelled_otherwise(segment: &str) -> bool {
     let b = segment.as_bytes();
+    if b.len() >= 32 {
+        return true;
+    }
     match b.first() {
         None => false,
         Some(b'1'..=b'9') => !b.iter().all(u8::is_ascii_digit),
         Some(b'0') => b.len() > 1,
-        Some(b'+' | b'-' | b'.' | b'{' | b'%' | b' ') => true,
-        Some(c) if !c.is_ascii() => true,
-        Some(b'a'..=b'f' | b'A'..=b'F') => b.len() >= 32,
-        Some(b'u' | b'U') => b.len() > 9 && b[..9].eq_ignore_ascii_case(b"urn:uuid:"),
-        Some(_) => false,
+        Some(b'+' | b'-' | b'.' | b'#' | b'&' | b'%' | b' ') => true,
+        Some(c) => !c.is_ascii(),
     }
 }
 
@@ -120,12 +171,19 @@ pub fn segment_readings(segment: &str) -> Vec<String> {
         Cow::Borrowed(segment)
     };
     let t = decoded.trim_matches(is_space);
+    // Spring binds a number after removing every whitespace, inside too.
+    let squeezed: Option<String> = t
+        .contains(is_space)
+        .then(|| t.chars().filter(|&c| !is_space(c)).collect());
     let mut out: Vec<String> = [
         decimal(t),
         leading_integer(t, false),
         leading_integer(t, true),
         radix(t),
         leading_number(t),
+        squeezed.as_deref().and_then(decimal),
+        squeezed.as_deref().and_then(radix),
+        uuid(&decoded),
         uuid(t),
         // `Number(" ")` is 0.
         (t.is_empty() && !decoded.is_empty()).then(|| "0".to_string()),
@@ -140,9 +198,9 @@ pub fn segment_readings(segment: &str) -> Vec<String> {
 }
 
 /// Whitespace that parsers trim: Unicode's (Python's `strip`, JavaScript's
-/// `trim`), the separators Python counts as space, and the BOM JavaScript does.
+/// `trim`), every control byte (Java's `trim`), and the BOM JavaScript trims.
 fn is_space(c: char) -> bool {
-    c.is_whitespace() || matches!(c, '\u{1C}'..='\u{1F}' | '\u{FEFF}')
+    c <= ' ' || c.is_whitespace() || c == '\u{FEFF}'
 }
 
 /// The canonical decimal of a sign and ASCII digits: no leading zeros, no
@@ -208,17 +266,21 @@ fn leading_integer(t: &str, underscores: bool) -> Option<String> {
     (!digits.is_empty()).then(|| canonical_integer(negative, &digits))
 }
 
-/// `t` as an integer with a radix prefix (`0x84`, `0o204`, `0b…`), or a
-/// leading `0` read as octal (`0204`), as far as its digits go; `_`
-/// between digits skipped. `None` past 128 bits.
+/// `t` as an integer with a radix prefix, as far as its digits go
+/// (`0x84`, `0X84`, `#84` and `&h84` are hex: JavaScript, Python, Go, Java's
+/// `decode`, .NET; `0o204`, `0b…`; Ruby's `0d132`), or all of it as
+/// octal after a leading `0` (`0204`: Go's `ParseInt(s, 0, …)`, C's
+/// `strtol`); `_` between digits skipped. `None` past 128 bits.
 fn radix(t: &str) -> Option<String> {
     let (negative, rest) = sign(t);
     let lower = rest.get(..2).map(str::to_ascii_lowercase);
-    let (base, digits) = match lower.as_deref() {
-        Some("0x") => (16, &rest[2..]),
-        Some("0o") => (8, &rest[2..]),
-        Some("0b") => (2, &rest[2..]),
-        _ if rest.len() > 1 && rest.starts_with('0') => (8, &rest[1..]),
+    let (base, digits, whole) = match lower.as_deref() {
+        Some("0x" | "&h") => (16, &rest[2..], false),
+        Some("0o") => (8, &rest[2..], false),
+        Some("0b") => (2, &rest[2..], false),
+        Some("0d") => (10, &rest[2..], false),
+        _ if rest.starts_with('#') => (16, &rest[1..], false),
+        _ if rest.len() > 1 && rest.starts_with('0') => (8, &rest[1..], true),
         _ => return None,
     };
     let mut value: u128 = 0;
@@ -232,6 +294,7 @@ fn radix(t: &str) -> Option<String> {
                 any = true;
             }
             None if c == '_' => {}
+            None if whole => return None,
             None => break,
         }
     }
@@ -271,36 +334,53 @@ fn leading_number(t: &str) -> Option<String> {
     }
     let value: f64 = t[..end].parse().ok()?;
     let whole = value.trunc();
-    // Past 2^63 no database integer holds it.
-    (whole.abs() < 9.2e18).then(|| format!("{}", whole as i64))
+    // Past 2^64 no database integer holds it.
+    (whole.abs() < 1.8446744073709552e19).then(|| format!("{}", whole as i128))
 }
 
-/// `t` as a UUID, in its canonical lower-case hyphenated form: 32 hex
-/// digits, any hyphens, in braces or after `urn:uuid:` or neither.
-fn uuid(t: &str) -> Option<String> {
-    let t = match t.get(..9) {
-        Some(p) if p.eq_ignore_ascii_case("urn:uuid:") => &t[9..],
-        _ => t,
-    };
-    let t = t
-        .strip_prefix('{')
-        .and_then(|x| x.strip_suffix('}'))
-        .unwrap_or(t);
-    let hex: String = t
+/// `s` as a UUID, in its canonical lower-case hyphenated form, read as
+/// leniently as Python's `UUID` (Django's `UUIDField`) reads one — which
+/// covers Postgres' `uuid` — every `urn:` and `uuid:` removed, then
+/// `{`/`}` stripped from both ends and every `-` removed, leaving 32
+/// characters of a hex number (a `0x`, a `+`, `_` between digits,
+/// surrounding whitespace).
+fn uuid(s: &str) -> Option<String> {
+    let lower = s.to_ascii_lowercase();
+    let bare = lower.replace("urn:", "").replace("uuid:", "");
+    let hex: String = bare
+        .trim_matches(['{', '}'])
         .chars()
         .filter(|&c| c != '-')
-        .map(|c| c.to_ascii_lowercase())
         .collect();
-    if hex.len() != 32 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+    if hex.chars().count() != 32 {
         return None;
     }
+    let t = hex.trim_matches(is_space);
+    let t = t.strip_prefix('+').unwrap_or(t);
+    let t = t.strip_prefix("0x").unwrap_or(t);
+    let mut value: u128 = 0;
+    let mut last_digit = false;
+    for c in t.chars() {
+        match c.to_digit(16) {
+            Some(d) => {
+                value = value.checked_mul(16)?.checked_add(u128::from(d))?;
+                last_digit = true;
+            }
+            None if c == '_' && last_digit => last_digit = false,
+            None => return None,
+        }
+    }
+    if !last_digit {
+        return None;
+    }
+    let h = format!("{value:032x}");
     Some(format!(
         "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
     ))
 }
 
@@ -370,6 +450,20 @@ mod tests {
         assert_eq!(readings("1.32e2"), ["1", "132"]);
         assert_eq!(readings("0132"), ["132", "90"]);
         assert_eq!(readings("0x84"), ["0", "132"]);
+        // Octal is read of a whole segment only (Go's `ParseInt` refuses
+        // `089`; `strtol`'s 0 for it is not an id anyone links to).
+        assert_eq!(readings("0089"), ["89"]);
+        // Found by review: Ruby's `0d`, Java's `#` (`Long.decode`, Spring)
+        // and Spring's inner whitespace.
+        for (spelling, value) in [
+            ("0d132", "132"),
+            ("%2384", "132"),
+            ("1%2032", "132"),
+            ("&H84", "132"),
+        ] {
+            let r = readings(spelling);
+            assert!(r.iter().any(|x| x == value), "{spelling:?}: {r:?}");
+        }
     }
 
     #[test]
@@ -411,10 +505,22 @@ mod tests {
             "a0eebc999c0b4ef8bb6d6bb9bd380a11",
             "a0eebc99-9c0b4ef8-bb6d6bb9-bd380a11",
             "urn:uuid:a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            // Python's `UUID` (found by review): `uuid:`, `urn:`, braces
+            // that do not pair, a `0x` inside the 32 characters.
+            "uuid:a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            "urn:a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}}",
         ] {
             assert!(may_be_spelled_otherwise(spelling), "{spelling}");
             assert_eq!(readings(spelling), [canonical], "{spelling}");
         }
+        assert!(readings("0xeebc99-9c0b-4ef8-bb6d-6bb9bd380a11")
+            .contains(&"00eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".to_string()));
+        // All digits, no hyphens: a UUID too (found by review).
+        let digits = "12345678123412341234123456789012";
+        assert!(may_be_spelled_otherwise(digits));
+        assert_eq!(readings(digits), ["12345678-1234-1234-1234-123456789012"]);
     }
 
     #[test]
@@ -461,9 +567,17 @@ mod tests {
     fn a_path_with_more_readings_than_the_bound_is_none_before_it_is_built() {
         assert_eq!(id_readings("/00/00/00", 3), None);
         assert_eq!(id_readings("/00/00", 3).map(|v| v.len()), Some(3));
-        // Thousands of such segments: refused at the seventh, not built.
+        // Thousands of such segments: past the length bound, none built.
         let long = "/+00".repeat(5000);
         assert_eq!(id_readings(&long, MAX_ID_READINGS), None);
+        // Found by review: a few ids before thousands of plain segments
+        // were built a segment at a time, every partial path copied at
+        // each (quadratic). Each reading is one copy now.
+        let wide = format!("{}{}", "/00".repeat(6), "/a".repeat(4000));
+        assert_eq!(
+            id_readings(&wide, MAX_ID_READINGS).map(|r| r.len()),
+            Some(63)
+        );
     }
 
     #[test]

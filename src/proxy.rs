@@ -823,6 +823,7 @@ impl Proxy {
         }
         if request.too_many_ids
             || !bypass::readings_agree(&ctx.config, ctx.rule.as_ref(), &request.other_routes)
+            || !bypass::id_readings_agree(&ctx.config, ctx.rule.as_ref(), &request.id_routes)
         {
             ctx.bypass = Some(Bypass::AmbiguousPath);
             return false;

@@ -155,6 +155,19 @@ impl Rule {
         !self.key_cookies.is_empty() || self.key_headers.iter().any(|h| h == "cookie")
     }
 
+    /// Whether a response cached under `self` would be cached, keyed and
+    /// served alike under `other`: every setting but the name and pattern.
+    pub fn same_settings(&self, other: &Rule) -> bool {
+        self.ttl == other.ttl
+            && self.overrides == other.overrides
+            && self.statuses == other.statuses
+            && self.negative_ttl == other.negative_ttl
+            && self.key_headers == other.key_headers
+            && self.key_cookies == other.key_cookies
+            && self.ignore_cookies == other.ignore_cookies
+            && self.enabled == other.enabled
+    }
+
     /// Whether its pattern names one path (no parameter or wildcard: a
     /// segment with text cannot hold one, `to_matchit` refuses it).
     pub fn is_literal(&self) -> bool {

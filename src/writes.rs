@@ -447,6 +447,47 @@ mod tests {
     }
 
     #[test]
+    fn a_write_through_an_id_spelled_otherwise_plans_the_value_apps_read() {
+        let config = Config::from_str(
+            "invalidate:\n  - on: PATCH /posts/:id\n    purge: [/posts/:id]\n",
+            None,
+            &crate::config::Overrides::default(),
+        )
+        .unwrap();
+        let request = |method: &str, path: &str| {
+            let req = RequestHeader::build(method, path.as_bytes(), None).unwrap();
+            Canonical::new(&req, &config.paths, &config.method_override)
+        };
+        let read = |path: &str| {
+            config
+                .invalidation
+                .tags_for_read(&config.paths.route_path(path))
+        };
+        // Both the own tag and the rule's bound tag of post 7.
+        let tags = plan(&config, true, &request("PATCH", "/posts/007")).tags;
+        let own_and_bound = read("/posts/7");
+        let own_and_bound = own_and_bound
+            .iter()
+            .filter(|t| t.starts_with("u:") || t.contains('|'));
+        for tag in own_and_bound {
+            assert!(tags.contains(tag), "{tag}: {tags:?}");
+        }
+        // An answer's `Location` names the value too.
+        let req = RequestHeader::build("POST", b"/posts", None).unwrap();
+        let mut resp = ResponseHeader::build(201, None).unwrap();
+        resp.append_header("location", "/posts/%2B7").unwrap();
+        let named = answer_tags(&req, None, &resp, &config.paths);
+        assert!(named.contains(&invalidation::own_tag(&config.paths.route_path("/posts/7"))));
+        // Past the bound (six ids with three readings each: 729), a write
+        // is refused and a read is not (it is not cached).
+        let many = "/posts/012/034/056/012/034/056";
+        assert!(refused(&request("PATCH", many)).is_some());
+        assert!(request("GET", many).too_many_ids);
+        assert_eq!(refused(&request("GET", many)), None);
+        assert!(!request("GET", "/posts/012/034/056/012").too_many_ids);
+    }
+
+    #[test]
     fn which_answers_have_a_body_to_wait_for() {
         let req = |m: &str| RequestHeader::build(m, b"/x", None).unwrap();
         let resp = |status: u16, fields: &[(&str, &str)]| {

@@ -35,6 +35,7 @@ use std::fmt;
 use http::Method;
 
 use crate::canonical::{PathPolicy, RoutePath};
+use crate::ids;
 use crate::methods::Methods;
 use crate::rules::{fill_canonical, in_canonical_form, to_matchit, PatternError};
 
@@ -394,7 +395,11 @@ impl Invalidation {
                     .map(|(_, v)| v.clone())
             });
             if let Some(path) = concrete {
-                return Ok(vec![own_tag(&self.paths.route_path(&path))]);
+                // Every path apps read it as (`/scenes/0132` is scene 132).
+                return Ok(match self.paths.route_paths(&path) {
+                    Some(all) => all.iter().map(own_tag).collect(),
+                    None => vec![ALL_TAG.to_string()],
+                });
             }
             return Err(PatternError {
                 pattern: pattern.to_string(),
@@ -415,7 +420,9 @@ impl Invalidation {
             })
             .collect();
         Ok(match values {
-            Some(v) if !t.params.is_empty() => vec![bound_tag(t, &v)],
+            Some(v) if !t.params.is_empty() => ids::every_reading(&v)
+                .map(|all| all.iter().map(|v| bound_tag(t, v)).collect())
+                .unwrap_or_else(|| vec![family_tag(t)]),
             _ => vec![family_tag(t)],
         })
     }
@@ -526,6 +533,17 @@ mod tests {
                 );
             }
         }
+        // An id spelled otherwise names the value apps read it as, and
+        // a concrete path every path they read it as.
+        let padded = [("id".to_string(), "0042".to_string())];
+        let by_pattern = inv
+            .purge_tags(false, None, Some(("/studio/api/scenes/:id", &padded)))
+            .unwrap();
+        assert!(scene
+            .iter()
+            .any(|t| t.starts_with("r:") && by_pattern.contains(t)));
+        let by_path = inv.tags_for_pattern("/x/0042", &[]).unwrap();
+        assert!(by_path.contains(&own_tag(&route("/x/42"))), "{by_path:?}");
         assert!(inv
             .purge_tags(false, None, None)
             .unwrap_err()
