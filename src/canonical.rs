@@ -45,6 +45,7 @@
 //! or a POST body, which may carry `_method`), so a write is matched against
 //! every rule it might be.
 
+use std::collections::HashSet;
 use std::fmt;
 
 use pingora::http::RequestHeader;
@@ -156,19 +157,28 @@ impl PathPolicy {
     /// The route paths apps that parse ids read a path as, beside its
     /// `route` path and its `others` readings ([`ids::id_readings`] of
     /// each: `/scenes/0132` is `/scenes/132` to them); empty for most
-    /// paths, `None` for more than [`ids::MAX_ID_READINGS`] in all.
+    /// paths, `None` for more than [`ids::MAX_ID_READINGS`] or
+    /// [`ids::MAX_ID_BYTES`] in all.
     pub fn id_readings(&self, route: &RoutePath, others: &[RoutePath]) -> Option<Vec<RoutePath>> {
-        let mut found: Vec<RoutePath> = Vec::new();
-        for read in std::iter::once(route).chain(others) {
-            let room = ids::MAX_ID_READINGS - found.len();
-            for reading in ids::id_readings(read.as_str(), room)? {
-                let reading = RoutePath(reading);
-                if reading != *route && !others.contains(&reading) && !found.contains(&reading) {
-                    found.push(reading);
+        // One path's readings differ from one another and from it.
+        let mut found: Vec<String> = ids::id_readings(route.as_str(), ids::MAX_ID_READINGS)?;
+        if !others.is_empty() {
+            let mut seen: HashSet<String> = others.iter().map(|o| o.0.clone()).collect();
+            seen.insert(route.0.clone());
+            found.retain(|r| seen.insert(r.clone()));
+            let mut bytes: usize = found.iter().map(String::len).sum();
+            for read in others {
+                let room = (ids::MAX_ID_READINGS - found.len())
+                    .min(ids::MAX_ID_BYTES.saturating_sub(bytes) / read.0.len().max(1));
+                for reading in ids::id_readings(read.as_str(), room)? {
+                    if seen.insert(reading.clone()) {
+                        bytes += reading.len();
+                        found.push(reading);
+                    }
                 }
             }
         }
-        Some(found)
+        Some(found.into_iter().map(RoutePath).collect())
     }
 
     /// The route paths other than `route` that apps may read the canonical

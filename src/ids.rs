@@ -48,8 +48,9 @@
 //! short UUID groups (`1-1-1-1-1`), .NET's `Guid` forms in parentheses or
 //! hex lists, a 16-byte segment Ecto takes as a raw UUID, integers past
 //! 2^53 that JavaScript rounds to another, a number rounded rather than
-//! truncated, an id at a slug's end (`my-title-132`), and whatever an app
-//! does with a value on its own.
+//! truncated, an id at a slug's end (`my-title-132`), `int(float(s))`
+//! over underscores or other scripts' digits, and whatever an app does
+//! with a value on its own.
 
 use std::borrow::Cow;
 
@@ -62,25 +63,23 @@ use crate::escapes;
 /// cost.
 pub const MAX_ID_READINGS: usize = 256;
 
-/// The longest path whose id readings are made (longer request lines are
-/// refused by nginx's defaults): each reading is a copy of the path.
-pub const MAX_ID_PATH: usize = 8 * 1024;
+/// Most bytes of one path's id readings, all told: each reading is a copy
+/// of the path, and its tags are as long (a 256-byte path may have all
+/// [`MAX_ID_READINGS`], an 8 KiB one eight).
+pub const MAX_ID_BYTES: usize = 64 * 1024;
 
 /// The paths other than `path` (a route path: `/`-separated, its escapes
 /// but `%2F`, `%25` and control bytes decoded) that apps parsing its ids
-/// read it as, at most `max` of them; `None` if there are more, or if
-/// `path` may have some and is longer than [`MAX_ID_PATH`]. The count is
-/// taken segment by segment, before any path is built, and each reading
-/// is built once: the work is at most the path's length times the
-/// readings made.
+/// read it as, at most `max` of them and [`MAX_ID_BYTES`] in all; `None`
+/// if there are more. The count is taken segment by segment, before any
+/// path is built, and each reading is built once: the work is linear in
+/// the path's length and in the bytes made.
 pub fn id_readings(path: &str, max: usize) -> Option<Vec<String>> {
     // Most paths: no segment is spelled otherwise, nothing allocated.
     if !path.split('/').any(may_be_spelled_otherwise) {
         return Some(Vec::new());
     }
-    if path.len() > MAX_ID_PATH {
-        return None;
-    }
+    let max = max.min(MAX_ID_BYTES / path.len().max(1));
     let mut choices: Vec<(&str, Vec<String>)> = Vec::new();
     let mut count: usize = 1;
     for segment in path.split('/') {
@@ -179,10 +178,11 @@ pub fn segment_readings(segment: &str) -> Vec<String> {
         decimal(t),
         leading_integer(t, false),
         leading_integer(t, true),
-        radix(t),
+        radix(t, true),
+        radix(t, false),
         leading_number(t),
         squeezed.as_deref().and_then(decimal),
-        squeezed.as_deref().and_then(radix),
+        squeezed.as_deref().and_then(|s| radix(s, true)),
         uuid(&decoded),
         uuid(t),
         // `Number(" ")` is 0.
@@ -200,7 +200,8 @@ pub fn segment_readings(segment: &str) -> Vec<String> {
 /// Whitespace that parsers trim: Unicode's (Python's `strip`, JavaScript's
 /// `trim`), every control byte (Java's `trim`), and the BOM JavaScript trims.
 fn is_space(c: char) -> bool {
-    c <= ' ' || c.is_whitespace() || c == '\u{FEFF}'
+    // U+180E was whitespace until Unicode 6.3 (Java 8's `trim` in Spring).
+    c <= ' ' || c.is_whitespace() || matches!(c, '\u{FEFF}' | '\u{180E}')
 }
 
 /// The canonical decimal of a sign and ASCII digits: no leading zeros, no
@@ -268,37 +269,53 @@ fn leading_integer(t: &str, underscores: bool) -> Option<String> {
 
 /// `t` as an integer with a radix prefix, as far as its digits go
 /// (`0x84`, `0X84`, `#84` and `&h84` are hex: JavaScript, Python, Go, Java's
-/// `decode`, .NET; `0o204`, `0b…`; Ruby's `0d132`), or all of it as
-/// octal after a leading `0` (`0204`: Go's `ParseInt(s, 0, …)`, C's
-/// `strtol`); `_` between digits skipped. `None` past 128 bits.
-fn radix(t: &str) -> Option<String> {
+/// `decode`, .NET; `0o204`, `0b…`; Ruby's `0d132`), or as octal after a
+/// leading `0` (`0204`: Go's `ParseInt(s, 0, …)` reads a whole segment so,
+/// C's `strtol(s, 0, 0)` as far as its octal digits go; an `8` or `9`
+/// makes it neither's). With `underscores`, `_` between digits is
+/// skipped (Python, Go), else it ends the digits (`parseInt`). Digits of
+/// any script count where Java and Python read them. `None` past 128 bits.
+fn radix(t: &str, underscores: bool) -> Option<String> {
     let (negative, rest) = sign(t);
     let lower = rest.get(..2).map(str::to_ascii_lowercase);
-    let (base, digits, whole) = match lower.as_deref() {
-        Some("0x" | "&h") => (16, &rest[2..], false),
-        Some("0o") => (8, &rest[2..], false),
-        Some("0b") => (2, &rest[2..], false),
-        Some("0d") => (10, &rest[2..], false),
-        _ if rest.starts_with('#') => (16, &rest[1..], false),
-        _ if rest.len() > 1 && rest.starts_with('0') => (8, &rest[1..], true),
+    let (base, digits) = match lower.as_deref() {
+        Some("0x" | "&h") => (16, &rest[2..]),
+        Some("0o") => (8, &rest[2..]),
+        Some("0b") => (2, &rest[2..]),
+        Some("0d") => (10, &rest[2..]),
+        _ if rest.starts_with('#') => (16, &rest[1..]),
+        _ if rest.len() > 1 && rest.starts_with('0') => (8, &rest[1..]),
         _ => return None,
     };
     let mut value: u128 = 0;
     let mut any = false;
     for c in digits.chars() {
-        match c.to_digit(base) {
+        match any_digit(c, base) {
             Some(d) => {
                 value = value
                     .checked_mul(u128::from(base))?
                     .checked_add(u128::from(d))?;
                 any = true;
             }
-            None if c == '_' => {}
-            None if whole => return None,
+            None if c == '_' && underscores => {}
+            None if base == 8 && any_digit(c, 10).is_some() => return None,
             None => break,
         }
     }
     any.then(|| canonical_integer(negative, &value.to_string()))
+}
+
+/// `c`'s value as a digit in `base`: ASCII, a decimal digit of any script
+/// (Python's `int`, Java's `Character.digit`), or a full-width letter
+/// (Java's).
+fn any_digit(c: char, base: u32) -> Option<u32> {
+    let d = c.to_digit(base).or_else(|| digit_value(c).map(u32::from));
+    let d = d.or_else(|| match c {
+        '\u{FF21}'..='\u{FF3A}' => Some(u32::from(c) - 0xFF21 + 10),
+        '\u{FF41}'..='\u{FF5A}' => Some(u32::from(c) - 0xFF41 + 10),
+        _ => None,
+    });
+    d.filter(|&d| d < base)
 }
 
 /// The decimal number `t` starts with (a fraction and an exponent read),
@@ -357,11 +374,16 @@ fn uuid(s: &str) -> Option<String> {
     }
     let t = hex.trim_matches(is_space);
     let t = t.strip_prefix('+').unwrap_or(t);
-    let t = t.strip_prefix("0x").unwrap_or(t);
+    let t = match t.strip_prefix("0x") {
+        Some(rest) => rest.strip_prefix('_').unwrap_or(rest),
+        None => t,
+    };
     let mut value: u128 = 0;
     let mut last_digit = false;
     for c in t.chars() {
-        match c.to_digit(16) {
+        // Python's `int` reads decimal digits of any script, hex letters
+        // in ASCII only.
+        match c.to_digit(16).or_else(|| digit_value(c).map(u32::from)) {
             Some(d) => {
                 value = value.checked_mul(16)?.checked_add(u128::from(d))?;
                 last_digit = true;
@@ -460,6 +482,16 @@ mod tests {
             ("%2384", "132"),
             ("1%2032", "132"),
             ("&H84", "132"),
+            // Found by the second review: digits of other scripts after a
+            // radix prefix (Java, Python), `parseInt` stopping at `_`,
+            // and `strtol` reading octal as far as it goes.
+            ("#\u{668}\u{664}", "132"),
+            ("0x\u{668}\u{664}", "132"),
+            ("0x\u{ff18}\u{ff14}", "132"),
+            ("#\u{ff26}\u{ff26}", "255"),
+            ("0x8_4", "8"),
+            ("0x8_4", "132"),
+            ("0132-my-title", "90"),
         ] {
             let r = readings(spelling);
             assert!(r.iter().any(|x| x == value), "{spelling:?}: {r:?}");
@@ -511,6 +543,8 @@ mod tests {
             "urn:a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
             "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
             "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}}",
+            // Python's `int` reads other scripts' digits.
+            "a\u{660}eebc\u{669}\u{669}-9c0b-4ef8-bb6d-6bb9bd380a11",
         ] {
             assert!(may_be_spelled_otherwise(spelling), "{spelling}");
             assert_eq!(readings(spelling), [canonical], "{spelling}");
@@ -573,11 +607,15 @@ mod tests {
         // Found by review: a few ids before thousands of plain segments
         // were built a segment at a time, every partial path copied at
         // each (quadratic). Each reading is one copy now.
+        // And all told they are bounded in bytes (found by review: 255
+        // readings of 8 KiB): a long path may have a few.
         let wide = format!("{}{}", "/00".repeat(6), "/a".repeat(4000));
-        assert_eq!(
-            id_readings(&wide, MAX_ID_READINGS).map(|r| r.len()),
-            Some(63)
-        );
+        assert_eq!(id_readings(&wide, MAX_ID_READINGS), None);
+        let few = format!("{}{}", "/00".repeat(3), "/a".repeat(4000));
+        assert_eq!(id_readings(&few, MAX_ID_READINGS).map(|r| r.len()), Some(7));
+        // A long path without readings is no concern, however long.
+        let slug = format!("/{}", "a".repeat(70_000));
+        assert_eq!(id_readings(&slug, MAX_ID_READINGS), Some(vec![]));
     }
 
     #[test]
