@@ -60,13 +60,14 @@ use crate::escapes;
 /// reading per parsed value of each such segment, multiplied over its
 /// segments: a handful for a real path (four ids zero-padded, each of
 /// which `strtol` reads as octal too, make 80), more only for one built to
-/// cost.
-pub const MAX_ID_READINGS: usize = 256;
+/// cost. A write records a tag per reading: the bound keeps what one
+/// request can make the invalidation log hold small.
+pub const MAX_ID_READINGS: usize = 128;
 
 /// Most bytes of one path's id readings, all told: each reading is a copy
-/// of the path, and its tags are as long (a 256-byte path may have all
-/// [`MAX_ID_READINGS`], an 8 KiB one eight).
-pub const MAX_ID_BYTES: usize = 64 * 1024;
+/// of the path, and its tags are as long (a 128-byte path may have all
+/// [`MAX_ID_READINGS`], a 4 KiB one four).
+pub const MAX_ID_BYTES: usize = 16 * 1024;
 
 /// The paths other than `path` (a route path: `/`-separated, its escapes
 /// but `%2F`, `%25` and control bytes decoded) that apps parsing its ids
@@ -143,20 +144,76 @@ pub fn every_reading(values: &[(String, String)]) -> Option<Vec<Vec<(String, Str
 }
 
 /// Whether `segment` may have [`segment_readings`]: 32 bytes or more (a
-/// UUID's 32 hex digits, however spelled), or one that is not a plain
-/// decimal (`132`, `0`) and starts as a number or whitespace may.
+/// UUID's 32 hex digits, however spelled), or, past any leading
+/// whitespace, one that is not a plain decimal (`132`, `0`, `-132`) and
+/// starts as a number does. A look at a few bytes: a path built of
+/// segments that only look like numbers (`-`, `.x`, ` a`) costs no parse.
 fn may_be_spelled_otherwise(segment: &str) -> bool {
     let b = segment.as_bytes();
     if b.len() >= 32 {
         return true;
     }
-    match b.first() {
-        None => false,
-        Some(b'1'..=b'9') => !b.iter().all(u8::is_ascii_digit),
-        Some(b'0') => b.len() > 1,
-        Some(b'+' | b'-' | b'.' | b'#' | b'&' | b'%' | b' ') => true,
-        Some(c) => !c.is_ascii(),
+    let rest = after_spaces(b);
+    let spaced = rest.len() < b.len();
+    match rest.first() {
+        None => spaced,
+        Some(b'1'..=b'9') => spaced || !rest.iter().all(u8::is_ascii_digit),
+        Some(b'0') => spaced || rest.len() > 1,
+        Some(b'+') => starts_number(&rest[1..]),
+        Some(b'-') => spaced || (starts_number(&rest[1..]) && !is_plain_decimal(&rest[1..])),
+        Some(b'.') => rest.get(1).is_some_and(u8::is_ascii_digit),
+        // Rare in paths (`%23`, `&`): a radix prefix's, read.
+        Some(b'#' | b'&') => true,
+        Some(_) => starts_with_wide_digit_or_space(rest),
     }
+}
+
+/// `b` past its leading spaces and escaped control bytes (`%09`), as a
+/// parser that trims them sees it.
+fn after_spaces(mut b: &[u8]) -> &[u8] {
+    loop {
+        match b {
+            [b' ', rest @ ..] => b = rest,
+            [b'%', h, l, rest @ ..]
+                if escapes::escaped_byte(*h, *l).is_some_and(|c| c < b' ' || c == 0x7F) =>
+            {
+                b = rest
+            }
+            _ => return b,
+        }
+    }
+}
+
+/// Whether what follows a sign may start a number: a digit, a `.`, a
+/// radix prefix's `#` or `&`, whitespace Spring removes, or a digit of
+/// another script.
+fn starts_number(b: &[u8]) -> bool {
+    match b.first() {
+        Some(c) if c.is_ascii_digit() => true,
+        Some(b'.' | b'#' | b'&' | b' ' | b'%') => true,
+        Some(_) => starts_with_wide_digit_or_space(b),
+        None => false,
+    }
+}
+
+/// `[1-9][0-9]*`: a number spelled as every parser spells it.
+fn is_plain_decimal(b: &[u8]) -> bool {
+    matches!(b.first(), Some(b'1'..=b'9')) && b.iter().all(u8::is_ascii_digit)
+}
+
+/// Whether `b` starts with a character beyond ASCII that parsers read
+/// as a digit or trim as whitespace.
+fn starts_with_wide_digit_or_space(b: &[u8]) -> bool {
+    let lead = b.first().map_or(0, |&c| match c {
+        0xC0..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xF7 => 4,
+        _ => 0,
+    });
+    std::str::from_utf8(b.get(..lead).unwrap_or_default())
+        .ok()
+        .and_then(|s| s.chars().next())
+        .is_some_and(|c| is_space(c) || digit_value(c).is_some())
 }
 
 /// What apps that parse `segment` as an id may read it as, other than
@@ -178,11 +235,12 @@ pub fn segment_readings(segment: &str) -> Vec<String> {
         decimal(t),
         leading_integer(t, false),
         leading_integer(t, true),
-        radix(t, true),
-        radix(t, false),
+        radix(t, true, true),
+        radix(t, true, false),
+        radix(t, false, false),
         leading_number(t),
         squeezed.as_deref().and_then(decimal),
-        squeezed.as_deref().and_then(|s| radix(s, true)),
+        squeezed.as_deref().and_then(|s| radix(s, true, true)),
         uuid(&decoded),
         uuid(t),
         // `Number(" ")` is 0.
@@ -270,12 +328,14 @@ fn leading_integer(t: &str, underscores: bool) -> Option<String> {
 /// `t` as an integer with a radix prefix, as far as its digits go
 /// (`0x84`, `0X84`, `#84` and `&h84` are hex: JavaScript, Python, Go, Java's
 /// `decode`, .NET; `0o204`, `0b…`; Ruby's `0d132`), or as octal after a
-/// leading `0` (`0204`: Go's `ParseInt(s, 0, …)` reads a whole segment so,
-/// C's `strtol(s, 0, 0)` as far as its octal digits go; an `8` or `9`
-/// makes it neither's). With `underscores`, `_` between digits is
-/// skipped (Python, Go), else it ends the digits (`parseInt`). Digits of
-/// any script count where Java and Python read them. `None` past 128 bits.
-fn radix(t: &str, underscores: bool) -> Option<String> {
+/// leading `0` (`0204`). Each parser its way: with `underscores`, `_`
+/// between digits is skipped and an `8` or `9` makes a leading-zero octal
+/// no number (Python, Java's `decode`, Go's `ParseInt(s, 0, …)`); without,
+/// `_` ends the digits and octal is read as far as it goes (`parseInt`,
+/// C's `strtol(s, 0, 0)`: `0139` is 11). With `any_script`, digits of
+/// other scripts and full-width letters count (Java, Python); without,
+/// they end the digits. `None` past 128 bits.
+fn radix(t: &str, underscores: bool, any_script: bool) -> Option<String> {
     let (negative, rest) = sign(t);
     let lower = rest.get(..2).map(str::to_ascii_lowercase);
     let (base, digits) = match lower.as_deref() {
@@ -290,7 +350,12 @@ fn radix(t: &str, underscores: bool) -> Option<String> {
     let mut value: u128 = 0;
     let mut any = false;
     for c in digits.chars() {
-        match any_digit(c, base) {
+        let digit = if any_script {
+            any_digit(c, base)
+        } else {
+            c.to_digit(base)
+        };
+        match digit {
             Some(d) => {
                 value = value
                     .checked_mul(u128::from(base))?
@@ -298,7 +363,7 @@ fn radix(t: &str, underscores: bool) -> Option<String> {
                 any = true;
             }
             None if c == '_' && underscores => {}
-            None if base == 8 && any_digit(c, 10).is_some() => return None,
+            None if base == 8 && underscores && c.is_ascii_digit() => return None,
             None => break,
         }
     }
@@ -472,9 +537,8 @@ mod tests {
         assert_eq!(readings("1.32e2"), ["1", "132"]);
         assert_eq!(readings("0132"), ["132", "90"]);
         assert_eq!(readings("0x84"), ["0", "132"]);
-        // Octal is read of a whole segment only (Go's `ParseInt` refuses
-        // `089`; `strtol`'s 0 for it is not an id anyone links to).
-        assert_eq!(readings("0089"), ["89"]);
+        // Go's `ParseInt` refuses `089`; `strtol` reads its `0`.
+        assert_eq!(readings("0089"), ["0", "89"]);
         // Found by review: Ruby's `0d`, Java's `#` (`Long.decode`, Spring)
         // and Spring's inner whitespace.
         for (spelling, value) in [
@@ -492,6 +556,12 @@ mod tests {
             ("0x8_4", "8"),
             ("0x8_4", "132"),
             ("0132-my-title", "90"),
+            // Found by the final attack: `parseInt` and `strtol` stop at a
+            // digit of another script, and `strtol` at an 8 or 9.
+            ("0x8b\u{661}", "139"),
+            ("0x8c\u{ff26}", "140"),
+            ("010\u{661}", "8"),
+            ("0139", "11"),
         ] {
             let r = readings(spelling);
             assert!(r.iter().any(|x| x == value), "{spelling:?}: {r:?}");
@@ -562,7 +632,8 @@ mod tests {
         // Every segment of up to 4 characters over the bytes the parsers
         // read: where the first-byte look says none, there are none.
         let alphabet = [
-            "0", "1", "+", "-", ".", "e", "x", "_", "a", " ", "%", "9", "{",
+            "0", "1", "+", "-", ".", "e", "x", "_", "a", " ", "%", "9", "{", "#", "&", "h",
+            "\u{a0}", "\u{663}", "é",
         ];
         let mut all = vec![String::new()];
         let mut last = vec![String::new()];
@@ -608,10 +679,10 @@ mod tests {
         // were built a segment at a time, every partial path copied at
         // each (quadratic). Each reading is one copy now.
         // And all told they are bounded in bytes (found by review: 255
-        // readings of 8 KiB): a long path may have a few.
-        let wide = format!("{}{}", "/00".repeat(6), "/a".repeat(4000));
+        // readings of 8 KiB): a 2 KiB path may have eight.
+        let wide = format!("{}{}", "/00".repeat(6), "/a".repeat(1000));
         assert_eq!(id_readings(&wide, MAX_ID_READINGS), None);
-        let few = format!("{}{}", "/00".repeat(3), "/a".repeat(4000));
+        let few = format!("{}{}", "/00".repeat(3), "/a".repeat(1000));
         assert_eq!(id_readings(&few, MAX_ID_READINGS).map(|r| r.len()), Some(7));
         // A long path without readings is no concern, however long.
         let slug = format!("/{}", "a".repeat(70_000));
