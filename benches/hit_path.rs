@@ -71,7 +71,7 @@ fn benches(c: &mut Criterion) {
     });
 
     // A slug that starts with digits and a zero-padded id: paths with id
-    // readings (`ids.rs`), the cost of the spellings apps read alike.
+    // readings (`ids/`), the cost of the spellings apps read alike.
     for (name, path) in [
         ("canonical/slug", "/community/api/posts/2024-my-first-post"),
         (

@@ -38,7 +38,7 @@
 //! tag, since a write purges every query of a path), and ids spelled
 //! otherwise (`/posts/07`, `/posts/7abc`: `parseInt` reads 7): the key keeps
 //! them apart, their tags are each value's too ([`Canonical::id_routes`],
-//! `ids.rs`).
+//! `ids/`).
 //!
 //! The methods ([`Methods`]): the request's own and any method override the
 //! app may honour (`X-HTTP-Method-Override: PATCH` on a POST, `?_method=PATCH`,
@@ -83,7 +83,7 @@ impl Default for PathPolicy {
 /// bypass the cache until one build runs alone. Bumped with every change to
 /// what a path's route path is, or what it is read as (2: escapes other
 /// than `%2F` and `%25` decoded; 3: a `%` that starts no escape is `%25`;
-/// 4: ids spelled otherwise read as their values, `ids.rs`).
+/// 4: ids spelled otherwise read as their values, `ids/`).
 pub const ROUTE_PATH_REVISION: u32 = 4;
 
 /// A path as route rules, tags and write rules see it. Only [`PathPolicy`]
