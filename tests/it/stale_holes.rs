@@ -131,12 +131,7 @@ async fn a_write_through_a_spelling_another_app_reads_as_the_item_invalidates_it
     // Like any of those apps for item 1: every spelling here is the item.
     let app = committing_app();
     let fg = Freshgate::start(&app, None, SPELLINGS);
-    let raw = |method: &str, target: &str| {
-        raw_exchange(
-            fg.addr,
-            format!("{method} {target} HTTP/1.1\r\nhost: app.test\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}").as_bytes(),
-        )
-    };
+    let raw = |method: &str, target: &str| raw_with_body(&fg, method, target);
     let writes = [
         "/items/1",
         "/items/1;jsessionid=AB12",
@@ -164,18 +159,7 @@ async fn a_write_through_a_spelling_another_app_reads_as_the_item_invalidates_it
         "/items/1.json",
         "/items/1.json/",
     ] {
-        for write in writes.iter().filter(|w| **w != read) {
-            cached(&fg.url(read)).await;
-            let w = raw("PATCH", write);
-            assert_eq!(raw_status(&w), 204, "{write}: {w}");
-            let now = get(&format!("{app}/items/1")).await.json()["version"].clone();
-            let r = get(&fg.url(read)).await;
-            assert_eq!(
-                r.json()["version"],
-                now,
-                "{read} after a PATCH of {write}: {r:?}"
-            );
-        }
+        a_write_through_each_purges(&fg, &app, read, &writes).await;
     }
     // A literal route decides for the path it names (its format reading,
     // `/items`, has no rule): cached.
@@ -198,6 +182,31 @@ async fn a_write_through_a_spelling_another_app_reads_as_the_item_invalidates_it
             assert!(r.contains("x-cache: bypass"), "{read}: {r}");
             assert!(r.contains("detail=ambiguous-path"), "{read}: {r}");
         }
+    }
+}
+
+/// `method target` with a two-byte body, sent raw (the spelling as is).
+fn raw_with_body(fg: &Freshgate, method: &str, target: &str) -> String {
+    raw_exchange(
+        fg.addr,
+        format!("{method} {target} HTTP/1.1\r\nhost: app.test\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}").as_bytes(),
+    )
+}
+
+/// For each of `writes` but `read`: `read` cached, a PATCH through the
+/// write's spelling, and `read` then shows the item's version at `app`.
+async fn a_write_through_each_purges(fg: &Freshgate, app: &str, read: &str, writes: &[&str]) {
+    for write in writes.iter().filter(|w| **w != read) {
+        cached(&fg.url(read)).await;
+        let w = raw_with_body(fg, "PATCH", write);
+        assert_eq!(raw_status(&w), 204, "{write}: {w}");
+        let now = get(&format!("{app}/items/1")).await.json()["version"].clone();
+        let r = get(&fg.url(read)).await;
+        assert_eq!(
+            r.json()["version"],
+            now,
+            "{read} after a PATCH of {write}: {r:?}"
+        );
     }
 }
 
@@ -287,12 +296,6 @@ async fn a_write_through_a_number_spelled_otherwise_invalidates_the_item() {
 async fn every_spelling_of_an_id_parsers_read_alike_shares_its_invalidations() {
     let app = committing_app();
     let fg = Freshgate::start(&app, None, SPELLINGS);
-    let raw = |method: &str, target: &str| {
-        raw_exchange(
-            fg.addr,
-            format!("{method} {target} HTTP/1.1\r\nhost: app.test\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}").as_bytes(),
-        )
-    };
     let numbers = [
         "/items/1",
         "/items/01",
@@ -311,18 +314,7 @@ async fn every_spelling_of_an_id_parsers_read_alike_shares_its_invalidations() {
     ];
     for spellings in [&numbers[..], &uuids[..]] {
         for read in spellings {
-            for write in spellings.iter().filter(|w| *w != read) {
-                cached(&fg.url(read)).await;
-                let w = raw("PATCH", write);
-                assert_eq!(raw_status(&w), 204, "{write}: {w}");
-                let now = get(&format!("{app}/items/1")).await.json()["version"].clone();
-                let r = get(&fg.url(read)).await;
-                assert_eq!(
-                    r.json()["version"],
-                    now,
-                    "{read} after a PATCH of {write}: {r:?}"
-                );
-            }
+            a_write_through_each_purges(&fg, &app, read, spellings).await;
         }
     }
 }
