@@ -342,6 +342,9 @@ mod tests {
             ("\u{660}x84", "132"),
             ("\u{ff10}x84", "132"),
             ("09", "0"),
+            // Found by the last read: Go's `ParseInt` takes a `_` after
+            // an octal's leading `0`.
+            ("0_17", "15"),
         ] {
             let r = readings(spelling);
             assert!(r.iter().any(|x| x == value), "{spelling:?}: {r:?}");

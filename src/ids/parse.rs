@@ -109,8 +109,9 @@ pub(super) fn radix(t: &str, underscores: bool, any_script: bool) -> Option<Stri
     let mut value: u128 = 0;
     // `strtol` has read the leading `0` itself: `09` is 0 to it.
     let mut any = octal_zero && !underscores;
-    // Python and Go allow a `_` straight after `0x`, `0o`, `0b`.
-    let mut underscore_ok = rest.starts_with('0') && !octal_zero;
+    // Python and Go allow a `_` straight after `0x`, `0o`, `0b`, and Go
+    // after an octal's leading `0` (`0_17` is 15 to `ParseInt(s, 0, …)`).
+    let mut underscore_ok = rest.starts_with('0');
     for c in digits.chars() {
         let digit = if any_script {
             any_digit(c, base)
