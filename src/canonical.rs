@@ -186,9 +186,12 @@ impl PathPolicy {
     /// empty for most paths, `None` for one with too many.
     pub fn other_readings(&self, path: &str, route: &RoutePath) -> Option<Vec<RoutePath>> {
         let mut readings = Vec::new();
+        // Not `readings.contains`: comparing each with every other costs
+        // the square of their number in whole-path comparisons.
+        let mut seen = HashSet::new();
         for spelling in spelling::other_spellings(path, self.merge_slashes)? {
             let reading = self.fold(&spelling);
-            if reading != *route && !readings.contains(&reading) {
+            if reading != *route && seen.insert(reading.0.clone()) {
                 readings.push(reading);
             }
         }
