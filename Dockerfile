@@ -16,8 +16,9 @@ FROM rust:1-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends cmake \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# Dependencies first, in a layer of their own: a source change rebuilds
-# freshgate only, not pingora and the other crates.
+# Dependencies first, in a layer of their own: a source change recompiles
+# freshgate only, not pingora and the other crates (the release profile's LTO
+# still optimises them all together at the end: ~2.5 minutes on 2 cores).
 COPY Cargo.toml Cargo.lock ./
 COPY vendor ./vendor
 RUN mkdir -p src benches \

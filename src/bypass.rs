@@ -22,9 +22,10 @@ pub enum Bypass {
     CacheOff,
     /// The route rule says `enabled: false`.
     RouteDisabled,
-    /// Apps read the path differently (`;params`, `\`): its route rule is
-    /// not certain (`Canonical::other_routes`); or they read its ids as
-    /// another rule's paths, or in too many ways (`Canonical::id_routes`).
+    /// Apps read the path differently (`;params`, `\`) and its route rule
+    /// is not certain (`Canonical::other_routes`), or they read it in too
+    /// many ways; or they read its ids as another rule's paths, or in too
+    /// many ways (`Canonical::id_routes`).
     AmbiguousPath,
     /// Credentials the key does not hold (`cache.share_authorized` off).
     Authorization,

@@ -143,11 +143,12 @@ impl PathPolicy {
     /// [`PathPolicy::id_readings`].
     ///
     /// [`route_path`]: PathPolicy::route_path
-    /// `None` when it has more than either bound.
-    pub fn route_paths(&self, path: &str) -> Option<Vec<RoutePath>> {
+    /// `None` when it has more than any bound (`max_bytes`: of its other
+    /// readings, see [`spelling::other_spellings`]).
+    pub fn route_paths(&self, path: &str, max_bytes: usize) -> Option<Vec<RoutePath>> {
         let path = normalize_path(path, self.merge_slashes);
         let route = self.fold(&path);
-        let mut all = self.other_readings(&path, &route)?;
+        let mut all = self.other_readings(&path, &route, max_bytes)?;
         all.insert(0, route);
         let ids = self.id_readings(&all[0], &all[1..])?;
         all.extend(ids);
@@ -184,12 +185,17 @@ impl PathPolicy {
     /// The route paths other than `route` that apps may read the canonical
     /// `path` as, where apps disagree on it ([`spelling::other_spellings`]);
     /// empty for most paths, `None` for one with too many.
-    pub fn other_readings(&self, path: &str, route: &RoutePath) -> Option<Vec<RoutePath>> {
+    pub fn other_readings(
+        &self,
+        path: &str,
+        route: &RoutePath,
+        max_bytes: usize,
+    ) -> Option<Vec<RoutePath>> {
         let mut readings = Vec::new();
         // Not `readings.contains`: comparing each with every other costs
         // the square of their number in whole-path comparisons.
         let mut seen = HashSet::new();
-        for spelling in spelling::other_spellings(path, self.merge_slashes)? {
+        for spelling in spelling::other_spellings(path, self.merge_slashes, max_bytes)? {
             let reading = self.fold(&spelling);
             if reading != *route && seen.insert(reading.0.clone()) {
                 readings.push(reading);
@@ -291,7 +297,7 @@ impl Canonical {
         let raw = req.uri.path();
         let path = normalize_path(raw, paths.merge_slashes);
         let route = paths.fold(&path);
-        let other_routes = paths.other_readings(&path, &route);
+        let other_routes = paths.other_readings(&path, &route, spelling::MAX_READING_BYTES);
         let too_many_readings = other_routes.is_none();
         let other_routes = other_routes.unwrap_or_default();
         let id_routes = paths.id_readings(&route, &other_routes);
@@ -386,8 +392,9 @@ fn destination(req: &RequestHeader, paths: &PathPolicy) -> Option<Destination> {
         let Some(path) = path else {
             return Some(Destination::Unreadable);
         };
-        // As the rest of a request's path: every way apps read it.
-        match paths.route_paths(&path) {
+        // As the rest of a request's path: every way apps read it (and
+        // as bounded: it is the client's).
+        match paths.route_paths(&path, spelling::MAX_READING_BYTES) {
             Some(all) => routes.extend(all),
             None => return Some(Destination::Unreadable),
         }
@@ -431,6 +438,7 @@ fn destination_path(value: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
     use crate::methods::MAX_OVERRIDES;
+    use crate::spelling::MAX_READING_BYTES;
     use http::Method;
 
     fn req(method: &str, uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
@@ -563,17 +571,20 @@ mod tests {
         };
         for path in ["//x/items/1", "///x/items/1"] {
             let route = keep.route_path(path);
-            let readings = keep.other_readings(path, &route).unwrap();
+            let readings = keep
+                .other_readings(path, &route, MAX_READING_BYTES)
+                .unwrap();
             assert!(readings.contains(&keep.route_path("/items/1")), "{path}");
             assert!(readings.contains(&keep.route_path("/x/items/1")), "{path}");
         }
         let doubled = keep.route_path("/items//1");
         assert_eq!(
-            keep.other_readings("/items//1", &doubled).unwrap(),
+            keep.other_readings("/items//1", &doubled, MAX_READING_BYTES)
+                .unwrap(),
             [keep.route_path("/items/1")]
         );
         let p = PathPolicy::default();
-        let all = p.route_paths("/A/b;x/").unwrap();
+        let all = p.route_paths("/A/b;x/", MAX_READING_BYTES).unwrap();
         assert_eq!(all, [p.route_path("/a/b;x"), p.route_path("/a/b")]);
         // A target that is not a path has no other reading.
         assert!(canon("*").other_routes.is_empty());

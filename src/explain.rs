@@ -113,6 +113,14 @@ pub fn request(config: &Config, request: &str) -> Result<String, String> {
         }
     }
     if let Some(r) = &request {
+        if r.too_many_readings {
+            let _ = writeln!(
+                s,
+                "  not cached: apps read this path in more ways than are listed, or its \
+                 readings are too long together: detail=ambiguous-path"
+            );
+            return Ok(s);
+        }
         if r.too_many_ids {
             let _ = writeln!(
                 s,

@@ -821,7 +821,8 @@ impl Proxy {
             ctx.bypass = Some(Bypass::CacheOff);
             return false;
         }
-        if request.too_many_ids
+        if request.too_many_readings
+            || request.too_many_ids
             || !bypass::readings_agree(&ctx.config, ctx.rule.as_ref(), &request.other_routes)
             || !bypass::id_readings_agree(&ctx.config, ctx.rule.as_ref(), &request.id_routes)
         {

@@ -121,17 +121,27 @@ fn is_normal(path: &str, merge_slashes: bool) -> bool {
 /// what was not foreseen. A path with more is refused.
 pub const MAX_READINGS: usize = 64;
 
-/// Most bytes of one path's readings together (as `ids::MAX_ID_BYTES`
-/// bounds its id readings). Each reading is about as long as the path and
-/// is read again for its own readings, so the work grows with their bytes:
-/// a 16 KB path of crafted segments with 48 readings cost 27 ms of CPU per
-/// request without this bound, a 2 KB one 3 ms. Real paths have a few
-/// readings of a few hundred bytes. A path with more is refused.
+/// Most bytes of the readings of a request's own path (and of its
+/// `Destination`), together, as `ids::MAX_ID_BYTES` bounds its id
+/// readings. Each reading is about as long as the path and is read again
+/// for its own readings, so the work grows with their bytes: a 16 KB path
+/// of crafted segments with 48 readings took 27 ms per request without
+/// this bound. Real paths have a few readings of a few hundred bytes. A
+/// read past it is not cached; a write is refused.
 pub const MAX_READING_BYTES: usize = 16 * 1024;
+
+/// The same bound for a path an app's answer names (`Location`) or an
+/// operator purges. Past it the write is planned as "everything", so it
+/// is wider: an app that redirects to a path the client chose must not
+/// let a 4 KB one empty the cache. It is read once per answer, not per
+/// request.
+pub const MAX_NAMED_READING_BYTES: usize = 256 * 1024;
 
 /// The paths other than the canonical `path` itself that apps may read it
 /// as, where they disagree on it — each canonical, not folded for routes —
-/// or `None` if there are more than [`MAX_READINGS`]. Empty for a path
+/// or `None` if there are more than [`MAX_READINGS`] or more than
+/// `max_bytes` of them ([`MAX_READING_BYTES`] for a request's own path,
+/// [`MAX_NAMED_READING_BYTES`] for one an answer names). Empty for a path
 /// without `;`, `%3B`, `\`, `%2F` or a `.` in its last segment (most API
 /// paths). The readings are closed under the rules: a reading of a reading
 /// is one (`/items;x/1.json/` is `/items/1` to Spring: params dropped, then
@@ -154,13 +164,17 @@ pub const MAX_READING_BYTES: usize = 16 * 1024;
 /// - a format suffix: Rails (`resources` are `/posts/:id(.:format)`) and
 ///   Spring's suffix patterns route `/posts/7.json` as post 7, others as
 ///   an id `7.json`.
-pub fn other_spellings(path: &str, merge_slashes: bool) -> Option<Vec<String>> {
-    closed_readings(path, merge_slashes, MAX_READINGS)
+pub fn other_spellings(path: &str, merge_slashes: bool, max_bytes: usize) -> Option<Vec<String>> {
+    closed_readings(path, merge_slashes, MAX_READINGS, max_bytes)
 }
 
-/// [`other_spellings`] with at most `max` readings (and
-/// [`MAX_READING_BYTES`] of them).
-fn closed_readings(path: &str, merge_slashes: bool, max: usize) -> Option<Vec<String>> {
+/// [`other_spellings`] with at most `max` readings and `max_bytes` of them.
+fn closed_readings(
+    path: &str,
+    merge_slashes: bool,
+    max: usize,
+    max_bytes: usize,
+) -> Option<Vec<String>> {
     // Most paths have none: one pass over them, no allocation.
     let mut found = readings_of(path, merge_slashes);
     if found.is_empty() {
@@ -174,7 +188,7 @@ fn closed_readings(path: &str, merge_slashes: bool, max: usize) -> Option<Vec<St
         for reading in found {
             if seen.insert(reading.clone()) {
                 bytes += reading.len();
-                if all.len() > max || bytes > MAX_READING_BYTES {
+                if all.len() > max || bytes > max_bytes {
                     return None;
                 }
                 all.push(reading);
@@ -350,19 +364,25 @@ mod tests {
         // Found by review: cutting `é;x` (a relative `Location` against
         // `*`) at byte 1 panicked.
         assert_eq!(without_path_params("é;x", false), None);
-        assert_eq!(other_spellings("é;x", true), Some(vec!["é".to_string()]));
+        assert_eq!(
+            other_spellings("é;x", true, MAX_READING_BYTES),
+            Some(vec!["é".to_string()])
+        );
     }
 
     #[test]
     fn readings_past_their_bytes_are_none() {
-        // A long path with a `;` and a format suffix: four readings and
-        // theirs, each about as long as the path.
-        let long = format!("/{}/a;x/1.json", "s".repeat(20_000));
-        assert_eq!(other_spellings(&long, true), None);
-        let short = format!("/{}/a;x/1.json", "s".repeat(2_000));
-        let readings = other_spellings(&short, true).unwrap();
+        // A path with a `;` and a format suffix has four readings (and
+        // theirs), each about as long as the path: at 5 KB each is under
+        // the bound, together they are past it.
+        let path = |n: usize| format!("/{}/a;x/1.json", "s".repeat(n));
+        let readings = other_spellings(&path(2_000), true, MAX_READING_BYTES).unwrap();
         assert!(readings.len() >= 4, "{readings:?}");
-        assert!(readings.iter().map(String::len).sum::<usize>() <= MAX_READING_BYTES);
+        let five = path(5_000);
+        let readings = other_spellings(&five, true, MAX_NAMED_READING_BYTES).unwrap();
+        assert!(readings.iter().all(|r| r.len() < MAX_READING_BYTES));
+        assert!(readings.iter().map(String::len).sum::<usize>() > MAX_READING_BYTES);
+        assert_eq!(other_spellings(&five, true, MAX_READING_BYTES), None);
     }
 
     #[test]
@@ -380,9 +400,10 @@ mod tests {
     #[test]
     fn readings_past_the_bound_are_none() {
         let path = "/a;x/b\\c%2Fd.e";
-        let all = closed_readings(path, true, MAX_READINGS).unwrap();
+        let bytes = MAX_READING_BYTES;
+        let all = closed_readings(path, true, MAX_READINGS, bytes).unwrap();
         assert!(all.len() > 2, "{all:?}");
-        assert_eq!(closed_readings(path, true, 2), None);
-        assert_eq!(closed_readings(path, true, all.len()), Some(all));
+        assert_eq!(closed_readings(path, true, 2, bytes), None);
+        assert_eq!(closed_readings(path, true, all.len(), bytes), Some(all));
     }
 }

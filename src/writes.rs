@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::host::Host;
 use crate::invalidation::{self, ALL_TAG};
 use crate::methods::Methods;
+use crate::spelling;
 use crate::store::WriteFence;
 
 /// The rule name monitoring uses for writes no invalidation rule matched.
@@ -82,6 +83,12 @@ pub fn plan(config: &Config, rules_on: bool, request: &Canonical) -> Planned {
     if rules.is_empty() {
         rules.push(UNMATCHED.to_string());
     }
+    // Refused before it reaches the app (`refused`), but planned again
+    // under a config reloaded while it was in flight, where its readings
+    // may be past a bound they were not past before: anything may change.
+    if request.too_many_readings || request.too_many_ids {
+        tags.insert(ALL_TAG.to_string());
+    }
     match &request.destination {
         // What a write of that path may change: a `MOVE` or `COPY` is a
         // `PUT` there, of whatever the rules say.
@@ -118,8 +125,9 @@ pub fn refused(request: &Canonical) -> Option<&'static str> {
     if request.destination == Some(Destination::Unreadable) {
         return Some("a Destination that apps read differently: one field, a plain path or URI");
     }
-    if request.too_many_readings {
-        return Some("a path that apps read in too many ways");
+    // A read of such a path is passed through uncached (`bypass`).
+    if request.too_many_readings && request.methods.is_write() {
+        return Some("a write to a path that apps read in too many ways");
     }
     if request.too_many_ids && request.methods.is_write() {
         return Some(
@@ -162,7 +170,7 @@ pub fn answer_tags(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| same_origin_path(req, host, v))
         {
-            match paths.route_paths(&p) {
+            match paths.route_paths(&p, spelling::MAX_NAMED_READING_BYTES) {
                 Some(all) => tags.extend(all.iter().map(invalidation::own_tag)),
                 // More readings than are listed: the app named it.
                 None => {
@@ -485,6 +493,44 @@ mod tests {
         assert!(request("GET", many).too_many_ids);
         assert_eq!(refused(&request("GET", many)), None);
         assert!(!request("GET", "/posts/012/034/056/012").too_many_ids);
+    }
+
+    #[test]
+    fn a_path_read_in_too_many_ways_is_refused_to_writes_and_uncached_for_reads() {
+        let config = Config::from_str(
+            "invalidate:\n  - on: PATCH /files/**\n    purge: [/files/**]\n",
+            None,
+            &crate::config::Overrides::default(),
+        )
+        .unwrap();
+        let request = |method: &str, path: &str| {
+            let req = RequestHeader::build(method, path.as_bytes(), None).unwrap();
+            Canonical::new(&req, &config.paths, &config.method_override)
+        };
+        // Four readings of 5 KB each (params dropped, cut at the `;`, the
+        // suffix, and theirs): past a request's bound together.
+        let long = format!("/files/{}/a;x/b.json", "s".repeat(5_000));
+        let write = request("PATCH", &long);
+        assert!(write.too_many_readings);
+        assert!(refused(&write).is_some());
+        let read = request("GET", &long);
+        assert!(read.too_many_readings);
+        assert_eq!(refused(&read), None);
+        // Planned again under a reloaded config while in flight: all.
+        assert!(plan(&config, true, &write).tags.contains(ALL_TAG));
+        assert!(!plan(&config, true, &request("PATCH", "/files/a;x/b.json"))
+            .tags
+            .contains(ALL_TAG));
+        // An answer may name such a path (a redirect to where the client
+        // asked): its readings have more room, so it is no "everything".
+        let req = RequestHeader::build("POST", b"/login", None).unwrap();
+        let mut resp = ResponseHeader::build(303, None).unwrap();
+        resp.append_header("location", long.as_str()).unwrap();
+        let named = answer_tags(&req, None, &resp, &config.paths);
+        assert!(!named.contains(ALL_TAG), "{} tags", named.len());
+        let dropped = format!("/files/{}/a/b", "s".repeat(5_000));
+        let own = invalidation::own_tag(&config.paths.route_path(&dropped));
+        assert!(named.contains(&own));
     }
 
     #[test]

@@ -38,6 +38,7 @@ use crate::canonical::{PathPolicy, RoutePath};
 use crate::ids;
 use crate::methods::Methods;
 use crate::rules::{fill_canonical, in_canonical_form, to_matchit, PatternError};
+use crate::spelling;
 
 mod tags;
 mod unmatched;
@@ -396,10 +397,15 @@ impl Invalidation {
             });
             if let Some(path) = concrete {
                 // Every path apps read it as (`/scenes/0132` is scene 132).
-                return Ok(match self.paths.route_paths(&path) {
-                    Some(all) => all.iter().map(own_tag).collect(),
-                    None => vec![ALL_TAG.to_string()],
-                });
+                return Ok(
+                    match self
+                        .paths
+                        .route_paths(&path, spelling::MAX_NAMED_READING_BYTES)
+                    {
+                        Some(all) => all.iter().map(own_tag).collect(),
+                        None => vec![ALL_TAG.to_string()],
+                    },
+                );
             }
             return Err(PatternError {
                 pattern: pattern.to_string(),
