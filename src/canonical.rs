@@ -86,6 +86,33 @@ impl Default for PathPolicy {
 /// 4: ids spelled otherwise read as their values, `ids/`).
 pub const ROUTE_PATH_REVISION: u32 = 4;
 
+/// How many bytes of readings a path may have, of each kind together
+/// (its other readings, its id readings), before it counts as read in
+/// too many ways ([`PathPolicy::route_paths`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadingBytes {
+    pub other: usize,
+    pub ids: usize,
+}
+
+impl ReadingBytes {
+    /// A request's own path and its `Destination`: read on every request
+    /// (the work grows with the bytes), and chosen by the client. Past
+    /// it, a read is not cached and a write is refused.
+    pub const REQUEST: ReadingBytes = ReadingBytes {
+        other: spelling::MAX_READING_BYTES,
+        ids: ids::MAX_ID_BYTES,
+    };
+    /// A path an app's answer names (`Location`, `Content-Location`) or
+    /// an operator purges: read once per answer or purge, and past it
+    /// everything is invalidated, so a redirect to a path of a few KB the
+    /// client chose must not reach it.
+    pub const NAMED: ReadingBytes = ReadingBytes {
+        other: spelling::MAX_NAMED_READING_BYTES,
+        ids: spelling::MAX_NAMED_READING_BYTES,
+    };
+}
+
 /// A path as route rules, tags and write rules see it. Only [`PathPolicy`]
 /// makes one, so nothing can match a rule against a path it did not fold.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -143,14 +170,14 @@ impl PathPolicy {
     /// [`PathPolicy::id_readings`].
     ///
     /// [`route_path`]: PathPolicy::route_path
-    /// `None` when it has more than any bound (`max_bytes`: of its other
-    /// readings, see [`spelling::other_spellings`]).
-    pub fn route_paths(&self, path: &str, max_bytes: usize) -> Option<Vec<RoutePath>> {
+    /// `None` when it has more than any bound (`bytes`: of each kind of
+    /// readings together).
+    pub fn route_paths(&self, path: &str, bytes: ReadingBytes) -> Option<Vec<RoutePath>> {
         let path = normalize_path(path, self.merge_slashes);
         let route = self.fold(&path);
-        let mut all = self.other_readings(&path, &route, max_bytes)?;
+        let mut all = self.other_readings(&path, &route, bytes.other)?;
         all.insert(0, route);
-        let ids = self.id_readings(&all[0], &all[1..])?;
+        let ids = self.id_readings(&all[0], &all[1..], bytes.ids)?;
         all.extend(ids);
         Some(all)
     }
@@ -158,11 +185,17 @@ impl PathPolicy {
     /// The route paths apps that parse ids read a path as, beside its
     /// `route` path and its `others` readings ([`ids::id_readings`] of
     /// each: `/scenes/0132` is `/scenes/132` to them); empty for most
-    /// paths, `None` for more than [`ids::MAX_ID_READINGS`] or
-    /// [`ids::MAX_ID_BYTES`] in all.
-    pub fn id_readings(&self, route: &RoutePath, others: &[RoutePath]) -> Option<Vec<RoutePath>> {
+    /// paths, `None` for more than [`ids::MAX_ID_READINGS`] or `max_bytes`
+    /// in all.
+    pub fn id_readings(
+        &self,
+        route: &RoutePath,
+        others: &[RoutePath],
+        max_bytes: usize,
+    ) -> Option<Vec<RoutePath>> {
         // One path's readings differ from one another and from it.
-        let mut found: Vec<String> = ids::id_readings(route.as_str(), ids::MAX_ID_READINGS)?;
+        let mut found: Vec<String> =
+            ids::id_readings(route.as_str(), ids::MAX_ID_READINGS, max_bytes)?;
         if !others.is_empty() {
             let mut seen: HashSet<String> = others.iter().map(|o| o.0.clone()).collect();
             seen.insert(route.0.clone());
@@ -170,8 +203,8 @@ impl PathPolicy {
             let mut bytes: usize = found.iter().map(String::len).sum();
             for read in others {
                 let room = (ids::MAX_ID_READINGS - found.len())
-                    .min(ids::MAX_ID_BYTES.saturating_sub(bytes) / read.0.len().max(1));
-                for reading in ids::id_readings(read.as_str(), room)? {
+                    .min(max_bytes.saturating_sub(bytes) / read.0.len().max(1));
+                for reading in ids::id_readings(read.as_str(), room, max_bytes)? {
                     if seen.insert(reading.clone()) {
                         bytes += reading.len();
                         found.push(reading);
@@ -263,8 +296,9 @@ pub struct Canonical {
     /// reading's tags when all fall under its route rule, else not (one may
     /// be private).
     pub other_routes: Vec<RoutePath>,
-    /// Its path has more readings than are listed: refused (a write could
-    /// not be planned but as "everything").
+    /// Its path has more readings than are listed, or more bytes of them
+    /// ([`ReadingBytes::REQUEST`]): not cached, and refused if a write (it
+    /// could only be planned as "everything").
     pub too_many_readings: bool,
     /// What apps that parse its ids (numbers, UUIDs) read its route paths
     /// as ([`PathPolicy::id_readings`]): the same handler as `route`, so
@@ -297,10 +331,11 @@ impl Canonical {
         let raw = req.uri.path();
         let path = normalize_path(raw, paths.merge_slashes);
         let route = paths.fold(&path);
-        let other_routes = paths.other_readings(&path, &route, spelling::MAX_READING_BYTES);
+        let bytes = ReadingBytes::REQUEST;
+        let other_routes = paths.other_readings(&path, &route, bytes.other);
         let too_many_readings = other_routes.is_none();
         let other_routes = other_routes.unwrap_or_default();
-        let id_routes = paths.id_readings(&route, &other_routes);
+        let id_routes = paths.id_readings(&route, &other_routes, bytes.ids);
         let too_many_ids = id_routes.is_none();
         let id_routes = id_routes.unwrap_or_default();
         let query = req.uri.query().map(sorted_query).filter(|q| !q.is_empty());
@@ -394,7 +429,7 @@ fn destination(req: &RequestHeader, paths: &PathPolicy) -> Option<Destination> {
         };
         // As the rest of a request's path: every way apps read it (and
         // as bounded: it is the client's).
-        match paths.route_paths(&path, spelling::MAX_READING_BYTES) {
+        match paths.route_paths(&path, ReadingBytes::REQUEST) {
             Some(all) => routes.extend(all),
             None => return Some(Destination::Unreadable),
         }
@@ -584,7 +619,7 @@ mod tests {
             [keep.route_path("/items/1")]
         );
         let p = PathPolicy::default();
-        let all = p.route_paths("/A/b;x/", MAX_READING_BYTES).unwrap();
+        let all = p.route_paths("/A/b;x/", ReadingBytes::REQUEST).unwrap();
         assert_eq!(all, [p.route_path("/a/b;x"), p.route_path("/a/b")]);
         // A target that is not a path has no other reading.
         assert!(canon("*").other_routes.is_empty());

@@ -118,7 +118,8 @@ fn is_normal(path: &str, merge_slashes: bool) -> bool {
 /// Most readings of one path. Each rule of [`other_spellings`] removes
 /// what made a path ambiguous and applies to the whole path, so a path has
 /// a handful (no path found has more than a few dozen): a bound against
-/// what was not foreseen. A path with more is refused.
+/// what was not foreseen. A read of a path with more is not cached, a
+/// write refused.
 pub const MAX_READINGS: usize = 64;
 
 /// Most bytes of the readings of a request's own path (and of its
@@ -130,11 +131,11 @@ pub const MAX_READINGS: usize = 64;
 /// read past it is not cached; a write is refused.
 pub const MAX_READING_BYTES: usize = 16 * 1024;
 
-/// The same bound for a path an app's answer names (`Location`) or an
-/// operator purges. Past it the write is planned as "everything", so it
-/// is wider: an app that redirects to a path the client chose must not
-/// let a 4 KB one empty the cache. It is read once per answer, not per
-/// request.
+/// The same bound for a path an app's answer names (`Location`,
+/// `Content-Location`) or an operator purges (`canonical::ReadingBytes`).
+/// Past it everything is invalidated, so it is wider: an app that
+/// redirects to a path the client chose must not let one of a few KB empty
+/// the cache. It is read once per answer or purge, not per request.
 pub const MAX_NAMED_READING_BYTES: usize = 256 * 1024;
 
 /// The paths other than the canonical `path` itself that apps may read it

@@ -20,12 +20,11 @@ use std::collections::BTreeSet;
 use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use crate::canonical::{Canonical, Destination, PathPolicy};
+use crate::canonical::{Canonical, Destination, PathPolicy, ReadingBytes};
 use crate::config::Config;
 use crate::host::Host;
 use crate::invalidation::{self, ALL_TAG};
 use crate::methods::Methods;
-use crate::spelling;
 use crate::store::WriteFence;
 
 /// The rule name monitoring uses for writes no invalidation rule matched.
@@ -123,7 +122,9 @@ pub fn plan(config: &Config, rules_on: bool, request: &Canonical) -> Planned {
 /// "everything", which would let one request empty the cache.
 pub fn refused(request: &Canonical) -> Option<&'static str> {
     if request.destination == Some(Destination::Unreadable) {
-        return Some("a Destination that apps read differently: one field, a plain path or URI");
+        return Some(
+            "a Destination that apps read differently or in too many ways: one field, a plain path or URI",
+        );
     }
     // A read of such a path is passed through uncached (`bypass`).
     if request.too_many_readings && request.methods.is_write() {
@@ -170,7 +171,7 @@ pub fn answer_tags(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| same_origin_path(req, host, v))
         {
-            match paths.route_paths(&p, spelling::MAX_NAMED_READING_BYTES) {
+            match paths.route_paths(&p, ReadingBytes::NAMED) {
                 Some(all) => tags.extend(all.iter().map(invalidation::own_tag)),
                 // More readings than are listed: the app named it.
                 None => {
@@ -530,6 +531,16 @@ mod tests {
         assert!(!named.contains(ALL_TAG), "{} tags", named.len());
         let dropped = format!("/files/{}/a/b", "s".repeat(5_000));
         let own = invalidation::own_tag(&config.paths.route_path(&dropped));
+        assert!(named.contains(&own));
+        // Nor when each reading also has an id reading (`007` is 7): 3 KB
+        // each, past a request's 16 KiB of id readings, not an answer's.
+        let padded = format!("/files/007/{}/a;x/b.json", "s".repeat(3_300));
+        assert!(refused(&request("PATCH", &padded)).is_some());
+        resp.insert_header("location", padded.as_str()).unwrap();
+        let named = answer_tags(&req, None, &resp, &config.paths);
+        assert!(!named.contains(ALL_TAG), "{} tags", named.len());
+        let seven = format!("/files/7/{}/a/b", "s".repeat(3_300));
+        let own = invalidation::own_tag(&config.paths.route_path(&seven));
         assert!(named.contains(&own));
     }
 

@@ -76,16 +76,16 @@ pub const MAX_ID_BYTES: usize = 16 * 1024;
 
 /// The paths other than `path` (a route path: `/`-separated, its escapes
 /// but `%2F`, `%25` and control bytes decoded) that apps parsing its ids
-/// read it as, at most `max` of them and [`MAX_ID_BYTES`] in all; `None`
-/// if there are more. The count is taken segment by segment, before any
+/// read it as, at most `max` of them and about `max_bytes` in all
+/// ([`MAX_ID_BYTES`] for a request's own path); `None` if there are more. The count is taken segment by segment, before any
 /// path is built, and each reading is built once: the work is linear in
 /// the path's length and in the bytes made.
-pub fn id_readings(path: &str, max: usize) -> Option<Vec<String>> {
+pub fn id_readings(path: &str, max: usize, max_bytes: usize) -> Option<Vec<String>> {
     // Most paths: no segment is spelled otherwise, nothing allocated.
     if !path.split('/').any(may_be_spelled_otherwise) {
         return Some(Vec::new());
     }
-    let max = max.min(MAX_ID_BYTES / path.len().max(1));
+    let max = max.min(max_bytes / path.len().max(1));
     let mut choices: Vec<(&str, Vec<String>)> = Vec::new();
     let mut count: usize = 1;
     for segment in path.split('/') {
@@ -444,7 +444,7 @@ mod tests {
 
     #[test]
     fn a_path_reads_as_every_combination_of_its_segments() {
-        let all = id_readings("/stories/07/scenes/+9", MAX_ID_READINGS).unwrap();
+        let all = id_readings("/stories/07/scenes/+9", MAX_ID_READINGS, MAX_ID_BYTES).unwrap();
         for p in [
             "/stories/7/scenes/9",
             "/stories/07/scenes/9",
@@ -454,30 +454,39 @@ mod tests {
         }
         assert!(!all.iter().any(|x| x == "/stories/07/scenes/+9"));
         assert_eq!(
-            id_readings("/studio/api/scenes/132", MAX_ID_READINGS),
+            id_readings("/studio/api/scenes/132", MAX_ID_READINGS, MAX_ID_BYTES),
             Some(vec![])
         );
     }
 
     #[test]
     fn a_path_with_more_readings_than_the_bound_is_none_before_it_is_built() {
-        assert_eq!(id_readings("/00/00/00", 3), None);
-        assert_eq!(id_readings("/00/00", 3).map(|v| v.len()), Some(3));
+        assert_eq!(id_readings("/00/00/00", 3, MAX_ID_BYTES), None);
+        assert_eq!(
+            id_readings("/00/00", 3, MAX_ID_BYTES).map(|v| v.len()),
+            Some(3)
+        );
         // Thousands of such segments: past the length bound, none built.
         let long = "/+00".repeat(5000);
-        assert_eq!(id_readings(&long, MAX_ID_READINGS), None);
+        assert_eq!(id_readings(&long, MAX_ID_READINGS, MAX_ID_BYTES), None);
         // Found by review: a few ids before thousands of plain segments
         // were built a segment at a time, every partial path copied at
         // each (quadratic). Each reading is one copy now.
         // And all told they are bounded in bytes (found by review: 255
         // readings of 8 KiB): a 2 KiB path may have eight.
         let wide = format!("{}{}", "/00".repeat(6), "/a".repeat(1000));
-        assert_eq!(id_readings(&wide, MAX_ID_READINGS), None);
+        assert_eq!(id_readings(&wide, MAX_ID_READINGS, MAX_ID_BYTES), None);
         let few = format!("{}{}", "/00".repeat(3), "/a".repeat(1000));
-        assert_eq!(id_readings(&few, MAX_ID_READINGS).map(|r| r.len()), Some(7));
+        assert_eq!(
+            id_readings(&few, MAX_ID_READINGS, MAX_ID_BYTES).map(|r| r.len()),
+            Some(7)
+        );
         // A long path without readings is no concern, however long.
         let slug = format!("/{}", "a".repeat(70_000));
-        assert_eq!(id_readings(&slug, MAX_ID_READINGS), Some(vec![]));
+        assert_eq!(
+            id_readings(&slug, MAX_ID_READINGS, MAX_ID_BYTES),
+            Some(vec![])
+        );
     }
 
     #[test]

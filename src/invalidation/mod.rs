@@ -34,11 +34,10 @@ use std::fmt;
 
 use http::Method;
 
-use crate::canonical::{PathPolicy, RoutePath};
+use crate::canonical::{PathPolicy, ReadingBytes, RoutePath};
 use crate::ids;
 use crate::methods::Methods;
 use crate::rules::{fill_canonical, in_canonical_form, to_matchit, PatternError};
-use crate::spelling;
 
 mod tags;
 mod unmatched;
@@ -397,15 +396,10 @@ impl Invalidation {
             });
             if let Some(path) = concrete {
                 // Every path apps read it as (`/scenes/0132` is scene 132).
-                return Ok(
-                    match self
-                        .paths
-                        .route_paths(&path, spelling::MAX_NAMED_READING_BYTES)
-                    {
-                        Some(all) => all.iter().map(own_tag).collect(),
-                        None => vec![ALL_TAG.to_string()],
-                    },
-                );
+                return Ok(match self.paths.route_paths(&path, ReadingBytes::NAMED) {
+                    Some(all) => all.iter().map(own_tag).collect(),
+                    None => vec![ALL_TAG.to_string()],
+                });
             }
             return Err(PatternError {
                 pattern: pattern.to_string(),
