@@ -273,14 +273,20 @@ fn same_origin_path(req: &RequestHeader, host: Option<&Host>, location: &str) ->
 mod tests {
     use super::*;
 
+    /// A config with `yaml`'s rules.
+    fn config_of(yaml: &str) -> Config {
+        Config::from_str(yaml, None, &crate::config::Overrides::default()).unwrap()
+    }
+
+    /// `method path` as the proxy reads it under `config`.
+    fn request_under(config: &Config, method: &str, path: &str) -> Canonical {
+        let req = RequestHeader::build(method, path.as_bytes(), None).unwrap();
+        Canonical::new(&req, &config.paths, &config.method_override)
+    }
+
     #[test]
     fn a_write_in_lower_case_or_by_webdav_plans_what_it_may_change() {
-        let config = Config::from_str(
-            "invalidate:\n  - on: PATCH /posts/:id\n    purge: [/posts]\n",
-            None,
-            &crate::config::Overrides::default(),
-        )
-        .unwrap();
+        let config = config_of("invalidate:\n  - on: PATCH /posts/:id\n    purge: [/posts]\n");
         let canonical = |method: &str, path: &str, fields: &[(&str, &str)]| {
             let mut req = RequestHeader::build(method, path.as_bytes(), None).unwrap();
             for (n, v) in fields {
@@ -408,15 +414,11 @@ mod tests {
 
     #[test]
     fn a_write_through_a_path_with_params_plans_every_reading_of_it() {
-        let config = Config::from_str(
+        let config = config_of(
             "invalidate:\n  - on: PATCH /posts/:id/title\n    purge: [/feed]\n  - on: PATCH /posts/:id\n    purge: [/posts]\n",
-            None,
-            &crate::config::Overrides::default(),
-        )
-        .unwrap();
+        );
         let tags_of = |path: &str| {
-            let req = RequestHeader::build("PATCH", path.as_bytes(), None).unwrap();
-            let request = Canonical::new(&req, &config.paths, &config.method_override);
+            let request = request_under(&config, "PATCH", path);
             plan(&config, true, &request).tags
         };
         let read = |path: &str| {
@@ -457,16 +459,8 @@ mod tests {
 
     #[test]
     fn a_write_through_an_id_spelled_otherwise_plans_the_value_apps_read() {
-        let config = Config::from_str(
-            "invalidate:\n  - on: PATCH /posts/:id\n    purge: [/posts/:id]\n",
-            None,
-            &crate::config::Overrides::default(),
-        )
-        .unwrap();
-        let request = |method: &str, path: &str| {
-            let req = RequestHeader::build(method, path.as_bytes(), None).unwrap();
-            Canonical::new(&req, &config.paths, &config.method_override)
-        };
+        let config = config_of("invalidate:\n  - on: PATCH /posts/:id\n    purge: [/posts/:id]\n");
+        let request = |method: &str, path: &str| request_under(&config, method, path);
         let read = |path: &str| {
             config
                 .invalidation
@@ -498,16 +492,8 @@ mod tests {
 
     #[test]
     fn a_path_read_in_too_many_ways_is_refused_to_writes_and_uncached_for_reads() {
-        let config = Config::from_str(
-            "invalidate:\n  - on: PATCH /files/**\n    purge: [/files/**]\n",
-            None,
-            &crate::config::Overrides::default(),
-        )
-        .unwrap();
-        let request = |method: &str, path: &str| {
-            let req = RequestHeader::build(method, path.as_bytes(), None).unwrap();
-            Canonical::new(&req, &config.paths, &config.method_override)
-        };
+        let config = config_of("invalidate:\n  - on: PATCH /files/**\n    purge: [/files/**]\n");
+        let request = |method: &str, path: &str| request_under(&config, method, path);
         // Four readings of 5 KB each (params dropped, cut at the `;`, the
         // suffix, and theirs): past a request's bound together.
         let long = format!("/files/{}/a;x/b.json", "s".repeat(5_000));
@@ -517,6 +503,11 @@ mod tests {
         let read = request("GET", &long);
         assert!(read.too_many_readings);
         assert_eq!(refused(&read), None);
+        // A GET that an override makes a write is one.
+        let mut overridden = RequestHeader::build("GET", long.as_bytes(), None).unwrap();
+        overridden.append_header("x-http-method", "DELETE").unwrap();
+        let overridden = Canonical::new(&overridden, &config.paths, &config.method_override);
+        assert!(refused(&overridden).is_some());
         // Planned again under a reloaded config while in flight: all.
         assert!(plan(&config, true, &write).tags.contains(ALL_TAG));
         assert!(!plan(&config, true, &request("PATCH", "/files/a;x/b.json"))
