@@ -108,8 +108,8 @@ impl ReadingBytes {
     /// everything is invalidated, so a redirect to a path of a few KB the
     /// client chose must not reach it.
     pub const NAMED: ReadingBytes = ReadingBytes {
-        other: spelling::MAX_NAMED_READING_BYTES,
-        ids: spelling::MAX_NAMED_READING_BYTES,
+        other: 256 * 1024,
+        ids: 256 * 1024,
     };
 }
 
