@@ -105,8 +105,10 @@ impl ReadingBytes {
     };
     /// A path an app's answer names (`Location`, `Content-Location`) or
     /// an operator purges: read once per answer or purge, and past it
-    /// everything is invalidated, so a redirect to a path of a few KB the
-    /// client chose must not reach it.
+    /// everything is invalidated, so a redirect to a long path the client
+    /// chose (a few KB with `;params` or padded ids) must not reach it.
+    /// One crafted for more than 64 readings still does: 80 bytes of
+    /// repeated ` ;a\` are enough (architecture.md, "Cache-busting").
     pub const NAMED: ReadingBytes = ReadingBytes {
         other: 256 * 1024,
         ids: 256 * 1024,
