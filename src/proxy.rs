@@ -1035,7 +1035,7 @@ impl Proxy {
                         // until `writes.timeout`).
                         METRICS.writes_rejected.inc();
                         return Error::e_explain(
-                            ErrorType::HTTPStatus(502),
+                            NOT_ACKNOWLEDGED,
                             "the write's answer cannot be fenced while it streams: not acknowledged",
                         );
                     }
@@ -1067,7 +1067,7 @@ impl Proxy {
             if self.rejects_unrecorded(&config) && invalidate && !fence_stands {
                 METRICS.writes_rejected.inc();
                 return Error::e_explain(
-                    ErrorType::HTTPStatus(502),
+                    NOT_ACKNOWLEDGED,
                     "the write's invalidation cannot be recorded: not acknowledged",
                 );
             }
@@ -1228,12 +1228,18 @@ impl Proxy {
     }
 }
 
+/// freshgate's own refusal to acknowledge a write the app has answered
+/// (`end_write`): a 502 whose reason, the error's context, tells the client
+/// its write's outcome is unknown, not that the app's answer was unreadable.
+const NOT_ACKNOWLEDGED: ErrorType = ErrorType::Custom("write not acknowledged");
+
 /// The status a failed request is answered with (0: none, the client is
 /// gone): pingora's choice, except that the app not answering in time is a
 /// 504 rather than a 502.
 fn failure_status(e: &Error) -> u16 {
     match e.etype() {
         ErrorType::HTTPStatus(code) => *code,
+        t if *t == NOT_ACKNOWLEDGED => 502,
         ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
             if e.esource() == &pingora::ErrorSource::Upstream =>
         {
@@ -1254,6 +1260,13 @@ fn failure_status(e: &Error) -> u16 {
 /// was, never stored (`Cache-Control: no-store`).
 async fn respond_failure(session: &mut Session, code: u16, e: &Error) -> Result<()> {
     let reason = match code {
+        // pingora wraps a filter's error in one naming the peer
+        // (`more_context`): the reason is the innermost error's.
+        502 if *e.etype() == NOT_ACKNOWLEDGED => e
+            .root_cause()
+            .downcast_ref::<Error>()
+            .and_then(|root| root.context.as_ref())
+            .map_or("the write was not acknowledged", |c| c.as_str()),
         504 => "the app did not answer in time",
         502 if matches!(
             e.etype(),

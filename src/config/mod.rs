@@ -247,6 +247,15 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Whether YAML text says anything: a line that is not blank, a comment or
+/// a document marker.
+fn has_content(text: &str) -> bool {
+    text.lines().any(|line| {
+        let line = line.trim();
+        !(line.is_empty() || line.starts_with('#') || line == "---" || line == "...")
+    })
+}
+
 impl Config {
     /// Read and validate a config file, then apply command-line overrides.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
@@ -264,7 +273,8 @@ impl Config {
         Config::from_str(&text, Some(path), overrides)
     }
 
-    /// Parse and validate YAML text. An empty text gives the built-in defaults.
+    /// Parse and validate YAML text. Without a file, an empty text gives the
+    /// built-in defaults; a file with nothing but comments is refused (below).
     pub fn from_str(
         text: &str,
         path: Option<&Path>,
@@ -273,6 +283,24 @@ impl Config {
         let file = path
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "<defaults>".to_string());
+        if path.is_some() && !has_content(text) {
+            // A file truncated by a deploy, or written in place while it
+            // was read, is empty or keeps only its leading comments. The
+            // defaults it would stand for are the embedded store and no
+            // rules: a replica of a Redis fleet would serve, and invalidate,
+            // apart from the others, and they would keep what its writes
+            // changed. A reload refuses such a file too (`reload.rs`).
+            return Err(ConfigError {
+                file,
+                problems: vec![Problem {
+                    line: None,
+                    column: None,
+                    message: "the file has no settings (truncated?); write `{}` to run on the \
+                              built-in defaults"
+                        .to_string(),
+                }],
+            });
+        }
         let raw: RawConfig = if text.trim().is_empty() {
             RawConfig::default()
         } else {
@@ -323,6 +351,27 @@ mod tests {
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.upstream.addr, "127.0.0.1:3000");
         assert!(c.redis.is_none());
+    }
+
+    /// Found by attack: a replica started from a truncated file ran on the
+    /// defaults (the embedded store, no rules) beside a Redis fleet, so its
+    /// writes invalidated nothing the other replicas served.
+    #[test]
+    fn a_file_without_settings_is_refused_not_read_as_the_defaults() {
+        let path = Some(Path::new("f.yaml"));
+        let ov = Overrides::default();
+        for text in ["", "\n  \n", "# freshgate\n# store:\n---\n"] {
+            let e = Config::from_str(text, path, &ov).unwrap_err();
+            assert!(
+                e.to_string()
+                    .starts_with("f.yaml: the file has no settings"),
+                "{e}"
+            );
+        }
+        let defaults = Config::from_str("{}\n", path, &ov).unwrap();
+        assert!(defaults.redis.is_none());
+        let c = Config::from_str("# a comment\nlisten: 127.0.0.1:1234\n", path, &ov).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:1234");
     }
 
     #[test]

@@ -131,3 +131,54 @@ fn explain_prints_rules_tags_and_why() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a path"));
 }
+
+/// Found by attack: a replica started from a truncated config file (empty,
+/// or only its leading comments) ran on the built-in defaults, the
+/// embedded store with no rules, beside a Redis fleet, so its writes
+/// invalidated nothing the other replicas served. It must refuse to start.
+#[test]
+fn run_refuses_a_config_file_without_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        ("empty.yaml", ""),
+        ("comments.yaml", "# freshgate\n# store:\n"),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let admin = format!("127.0.0.1:{}", crate::util::free_port());
+        let mut child = Command::new(BIN)
+            .args([
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                &admin,
+                "-c",
+            ])
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(1),
+            "{name} started: {err}"
+        );
+        assert!(err.contains("the file has no settings"), "{name}: {err}");
+    }
+}

@@ -605,6 +605,9 @@ async fn a_stopping_replica_records_what_it_owes_and_acknowledges_nothing_it_can
         slow.status, 502,
         "a stopping replica cannot promise to record it later: not acknowledged: {slow:?}"
     );
+    // The app did answer: the client is told its write's outcome is
+    // unknown, not that the answer could not be read (found by attack).
+    assert!(slow.body.contains("not acknowledged"), "{slow:?}");
 
     // Redis comes back within the shutdown timeout.
     gate.open();
