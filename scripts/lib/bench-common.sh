@@ -1,8 +1,13 @@
 # Shared by the scripts/bench-* load scripts (sourced, not run): the release
-# binary, a scratch directory, and the processes they start, all stopped and
-# removed on exit (also on Ctrl-C / SIGTERM).
-cargo build --release --locked --bin freshgate
-bin=$PWD/target/release/freshgate
+# binary (BIN=/path/to/freshgate measures another build, e.g. scripts/build-pgo's,
+# without building), a scratch directory, and the processes they start, all
+# stopped and removed on exit (also on Ctrl-C / SIGTERM).
+if [[ -n ${BIN:-} ]]; then
+  bin=$BIN
+else
+  cargo build --release --locked --bin freshgate
+  bin=$PWD/target/release/freshgate
+fi
 dir=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$dir"; }
