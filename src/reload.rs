@@ -136,12 +136,13 @@ impl LiveConfig {
                 return Reloaded::Unreadable(format!("{}: {e}", path.display()));
             }
         };
-        if text.trim().is_empty() {
-            // A truncated read, or a file emptied by mistake: an empty config
-            // would silently drop every rule. Never swap that in.
-            warn!(file = %path.display(), "config file is empty; keeping the running config");
+        if crate::config::has_no_settings(&text) {
+            // A truncated read, or a file emptied by mistake (nothing left
+            // but comments, perhaps): an empty config would silently drop
+            // every rule. Never swap that in; a later event reloads it.
+            warn!(file = %path.display(), "config file has no settings; keeping the running config");
             return Reloaded::Unreadable(format!(
-                "{}: empty (an empty config would drop every rule)",
+                "{}: no settings (an empty config would drop every rule)",
                 path.display()
             ));
         }

@@ -247,13 +247,44 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Whether YAML text says anything: a line that is not blank, a comment or
-/// a document marker.
-fn has_content(text: &str) -> bool {
-    text.lines().any(|line| {
-        let line = line.trim();
-        !(line.is_empty() || line.starts_with('#') || line == "---" || line == "...")
-    })
+/// Whether a config file's text is an empty document: nothing, comments,
+/// markers (what a truncated write can leave). `{}` is not: it asks for
+/// the defaults.
+pub fn has_no_settings(text: &str) -> bool {
+    serde_yaml::from_str::<serde_yaml::Value>(text).is_ok_and(|d| d.is_null())
+}
+
+/// The key paths (`store.redis`, `routes[3]`) written with no value: what
+/// a file cut short after a key leaves (`store:\n  redis:\n` would mean
+/// "no Redis"). No setting of freshgate's means anything by `null`.
+fn keys_without_value(value: &serde_yaml::Value, path: &str, found: &mut Vec<String>) {
+    match value {
+        serde_yaml::Value::Mapping(map) => {
+            for (key, value) in map {
+                let key = match key {
+                    serde_yaml::Value::String(k) => k.clone(),
+                    other => serde_yaml::to_string(other)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string(),
+                };
+                let path = if path.is_empty() {
+                    key
+                } else {
+                    format!("{path}.{key}")
+                };
+                keys_without_value(value, &path, found);
+            }
+        }
+        serde_yaml::Value::Sequence(items) => {
+            for (i, item) in items.iter().enumerate() {
+                keys_without_value(item, &format!("{path}[{i}]"), found);
+            }
+        }
+        serde_yaml::Value::Tagged(tagged) => keys_without_value(&tagged.value, path, found),
+        serde_yaml::Value::Null if !path.is_empty() => found.push(path.to_string()),
+        _ => {}
+    }
 }
 
 impl Config {
@@ -283,13 +314,16 @@ impl Config {
         let file = path
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "<defaults>".to_string());
-        if path.is_some() && !has_content(text) {
+        // A syntax error is reported by the typed parse below, located.
+        let document = serde_yaml::from_str::<serde_yaml::Value>(text).ok();
+        if path.is_some() && has_no_settings(text) {
             // A file truncated by a deploy, or written in place while it
-            // was read, is empty or keeps only its leading comments. The
-            // defaults it would stand for are the embedded store and no
-            // rules: a replica of a Redis fleet would serve, and invalidate,
-            // apart from the others, and they would keep what its writes
-            // changed. A reload refuses such a file too (`reload.rs`).
+            // was read, can be left empty or with only its leading
+            // comments. The defaults it would stand for are the embedded
+            // store and no rules: a replica of a Redis fleet would serve,
+            // and invalidate, apart from the others, and they would keep
+            // what its writes changed. A reload keeps the running config
+            // (`reload.rs`).
             return Err(ConfigError {
                 file,
                 problems: vec![Problem {
@@ -300,6 +334,27 @@ impl Config {
                         .to_string(),
                 }],
             });
+        }
+        let mut empty = Vec::new();
+        if let Some(document) = &document {
+            keys_without_value(document, "", &mut empty);
+        }
+        if !empty.is_empty() {
+            let spans = locate::Spans::of(text);
+            let problems = empty
+                .iter()
+                .map(|key| {
+                    let (line, column) = spans.find(key);
+                    Problem {
+                        line,
+                        column,
+                        message: format!(
+                            "{key} has no value (a file cut short?): give one or remove the key"
+                        ),
+                    }
+                })
+                .collect();
+            return Err(ConfigError { file, problems });
         }
         let raw: RawConfig = if text.trim().is_empty() {
             RawConfig::default()
@@ -360,14 +415,37 @@ mod tests {
     fn a_file_without_settings_is_refused_not_read_as_the_defaults() {
         let path = Some(Path::new("f.yaml"));
         let ov = Overrides::default();
-        for text in ["", "\n  \n", "# freshgate\n# store:\n---\n"] {
+        for text in [
+            "",
+            "\n  \n",
+            "# freshgate\n# store:\n---\n",
+            "--- # freshgate\n",
+            "%YAML 1.2\n---\n",
+            "\u{feff}",
+        ] {
             let e = Config::from_str(text, path, &ov).unwrap_err();
             assert!(
                 e.to_string()
                     .starts_with("f.yaml: the file has no settings"),
-                "{e}"
+                "{text:?}: {e}"
             );
         }
+        // Cut short after a key: `redis:` would have meant "no Redis".
+        let e =
+            Config::from_str("listen: 127.0.0.1:1234\nstore:\n  redis:\n", path, &ov).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "f.yaml:3:3: store.redis has no value (a file cut short?): give one or remove the key"
+        );
+        let e = Config::from_str(
+            "store:\nroutes:\n  - name: a\n    match: /a\n  -\n",
+            path,
+            &ov,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("f.yaml:1:1: store has no value"), "{e}");
+        assert!(e.contains("routes[1] has no value"), "{e}");
         let defaults = Config::from_str("{}\n", path, &ov).unwrap();
         assert!(defaults.redis.is_none());
         let c = Config::from_str("# a comment\nlisten: 127.0.0.1:1234\n", path, &ov).unwrap();
