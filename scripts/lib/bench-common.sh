@@ -2,7 +2,10 @@
 # binary (BIN=/path/to/freshgate measures another build, e.g. scripts/build-pgo's,
 # without building), a scratch directory, and the processes they start, all
 # stopped and removed on exit (also on Ctrl-C / SIGTERM).
-if [[ -n ${BIN:-} ]]; then
+if [[ -v BIN ]]; then
+  # Set but not a program (e.g. BIN=$(./scripts/build-pgo) after it failed):
+  # never measure the plain build under the other's name.
+  [[ -x $BIN ]] || { echo "BIN=$BIN is not an executable" >&2; exit 1; }
   bin=$BIN
 else
   cargo build --release --locked --bin freshgate
