@@ -13,13 +13,14 @@
 
 FROM rust:1-bookworm AS build
 # PGO=true (`docker build --build-arg PGO=true .`): a profile-guided build,
-# scripts/build-pgo run inside this stage (two whole builds and about a
-# minute of training on the build's loopback): 14-23 % more requests/s
-# (docs/benchmarks.md run 18), about 12 minutes more on 2 cores. Its
-# llvm-profdata: rustup's llvm-tools where it can be fetched, else Debian's.
+# scripts/build-pgo run inside this stage (two whole builds and about 75 s
+# of training on the build's loopback): 14-23 % more requests/s
+# (docs/benchmarks.md run 18). Its llvm-profdata: rustup's llvm-tools where
+# it can be fetched, else Debian's.
 ARG PGO=false
 # cmake: pingora's zlib-ng build.
-RUN apt-get update && apt-get install -y --no-install-recommends cmake \
+RUN case "$PGO" in true|false) ;; *) echo "PGO=$PGO: use true or false" >&2; exit 1;; esac \
+    && apt-get update && apt-get install -y --no-install-recommends cmake \
     && if [ "$PGO" = true ]; then \
          apt-get install -y --no-install-recommends wrk redis-server curl python3 llvm-19 \
          && (rustup component add llvm-tools 2>/dev/null || true); fi \
@@ -44,7 +45,7 @@ COPY scripts/build-pgo ./scripts/build-pgo
 # Newer than the placeholders, whatever times the build context kept.
 RUN touch src/main.rs src/lib.rs \
     && if [ "$PGO" = true ]; then \
-         mkdir -p target/release && cp "$(./scripts/build-pgo)" target/release/freshgate; \
+         mkdir -p target/release && b=$(bash scripts/build-pgo) && cp "$b" target/release/freshgate; \
        else cargo build --release --locked; fi \
     && strip target/release/freshgate
 
