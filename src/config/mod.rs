@@ -305,7 +305,8 @@ impl Config {
     }
 
     /// Parse and validate YAML text. Without a file, an empty text gives the
-    /// built-in defaults; a file with nothing but comments is refused (below).
+    /// built-in defaults; a file that is an empty document (nothing but
+    /// comments, perhaps), or that writes a key with no value, is refused.
     pub fn from_str(
         text: &str,
         path: Option<&Path>,
