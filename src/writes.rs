@@ -515,24 +515,23 @@ mod tests {
             .contains(ALL_TAG));
         // An answer may name such a path (a redirect to where the client
         // asked): its readings have more room, so it is no "everything".
-        let req = RequestHeader::build("POST", b"/login", None).unwrap();
-        let mut resp = ResponseHeader::build(303, None).unwrap();
-        resp.append_header("location", long.as_str()).unwrap();
-        let named = answer_tags(&req, None, &resp, &config.paths);
+        let named_by = |location: &str| {
+            let req = RequestHeader::build("POST", b"/login", None).unwrap();
+            let mut resp = ResponseHeader::build(303, None).unwrap();
+            resp.append_header("location", location).unwrap();
+            answer_tags(&req, None, &resp, &config.paths)
+        };
+        let own = |path: &str| invalidation::own_tag(&config.paths.route_path(path));
+        let named = named_by(&long);
         assert!(!named.contains(ALL_TAG), "{} tags", named.len());
-        let dropped = format!("/files/{}/a/b", "s".repeat(5_000));
-        let own = invalidation::own_tag(&config.paths.route_path(&dropped));
-        assert!(named.contains(&own));
+        assert!(named.contains(&own(&format!("/files/{}/a/b", "s".repeat(5_000)))));
         // Nor when each reading also has an id reading (`007` is 7): 3 KB
         // each, past a request's 16 KiB of id readings, not an answer's.
         let padded = format!("/files/007/{}/a;x/b.json", "s".repeat(3_300));
         assert!(refused(&request("PATCH", &padded)).is_some());
-        resp.insert_header("location", padded.as_str()).unwrap();
-        let named = answer_tags(&req, None, &resp, &config.paths);
+        let named = named_by(&padded);
         assert!(!named.contains(ALL_TAG), "{} tags", named.len());
-        let seven = format!("/files/7/{}/a/b", "s".repeat(3_300));
-        let own = invalidation::own_tag(&config.paths.route_path(&seven));
-        assert!(named.contains(&own));
+        assert!(named.contains(&own(&format!("/files/7/{}/a/b", "s".repeat(3_300)))));
     }
 
     #[test]

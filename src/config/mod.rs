@@ -251,7 +251,12 @@ impl std::error::Error for ConfigError {}
 /// markers (what a truncated write can leave). `{}` is not: it asks for
 /// the defaults.
 pub fn has_no_settings(text: &str) -> bool {
-    serde_yaml::from_str::<serde_yaml::Value>(text).is_ok_and(|d| d.is_null())
+    is_empty_document(serde_yaml::from_str(text).ok().as_ref())
+}
+
+/// The same, of text already parsed (`None`: a syntax error).
+fn is_empty_document(document: Option<&serde_yaml::Value>) -> bool {
+    document.is_some_and(serde_yaml::Value::is_null)
 }
 
 /// The key paths (`store.redis`, `routes[3]`) written with no value: what
@@ -317,7 +322,7 @@ impl Config {
             .unwrap_or_else(|| "<defaults>".to_string());
         // A syntax error is reported by the typed parse below, located.
         let document = serde_yaml::from_str::<serde_yaml::Value>(text).ok();
-        if path.is_some() && has_no_settings(text) {
+        if path.is_some() && is_empty_document(document.as_ref()) {
             // A file truncated by a deploy, or written in place while it
             // was read, can be left empty or with only its leading
             // comments. The defaults it would stand for are the embedded

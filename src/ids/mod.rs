@@ -77,9 +77,10 @@ pub const MAX_ID_BYTES: usize = 16 * 1024;
 /// The paths other than `path` (a route path: `/`-separated, its escapes
 /// but `%2F`, `%25` and control bytes decoded) that apps parsing its ids
 /// read it as, at most `max` of them and about `max_bytes` in all
-/// ([`MAX_ID_BYTES`] for a request's own path); `None` if there are more. The count is taken segment by segment, before any
-/// path is built, and each reading is built once: the work is linear in
-/// the path's length and in the bytes made.
+/// ([`MAX_ID_BYTES`] for a request's own path); `None` if there are more.
+/// The count is taken segment by segment, before any path is built, and
+/// each reading is built once: the work is linear in the path's length
+/// and in the bytes made.
 pub fn id_readings(path: &str, max: usize, max_bytes: usize) -> Option<Vec<String>> {
     // Most paths: no segment is spelled otherwise, nothing allocated.
     if !path.split('/').any(may_be_spelled_otherwise) {
