@@ -43,10 +43,15 @@ impl Window {
 /// Conditions that are not thresholds on traffic.
 #[derive(Debug, Default, Clone)]
 pub struct State {
-    /// Redis is configured and the shared tier has been unusable
-    /// (`RedisTier::available` false: unreachable, breaker open, owing, rules
-    /// unsettled) for a few seconds: requests pass through.
+    /// Redis is configured and has been unusable for a few seconds
+    /// (`RedisTier::unreachable_for`: unreachable, breaker open, outage being
+    /// cleared, invalidations owed): requests pass through.
     pub redis_down: bool,
+    /// Redis is reachable, but for a few seconds replicas have run other
+    /// rules (`RedisTier::rules_mixed_for`): every replica passes reads
+    /// through until they agree. Not `redis_down`: Redis is fine, and a
+    /// rollout that never ends is a replica left on other rules.
+    pub rules_mixed: bool,
     /// The last config reload was rejected (the old config keeps serving).
     pub reload_failed: Option<String>,
 }
@@ -141,6 +146,18 @@ pub fn evaluate(cfg: &MonitoringConfig, w: &Window, state: &State) -> Vec<Condit
             name: "redis_down",
             severity: Severity::Error,
             message: "Redis is unreachable: requests pass through to the app uncached".into(),
+            value: 1.0,
+            threshold: 1.0,
+        });
+    }
+    if state.rules_mixed {
+        list.push(Condition {
+            name: "rules_mixed",
+            severity: Severity::Warning,
+            message: "replicas run different rules (a rollout, or a replica left on other \
+                      rules): every replica passes reads through to the app and writes \
+                      invalidate everything until they agree"
+                .into(),
             value: 1.0,
             threshold: 1.0,
         });
@@ -257,6 +274,20 @@ mod tests {
             all.observe(ms * 1000, i < errors);
         }
         Window { all, hits, misses }
+    }
+
+    #[test]
+    fn mixed_rules_are_a_warning_of_their_own_not_redis_down() {
+        let cfg = MonitoringConfig::default();
+        let state = State {
+            rules_mixed: true,
+            ..State::default()
+        };
+        let got: Vec<_> = evaluate(&cfg, &window(90, 10, 10, 0), &state)
+            .iter()
+            .map(|c| (c.name, c.severity))
+            .collect();
+        assert_eq!(got, [("rules_mixed", Severity::Warning)]);
     }
 
     #[test]

@@ -584,6 +584,62 @@ async fn replicas_starting_with_redis_up_raise_no_redis_alert() {
     }
 }
 
+/// Found by the final attack of session 22: replicas running different
+/// rules for a while (a rollout, or one replica whose file was edited) said
+/// "Redis is unreachable" as an error, with Redis answering every call. The
+/// fleet does bypass the cache then, and says so as a warning of its own.
+#[tokio::test]
+async fn a_rollout_of_other_rules_is_not_reported_as_redis_down() {
+    let origin = Origin::start(0);
+    let (_redis, a, b) = two_replicas(&origin, CONFIG).await;
+    let other =
+        format!("{CONFIG}invalidate:\n  - on: PATCH /knobs/ttl/:id\n    purge: [/knobs/ttl/:id]\n");
+    a.rename_config(&other);
+    a.wait_config("the other rules", |v| v["version"] == 2)
+        .await;
+    // Both bypass while they disagree; past `STORE_ALERT_AFTER` (3 s) both
+    // raise rules_mixed, and neither raises redis_down.
+    let end = std::time::Instant::now() + Duration::from_secs(15);
+    for fg in [&a, &b] {
+        loop {
+            let m = fg.admin_json("/api/monitoring").await.to_string();
+            if m.contains("rules_mixed") {
+                break;
+            }
+            assert!(std::time::Instant::now() < end, "no rules_mixed alert: {m}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for fg in [&a, &b] {
+        let m = fg.admin_json("/api/monitoring").await.to_string();
+        assert!(!m.contains("redis_down"), "{m}");
+        let alerts = fg.admin_json("/api/alerts").await.to_string();
+        assert!(!alerts.contains("redis_down"), "{alerts}");
+        assert_eq!(fg.get_shared("/knobs/ttl/1").await.x_cache, "BYPASS");
+    }
+    // One fleet again: the warning clears and caching resumes.
+    a.rename_config(CONFIG);
+    let end = std::time::Instant::now() + Duration::from_secs(15);
+    for fg in [&a, &b] {
+        loop {
+            let active = fg.admin_json("/api/alerts").await["active"].to_string();
+            if !active.contains("rules_mixed") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "rules_mixed stays: {active}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    while a.get_shared("/knobs/ttl/1").await.x_cache != "HIT" {
+        assert!(std::time::Instant::now() < end, "caching never resumed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// What a raw request got: its status (0: none), and whether the answer
 /// held more than one response (a smuggled request answered).
 fn exchange(fg: &Freshgate, request: &[u8]) -> (u16, usize) {

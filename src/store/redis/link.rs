@@ -146,25 +146,37 @@ impl RedisTier {
     /// cleared, this replica owes the current run nothing, its rules are
     /// settled fleet-wide, and the rules heartbeat is recent.
     pub fn available(&self) -> bool {
+        self.reachable() && self.rules_ok.load(Ordering::Acquire)
+    }
+
+    /// Everything `available` asks but settled rules: what Redis and this
+    /// replica's link to it decide, not what the other replicas run.
+    pub(super) fn reachable(&self) -> bool {
         self.link.load().is_some()
             && !self.breaker_open()
             && !self.in_outage()
             && !self.owing.load(Ordering::Acquire)
-            && self.rules_ok.load(Ordering::Acquire)
             && self.heard_lately()
     }
 
-    /// How long the tier has been unavailable: zero while available, else
-    /// the time since the maintainer (every `PING_EVERY`) or a call of this
-    /// last saw it available — its creation at first, so the moments before
-    /// the first connection are not an outage.
-    pub fn unavailable_for(&self) -> Duration {
-        let now = mono_ms();
-        if self.available() {
-            self.last_up_ms.store(now, Ordering::Release);
-            return Duration::ZERO;
-        }
-        Duration::from_millis(now.saturating_sub(self.last_up_ms.load(Ordering::Acquire)))
+    /// How long Redis has been unusable for reasons of its own (see
+    /// `reachable`): zero while reachable, else the time since the
+    /// maintainer (every `PING_EVERY`) or a call of this last saw it so —
+    /// its creation at first, so the moments before the first connection
+    /// are not an outage. A rollout of other rules is not counted: see
+    /// `rules_mixed_for`.
+    pub fn unreachable_for(&self) -> Duration {
+        since_last(&self.last_reachable_ms, self.reachable())
+    }
+
+    /// How long this replica has heard other replicas run other rules (a
+    /// rollout, or one left behind on old rules): zero while the fleet
+    /// agrees, and while Redis is unreachable (nothing is heard then, and
+    /// `unreachable_for` counts). Every replica bypasses the cache
+    /// meanwhile, though Redis is fine.
+    pub fn rules_mixed_for(&self) -> Duration {
+        let mixed = self.rules_mixed.load(Ordering::Acquire);
+        since_last(&self.last_agreed_ms, !mixed || !self.reachable())
     }
 
     /// Whether this replica said which rules it runs, and heard the fleet's,
@@ -443,4 +455,15 @@ impl RedisTier {
         }
         self.link.compare_and_swap(link, Some(Arc::new(moved)));
     }
+}
+
+/// Zero while `holds` (and `last_ms` moves to now), else the time since
+/// `last_ms` (`mono_ms`) last saw it hold.
+fn since_last(last_ms: &AtomicU64, holds: bool) -> Duration {
+    let now = mono_ms();
+    if holds {
+        last_ms.store(now, Ordering::Release);
+        return Duration::ZERO;
+    }
+    Duration::from_millis(now.saturating_sub(last_ms.load(Ordering::Acquire)))
 }

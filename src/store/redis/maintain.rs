@@ -44,9 +44,9 @@ impl RedisTier {
         let mut waiting = false;
         loop {
             self.check_once().await;
-            if self.available() {
-                self.last_up_ms.store(mono_ms(), Ordering::Release);
-            }
+            // Moves the clocks `redis_down` and `rules_mixed` are timed by.
+            self.unreachable_for();
+            self.rules_mixed_for();
             if self.stopping() && self.owes() != waiting {
                 waiting = !waiting;
                 if waiting {

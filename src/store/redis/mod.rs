@@ -221,9 +221,11 @@ pub struct RedisTier {
     outage_cleared: AtomicU64,
     /// When this replica last said which rules it runs (`mono_ms`).
     last_heartbeat_ms: AtomicU64,
-    /// When the tier was last seen available (`mono_ms`; its creation at
-    /// first). See `unavailable_for`.
-    last_up_ms: AtomicU64,
+    /// When Redis was last seen reachable, and the fleet last heard running
+    /// these rules alone (`mono_ms`; the tier's creation at first). See
+    /// `unreachable_for` and `rules_mixed_for`.
+    last_reachable_ms: AtomicU64,
+    last_agreed_ms: AtomicU64,
     /// Redis is close to its `maxmemory`: entries are not written to it,
     /// so the log keeps room (with `noeviction`, a full Redis refuses fences).
     nearly_full: AtomicBool,
@@ -287,7 +289,8 @@ impl RedisTier {
             outage_began: AtomicU64::new(0),
             outage_cleared: AtomicU64::new(0),
             last_heartbeat_ms: AtomicU64::new(0),
-            last_up_ms: AtomicU64::new(mono_ms()),
+            last_reachable_ms: AtomicU64::new(mono_ms()),
+            last_agreed_ms: AtomicU64::new(mono_ms()),
             nearly_full: AtomicBool::new(false),
             evicted: AtomicU64::new(u64::MAX),
             owed: parking_lot::Mutex::new(Owed::default()),
