@@ -75,6 +75,7 @@ use crate::monitor::report::{GroupBy, Report, TIME_RANGES};
 use crate::monitor::series::Kind;
 use crate::monitor::{Event, Monitor};
 use crate::reload::{LiveConfig, Reloaded};
+use crate::store::redis::RULES_MIXED_ALERT_AFTER;
 use crate::store::Store;
 use crate::time::rfc3339;
 
@@ -247,17 +248,17 @@ pub fn start_draining() {
     DRAINING.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// How long Redis must have been unusable, or the fleet's rules mixed,
-/// before `redis_down` or `rules_mixed` is raised: longer than a start-up's
-/// first connection and rules handshake, or a single failed call, takes.
-const STORE_ALERT_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long Redis must have been unusable before `redis_down` is raised:
+/// longer than a start-up's first connection and rules handshake, or a
+/// single failed call, takes.
+const REDIS_DOWN_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Conditions that raise alerts besides traffic thresholds.
 pub fn alert_state(store: &Store, live: &LiveConfig) -> State {
     let redis = store.redis();
     State {
-        redis_down: redis.is_some_and(|r| r.unreachable_for() >= STORE_ALERT_AFTER),
-        rules_mixed: redis.is_some_and(|r| r.rules_mixed_for() >= STORE_ALERT_AFTER),
+        redis_down: redis.is_some_and(|r| r.unusable_for() >= REDIS_DOWN_AFTER),
+        rules_mixed: redis.is_some_and(|r| r.rules_mixed_for() >= RULES_MIXED_ALERT_AFTER),
         reload_failed: live.last_reload_error(),
     }
 }

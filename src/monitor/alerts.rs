@@ -43,14 +43,16 @@ impl Window {
 /// Conditions that are not thresholds on traffic.
 #[derive(Debug, Default, Clone)]
 pub struct State {
-    /// Redis is configured and has been unusable for a few seconds
-    /// (`RedisTier::unreachable_for`: unreachable, breaker open, outage being
-    /// cleared, invalidations owed): requests pass through.
+    /// Redis is configured and has been unusable for a few seconds for any
+    /// reason but a rollout (`RedisTier::unusable_for`: unreachable, breaker
+    /// open, outage being cleared, invalidations owed, heartbeat old, rules
+    /// it will not settle): requests pass through.
     pub redis_down: bool,
-    /// Redis is reachable, but for a few seconds replicas have run other
-    /// rules (`RedisTier::rules_mixed_for`): every replica passes reads
-    /// through until they agree. Not `redis_down`: Redis is fine, and a
-    /// rollout that never ends is a replica left on other rules.
+    /// Redis is usable, but for `RULES_MIXED_ALERT_AFTER` replicas have been
+    /// heard running other rules (`RedisTier::rules_mixed_for`): every
+    /// replica passes reads through until they agree. Not `redis_down`:
+    /// Redis is fine, and a rollout that never ends is a replica left on
+    /// other rules.
     pub rules_mixed: bool,
     /// The last config reload was rejected (the old config keeps serving).
     pub reload_failed: Option<String>,

@@ -146,12 +146,14 @@ impl RedisTier {
     /// cleared, this replica owes the current run nothing, its rules are
     /// settled fleet-wide, and the rules heartbeat is recent.
     pub fn available(&self) -> bool {
-        self.reachable() && self.rules_ok.load(Ordering::Acquire)
+        self.usable_but_for_rules() && self.rules_ok.load(Ordering::Acquire)
     }
 
     /// Everything `available` asks but settled rules: what Redis and this
-    /// replica's link to it decide, not what the other replicas run.
-    pub(super) fn reachable(&self) -> bool {
+    /// replica's link to it decide (unanswered calls leave the link gone,
+    /// the breaker open, an outage uncleared, invalidations owed or the
+    /// heartbeat old), not what the other replicas run.
+    fn usable_but_for_rules(&self) -> bool {
         self.link.load().is_some()
             && !self.breaker_open()
             && !self.in_outage()
@@ -159,24 +161,32 @@ impl RedisTier {
             && self.heard_lately()
     }
 
-    /// How long Redis has been unusable for reasons of its own (see
-    /// `reachable`): zero while reachable, else the time since the
-    /// maintainer (every `PING_EVERY`) or a call of this last saw it so —
-    /// its creation at first, so the moments before the first connection
-    /// are not an outage. A rollout of other rules is not counted: see
-    /// `rules_mixed_for`.
-    pub fn unreachable_for(&self) -> Duration {
-        since_last(&self.last_reachable_ms, self.reachable())
+    /// Unusable only because the last heartbeat heard other replicas run
+    /// other rules: a rollout, which Redis has no part in.
+    fn only_heard_mixed(&self) -> bool {
+        self.usable_but_for_rules() && self.heard_mixed.load(Ordering::Acquire)
     }
 
-    /// How long this replica has heard other replicas run other rules (a
-    /// rollout, or one left behind on old rules): zero while the fleet
-    /// agrees, and while Redis is unreachable (nothing is heard then, and
-    /// `unreachable_for` counts). Every replica bypasses the cache
-    /// meanwhile, though Redis is fine.
+    /// How long the tier has been unusable for any reason but a rollout
+    /// heard (`only_heard_mixed`): zero while usable, else the time since
+    /// the maintainer (every `PING_EVERY`) or a call of this last saw it so
+    /// — its creation at first, so the moments before the first connection
+    /// are not an outage. Rules that stay unsettled while the fleet agrees
+    /// (an activation Redis keeps refusing) count here, not as a rollout.
+    pub fn unusable_for(&self) -> Duration {
+        since_last(
+            &self.last_usable_ms,
+            self.available() || self.only_heard_mixed(),
+        )
+    }
+
+    /// How long the heartbeat has heard other replicas run other rules (a
+    /// rollout, or one left behind on old rules) while Redis was otherwise
+    /// usable: every replica bypasses the cache meanwhile, though Redis is
+    /// fine. A replica's own old rules are heard for `RULES_ALIVE` after it
+    /// reloads (see `RULES_MIXED_ALERT_AFTER`).
     pub fn rules_mixed_for(&self) -> Duration {
-        let mixed = self.rules_mixed.load(Ordering::Acquire);
-        since_last(&self.last_agreed_ms, !mixed || !self.reachable())
+        since_last(&self.last_agreed_ms, !self.only_heard_mixed())
     }
 
     /// Whether this replica said which rules it runs, and heard the fleet's,
@@ -458,11 +468,12 @@ impl RedisTier {
 }
 
 /// Zero while `holds` (and `last_ms` moves to now), else the time since
-/// `last_ms` (`mono_ms`) last saw it hold.
+/// `last_ms` (`mono_ms`) last saw it hold. The clock is read first and only
+/// ever moves forward: the maintainer and an admin call may race here.
 fn since_last(last_ms: &AtomicU64, holds: bool) -> Duration {
     let now = mono_ms();
     if holds {
-        last_ms.store(now, Ordering::Release);
+        last_ms.fetch_max(now, Ordering::AcqRel);
         return Duration::ZERO;
     }
     Duration::from_millis(now.saturating_sub(last_ms.load(Ordering::Acquire)))

@@ -45,7 +45,7 @@ impl RedisTier {
         loop {
             self.check_once().await;
             // Moves the clocks `redis_down` and `rules_mixed` are timed by.
-            self.unreachable_for();
+            self.unusable_for();
             self.rules_mixed_for();
             if self.stopping() && self.owes() != waiting {
                 waiting = !waiting;
@@ -197,6 +197,7 @@ impl RedisTier {
         };
         self.last_heartbeat_ms.store(mono_ms(), Ordering::Release);
         let mixed = alive.iter().any(|f| *f != mine);
+        self.heard_mixed.store(mixed, Ordering::Release);
         if mixed {
             self.rules_ok.store(false, Ordering::Release);
         }

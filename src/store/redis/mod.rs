@@ -93,6 +93,14 @@ const SWEEP_BATCH: u32 = 64;
 /// heard within it means the fleet runs mixed rules. (A replica that has
 /// not said its own for half of it stops serving: see `heard_lately`.)
 const RULES_ALIVE: Duration = Duration::from_secs(4);
+/// How long replicas may be heard running other rules before the
+/// `rules_mixed` alert is raised. A replica that reloads alone still hears
+/// its old rules for `RULES_ALIVE`, plus a check: that must not raise it.
+/// Most rollouts end within it too; one that does not is worth a warning.
+pub const RULES_MIXED_ALERT_AFTER: Duration = Duration::from_secs(10);
+const _: () = assert!(
+    RULES_MIXED_ALERT_AFTER.as_millis() > RULES_ALIVE.as_millis() + 2 * PING_EVERY.as_millis()
+);
 /// Timeout for monitoring reads and writes, which are off the request path.
 const SIDE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -221,11 +229,17 @@ pub struct RedisTier {
     outage_cleared: AtomicU64,
     /// When this replica last said which rules it runs (`mono_ms`).
     last_heartbeat_ms: AtomicU64,
-    /// When Redis was last seen reachable, and the fleet last heard running
-    /// these rules alone (`mono_ms`; the tier's creation at first). See
-    /// `unreachable_for` and `rules_mixed_for`.
-    last_reachable_ms: AtomicU64,
+    /// When the tier was last seen usable, or unusable only for a rollout
+    /// heard (`mono_ms`; its creation at first). See `unusable_for`.
+    last_usable_ms: AtomicU64,
+    /// When the tier was last seen not unusable for a rollout heard: usable,
+    /// or unusable for other reasons, which `unusable_for` times
+    /// (`mono_ms`; its creation at first). See `rules_mixed_for`.
     last_agreed_ms: AtomicU64,
+    /// The last heartbeat heard another fingerprint than this replica's:
+    /// what `rules_mixed` says, without this replica's own pending reload
+    /// or activation.
+    heard_mixed: AtomicBool,
     /// Redis is close to its `maxmemory`: entries are not written to it,
     /// so the log keeps room (with `noeviction`, a full Redis refuses fences).
     nearly_full: AtomicBool,
@@ -289,7 +303,8 @@ impl RedisTier {
             outage_began: AtomicU64::new(0),
             outage_cleared: AtomicU64::new(0),
             last_heartbeat_ms: AtomicU64::new(0),
-            last_reachable_ms: AtomicU64::new(mono_ms()),
+            last_usable_ms: AtomicU64::new(mono_ms()),
+            heard_mixed: AtomicBool::new(false),
             last_agreed_ms: AtomicU64::new(mono_ms()),
             nearly_full: AtomicBool::new(false),
             evicted: AtomicU64::new(u64::MAX),
