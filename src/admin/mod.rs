@@ -172,6 +172,9 @@ impl Admin {
                     .store
                     .redis()
                     .map(|r| if r.available() { "up" } else { "down" });
+                // Why "down" while Redis answers: a rollout (every replica
+                // bypasses until they run the same rules).
+                let rules_mixed = self.store.redis().map(|r| r.rules_mixed());
                 // A replica holding fences or invalidations the shared log
                 // does not have must not take traffic: other replicas may
                 // serve what its writes changed until it records them. (Redis
@@ -188,6 +191,7 @@ impl Admin {
                         "redis": redis,
                         "mode": if redis.is_some() { "redis" } else { "embedded" },
                         "owesInvalidations": owes,
+                        "rulesMixed": rules_mixed,
                     }
                 });
                 let status = if owes || draining {

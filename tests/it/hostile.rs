@@ -604,11 +604,26 @@ async fn a_rollout_of_other_rules_is_not_reported_as_redis_down() {
         let alerts = fg.admin_json("/api/alerts").await.to_string();
         assert!(!alerts.contains("redis_down"), "{alerts}");
         assert_eq!(fg.get_shared("/knobs/ttl/1").await.x_cache, "BYPASS");
+        // Still ready (it passes reads through), and /readyz says why the
+        // tier is "down".
+        let ready = get(&fg.admin_url("/readyz")).await;
+        assert_eq!(ready.status, 200);
+        assert_eq!(ready.json()["store"]["rulesMixed"], true, "{}", ready.body);
     }
     // One fleet again: the warning clears and caching resumes.
     a.rename_config(CONFIG);
     for fg in [&a, &b] {
         wait_alert(fg, "rules_mixed", false).await;
+        // (Settled in the same check that heard the fleet agree, one Redis
+        // call later.)
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while get(&fg.admin_url("/readyz")).await.json()["store"]["rulesMixed"] != false {
+            assert!(
+                std::time::Instant::now() < end,
+                "/readyz still says rulesMixed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     let end = std::time::Instant::now() + Duration::from_secs(15);
     while a.get_shared("/knobs/ttl/1").await.x_cache != "HIT" {
