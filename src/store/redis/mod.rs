@@ -94,9 +94,8 @@ const SWEEP_BATCH: u32 = 64;
 /// not said its own for half of it stops serving: see `heard_lately`.)
 const RULES_ALIVE: Duration = Duration::from_secs(4);
 /// How long replicas may be heard running other rules before the
-/// `rules_mixed` alert is raised. A replica that reloads alone still hears
-/// its old rules for `RULES_ALIVE`, plus a check: that must not raise it.
-/// Most rollouts end within it too; one that does not is worth a warning.
+/// `rules_mixed` alert: a replica that reloads alone hears its old rules for
+/// `RULES_ALIVE` and a check. Most rollouts end within it too.
 pub const RULES_MIXED_ALERT_AFTER: Duration = Duration::from_secs(10);
 const _: () = assert!(
     RULES_MIXED_ALERT_AFTER.as_millis() > RULES_ALIVE.as_millis() + 2 * PING_EVERY.as_millis()
@@ -229,16 +228,10 @@ pub struct RedisTier {
     outage_cleared: AtomicU64,
     /// When this replica last said which rules it runs (`mono_ms`).
     last_heartbeat_ms: AtomicU64,
-    /// When the tier was last seen usable, or unusable only for a rollout
-    /// heard (`mono_ms`; its creation at first). See `unusable_for`.
+    /// The clocks of `unusable_for` and `rules_mixed_for` (`mono_ms`).
     last_usable_ms: AtomicU64,
-    /// When the tier was last seen not unusable for a rollout heard: usable,
-    /// or unusable for other reasons, which `unusable_for` times
-    /// (`mono_ms`; its creation at first). See `rules_mixed_for`.
     last_agreed_ms: AtomicU64,
-    /// The last heartbeat heard another fingerprint than this replica's:
-    /// what `rules_mixed` says, without this replica's own pending reload
-    /// or activation.
+    /// The last heartbeat heard another fingerprint than this replica's.
     heard_mixed: AtomicBool,
     /// Redis is close to its `maxmemory`: entries are not written to it,
     /// so the log keeps room (with `noeviction`, a full Redis refuses fences).
