@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    client, get, raw_exchange, raw_status, read_head, send, send_and_leave, until_app, Freshgate,
-    Gate, Got, Leave, Origin, Redis, TEST_CONFIG,
+    client, faketime_env, get, raw_exchange, raw_status, read_head, send, send_and_leave,
+    until_app, Freshgate, Gate, Got, Leave, Origin, Redis, TEST_CONFIG,
 };
 
 /// Post `id` as the collection `/community/api/posts` lists it.
@@ -531,6 +531,63 @@ async fn cut_off_replica(origin: &Origin, a_config: &str) -> (Redis, Gate, Fresh
     b.wait_redis(true).await;
     let a = Freshgate::start(&origin.url(), Some(&gate.redis_url()), a_config);
     (redis, gate, b, a)
+}
+
+/// Found by the clock attack of session 23: a replica whose wall clock
+/// stepped back (an NTP step, a VM's resume) spaced its writes' attempts to
+/// reconnect by wall-clock milliseconds, and so made none: a write that found
+/// its link gone was owed, acknowledged (`on_unrecorded_write: pass`), and
+/// other replicas served the old entry until the maintainer reconnected.
+#[tokio::test]
+async fn a_wall_clock_stepped_back_keeps_no_write_from_reaching_redis() {
+    let offset = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(offset.path(), "+0\n").unwrap();
+    let env = faketime_env(offset.path());
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let origin = Origin::start(0);
+    let redis = Redis::start();
+    let gate = Gate::closed(redis.port);
+    gate.open();
+    let b = Freshgate::start(&origin.url(), Some(&redis.url()), TEST_CONFIG);
+    let a = Freshgate::start_full(
+        &origin.url(),
+        Some(&gate.redis_url()),
+        TEST_CONFIG,
+        &[],
+        &env,
+    );
+    for fg in [&a, &b] {
+        fg.wait_redis(true).await;
+    }
+    // An outage first: a's attempts to connect fail, then one succeeds.
+    gate.close();
+    a.wait_redis(false).await;
+    gate.open();
+    a.wait_redis(true).await;
+    for (round, scene) in [111, 112, 113, 121, 122].into_iter().enumerate() {
+        // Further back each round: 10 minutes, 20, ...
+        let back = 600 * (round + 1);
+        std::fs::write(offset.path(), format!("-{back}\n")).unwrap();
+        let path = format!("/studio/api/scenes/{scene}");
+        b.get_shared(&path).await;
+        assert_eq!(b.get_shared(&path).await.x_cache, "HIT");
+        // a's link cut (a NAT's reset), Redis still reachable; a read
+        // finds out.
+        gate.cut();
+        a.get_shared(&path).await;
+        let text = format!("written {back} s back");
+        let w = send(
+            client()
+                .patch(a.url(&path))
+                .header("host", "app.test")
+                .body(format!(r#"{{"text":"{text}"}}"#)),
+        )
+        .await;
+        assert_eq!(w.status, 200, "{w:?}");
+        let r = b.get_shared(&path).await;
+        assert_eq!(r.json()["text"], text.as_str(), "round {round}, b: {r:?}");
+        a.wait_redis(true).await;
+    }
 }
 
 /// Hole 2: a replica that had not reached Redis yet kept a write's

@@ -545,6 +545,28 @@ fn redis_program(name: &str) -> String {
     panic!("{name} is not installed: run ./scripts/test, which installs it");
 }
 
+/// libfaketime, preloaded into a process to move its wall clock: the
+/// offset is read from the file named by `FAKETIME_TIMESTAMP_FILE` on every
+/// call (`FAKETIME_NO_CACHE`); the monotonic clock is left alone, as an NTP
+/// step or a VM's resume leaves it.
+pub fn faketime_env(offset_file: &std::path::Path) -> Vec<(&'static str, String)> {
+    let lib = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|arch| arch.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!("libfaketime is not installed: run ./scripts/test, which installs it")
+        });
+    vec![
+        ("LD_PRELOAD", lib.display().to_string()),
+        ("FAKETIME_TIMESTAMP_FILE", offset_file.display().to_string()),
+        ("FAKETIME_NO_CACHE", "1".into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
+    ]
+}
+
 /// A freshgate process.
 pub struct Freshgate {
     pub addr: SocketAddr,
@@ -981,12 +1003,18 @@ impl Gate {
         });
     }
 
-    /// Stop listening and cut every connection through the gate.
-    pub fn close(&self) {
-        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+    /// Cut every connection through the gate, and keep listening: a
+    /// Redis restart or a NAT's reset, with Redis reachable at once.
+    pub fn cut(&self) {
         for c in self.conns.lock().unwrap().drain(..) {
             let _ = c.shutdown(std::net::Shutdown::Both);
         }
+    }
+
+    /// Stop listening and cut every connection through the gate.
+    pub fn close(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cut();
         // The listener goes with its thread's next loop.
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -203,7 +203,7 @@ impl RedisTier {
     }
 
     pub(super) fn breaker_open(&self) -> bool {
-        now_millis() < self.open_until_ms.load(Ordering::Relaxed)
+        mono_ms() < self.open_until_ms.load(Ordering::Relaxed)
     }
 
     pub(super) fn count_failure(&self, op: &'static str, err: &dyn std::fmt::Display) {
@@ -211,10 +211,8 @@ impl RedisTier {
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= TRIP_AFTER {
             let was_closed = !self.breaker_open();
-            self.open_until_ms.store(
-                now_millis() + OPEN_FOR.as_millis() as u64,
-                Ordering::Relaxed,
-            );
+            self.open_until_ms
+                .store(mono_ms() + OPEN_FOR.as_millis() as u64, Ordering::Relaxed);
             if was_closed {
                 warn!(error = %err, "redis unavailable: circuit open, passing requests through");
             }
@@ -323,15 +321,20 @@ impl RedisTier {
             return Some(link);
         }
         // Writes that queued behind a failed attempt do not each make
-        // another one.
-        let last = self.last_connect_ms.load(Ordering::Relaxed);
-        if throttle && now_millis().saturating_sub(last) < CONNECT_AT_MOST_EVERY_MS {
+        // another one. Only a failed one: a link cut just after it opened
+        // must not keep the next write from opening another. On the
+        // monotonic clock: a wall clock stepped back (an NTP step, a VM's
+        // resume) kept every later write from connecting (session 23's
+        // attack).
+        let failed = self.last_failed_connect_ms.load(Ordering::Relaxed);
+        if throttle && failed != 0 && mono_ms().saturating_sub(failed) < CONNECT_AT_MOST_EVERY_MS {
             return None;
         }
-        self.last_connect_ms.store(now_millis(), Ordering::Relaxed);
         let (reached, hold_floor) = match self.reach_log().await {
             Ok(r) => r,
             Err(e) => {
+                self.last_failed_connect_ms
+                    .store(mono_ms(), Ordering::Relaxed);
                 match e {
                     Some(e) => self.count_failure("connect", &e),
                     None => self.count_failure("connect", &"timed out"),
