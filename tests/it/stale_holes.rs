@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::util::{
     client, faketime_env, get, raw_exchange, raw_status, read_head, send, send_and_leave,
-    until_app, Freshgate, Gate, Got, Leave, Origin, Redis, TEST_CONFIG,
+    two_replicas, until_app, Freshgate, Gate, Got, Leave, Origin, Redis, TEST_CONFIG,
 };
 
 /// Post `id` as the collection `/community/api/posts` lists it.
@@ -588,6 +588,75 @@ async fn a_wall_clock_stepped_back_keeps_no_write_from_reaching_redis() {
         assert_eq!(r.json()["text"], text.as_str(), "round {round}, b: {r:?}");
         a.wait_redis(true).await;
     }
+}
+
+/// Found by the clock attack of session 23: Redis's own clock jumping
+/// forward (its host's clock stepped) by more than an invalidation record
+/// outlives the entries it may invalidate (`max_ttl` + 1 h) expired the
+/// records at once, and a replica holding an entry fetched before an
+/// acknowledged write served it again: its tags read as never invalidated.
+/// Emulated, as the attack did (Redis does not start under libfaketime
+/// here): every key's time to live shrinks by the jump, which is what a
+/// jump does to Redis's absolute expiry times.
+#[tokio::test]
+async fn a_jump_of_redis_clock_brings_back_nothing_a_write_invalidated() {
+    let config = TEST_CONFIG.replacen("cache:\n", "cache:\n  max_ttl: 10s\n", 1);
+    let origin = Origin::start(0);
+    let (redis, a, b) = two_replicas(&origin, &config).await;
+    let path = "/studio/api/scenes/131";
+    a.get_shared(path).await;
+    assert_eq!(a.get_shared(path).await.x_cache, "HIT");
+    let w = send(
+        client()
+            .patch(b.url(path))
+            .header("host", "app.test")
+            .body(r#"{"text":"before the jump"}"#),
+    )
+    .await;
+    assert_eq!(w.status, 200, "{w:?}");
+    // No read through a meanwhile (one would drop its copy).
+    let mut conn = redis.connection().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let jump: i64 = 2 * 3600 * 1000;
+    let mut expired = 0;
+    for key in keys {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if ttl < 0 {
+            continue;
+        }
+        if ttl <= jump {
+            let _: () = redis::cmd("DEL")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            expired += 1;
+        } else {
+            let _: () = redis::cmd("PEXPIRE")
+                .arg(&key)
+                .arg(ttl - jump)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+    assert!(expired > 0, "the jump expired nothing");
+    // Past a check of a's (every 250 ms): its beat is gone.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let r = a.get_shared(path).await;
+    assert_eq!(
+        r.json()["text"],
+        "before the jump",
+        "a after the jump: {r:?}"
+    );
 }
 
 /// Hole 2: a replica that had not reached Redis yet kept a write's

@@ -123,22 +123,34 @@ impl RedisTier {
         } else {
             0
         };
+        // Its beat set at a check of this run within half its life must
+        // still be there (by this process's monotonic clock, which no step
+        // of Redis's clock moves).
+        let now = mono_ms();
+        let beat_at = w.beat_at_ms.load(Ordering::Acquire);
+        let beat_expected =
+            beat_at != 0 && now.saturating_sub(beat_at) < log::BEAT_TTL.as_millis() as u64 / 2;
         let mut inv = self.holder_script.prepare_invoke();
         inv.key(Keys::holder(link.cluster.is_some()))
             .key(Keys::clock(&link.log))
             .key(Keys::floor(&link.log))
             .key(Keys::marker(&link.log, &self.replica_id))
+            .key(Keys::beat(&link.log, &self.replica_id))
             .arg(&*link.run)
             .arg(log::HOLDER_GAP)
             .arg(w.clock.load(Ordering::Acquire))
             .arg(recorded)
             .arg(FENCE_UNIT / 2)
-            .arg(self.marker_ttl_ms());
+            .arg(self.marker_ttl_ms())
+            .arg(u8::from(beat_expected))
+            .arg(log::BEAT_TTL.as_millis() as u64);
         let mut conn = link.conn.clone();
-        tokio::time::timeout(self.check_timeout(), inv.invoke_async::<u64>(&mut conn))
+        let floor = tokio::time::timeout(self.check_timeout(), inv.invoke_async::<u64>(&mut conn))
             .await
             .map_err(|_| None)?
-            .map_err(Some)
+            .map_err(Some)?;
+        w.beat_at_ms.fetch_max(now, Ordering::AcqRel);
+        Ok(floor)
     }
 
     /// A connection to every master of the cluster `link` reached, routing

@@ -6,6 +6,12 @@
 
 use super::*;
 
+/// How long replicas may be heard running other rules before the
+/// `rules_mixed` alert: a replica that reloads alone hears its old rules for
+/// `RULES_ALIVE` and a check. Most rollouts end within it too.
+pub const RULES_MIXED_ALERT_AFTER: Duration = Duration::from_secs(10);
+const _: () = assert!(RULES_MIXED_ALERT_AFTER.as_secs() > RULES_ALIVE.as_secs() + 1);
+
 /// A monotonic millisecond clock for this process.
 pub(super) fn mono_ms() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();

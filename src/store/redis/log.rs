@@ -108,6 +108,11 @@ impl Keys {
     pub(super) fn marker(log: &str, replica: &str) -> String {
         format!("{log}w:{replica}")
     }
+    /// Set by replica `replica` at its every check, with a short life (see
+    /// [`HOLDER`]).
+    pub(super) fn beat(log: &str, replica: &str) -> String {
+        format!("{log}b:{replica}")
+    }
     /// The fingerprint of the rules the fleet last ran alone.
     pub(super) fn active_rules(log: &str) -> String {
         format!("{log}rules:active")
@@ -319,6 +324,13 @@ return s
 /// where the holder script refuses to go on.
 pub(super) const HOLDER_GAP: u64 = 1 << 24;
 
+/// How long a replica's beat lives in the log: less than how much longer an
+/// invalidation record lives than the entries it may invalidate
+/// (`LIFETIME_MARGIN`), so a jump of Redis's clock far enough to expire
+/// records still needed expires every beat first (see [`HOLDER`]).
+pub(super) const BEAT_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+const _: () = assert!(BEAT_TTL.as_secs() < crate::store::clock::LIFETIME_MARGIN.as_secs());
+
 /// Run `ARGV[1]` holds the log now. The replica asking saw its clock reach
 /// `ARGV[3]`, and recorded an invalidation at clock value `ARGV[4]` (0:
 /// none lately), which its marker in the log (KEYS[4], written by [`LIFT`]
@@ -330,20 +342,27 @@ pub(super) const HOLDER_GAP: u64 = 1 << 24;
 /// floor is gone, when its clock is below what the replica saw, or when the
 /// replica's marker is below its last record (the copy lost records:
 /// asynchronous replication, a restore; later increments by others can
-/// hide a lost clock value, not a lost marker). Then nothing fetched before
-/// now is trusted: the clock moves past all of it by `ARGV[2]` (past values
-/// the copy may have lost), that value is the floor of this hold, and the
-/// marker is set again. KEYS: holder, clock, floor, marker. ARGV: run, gap,
-/// clock seen, last record, the clock's limit, the marker's TTL (ms).
-/// Returns the floor. Every replica runs it when it connects and at every
-/// check, and adopts the floor. A new log gets a floor too, harmlessly.
+/// hide a lost clock value, not a lost marker), or when the replica's beat
+/// (KEYS[5]), which it set here within half its life (`ARGV[7]` is 1), is
+/// gone: Redis's clock jumped forward (a host's clock stepped), and records
+/// expired that entries still alive in replicas' memory need. Then nothing
+/// fetched before now is trusted: the clock moves past all of it by
+/// `ARGV[2]` (past values the copy may have lost), that value is the floor
+/// of this hold, and the marker is set again. The beat is set again for
+/// `ARGV[8]` ms. KEYS: holder, clock, floor, marker, beat. ARGV: run, gap,
+/// clock seen, last record, the clock's limit, the marker's TTL (ms), beat
+/// expected, the beat's TTL (ms). Returns the floor. Every replica runs it
+/// when it connects and at every check, and adopts the floor. A new log
+/// gets a floor too, harmlessly.
 pub(super) const HOLDER: &str = r#"
 local floor = redis.call('GET', KEYS[3])
 local clock = tonumber(redis.call('GET', KEYS[2]) or '0')
 local seen = tonumber(ARGV[3])
 local recorded = tonumber(ARGV[4])
 local lost = recorded > 0 and tonumber(redis.call('GET', KEYS[4]) or '0') < recorded
-if redis.call('GET', KEYS[1]) ~= ARGV[1] or not floor or clock < seen or lost then
+local jumped = ARGV[7] == '1' and redis.call('EXISTS', KEYS[5]) == 0
+redis.call('SET', KEYS[5], '1', 'PX', ARGV[8])
+if redis.call('GET', KEYS[1]) ~= ARGV[1] or not floor or clock < seen or lost or jumped then
   local moved = math.max(clock, seen) + tonumber(ARGV[2])
   if moved >= tonumber(ARGV[5]) then
     return redis.error_reply('freshgate: this log clock is near its limit (moved too often): restart this redis')

@@ -114,7 +114,7 @@ impl RedisTier {
                     && self.is_current(&link)
                     && self.floor.fetch_max(floor, Ordering::AcqRel) < floor
                 {
-                    warn!(floor, "redis's log was held by another run or lost records: entries fetched before now will not be served");
+                    warn!(floor, "redis's log was held by another run, lost records or its clock jumped: entries fetched before now will not be served");
                 }
             }
             Err(e) => return self.failed(&link, "holder", e.as_ref()),

@@ -52,6 +52,8 @@ mod maintain;
 mod side;
 mod writes;
 
+pub use self::link::RULES_MIXED_ALERT_AFTER;
+
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -93,11 +95,6 @@ const SWEEP_BATCH: u32 = 64;
 /// heard within it means the fleet runs mixed rules. (A replica that has
 /// not said its own for half of it stops serving: see `heard_lately`.)
 const RULES_ALIVE: Duration = Duration::from_secs(4);
-/// How long replicas may be heard running other rules before the
-/// `rules_mixed` alert: a replica that reloads alone hears its old rules for
-/// `RULES_ALIVE` and a check. Most rollouts end within it too.
-pub const RULES_MIXED_ALERT_AFTER: Duration = Duration::from_secs(10);
-const _: () = assert!(RULES_MIXED_ALERT_AFTER.as_secs() > RULES_ALIVE.as_secs() + 1);
 /// Timeout for monitoring reads and writes, which are off the request path.
 const SIDE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -161,6 +158,8 @@ pub(super) struct Witness {
     /// when (`mono_ms`): its marker in the log must show it.
     recorded: AtomicU64,
     recorded_at_ms: AtomicU64,
+    /// When (`mono_ms`) this replica last set its beat in the log (0: never).
+    beat_at_ms: AtomicU64,
     /// Replicas followed the node (a cluster's master, a Sentinel primary):
     /// a failover could promote one that lacks its latest records. Once
     /// seen, kept for the run (a replica reconnecting reads as none).
