@@ -32,6 +32,10 @@ use quick_cache::{DefaultHashBuilder, UnitWeighter};
 const MAX_TAGS: usize = 2_000_000;
 /// Added to `max_ttl` for the time a fetch may take before it is stored.
 pub const LIFETIME_MARGIN: Duration = Duration::from_secs(3600);
+/// A fill that took longer is not stored. Shorter than the margin: the rest
+/// covers a jump of Redis's clock that expires records early (see the
+/// Redis log's `BEAT_TTL`).
+pub const MAX_FILL: Duration = Duration::from_secs(20 * 60);
 
 /// The last invalidation of one tag.
 #[derive(Clone, Copy)]

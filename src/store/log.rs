@@ -32,7 +32,7 @@ pub struct FillStart {
     /// predate the write's commit, so it is not stored.
     pub fenced: bool,
     /// When, before the clock was read: a fill that takes longer than
-    /// `clock::LIFETIME_MARGIN` is not stored (see `FillInfo::began`).
+    /// `clock::MAX_FILL` is not stored (see `FillInfo::began`).
     pub began: std::time::Instant,
 }
 

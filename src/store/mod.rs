@@ -64,7 +64,8 @@ pub struct FillInfo {
     /// invalidation for `max_ttl` + [`clock::LIFETIME_MARGIN`] and an entry
     /// lives `max_ttl` from when it is stored, so one stored later than the
     /// margin after its fetch began could outlive an invalidation made
-    /// while it was fetched (a body trickling in for over an hour).
+    /// while it was fetched (a body trickling in for over an hour): past
+    /// [`clock::MAX_FILL`], part of the margin, it is not stored.
     pub began: Instant,
 }
 

@@ -176,8 +176,8 @@ impl HandleMiss for Miss {
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
         let size = self.body.len();
-        if self.fill.began.elapsed() >= super::clock::LIFETIME_MARGIN {
-            tracing::warn!("a fill that took longer than the log's margin is not stored");
+        if self.fill.began.elapsed() >= super::clock::MAX_FILL {
+            tracing::warn!("a fill that took longer than the log's margin allows is not stored");
             return Ok(MissFinishType::Created(size));
         }
         // Encoded into a buffer of exactly its length, which the memory

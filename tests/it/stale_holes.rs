@@ -621,6 +621,19 @@ async fn a_jump_of_redis_clock_brings_back_nothing_a_write_invalidated() {
         .query_async(&mut conn)
         .await
         .unwrap();
+    let floor_key = keys.iter().find(|k| k.ends_with(":floor")).unwrap().clone();
+    let floor = |mut conn: redis::aio::MultiplexedConnection| {
+        let key = floor_key.clone();
+        async move {
+            let v: u64 = redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            v
+        }
+    };
+    let before = floor(conn.clone()).await;
     let jump: i64 = 2 * 3600 * 1000;
     let mut expired = 0;
     for key in keys {
@@ -649,8 +662,12 @@ async fn a_jump_of_redis_clock_brings_back_nothing_a_write_invalidated() {
         }
     }
     assert!(expired > 0, "the jump expired nothing");
-    // Past a check of a's (every 250 ms): its beat is gone.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Until a check (every 250 ms) finds a beat gone and moves the floor.
+    let end = Instant::now() + Duration::from_secs(10);
+    while floor(conn.clone()).await == before {
+        assert!(Instant::now() < end, "the floor never moved");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let r = a.get_shared(path).await;
     assert_eq!(
         r.json()["text"],

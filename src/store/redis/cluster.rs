@@ -145,11 +145,23 @@ impl RedisTier {
             .arg(u8::from(beat_expected))
             .arg(log::BEAT_TTL.as_millis() as u64);
         let mut conn = link.conn.clone();
-        let floor = tokio::time::timeout(self.check_timeout(), inv.invoke_async::<u64>(&mut conn))
-            .await
-            .map_err(|_| None)?
-            .map_err(Some)?;
-        w.beat_at_ms.fetch_max(now, Ordering::AcqRel);
+        let (floor, beat_set) = tokio::time::timeout(
+            self.check_timeout(),
+            inv.invoke_async::<(u64, u8)>(&mut conn),
+        )
+        .await
+        .map_err(|_| None)?
+        .map_err(Some)?;
+        if beat_at != 0 && !beat_expected {
+            // No beat set for half its life (this replica's checks stalled,
+            // or Redis refused writes): a jump meanwhile went unseen. It
+            // trusts nothing it fetched before (the outage path moves its
+            // floor).
+            self.outage_began.fetch_add(1, Ordering::AcqRel);
+        }
+        if beat_set == 1 {
+            w.beat_at_ms.fetch_max(now, Ordering::AcqRel);
+        }
         Ok(floor)
     }
 

@@ -10,7 +10,9 @@ use super::*;
 /// `rules_mixed` alert: a replica that reloads alone hears its old rules for
 /// `RULES_ALIVE` and a check. Most rollouts end within it too.
 pub const RULES_MIXED_ALERT_AFTER: Duration = Duration::from_secs(10);
-const _: () = assert!(RULES_MIXED_ALERT_AFTER.as_secs() > RULES_ALIVE.as_secs() + 1);
+const _: () = assert!(
+    RULES_MIXED_ALERT_AFTER.as_millis() > RULES_ALIVE.as_millis() + 2 * PING_EVERY.as_millis()
+);
 
 /// A monotonic millisecond clock for this process.
 pub(super) fn mono_ms() -> u64 {

@@ -33,6 +33,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use crate::store::clock;
+
 /// Fences are counted in the high bits of a tag's value: clock values stay
 /// far below 2^40, and 2^13 fences on one tag still fit Lua's exact integers.
 pub(super) const FENCE_UNIT: u64 = 1 << 40;
@@ -324,12 +326,13 @@ return s
 /// where the holder script refuses to go on.
 pub(super) const HOLDER_GAP: u64 = 1 << 24;
 
-/// How long a replica's beat lives in the log: less than how much longer an
-/// invalidation record lives than the entries it may invalidate
-/// (`LIFETIME_MARGIN`), so a jump of Redis's clock far enough to expire
-/// records still needed expires every beat first (see [`HOLDER`]).
+/// How long a replica's beat lives in the log (see [`HOLDER`]). A record
+/// outlives the entries it may invalidate by `LIFETIME_MARGIN`, less the
+/// time their fill took (at most `MAX_FILL`): a jump of Redis's clock far
+/// enough to expire a record still needed expires every beat first.
 pub(super) const BEAT_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 60);
-const _: () = assert!(BEAT_TTL.as_secs() < crate::store::clock::LIFETIME_MARGIN.as_secs());
+const _: () =
+    assert!(clock::MAX_FILL.as_secs() + BEAT_TTL.as_secs() < clock::LIFETIME_MARGIN.as_secs());
 
 /// Run `ARGV[1]` holds the log now. The replica asking saw its clock reach
 /// `ARGV[3]`, and recorded an invalidation at clock value `ARGV[4]` (0:
@@ -351,7 +354,8 @@ const _: () = assert!(BEAT_TTL.as_secs() < crate::store::clock::LIFETIME_MARGIN.
 /// of this hold, and the marker is set again. The beat is set again for
 /// `ARGV[8]` ms. KEYS: holder, clock, floor, marker, beat. ARGV: run, gap,
 /// clock seen, last record, the clock's limit, the marker's TTL (ms), beat
-/// expected, the beat's TTL (ms). Returns the floor. Every replica runs it
+/// expected, the beat's TTL (ms). Returns the floor, and 1 if the beat was
+/// set (not while Redis refuses writes). Every replica runs it
 /// when it connects and at every check, and adopts the floor. A new log
 /// gets a floor too, harmlessly.
 pub(super) const HOLDER: &str = r#"
@@ -361,9 +365,15 @@ local seen = tonumber(ARGV[3])
 local recorded = tonumber(ARGV[4])
 local lost = recorded > 0 and tonumber(redis.call('GET', KEYS[4]) or '0') < recorded
 local jumped = ARGV[7] == '1' and redis.call('EXISTS', KEYS[5]) == 0
-redis.call('SET', KEYS[5], '1', 'PX', ARGV[8])
-if redis.call('GET', KEYS[1]) ~= ARGV[1] or not floor or clock < seen or lost or jumped then
-  local moved = math.max(clock, seen) + tonumber(ARGV[2])
+-- A Redis refusing writes (full, a failed save) must not fail the script.
+local beat = redis.pcall('SET', KEYS[5], '1', 'PX', ARGV[8])
+beat = (type(beat) == 'table' and beat.ok) and 1 or 0
+local untrusted = redis.call('GET', KEYS[1]) ~= ARGV[1] or not floor or clock < seen or lost
+if untrusted or jumped then
+  -- A jump alone loses no clock value (the clock key never expires): past
+  -- what was read is enough, and spares the clock's limited moves.
+  local gap = untrusted and tonumber(ARGV[2]) or 1
+  local moved = math.max(clock, seen) + gap
   if moved >= tonumber(ARGV[5]) then
     return redis.error_reply('freshgate: this log clock is near its limit (moved too often): restart this redis')
   end
@@ -372,9 +382,9 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] or not floor or clock < seen or lost or
   redis.call('SET', KEYS[3], s)
   redis.call('SET', KEYS[1], ARGV[1])
   if recorded > 0 then redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[6]) end
-  return tonumber(s)
+  return {tonumber(s), beat}
 end
-return tonumber(floor)
+return {tonumber(floor), beat}
 "#;
 
 /// What one write still needs recorded.

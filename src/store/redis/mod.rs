@@ -87,7 +87,7 @@ const PING_EVERY: Duration = Duration::from_millis(250);
 /// Checks in a row that Redis leaves unanswered before its link is given up.
 const SILENT_CHECKS: u32 = 4;
 /// A write may open a connection itself (rather than wait for the next
-/// check) at most this often.
+/// check), but no sooner than this after a failed attempt.
 const CONNECT_AT_MOST_EVERY_MS: u64 = 50;
 /// Expired fences lifted per sweep at most.
 const SWEEP_BATCH: u32 = 64;
