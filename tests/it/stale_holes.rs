@@ -600,6 +600,22 @@ async fn a_wall_clock_stepped_back_keeps_no_write_from_reaching_redis() {
 /// jump does to Redis's absolute expiry times.
 #[tokio::test]
 async fn a_jump_of_redis_clock_brings_back_nothing_a_write_invalidated() {
+    after_jumps_of_redis_clock(&[2 * 3600 * 1000], Duration::ZERO).await;
+}
+
+/// Found by the final attack of session 23: jumps that each stay under what
+/// is left of a beat went unseen while every check set the beat again
+/// (three of 27 minutes: 240 of 240 reads stale). The beat is set every 15
+/// minutes only, so jumps add up.
+#[tokio::test]
+async fn jumps_of_redis_clock_add_up() {
+    after_jumps_of_redis_clock(&[27 * 60 * 1000; 3], Duration::from_millis(400)).await;
+}
+
+/// A reads a scene, b writes it, then Redis's clock jumps by each of
+/// `jumps_ms` (`spacing` apart): once a check has moved the floor, a must
+/// not serve its copy.
+async fn after_jumps_of_redis_clock(jumps_ms: &[i64], spacing: Duration) {
     let config = TEST_CONFIG.replacen("cache:\n", "cache:\n  max_ttl: 10s\n", 1);
     let origin = Origin::start(0);
     let (redis, a, b) = two_replicas(&origin, &config).await;
@@ -634,34 +650,12 @@ async fn a_jump_of_redis_clock_brings_back_nothing_a_write_invalidated() {
         }
     };
     let before = floor(conn.clone()).await;
-    let jump: i64 = 2 * 3600 * 1000;
     let mut expired = 0;
-    for key in keys {
-        let ttl: i64 = redis::cmd("PTTL")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if ttl < 0 {
-            continue;
-        }
-        if ttl <= jump {
-            let _: () = redis::cmd("DEL")
-                .arg(&key)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            expired += 1;
-        } else {
-            let _: () = redis::cmd("PEXPIRE")
-                .arg(&key)
-                .arg(ttl - jump)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-        }
+    for &jump in jumps_ms {
+        expired += shrink_every_ttl(&mut conn, jump).await;
+        tokio::time::sleep(spacing).await;
     }
-    assert!(expired > 0, "the jump expired nothing");
+    assert!(expired > 0, "the jumps expired nothing");
     // Until a check (every 250 ms) finds a beat gone and moves the floor.
     let end = Instant::now() + Duration::from_secs(10);
     while floor(conn.clone()).await == before {
@@ -672,8 +666,38 @@ async fn a_jump_of_redis_clock_brings_back_nothing_a_write_invalidated() {
     assert_eq!(
         r.json()["text"],
         "before the jump",
-        "a after the jump: {r:?}"
+        "a after the jumps: {r:?}"
     );
+}
+
+/// What a jump of Redis's clock by `jump_ms` does to its keys: each time to
+/// live shrinks by it (Redis keeps absolute expiry times). Returns how many
+/// keys expired.
+async fn shrink_every_ttl(conn: &mut redis::aio::MultiplexedConnection, jump_ms: i64) -> usize {
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(conn).await.unwrap();
+    let mut expired = 0;
+    for key in keys {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(conn)
+            .await
+            .unwrap();
+        if ttl < 0 {
+            continue;
+        }
+        if ttl <= jump_ms {
+            let _: () = redis::cmd("DEL").arg(&key).query_async(conn).await.unwrap();
+            expired += 1;
+        } else {
+            let _: () = redis::cmd("PEXPIRE")
+                .arg(&key)
+                .arg(ttl - jump_ms)
+                .query_async(conn)
+                .await
+                .unwrap();
+        }
+    }
+    expired
 }
 
 /// Hole 2: a replica that had not reached Redis yet kept a write's

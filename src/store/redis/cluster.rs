@@ -123,13 +123,14 @@ impl RedisTier {
         } else {
             0
         };
-        // Its beat set at a check of this run within half its life must
-        // still be there (by this process's monotonic clock, which no step
-        // of Redis's clock moves).
+        // Its beat, set in this run within half its life, must still be
+        // there (by this process's monotonic clock, which no step of
+        // Redis's clock moves); past that, a new one is set.
         let now = mono_ms();
         let beat_at = w.beat_at_ms.load(Ordering::Acquire);
-        let beat_expected =
-            beat_at != 0 && now.saturating_sub(beat_at) < log::BEAT_TTL.as_millis() as u64 / 2;
+        let since_beat = now.saturating_sub(beat_at);
+        let half = log::BEAT_TTL.as_millis() as u64 / 2;
+        let beat_expected = beat_at != 0 && since_beat < half;
         let mut inv = self.holder_script.prepare_invoke();
         inv.key(Keys::holder(link.cluster.is_some()))
             .key(Keys::clock(&link.log))
@@ -143,7 +144,8 @@ impl RedisTier {
             .arg(FENCE_UNIT / 2)
             .arg(self.marker_ttl_ms())
             .arg(u8::from(beat_expected))
-            .arg(log::BEAT_TTL.as_millis() as u64);
+            .arg(log::BEAT_TTL.as_millis() as u64)
+            .arg(u8::from(!beat_expected));
         let mut conn = link.conn.clone();
         let (floor, beat_set) = tokio::time::timeout(
             self.check_timeout(),
@@ -152,11 +154,11 @@ impl RedisTier {
         .await
         .map_err(|_| None)?
         .map_err(Some)?;
-        if beat_at != 0 && !beat_expected {
-            // No beat set for half its life (this replica's checks stalled,
-            // or Redis refused writes): a jump meanwhile went unseen. It
-            // trusts nothing it fetched before (the outage path moves its
-            // floor).
+        if beat_at != 0 && since_beat > half + 60_000 {
+            // No new beat for a minute past half its life (this replica's
+            // checks stalled, or Redis refused writes): a jump meanwhile
+            // went unseen. It trusts nothing it fetched before (the outage
+            // path moves its floor).
             self.outage_began.fetch_add(1, Ordering::AcqRel);
         }
         if beat_set == 1 {

@@ -328,8 +328,9 @@ pub(super) const HOLDER_GAP: u64 = 1 << 24;
 
 /// How long a replica's beat lives in the log (see [`HOLDER`]). A record
 /// outlives the entries it may invalidate by `LIFETIME_MARGIN`, less the
-/// time their fill took (at most `MAX_FILL`): a jump of Redis's clock far
-/// enough to expire a record still needed expires every beat first.
+/// time their fill took (at most `MAX_FILL`): jumps of Redis's clock within
+/// half a beat's life that expire a record still needed expire every beat
+/// first.
 pub(super) const BEAT_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 const _: () =
     assert!(clock::MAX_FILL.as_secs() + BEAT_TTL.as_secs() < clock::LIFETIME_MARGIN.as_secs());
@@ -348,16 +349,18 @@ const _: () =
 /// hide a lost clock value, not a lost marker), or when the replica's beat
 /// (KEYS[5]), which it set here within half its life (`ARGV[7]` is 1), is
 /// gone: Redis's clock jumped forward (a host's clock stepped), and records
-/// expired that entries still alive in replicas' memory need. Then nothing
-/// fetched before now is trusted: the clock moves past all of it by
-/// `ARGV[2]` (past values the copy may have lost), that value is the floor
-/// of this hold, and the marker is set again. The beat is set again for
-/// `ARGV[8]` ms. KEYS: holder, clock, floor, marker, beat. ARGV: run, gap,
-/// clock seen, last record, the clock's limit, the marker's TTL (ms), beat
-/// expected, the beat's TTL (ms). Returns the floor, and 1 if the beat was
-/// set (not while Redis refuses writes). Every replica runs it
-/// when it connects and at every check, and adopts the floor. A new log
-/// gets a floor too, harmlessly.
+/// expired that entries still alive in replicas' memory need. The beat is
+/// set only every half its life (`ARGV[9]` is 1), never refreshed in
+/// between, so that jumps in that time add up. Then nothing fetched before
+/// now is trusted: the clock moves past all of it by `ARGV[2]` (past values
+/// the copy may have lost; by 1 after a jump alone), that value is the
+/// floor of this hold, and the marker and the beat are set again. KEYS:
+/// holder, clock, floor, marker, beat. ARGV: run, gap, clock seen, last
+/// record, the clock's limit, the marker's TTL (ms), beat expected, the
+/// beat's TTL (ms), beat to set. Returns the floor, and 1 if the beat was
+/// set (not while Redis refuses writes). Every replica runs it when it
+/// connects and at every check, and adopts the floor. A new log gets a
+/// floor too, harmlessly.
 pub(super) const HOLDER: &str = r#"
 local floor = redis.call('GET', KEYS[3])
 local clock = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -365,9 +368,12 @@ local seen = tonumber(ARGV[3])
 local recorded = tonumber(ARGV[4])
 local lost = recorded > 0 and tonumber(redis.call('GET', KEYS[4]) or '0') < recorded
 local jumped = ARGV[7] == '1' and redis.call('EXISTS', KEYS[5]) == 0
--- A Redis refusing writes (full, a failed save) must not fail the script.
-local beat = redis.pcall('SET', KEYS[5], '1', 'PX', ARGV[8])
-beat = (type(beat) == 'table' and beat.ok) and 1 or 0
+local beat = 0
+if ARGV[9] == '1' or jumped then
+  -- A Redis refusing writes (full, a failed save) must not fail the script.
+  local set = redis.pcall('SET', KEYS[5], '1', 'PX', ARGV[8])
+  beat = (type(set) == 'table' and set.ok) and 1 or 0
+end
 local untrusted = redis.call('GET', KEYS[1]) ~= ARGV[1] or not floor or clock < seen or lost
 if untrusted or jumped then
   -- A jump alone loses no clock value (the clock key never expires): past
