@@ -123,14 +123,13 @@ impl RedisTier {
         } else {
             0
         };
-        // Its beat, set in this run within half its life, must still be
-        // there (by this process's monotonic clock, which no step of
-        // Redis's clock moves); past that, a new one is set.
+        // Its beat, set in this run, must still be there for a minute past
+        // half its life (by this process's monotonic clock, which no step
+        // of Redis's clock moves); from half its life on, a new one is set,
+        // after the script has looked for the old one.
         let now = mono_ms();
         let beat_at = w.beat_at_ms.load(Ordering::Acquire);
-        let since_beat = now.saturating_sub(beat_at);
-        let half = log::BEAT_TTL.as_millis() as u64 / 2;
-        let beat_expected = beat_at != 0 && since_beat < half;
+        let (beat_expected, beat_due) = log::beat_plan(beat_at, now);
         let mut inv = self.holder_script.prepare_invoke();
         inv.key(Keys::holder(link.cluster.is_some()))
             .key(Keys::clock(&link.log))
@@ -145,7 +144,7 @@ impl RedisTier {
             .arg(self.marker_ttl_ms())
             .arg(u8::from(beat_expected))
             .arg(log::BEAT_TTL.as_millis() as u64)
-            .arg(u8::from(!beat_expected));
+            .arg(u8::from(beat_due));
         let mut conn = link.conn.clone();
         let (floor, beat_set) = tokio::time::timeout(
             self.check_timeout(),
@@ -154,7 +153,7 @@ impl RedisTier {
         .await
         .map_err(|_| None)?
         .map_err(Some)?;
-        if beat_at != 0 && since_beat > half + 60_000 {
+        if beat_at != 0 && !beat_expected {
             // No new beat for a minute past half its life (this replica's
             // checks stalled, or Redis refused writes): a jump meanwhile
             // went unseen. It trusts nothing it fetched before (the outage

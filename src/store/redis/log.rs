@@ -110,7 +110,7 @@ impl Keys {
     pub(super) fn marker(log: &str, replica: &str) -> String {
         format!("{log}w:{replica}")
     }
-    /// Set by replica `replica` at its every check, with a short life (see
+    /// Set by replica `replica` every half its life (`BEAT_TTL`; see
     /// [`HOLDER`]).
     pub(super) fn beat(log: &str, replica: &str) -> String {
         format!("{log}b:{replica}")
@@ -328,10 +328,20 @@ pub(super) const HOLDER_GAP: u64 = 1 << 24;
 
 /// How long a replica's beat lives in the log (see [`HOLDER`]). A record
 /// outlives the entries it may invalidate by `LIFETIME_MARGIN`, less the
-/// time their fill took (at most `MAX_FILL`): jumps of Redis's clock within
-/// half a beat's life that expire a record still needed expire every beat
-/// first.
+/// time their fill took (at most `MAX_FILL`): a jump, or jumps within one
+/// beat, of more than that (40 minutes) expire every beat first.
 pub(super) const BEAT_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// For a replica whose beat was set at `beat_at` (`mono_ms`, 0: never),
+/// now: whether the beat must still be there (until a minute past half its
+/// life, so that the check that sets the next one looks for it too), and
+/// whether a new one is due (from half its life on).
+pub(super) fn beat_plan(beat_at: u64, now: u64) -> (bool, bool) {
+    let since = now.saturating_sub(beat_at);
+    let half = BEAT_TTL.as_millis() as u64 / 2;
+    let expected = beat_at != 0 && since <= half + 60_000;
+    (expected, beat_at == 0 || since >= half)
+}
 const _: () =
     assert!(clock::MAX_FILL.as_secs() + BEAT_TTL.as_secs() < clock::LIFETIME_MARGIN.as_secs());
 
@@ -347,17 +357,17 @@ const _: () =
 /// replica's marker is below its last record (the copy lost records:
 /// asynchronous replication, a restore; later increments by others can
 /// hide a lost clock value, not a lost marker), or when the replica's beat
-/// (KEYS[5]), which it set here within half its life (`ARGV[7]` is 1), is
+/// (KEYS[5]), which it set here and still expects (`ARGV[7]` is 1), is
 /// gone: Redis's clock jumped forward (a host's clock stepped), and records
-/// expired that entries still alive in replicas' memory need. The beat is
-/// set only every half its life (`ARGV[9]` is 1), never refreshed in
-/// between, so that jumps in that time add up. Then nothing fetched before
-/// now is trusted: the clock moves past all of it by `ARGV[2]` (past values
-/// the copy may have lost; by 1 after a jump alone), that value is the
-/// floor of this hold, and the marker and the beat are set again. KEYS:
-/// holder, clock, floor, marker, beat. ARGV: run, gap, clock seen, last
-/// record, the clock's limit, the marker's TTL (ms), beat expected, the
-/// beat's TTL (ms), beat to set. Returns the floor, and 1 if the beat was
+/// expired that entries still alive in replicas' memory need. Then nothing
+/// fetched before now is trusted: the clock moves past all of it by
+/// `ARGV[2]` (past values the copy may have lost; by 1 after a jump alone),
+/// that value is the floor of this hold, and the marker is set again. The
+/// beat is set after a jump and when due (`ARGV[9]` is 1, every half its
+/// life), never refreshed in between, so that jumps in that time add up.
+/// KEYS: holder, clock, floor, marker, beat. ARGV: run, gap, clock seen,
+/// last record, the clock's limit, the marker's TTL (ms), beat expected,
+/// the beat's TTL (ms), beat due. Returns the floor, and 1 if the beat was
 /// set (not while Redis refuses writes). Every replica runs it when it
 /// connects and at every check, and adopts the floor. A new log gets a
 /// floor too, harmlessly.
@@ -448,6 +458,22 @@ impl Owed {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_beat_is_looked_for_until_the_check_that_replaces_it_has_looked() {
+        let half = BEAT_TTL.as_millis() as u64 / 2;
+        let at = 1_000;
+        assert_eq!(beat_plan(0, 5), (false, true), "never set");
+        assert_eq!(beat_plan(at, at + half - 1), (true, false));
+        assert_eq!(
+            beat_plan(at, at + half),
+            (true, true),
+            "replaced, and looked for"
+        );
+        assert_eq!(beat_plan(at, at + half + 60_000), (true, true));
+        assert_eq!(beat_plan(at, at + half + 60_001), (false, true), "stalled");
+    }
+
     use super::*;
 
     #[test]
