@@ -168,13 +168,11 @@ impl Admin {
             ("GET", "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n"),
             ("GET", "/readyz") => {
                 let (entries, bytes) = self.store.memory_usage();
-                let redis = self
-                    .store
-                    .redis()
-                    .map(|r| if r.available() { "up" } else { "down" });
+                let tier = self.store.redis();
+                let redis = tier.map(|r| if r.available() { "up" } else { "down" });
                 // Why "down" while Redis answers: a rollout (every replica
                 // bypasses until they run the same rules).
-                let rules_mixed = self.store.redis().map(|r| r.rules_mixed());
+                let rules_mixed = tier.map(|r| r.rules_mixed());
                 // A replica holding fences or invalidations the shared log
                 // does not have must not take traffic: other replicas may
                 // serve what its writes changed until it records them. (Redis

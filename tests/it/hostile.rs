@@ -616,14 +616,14 @@ async fn a_rollout_of_other_rules_is_not_reported_as_redis_down() {
         wait_alert(fg, "rules_mixed", false).await;
         // (Settled in the same check that heard the fleet agree, one Redis
         // call later.)
-        let end = std::time::Instant::now() + Duration::from_secs(5);
-        while get(&fg.admin_url("/readyz")).await.json()["store"]["rulesMixed"] != false {
-            assert!(
-                std::time::Instant::now() < end,
-                "/readyz still says rulesMixed"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_json_within(
+            fg,
+            "/readyz",
+            "rulesMixed false",
+            Duration::from_secs(5),
+            |v| v["store"]["rulesMixed"] == false,
+        )
+        .await;
     }
     let end = std::time::Instant::now() + Duration::from_secs(15);
     while a.get_shared("/knobs/ttl/1").await.x_cache != "HIT" {
@@ -663,19 +663,11 @@ fn with_other_rules() -> String {
 /// Poll `/api/monitoring` (which evaluates alerts when asked) until the
 /// alert `name` is active, or is not (25 s at most).
 async fn wait_alert(fg: &Freshgate, name: &str, active: bool) {
-    let end = std::time::Instant::now() + Duration::from_secs(25);
-    loop {
-        let list = fg.admin_json("/api/monitoring").await["alerts"]["list"].to_string();
-        if list.contains(name) == active {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < end,
-            "{name} never became {}: {list}",
-            if active { "active" } else { "inactive" }
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let what = format!("{name} {}", if active { "active" } else { "inactive" });
+    wait_json_within(fg, "/api/monitoring", &what, Duration::from_secs(25), |v| {
+        v["alerts"]["list"].to_string().contains(name) == active
+    })
+    .await;
 }
 
 /// What a raw request got: its status (0: none), and whether the answer

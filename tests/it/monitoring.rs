@@ -3,31 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use crate::util::{client, get, send, two_replicas, Freshgate, Origin, TEST_CONFIG};
+use crate::util::{client, get, send, two_replicas, wait_json, Freshgate, Origin, TEST_CONFIG};
 
 /// Alerts evaluated often and on little traffic, so tests see them move.
 fn config() -> String {
     format!(
         "{TEST_CONFIG}monitoring:\n  window: 10m\n  evaluate_every: 100ms\n  min_requests: 10\n"
     )
-}
-
-/// Poll a JSON admin endpoint until `pred` holds (10 s at most).
-async fn wait_json(
-    fg: &Freshgate,
-    path: &str,
-    what: &str,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let v = fg.admin_json(path).await;
-        if pred(&v) {
-            return v;
-        }
-        assert!(Instant::now() < end, "{path} never showed {what}: {v:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn gets(fg: &Freshgate, paths: &[&str]) {

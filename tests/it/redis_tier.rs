@@ -2,7 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::util::{client, get, send, two_replicas, Freshgate, Gate, Origin, Redis, TEST_CONFIG};
+use crate::util::{
+    client, get, log_key, send, two_replicas, Freshgate, Gate, Origin, Redis, TEST_CONFIG,
+};
 
 #[tokio::test]
 async fn two_replicas_share_entries() {
@@ -445,17 +447,6 @@ async fn hit_through_redis(scene: &str) -> (Origin, Redis, Freshgate) {
     fg.get_shared(scene).await;
     assert_eq!(fg.get_shared(scene).await.x_cache, "HIT");
     (origin, redis, fg)
-}
-
-/// The one key of this run's log matching `pattern` (`fg:2:*:floor`).
-async fn log_key(con: &mut redis::aio::MultiplexedConnection, pattern: &str) -> String {
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(pattern)
-        .query_async(con)
-        .await
-        .unwrap();
-    assert_eq!(keys.len(), 1, "{keys:?}");
-    keys.into_iter().next().unwrap()
 }
 
 /// A floor another replica raised in the log (it found the log had lost

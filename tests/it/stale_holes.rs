@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    client, faketime_env, get, raw_exchange, raw_status, read_head, send, send_and_leave,
+    client, faketime_env, get, log_key, raw_exchange, raw_status, read_head, send, send_and_leave,
     two_replicas, until_app, Freshgate, Gate, Got, Leave, Origin, Redis, TEST_CONFIG,
 };
 
@@ -576,13 +576,9 @@ async fn a_wall_clock_stepped_back_keeps_no_write_from_reaching_redis() {
         gate.cut();
         a.get_shared(&path).await;
         let text = format!("written {back} s back");
-        let w = send(
-            client()
-                .patch(a.url(&path))
-                .header("host", "app.test")
-                .body(format!(r#"{{"text":"{text}"}}"#)),
-        )
-        .await;
+        let w = a
+            .patch_shared(&path, &format!(r#"{{"text":"{text}"}}"#))
+            .await;
         assert_eq!(w.status, 200, "{w:?}");
         let r = b.get_shared(&path).await;
         assert_eq!(r.json()["text"], text.as_str(), "round {round}, b: {r:?}");
@@ -622,34 +618,14 @@ async fn after_jumps_of_redis_clock(jumps_ms: &[i64], spacing: Duration) {
     let path = "/studio/api/scenes/131";
     a.get_shared(path).await;
     assert_eq!(a.get_shared(path).await.x_cache, "HIT");
-    let w = send(
-        client()
-            .patch(b.url(path))
-            .header("host", "app.test")
-            .body(r#"{"text":"before the jump"}"#),
-    )
-    .await;
+    let w = b.patch_shared(path, r#"{"text":"before the jump"}"#).await;
     assert_eq!(w.status, 200, "{w:?}");
     // No read through a meanwhile (one would drop its copy).
     let mut conn = redis.connection().await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("*")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let floor_key = keys.iter().find(|k| k.ends_with(":floor")).unwrap().clone();
-    let floor = |mut conn: redis::aio::MultiplexedConnection| {
-        let key = floor_key.clone();
-        async move {
-            let v: u64 = redis::cmd("GET")
-                .arg(key)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            v
-        }
-    };
-    let before = floor(conn.clone()).await;
+    let floor_key = log_key(&mut conn, "fg:2:*:floor").await;
+    let mut floor = redis::cmd("GET");
+    floor.arg(&floor_key);
+    let before: u64 = floor.query_async(&mut conn).await.unwrap();
     let mut expired = 0;
     for &jump in jumps_ms {
         expired += shrink_every_ttl(&mut conn, jump).await;
@@ -658,7 +634,7 @@ async fn after_jumps_of_redis_clock(jumps_ms: &[i64], spacing: Duration) {
     assert!(expired > 0, "the jumps expired nothing");
     // Until a check (every 250 ms) finds a beat gone and moves the floor.
     let end = Instant::now() + Duration::from_secs(10);
-    while floor(conn.clone()).await == before {
+    while floor.query_async::<u64>(&mut conn).await.unwrap() == before {
         assert!(Instant::now() < end, "the floor never moved");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

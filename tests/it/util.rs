@@ -835,6 +835,46 @@ pub async fn two_replicas(origin: &Origin, config: &str) -> (Redis, Freshgate, F
     (redis, a, b)
 }
 
+/// Poll a JSON admin endpoint until `pred` holds (10 s at most).
+pub async fn wait_json(
+    fg: &Freshgate,
+    path: &str,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    wait_json_within(fg, path, what, Duration::from_secs(10), pred).await
+}
+
+/// Poll a JSON admin endpoint until `pred` holds (`within` at most).
+pub async fn wait_json_within(
+    fg: &Freshgate,
+    path: &str,
+    what: &str,
+    within: Duration,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let end = Instant::now() + within;
+    loop {
+        let v = fg.admin_json(path).await;
+        if pred(&v) {
+            return v;
+        }
+        assert!(Instant::now() < end, "{path} never showed {what}: {v:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The one key of this run's log matching `pattern` (`fg:2:*:floor`).
+pub async fn log_key(con: &mut redis::aio::MultiplexedConnection, pattern: &str) -> String {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(con)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    keys.into_iter().next().unwrap()
+}
+
 /// One response, reduced to what the tests look at.
 #[derive(Debug)]
 pub struct Got {

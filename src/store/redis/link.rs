@@ -154,7 +154,7 @@ impl RedisTier {
     /// cleared, this replica owes the current run nothing, its rules are
     /// settled fleet-wide, and the rules heartbeat is recent.
     pub fn available(&self) -> bool {
-        self.usable_but_for_rules() && self.rules_ok.load(Ordering::Acquire)
+        self.rules_ok.load(Ordering::Acquire) && self.usable_but_for_rules()
     }
 
     /// Everything `available` asks but settled rules: what Redis and this
