@@ -172,7 +172,7 @@ impl Admin {
                 let redis = tier.map(|r| if r.available() { "up" } else { "down" });
                 // Why "down" while Redis answers: a rollout (every replica
                 // bypasses until they run the same rules).
-                let rules_mixed = tier.map(|r| r.rules_mixed());
+                let rules_mixed = tier.map(|r| r.only_heard_mixed());
                 // A replica holding fences or invalidations the shared log
                 // does not have must not take traffic: other replicas may
                 // serve what its writes changed until it records them. (Redis

@@ -582,6 +582,11 @@ async fn replicas_starting_with_redis_up_raise_no_redis_alert() {
         assert!(std::time::Instant::now() < end, "no redis_down alert: {m}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // Nor does /readyz blame a rollout for it (found by the final attack of
+    // session 23: "rulesMixed" was true through the outage).
+    let ready = a.admin_json("/readyz").await;
+    assert_eq!(ready["store"]["redis"], "down", "{ready}");
+    assert_eq!(ready["store"]["rulesMixed"], false, "{ready}");
 }
 
 /// Found by the final attack of session 22: replicas running different

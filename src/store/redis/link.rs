@@ -170,8 +170,9 @@ impl RedisTier {
     }
 
     /// Unusable only because the last heartbeat heard other replicas run
-    /// other rules: a rollout, which Redis has no part in.
-    fn only_heard_mixed(&self) -> bool {
+    /// other rules: a rollout, which Redis has no part in (`/readyz`'s
+    /// `rulesMixed`; not while Redis is unreachable, when nothing is heard).
+    pub fn only_heard_mixed(&self) -> bool {
         self.usable_but_for_rules() && self.heard_mixed.load(Ordering::Acquire)
     }
 
