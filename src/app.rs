@@ -22,7 +22,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::admin::Admin;
 use crate::config::{Config, Overrides};
@@ -54,7 +54,48 @@ pub struct Setup {
     pub demo: Option<Demo>,
 }
 
-pub fn run(setup: Setup) {
+/// A listen address that cannot be bound: taken by another process, not
+/// on this host, or a port this user may not open.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} (the {role}): {source}")]
+pub struct ListenError {
+    pub role: &'static str,
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// How long a taken listen address is tried again before start-up fails:
+/// long enough for a freshgate that was just stopped to finish draining
+/// (`shutdown.grace_period` + `shutdown.timeout` by default).
+const LISTEN_RETRY_FOR: Duration = Duration::from_secs(10);
+
+/// Binds `addr` and lets it go, before pingora binds it for real; a taken
+/// address is tried again each second for [`LISTEN_RETRY_FOR`].
+///
+/// pingora retries a taken address for 30 s and then panics inside its
+/// service thread: the process went on running, its admin port answering
+/// `/readyz` with 200, while nothing served the proxy port. Found here, it
+/// is an error at start-up instead. std sets `SO_REUSEADDR` as pingora
+/// does, so an address held only by closing connections passes here as it
+/// would there.
+fn check_listen(role: &'static str, addr: SocketAddr) -> Result<(), ListenError> {
+    let end = std::time::Instant::now() + LISTEN_RETRY_FOR;
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < end =>
+            {
+                warn!(%addr, role, "address in use; trying again");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(source) => return Err(ListenError { role, addr, source }),
+        }
+    }
+}
+
+pub fn run(setup: Setup) -> Result<(), ListenError> {
     let Setup {
         config,
         flags,
@@ -62,6 +103,13 @@ pub fn run(setup: Setup) {
         watch,
         demo,
     } = setup;
+    if let Some(d) = &demo {
+        check_listen("demo app", d.listen)?;
+    }
+    if !demo.as_ref().is_some_and(|d| d.origin_only) {
+        check_listen("proxy", config.listen)?;
+        check_listen("admin listener", config.admin_listen)?;
+    }
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let grace = config.grace_period;
     let conf = ServerConf {
@@ -93,7 +141,7 @@ pub fn run(setup: Setup) {
             server.run(RunArgs {
                 shutdown_signal: Box::new(TermOrInt { grace }),
             });
-            return;
+            return Ok(());
         }
     }
 
@@ -204,6 +252,7 @@ pub fn run(setup: Setup) {
         shutdown_signal: Box::new(TermOrInt { grace }),
     });
     info!("freshgate stopped");
+    Ok(())
 }
 
 struct ConfigWatcher {

@@ -164,8 +164,13 @@ fn run(opts: &RunOpts, demo: Option<Demo>) -> ExitCode {
         watch: opts.watch,
         demo,
     };
-    app::run(setup);
-    ExitCode::SUCCESS
+    match app::run(setup) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn print_demo_help(opts: &RunOpts) {

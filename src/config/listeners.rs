@@ -64,6 +64,15 @@ pub(super) fn validate_listeners(
             );
         }
     }
+    if same_socket(listen, admin_listen) {
+        problem(
+            from_file(&ov.admin_listen, "admin.listen"),
+            format!(
+                "admin.listen {admin_listen} is where the proxy listens ({listen}): give the \
+                 admin listener a port of its own"
+            ),
+        );
+    }
     if !admin_listen.ip().is_loopback() && admin_auth.token.is_none() {
         problem(
             from_file(&ov.admin_listen, "admin.listen"),
@@ -92,6 +101,19 @@ pub(super) fn validate_listeners(
         admin_auth,
         upstream,
     }
+}
+
+/// Whether two listeners would ask for the same socket: the same port, and
+/// addresses that meet (equal, or one is the wildcard of its family; `[::]`
+/// also takes IPv4 on Linux's default dual stack). Port 0 asks for any.
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers_all = |x: SocketAddr| x.is_ipv6() && x.ip().is_unspecified();
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip()
+            || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified()))
+            || covers_all(a)
+            || covers_all(b))
 }
 
 fn fallback_addr() -> SocketAddr {
@@ -127,4 +149,23 @@ fn parse_upstream(s: &str) -> Result<Upstream, String> {
         addr,
         host: hostport.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_socket;
+
+    #[test]
+    fn listeners_on_one_socket_are_found() {
+        let t = |a: &str, b: &str| same_socket(a.parse().unwrap(), b.parse().unwrap());
+        assert!(t("127.0.0.1:8080", "127.0.0.1:8080"));
+        assert!(t("0.0.0.0:8080", "127.0.0.1:8080"));
+        assert!(t("127.0.0.1:8080", "0.0.0.0:8080"));
+        assert!(t("[::]:8080", "127.0.0.1:8080"));
+        assert!(t("[::1]:8080", "[::]:8080"));
+        assert!(!t("127.0.0.1:8080", "127.0.0.1:9090"));
+        assert!(!t("127.0.0.1:8080", "127.0.0.2:8080"));
+        assert!(!t("0.0.0.0:8080", "[::1]:8080"));
+        assert!(!t("127.0.0.1:0", "127.0.0.1:0"));
+    }
 }

@@ -1,8 +1,10 @@
-//! The command line: `check`, and the shipped example config.
+//! The command line: `check`, the shipped example config, and `run`'s
+//! start-up errors.
 
 use std::process::Command;
+use std::time::Duration;
 
-use crate::util::BIN;
+use crate::util::{free_port, Proc, BIN};
 
 fn check(text: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -181,4 +183,110 @@ fn run_refuses_a_config_file_without_settings() {
         );
         assert!(err.contains("the file has no settings"), "{name}: {err}");
     }
+}
+
+/// Runs `freshgate run` with `args` and what it printed to stderr, or
+/// panics if it is still running after 20 s (a taken address is tried for
+/// 10 s). pingora alone retried a taken address for 30 s and then panicked
+/// in its service thread, leaving a process that ran on without serving.
+fn run_expecting_exit(args: Vec<String>) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr");
+    let mut p = Proc::spawn_logging(
+        "freshgate",
+        Command::new(BIN).arg("run").args(&args),
+        Some(&log),
+    );
+    let status = p.wait_exit(Duration::from_secs(20));
+    let err = std::fs::read_to_string(&log).unwrap_or_default();
+    let status = status.unwrap_or_else(|| panic!("freshgate {args:?} still running: {err}"));
+    (status.code(), err)
+}
+
+#[test]
+fn a_listen_address_in_use_stops_freshgate_at_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let free = || format!("127.0.0.1:{}", free_port());
+    let args = |listen: &str, admin: &str| -> Vec<String> {
+        let upstream = format!("http://{}", free());
+        [
+            "--listen",
+            listen,
+            "--admin-listen",
+            admin,
+            "--upstream",
+            &upstream,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    // Each case waits out the retries: run them side by side.
+    let proxy = std::thread::spawn({
+        let args = args(&taken, &free());
+        move || run_expecting_exit(args)
+    });
+    let admin = std::thread::spawn({
+        let args = args(&free(), &taken);
+        move || run_expecting_exit(args)
+    });
+    for (role, case) in [("proxy", proxy), ("admin listener", admin)] {
+        let (code, err) = case.join().unwrap();
+        assert_eq!(code, Some(1), "{err}");
+        assert!(
+            err.contains(&format!("cannot listen on {taken} (the {role})")),
+            "{err}"
+        );
+    }
+
+    // One address for both listeners is a config error, found before either
+    // is bound.
+    let both = free();
+    let (code, err) = run_expecting_exit(args(&both, &both));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("is where the proxy listens"), "{err}");
+}
+
+#[test]
+fn a_listen_address_freed_while_freshgate_waits_is_taken() {
+    // A freshgate started while the one before it still drains.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let _fg = Proc::spawn(
+        "freshgate",
+        Command::new(BIN).args([
+            "run",
+            "--listen",
+            &addr,
+            "--admin-listen",
+            &admin,
+            "--upstream",
+            &format!("http://127.0.0.1:{}", free_port()),
+        ]),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    drop(held);
+    let end = std::time::Instant::now() + Duration::from_secs(15);
+    while status_of(&admin, "/healthz") != Some(200) {
+        assert!(std::time::Instant::now() < end, "freshgate never started");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // And the proxy's port is served (502: there is no app).
+    assert_eq!(status_of(&addr, "/"), Some(502));
+}
+
+/// The status code of a plain `GET path` to `addr`, if it answered.
+fn status_of(addr: &str, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }
