@@ -383,7 +383,7 @@ impl ProxyHttp for Proxy {
             return Ok(true);
         };
         if request.methods.is_write() {
-            return self.begin_write(session, ctx).await;
+            return Box::pin(self.begin_write(session, ctx)).await;
         }
         // The log is read *before* the fetch begins: any invalidation after
         // this point makes what we are about to store unservable.
@@ -682,10 +682,10 @@ impl ProxyHttp for Proxy {
                 // An answer before the whole write was read from the client:
                 // the app cannot have committed what it has not received.
                 let early = !session.is_body_done();
-                ctx.answering = self
-                    .end_write(session, resp, ctx, *write, invalidate, early)
-                    .await?
-                    .map(Box::new);
+                ctx.answering =
+                    Box::pin(self.end_write(session, resp, ctx, *write, invalidate, early))
+                        .await?
+                        .map(Box::new);
             }
         }
         forwarding::strip_listed(resp, &std::mem::take(&mut ctx.hop_listed));
@@ -747,11 +747,15 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        // The write path's futures are boxed here and in the filters (writes
+        // are rare): in place they made every request's `logging` future,
+        // which pingora boxes and copies, 5 KB (benchmarks.md, Run 20).
         if let Some(answering) = ctx.answering.take() {
-            self.end_answer(*answering, session.req_header(), e, ctx)
-                .await;
+            Box::pin(self.end_answer(*answering, session.req_header(), e, ctx)).await;
         }
-        self.end_unanswered_write(session, e, ctx).await;
+        if ctx.write.is_some() {
+            Box::pin(self.end_unanswered_write(session, e, ctx)).await;
+        }
         if ctx.background {
             // Counted by their own metrics (`freshgate_prefetches_total`,
             // `freshgate_warmed_total`): as client requests they would lower
