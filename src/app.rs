@@ -25,7 +25,7 @@ use pingora::services::listening::Service;
 use tracing::{info, warn};
 
 use crate::admin::Admin;
-use crate::config::{Config, Overrides};
+use crate::config::{same_socket, Config, Overrides};
 use crate::demo::DemoApp;
 use crate::fill_lock::FillLock;
 use crate::flags::{Flag, Flags};
@@ -65,34 +65,66 @@ pub struct ListenError {
     pub source: std::io::Error,
 }
 
-/// How long a taken listen address is tried again before start-up fails:
-/// long enough for a freshgate that was just stopped to finish draining
-/// (`shutdown.grace_period` + `shutdown.timeout` by default).
+/// How long a taken listen address is tried again before start-up fails,
+/// at the least. A freshgate just stopped on this host keeps its listeners
+/// for its `shutdown.grace_period`: with the same config, the wait is that
+/// plus a few seconds when it is longer.
 const LISTEN_RETRY_FOR: Duration = Duration::from_secs(10);
 
-/// Binds `addr` and lets it go, before pingora binds it for real; a taken
-/// address is tried again each second for [`LISTEN_RETRY_FOR`].
+/// Binds every listen address and holds them all (so that two of ours on
+/// one socket are found too), then lets them go for pingora to bind for
+/// real. A taken address is tried again each second until `retry_for` has
+/// passed.
 ///
 /// pingora retries a taken address for 30 s and then panics inside its
 /// service thread: the process went on running, its admin port answering
 /// `/readyz` with 200, while nothing served the proxy port. Found here, it
-/// is an error at start-up instead. std sets `SO_REUSEADDR` as pingora
-/// does, so an address held only by closing connections passes here as it
-/// would there.
-fn check_listen(role: &'static str, addr: SocketAddr) -> Result<(), ListenError> {
-    let end = std::time::Instant::now() + LISTEN_RETRY_FOR;
-    loop {
-        match std::net::TcpListener::bind(addr) {
-            Ok(_) => return Ok(()),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < end =>
-            {
-                warn!(%addr, role, "address in use; trying again");
-                std::thread::sleep(Duration::from_secs(1));
+/// is an error at start-up instead (and should the address be taken in
+/// the moment between, [`exit_if_a_listener_fails`] ends the process). std
+/// sets `SO_REUSEADDR` as pingora does, so an address held only by closing
+/// connections passes here as it would there.
+fn check_listeners(
+    listeners: &[(&'static str, SocketAddr)],
+    retry_for: Duration,
+) -> Result<(), ListenError> {
+    let end = std::time::Instant::now() + retry_for;
+    let mut held = Vec::with_capacity(listeners.len());
+    for &(role, addr) in listeners {
+        loop {
+            match std::net::TcpListener::bind(addr) {
+                Ok(l) => {
+                    held.push(l);
+                    break;
+                }
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && std::time::Instant::now() < end =>
+                {
+                    warn!(%addr, role, "address in use; trying again");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(source) => return Err(ListenError { role, addr, source }),
             }
-            Err(source) => return Err(ListenError { role, addr, source }),
         }
     }
+    Ok(())
+}
+
+/// pingora panics in a service's own thread when it cannot bind its
+/// listener, and the process runs on without it: exit instead.
+fn exit_if_a_listener_fails() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied());
+        if message.is_some_and(|m| m.starts_with("Failed to build listeners")) {
+            std::process::exit(1);
+        }
+    }));
 }
 
 pub fn run(setup: Setup) -> Result<(), ListenError> {
@@ -103,13 +135,29 @@ pub fn run(setup: Setup) -> Result<(), ListenError> {
         watch,
         demo,
     } = setup;
+    let mut listeners = Vec::new();
     if let Some(d) = &demo {
-        check_listen("demo app", d.listen)?;
+        listeners.push(("demo app", d.listen));
     }
     if !demo.as_ref().is_some_and(|d| d.origin_only) {
-        check_listen("proxy", config.listen)?;
-        check_listen("admin listener", config.admin_listen)?;
+        listeners.push(("proxy", config.listen));
+        listeners.push(("admin listener", config.admin_listen));
     }
+    // Two of ours on one socket would wait for each other in vain.
+    for (i, &(role, addr)) in listeners.iter().enumerate() {
+        if let Some(&(other, _)) = listeners[..i].iter().find(|(_, a)| same_socket(*a, addr)) {
+            let source = std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("it is the {other}'s address"),
+            );
+            return Err(ListenError { role, addr, source });
+        }
+    }
+    check_listeners(
+        &listeners,
+        LISTEN_RETRY_FOR.max(config.grace_period + Duration::from_secs(5)),
+    )?;
+    exit_if_a_listener_fails();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let grace = config.grace_period;
     let conf = ServerConf {

@@ -30,6 +30,7 @@ mod routes;
 pub mod schema;
 mod validate;
 
+pub(crate) use listeners::same_socket;
 pub use monitoring::{default_thresholds, Metric, MonitoringConfig, Severity, Threshold};
 pub use schema::{json_schema, parse_duration, parse_size, Dur, FileFlags, RawConfig, Size};
 pub use validate::hash_of;

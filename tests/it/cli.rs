@@ -185,6 +185,22 @@ fn run_refuses_a_config_file_without_settings() {
     }
 }
 
+/// Starts `freshgate run` with `args`, its stderr in `log` (always: these
+/// tests read it).
+fn start_logged(args: &[String], log: &std::path::Path) -> Proc {
+    let child = Command::new(BIN)
+        .arg("run")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    Proc {
+        child,
+        name: "freshgate".into(),
+    }
+}
+
 /// Runs `freshgate run` with `args` and what it printed to stderr, or
 /// panics if it is still running after 20 s (a taken address is tried for
 /// 10 s). pingora alone retried a taken address for 30 s and then panicked
@@ -192,11 +208,7 @@ fn run_refuses_a_config_file_without_settings() {
 fn run_expecting_exit(args: Vec<String>) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("stderr");
-    let mut p = Proc::spawn_logging(
-        "freshgate",
-        Command::new(BIN).arg("run").args(&args),
-        Some(&log),
-    );
+    let mut p = start_logged(&args, &log);
     let status = p.wait_exit(Duration::from_secs(20));
     let err = std::fs::read_to_string(&log).unwrap_or_default();
     let status = status.unwrap_or_else(|| panic!("freshgate {args:?} still running: {err}"));
@@ -240,11 +252,26 @@ fn a_listen_address_in_use_stops_freshgate_at_start() {
     }
 
     // One address for both listeners is a config error, found before either
-    // is bound.
+    // is bound; so is the demo app's on the proxy's.
     let both = free();
     let (code, err) = run_expecting_exit(args(&both, &both));
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("is where the proxy listens"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["demo", "--origin-listen", &both, "--listen", &both])
+        .args(["--admin-listen", &free()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot listen on {both} (the proxy): it is the demo app's address"
+        )),
+        "{err}"
+    );
 }
 
 #[test]
@@ -253,27 +280,28 @@ fn a_listen_address_freed_while_freshgate_waits_is_taken() {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = held.local_addr().unwrap().to_string();
     let admin = format!("127.0.0.1:{}", free_port());
-    let _fg = Proc::spawn(
-        "freshgate",
-        Command::new(BIN).args([
-            "run",
-            "--listen",
-            &addr,
-            "--admin-listen",
-            &admin,
-            "--upstream",
-            &format!("http://127.0.0.1:{}", free_port()),
-        ]),
-    );
+    let upstream = format!("http://127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr");
+    let args = [
+        "--listen",
+        &addr,
+        "--admin-listen",
+        &admin,
+        "--upstream",
+        &upstream,
+    ];
+    let _fg = start_logged(&args.map(String::from), &log);
     std::thread::sleep(Duration::from_secs(2));
     drop(held);
+    // The proxy's port is served (502: there is no app).
     let end = std::time::Instant::now() + Duration::from_secs(15);
-    while status_of(&admin, "/healthz") != Some(200) {
-        assert!(std::time::Instant::now() < end, "freshgate never started");
+    while status_of(&addr, "/") != Some(502) {
+        assert!(std::time::Instant::now() < end, "the proxy never listened");
         std::thread::sleep(Duration::from_millis(200));
     }
-    // And the proxy's port is served (502: there is no app).
-    assert_eq!(status_of(&addr, "/"), Some(502));
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(err.contains("address in use; trying again"), "{err}");
 }
 
 /// The status code of a plain `GET path` to `addr`, if it answered.
