@@ -247,7 +247,7 @@ fn a_bad_flag_value_in_the_environment_stops_the_start() {
             "--listen",
             "127.0.0.1:1",
             "--admin-listen",
-            "127.0.0.1:1",
+            "127.0.0.1:2",
         ])
         .env("ENABLE_PREFETCHING", "maybe")
         .output()

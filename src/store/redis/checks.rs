@@ -2,7 +2,8 @@
 //! `MGET`.
 //!
 //! A strict hit asks Redis when each of its entry's tags was last
-//! invalidated, and the log's floor (see `log::HOLDER`). Sent one by one,
+//! invalidated, the log's floor, and whether this replica's beat is still
+//! there (see `log::HOLDER`). Sent one by one,
 //! every hit is a command for Redis to parse and answer and a trip through
 //! the client, and concurrent hits mostly ask for the same keys (`a:all`,
 //! their route's family). So checks queue on
@@ -11,10 +12,12 @@
 //! requests ready to run have had their turn (`gather`). There is no
 //! timer: a lone hit waits for nothing but its own round trip.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
+use super::link::mono_ms;
 use super::log::{self, Keys};
 use super::{Link, RedisTier};
 use crate::store::entry::Tags;
@@ -114,18 +117,30 @@ impl RedisTier {
             for t in &distinct {
                 cmd.arg(Keys::tag(&link.log, t));
             }
-            // And the log's floor, last: one another replica raised (a log
-            // that lost records) counts from this very check, not from this
+            // And the log's floor: one another replica raised (a log that
+            // lost records) counts from this very check, not from this
             // replica's next maintenance check.
             cmd.arg(Keys::floor(&link.log));
+            // And this replica's beat, while it must be there: gone, Redis's
+            // clock jumped forward and expired records that entries in
+            // memory still need. The next maintenance check finds that and
+            // moves the floor (`log::HOLDER`); until then, nothing is served.
+            let beat = log::beat_plan(link.witness.beat_at_ms.load(Ordering::Acquire), mono_ms()).0;
+            if beat {
+                cmd.arg(Keys::beat(&link.log, &self.replica_id));
+            }
+            let asked = distinct.len() + 1 + usize::from(beat);
             let inv: Option<Vec<Option<u64>>> = self
                 .run(&link, "last_inv", cmd)
                 .await
-                .filter(|inv: &Vec<Option<u64>>| inv.len() == distinct.len() + 1);
+                .filter(|inv: &Vec<Option<u64>>| inv.len() == asked);
             let answers: Vec<Option<bool>> = batch
                 .iter()
                 .map(|p| {
                     let inv = inv.as_ref()?;
+                    if beat && inv[asked - 1].is_none() {
+                        return Some(false);
+                    }
                     // Missing, it was lost (a flush, a restore): the holder
                     // script puts it back at its next check; until then the
                     // log vouches for nothing.
