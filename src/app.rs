@@ -73,41 +73,56 @@ const LISTEN_RETRY_FOR: Duration = Duration::from_secs(10);
 
 /// Binds every listen address and holds them all (so that two of ours on
 /// one socket are found too), then lets them go for pingora to bind for
-/// real. A taken address is tried again each second until `retry_for` has
-/// passed.
+/// real. While an address is taken, nothing is held (a client would
+/// connect to a socket nobody answers) and all are tried again each second
+/// until `retry_for` has passed. An address taken only by another of ours
+/// (`[::]` takes IPv4 too on a dual-stack host) is an error at once.
 ///
 /// pingora retries a taken address for 30 s and then panics inside its
 /// service thread: the process went on running, its admin port answering
 /// `/readyz` with 200, while nothing served the proxy port. Found here, it
-/// is an error at start-up instead (and should the address be taken in
-/// the moment between, [`exit_if_a_listener_fails`] ends the process). std
-/// sets `SO_REUSEADDR` as pingora does, so an address held only by closing
+/// is an error at start-up instead. Should the address be taken in the
+/// moment between this check and pingora's bind, that 30 s comes back,
+/// and [`exit_if_a_listener_fails`] ends the process after it. std sets
+/// `SO_REUSEADDR` as pingora does, so an address held only by closing
 /// connections passes here as it would there.
 fn check_listeners(
     listeners: &[(&'static str, SocketAddr)],
     retry_for: Duration,
 ) -> Result<(), ListenError> {
     let end = std::time::Instant::now() + retry_for;
-    let mut held = Vec::with_capacity(listeners.len());
-    for &(role, addr) in listeners {
-        loop {
-            match std::net::TcpListener::bind(addr) {
+    let bind = std::net::TcpListener::bind;
+    'again: loop {
+        let mut held = Vec::with_capacity(listeners.len());
+        for &(role, addr) in listeners {
+            let source = match bind(addr) {
                 Ok(l) => {
                     held.push(l);
-                    break;
+                    continue;
                 }
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::AddrInUse
-                        && std::time::Instant::now() < end =>
-                {
-                    warn!(%addr, role, "address in use; trying again");
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-                Err(source) => return Err(ListenError { role, addr, source }),
+                Err(e) => e,
+            };
+            if source.kind() != std::io::ErrorKind::AddrInUse {
+                return Err(ListenError { role, addr, source });
             }
+            let ours_only = !held.is_empty();
+            drop(held);
+            if ours_only && bind(addr).is_ok() {
+                let source = std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "it overlaps another of freshgate's listen addresses",
+                );
+                return Err(ListenError { role, addr, source });
+            }
+            if std::time::Instant::now() >= end {
+                return Err(ListenError { role, addr, source });
+            }
+            warn!(%addr, role, "address in use; trying again");
+            std::thread::sleep(Duration::from_secs(1));
+            continue 'again;
         }
+        return Ok(());
     }
-    Ok(())
 }
 
 /// pingora panics in a service's own thread when it cannot bind its

@@ -95,6 +95,17 @@ pub(super) fn validate_listeners(
         }
     });
 
+    if upstream_is(listen, &upstream.addr) {
+        problem(
+            from_file(&ov.upstream, "upstream"),
+            format!(
+                "upstream {} is where freshgate itself listens ({listen}): every request \
+                 would come back to it",
+                upstream.addr
+            ),
+        );
+    }
+
     Listeners {
         listen,
         admin_listen,
@@ -113,6 +124,21 @@ pub(crate) fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port()
         && a.port() != 0
         && (x == y || (x.is_ipv4() == y.is_ipv4() && (x.is_unspecified() || y.is_unspecified())))
+}
+
+/// Whether the app's address `upstream` (`HOST:PORT`) is `listen`'s own
+/// socket, for an IP literal or `localhost`.
+fn upstream_is(listen: SocketAddr, upstream: &str) -> bool {
+    if let Ok(a) = upstream.parse::<SocketAddr>() {
+        return same_socket(listen, a);
+    }
+    let Some(("localhost", port)) = upstream.rsplit_once(':') else {
+        return false;
+    };
+    port.parse::<u16>().is_ok_and(|port| {
+        same_socket(listen, ([127, 0, 0, 1], port).into())
+            || same_socket(listen, (std::net::Ipv6Addr::LOCALHOST, port).into())
+    })
 }
 
 fn fallback_addr() -> SocketAddr {
@@ -168,5 +194,16 @@ mod tests {
         assert!(!t("127.0.0.1:8080", "127.0.0.2:8080"));
         assert!(!t("0.0.0.0:8080", "[::1]:8080"));
         assert!(!t("127.0.0.1:0", "127.0.0.1:0"));
+    }
+
+    #[test]
+    fn an_upstream_at_freshgates_own_address_is_found() {
+        let t = |listen: &str, up: &str| super::upstream_is(listen.parse().unwrap(), up);
+        assert!(t("127.0.0.1:8080", "127.0.0.1:8080"));
+        assert!(t("0.0.0.0:8080", "localhost:8080"));
+        assert!(t("[::1]:8080", "localhost:8080"));
+        assert!(!t("127.0.0.1:8080", "127.0.0.1:3000"));
+        assert!(!t("127.0.0.1:8080", "app:8080"));
+        assert!(!t("127.0.0.1:8080", "localhost:3000"));
     }
 }

@@ -261,7 +261,12 @@ fn a_listen_address_in_use_stops_freshgate_at_start() {
     let out = Command::new(BIN)
         .current_dir(dir.path())
         .args(["demo", "--origin-listen", &both, "--listen", &both])
-        .args(["--admin-listen", &free()])
+        .args([
+            "--admin-listen",
+            &free(),
+            "--upstream",
+            &format!("http://{}", free()),
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -317,4 +322,89 @@ fn status_of(addr: &str, path: &str) -> Option<u16> {
     let mut head = [0u8; 12];
     s.read_exact(&mut head).ok()?;
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+#[test]
+fn nothing_is_held_while_a_taken_address_is_waited_for() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = taken.local_addr().unwrap().to_string();
+    let proxy = format!("127.0.0.1:{}", free_port());
+    let upstream = format!("http://127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr");
+    let args = [
+        "--listen",
+        &proxy,
+        "--admin-listen",
+        &admin,
+        "--upstream",
+        &upstream,
+    ];
+    let _fg = start_logged(&args.map(String::from), &log);
+    std::thread::sleep(Duration::from_secs(2));
+    // A client would wait on a socket nobody answers.
+    let connect = std::net::TcpStream::connect(&proxy);
+    assert!(
+        connect.is_err(),
+        "the proxy's address was held while waiting"
+    );
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(err.contains("address in use; trying again"), "{err}");
+}
+
+#[test]
+fn two_of_our_listeners_on_one_dual_stack_socket_are_an_error_at_once() {
+    // `[::]` takes IPv4 too where the host is dual-stack (Linux's default).
+    let Ok(probe) = std::net::TcpListener::bind("[::]:0") else {
+        eprintln!("no IPv6 on this host: nothing to check");
+        return;
+    };
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+        eprintln!("port {port} taken meanwhile: nothing to check");
+        return;
+    }
+    let dual = format!("[::]:{port}");
+    let v4 = format!("127.0.0.1:{port}");
+    let dual_stack = {
+        let _l = std::net::TcpListener::bind(&dual).unwrap();
+        std::net::TcpListener::bind(&v4).is_err()
+    };
+    if !dual_stack {
+        eprintln!("IPv6-only [::] here: the two do not meet");
+        return;
+    }
+    let upstream = format!("http://127.0.0.1:{}", free_port());
+    let (code, err) = run_expecting_exit(
+        [
+            "--listen",
+            &dual,
+            "--admin-listen",
+            &v4,
+            "--upstream",
+            &upstream,
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot listen on {v4} (the admin listener): it overlaps another of freshgate's listen addresses"
+        )),
+        "{err}"
+    );
+    // At once: not after the retries.
+    assert!(!err.contains("trying again"), "{err}");
+}
+
+#[test]
+fn an_upstream_at_freshgates_own_address_is_refused() {
+    // Found by attack: every request came back to freshgate, hanging its
+    // client and filling the log, while `/readyz` said 200.
+    let (code, msg) = check("listen: 0.0.0.0:18999\nupstream: http://localhost:18999\n");
+    assert_eq!(code, 1, "{msg}");
+    assert!(msg.starts_with("FILE:2:"), "{msg}");
+    assert!(msg.contains("every request would come back to it"), "{msg}");
 }

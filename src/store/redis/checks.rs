@@ -2,8 +2,8 @@
 //! `MGET`.
 //!
 //! A strict hit asks Redis when each of its entry's tags was last
-//! invalidated, the log's floor, and whether this replica's beat is still
-//! there (see `log::HOLDER`). Sent one by one,
+//! invalidated, the log's floor, and, while it must be there, whether this
+//! replica's beat still is (see `log::HOLDER`). Sent one by one,
 //! every hit is a command for Redis to parse and answer and a trip through
 //! the client, and concurrent hits mostly ask for the same keys (`a:all`,
 //! their route's family). So checks queue on
@@ -121,25 +121,34 @@ impl RedisTier {
             // lost records) counts from this very check, not from this
             // replica's next maintenance check.
             cmd.arg(Keys::floor(&link.log));
-            // And this replica's beat, while it must be there: gone, Redis's
-            // clock jumped forward and expired records that entries in
-            // memory still need. The next maintenance check finds that and
-            // moves the floor (`log::HOLDER`); until then, nothing is served.
-            let beat = log::beat_plan(link.witness.beat_at_ms.load(Ordering::Acquire), mono_ms()).0;
+            // And this replica's beat, while it must be there (`log::beat_plan`):
+            // gone, Redis's clock jumped forward and expired records that
+            // entries in memory still need. A maintenance check finds that
+            // and moves the floor (`log::HOLDER`); until then the log
+            // vouches for nothing. Set and no longer looked for (no new beat
+            // for 16 minutes: checks stalled, or Redis refused writes), a
+            // jump would go unseen: the next check declares an outage, and
+            // until then nothing is vouched for either.
+            let beat_at = link.witness.beat_at_ms.load(Ordering::Acquire);
+            let (beat, _) = log::beat_plan(beat_at, mono_ms());
+            let beat_lapsed = beat_at != 0 && !beat;
             if beat {
                 cmd.arg(Keys::beat(&link.log, &self.replica_id));
             }
             let asked = distinct.len() + 1 + usize::from(beat);
-            let inv: Option<Vec<Option<u64>>> = self
-                .run(&link, "last_inv", cmd)
-                .await
-                .filter(|inv: &Vec<Option<u64>>| inv.len() == asked);
+            let inv: Option<Vec<Option<u64>>> = if beat_lapsed {
+                None
+            } else {
+                self.run(&link, "last_inv", cmd)
+                    .await
+                    .filter(|inv: &Vec<Option<u64>>| inv.len() == asked)
+            };
             let answers: Vec<Option<bool>> = batch
                 .iter()
                 .map(|p| {
                     let inv = inv.as_ref()?;
                     if beat && inv[asked - 1].is_none() {
-                        return Some(false);
+                        return None;
                     }
                     // Missing, it was lost (a flush, a restore): the holder
                     // script puts it back at its next check; until then the
