@@ -105,9 +105,14 @@ fn check_listeners(
             if source.kind() != std::io::ErrorKind::AddrInUse {
                 return Err(ListenError { role, addr, source });
             }
-            let ours_only = !held.is_empty();
+            // One of ours on its port, and it binds alone: the clash is ours
+            // (another process letting it go just now is not ruled out,
+            // but then it held the port of one of our own listeners too).
+            let ours = held
+                .iter()
+                .any(|l| l.local_addr().is_ok_and(|a| a.port() == addr.port()));
             drop(held);
-            if ours_only && bind(addr).is_ok() {
+            if ours && bind(addr).is_ok() {
                 let source = std::io::Error::new(
                     std::io::ErrorKind::AddrInUse,
                     "it overlaps another of freshgate's listen addresses",

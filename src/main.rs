@@ -111,7 +111,9 @@ fn main() -> ExitCode {
             if opts.config.is_none() && !d.origin_only && demo_config.exists() {
                 opts.config = Some(demo_config.to_path_buf());
             }
-            if opts.upstream.is_none() {
+            // The proxy's app is the demo's (no proxy runs with
+            // --origin-only: its config's upstream is never used).
+            if opts.upstream.is_none() && !d.origin_only {
                 opts.upstream = Some(format!("http://{}", d.origin_listen));
             }
             if !d.origin_only {

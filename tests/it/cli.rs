@@ -355,14 +355,11 @@ fn nothing_is_held_while_a_taken_address_is_waited_for() {
 #[test]
 fn two_of_our_listeners_on_one_dual_stack_socket_are_an_error_at_once() {
     // `[::]` takes IPv4 too where the host is dual-stack (Linux's default).
-    let Ok(probe) = std::net::TcpListener::bind("[::]:0") else {
+    // Outside the ephemeral range (`free_port`): no test's outgoing
+    // connection takes it meanwhile.
+    let port = free_port();
+    if std::net::TcpListener::bind(("::", port)).is_err() {
         eprintln!("no IPv6 on this host: nothing to check");
-        return;
-    };
-    let port = probe.local_addr().unwrap().port();
-    drop(probe);
-    if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
-        eprintln!("port {port} taken meanwhile: nothing to check");
         return;
     }
     let dual = format!("[::]:{port}");
@@ -407,4 +404,24 @@ fn an_upstream_at_freshgates_own_address_is_refused() {
     assert_eq!(code, 1, "{msg}");
     assert!(msg.starts_with("FILE:2:"), "{msg}");
     assert!(msg.contains("every request would come back to it"), "{msg}");
+}
+
+#[test]
+fn the_demo_app_alone_may_use_the_proxys_address() {
+    // `--origin-only` runs no proxy: the image's FRESHGATE_LISTEN (the
+    // proxy's address) must not stop the demo app from taking it.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let _demo = Proc::spawn(
+        "demo app",
+        Command::new(BIN)
+            .current_dir(dir.path())
+            .args(["demo", "--origin-only", "--origin-listen", &addr])
+            .env("FRESHGATE_LISTEN", &addr),
+    );
+    let end = std::time::Instant::now() + Duration::from_secs(15);
+    while status_of(&addr, "/studio/api/scenes/111") != Some(200) {
+        assert!(std::time::Instant::now() < end, "the demo app never served");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

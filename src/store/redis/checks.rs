@@ -128,10 +128,11 @@ impl RedisTier {
             // vouches for nothing. Set and no longer looked for (no new beat
             // for 16 minutes: checks stalled, or Redis refused writes), a
             // jump would go unseen: the next check declares an outage, and
-            // until then nothing is vouched for either.
+            // nothing is vouched for until then, nor until the outage is
+            // cleared (a hit that was let through before it began).
             let beat_at = link.witness.beat_at_ms.load(Ordering::Acquire);
             let (beat, _) = log::beat_plan(beat_at, mono_ms());
-            let beat_lapsed = beat_at != 0 && !beat;
+            let beat_lapsed = (beat_at != 0 && !beat) || self.in_outage();
             if beat {
                 cmd.arg(Keys::beat(&link.log, &self.replica_id));
             }
