@@ -215,31 +215,42 @@ fn run_expecting_exit(args: Vec<String>) -> (Option<i32>, String) {
     (status.code(), err)
 }
 
+/// `run`'s arguments for these two listeners, with an app nobody serves.
+fn listen_args(listen: &str, admin: &str) -> Vec<String> {
+    let upstream = format!("http://127.0.0.1:{}", free_port());
+    [
+        "--listen",
+        listen,
+        "--admin-listen",
+        admin,
+        "--upstream",
+        &upstream,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// freshgate started on `listen` and `admin`, one of them taken, given 2 s
+/// to reach its retries; its stderr is `stderr` in the returned directory.
+fn started_waiting(listen: &str, admin: &str) -> (Proc, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let fg = start_logged(&listen_args(listen, admin), &dir.path().join("stderr"));
+    std::thread::sleep(Duration::from_secs(2));
+    (fg, dir)
+}
+
 #[test]
 fn a_listen_address_in_use_stops_freshgate_at_start() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = taken.local_addr().unwrap().to_string();
     let free = || format!("127.0.0.1:{}", free_port());
-    let args = |listen: &str, admin: &str| -> Vec<String> {
-        let upstream = format!("http://{}", free());
-        [
-            "--listen",
-            listen,
-            "--admin-listen",
-            admin,
-            "--upstream",
-            &upstream,
-        ]
-        .map(String::from)
-        .to_vec()
-    };
     // Each case waits out the retries: run them side by side.
     let proxy = std::thread::spawn({
-        let args = args(&taken, &free());
+        let args = listen_args(&taken, &free());
         move || run_expecting_exit(args)
     });
     let admin = std::thread::spawn({
-        let args = args(&free(), &taken);
+        let args = listen_args(&free(), &taken);
         move || run_expecting_exit(args)
     });
     for (role, case) in [("proxy", proxy), ("admin listener", admin)] {
@@ -254,7 +265,7 @@ fn a_listen_address_in_use_stops_freshgate_at_start() {
     // One address for both listeners is a config error, found before either
     // is bound; so is the demo app's on the proxy's.
     let both = free();
-    let (code, err) = run_expecting_exit(args(&both, &both));
+    let (code, err) = run_expecting_exit(listen_args(&both, &both));
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("is where the proxy listens"), "{err}");
     let dir = tempfile::tempdir().unwrap();
@@ -285,19 +296,7 @@ fn a_listen_address_freed_while_freshgate_waits_is_taken() {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = held.local_addr().unwrap().to_string();
     let admin = format!("127.0.0.1:{}", free_port());
-    let upstream = format!("http://127.0.0.1:{}", free_port());
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("stderr");
-    let args = [
-        "--listen",
-        &addr,
-        "--admin-listen",
-        &admin,
-        "--upstream",
-        &upstream,
-    ];
-    let _fg = start_logged(&args.map(String::from), &log);
-    std::thread::sleep(Duration::from_secs(2));
+    let (_fg, dir) = started_waiting(&addr, &admin);
     drop(held);
     // The proxy's port is served (502: there is no app).
     let end = std::time::Instant::now() + Duration::from_secs(15);
@@ -305,7 +304,7 @@ fn a_listen_address_freed_while_freshgate_waits_is_taken() {
         assert!(std::time::Instant::now() < end, "the proxy never listened");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let err = std::fs::read_to_string(&log).unwrap();
+    let err = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
     assert!(err.contains("address in use; trying again"), "{err}");
 }
 
@@ -329,26 +328,14 @@ fn nothing_is_held_while_a_taken_address_is_waited_for() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let admin = taken.local_addr().unwrap().to_string();
     let proxy = format!("127.0.0.1:{}", free_port());
-    let upstream = format!("http://127.0.0.1:{}", free_port());
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("stderr");
-    let args = [
-        "--listen",
-        &proxy,
-        "--admin-listen",
-        &admin,
-        "--upstream",
-        &upstream,
-    ];
-    let _fg = start_logged(&args.map(String::from), &log);
-    std::thread::sleep(Duration::from_secs(2));
+    let (_fg, dir) = started_waiting(&proxy, &admin);
     // A client would wait on a socket nobody answers.
     let connect = std::net::TcpStream::connect(&proxy);
     assert!(
         connect.is_err(),
         "the proxy's address was held while waiting"
     );
-    let err = std::fs::read_to_string(&log).unwrap();
+    let err = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
     assert!(err.contains("address in use; trying again"), "{err}");
 }
 
@@ -372,19 +359,7 @@ fn two_of_our_listeners_on_one_dual_stack_socket_are_an_error_at_once() {
         eprintln!("IPv6-only [::] here: the two do not meet");
         return;
     }
-    let upstream = format!("http://127.0.0.1:{}", free_port());
-    let (code, err) = run_expecting_exit(
-        [
-            "--listen",
-            &dual,
-            "--admin-listen",
-            &v4,
-            "--upstream",
-            &upstream,
-        ]
-        .map(String::from)
-        .to_vec(),
-    );
+    let (code, err) = run_expecting_exit(listen_args(&dual, &v4));
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains(&format!(
