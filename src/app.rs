@@ -155,6 +155,7 @@ pub fn run(setup: Setup) -> Result<(), ListenError> {
         watch,
         demo,
     } = setup;
+    crate::reload::hold_hangups();
     let mut listeners = Vec::new();
     if let Some(d) = &demo {
         listeners.push(("demo app", d.listen));

@@ -27,7 +27,8 @@
 //! (which swap a `..data` symlink), are seen as well as writes in place.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -294,6 +295,22 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     v
 }
 
+/// Set by every `SIGHUP` once [`hold_hangups`] has run; [`watch`] reads it
+/// once, for those that came before it listened.
+static HANGUP_BEFORE_WATCH: LazyLock<Arc<AtomicBool>> = LazyLock::new(Default::default);
+
+/// From here on a `SIGHUP` no longer ends the process (its default action).
+/// freshgate can spend seconds waiting for a listen address, and pingora
+/// starting, before [`watch`] takes the signal over: a reload asked for
+/// meanwhile (a ConfigMap reloader sends one) is done when it does. With no
+/// config file to reload, `SIGHUP` does nothing.
+pub fn hold_hangups() {
+    let flag = HANGUP_BEFORE_WATCH.clone();
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, flag) {
+        warn!(error = %e, "cannot catch SIGHUP during start-up: one now stops freshgate");
+    }
+}
+
 /// Reload on changes in the config file's directory and on `SIGHUP`, until
 /// `shutdown` turns true.
 pub async fn watch(
@@ -306,6 +323,13 @@ pub async fn watch(
         return;
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    // The file was read before freshgate listened, and the watcher sees only
+    // what changes from now on: an edit made in between is looked for as if
+    // the watcher had reported it (once the file has been quiet for a
+    // moment; an unchanged file changes nothing).
+    if watch_files {
+        let _ = tx.send(());
+    }
     // Kept alive for as long as we watch; dropping it stops the OS watch.
     let _watcher = if watch_files {
         match start_watcher(&path, tx) {
@@ -319,6 +343,10 @@ pub async fn watch(
         None
     };
     let mut hup = signal(SignalKind::hangup()).ok();
+    if HANGUP_BEFORE_WATCH.swap(false, Ordering::Relaxed) {
+        let live = live.clone();
+        let _ = tokio::task::spawn_blocking(move || live.reload("SIGHUP")).await;
+    }
     loop {
         let trigger = tokio::select! {
             Some(()) = rx.recv() => {

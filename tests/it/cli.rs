@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::util::{free_port, Proc, BIN};
+use crate::util::{free_port, Proc, BIN, TEST_CONFIG};
 
 fn check(text: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -306,6 +306,75 @@ fn a_listen_address_freed_while_freshgate_waits_is_taken() {
     }
     let err = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
     assert!(err.contains("address in use; trying again"), "{err}");
+}
+
+/// freshgate waits for its proxy's address (the freshgate before it still
+/// draining) while its config file is edited, with a `SIGHUP` after the edit
+/// (as a ConfigMap reloader sends) or without. It must come up, on the edit.
+fn edit_while_freshgate_waits(hangup: bool) {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("freshgate.yaml");
+    std::fs::write(&config, TEST_CONFIG).unwrap();
+    let mut args = listen_args(&addr, &admin);
+    args.extend(["-c".to_string(), config.display().to_string()]);
+    let stderr = dir.path().join("stderr");
+    let fg = start_logged(&args, &stderr);
+    std::thread::sleep(Duration::from_secs(2));
+    let route = "routes:\n  - name: stories\n    match: /studio/api/stories/:id\n";
+    std::fs::write(&config, TEST_CONFIG.replacen("routes:\n", route, 1)).unwrap();
+    if hangup {
+        fg.signal("HUP");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    drop(held);
+    let end = std::time::Instant::now() + Duration::from_secs(15);
+    let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
+    // Version 2: the edited file, read once freshgate has started.
+    while config_version(&admin) != Some(2) {
+        assert!(
+            std::time::Instant::now() < end,
+            "version {:?}, proxy {:?}: {}",
+            config_version(&admin),
+            status_of(&addr, "/"),
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(status_of(&addr, "/"), Some(502), "{}", log());
+}
+
+#[test]
+fn a_sighup_while_freshgate_waits_for_its_address_reloads_once_it_has_started() {
+    // SIGHUP's default action ended the process: the reload handler was
+    // installed only once pingora ran.
+    edit_while_freshgate_waits(true);
+}
+
+#[test]
+fn an_edit_while_freshgate_starts_is_read_once_it_has_started() {
+    // The file was read before the wait and the watcher starts after it:
+    // the edit was seen by neither.
+    edit_while_freshgate_waits(false);
+}
+
+/// The running config's version from `GET /api/config` on `admin`.
+fn config_version(admin: &str) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /api/config HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (_, body) = text.split_once("\r\n\r\n")?;
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    v["version"].as_u64()
 }
 
 /// The status code of a plain `GET path` to `addr`, if it answered.
