@@ -22,13 +22,14 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::admin::Admin;
-use crate::config::{same_socket, Config, Overrides};
+use crate::config::{Config, Overrides};
 use crate::demo::DemoApp;
 use crate::fill_lock::FillLock;
 use crate::flags::{Flag, Flags};
+use crate::listen::ListenError;
 use crate::monitor::Monitor;
 use crate::prefetch::Prefetcher;
 use crate::proxy::Proxy;
@@ -54,99 +55,6 @@ pub struct Setup {
     pub demo: Option<Demo>,
 }
 
-/// A listen address that cannot be bound: taken by another process, not
-/// on this host, or a port this user may not open.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr} (the {role}): {source}")]
-pub struct ListenError {
-    pub role: &'static str,
-    pub addr: SocketAddr,
-    #[source]
-    pub source: std::io::Error,
-}
-
-/// How long a taken listen address is tried again before start-up fails,
-/// at the least. A freshgate just stopped on this host keeps its listeners
-/// for its `shutdown.grace_period`: with the same config, the wait is that
-/// plus a few seconds when it is longer.
-const LISTEN_RETRY_FOR: Duration = Duration::from_secs(10);
-
-/// Binds every listen address and holds them all (so that two of ours on
-/// one socket are found too), then lets them go for pingora to bind for
-/// real. While an address is taken, nothing is held (a client would
-/// connect to a socket nobody answers) and all are tried again each second
-/// until `retry_for` has passed. An address taken only by another of ours
-/// (`[::]` takes IPv4 too on a dual-stack host) is an error at once.
-///
-/// pingora retries a taken address for 30 s and then panics inside its
-/// service thread: the process went on running, its admin port answering
-/// `/readyz` with 200, while nothing served the proxy port. Found here, it
-/// is an error at start-up instead. Should the address be taken in the
-/// moment between this check and pingora's bind, that 30 s comes back,
-/// and [`exit_if_a_listener_fails`] ends the process after it. std sets
-/// `SO_REUSEADDR` as pingora does, so an address held only by closing
-/// connections passes here as it would there.
-fn check_listeners(
-    listeners: &[(&'static str, SocketAddr)],
-    retry_for: Duration,
-) -> Result<(), ListenError> {
-    let end = std::time::Instant::now() + retry_for;
-    let bind = std::net::TcpListener::bind;
-    'again: loop {
-        let mut held = Vec::with_capacity(listeners.len());
-        for &(role, addr) in listeners {
-            let source = match bind(addr) {
-                Ok(l) => {
-                    held.push(l);
-                    continue;
-                }
-                Err(e) => e,
-            };
-            if source.kind() != std::io::ErrorKind::AddrInUse {
-                return Err(ListenError { role, addr, source });
-            }
-            // One of ours on its port, and it binds alone: the clash is ours
-            // (another process letting it go just now is not ruled out,
-            // but then it held the port of one of our own listeners too).
-            let ours = held
-                .iter()
-                .any(|l| l.local_addr().is_ok_and(|a| a.port() == addr.port()));
-            drop(held);
-            if ours && bind(addr).is_ok() {
-                let source = std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    "it overlaps another of freshgate's listen addresses",
-                );
-                return Err(ListenError { role, addr, source });
-            }
-            if std::time::Instant::now() >= end {
-                return Err(ListenError { role, addr, source });
-            }
-            warn!(%addr, role, "address in use; trying again");
-            std::thread::sleep(Duration::from_secs(1));
-            continue 'again;
-        }
-        return Ok(());
-    }
-}
-
-/// pingora panics in a service's own thread when it cannot bind its
-/// listener, and the process runs on without it: exit instead.
-fn exit_if_a_listener_fails() {
-    let report = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        report(info);
-        let payload = info.payload();
-        let message = payload
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| payload.downcast_ref::<&str>().copied());
-        if message.is_some_and(|m| m.starts_with("Failed to build listeners")) {
-            std::process::exit(1);
-        }
-    }));
-}
-
 pub fn run(setup: Setup) -> Result<(), ListenError> {
     let Setup {
         config,
@@ -155,30 +63,19 @@ pub fn run(setup: Setup) -> Result<(), ListenError> {
         watch,
         demo,
     } = setup;
-    crate::reload::hold_hangups();
+    let origin_only = demo.as_ref().is_some_and(|d| d.origin_only);
+    if config.source.is_some() && !origin_only {
+        crate::reload::hold_hangups();
+    }
     let mut listeners = Vec::new();
     if let Some(d) = &demo {
         listeners.push(("demo app", d.listen));
     }
-    if !demo.as_ref().is_some_and(|d| d.origin_only) {
+    if !origin_only {
         listeners.push(("proxy", config.listen));
         listeners.push(("admin listener", config.admin_listen));
     }
-    // Two of ours on one socket would wait for each other in vain.
-    for (i, &(role, addr)) in listeners.iter().enumerate() {
-        if let Some(&(other, _)) = listeners[..i].iter().find(|(_, a)| same_socket(*a, addr)) {
-            let source = std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!("it is the {other}'s address"),
-            );
-            return Err(ListenError { role, addr, source });
-        }
-    }
-    check_listeners(
-        &listeners,
-        LISTEN_RETRY_FOR.max(config.grace_period + Duration::from_secs(5)),
-    )?;
-    exit_if_a_listener_fails();
+    crate::listen::claim(&listeners, config.grace_period)?;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let grace = config.grace_period;
     let conf = ServerConf {

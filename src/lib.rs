@@ -44,6 +44,7 @@
 //! - [`time`]: wall-clock formats (RFC 3339, Unix seconds and milliseconds).
 //! - [`outcome`]: what happened to one request (`X-Cache`, metric label, monitor kind).
 //! - [`app`]: wiring of the pingora server and its services.
+//! - [`listen`]: the listen addresses, bound before pingora does (start-up errors).
 //! - [`cli`]: the command line.
 
 #![forbid(unsafe_code)]
@@ -67,6 +68,7 @@ pub mod hit;
 pub mod host;
 pub mod ids;
 pub mod invalidation;
+pub mod listen;
 pub mod methods;
 pub mod metrics;
 pub mod monitor;

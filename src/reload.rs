@@ -2,7 +2,8 @@
 //! replaces them.
 //!
 //! [`LiveConfig`] is what the proxy and the admin listener share. A reload (file
-//! change, `SIGHUP`, or `POST /api/reload`) reads the whole file, parses and
+//! change, `SIGHUP`, `POST /api/reload`, or at start an edit made while
+//! freshgate started) reads the whole file, parses and
 //! validates all of it, and only then swaps the snapshot in with `arc-swap`:
 //! a request keeps the snapshot it started with, and no request ever sees half
 //! a config. A file that does not validate changes nothing; its problems are
@@ -302,14 +303,20 @@ static HANGUP_BEFORE_WATCH: LazyLock<Arc<AtomicBool>> = LazyLock::new(Default::d
 /// From here on a `SIGHUP` no longer ends the process (its default action).
 /// freshgate can spend seconds waiting for a listen address, and pingora
 /// starting, before [`watch`] takes the signal over: a reload asked for
-/// meanwhile (a ConfigMap reloader sends one) is done when it does. With no
-/// config file to reload, `SIGHUP` does nothing.
+/// meanwhile (a ConfigMap reloader sends one) is done when it does. Only
+/// for a process that will watch a config file: anything else keeps the
+/// default, so that closing its terminal still stops it.
 pub fn hold_hangups() {
     let flag = HANGUP_BEFORE_WATCH.clone();
     if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, flag) {
         warn!(error = %e, "cannot catch SIGHUP during start-up: one now stops freshgate");
     }
 }
+
+/// How long the config file must have gone unwritten before the start-up
+/// check reads it: an editor mid-write when the watcher started is
+/// reported by the watcher when it closes the file.
+const START_UP_QUIET: Duration = Duration::from_secs(1);
 
 /// Reload on changes in the config file's directory and on `SIGHUP`, until
 /// `shutdown` turns true.
@@ -323,15 +330,8 @@ pub async fn watch(
         return;
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    // The file was read before freshgate listened, and the watcher sees only
-    // what changes from now on: an edit made in between is looked for as if
-    // the watcher had reported it (once the file has been quiet for a
-    // moment; an unchanged file changes nothing).
-    if watch_files {
-        let _ = tx.send(());
-    }
     // Kept alive for as long as we watch; dropping it stops the OS watch.
-    let _watcher = if watch_files {
+    let watcher = if watch_files {
         match start_watcher(&path, tx) {
             Ok(w) => Some(w),
             Err(e) => {
@@ -343,30 +343,57 @@ pub async fn watch(
         None
     };
     let mut hup = signal(SignalKind::hangup()).ok();
-    if HANGUP_BEFORE_WATCH.swap(false, Ordering::Relaxed) {
-        let live = live.clone();
-        let _ = tokio::task::spawn_blocking(move || live.reload("SIGHUP")).await;
-    }
+    // What came before this watch, which read the file at start: a SIGHUP
+    // held by `hold_hangups`, or (watching) an edit made meanwhile, which no
+    // watcher reported. An unchanged file changes nothing.
+    let mut first = if HANGUP_BEFORE_WATCH.swap(false, Ordering::Relaxed) {
+        Some("SIGHUP")
+    } else if watcher.is_some() && unwritten_for(&path, START_UP_QUIET).await {
+        Some("start-up check")
+    } else {
+        None
+    };
     loop {
-        let trigger = tokio::select! {
-            Some(()) = rx.recv() => {
-                // Let the edit finish: swallow events until the directory is quiet.
-                let until = tokio::time::Instant::now() + SETTLE_AT_MOST;
-                while tokio::time::Instant::now() < until {
-                    match tokio::time::timeout(SETTLE, rx.recv()).await {
-                        Ok(Some(())) => continue,
-                        _ => break,
+        let trigger = match first.take() {
+            Some(t) => t,
+            None => tokio::select! {
+                Some(()) = rx.recv() => {
+                    // Let the edit finish: swallow events until the directory is quiet.
+                    let until = tokio::time::Instant::now() + SETTLE_AT_MOST;
+                    while tokio::time::Instant::now() < until {
+                        match tokio::time::timeout(SETTLE, rx.recv()).await {
+                            Ok(Some(())) => continue,
+                            _ => break,
+                        }
                     }
+                    "file change"
                 }
-                "file change"
-            }
-            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => "SIGHUP",
-            _ = shutdown.changed() => return,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => "SIGHUP",
+                _ = shutdown.changed() => return,
+            },
         };
         let live = live.clone();
         // File IO and YAML parsing are blocking work.
         let _ = tokio::task::spawn_blocking(move || live.reload(trigger)).await;
     }
+}
+
+/// Waits (five times `quiet` at most) until `path` has not been written for
+/// `quiet`. False if it is still being written, or cannot be read: the
+/// watcher reports it when the writer is done.
+async fn unwritten_for(path: &Path, quiet: Duration) -> bool {
+    for _ in 0..5 {
+        let Ok(written) = std::fs::metadata(path).and_then(|m| m.modified()) else {
+            return false;
+        };
+        // A time in the future (the clock set back): nothing to wait for.
+        let age = written.elapsed().unwrap_or(quiet);
+        if age >= quiet {
+            return true;
+        }
+        tokio::time::sleep(quiet - age).await;
+    }
+    false
 }
 
 fn start_watcher(
@@ -404,4 +431,25 @@ fn start_watcher(
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_start_up_check_waits_until_the_file_has_gone_unwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("freshgate.yaml");
+        let quiet = Duration::from_millis(300);
+        assert!(
+            !unwritten_for(&path, quiet).await,
+            "no file: nothing to read"
+        );
+        std::fs::write(&path, "listen: 127.0.0.1:8080\n").unwrap();
+        let asked = std::time::Instant::now();
+        assert!(unwritten_for(&path, quiet).await);
+        // Written just now: it waited for the quiet, not read at once.
+        assert!(asked.elapsed() >= quiet - Duration::from_millis(50));
+    }
 }

@@ -310,8 +310,10 @@ fn a_listen_address_freed_while_freshgate_waits_is_taken() {
 
 /// freshgate waits for its proxy's address (the freshgate before it still
 /// draining) while its config file is edited, with a `SIGHUP` after the edit
-/// (as a ConfigMap reloader sends) or without. It must come up, on the edit.
-fn edit_while_freshgate_waits(hangup: bool) {
+/// (as a ConfigMap reloader sends) or without, watching the file or not.
+/// Returns the config version it runs once it serves, with the file left
+/// unwritten for 2 s (the start-up check reads a file quiet for 1 s).
+fn edit_while_freshgate_waits(hangup: bool, watch: bool) -> u64 {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = held.local_addr().unwrap().to_string();
     let admin = format!("127.0.0.1:{}", free_port());
@@ -320,44 +322,52 @@ fn edit_while_freshgate_waits(hangup: bool) {
     std::fs::write(&config, TEST_CONFIG).unwrap();
     let mut args = listen_args(&addr, &admin);
     args.extend(["-c".to_string(), config.display().to_string()]);
+    if !watch {
+        args.extend(["--watch".to_string(), "false".to_string()]);
+    }
     let stderr = dir.path().join("stderr");
+    let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
     let fg = start_logged(&args, &stderr);
-    std::thread::sleep(Duration::from_secs(2));
+    // Its retries begin once it has read the file and holds SIGHUP.
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !log().contains("address in use; trying again") {
+        assert!(std::time::Instant::now() < end, "no retry: {}", log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let route = "routes:\n  - name: stories\n    match: /studio/api/stories/:id\n";
     std::fs::write(&config, TEST_CONFIG.replacen("routes:\n", route, 1)).unwrap();
     if hangup {
         fg.signal("HUP");
     }
-    std::thread::sleep(Duration::from_millis(300));
     drop(held);
     let end = std::time::Instant::now() + Duration::from_secs(15);
-    let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
-    // Version 2: the edited file, read once freshgate has started.
-    while config_version(&admin) != Some(2) {
-        assert!(
-            std::time::Instant::now() < end,
-            "version {:?}, proxy {:?}: {}",
-            config_version(&admin),
-            status_of(&addr, "/"),
-            log()
-        );
+    while status_of(&addr, "/") != Some(502) {
+        assert!(std::time::Instant::now() < end, "never served: {}", log());
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(status_of(&addr, "/"), Some(502), "{}", log());
+    std::thread::sleep(Duration::from_secs(2));
+    config_version(&admin).unwrap_or_else(|| panic!("no config version: {}", log()))
 }
 
 #[test]
 fn a_sighup_while_freshgate_waits_for_its_address_reloads_once_it_has_started() {
     // SIGHUP's default action ended the process: the reload handler was
-    // installed only once pingora ran.
-    edit_while_freshgate_waits(true);
+    // installed only once pingora ran. Not watching the file: the reload is
+    // the signal's.
+    assert_eq!(edit_while_freshgate_waits(true, false), 2);
 }
 
 #[test]
 fn an_edit_while_freshgate_starts_is_read_once_it_has_started() {
     // The file was read before the wait and the watcher starts after it:
     // the edit was seen by neither.
-    edit_while_freshgate_waits(false);
+    assert_eq!(edit_while_freshgate_waits(false, true), 2);
+}
+
+#[test]
+fn not_watching_the_file_an_edit_while_freshgate_starts_waits_for_a_reload() {
+    // `--watch false`: edits take effect on SIGHUP or `POST /api/reload`.
+    assert_eq!(edit_while_freshgate_waits(false, false), 1);
 }
 
 /// The running config's version from `GET /api/config` on `admin`.
