@@ -29,11 +29,11 @@ use crate::config::{Config, Overrides};
 use crate::demo::DemoApp;
 use crate::fill_lock::FillLock;
 use crate::flags::{Flag, Flags};
-use crate::listen::ListenError;
+pub use crate::listen::ListenError;
 use crate::monitor::Monitor;
 use crate::prefetch::Prefetcher;
 use crate::proxy::Proxy;
-use crate::reload::LiveConfig;
+use crate::reload::{LiveConfig, Triggers};
 use crate::store::redis::{Consistency, Limits, RedisTier};
 use crate::store::Store;
 
@@ -50,8 +50,9 @@ pub struct Setup {
     pub flags: Flags,
     /// Command-line values, re-applied on every reload.
     pub overrides: Overrides,
-    /// Reload when the config file changes.
-    pub watch: bool,
+    /// What reloads the config file: set up by `main` before it read the
+    /// file; none without a file (and for the demo app alone).
+    pub reload: Option<Triggers>,
     pub demo: Option<Demo>,
 }
 
@@ -60,13 +61,10 @@ pub fn run(setup: Setup) -> Result<(), ListenError> {
         config,
         flags,
         overrides,
-        watch,
+        reload,
         demo,
     } = setup;
     let origin_only = demo.as_ref().is_some_and(|d| d.origin_only);
-    if config.source.is_some() && !origin_only {
-        crate::reload::hold_hangups();
-    }
     let mut listeners = Vec::new();
     if let Some(d) = &demo {
         listeners.push(("demo app", d.listen));
@@ -159,13 +157,15 @@ pub fn run(setup: Setup) -> Result<(), ListenError> {
             store,
         },
     ));
-    server.add_service(background_service(
-        "config watcher",
-        ConfigWatcher {
-            live: live.clone(),
-            watch,
-        },
-    ));
+    if let Some(triggers) = reload {
+        server.add_service(background_service(
+            "config watcher",
+            ConfigWatcher {
+                live: live.clone(),
+                triggers: parking_lot::Mutex::new(Some(triggers)),
+            },
+        ));
+    }
     if has_redis {
         server.add_service(background_service(
             "flag sync",
@@ -223,13 +223,17 @@ pub fn run(setup: Setup) -> Result<(), ListenError> {
 
 struct ConfigWatcher {
     live: Arc<LiveConfig>,
-    watch: bool,
+    /// Taken by the one `start` pingora makes.
+    triggers: parking_lot::Mutex<Option<Triggers>>,
 }
 
 #[async_trait]
 impl BackgroundService for ConfigWatcher {
     async fn start(&self, shutdown: ShutdownWatch) {
-        crate::reload::watch(self.live.clone(), self.watch, shutdown).await;
+        let Some(triggers) = self.triggers.lock().take() else {
+            return;
+        };
+        crate::reload::watch(self.live.clone(), triggers, shutdown).await;
     }
 }
 

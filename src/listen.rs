@@ -5,7 +5,8 @@
 //! service thread, and the process runs on without that listener, its admin
 //! port answering `/readyz` with 200. Found here, a taken address is waited
 //! for a while (a freshgate just stopped still drains) and is then an error
-//! that ends the start, with the address and what holds it.
+//! that ends the start, naming the address, our listener's role and the
+//! OS's reason (docs/operations.md, Troubleshooting).
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -8,6 +8,7 @@ use freshgate::cli::{Cli, Command, RunOpts};
 use freshgate::config::{Config, Overrides};
 use freshgate::explain;
 use freshgate::flags::Flags;
+use freshgate::reload;
 
 /// Exit code for a config that cannot be used (BSD `EX_USAGE` is for flags;
 /// `check` uses 1 as documented).
@@ -143,6 +144,13 @@ fn run(opts: &RunOpts, demo: Option<Demo>) -> ExitCode {
         admin_token: std::env::var("FRESHGATE_ADMIN_TOKEN").ok(),
         admin_read_token: std::env::var("FRESHGATE_ADMIN_READ_TOKEN").ok(),
     };
+    // Before the file is read: an edit or a SIGHUP from then on reloads it,
+    // however long the start takes. The demo app alone runs no proxy.
+    let origin_only = demo.as_ref().is_some_and(|d| d.origin_only);
+    let reload = match &opts.config {
+        Some(path) if !origin_only => Some(reload::Triggers::start(path, opts.watch)),
+        _ => None,
+    };
     let config = match Config::load(opts.config.as_deref(), &overrides) {
         Ok(c) => c,
         Err(e) => {
@@ -163,7 +171,7 @@ fn run(opts: &RunOpts, demo: Option<Demo>) -> ExitCode {
         config,
         flags,
         overrides,
-        watch: opts.watch,
+        reload,
         demo,
     };
     match app::run(setup) {

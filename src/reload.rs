@@ -2,8 +2,7 @@
 //! replaces them.
 //!
 //! [`LiveConfig`] is what the proxy and the admin listener share. A reload (file
-//! change, `SIGHUP`, `POST /api/reload`, or at start an edit made while
-//! freshgate started) reads the whole file, parses and
+//! change, `SIGHUP`, or `POST /api/reload`) reads the whole file, parses and
 //! validates all of it, and only then swaps the snapshot in with `arc-swap`:
 //! a request keeps the snapshot it started with, and no request ever sees half
 //! a config. A file that does not validate changes nothing; its problems are
@@ -23,9 +22,11 @@
 //! snapshot keeps the running `cache.max_ttl` (`Config::beside`), so that
 //! the fleet sees the value this replica's store runs with.
 //!
-//! The watcher watches the file's *directory*, so editors that write a temp
-//! file and rename it over the original, and Kubernetes ConfigMap volumes
-//! (which swap a `..data` symlink), are seen as well as writes in place.
+//! The file is watched, and `SIGHUP` held, from before its first read
+//! ([`Triggers`]): an edit while freshgate starts is not missed. The watcher
+//! watches the file's *directory*, so editors that write a temp file and
+//! rename it over the original, and Kubernetes ConfigMap volumes (which swap
+//! a `..data` symlink), are seen as well as writes in place.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -296,68 +297,78 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     v
 }
 
-/// Set by every `SIGHUP` once [`hold_hangups`] has run; [`watch`] reads it
-/// once, for those that came before it listened.
+/// Set by every `SIGHUP` once [`Triggers::start`] has run; [`watch`] reads
+/// it once, for those that came before it listened.
 static HANGUP_BEFORE_WATCH: LazyLock<Arc<AtomicBool>> = LazyLock::new(Default::default);
 
-/// From here on a `SIGHUP` no longer ends the process (its default action).
-/// freshgate can spend seconds waiting for a listen address, and pingora
-/// starting, before [`watch`] takes the signal over: a reload asked for
-/// meanwhile (a ConfigMap reloader sends one) is done when it does. Only
-/// for a process that will watch a config file: anything else keeps the
-/// default, so that closing its terminal still stops it.
-pub fn hold_hangups() {
-    let flag = HANGUP_BEFORE_WATCH.clone();
-    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, flag) {
-        warn!(error = %e, "cannot catch SIGHUP during start-up: one now stops freshgate");
-    }
+/// What [`watch`] reloads on, set up before the config file is first read,
+/// so that nothing done to it after that read goes unseen while freshgate
+/// starts (it can wait seconds for a listen address an old replica holds):
+/// the watch of the file's directory, its events queued until `watch`
+/// runs; and `SIGHUP`, whose default action would end the process, held
+/// until `watch` takes it over (a ConfigMap reloader sends one).
+pub struct Triggers {
+    files: Option<(
+        notify::RecommendedWatcher,
+        tokio::sync::mpsc::UnboundedReceiver<()>,
+    )>,
 }
 
-/// How long the config file must have gone unwritten before the start-up
-/// check reads it: an editor mid-write when the watcher started is
-/// reported by the watcher when it closes the file.
-const START_UP_QUIET: Duration = Duration::from_secs(1);
+impl Triggers {
+    /// For a process that will run the proxy on the config file at `path`
+    /// (anything else keeps `SIGHUP`'s default, so that closing its
+    /// terminal stops it); the file is watched when `watch_files`.
+    pub fn start(path: &Path, watch_files: bool) -> Triggers {
+        let flag = HANGUP_BEFORE_WATCH.clone();
+        if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, flag) {
+            warn!(error = %e, "cannot catch SIGHUP during start-up: one now stops freshgate");
+        }
+        let files = if watch_files {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+            match start_watcher(path, tx) {
+                Ok(w) => Some((w, rx)),
+                Err(e) => {
+                    warn!(file = %path.display(), error = %e, "cannot watch the config file; reload with SIGHUP");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Triggers { files }
+    }
+}
 
 /// Reload on changes in the config file's directory and on `SIGHUP`, until
 /// `shutdown` turns true.
 pub async fn watch(
     live: Arc<LiveConfig>,
-    watch_files: bool,
+    triggers: Triggers,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
-    let Some(path) = live.source() else {
-        return;
-    };
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     // Kept alive for as long as we watch; dropping it stops the OS watch.
-    let watcher = if watch_files {
-        match start_watcher(&path, tx) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                warn!(file = %path.display(), error = %e, "cannot watch the config file; reload with SIGHUP");
-                None
-            }
+    let (_watcher, mut rx) = match triggers.files {
+        Some((w, rx)) => (Some(w), Some(rx)),
+        None => (None, None),
+    };
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            // Held by `Triggers::start`, SIGHUP would be dropped unsaid.
+            warn!(error = %e, "cannot listen for SIGHUP: reload by file or POST /api/reload");
+            None
         }
-    } else {
-        None
     };
-    let mut hup = signal(SignalKind::hangup()).ok();
-    // What came before this watch, which read the file at start: a SIGHUP
-    // held by `hold_hangups`, or (watching) an edit made meanwhile, which no
-    // watcher reported. An unchanged file changes nothing.
-    let mut first = if HANGUP_BEFORE_WATCH.swap(false, Ordering::Relaxed) {
-        Some("SIGHUP")
-    } else if watcher.is_some() && unwritten_for(&path, START_UP_QUIET).await {
-        Some("start-up check")
-    } else {
-        None
-    };
+    let mut first = HANGUP_BEFORE_WATCH
+        .swap(false, Ordering::Relaxed)
+        .then_some("SIGHUP");
     loop {
         let trigger = match first.take() {
             Some(t) => t,
             None => tokio::select! {
-                Some(()) = rx.recv() => {
+                Some(()) = async { match rx.as_mut() { Some(r) => r.recv().await, None => None } } => {
+                    let rx = rx.as_mut().expect("an event came from it");
                     // Let the edit finish: swallow events until the directory is quiet.
                     let until = tokio::time::Instant::now() + SETTLE_AT_MOST;
                     while tokio::time::Instant::now() < until {
@@ -376,24 +387,6 @@ pub async fn watch(
         // File IO and YAML parsing are blocking work.
         let _ = tokio::task::spawn_blocking(move || live.reload(trigger)).await;
     }
-}
-
-/// Waits (five times `quiet` at most) until `path` has not been written for
-/// `quiet`. False if it is still being written, or cannot be read: the
-/// watcher reports it when the writer is done.
-async fn unwritten_for(path: &Path, quiet: Duration) -> bool {
-    for _ in 0..5 {
-        let Ok(written) = std::fs::metadata(path).and_then(|m| m.modified()) else {
-            return false;
-        };
-        // A time in the future (the clock set back): nothing to wait for.
-        let age = written.elapsed().unwrap_or(quiet);
-        if age >= quiet {
-            return true;
-        }
-        tokio::time::sleep(quiet - age).await;
-    }
-    false
 }
 
 fn start_watcher(
@@ -431,25 +424,4 @@ fn start_watcher(
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn the_start_up_check_waits_until_the_file_has_gone_unwritten() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("freshgate.yaml");
-        let quiet = Duration::from_millis(300);
-        assert!(
-            !unwritten_for(&path, quiet).await,
-            "no file: nothing to read"
-        );
-        std::fs::write(&path, "listen: 127.0.0.1:8080\n").unwrap();
-        let asked = std::time::Instant::now();
-        assert!(unwritten_for(&path, quiet).await);
-        // Written just now: it waited for the quiet, not read at once.
-        assert!(asked.elapsed() >= quiet - Duration::from_millis(50));
-    }
 }

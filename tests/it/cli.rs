@@ -230,13 +230,39 @@ fn listen_args(listen: &str, admin: &str) -> Vec<String> {
     .to_vec()
 }
 
-/// freshgate started on `listen` and `admin`, one of them taken, given 2 s
-/// to reach its retries; its stderr is `stderr` in the returned directory.
-fn started_waiting(listen: &str, admin: &str) -> (Proc, tempfile::TempDir) {
+/// `freshgate ARGS` started with one of its addresses taken, once it is
+/// retrying it (it has read its config by then); its stderr is `stderr` in
+/// the returned directory.
+fn started_waiting(args: &[String]) -> (Proc, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let fg = start_logged(&listen_args(listen, admin), &dir.path().join("stderr"));
-    std::thread::sleep(Duration::from_secs(2));
-    (fg, dir)
+    let stderr = dir.path().join("stderr");
+    let child = Command::new(BIN)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let fg = Proc {
+        child,
+        name: "freshgate".into(),
+    };
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+        if log.contains("address in use; trying again") {
+            return (fg, dir);
+        }
+        assert!(std::time::Instant::now() < end, "no retry: {log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `run`'s arguments (see [`listen_args`]), as `started_waiting` takes them.
+fn run_args(listen: &str, admin: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["run".to_string()];
+    args.extend(listen_args(listen, admin));
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
 }
 
 #[test]
@@ -296,7 +322,8 @@ fn a_listen_address_freed_while_freshgate_waits_is_taken() {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = held.local_addr().unwrap().to_string();
     let admin = format!("127.0.0.1:{}", free_port());
-    let (_fg, dir) = started_waiting(&addr, &admin);
+    let args = run_args(&addr, &admin, &[]);
+    let (_fg, dir) = started_waiting(&args);
     drop(held);
     // The proxy's port is served (502: there is no app).
     let end = std::time::Instant::now() + Duration::from_secs(15);
@@ -311,8 +338,8 @@ fn a_listen_address_freed_while_freshgate_waits_is_taken() {
 /// freshgate waits for its proxy's address (the freshgate before it still
 /// draining) while its config file is edited, with a `SIGHUP` after the edit
 /// (as a ConfigMap reloader sends) or without, watching the file or not.
-/// Returns the config version it runs once it serves, with the file left
-/// unwritten for 2 s (the start-up check reads a file quiet for 1 s).
+/// Returns the config version it runs once it serves: 2 once it has read
+/// the edit (given 3 s), else 1.
 fn edit_while_freshgate_waits(hangup: bool, watch: bool) -> u64 {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = held.local_addr().unwrap().to_string();
@@ -320,20 +347,11 @@ fn edit_while_freshgate_waits(hangup: bool, watch: bool) -> u64 {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("freshgate.yaml");
     std::fs::write(&config, TEST_CONFIG).unwrap();
-    let mut args = listen_args(&addr, &admin);
-    args.extend(["-c".to_string(), config.display().to_string()]);
-    if !watch {
-        args.extend(["--watch".to_string(), "false".to_string()]);
-    }
-    let stderr = dir.path().join("stderr");
-    let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
-    let fg = start_logged(&args, &stderr);
-    // Its retries begin once it has read the file and holds SIGHUP.
-    let end = std::time::Instant::now() + Duration::from_secs(10);
-    while !log().contains("address in use; trying again") {
-        assert!(std::time::Instant::now() < end, "no retry: {}", log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let path = config.display().to_string();
+    let watch = if watch { "true" } else { "false" };
+    let args = run_args(&addr, &admin, &["-c", &path, "--watch", watch]);
+    let (fg, logs) = started_waiting(&args);
+    let log = || std::fs::read_to_string(logs.path().join("stderr")).unwrap_or_default();
     let route = "routes:\n  - name: stories\n    match: /studio/api/stories/:id\n";
     std::fs::write(&config, TEST_CONFIG.replacen("routes:\n", route, 1)).unwrap();
     if hangup {
@@ -345,8 +363,14 @@ fn edit_while_freshgate_waits(hangup: bool, watch: bool) -> u64 {
         assert!(std::time::Instant::now() < end, "never served: {}", log());
         std::thread::sleep(Duration::from_millis(200));
     }
-    std::thread::sleep(Duration::from_secs(2));
-    config_version(&admin).unwrap_or_else(|| panic!("no config version: {}", log()))
+    let end = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let version = config_version(&admin);
+        if version == Some(2) || std::time::Instant::now() >= end {
+            return version.unwrap_or_else(|| panic!("no config version: {}", log()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -359,7 +383,7 @@ fn a_sighup_while_freshgate_waits_for_its_address_reloads_once_it_has_started() 
 
 #[test]
 fn an_edit_while_freshgate_starts_is_read_once_it_has_started() {
-    // The file was read before the wait and the watcher starts after it:
+    // The file was read before the wait and the watcher started after it:
     // the edit was seen by neither.
     assert_eq!(edit_while_freshgate_waits(false, true), 2);
 }
@@ -368,6 +392,39 @@ fn an_edit_while_freshgate_starts_is_read_once_it_has_started() {
 fn not_watching_the_file_an_edit_while_freshgate_starts_waits_for_a_reload() {
     // `--watch false`: edits take effect on SIGHUP or `POST /api/reload`.
     assert_eq!(edit_while_freshgate_waits(false, false), 1);
+}
+
+#[test]
+fn with_no_config_file_to_reload_a_sighup_stops_freshgate() {
+    // Its default action: closing the terminal of a `freshgate run` without
+    // a file, or of the demo app alone, still stops it.
+    use std::os::unix::process::ExitStatusExt;
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().to_string();
+    let free = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("freshgate.yaml");
+    std::fs::write(&config, TEST_CONFIG).unwrap();
+    let config = config.display().to_string();
+    let run = run_args(&taken, &free, &[]);
+    let demo_alone = [
+        "demo",
+        "--origin-only",
+        "--origin-listen",
+        &taken,
+        "-c",
+        &config,
+    ]
+    .map(String::from)
+    .to_vec();
+    for args in [run, demo_alone] {
+        let (mut fg, logs) = started_waiting(&args);
+        fg.signal("HUP");
+        let status = fg.wait_exit(Duration::from_secs(10));
+        let log = std::fs::read_to_string(logs.path().join("stderr")).unwrap_or_default();
+        let status = status.unwrap_or_else(|| panic!("{args:?} still running: {log}"));
+        assert_eq!(status.signal(), Some(1), "{args:?}: {log}");
+    }
 }
 
 /// The running config's version from `GET /api/config` on `admin`.
@@ -407,7 +464,8 @@ fn nothing_is_held_while_a_taken_address_is_waited_for() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let admin = taken.local_addr().unwrap().to_string();
     let proxy = format!("127.0.0.1:{}", free_port());
-    let (_fg, dir) = started_waiting(&proxy, &admin);
+    let args = run_args(&proxy, &admin, &[]);
+    let (_fg, dir) = started_waiting(&args);
     // A client would wait on a socket nobody answers.
     let connect = std::net::TcpStream::connect(&proxy);
     assert!(
