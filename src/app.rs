@@ -2,7 +2,7 @@
 //!
 //! Services, each on its own runtime: the proxy, the admin listener, the Redis
 //! maintainer (when Redis is configured) and, in bounded mode, its follower;
-//! background tasks for monitoring, config reload, flag sync (with Redis)
+//! background tasks for monitoring, config reload (with a config file), flag sync (with Redis)
 //! and start-up warming; and, for `freshgate demo`, the demo app.
 //!
 //! Shutdown comes from SIGTERM or SIGINT (both graceful): keep accepting
@@ -29,7 +29,7 @@ use crate::config::{Config, Overrides};
 use crate::demo::DemoApp;
 use crate::fill_lock::FillLock;
 use crate::flags::{Flag, Flags};
-pub use crate::listen::ListenError;
+use crate::listen::ListenError;
 use crate::monitor::Monitor;
 use crate::prefetch::Prefetcher;
 use crate::proxy::Proxy;
@@ -102,6 +102,8 @@ pub fn run(setup: Setup) -> Result<(), ListenError> {
         server.add_service(svc);
         info!(listen = %d.listen, delay_ms = d.delay.as_millis() as u64, "demo app");
         if d.origin_only {
+            // No proxy, no config to reload: `main` holds no SIGHUP for it.
+            debug_assert!(reload.is_none(), "SIGHUP held with nothing to reload");
             server.run(RunArgs {
                 shutdown_signal: Box::new(TermOrInt { grace }),
             });

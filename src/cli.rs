@@ -129,7 +129,8 @@ pub struct RunOpts {
     /// Admin listener address [default: 127.0.0.1:9090].
     #[arg(long, value_name = "ADDR", env = "FRESHGATE_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
-    /// Reload the config when its file changes (SIGHUP reloads it either way).
+    /// Reload the config when its file changes (with a config file, SIGHUP
+    /// reloads it either way).
     #[arg(long, value_name = "BOOL", env = "FRESHGATE_WATCH", default_value_t = true,
           action = clap::ArgAction::Set)]
     pub watch: bool,

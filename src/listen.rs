@@ -34,7 +34,7 @@ const LISTEN_RETRY_FOR: Duration = Duration::from_secs(10);
 
 /// Checks `listeners` (role, address) before pingora binds them: two of
 /// ours on one socket are an error at once; a taken address is tried again
-/// (see [`check_listeners`]) for [`LISTEN_RETRY_FOR`], or `grace_period`
+/// (see `check_listeners`) for `LISTEN_RETRY_FOR`, or `grace_period`
 /// and a few seconds when that is longer. From here on, a listener pingora
 /// fails to bind ends the process.
 pub fn claim(

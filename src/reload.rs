@@ -308,39 +308,36 @@ static HANGUP_BEFORE_WATCH: LazyLock<Arc<AtomicBool>> = LazyLock::new(Default::d
 /// runs; and `SIGHUP`, whose default action would end the process, held
 /// until `watch` takes it over (a ConfigMap reloader sends one).
 pub struct Triggers {
-    files: Option<(
-        notify::RecommendedWatcher,
-        tokio::sync::mpsc::UnboundedReceiver<()>,
-    )>,
+    /// None when not watching; the error is told by `watch`, once the
+    /// config has been found good (a path that does not exist is the
+    /// config's error, not a watch's).
+    files: Option<notify::Result<(WatchedFile, Events)>>,
 }
+
+type WatchedFile = notify::RecommendedWatcher;
+type Events = tokio::sync::mpsc::UnboundedReceiver<()>;
 
 impl Triggers {
     /// For a process that will run the proxy on the config file at `path`
-    /// (anything else keeps `SIGHUP`'s default, so that closing its
-    /// terminal stops it); the file is watched when `watch_files`.
+    /// (`freshgate demo` on its bundled config too); anything else keeps
+    /// `SIGHUP`'s default action, so that closing its terminal stops it.
+    /// The file is watched when `watch_files`.
     pub fn start(path: &Path, watch_files: bool) -> Triggers {
         let flag = HANGUP_BEFORE_WATCH.clone();
         if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, flag) {
             warn!(error = %e, "cannot catch SIGHUP during start-up: one now stops freshgate");
         }
-        let files = if watch_files {
+        let files = watch_files.then(|| {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-            match start_watcher(path, tx) {
-                Ok(w) => Some((w, rx)),
-                Err(e) => {
-                    warn!(file = %path.display(), error = %e, "cannot watch the config file; reload with SIGHUP");
-                    None
-                }
-            }
-        } else {
-            None
-        };
+            start_watcher(path, tx).map(|w| (w, rx))
+        });
         Triggers { files }
     }
 }
 
 /// Reload on changes in the config file's directory and on `SIGHUP`, until
-/// `shutdown` turns true.
+/// `shutdown` turns true: first on a `SIGHUP` held since [`Triggers::start`]
+/// and on the file events queued since then.
 pub async fn watch(
     live: Arc<LiveConfig>,
     triggers: Triggers,
@@ -349,14 +346,19 @@ pub async fn watch(
     use tokio::signal::unix::{signal, SignalKind};
     // Kept alive for as long as we watch; dropping it stops the OS watch.
     let (_watcher, mut rx) = match triggers.files {
-        Some((w, rx)) => (Some(w), Some(rx)),
+        Some(Ok((w, rx))) => (Some(w), Some(rx)),
+        Some(Err(e)) => {
+            let file = live.source().unwrap_or_default();
+            warn!(file = %file.display(), error = %e, "cannot watch the config file; reload with SIGHUP");
+            (None, None)
+        }
         None => (None, None),
     };
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(h) => Some(h),
         Err(e) => {
             // Held by `Triggers::start`, SIGHUP would be dropped unsaid.
-            warn!(error = %e, "cannot listen for SIGHUP: reload by file or POST /api/reload");
+            warn!(error = %e, "cannot listen for SIGHUP: reload with POST /api/reload or by editing the watched file");
             None
         }
     };

@@ -341,8 +341,10 @@ fn a_listen_address_freed_while_freshgate_waits_is_taken() {
 /// Returns the config version it runs once it serves: 2 once it has read
 /// the edit (given 3 s), else 1.
 fn edit_while_freshgate_waits(hangup: bool, watch: bool) -> u64 {
-    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = held.local_addr().unwrap().to_string();
+    // Outside the ephemeral range (`free_port`): no outgoing connection
+    // takes it between its release and freshgate's next try.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let held = std::net::TcpListener::bind(&addr).unwrap();
     let admin = format!("127.0.0.1:{}", free_port());
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("freshgate.yaml");
@@ -395,9 +397,9 @@ fn not_watching_the_file_an_edit_while_freshgate_starts_waits_for_a_reload() {
 }
 
 #[test]
-fn with_no_config_file_to_reload_a_sighup_stops_freshgate() {
+fn a_sighup_stops_freshgate_when_it_has_no_config_to_reload() {
     // Its default action: closing the terminal of a `freshgate run` without
-    // a file, or of the demo app alone, still stops it.
+    // a file, or of the demo app alone (its -c is no proxy's), still stops it.
     use std::os::unix::process::ExitStatusExt;
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = held.local_addr().unwrap().to_string();
