@@ -403,24 +403,32 @@ fn start_watcher(
     let name = path.file_name().map(|n| n.to_os_string());
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(ev) = res else { return };
-        let ours = ev.paths.iter().any(|p| {
+        let ours = |p: &PathBuf| {
             let n = p.file_name();
             n == name.as_deref() || n == Some(std::ffi::OsStr::new("..data"))
-        });
-        // A finished write (close after writing), a rename or creation (temp
-        // file + rename, ConfigMap symlink swap), a removal. Not every data
-        // write: a half-written file must not be read.
-        use notify::event::{AccessKind, AccessMode, ModifyKind};
+        };
+        let any_ours = ev.paths.iter().any(ours);
+        // A finished write (close after writing), a file moved into place
+        // (temp file + rename, the ConfigMap's `..data` symlink swap), a new
+        // symlink. Not each data write, nor a file's creation or removal
+        // (`rm F; slow-writer > F`): a half-written file must not be read,
+        // and what replaces a removed file is reported when it is whole.
+        use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
         use notify::EventKind;
-        let complete = matches!(
-            ev.kind,
+        let complete = match ev.kind {
             EventKind::Access(AccessKind::Close(AccessMode::Write))
-                | EventKind::Create(_)
-                | EventKind::Modify(ModifyKind::Name(_))
-                | EventKind::Modify(ModifyKind::Metadata(_))
-                | EventKind::Remove(_)
-        );
-        if ours && complete {
+            | EventKind::Modify(ModifyKind::Metadata(_)) => any_ours,
+            // Moved away: what takes its place says when it is whole.
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)) => false,
+            // Both names, the new one last.
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+                ev.paths.last().is_some_and(ours)
+            }
+            EventKind::Modify(ModifyKind::Name(_)) => any_ours,
+            EventKind::Create(_) => any_ours && ev.paths.iter().any(|p| p.is_symlink()),
+            _ => false,
+        };
+        if complete {
             let _ = tx.send(());
         }
     })?;

@@ -188,6 +188,34 @@ async fn a_bad_edit_changes_nothing_and_is_reported_with_its_line() {
 }
 
 #[tokio::test]
+async fn a_file_created_anew_is_read_once_its_writer_is_done() {
+    // `rm freshgate.yaml; slow-writer > freshgate.yaml`: its creation was
+    // read as a finished edit, and the first half ran until the writer
+    // closed it (here: every route, no invalidation rule, so a write purged
+    // nothing), after dropping the whole cache for it.
+    let origin = Origin::start(0);
+    let fg = Freshgate::start(&origin.url(), None, TEST_CONFIG);
+    let full = with_stories_route(TEST_CONFIG);
+    let cut = full.find("invalidate:").unwrap();
+    std::fs::remove_file(&fg.config).unwrap();
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&fg.config).unwrap();
+        f.write_all(&full.as_bytes()[..cut]).unwrap();
+        f.flush().unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let half = fg.admin_json("/api/config").await;
+        assert_eq!(half["version"], 1, "the half file was read: {half}");
+        f.write_all(&full.as_bytes()[cut..]).unwrap();
+    }
+    let v = fg
+        .wait_config("the file, once closed", |v| v["version"] != 1)
+        .await;
+    assert_eq!(v["version"], 2, "{v}");
+    assert_eq!(v["invalidationRules"], 4, "{v}");
+}
+
+#[tokio::test]
 async fn sighup_reloads_when_file_watching_is_off() {
     let origin = Origin::start(0);
     let fg = Freshgate::start_with_args(&origin.url(), None, TEST_CONFIG, &["--watch", "false"]);
