@@ -410,9 +410,9 @@ fn start_watcher(
         let any_ours = ev.paths.iter().any(ours);
         // A finished write (close after writing), a file moved into place
         // (temp file + rename, the ConfigMap's `..data` symlink swap), a new
-        // symlink. Not each data write, nor a file's creation or removal
-        // (`rm F; slow-writer > F`): a half-written file must not be read,
-        // and what replaces a removed file is reported when it is whole.
+        // symlink or hard link. Not each data write, nor a new file or a
+        // removal (`rm F; slow-writer > F`): a half-written file must not be
+        // read, and what replaces a removed file is reported when it is whole.
         use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
         use notify::EventKind;
         let complete = match ev.kind {
@@ -425,8 +425,10 @@ fn start_watcher(
                 ev.paths.last().is_some_and(ours)
             }
             EventKind::Modify(ModifyKind::Name(_)) => any_ours,
-            EventKind::Create(_) => any_ours && ev.paths.iter().any(|p| p.is_symlink()),
-            _ => false,
+            EventKind::Create(_) => any_ours && ev.paths.iter().any(|p| came_whole(p)),
+            // Events were lost (the kernel's queue overflowed): look again
+            // (an unchanged file changes nothing).
+            _ => ev.need_rescan(),
         };
         if complete {
             let _ = tx.send(());
@@ -434,4 +436,12 @@ fn start_watcher(
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)
+}
+
+/// Whether a file just created at `path` came whole: a symlink, or a hard
+/// link to a file that exists elsewhere (`ln new F`); not a file a writer
+/// has just opened, whose close after writing is reported.
+fn came_whole(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink() || m.nlink() > 1)
 }

@@ -216,6 +216,19 @@ async fn a_file_created_anew_is_read_once_its_writer_is_done() {
 }
 
 #[tokio::test]
+async fn a_file_linked_into_place_is_read() {
+    // `rm F; ln new F`: a creation with no write to wait for.
+    let origin = Origin::start(0);
+    let fg = Freshgate::start(&origin.url(), None, TEST_CONFIG);
+    let new = fg.config.with_extension("new");
+    std::fs::write(&new, with_stories_route(TEST_CONFIG)).unwrap();
+    std::fs::remove_file(&fg.config).unwrap();
+    std::fs::hard_link(&new, &fg.config).unwrap();
+    fg.wait_config("the linked file", |v| v["version"] == 2)
+        .await;
+}
+
+#[tokio::test]
 async fn sighup_reloads_when_file_watching_is_off() {
     let origin = Origin::start(0);
     let fg = Freshgate::start_with_args(&origin.url(), None, TEST_CONFIG, &["--watch", "false"]);
